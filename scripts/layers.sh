@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Layering check (STYLE.md): the pure core never names the edges' crates, and
+# only the binary names clap, anyhow and indicatif.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+status=0
+core="src/chunk.rs src/hash.rs src/manifest.rs src/plan.rs src/codec.rs src/patch.rs"
+if grep -nE '\b(std::fs|std::net|tokio|quinn|Instant::now)\b' $core; then
+  echo "layers: the pure core (chunk, hash, manifest, plan, codec, patch) must not do I/O" >&2
+  status=1
+fi
+if grep -rnE '\b(clap|anyhow|indicatif)::' src --include=*.rs | grep -v '^src/bin/'; then
+  echo "layers: clap, anyhow and indicatif belong to src/bin only" >&2
+  status=1
+fi
+exit $status

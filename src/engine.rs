@@ -1,0 +1,231 @@
+//! The local push: scan the source, refresh the receiving store, plan, and
+//! apply, with chunks encoded exactly as they would travel on the wire.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::chunk::ChunkRef;
+use crate::codec::{Compression, EncodedChunk, Encoder};
+use crate::error::{Error, IoContext, Result};
+use crate::hash::ChunkId;
+use crate::manifest::{EntryKind, Manifest, RelPath};
+use crate::plan::{plan, PlanOptions};
+use crate::scan::{scan, ScanOptions};
+use crate::store::state::StateDb;
+use crate::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
+
+/// What a push should do.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Delete destination entries the source lacks.
+    pub delete: bool,
+    /// Read every file, ignoring the quick check (`--checksum`).
+    pub checksum: bool,
+    /// How chunks are encoded.
+    pub compression: Compression,
+    /// Where xfer keeps its state for this machine (scan caches, the local
+    /// destination's chunk index); never inside a transferred tree.
+    pub state_dir: PathBuf,
+}
+
+/// What a push did, as reported by `--json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Regular files in the source.
+    pub files_scanned: u64,
+    /// Files (re)written on the destination.
+    pub files_changed: u64,
+    /// Bytes in the source's regular files.
+    pub bytes_scanned: u64,
+    /// Source files read in full (the others passed the quick check).
+    pub files_read: u64,
+    /// Chunks in the source's files.
+    pub chunks_total: u64,
+    /// Chunks the receiver needed and was sent.
+    pub chunks_sent: u64,
+    /// Encoded bytes of those chunks: the data direction's payload.
+    pub bytes_sent: u64,
+    /// Of the chunks sent, those encoded as a delta against old bytes.
+    pub chunks_delta: u64,
+    /// Signature bytes the receiver offered for deltas (reverse direction).
+    pub signature_bytes: u64,
+    /// Chunks the receiver copied from files it already had.
+    pub chunks_reused: u64,
+    /// Entries deleted on the destination.
+    pub entries_deleted: u64,
+    /// Entries not transferred, with the reason (hard links, special files,
+    /// unreadable or changing files, conflicts).
+    pub skipped: Vec<FailedEntry>,
+}
+
+impl Stats {
+    /// Whether some entries were skipped or failed (a partial transfer).
+    pub fn is_partial(&self) -> bool {
+        !self.skipped.is_empty()
+    }
+}
+
+/// Pushes the tree at `src` into the local directory `dest`.
+///
+/// # Errors
+/// [`Error`] when the push cannot go on: unreadable roots, state database
+/// failures, a full disk. Problems with single entries do not stop it; they
+/// are listed in [`Stats::skipped`].
+pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stats> {
+    let src = src.canonicalize().at(src)?;
+    let dest = resolve_missing(dest)?;
+    if src.starts_with(&dest) || dest.starts_with(&src) {
+        return Err(Error::io(
+            &dest,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("source {} and destination overlap; choose a destination outside the source", src.display()),
+            ),
+        ));
+    }
+
+    std::fs::create_dir_all(&dest).at(&dest)?;
+    let source_db = StateDb::open(&state_file(&options.state_dir, "sources", &src))?;
+    let previous = source_db.files()?;
+    let scanned = scan(&src, &previous, ScanOptions { checksum: options.checksum, ..ScanOptions::default() })?;
+    let upserts: Vec<_> = scanned
+        .records
+        .iter()
+        .filter(|(path, record)| previous.get(*path) != Some(*record))
+        .map(|(path, record)| (path.clone(), record.clone()))
+        .collect();
+    let removals: Vec<_> = previous.keys().filter(|p| !scanned.records.contains_key(*p)).cloned().collect();
+    source_db.update(&upserts, &removals)?;
+    drop(source_db);
+
+    let mut store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
+    store.refresh(options.checksum)?;
+    let source = &scanned.manifest;
+    let present = present_chunks(source, store.manifest(), &store)?;
+    let plan = plan(source, store.manifest(), |id| present.contains(id), PlanOptions { delete: options.delete });
+
+    let mut supply = LocalSupply {
+        root: src.clone(),
+        encoder: Encoder::new(options.compression).map_err(|e| Error::Encoder(Box::new(e)))?,
+        open: None,
+    };
+    let report = store.apply(&plan, &mut supply)?;
+
+    let mut stats = Stats::default();
+    for entry in source.entries() {
+        if let EntryKind::File(digest) = &entry.kind {
+            stats.files_scanned += 1;
+            stats.bytes_scanned += digest.size;
+            stats.chunks_total += digest.chunks.len() as u64;
+        }
+    }
+    stats.files_read = scanned.files_read;
+    absorb(&mut stats, &report);
+    stats
+        .skipped
+        .extend(scanned.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.clone() }));
+    stats.skipped.extend(plan.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.into() }));
+    Ok(stats)
+}
+
+fn absorb(stats: &mut Stats, report: &ApplyReport) {
+    stats.files_changed = report.files_written;
+    stats.chunks_sent = report.chunks_fetched;
+    stats.bytes_sent = report.bytes_fetched;
+    stats.chunks_delta = report.chunks_delta;
+    stats.signature_bytes = report.signature_bytes;
+    stats.chunks_reused = report.chunks_reused;
+    stats.entries_deleted = report.entries_deleted;
+    stats.skipped.extend(report.failed.iter().cloned());
+}
+
+/// Which chunks of source files that differ from the destination the
+/// receiver already holds (asked in one batch, as the wire will).
+fn present_chunks(source: &Manifest, dest: &Manifest, store: &impl Store) -> Result<HashSet<ChunkId>> {
+    let mut wanted: Vec<ChunkId> = Vec::new();
+    let mut seen = HashSet::new();
+    for entry in source.entries() {
+        let Some(digest) = entry.file() else { continue };
+        if dest.get(&entry.path).and_then(|d| d.file()).is_some_and(|d| d.hash == digest.hash) {
+            continue;
+        }
+        wanted.extend(digest.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
+    }
+    let has = store.has_chunks(&wanted)?;
+    Ok(wanted.into_iter().zip(has).filter_map(|(id, has)| has.then_some(id)).collect())
+}
+
+/// The absolute, symlink-free form of `path`, which need not exist yet.
+fn resolve_missing(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path).at(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().at(existing)?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
+/// The state file for `tree` under `state_dir/kind/`, named by a hash of
+/// the tree's canonical path.
+pub fn state_file(state_dir: &Path, kind: &str, tree: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let key = blake3::hash(tree.as_os_str().as_bytes()).to_hex();
+    state_dir.join(kind).join(format!("{}.redb", &key[..32]))
+}
+
+/// The default state directory: `$XDG_STATE_HOME/xfer`, else
+/// `~/.local/state/xfer`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("xfer"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/xfer"))
+}
+
+/// Serves chunks straight from the source tree, encoded as for the wire.
+struct LocalSupply {
+    root: PathBuf,
+    encoder: Encoder,
+    open: Option<(RelPath, File)>,
+}
+
+impl ChunkSupply for LocalSupply {
+    fn fetch(&mut self, request: &ChunkRequest<'_>) -> Result<EncodedChunk> {
+        let abs = request.path.to_path(&self.root);
+        if self.open.as_ref().is_none_or(|(p, _)| p != request.path) {
+            let file = File::open(&abs).at(&abs)?;
+            self.open = Some((request.path.clone(), file));
+        }
+        let (_, file) = self.open.as_ref().expect("invariant: opened just above");
+        let bytes = read_exact_at(file, request.offset, request.chunk, &abs)?;
+        Ok(match request.base {
+            Some(sig) => self.encoder.encode_with_base(&bytes, sig),
+            None => self.encoder.encode(&bytes),
+        })
+    }
+}
+
+fn read_exact_at(file: &File, offset: u64, chunk: ChunkRef, abs: &Path) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; chunk.len as usize];
+    match file.read_exact_at(&mut bytes, offset) {
+        Ok(()) if ChunkId::of(&bytes) == chunk.id => Ok(bytes),
+        Ok(()) => Err(Error::SourceChanged { path: abs.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(Error::SourceChanged { path: abs.to_path_buf() })
+        }
+        Err(e) => Err(Error::io(abs, e)),
+    }
+}

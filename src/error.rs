@@ -1,0 +1,130 @@
+//! The library's error type: each variant says where things went wrong.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::chunk::ParamsError;
+use crate::codec::CodecError;
+use crate::hash::ChunkId;
+use crate::manifest::{ManifestError, PathError};
+use crate::patch::PatchError;
+
+/// Result with xfer's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the xfer library.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file or directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Invalid chunking parameters.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    /// A path in a manifest or plan is not a safe relative path.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A manifest could not be built or decoded.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A chunk could not be decoded or failed verification.
+    #[error("chunk {chunk} of {path} (index {index}): {source}")]
+    Chunk {
+        /// File the chunk belongs to.
+        path: PathBuf,
+        /// Position of the chunk in that file's chunk list.
+        index: usize,
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// What went wrong.
+        #[source]
+        source: Box<CodecError>,
+    },
+    /// The chunk encoder could not be set up (for example, a bad zstd level).
+    #[error("cannot set up chunk encoding: {0}")]
+    Encoder(#[source] Box<CodecError>),
+    /// A sub-chunk delta or signature was malformed.
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    /// A chunk the plan relies on is neither on the receiver nor supplied.
+    #[error("chunk {chunk} needed at offset {offset} of {path} is not available")]
+    ChunkUnavailable {
+        /// The file being rebuilt.
+        path: PathBuf,
+        /// Where in that file the chunk goes.
+        offset: u64,
+        /// The chunk's id.
+        chunk: ChunkId,
+    },
+    /// A rebuilt file's content did not hash to what the plan promised.
+    #[error("{path}: rebuilt content does not match the source's hash; nothing was replaced")]
+    FileMismatch {
+        /// The file being rebuilt.
+        path: PathBuf,
+    },
+    /// A source file changed while it was being read.
+    #[error("{path}: changed while being read; it was not sent")]
+    SourceChanged {
+        /// The source file.
+        path: PathBuf,
+    },
+    /// The receiver's state database failed.
+    #[error("state database {path}: {source}")]
+    State {
+        /// The database file.
+        path: PathBuf,
+        /// What the database reported.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A failure injected by a test at a numbered step.
+    #[error("injected failure at step {step}")]
+    Injected {
+        /// The step that failed.
+        step: u32,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// Whether the error concerns one entry only (a source file that changed,
+    /// a chunk that failed verification), so the rest of a transfer can go on.
+    pub fn is_per_entry(&self) -> bool {
+        matches!(
+            self,
+            Error::SourceChanged { .. }
+                | Error::FileMismatch { .. }
+                | Error::Chunk { .. }
+                | Error::ChunkUnavailable { .. }
+        )
+    }
+
+    /// Wraps a state database error with the database's path.
+    pub(crate) fn state(path: impl Into<PathBuf>, err: impl Into<redb::Error>) -> Self {
+        Error::State { path: path.into(), source: Box::new(err.into()) }
+    }
+}
+
+/// Attaches a path to I/O results.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

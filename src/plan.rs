@@ -1,0 +1,303 @@
+//! Delta planning: from the source manifest and what the receiver holds, the
+//! operations that turn the receiver's tree into the source's, and the chunks
+//! it lacks. Pure functions: no I/O, so they are tested exhaustively.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::chunk::{ChunkRef, FileDigest};
+use crate::hash::ChunkId;
+use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
+
+/// What the caller wants beyond making source entries appear.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Delete receiver entries the source does not have (rsync's `--delete`).
+    pub delete: bool,
+}
+
+/// One step of a plan, applied in the plan's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Remove an entry (a whole subtree for a directory).
+    Delete {
+        /// The entry to remove.
+        path: RelPath,
+    },
+    /// Create a directory (its mtime is set by a later `SetMeta`).
+    Mkdir {
+        /// The new directory.
+        path: RelPath,
+        /// Its mode.
+        meta: Meta,
+    },
+    /// Build a file from chunks and move it into place atomically.
+    WriteFile {
+        /// Final name.
+        path: RelPath,
+        /// Mode and mtime to give it.
+        meta: Meta,
+        /// Content: chunk list and whole-file hash.
+        digest: FileDigest,
+    },
+    /// Create or retarget a symlink atomically.
+    Symlink {
+        /// Final name.
+        path: RelPath,
+        /// Raw target.
+        target: Vec<u8>,
+        /// Its mtime (symlink modes are not settable).
+        meta: Meta,
+    },
+    /// Set mode and mtime of an entry whose content is already right.
+    SetMeta {
+        /// The entry.
+        path: RelPath,
+        /// The metadata to set.
+        meta: Meta,
+    },
+}
+
+impl Op {
+    /// The path the op acts on.
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Op::Delete { path }
+            | Op::Mkdir { path, .. }
+            | Op::WriteFile { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::SetMeta { path, .. } => path,
+        }
+    }
+}
+
+/// An entry the plan leaves alone, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// The source entry not applied.
+    pub path: RelPath,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// The operations and the chunks the receiver must be sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps in order: conflicting deletes, new directories, files and
+    /// symlinks, metadata of unchanged content, extraneous deletes (deepest
+    /// first), then directory metadata (deepest first, after their content).
+    pub ops: Vec<Op>,
+    /// Chunks no receiver file holds, each once, in first-use order.
+    pub missing: Vec<ChunkRef>,
+    /// Source entries that could not be applied without losing receiver data.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.skipped.is_empty()
+    }
+
+    /// Number of files to (re)build.
+    pub fn files_written(&self) -> usize {
+        self.ops.iter().filter(|op| matches!(op, Op::WriteFile { .. })).count()
+    }
+}
+
+/// Plans the transfer of `source` onto a receiver whose tree is `dest` and
+/// which holds the chunks for which `dest_has` is true (in any file: renamed,
+/// moved and copied files need no chunk data).
+pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> bool, options: PlanOptions) -> Plan {
+    let mut conflicts = Vec::new();
+    let mut mkdirs = Vec::new();
+    let mut writes = Vec::new();
+    let mut metas = Vec::new();
+    let mut extraneous = Vec::new();
+    let mut dir_metas = Vec::new();
+    let mut skipped = Vec::new();
+    // Set when a receiver directory is replaced wholesale, so its receiver
+    // subtree needs no deletes of its own and its source subtree is all new.
+    let mut replaced_dir: Option<RelPath> = None;
+
+    let (src, dst) = (source.entries(), dest.entries());
+    let (mut i, mut j) = (0, 0);
+    while i < src.len() || j < dst.len() {
+        let order = match (src.get(i), dst.get(j)) {
+            (Some(s), Some(d)) => s.path.cmp(&d.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                create(&src[i], &mut mkdirs, &mut writes, &mut dir_metas);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let d = &dst[j];
+                j += 1;
+                let under_replaced = replaced_dir.as_ref().is_some_and(|dir| d.path.is_inside(dir));
+                if options.delete
+                    && !under_replaced
+                    && !extraneous.last().is_some_and(|p: &RelPath| d.path.is_inside(p))
+                {
+                    extraneous.push(d.path.clone());
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                let (s, d) = (&src[i], &dst[j]);
+                i += 1;
+                j += 1;
+                match (&s.kind, &d.kind) {
+                    (EntryKind::Dir, EntryKind::Dir) => {
+                        if s.meta != d.meta {
+                            dir_metas.push((s.path.clone(), s.meta));
+                        }
+                    }
+                    (EntryKind::File(a), EntryKind::File(b)) if a.hash == b.hash && a.size == b.size => {
+                        if s.meta != d.meta {
+                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta });
+                        }
+                    }
+                    (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
+                        if s.meta.mtime != d.meta.mtime {
+                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta });
+                        }
+                    }
+                    (EntryKind::Dir, _) => {
+                        // A file or symlink stands where a directory goes.
+                        conflicts.push(Op::Delete { path: s.path.clone() });
+                        create(s, &mut mkdirs, &mut writes, &mut dir_metas);
+                    }
+                    (_, EntryKind::Dir) => {
+                        let has_children = dst.get(j).is_some_and(|next| next.path.is_inside(&d.path));
+                        if has_children && !options.delete {
+                            skipped.push(Skipped {
+                                path: s.path.clone(),
+                                reason:
+                                    "a non-empty directory stands here on the receiver (use --delete to replace it)",
+                            });
+                        } else {
+                            conflicts.push(Op::Delete { path: s.path.clone() });
+                            replaced_dir = Some(d.path.clone());
+                            create(s, &mut mkdirs, &mut writes, &mut dir_metas);
+                        }
+                    }
+                    // Content differs, or a file becomes a symlink or back:
+                    // an atomic rename replaces it in one step.
+                    _ => create(s, &mut mkdirs, &mut writes, &mut dir_metas),
+                }
+            }
+        }
+        // Leave a replaced receiver directory once past its subtree.
+        if replaced_dir.as_ref().is_some_and(|dir| dst.get(j).is_none_or(|d| !d.path.is_inside(dir))) {
+            replaced_dir = None;
+        }
+    }
+
+    let mut missing = Vec::new();
+    let mut queued: HashSet<ChunkId> = HashSet::new();
+    for op in &writes {
+        if let Op::WriteFile { digest, .. } = op {
+            for chunk in &digest.chunks {
+                if !dest_has(&chunk.id) && queued.insert(chunk.id) {
+                    missing.push(*chunk);
+                }
+            }
+        }
+    }
+
+    // Creating or removing an entry changes its directory's mtime on the
+    // receiver, so every such directory gets its source metadata back last.
+    let mut touched: BTreeMap<RelPath, Meta> = dir_metas.into_iter().collect();
+    let changed = conflicts.iter().chain(&mkdirs).chain(&writes).map(Op::path).chain(&extraneous);
+    for path in changed {
+        let parent = path.parent();
+        if touched.contains_key(&parent) || parent.is_root() {
+            continue;
+        }
+        if let Some(dir) = source.get(&parent) {
+            touched.insert(parent, dir.meta);
+        }
+    }
+
+    let mut ops = conflicts;
+    ops.extend(mkdirs);
+    ops.extend(writes);
+    ops.extend(metas);
+    ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
+    ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
+    Plan { ops, missing, skipped }
+}
+
+fn create(entry: &Entry, mkdirs: &mut Vec<Op>, writes: &mut Vec<Op>, dir_metas: &mut Vec<(RelPath, Meta)>) {
+    let path = entry.path.clone();
+    let meta = entry.meta;
+    match &entry.kind {
+        EntryKind::Dir => {
+            mkdirs.push(Op::Mkdir { path: path.clone(), meta });
+            dir_metas.push((path, meta));
+        }
+        EntryKind::File(digest) => writes.push(Op::WriteFile { path, meta, digest: digest.clone() }),
+        EntryKind::Symlink { target } => writes.push(Op::Symlink { path, target: target.clone(), meta }),
+    }
+}
+
+/// A file's new chunk list described against the receiver's old one: runs
+/// of old chunks to keep and the new chunks between them. This is what a
+/// changed file costs in chunk metadata on the wire when the sender knows the
+/// receiver's old list, instead of every id of the new list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ListEdit {
+    /// `count` chunks of the old list, starting at old index `from`.
+    Keep {
+        /// First old index.
+        from: u32,
+        /// How many consecutive old chunks.
+        count: u32,
+    },
+    /// Chunks the old list does not have at this point.
+    New(Vec<ChunkRef>),
+}
+
+/// Describes `new` as edits of `old` (greedy: continue the current run of old
+/// chunks where possible, else jump to any old occurrence of the same id).
+pub fn chunk_list_edit(old: &[ChunkRef], new: &[ChunkRef]) -> Vec<ListEdit> {
+    let mut position: std::collections::HashMap<ChunkId, usize> = std::collections::HashMap::new();
+    for (i, chunk) in old.iter().enumerate().rev() {
+        position.insert(chunk.id, i);
+    }
+    let mut edits: Vec<ListEdit> = Vec::new();
+    for chunk in new {
+        if let Some(ListEdit::Keep { from, count }) = edits.last_mut() {
+            let next = (*from + *count) as usize;
+            if old.get(next) == Some(chunk) {
+                *count += 1;
+                continue;
+            }
+        }
+        match position.get(&chunk.id) {
+            Some(&i) if old[i] == *chunk => edits.push(ListEdit::Keep { from: i as u32, count: 1 }),
+            _ => match edits.last_mut() {
+                Some(ListEdit::New(chunks)) => chunks.push(*chunk),
+                _ => edits.push(ListEdit::New(vec![*chunk])),
+            },
+        }
+    }
+    edits
+}
+
+/// Rebuilds the new chunk list from `old` and `edits`; `None` if an edit
+/// points outside `old`.
+pub fn apply_list_edit(old: &[ChunkRef], edits: &[ListEdit]) -> Option<Vec<ChunkRef>> {
+    let mut list = Vec::new();
+    for edit in edits {
+        match edit {
+            ListEdit::Keep { from, count } => {
+                let end = (*from as usize).checked_add(*count as usize)?;
+                list.extend_from_slice(old.get(*from as usize..end)?);
+            }
+            ListEdit::New(chunks) => list.extend_from_slice(chunks),
+        }
+    }
+    Some(list)
+}

@@ -1,0 +1,226 @@
+//! Scanning a directory tree into a [`Manifest`], reading only files whose
+//! size, mtime, mode, inode or ctime changed since the previous scan.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{digest_stream, ChunkParams, FileDigest};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
+
+/// Prefix of xfer's temporary files; a scan never reports them as entries.
+pub const TEMP_PREFIX: &[u8] = b".xfer-tmp.";
+
+/// What identifies an unchanged file without reading it.
+///
+/// ctime and inode are included because a rename or a write behind our back
+/// always changes them, even when size and mtime were forged or restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Mtime,
+    /// Permission bits.
+    pub mode: u32,
+    /// Inode number.
+    pub ino: u64,
+    /// Status change time.
+    pub ctime: Mtime,
+}
+
+impl StatKey {
+    /// The key of `meta` (from `lstat` or `fstat`).
+    pub fn of(meta: &fs::Metadata) -> StatKey {
+        StatKey {
+            size: meta.len(),
+            mtime: Mtime { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 },
+            mode: meta.mode() & 0o7777,
+            ino: meta.ino(),
+            ctime: Mtime { secs: meta.ctime(), nanos: meta.ctime_nsec() as u32 },
+        }
+    }
+}
+
+/// A file's digest together with the stat key it was computed under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Stat key when the file was read.
+    pub stat: StatKey,
+    /// Its content.
+    pub digest: FileDigest,
+}
+
+/// How to scan.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanOptions {
+    /// Read every file even when its stat key is unchanged (`--checksum`).
+    pub checksum: bool,
+    /// Remove xfer temporary files found in the tree (left by a crash); only
+    /// a receiver does this, a sender just skips them.
+    pub remove_temps: bool,
+    /// Skip a top-level entry of this name (a server's reserved state dir).
+    pub reserved: Option<&'static [u8]>,
+}
+
+/// Why an entry was left out of the manifest.
+#[derive(Debug)]
+pub struct ScanSkip {
+    /// The entry.
+    pub path: RelPath,
+    /// The reason, for a report.
+    pub reason: String,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The tree, without skipped entries.
+    pub manifest: Manifest,
+    /// Records of every file, for the next quick check.
+    pub records: HashMap<RelPath, FileRecord>,
+    /// Entries left out: hard links, special files, unreadable or changing files.
+    pub skipped: Vec<ScanSkip>,
+    /// Files read in full (the rest passed the quick check).
+    pub files_read: u64,
+    /// Bytes read from those files.
+    pub bytes_read: u64,
+}
+
+/// Scans the tree at `root`; `previous` gives the record of each file from
+/// the last scan, so unchanged files are not read.
+///
+/// # Errors
+/// Only when `root` itself cannot be read; problems with single entries are
+/// listed in [`Scan::skipped`].
+pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanOptions) -> Result<Scan> {
+    let root_meta = fs::metadata(root).at(root)?;
+    if !root_meta.is_dir() {
+        return Err(Error::io(root, io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+    }
+    let mut scan = Scan::default();
+    let mut entries = Vec::new();
+    // Depth-first with sorted siblings yields manifest order directly.
+    let mut stack: Vec<(RelPath, PathBuf)> = Vec::new();
+    list_dir(&RelPath::root(), root, &options, &mut stack, &mut scan).at(root)?;
+    while let Some((rel, abs)) = stack.pop() {
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            Err(e) => {
+                skip(&mut scan, rel, format!("cannot stat: {e}"));
+                continue;
+            }
+        };
+        let file_type = meta.file_type();
+        let base_meta =
+            Meta { mode: meta.mode() & 0o7777, mtime: Mtime { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 } };
+        if file_type.is_dir() {
+            let before = stack.len();
+            if let Err(e) = list_dir(&rel, &abs, &options, &mut stack, &mut scan) {
+                stack.truncate(before);
+                skip(&mut scan, rel, format!("cannot list directory: {e}"));
+                continue;
+            }
+            entries.push(Entry { path: rel, meta: base_meta, kind: EntryKind::Dir });
+        } else if file_type.is_symlink() {
+            match fs::read_link(&abs) {
+                Ok(target) => entries.push(Entry {
+                    path: rel,
+                    meta: Meta { mode: 0, ..base_meta },
+                    kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() },
+                }),
+                Err(e) => skip(&mut scan, rel, format!("cannot read link: {e}")),
+            }
+        } else if file_type.is_file() {
+            if meta.nlink() > 1 {
+                skip(&mut scan, rel, format!("hard link ({} names): not supported, skipped", meta.nlink()));
+                continue;
+            }
+            let stat = StatKey::of(&meta);
+            let record = match previous.get(&rel) {
+                Some(old) if old.stat == stat && !options.checksum => old.clone(),
+                _ => match read_file(&abs, &meta) {
+                    Ok(record) => {
+                        scan.files_read += 1;
+                        scan.bytes_read += record.digest.size;
+                        record
+                    }
+                    Err(e) => {
+                        skip(&mut scan, rel, e.to_string());
+                        continue;
+                    }
+                },
+            };
+            entries.push(Entry {
+                path: rel.clone(),
+                meta: Meta { mode: record.stat.mode, mtime: record.stat.mtime },
+                kind: EntryKind::File(record.digest.clone()),
+            });
+            scan.records.insert(rel, record);
+        } else {
+            skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
+        }
+    }
+    // Skipped directories can leave nothing behind them, so this only sorts.
+    scan.manifest = Manifest::new(entries)?;
+    Ok(scan)
+}
+
+fn skip(scan: &mut Scan, path: RelPath, reason: String) {
+    scan.skipped.push(ScanSkip { path, reason });
+}
+
+/// Pushes the children of `dir` on `stack` so that they pop in name order.
+fn list_dir(
+    rel: &RelPath,
+    abs: &Path,
+    options: &ScanOptions,
+    stack: &mut Vec<(RelPath, PathBuf)>,
+    scan: &mut Scan,
+) -> io::Result<()> {
+    let mut names = Vec::new();
+    for dirent in fs::read_dir(abs)? {
+        let dirent = dirent?;
+        let name = dirent.file_name();
+        let bytes = name.as_bytes();
+        if rel.is_root() && options.reserved == Some(bytes) {
+            continue;
+        }
+        if bytes.starts_with(TEMP_PREFIX) {
+            if options.remove_temps {
+                // Left by an interrupted run; never a user's file.
+                let _ = fs::remove_file(dirent.path());
+            }
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    for name in names {
+        match rel.join(name.as_bytes()) {
+            Ok(child) => stack.push((child, abs.join(&name))),
+            Err(e) => skip(scan, RelPath::root(), e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads and chunks one file, refusing a file that changed while being read.
+fn read_file(abs: &Path, meta: &fs::Metadata) -> Result<FileRecord> {
+    let file = File::open(abs).at(abs)?;
+    let before = file.metadata().at(abs)?;
+    let params = ChunkParams::for_size(before.len());
+    let digest = digest_stream(&file, params, |_, _, _| Ok(())).at(abs)?;
+    let after = file.metadata().at(abs)?;
+    let stat = StatKey::of(&before);
+    if digest.size != before.len() || StatKey::of(&after) != stat || stat.ino != meta.ino() {
+        return Err(Error::SourceChanged { path: abs.to_path_buf() });
+    }
+    Ok(FileRecord { stat, digest })
+}

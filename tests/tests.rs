@@ -1,0 +1,7 @@
+//! xfer's integration tests: one binary, one module per area.
+
+mod util;
+
+mod cli;
+mod plan_model;
+mod push;

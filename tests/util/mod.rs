@@ -1,0 +1,137 @@
+//! Test helpers: an in-memory tree model, seeded data, and trees on disk.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use xfer::chunk::digest_bytes;
+use xfer::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn seeded(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// One node of a model tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Dir { mode: u32, mtime: i64 },
+    File { data: Vec<u8>, mode: u32, mtime: i64 },
+    Symlink { target: Vec<u8>, mtime: i64 },
+}
+
+/// A tree as a sorted map from path to node; every parent is a `Dir`.
+pub type Model = BTreeMap<RelPath, Node>;
+
+pub fn rel(path: &[u8]) -> RelPath {
+    RelPath::new(path.to_vec()).expect("test paths are valid")
+}
+
+/// The manifest the model describes.
+pub fn manifest_of(model: &Model) -> Manifest {
+    let entries = model
+        .iter()
+        .map(|(path, node)| {
+            let (meta, kind) = match node {
+                Node::Dir { mode, mtime } => (meta(*mode, *mtime), EntryKind::Dir),
+                Node::File { data, mode, mtime } => (meta(*mode, *mtime), EntryKind::File(digest_bytes(data))),
+                Node::Symlink { target, mtime } => (meta(0, *mtime), EntryKind::Symlink { target: target.clone() }),
+            };
+            Entry { path: path.clone(), meta, kind }
+        })
+        .collect();
+    Manifest::new(entries).expect("model trees are well formed")
+}
+
+pub fn meta(mode: u32, mtime: i64) -> Meta {
+    Meta { mode, mtime: Mtime { secs: mtime, nanos: 0 } }
+}
+
+/// Writes the model under `root` (which must exist and be empty).
+pub fn materialize(model: &Model, root: &Path) {
+    for (path, node) in model {
+        let abs = path.to_path(root);
+        match node {
+            Node::Dir { .. } => fs::create_dir(&abs).unwrap(),
+            Node::File { data, mode, mtime } => {
+                fs::write(&abs, data).unwrap();
+                fs::set_permissions(&abs, fs::Permissions::from_mode(*mode)).unwrap();
+                filetime::set_file_mtime(&abs, filetime::FileTime::from_unix_time(*mtime, 0)).unwrap();
+            }
+            Node::Symlink { target, mtime } => {
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &abs).unwrap();
+                let t = filetime::FileTime::from_unix_time(*mtime, 0);
+                filetime::set_symlink_file_times(&abs, t, t).unwrap();
+            }
+        }
+    }
+    // Directory modes and mtimes last, deepest first, as content changes them.
+    for (path, node) in model.iter().rev() {
+        if let Node::Dir { mode, mtime } = node {
+            let abs = path.to_path(root);
+            fs::set_permissions(&abs, fs::Permissions::from_mode(*mode)).unwrap();
+            filetime::set_file_mtime(&abs, filetime::FileTime::from_unix_time(*mtime, 0)).unwrap();
+        }
+    }
+}
+
+/// Reads the tree under `root` back into a model (no xfer code involved).
+pub fn read_tree(root: &Path) -> Model {
+    let mut model = Model::new();
+    read_dir_into(root, &RelPath::root(), &mut model);
+    model
+}
+
+fn read_dir_into(dir: &Path, rel_dir: &RelPath, model: &mut Model) {
+    use std::os::unix::fs::MetadataExt;
+    for dirent in fs::read_dir(dir).unwrap() {
+        let dirent = dirent.unwrap();
+        let rel = rel_dir.join(dirent.file_name().as_bytes()).unwrap();
+        let meta = fs::symlink_metadata(dirent.path()).unwrap();
+        let node = if meta.is_dir() {
+            read_dir_into(&dirent.path(), &rel, model);
+            Node::Dir { mode: meta.mode() & 0o7777, mtime: meta.mtime() }
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(dirent.path()).unwrap().as_os_str().as_bytes().to_vec();
+            Node::Symlink { target, mtime: meta.mtime() }
+        } else {
+            Node::File { data: fs::read(dirent.path()).unwrap(), mode: meta.mode() & 0o7777, mtime: meta.mtime() }
+        };
+        model.insert(rel, node);
+    }
+}
+
+/// Asserts two models are equal, naming the first difference.
+pub fn assert_same_tree(actual: &Model, expected: &Model) {
+    for (path, node) in expected {
+        match actual.get(path) {
+            None => panic!("{path} missing"),
+            Some(got) if got != node => panic!("{path} differs: {}", describe(got, node)),
+            _ => {}
+        }
+    }
+    for path in actual.keys() {
+        assert!(expected.contains_key(path), "{path} should not exist");
+    }
+}
+
+fn describe(got: &Node, want: &Node) -> String {
+    match (got, want) {
+        (Node::File { data: a, mode: ma, mtime: ta }, Node::File { data: b, mode: mb, mtime: tb }) => {
+            format!("len {} vs {}, same bytes {}, mode {ma:o} vs {mb:o}, mtime {ta} vs {tb}", a.len(), b.len(), a == b)
+        }
+        _ => format!("{got:?} vs {want:?}"),
+    }
+}

@@ -270,11 +270,34 @@ impl Encoder {
     ///
     /// If `data` is longer than [`MAX_CHUNK_LEN`].
     pub fn encode_with_base(&mut self, data: &[u8], sig: &Signature) -> EncodedChunk {
+        self.encode_with_base_refined(data, sig, &|_| None)
+    }
+
+    /// Like [`Encoder::encode_with_base`], with a second, finer signature
+    /// round: `refine` carries an encoded request for the base ranges the
+    /// first diff could not match ([`patch::encode_ranges`]) to the receiver
+    /// and returns its finer signatures of them, or `None` if it has none.
+    ///
+    /// # Panics
+    ///
+    /// If `data` is longer than [`MAX_CHUNK_LEN`].
+    pub fn encode_with_base_refined(
+        &mut self,
+        data: &[u8],
+        sig: &Signature,
+        refine: &dyn Fn(&[u8]) -> Option<Vec<Signature>>,
+    ) -> EncodedChunk {
         let plain = self.encode(data);
-        let patch = patch::diff(sig, data);
+        let mut patch = patch::diff(sig, data);
         if patch.copied_len() == 0 {
             // Nothing to copy: the delta would only add op overhead.
             return plain;
+        }
+        let gaps = patch::gaps(&patch, sig);
+        if !gaps.is_empty() {
+            if let Some(fine) = refine(&patch::encode_ranges(&gaps)).filter(|fine| fine.len() == gaps.len()) {
+                patch = patch::refine(&patch, data, &gaps, &fine);
+            }
         }
         if self.patch_zstd.is_none() {
             // Without a context the literals go raw; still a valid delta.

@@ -53,6 +53,8 @@ pub struct Stats {
     pub chunks_delta: u64,
     /// Signature bytes the receiver offered for deltas (reverse direction).
     pub signature_bytes: u64,
+    /// Requests for finer signatures the sender made (data direction).
+    pub refine_request_bytes: u64,
     /// Chunks the receiver copied from files it already had.
     pub chunks_reused: u64,
     /// Entries deleted on the destination.
@@ -138,6 +140,7 @@ fn absorb(stats: &mut Stats, report: &ApplyReport) {
     stats.bytes_sent = report.bytes_fetched;
     stats.chunks_delta = report.chunks_delta;
     stats.signature_bytes = report.signature_bytes;
+    stats.refine_request_bytes = report.refine_request_bytes;
     stats.chunks_reused = report.chunks_reused;
     stats.entries_deleted = report.entries_deleted;
     stats.skipped.extend(report.failed.iter().cloned());
@@ -212,7 +215,7 @@ impl ChunkSupply for LocalSupply {
         let (_, file) = self.open.as_ref().expect("invariant: opened just above");
         let bytes = read_exact_at(file, request.offset, request.chunk, &abs)?;
         Ok(match request.base {
-            Some(sig) => self.encoder.encode_with_base(&bytes, sig),
+            Some(sig) => self.encoder.encode_with_base_refined(&bytes, sig, request.refine),
             None => self.encoder.encode(&bytes),
         })
     }

@@ -137,7 +137,6 @@ fn metadata_bytes(path: &RelPath, old: &[xfer::chunk::ChunkRef], new: &xfer::chu
 }
 
 #[test]
-#[ignore = "1096 B today: needs a second, finer signature round (work in progress)"]
 fn push_small_overwrite_costs_under_1kib() {
     let d = dirs();
     let data = seeded(64 << 20, 5);
@@ -155,7 +154,7 @@ fn push_small_overwrite_costs_under_1kib() {
     let old = before.manifest.get(&path).and_then(|e| e.file()).unwrap();
     let new = after.manifest.get(&path).and_then(|e| e.file()).unwrap();
     let meta = metadata_bytes(&path, &old.chunks, new);
-    let total = meta as u64 + stats.signature_bytes + stats.bytes_sent;
+    let total = meta as u64 + stats.signature_bytes + stats.refine_request_bytes + stats.bytes_sent;
     eprintln!(
         "100-byte overwrite: metadata {meta} B, signatures {} B, chunk data {} B in {} chunks, total {total} B",
         stats.signature_bytes, stats.bytes_sent, stats.chunks_sent
@@ -214,7 +213,7 @@ impl ChunkSupply for ModelSupply {
         let start = request.offset as usize;
         let bytes = &data[start..start + request.chunk.len as usize];
         Ok(match request.base {
-            Some(sig) => self.encoder.encode_with_base(bytes, sig),
+            Some(sig) => self.encoder.encode_with_base_refined(bytes, sig, request.refine),
             None => self.encoder.encode(bytes),
         })
     }

@@ -9,6 +9,7 @@
 //! temporaries are removed by the next scan, and files whose stat key no
 //! longer matches the database are re-read.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -271,33 +272,19 @@ impl MirrorStore {
                     bytes
                 }),
             };
-            let bytes =
-                match local {
-                    Some(bytes) => {
-                        report.chunks_reused += 1;
-                        report.bytes_reused += u64::from(chunk.len);
-                        bytes
-                    }
-                    None => {
-                        let base = self.base_region(path, offset, chunk.len, anchor.as_ref(), &mut reader);
-                        let signature = base.as_deref().map(patch::signature);
-                        if let Some(sig) = &signature {
-                            report.signature_bytes += sig.encode().len() as u64;
-                        }
-                        let request = ChunkRequest { path, index: i, offset, chunk: *chunk, base: signature.as_ref() };
-                        let encoded = supply.fetch(&request)?;
-                        report.chunks_fetched += 1;
-                        report.bytes_fetched += encoded.payload.len() as u64;
-                        if encoded.codec == codec::Codec::Delta {
-                            report.chunks_delta += 1;
-                        }
-                        let bytes = codec::decode(&encoded, &chunk.id, base.as_deref()).map_err(|source| {
-                            Error::Chunk { path: self.abs(path), index: i, chunk: chunk.id, source: Box::new(source) }
-                        })?;
-                        batch.received.insert(chunk.id, (temp.clone(), offset, chunk.len));
-                        bytes
-                    }
-                };
+            let bytes = match local {
+                Some(bytes) => {
+                    report.chunks_reused += 1;
+                    report.bytes_reused += u64::from(chunk.len);
+                    bytes
+                }
+                None => {
+                    let base = self.base_region(path, offset, chunk.len, anchor.as_ref(), &mut reader);
+                    let bytes = self.fetch_chunk(path, i, offset, chunk, base.as_deref(), supply, report)?;
+                    batch.received.insert(chunk.id, (temp.clone(), offset, chunk.len));
+                    bytes
+                }
+            };
             out.write_all(&bytes).at(&temp)?;
             hasher.update(&bytes);
             offset += u64::from(chunk.len);
@@ -315,6 +302,57 @@ impl MirrorStore {
         batch.bytes += digest.size;
         report.files_written += 1;
         Ok(())
+    }
+
+    /// Fetches a missing chunk, offering `base` for a delta. A delta that
+    /// does not rebuild the chunk (a false signature match, or old bytes that
+    /// changed) is fetched again without a base: it costs bytes, never data.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_chunk(
+        &self,
+        path: &RelPath,
+        index: usize,
+        offset: u64,
+        chunk: &ChunkRef,
+        base: Option<&[u8]>,
+        supply: &mut dyn ChunkSupply,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<u8>> {
+        let signature = base.map(patch::signature);
+        let refined = Cell::new((0u64, 0u64));
+        let refine = |request: &[u8]| {
+            let base = base?;
+            let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
+            let fine = patch::fine_signatures(base, &ranges);
+            let (asked, answered) = refined.get();
+            let answer: usize = fine.iter().map(|sig| sig.encode().len()).sum();
+            refined.set((asked + request.len() as u64, answered + answer as u64));
+            Some(fine)
+        };
+        let mut offer = signature.as_ref();
+        loop {
+            if let Some(sig) = offer {
+                report.signature_bytes += sig.encode().len() as u64;
+            }
+            let request = ChunkRequest { path, index, offset, chunk: *chunk, base: offer, refine: &refine };
+            let encoded = supply.fetch(&request)?;
+            let (asked, answered) = refined.take();
+            report.refine_request_bytes += asked;
+            report.signature_bytes += answered;
+            report.chunks_fetched += 1;
+            report.bytes_fetched += encoded.payload.len() as u64;
+            let is_delta = encoded.codec == codec::Codec::Delta;
+            match codec::decode(&encoded, &chunk.id, offer.and(base)) {
+                Ok(bytes) => {
+                    report.chunks_delta += u64::from(is_delta);
+                    return Ok(bytes);
+                }
+                Err(_) if is_delta => offer = None,
+                Err(source) => {
+                    return Err(Error::Chunk { path: self.abs(path), index, chunk: chunk.id, source: Box::new(source) })
+                }
+            }
+        }
     }
 
     fn build_symlink(&mut self, path: &RelPath, target: &[u8], meta: &Meta, batch: &mut Batch) -> Result<()> {

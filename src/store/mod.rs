@@ -20,7 +20,6 @@ use crate::patch::Signature;
 use crate::plan::Plan;
 
 /// A chunk the receiver needs, with what it can offer to shrink it.
-#[derive(Debug)]
 pub struct ChunkRequest<'a> {
     /// The source file the chunk belongs to.
     pub path: &'a RelPath,
@@ -33,6 +32,10 @@ pub struct ChunkRequest<'a> {
     /// Signature of the receiver's old bytes around the same place, so the
     /// sender can send a delta against them.
     pub base: Option<&'a Signature>,
+    /// The receiver's side of the refinement round: takes an encoded request
+    /// for finer signatures of base ranges, returns them (see
+    /// [`crate::codec::Encoder::encode_with_base_refined`]).
+    pub refine: &'a dyn Fn(&[u8]) -> Option<Vec<Signature>>,
 }
 
 /// Where missing chunks come from: the sender, across whatever lies between.
@@ -60,8 +63,11 @@ pub struct ApplyReport {
     pub bytes_fetched: u64,
     /// Of those, chunks sent as a delta against the receiver's old bytes.
     pub chunks_delta: u64,
-    /// Signature bytes offered to the sender (the reverse direction).
+    /// Signature bytes offered to the sender (the reverse direction),
+    /// refinement rounds included.
     pub signature_bytes: u64,
+    /// Refinement requests the sender made (data direction).
+    pub refine_request_bytes: u64,
     /// Entries removed (a directory counts once).
     pub entries_deleted: u64,
     /// Commit points passed: each one leaves the tree and state consistent.

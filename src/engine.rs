@@ -57,6 +57,11 @@ pub struct Stats {
     pub refine_request_bytes: u64,
     /// Chunks the receiver copied from files it already had.
     pub chunks_reused: u64,
+    /// Encoded size of the entry changes themselves (paths, metadata, chunk
+    /// list edits against the receiver's old list, a hash for a file the
+    /// receiver holds elsewhere): what a sender that remembers the
+    /// receiver's tree sends besides chunks.
+    pub metadata_bytes: u64,
     /// Entries deleted on the destination.
     pub entries_deleted: u64,
     /// Entries not transferred, with the reason (hard links, special files,
@@ -115,6 +120,7 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
         encoder: Encoder::new(options.compression).map_err(|e| Error::Encoder(Box::new(e)))?,
         open: None,
     };
+    let metadata_bytes = metadata_bytes(&plan, store.manifest());
     let report = store.apply(&plan, &mut supply)?;
 
     let mut stats = Stats::default();
@@ -126,6 +132,7 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
         }
     }
     stats.files_read = scanned.files_read;
+    stats.metadata_bytes = metadata_bytes;
     absorb(&mut stats, &report);
     stats
         .skipped
@@ -144,6 +151,41 @@ fn absorb(stats: &mut Stats, report: &ApplyReport) {
     stats.chunks_reused = report.chunks_reused;
     stats.entries_deleted = report.entries_deleted;
     stats.skipped.extend(report.failed.iter().cloned());
+}
+
+/// Encoded size of `plan`'s entry changes against the receiver's tree `dest`.
+fn metadata_bytes(plan: &crate::plan::Plan, dest: &Manifest) -> u64 {
+    use crate::plan::{chunk_list_edit, Op};
+    let held: HashSet<_> = dest.entries().iter().filter_map(|e| e.file()).map(|f| f.hash).collect();
+    let size = |value: &dyn erased::Encode| value.encoded_len();
+    let mut total = 0;
+    for op in &plan.ops {
+        total += match op {
+            Op::WriteFile { path, meta, digest } if held.contains(&digest.hash) => size(&(path, meta, digest.hash)),
+            Op::WriteFile { path, meta, digest } => {
+                let old = dest.get(path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
+                let edit = chunk_list_edit(old, &digest.chunks);
+                size(&(path, meta, digest.size, digest.hash, digest.params, edit))
+            }
+            Op::Symlink { path, target, meta } => size(&(path, target, meta)),
+            Op::Mkdir { path, meta } | Op::SetMeta { path, meta } => size(&(path, meta)),
+            Op::Delete { path } => size(path),
+        };
+    }
+    total as u64
+}
+
+/// Postcard sizes of differently typed values through one function.
+mod erased {
+    pub(super) trait Encode {
+        fn encoded_len(&self) -> usize;
+    }
+
+    impl<T: serde::Serialize> Encode for T {
+        fn encoded_len(&self) -> usize {
+            postcard::experimental::serialized_size(self).unwrap_or(0)
+        }
+    }
 }
 
 /// Which chunks of source files that differ from the destination the

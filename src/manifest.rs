@@ -526,3 +526,110 @@ pub fn diff_trees(
     diff.changed.sort();
     diff
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::digest_bytes;
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            meta: Meta { mode: 0o644, mtime: Mtime { secs: 1, nanos: 5 } },
+            kind: EntryKind::File(digest_bytes(content)),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry { path: RelPath::new(path).unwrap(), meta: Meta::default(), kind: EntryKind::Dir }
+    }
+
+    #[test]
+    fn relpath_rejects_unsafe_paths() {
+        for bad in [&b""[..], b"/etc", b"a//b", b"a/../b", b"..", b".", b"a/", b"a\0b"] {
+            assert!(RelPath::new(bad.to_vec()).is_err(), "{bad:?}");
+        }
+        assert!(RelPath::new(b"a/\xff/c".to_vec()).is_ok());
+        assert!(postcard::from_bytes::<RelPath>(&postcard::to_allocvec(&b"../x".to_vec()).unwrap()).is_err());
+    }
+
+    #[test]
+    fn relpath_orders_subtrees_together() {
+        let mut paths: Vec<RelPath> = ["a.d", "a/x", "a", "b", "a/x/y"].map(|p| RelPath::new(p).unwrap()).into();
+        paths.sort();
+        let names: Vec<String> = paths.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["a", "a/x", "a/x/y", "a.d", "b"]);
+        assert!(RelPath::new("a/x").unwrap().is_inside(&RelPath::new("a").unwrap()));
+        assert!(!RelPath::new("a.d").unwrap().is_inside(&RelPath::new("a").unwrap()));
+    }
+
+    #[test]
+    fn manifest_roundtrip_and_validation() {
+        let m = Manifest::new(vec![file("d/f", b"hello"), dir("d"), file("g", &[7; 100_000])]).unwrap();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        assert!(matches!(Manifest::new(vec![file("d/f", b"x")]), Err(ManifestError::Orphan(_))));
+        assert!(matches!(Manifest::new(vec![file("f", b"x"), file("f", b"y")]), Err(ManifestError::Duplicate(_))));
+        let mut bad = file("f", &[1; 50_000]);
+        if let EntryKind::File(d) = &mut bad.kind {
+            d.size += 1;
+        }
+        assert!(matches!(Manifest::new(vec![bad]), Err(ManifestError::BadChunks { .. })));
+        let mut other_version = m.encode();
+        other_version[0] = 9;
+        assert!(matches!(Manifest::decode(&other_version), Err(ManifestError::Version { theirs: 9, .. })));
+        // Truncations and garbage are errors, never panics.
+        let bytes = m.encode();
+        for len in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..len]).is_err());
+        }
+    }
+
+    #[test]
+    fn tree_root_changes_with_any_entry() {
+        let base = vec![dir("d"), file("d/f", b"one"), file("g", b"two")];
+        let root = Manifest::new(base.clone()).unwrap().tree().root();
+        let mut renamed = base.clone();
+        renamed[1] = file("d/h", b"one");
+        let mut touched = base.clone();
+        touched[2].meta.mtime.nanos += 1;
+        let mut chmod = base.clone();
+        chmod[0].meta.mode = 0o700;
+        for variant in [renamed, touched, chmod] {
+            assert_ne!(Manifest::new(variant).unwrap().tree().root(), root);
+        }
+        assert_eq!(Manifest::new(base).unwrap().tree().root(), root);
+    }
+
+    /// 1,000,000 files (100 directories of 100 directories of 100 files):
+    /// one change deep down costs one listing per level on its path.
+    #[test]
+    fn diff_trees_deep_change_costs_a_path() {
+        let meta = Meta::default();
+        let digest = digest_bytes(b"x");
+        let changed = digest_bytes(b"y");
+        let build = |edit: bool| {
+            let mut entries = Vec::with_capacity(1_010_100);
+            for a in 0..100 {
+                let top = RelPath::new(format!("{a:02}")).unwrap();
+                entries.push(Entry { path: top.clone(), meta, kind: EntryKind::Dir });
+                for b in 0..100 {
+                    let mid = top.join(format!("{b:02}").as_bytes()).unwrap();
+                    entries.push(Entry { path: mid.clone(), meta, kind: EntryKind::Dir });
+                    for c in 0..100 {
+                        let path = mid.join(format!("{c:02}").as_bytes()).unwrap();
+                        let d = if edit && (a, b, c) == (42, 17, 99) { &changed } else { &digest };
+                        entries.push(Entry { path, meta, kind: EntryKind::File(d.clone()) });
+                    }
+                }
+            }
+            Manifest::new(entries).unwrap()
+        };
+        let (ours, theirs) = (build(true).tree(), build(false).tree());
+        let diff = diff_trees(&ours, theirs.root(), |dir| theirs.listing(dir).to_vec());
+        let names: Vec<String> = diff.changed.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["42", "42/17", "42/17/99"]);
+        assert_eq!(diff.listings_compared, 3);
+        let same = diff_trees(&theirs, theirs.root(), |dir| theirs.listing(dir).to_vec());
+        assert_eq!(same, TreeDiff::default());
+    }
+}

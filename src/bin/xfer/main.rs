@@ -27,6 +27,12 @@ enum Command {
 Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest committed)."
     )]
     Push(PushArgs),
+    /// Chunk one file and print its size, hash and chunk count as JSON.
+    #[command(hide = true)]
+    Digest {
+        /// The file to read.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args),
+        Command::Digest { file } => digest(&file),
     }
 }
 
@@ -102,6 +109,22 @@ fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", summary(&stats));
     }
     Ok(if stats.is_partial() { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+}
+
+fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let size = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+    let params = xfer::chunk::ChunkParams::for_size(size);
+    let digest = xfer::chunk::digest_stream(file, params, |_, _, _| Ok(()))
+        .with_context(|| format!("read {}", path.display()))?;
+    let report = serde_json::json!({
+        "size": digest.size,
+        "hash": blake3::Hash::from_bytes(digest.hash.0).to_hex().to_string(),
+        "chunk_params": [params.min(), params.avg(), params.max()],
+        "chunks": digest.chunks.len(),
+    });
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn summary(stats: &Stats) -> String {

@@ -13,17 +13,20 @@ use thiserror::Error;
 
 use crate::hash::{ChunkId, FileHash};
 
-/// Smallest average chunk size xfer chooses, for files up to 64 MiB.
+/// Smallest average chunk size xfer chooses, for files up to 24 MiB.
 ///
-/// Measured on the public workloads (research/delta-floor.md): without a
-/// sub-chunk delta, 2K/8K/32K sent least on source trees (10.0 MB against
-/// 11.2 MB at 4K/16K/64K and 13.0 MB at 16K/64K/256K); with the delta of each
-/// changed chunk the payload barely depends on chunk size, so small files keep
-/// small chunks for dedup across files and big files scale up to cut id count.
-pub const AVG_SIZE_MIN: u32 = 8 * 1024;
+/// Chosen with `scripts/delta-workloads.sh` on the public workloads (delta
+/// phase, total wire MB for source-tree / log-append / random-blob /
+/// many-small / big-file-edits): avg = clamp(4 sqrt(size/1.5), 16K, 1M) sent
+/// 6.66 / 2.23 / 0.086 / 0.98 / 0.22 = 10.17 MB; 2 sqrt with an 8K floor
+/// 6.66 / 2.46 / 0.080 / 0.97 / 0.22 = 10.40; sqrt with a 4K floor 11.29;
+/// 4 sqrt with a 32K floor 10.68; 8 sqrt with a 16K floor 10.74. With the
+/// sub-chunk delta, small chunks no longer pay (research/delta-floor.md saw
+/// 2K/8K/32K win only without it), and bigger ones mean fewer ids.
+pub const AVG_SIZE_MIN: u32 = 16 * 1024;
 
-/// Largest average chunk size xfer chooses (files of 64 GiB and more): a
-/// 100 GiB file is about 100,000 chunks, not millions.
+/// Largest average chunk size xfer chooses (files over 24 GiB): a 100 GiB
+/// file is about 100,000 chunks, not millions.
 pub const AVG_SIZE_MAX: u32 = 1024 * 1024;
 
 /// Largest chunk xfer ever cuts (4 x [`AVG_SIZE_MAX`]); nothing decodes past it.
@@ -99,24 +102,24 @@ impl ChunkParams {
 
     /// The parameters xfer uses for a file of `size` bytes.
     ///
-    /// The average is the power of two at or above `2 * sqrt(size / 1.5)`,
+    /// The average is the power of two at or above `4 * sqrt(size / 1.5)`,
     /// clamped to [`AVG_SIZE_MIN`]..=[`AVG_SIZE_MAX`] (rsync also scales its
     /// block with the square root), with min = avg/4 and max = avg*4:
     ///
     /// | file size | min/avg/max |
     /// |---|---|
-    /// | up to 24 MiB | 2K/8K/32K: sent least on trees of small files |
-    /// | up to 96 MiB | 4K/16K/64K |
-    /// | up to 384 MiB | 8K/32K/128K |
-    /// | up to 1.5 GiB | 16K/64K/256K: sent least on big edited files once ids count |
-    /// | up to 6 GiB, 24 GiB, 96 GiB | 32K/128K/512K, 64K/256K/1M, 128K/512K/2M |
-    /// | above 96 GiB | 256K/1M/4M |
+    /// | up to 24 MiB | 4K/16K/64K |
+    /// | up to 96 MiB | 8K/32K/128K |
+    /// | up to 384 MiB | 16K/64K/256K |
+    /// | up to 1.5 GiB | 32K/128K/512K |
+    /// | up to 6 GiB, 24 GiB | 64K/256K/1M, 128K/512K/2M |
+    /// | above 24 GiB | 256K/1M/4M: a 100 GiB file is about 100,000 chunks |
     ///
     /// A file whose size crosses a boundary is cut anew, so the boundaries sit
     /// at 1.5 x powers of four rather than at the powers of two that disk
     /// images and preallocated files tend to have.
     pub fn for_size(size: u64) -> Self {
-        let target = (2.0 * (size as f64 / 1.5).sqrt()).ceil() as u64;
+        let target = (4.0 * (size as f64 / 1.5).sqrt()).ceil() as u64;
         let avg = target.max(1).next_power_of_two().clamp(u64::from(AVG_SIZE_MIN), u64::from(AVG_SIZE_MAX)) as u32;
         Self { min: avg / 4, avg, max: avg * 4 }
     }
@@ -288,11 +291,11 @@ mod tests {
     #[test]
     fn params_scale_with_size() {
         assert_eq!(ChunkParams::for_size(0).avg(), AVG_SIZE_MIN);
-        assert_eq!(ChunkParams::for_size(24 << 20).avg(), 8192);
-        assert_eq!(ChunkParams::for_size((24 << 20) + 1).avg(), 16384);
-        assert_eq!(ChunkParams::for_size(64 << 20).avg(), 16384);
-        assert_eq!(ChunkParams::for_size((64 << 20) + 1).avg(), 16384);
-        assert_eq!(ChunkParams::for_size(512 << 20).avg(), 65536);
+        assert_eq!(ChunkParams::for_size(24 << 20).avg(), 16384);
+        assert_eq!(ChunkParams::for_size((24 << 20) + 1).avg(), 32768);
+        assert_eq!(ChunkParams::for_size(64 << 20).avg(), 32768);
+        assert_eq!(ChunkParams::for_size((64 << 20) + 1).avg(), 32768);
+        assert_eq!(ChunkParams::for_size(512 << 20).avg(), 131072);
         assert_eq!(ChunkParams::for_size(100 << 30).avg(), AVG_SIZE_MAX);
         for size in [0u64, 1, 1 << 20, 1 << 30, 1 << 40] {
             let p = ChunkParams::for_size(size);

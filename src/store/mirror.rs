@@ -2,9 +2,10 @@
 //! with any tool; xfer's state lives elsewhere (see [`super::state`]).
 //!
 //! Durability order, so that the state is never ahead of the data: each file
-//! is built in a temporary file beside its final name and fsynced; then the
-//! batch's temporaries are renamed into place and their directories fsynced;
-//! only then does the state database commit the batch. A crash at any point
+//! is built in a temporary file beside its final name; the filesystems of the
+//! batch are synced (`syncfs`, once per batch, not per file); then the
+//! temporaries are renamed into place and the filesystems synced again; only
+//! then does the state database commit the batch. A crash at any point
 //! leaves every final name holding a complete old or new version; stale
 //! temporaries are removed by the next scan, and files whose stat key no
 //! longer matches the database are re-read.
@@ -296,8 +297,6 @@ impl MirrorStore {
         }
         file.set_permissions(fs::Permissions::from_mode(meta.mode)).at(&temp)?;
         filetime::set_file_handle_times(&file, None, Some(to_filetime(meta))).at(&temp)?;
-        self.step()?;
-        file.sync_all().at(&temp)?;
         batch.files += 1;
         batch.bytes += digest.size;
         report.files_written += 1;
@@ -414,21 +413,29 @@ impl MirrorStore {
         (!bytes.is_empty()).then_some(bytes)
     }
 
-    /// Renames the batch into place, makes it durable, then records it.
+    /// Renames the batch into place, makes it durable, then records it. On
+    /// failure the temporaries not yet renamed are removed.
     fn commit(&mut self, batch: &mut Batch, report: &mut ApplyReport) -> Result<()> {
+        let result = self.commit_batch(batch, report);
+        if result.is_err() {
+            self.discard(batch);
+        }
+        result
+    }
+
+    fn commit_batch(&mut self, batch: &mut Batch, report: &mut ApplyReport) -> Result<()> {
         if batch.pending.is_empty() && batch.upserts.is_empty() {
             return Ok(());
         }
-        let mut dirs = BTreeSet::new();
+        // Data first: every temporary is durable before any rename.
+        let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|(temp, ..)| temp.parent()));
+        self.step()?;
+        sync_filesystems(&filesystems)?;
         let pending = std::mem::take(&mut batch.pending);
         for (n, (temp, target, path, digest)) in pending.iter().enumerate() {
             if let Err(e) = self.step().and_then(|()| fs::rename(temp, target).at(target)) {
                 batch.pending = pending[n..].to_vec();
-                self.discard(batch);
                 return Err(e);
-            }
-            if let Some(parent) = target.parent() {
-                dirs.insert(parent.to_path_buf());
             }
             match digest {
                 Some(digest) => {
@@ -443,10 +450,9 @@ impl MirrorStore {
                 }
             }
         }
-        for dir in dirs {
-            self.step()?;
-            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
-        }
+        // Then the renames, before the state that claims them.
+        self.step()?;
+        sync_filesystems(&filesystems)?;
         self.step()?;
         self.db.update(&batch.upserts, &[])?;
         for (path, record) in batch.upserts.drain(..) {
@@ -507,6 +513,31 @@ impl SourceReader {
         let bytes = self.read_range(path, offset, len as usize)?;
         (bytes.len() == len as usize && ChunkId::of(&bytes) == *id).then_some(bytes)
     }
+}
+
+/// One directory per filesystem among `dirs` (a tree may span mounts).
+fn distinct_filesystems<'a>(dirs: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = BTreeSet::new();
+    let mut unique = Vec::new();
+    for dir in dirs {
+        // An unreadable directory is kept: syncing it reports the error.
+        let dev = fs::metadata(dir).map(|m| m.dev()).ok();
+        if dev.is_none() || seen.insert(dev) {
+            unique.push(dir.to_path_buf());
+        }
+    }
+    unique
+}
+
+/// Flushes each filesystem once. A batch of thousands of small files costs
+/// one journal commit instead of one per file: pushing 50,000 files took
+/// 13.7 s with an fsync per file.
+fn sync_filesystems(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        File::open(dir).and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from)).at(dir)?;
+    }
+    Ok(())
 }
 
 fn to_filetime(meta: &Meta) -> FileTime {

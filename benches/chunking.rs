@@ -5,7 +5,7 @@ use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastcdc::v2020::FastCDC;
-use xfer::chunk::{digest_bytes, digest_stream, ChunkParams};
+use xfer::chunk::{digest_bytes, digest_stream_sized, ChunkParams};
 
 const LEN: usize = 64 << 20;
 
@@ -44,7 +44,7 @@ fn chunking(c: &mut Criterion) {
     group.bench_function("xfer_digest_stream_file", |b| {
         b.iter(|| {
             let f = std::fs::File::open(file.path()).expect("open temp file");
-            digest_stream(f, params, |_, _, _| Ok(())).expect("read temp file")
+            digest_stream_sized(f, params, LEN as u64, |_, _, _| Ok(())).expect("read temp file")
         })
     });
     group.finish();

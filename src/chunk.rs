@@ -195,60 +195,154 @@ pub struct FileDigest {
     pub chunks: Vec<ChunkRef>,
 }
 
+/// Bytes read at a time.
+const READ_PIECE: usize = 1 << 20;
+
+/// Streams from this size up read on a second thread, which also computes
+/// the whole-file hash, so chunking and chunk hashing keep one core busy.
+/// Below it a thread costs more than it saves (50,000 small files).
+const THREADED_FROM: u64 = 8 << 20;
+
+/// Pieces the reader thread may run ahead: bounds memory to a few MiB.
+const READ_AHEAD: usize = 4;
+
 /// Chunks and hashes everything `reader` yields, handing each chunk's bytes to
 /// `on_chunk` as it goes (so a caller can store or send it without a re-read).
 ///
 /// `params` are usually `ChunkParams::for_size(expected size)`; a stream that
 /// turns out longer or shorter still chunks correctly with them, and the
-/// caller can compare `FileDigest::size` with what it expected.
+/// caller can compare `FileDigest::size` with what it expected. Memory stays
+/// within a few maximum-size chunks plus a few MiB of read-ahead.
 ///
 /// # Errors
 /// Any I/O error from `reader`, or one returned by `on_chunk`.
-pub fn digest_stream<R: Read>(
+pub fn digest_stream<R: Read + Send>(
+    reader: R,
+    params: ChunkParams,
+    on_chunk: impl FnMut(u64, &[u8], ChunkId) -> io::Result<()>,
+) -> io::Result<FileDigest> {
+    digest_stream_sized(reader, params, u64::MAX, on_chunk)
+}
+
+/// [`digest_stream`] for a stream expected to hold `size_hint` bytes, which
+/// picks between reading on this thread and on a second one.
+///
+/// # Errors
+/// Any I/O error from `reader`, or one returned by `on_chunk`.
+pub fn digest_stream_sized<R: Read + Send>(
     mut reader: R,
     params: ChunkParams,
-    mut on_chunk: impl FnMut(u64, &[u8], ChunkId) -> io::Result<()>,
+    size_hint: u64,
+    on_chunk: impl FnMut(u64, &[u8], ChunkId) -> io::Result<()>,
 ) -> io::Result<FileDigest> {
-    // Two maximum-size chunks plus slack: a cut always sees `max` bytes.
-    let window = (params.max as usize * 2).max(1 << 20);
-    let mut buf = vec![0u8; window];
-    let mut filled = 0;
-    let mut start = 0;
-    let mut eof = false;
-    let mut offset = 0u64;
-    let mut file_hasher = blake3::Hasher::new();
-    let mut chunks = Vec::new();
-    loop {
-        // Refill until the window holds a full max-size chunk or the stream ends.
-        if !eof && filled - start < params.max as usize {
-            buf.copy_within(start..filled, 0);
-            filled -= start;
-            start = 0;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+    let mut cutter = Cutter::new(params, on_chunk);
+    let hash = if size_hint < THREADED_FROM {
+        let mut hasher = blake3::Hasher::new();
+        let mut piece = vec![0u8; READ_PIECE];
+        loop {
+            let n = read_some(&mut reader, &mut piece)?;
+            if n == 0 {
+                break;
             }
+            hasher.update(&piece[..n]);
+            cutter.feed(&piece[..n])?;
         }
-        if start == filled {
-            break;
+        hasher.finalize()
+    } else {
+        std::thread::scope(|scope| {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
+            let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD + 2);
+            let reader_thread = scope.spawn(move || -> io::Result<blake3::Hash> {
+                let mut hasher = blake3::Hasher::new();
+                loop {
+                    let mut piece = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; READ_PIECE]);
+                    piece.resize(READ_PIECE, 0);
+                    let n = read_some(&mut reader, &mut piece)?;
+                    if n == 0 {
+                        return Ok(hasher.finalize());
+                    }
+                    piece.truncate(n);
+                    hasher.update(&piece);
+                    if full_tx.send(piece).is_err() {
+                        // The chunker stopped on an error of its own.
+                        return Ok(hasher.finalize());
+                    }
+                }
+            });
+            let mut fed = Ok(());
+            for piece in full_rx {
+                fed = cutter.feed(&piece);
+                if fed.is_err() {
+                    break;
+                }
+                let _ = empty_tx.try_send(piece);
+            }
+            let read = reader_thread.join().map_err(|_| io::Error::other("reader thread panicked"))?;
+            fed.and(read)
+        })?
+    };
+    let (size, chunks) = cutter.finish()?;
+    Ok(FileDigest { size, hash: hash.into(), params, chunks })
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        let len = params.cut(&buf[start..filled]).max(1);
-        let bytes = &buf[start..start + len];
-        let id = ChunkId::of(bytes);
-        file_hasher.update(bytes);
-        on_chunk(offset, bytes, id)?;
-        chunks.push(ChunkRef { id, len: len as u32 });
-        offset += len as u64;
-        start += len;
     }
-    Ok(FileDigest { size: offset, hash: file_hasher.finalize().into(), params, chunks })
+    Ok(filled)
+}
+
+/// Cuts chunks from bytes fed in pieces, keeping only the uncut tail.
+struct Cutter<F> {
+    params: ChunkParams,
+    window: Vec<u8>,
+    start: usize,
+    offset: u64,
+    chunks: Vec<ChunkRef>,
+    on_chunk: F,
+}
+
+impl<F: FnMut(u64, &[u8], ChunkId) -> io::Result<()>> Cutter<F> {
+    fn new(params: ChunkParams, on_chunk: F) -> Self {
+        let window = Vec::with_capacity(params.max as usize + READ_PIECE);
+        Cutter { params, window, start: 0, offset: 0, chunks: Vec::new(), on_chunk }
+    }
+
+    fn feed(&mut self, piece: &[u8]) -> io::Result<()> {
+        self.window.drain(..self.start);
+        self.start = 0;
+        self.window.extend_from_slice(piece);
+        // A cut is final only when a whole maximum-size chunk is in view.
+        while self.window.len() - self.start >= self.params.max as usize {
+            self.cut_one()?;
+        }
+        Ok(())
+    }
+
+    fn cut_one(&mut self) -> io::Result<()> {
+        let len = self.params.cut(&self.window[self.start..]).max(1);
+        let bytes = &self.window[self.start..self.start + len];
+        let id = ChunkId::of(bytes);
+        (self.on_chunk)(self.offset, bytes, id)?;
+        self.chunks.push(ChunkRef { id, len: len as u32 });
+        self.offset += len as u64;
+        self.start += len;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<(u64, Vec<ChunkRef>)> {
+        while self.start < self.window.len() {
+            self.cut_one()?;
+        }
+        Ok((self.offset, self.chunks))
+    }
 }
 
 /// [`digest_stream`] over an in-memory slice.
@@ -332,6 +426,9 @@ mod tests {
         .unwrap();
         let expected: Vec<_> = cut_points(&data, params).collect();
         assert_eq!(seen, expected);
+        // The same through the reader thread.
+        let threaded = digest_stream_sized(Dribble(&data), params, THREADED_FROM, |_, _, _| Ok(())).unwrap();
+        assert_eq!(threaded, digest);
         assert_eq!(digest.hash, FileHash::of(&data));
         assert_eq!(digest.size, data.len() as u64);
         assert!(digest.chunks.iter().all(|c| c.len <= 16384));

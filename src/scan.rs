@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{digest_stream, ChunkParams, FileDigest};
+use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
 
@@ -216,7 +216,7 @@ fn read_file(abs: &Path, meta: &fs::Metadata) -> Result<FileRecord> {
     let file = File::open(abs).at(abs)?;
     let before = file.metadata().at(abs)?;
     let params = ChunkParams::for_size(before.len());
-    let digest = digest_stream(&file, params, |_, _, _| Ok(())).at(abs)?;
+    let digest = digest_stream_sized(&file, params, before.len(), |_, _, _| Ok(())).at(abs)?;
     let after = file.metadata().at(abs)?;
     let stat = StatKey::of(&before);
     if digest.size != before.len() || StatKey::of(&after) != stat || stat.ino != meta.ino() {

@@ -115,7 +115,7 @@ fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let size = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
     let params = xfer::chunk::ChunkParams::for_size(size);
-    let digest = xfer::chunk::digest_stream(file, params, |_, _, _| Ok(()))
+    let digest = xfer::chunk::digest_stream_sized(file, params, size, |_, _, _| Ok(()))
         .with_context(|| format!("read {}", path.display()))?;
     let report = serde_json::json!({
         "size": digest.size,

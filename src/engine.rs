@@ -155,7 +155,7 @@ fn absorb(stats: &mut Stats, report: &ApplyReport) {
 
 /// Encoded size of `plan`'s entry changes against the receiver's tree `dest`.
 fn metadata_bytes(plan: &crate::plan::Plan, dest: &Manifest) -> u64 {
-    use crate::plan::{chunk_list_edit, Op};
+    use crate::plan::{wire_chunk_list, Op};
     let held: HashSet<_> = dest.entries().iter().filter_map(|e| e.file()).map(|f| f.hash).collect();
     let size = |value: &dyn erased::Encode| value.encoded_len();
     let mut total = 0;
@@ -164,7 +164,7 @@ fn metadata_bytes(plan: &crate::plan::Plan, dest: &Manifest) -> u64 {
             Op::WriteFile { path, meta, digest } if held.contains(&digest.hash) => size(&(path, meta, digest.hash)),
             Op::WriteFile { path, meta, digest } => {
                 let old = dest.get(path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
-                let edit = chunk_list_edit(old, &digest.chunks);
+                let edit = wire_chunk_list(old, digest);
                 size(&(path, meta, digest.size, digest.hash, digest.params, edit))
             }
             Op::Symlink { path, target, meta } => size(&(path, target, meta)),

@@ -286,6 +286,17 @@ pub fn chunk_list_edit(old: &[ChunkRef], new: &[ChunkRef]) -> Vec<ListEdit> {
     edits
 }
 
+/// What a changed file's chunk list costs on the wire: nothing when it is
+/// one chunk (its id is then the whole-file hash, which is sent anyway),
+/// else its edit against the receiver's old list of the same path.
+pub fn wire_chunk_list(old: &[ChunkRef], new: &FileDigest) -> Option<Vec<ListEdit>> {
+    match new.chunks.as_slice() {
+        [only] if only.id.0 == new.hash.0 => None,
+        [] => None,
+        chunks => Some(chunk_list_edit(old, chunks)),
+    }
+}
+
 /// Rebuilds the new chunk list from `old` and `edits`; `None` if an edit
 /// points outside `old`.
 pub fn apply_list_edit(old: &[ChunkRef], edits: &[ListEdit]) -> Option<Vec<ChunkRef>> {

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use xfer::codec::{Compression, EncodedChunk, Encoder};
 use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::manifest::{EntryKind, RelPath};
-use xfer::plan::{chunk_list_edit, plan, ListEdit, PlanOptions};
+use xfer::plan::{plan, wire_chunk_list, ListEdit, PlanOptions};
 use xfer::scan::{scan, ScanOptions, StatKey};
 use xfer::store::state::StateDb;
 use xfer::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
@@ -131,7 +131,7 @@ fn push_front_insertion_sends_few_chunks() {
 /// Wire bytes of a changed file's metadata when the sender knows the
 /// receiver's previous chunk list: path, metadata, size, hash, list edit.
 fn metadata_bytes(path: &RelPath, old: &[xfer::chunk::ChunkRef], new: &xfer::chunk::FileDigest) -> usize {
-    let edit: Vec<ListEdit> = chunk_list_edit(old, &new.chunks);
+    let edit: Option<Vec<ListEdit>> = wire_chunk_list(old, new);
     let message = (path, new.size, new.hash, new.params, &edit);
     postcard::to_allocvec(&message).unwrap().len() + 16 // mode and mtime
 }

@@ -32,6 +32,9 @@ pub const AVG_SIZE_MAX: u32 = 1024 * 1024;
 /// Largest chunk xfer ever cuts (4 x [`AVG_SIZE_MAX`]); nothing decodes past it.
 pub const MAX_CHUNK_LEN: u32 = 4 * AVG_SIZE_MAX;
 
+// The wire's limit, which cannot depend on this crate, must agree.
+const _: () = assert!(MAX_CHUNK_LEN == xfer_protocol::MAX_CHUNK_LEN);
+
 /// FastCDC parameters: power-of-two minimum, average and maximum chunk sizes.
 ///
 /// Always valid once constructed: the fastcdc crate checks its bounds only in

@@ -12,10 +12,12 @@ pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod hash;
+pub mod identity;
 pub mod manifest;
 pub mod patch;
 pub mod plan;
 pub mod scan;
 pub mod store;
+pub mod transport;
 
 pub use error::{Error, Result};

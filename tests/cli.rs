@@ -64,3 +64,16 @@ fn cli_bad_input_says_what_to_do() {
     assert_eq!(nested.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&nested.stderr).contains("overlap"));
 }
+
+#[test]
+fn cli_id_is_stable() {
+    let tmp = TempDir::new().unwrap();
+    let run = || {
+        let out = xfer(tmp.path()).args(["id", "--config-dir"]).arg(tmp.path().join("cfg")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.starts_with("xfer:"), "{first}");
+    assert_eq!(run(), first);
+}

@@ -5,3 +5,4 @@ mod util;
 mod cli;
 mod plan_model;
 mod push;
+mod transport;

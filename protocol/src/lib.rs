@@ -1,9 +1,35 @@
-//! Wire format of xfer: protocol version, limits and (from the wire issue on)
-//! frames and messages. `SPEC.md` beside this crate is normative.
+//! Wire format of xfer: frames, messages, limits and close codes.
+//! `SPEC.md` beside this crate is normative; this crate implements it.
+//!
+//! The crate is pure: no I/O, no async. A reader feeds its buffer to
+//! [`frame::check`] and [`frame::parse`]; a writer appends frames with
+//! [`frame::encode`].
+//!
+//! ```
+//! use xfer_protocol::{frame, Message, msg::Commit};
+//!
+//! let mut buf = Vec::new();
+//! frame::encode(&Message::Commit(Commit { seq: 7 }), &mut buf);
+//! let n = frame::check(&buf).unwrap().expect("a whole frame");
+//! assert_eq!(frame::parse(&buf[..n]).unwrap(), Message::Commit(Commit { seq: 7 }));
+//! ```
 #![warn(missing_docs, unreachable_pub)]
+
+mod codec;
+pub mod error;
+pub mod frame;
+pub mod limits;
+pub mod msg;
+
+pub use error::{check_version, CloseCode, DecodeError};
+pub use limits::*;
+pub use msg::{Kind, Message};
 
 /// The protocol version this crate speaks; also carried in the QUIC ALPN.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// ALPN identifier of protocol version 1.
 pub const ALPN: &[u8] = b"xfer/1";
+
+/// `Hello.features` bits defined by this version: none yet.
+pub const KNOWN_FEATURES: u64 = 0;

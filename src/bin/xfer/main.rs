@@ -27,6 +27,14 @@ enum Command {
 Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest committed)."
     )]
     Push(PushArgs),
+    /// Print this host's identity (its key's fingerprint), creating it on first use.
+    #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
+$XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
+    Id {
+        /// Where the identity is kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
     /// Chunk one file and print its size, hash and chunk count as JSON.
     #[command(hide = true)]
     Digest {
@@ -84,6 +92,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args),
         Command::Digest { file } => digest(&file),
+        Command::Id { config_dir } => {
+            let Some(dir) = config_dir.or_else(xfer::identity::default_config_dir) else {
+                bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR");
+            };
+            let identity = xfer::identity::Identity::load_or_create(&dir)?;
+            println!("{}", identity.fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

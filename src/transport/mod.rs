@@ -1,0 +1,124 @@
+//! QUIC endpoints (quinn): mutual TLS 1.3 between self-signed identities
+//! pinned by fingerprint, with socket buffers and flow-control windows sized
+//! for fast and long links. The only module that names quinn.
+
+mod tls;
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ClientConfig, Connection, Endpoint, EndpointConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
+
+use crate::identity::{Fingerprint, Identity};
+
+pub use xfer_protocol::ALPN;
+
+/// UDP socket buffers. quinn's defaults (the kernel's 208 KiB) lost ~8,000
+/// packets per 2 GiB on loopback and topped out at 1.3 Gbit/s; 4 MiB lost
+/// none and reached 2.2-2.9 Gbit/s (research/limits.md).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Per-stream receive window: 16 MiB, with the connection and send windows
+/// below, took loopback to 2.5-3.1 Gbit/s; 64 MiB helped nothing there.
+pub const STREAM_WINDOW: u32 = 16 << 20;
+
+/// Connection receive window and send window: 64 MiB covers the
+/// bandwidth-delay product of a 1 Gbit/s link at 100 ms (12.5 MB) several
+/// times over, so several streams can each fill their window.
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// A silent peer is dropped after this long (keep-alives run at a third).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn transport_config() -> Arc<TransportConfig> {
+    let mut config = TransportConfig::default();
+    config
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW))
+        .keep_alive_interval(Some(IDLE_TIMEOUT / 3))
+        .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("invariant: 60 s fits a QUIC varint")));
+    Arc::new(config)
+}
+
+/// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers (the
+/// kernel may cap them at `net.core.rmem_max`).
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer only costs speed.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A server endpoint on `addr` presenting `identity`. Every client must
+/// present a certificate (proving it holds its key); which fingerprints are
+/// admitted is decided per session, so a refused client can be told why.
+///
+/// # Errors
+/// I/O errors binding the socket, or a TLS configuration error.
+pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> io::Result<Endpoint> {
+    let tls = tls::server_config(identity)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
+    let mut config = ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config());
+    let runtime = Arc::new(quinn::TokioRuntime);
+    Endpoint::new(EndpointConfig::default(), Some(config), udp_socket(addr)?, runtime)
+}
+
+/// A client endpoint bound to `addr` (usually an unspecified address, port 0).
+///
+/// # Errors
+/// I/O errors binding the socket.
+pub fn client_endpoint(addr: SocketAddr) -> io::Result<Endpoint> {
+    Endpoint::new(EndpointConfig::default(), None, udp_socket(addr)?, Arc::new(quinn::TokioRuntime))
+}
+
+/// What the client expects of the server's key, and what it saw.
+#[derive(Clone, Debug, Default)]
+pub struct ServerPin {
+    /// The pinned fingerprint; `None` refuses every server but records its
+    /// fingerprint (to print it with the command that trusts it).
+    pub expected: Option<Fingerprint>,
+    /// The fingerprint the server presented, once the handshake saw it.
+    pub seen: Arc<Mutex<Option<Fingerprint>>>,
+}
+
+impl ServerPin {
+    /// A pin on `fingerprint`.
+    pub fn new(fingerprint: Option<Fingerprint>) -> Self {
+        ServerPin { expected: fingerprint, seen: Arc::default() }
+    }
+
+    /// The fingerprint the server presented, if the handshake got that far.
+    pub fn seen(&self) -> Option<Fingerprint> {
+        self.seen.lock().ok().and_then(|seen| *seen)
+    }
+}
+
+/// Client configuration presenting `identity` and accepting only the
+/// server that `pin` names.
+///
+/// # Errors
+/// A TLS configuration error.
+pub fn client_config(identity: &Identity, pin: &ServerPin) -> io::Result<ClientConfig> {
+    let tls = tls::client_config(identity, pin.clone())?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
+    let mut config = ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+/// The fingerprint of the key the peer proved it holds.
+pub fn peer_fingerprint(connection: &Connection) -> Option<Fingerprint> {
+    let identity = connection.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    Fingerprint::of_certificate(certs.first()?).ok()
+}

@@ -334,3 +334,19 @@ fn scan_quick_check_skips_unchanged_files() {
     let entry = second.manifest.get(&rel(b"f3")).unwrap();
     assert!(matches!(&entry.kind, EntryKind::File(f) if f.size == 7));
 }
+
+#[test]
+fn push_sends_a_repeated_chunk_once() {
+    let d = dirs();
+    // Runs of zeros cut into identical maximum-size chunks.
+    let mut data = seeded(100_000, 3);
+    data.extend(std::iter::repeat_n(0u8, 4 << 20));
+    data.extend(seeded(100_000, 4));
+    fs::write(d.src.join("image"), &data).unwrap();
+    let stats = push(&d);
+    assert_eq!(fs::read(d.dest.join("image")).unwrap(), data);
+    let digest = xfer::chunk::digest_bytes(&data);
+    let distinct: std::collections::HashSet<_> = digest.chunks.iter().map(|c| c.id).collect();
+    assert!(distinct.len() < digest.chunks.len(), "the test needs repeated chunks");
+    assert_eq!(stats.chunks_sent, distinct.len() as u64);
+}

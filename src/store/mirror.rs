@@ -13,7 +13,6 @@
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +21,7 @@ use filetime::FileTime;
 use super::state::{ChunkLoc, StateDb};
 use super::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, Store};
 use crate::chunk::{ChunkRef, FileDigest};
-use crate::codec;
+use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Manifest, Meta, RelPath};
@@ -240,7 +239,155 @@ struct Batch {
     bytes: u64,
 }
 
+/// A chunk a file being rebuilt lacks, with an offer of old bytes for a delta.
+struct Need {
+    index: usize,
+    offset: u64,
+    chunk: ChunkRef,
+    /// Where the old bytes resembling it are: file, offset, length.
+    base: Option<(PathBuf, u64, usize)>,
+    /// Signature of those old bytes, as offered to the sender.
+    signature: Option<patch::Signature>,
+}
+
+/// A file being rebuilt in its temporary: chunks the receiver holds are
+/// copied in at their offsets, the missing ones are listed as needs and
+/// written where they belong as they arrive, in any order.
+struct FileBuild {
+    path: RelPath,
+    temp: PathBuf,
+    file: File,
+    needs: Vec<Need>,
+    /// Later occurrences of a needed chunk in the same file: (offset, the
+    /// need whose bytes they copy). Each missing chunk is fetched once.
+    repeats: Vec<(u64, usize)>,
+}
+
 impl MirrorStore {
+    /// Starts rebuilding `path`: creates its temporary, copies in every chunk
+    /// found locally (re-hashed on read), and lists the others with
+    /// signatures of the old bytes found by content next to them.
+    fn begin_file(
+        &mut self,
+        path: &RelPath,
+        digest: &FileDigest,
+        batch: &mut Batch,
+        report: &mut ApplyReport,
+    ) -> Result<FileBuild> {
+        self.step()?;
+        let temp = self.temp_beside(path);
+        let file = File::create_new(&temp).at(&temp)?;
+        batch.pending.push((temp.clone(), self.abs(path), path.clone(), Some(digest.clone())));
+        file.set_len(digest.size).at(&temp)?;
+        let mut reader = SourceReader::default();
+        let index = self.db.chunks()?;
+        let mut needs: Vec<Need> = Vec::new();
+        let mut needed: HashMap<ChunkId, usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        // The last chunk found locally: anchors where the old bytes of the
+        // next missing chunk are, even after insertions shifted everything.
+        let mut anchor: Option<(ChunkLoc, u64)> = None;
+        let mut offset = 0u64;
+        for (i, chunk) in digest.chunks.iter().enumerate() {
+            let here = offset;
+            offset += u64::from(chunk.len);
+            if let Some(&need) = needed.get(&chunk.id) {
+                repeats.push((here, need));
+                continue;
+            }
+            let local = match batch.received.get(&chunk.id) {
+                Some((temp_path, at, len)) => reader.read_verified(temp_path, *at, *len, &chunk.id),
+                None => self.read_local(&index, chunk, &mut reader).map(|(bytes, loc)| {
+                    anchor = Some((loc, offset));
+                    bytes
+                }),
+            };
+            match local {
+                Some(bytes) => {
+                    file.write_all_at(&bytes, here).at(&temp)?;
+                    report.chunks_reused += 1;
+                    report.bytes_reused += u64::from(chunk.len);
+                }
+                None => {
+                    let base = self.base_region(path, here, chunk.len, anchor.as_ref());
+                    let signature = base
+                        .as_ref()
+                        .and_then(|(file, at, len)| reader.read_range(file, *at, *len))
+                        .filter(|bytes| !bytes.is_empty())
+                        .map(|bytes| patch::signature(&bytes));
+                    needed.insert(chunk.id, needs.len());
+                    needs.push(Need { index: i, offset: here, chunk: *chunk, base, signature });
+                }
+            }
+        }
+        Ok(FileBuild { path: path.clone(), temp, file, needs, repeats })
+    }
+
+    /// The old bytes a need's signature describes, read again (they are not
+    /// kept in memory while the chunk is in flight).
+    fn base_bytes(&self, need: &Need) -> Option<Vec<u8>> {
+        let (file, at, len) = need.base.as_ref()?;
+        SourceReader::default().read_range(file, *at, *len)
+    }
+
+    /// Decodes a received chunk for need `n` of `build` and writes it in
+    /// place. `Ok(false)` means a delta did not rebuild the chunk (a false
+    /// signature match, or old bytes that changed since): fetch it again
+    /// without a base.
+    fn put_chunk(&self, build: &FileBuild, n: usize, encoded: &EncodedChunk, with_base: bool) -> Result<bool> {
+        let need = &build.needs[n];
+        let base = if with_base { self.base_bytes(need) } else { None };
+        match codec::decode(encoded, &need.chunk.id, base.as_deref()) {
+            Ok(bytes) => {
+                build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
+                Ok(true)
+            }
+            Err(_) if with_base && encoded.codec == codec::Codec::Delta => Ok(false),
+            Err(source) => Err(Error::Chunk {
+                path: self.abs(&build.path),
+                index: need.index,
+                chunk: need.chunk.id,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Fills repeats, checks the whole-file hash, sets mode and mtime: the
+    /// temporary is then ready for the batch's rename.
+    fn finish_file(&self, build: FileBuild, meta: &Meta, digest: &FileDigest, batch: &mut Batch) -> Result<()> {
+        for &(offset, n) in &build.repeats {
+            let need = &build.needs[n];
+            let mut bytes = vec![0u8; need.chunk.len as usize];
+            build.file.read_exact_at(&mut bytes, need.offset).at(&build.temp)?;
+            build.file.write_all_at(&bytes, offset).at(&build.temp)?;
+        }
+        // Chunks landed in any order, so the whole-file hash is taken from
+        // the temporary itself (page cache), which also proves what will be
+        // renamed into place.
+        let mut hasher = blake3::Hasher::new();
+        let mut piece = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < digest.size {
+            let len = piece.len().min((digest.size - at) as usize);
+            build.file.read_exact_at(&mut piece[..len], at).at(&build.temp)?;
+            hasher.update(&piece[..len]);
+            at += len as u64;
+        }
+        if FileHash::from(hasher.finalize()) != digest.hash {
+            return Err(Error::FileMismatch { path: self.abs(&build.path) });
+        }
+        build.file.set_permissions(fs::Permissions::from_mode(meta.mode)).at(&build.temp)?;
+        filetime::set_file_handle_times(&build.file, None, Some(to_filetime(meta))).at(&build.temp)?;
+        for need in &build.needs {
+            batch.received.insert(need.chunk.id, (build.temp.clone(), need.offset, need.chunk.len));
+        }
+        batch.files += 1;
+        batch.bytes += digest.size;
+        Ok(())
+    }
+
+    /// Rebuilds one file, fetching what it lacks from `supply` one chunk at
+    /// a time. (A session over the wire keeps many needs in flight instead.)
     fn build_file(
         &mut self,
         path: &RelPath,
@@ -250,107 +397,61 @@ impl MirrorStore {
         batch: &mut Batch,
         report: &mut ApplyReport,
     ) -> Result<()> {
-        self.step()?;
-        let temp = self.temp_beside(path);
-        let file = File::create_new(&temp).at(&temp)?;
-        batch.pending.push((temp.clone(), self.abs(path), path.clone(), Some(digest.clone())));
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        let mut hasher = blake3::Hasher::new();
-        let mut reader = SourceReader::default();
-        let index = self.db.chunks()?;
-        // The last chunk found locally: anchors where the old bytes of the
-        // next missing chunk are, even after insertions shifted everything.
-        let mut anchor: Option<(ChunkLoc, u64)> = None;
-        let mut offset = 0u64;
-        for (i, chunk) in digest.chunks.iter().enumerate() {
-            let local = match batch.received.get(&chunk.id) {
-                Some((temp_path, at, len)) => {
-                    out.flush().at(&temp)?;
-                    reader.read_verified(temp_path, *at, *len, &chunk.id)
-                }
-                None => self.read_local(&index, chunk, &mut reader).map(|(bytes, loc)| {
-                    anchor = Some((loc, offset + u64::from(chunk.len)));
-                    bytes
-                }),
-            };
-            let bytes = match local {
-                Some(bytes) => {
-                    report.chunks_reused += 1;
-                    report.bytes_reused += u64::from(chunk.len);
-                    bytes
-                }
-                None => {
-                    let base = self.base_region(path, offset, chunk.len, anchor.as_ref(), &mut reader);
-                    let bytes = self.fetch_chunk(path, i, offset, chunk, base.as_deref(), supply, report)?;
-                    batch.received.insert(chunk.id, (temp.clone(), offset, chunk.len));
-                    bytes
-                }
-            };
-            out.write_all(&bytes).at(&temp)?;
-            hasher.update(&bytes);
-            offset += u64::from(chunk.len);
+        let build = self.begin_file(path, digest, batch, report)?;
+        for n in 0..build.needs.len() {
+            self.fetch_into(&build, n, supply, report)?;
         }
-        out.flush().at(&temp)?;
-        drop(out);
-        if FileHash::from(hasher.finalize()) != digest.hash {
-            return Err(Error::FileMismatch { path: self.abs(path) });
-        }
-        file.set_permissions(fs::Permissions::from_mode(meta.mode)).at(&temp)?;
-        filetime::set_file_handle_times(&file, None, Some(to_filetime(meta))).at(&temp)?;
-        batch.files += 1;
-        batch.bytes += digest.size;
+        self.finish_file(build, meta, digest, batch)?;
         report.files_written += 1;
         Ok(())
     }
 
-    /// Fetches a missing chunk, offering `base` for a delta. A delta that
-    /// does not rebuild the chunk (a false signature match, or old bytes that
-    /// changed) is fetched again without a base: it costs bytes, never data.
-    #[allow(clippy::too_many_arguments)]
-    fn fetch_chunk(
+    /// Fetches need `n` of `build`, offering its base; a delta that does not
+    /// rebuild the chunk is fetched again without one: it costs bytes, never
+    /// data.
+    fn fetch_into(
         &self,
-        path: &RelPath,
-        index: usize,
-        offset: u64,
-        chunk: &ChunkRef,
-        base: Option<&[u8]>,
+        build: &FileBuild,
+        n: usize,
         supply: &mut dyn ChunkSupply,
         report: &mut ApplyReport,
-    ) -> Result<Vec<u8>> {
-        let signature = base.map(patch::signature);
+    ) -> Result<()> {
+        let need = &build.needs[n];
         let refined = Cell::new((0u64, 0u64));
         let refine = |request: &[u8]| {
-            let base = base?;
+            let base = self.base_bytes(need)?;
             let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
-            let fine = patch::fine_signatures(base, &ranges);
+            let fine = patch::fine_signatures(&base, &ranges);
             let (asked, answered) = refined.get();
             let answer: usize = fine.iter().map(|sig| sig.encode().len()).sum();
             refined.set((asked + request.len() as u64, answered + answer as u64));
             Some(fine)
         };
-        let mut offer = signature.as_ref();
+        let mut offer = need.signature.as_ref();
         loop {
             if let Some(sig) = offer {
                 report.signature_bytes += sig.encode().len() as u64;
             }
-            let request = ChunkRequest { path, index, offset, chunk: *chunk, base: offer, refine: &refine };
+            let request = ChunkRequest {
+                path: &build.path,
+                index: need.index,
+                offset: need.offset,
+                chunk: need.chunk,
+                base: offer,
+                refine: &refine,
+            };
             let encoded = supply.fetch(&request)?;
             let (asked, answered) = refined.take();
             report.refine_request_bytes += asked;
             report.signature_bytes += answered;
             report.chunks_fetched += 1;
             report.bytes_fetched += encoded.payload.len() as u64;
-            let is_delta = encoded.codec == codec::Codec::Delta;
-            match codec::decode(&encoded, &chunk.id, offer.and(base)) {
-                Ok(bytes) => {
-                    report.chunks_delta += u64::from(is_delta);
-                    return Ok(bytes);
-                }
-                Err(_) if is_delta => offer = None,
-                Err(source) => {
-                    return Err(Error::Chunk { path: self.abs(path), index, chunk: chunk.id, source: Box::new(source) })
-                }
+            if self.put_chunk(build, n, &encoded, offer.is_some())? {
+                report.chunks_delta += u64::from(encoded.codec == codec::Codec::Delta);
+                return Ok(());
             }
+            // put_chunk asks for a retry only when a base was offered.
+            offer = None;
         }
     }
 
@@ -384,17 +485,16 @@ impl MirrorStore {
         None
     }
 
-    /// The receiver's old bytes most likely to resemble a missing chunk at
-    /// `offset` of `path`: just after the anchor chunk (found by content), or
-    /// at the same offset of the old version of the same file.
+    /// Where the receiver's old bytes most likely to resemble a missing
+    /// chunk at `offset` of `path` are: just after the anchor chunk (found by
+    /// content), or at the same offset of the old version of the same file.
     fn base_region(
         &self,
         path: &RelPath,
         offset: u64,
         len: u32,
         anchor: Option<&(ChunkLoc, u64)>,
-        reader: &mut SourceReader,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<(PathBuf, u64, usize)> {
         let (file, start) = match anchor {
             Some((loc, anchor_end)) => {
                 (&loc.path, loc.offset + u64::from(loc.len) + offset.saturating_sub(*anchor_end))
@@ -409,8 +509,7 @@ impl MirrorStore {
         let block = u64::from(patch::block_len_for((len + len / 8 + len / 4).min(u64::from(u32::MAX)) as u32));
         let lo = start.saturating_sub((len / 8).next_multiple_of(block));
         let hi = start + len + len / 4;
-        let bytes = reader.read_range(&self.abs(file), lo, (hi - lo) as usize)?;
-        (!bytes.is_empty()).then_some(bytes)
+        Some((self.abs(file), lo, (hi - lo) as usize))
     }
 
     /// Renames the batch into place, makes it durable, then records it. On

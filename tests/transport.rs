@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use xfer::identity::Identity;
-use xfer::transport::{client_config, client_endpoint, peer_fingerprint, server_endpoint, ServerPin};
+use xfer::transport::{client_config, client_endpoint, peer_fingerprint, server_endpoint, ServerPin, Tuning};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -12,7 +12,7 @@ fn loopback() -> SocketAddr {
 #[tokio::test]
 async fn transport_mutual_pinned_connection() {
     let (server_id, client_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = server_endpoint(loopback(), &server_id).unwrap();
+    let server = server_endpoint(loopback(), &server_id, Tuning::default()).unwrap();
     let addr = server.local_addr().unwrap();
     let serving = tokio::spawn(async move {
         let connection = server.accept().await.unwrap().await.unwrap();
@@ -26,8 +26,8 @@ async fn transport_mutual_pinned_connection() {
     });
 
     let pin = ServerPin::new(Some(server_id.fingerprint()));
-    let client = client_endpoint(loopback()).unwrap();
-    let config = client_config(&client_id, &pin).unwrap();
+    let client = client_endpoint(loopback(), Tuning::default()).unwrap();
+    let config = client_config(&client_id, &pin, Tuning::default()).unwrap();
     let connection = client.connect_with(config, addr, "xfer").unwrap().await.unwrap();
     assert_eq!(peer_fingerprint(&connection), Some(server_id.fingerprint()));
     let (mut send, mut recv) = connection.open_bi().await.unwrap();
@@ -42,17 +42,17 @@ async fn transport_mutual_pinned_connection() {
 #[tokio::test]
 async fn transport_refuses_unpinned_server_and_reports_its_key() {
     let (server_id, client_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = server_endpoint(loopback(), &server_id).unwrap();
+    let server = server_endpoint(loopback(), &server_id, Tuning::default()).unwrap();
     let addr = server.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = server.accept().await {
             let _ = incoming.await;
         }
     });
-    let client = client_endpoint(loopback()).unwrap();
+    let client = client_endpoint(loopback(), Tuning::default()).unwrap();
     for expected in [None, Some(Identity::generate().unwrap().fingerprint())] {
         let pin = ServerPin::new(expected);
-        let config = client_config(&client_id, &pin).unwrap();
+        let config = client_config(&client_id, &pin, Tuning::default()).unwrap();
         let result = client.connect_with(config, addr, "xfer").unwrap().await;
         assert!(result.is_err(), "connected to a server that is not pinned");
         assert_eq!(pin.seen(), Some(server_id.fingerprint()));

@@ -34,25 +34,54 @@ pub const CONNECTION_WINDOW: u32 = 64 << 20;
 /// A silent peer is dropped after this long (keep-alives run at a third).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn transport_config() -> Arc<TransportConfig> {
-    let mut config = TransportConfig::default();
-    config
-        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW))
-        .keep_alive_interval(Some(IDLE_TIMEOUT / 3))
-        .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("invariant: 60 s fits a QUIC varint")));
-    Arc::new(config)
+/// Socket and flow-control settings of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// UDP send and receive buffer sizes; `None` keeps the kernel default.
+    pub socket_buffer: Option<usize>,
+    /// Raise stream, connection and send windows to [`STREAM_WINDOW`] and
+    /// [`CONNECTION_WINDOW`]; `false` keeps quinn's defaults.
+    pub large_windows: bool,
+}
+
+impl Default for Tuning {
+    /// xfer's settings.
+    fn default() -> Self {
+        Tuning { socket_buffer: Some(SOCKET_BUFFER), large_windows: true }
+    }
+}
+
+impl Tuning {
+    /// quinn's and the kernel's defaults, for comparison.
+    pub fn stock() -> Self {
+        Tuning { socket_buffer: None, large_windows: false }
+    }
+
+    fn transport_config(&self) -> Arc<TransportConfig> {
+        let mut config = TransportConfig::default();
+        if self.large_windows {
+            config
+                .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
+                .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+                .send_window(u64::from(CONNECTION_WINDOW));
+        }
+        config
+            .keep_alive_interval(Some(IDLE_TIMEOUT / 3))
+            .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("invariant: 60 s fits a QUIC varint")));
+        Arc::new(config)
+    }
 }
 
 /// A UDP socket bound to `addr` with [`SOCKET_BUFFER`]-sized buffers (the
 /// kernel may cap them at `net.core.rmem_max`).
-fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr, tuning: Tuning) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer only costs speed.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    if let Some(size) = tuning.socket_buffer {
+        // Best effort: a smaller buffer only costs speed.
+        let _ = socket.set_recv_buffer_size(size);
+        let _ = socket.set_send_buffer_size(size);
+    }
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -64,21 +93,21 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 ///
 /// # Errors
 /// I/O errors binding the socket, or a TLS configuration error.
-pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> io::Result<Endpoint> {
+pub fn server_endpoint(addr: SocketAddr, identity: &Identity, tuning: Tuning) -> io::Result<Endpoint> {
     let tls = tls::server_config(identity)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(tuning.transport_config());
     let runtime = Arc::new(quinn::TokioRuntime);
-    Endpoint::new(EndpointConfig::default(), Some(config), udp_socket(addr)?, runtime)
+    Endpoint::new(EndpointConfig::default(), Some(config), udp_socket(addr, tuning)?, runtime)
 }
 
 /// A client endpoint bound to `addr` (usually an unspecified address, port 0).
 ///
 /// # Errors
 /// I/O errors binding the socket.
-pub fn client_endpoint(addr: SocketAddr) -> io::Result<Endpoint> {
-    Endpoint::new(EndpointConfig::default(), None, udp_socket(addr)?, Arc::new(quinn::TokioRuntime))
+pub fn client_endpoint(addr: SocketAddr, tuning: Tuning) -> io::Result<Endpoint> {
+    Endpoint::new(EndpointConfig::default(), None, udp_socket(addr, tuning)?, Arc::new(quinn::TokioRuntime))
 }
 
 /// What the client expects of the server's key, and what it saw.
@@ -108,11 +137,11 @@ impl ServerPin {
 ///
 /// # Errors
 /// A TLS configuration error.
-pub fn client_config(identity: &Identity, pin: &ServerPin) -> io::Result<ClientConfig> {
+pub fn client_config(identity: &Identity, pin: &ServerPin, tuning: Tuning) -> io::Result<ClientConfig> {
     let tls = tls::client_config(identity, pin.clone())?;
     let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(tuning.transport_config());
     Ok(config)
 }
 

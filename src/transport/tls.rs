@@ -19,7 +19,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 pub(super) fn server_config(identity: &Identity) -> io::Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
-    let verifier = AnyClientKey { algorithms: provider.signature_verification_algorithms };
+    let verifier = AnyClientKey { signatures: Signatures(provider.signature_verification_algorithms) };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(io::Error::other)?
@@ -32,7 +32,7 @@ pub(super) fn server_config(identity: &Identity) -> io::Result<Arc<rustls::Serve
 
 pub(super) fn client_config(identity: &Identity, pin: ServerPin) -> io::Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
-    let verifier = PinnedServer { pin, algorithms: provider.signature_verification_algorithms };
+    let verifier = PinnedServer { pin, signatures: Signatures(provider.signature_verification_algorithms) };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(io::Error::other)?
@@ -48,15 +48,35 @@ fn fingerprint(cert: &CertificateDer<'_>) -> Result<Fingerprint, rustls::Error> 
     Fingerprint::of_certificate(cert).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
 }
 
-fn no_tls12() -> rustls::Error {
-    rustls::Error::General("TLS 1.2 is not offered".into())
+/// TLS 1.3 handshake signatures, checked against the certificate's own key
+/// (both verifiers: the pinning is by fingerprint, not by chain).
+#[derive(Debug)]
+struct Signatures(WebPkiSupportedAlgorithms);
+
+impl Signatures {
+    fn tls12(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
 }
 
 /// Accepts the server only if its key's fingerprint is the pinned one.
 #[derive(Debug)]
 struct PinnedServer {
     pin: ServerPin,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -85,7 +105,7 @@ impl ServerCertVerifier for PinnedServer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -94,11 +114,11 @@ impl ServerCertVerifier for PinnedServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -106,7 +126,7 @@ impl ServerCertVerifier for PinnedServer {
 /// admitted is the session's decision, so a refusal can say why.
 #[derive(Debug)]
 struct AnyClientKey {
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for AnyClientKey {
@@ -129,7 +149,7 @@ impl ClientCertVerifier for AnyClientKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(no_tls12())
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -138,10 +158,10 @@ impl ClientCertVerifier for AnyClientKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }

@@ -287,17 +287,49 @@ impl Encoder {
         sig: &Signature,
         refine: &dyn Fn(&[u8]) -> Option<Vec<Signature>>,
     ) -> EncodedChunk {
+        match self.start_delta(data, sig) {
+            DeltaStep::Done(chunk) => chunk,
+            DeltaStep::Refine { request, pending } => {
+                let fine = refine(&request);
+                self.finish_delta(data, pending, fine.as_deref())
+            }
+        }
+    }
+
+    /// The first half of [`Encoder::encode_with_base_refined`], for a sender
+    /// that exchanges the refinement round as messages: diffs `data` against
+    /// `sig` and either finishes or asks for finer signatures.
+    ///
+    /// # Panics
+    ///
+    /// If `data` is longer than [`MAX_CHUNK_LEN`].
+    pub fn start_delta(&mut self, data: &[u8], sig: &Signature) -> DeltaStep {
         let plain = self.encode(data);
-        let mut patch = patch::diff(sig, data);
+        let patch = patch::diff(sig, data);
         if patch.copied_len() == 0 {
             // Nothing to copy: the delta would only add op overhead.
-            return plain;
+            return DeltaStep::Done(plain);
         }
         let gaps = patch::gaps(&patch, sig);
-        if !gaps.is_empty() {
-            if let Some(fine) = refine(&patch::encode_ranges(&gaps)).filter(|fine| fine.len() == gaps.len()) {
-                patch = patch::refine(&patch, data, &gaps, &fine);
-            }
+        let pending = PendingDelta { plain, patch, gaps };
+        if pending.gaps.is_empty() {
+            return DeltaStep::Done(self.finish_delta(data, pending, None));
+        }
+        DeltaStep::Refine { request: patch::encode_ranges(&pending.gaps), pending }
+    }
+
+    /// The second half: refines with the receiver's `fine` signatures (one
+    /// per requested range; anything else is ignored) and keeps whichever of
+    /// the delta and the plain encoding is smaller. `data` must be the bytes
+    /// given to [`Encoder::start_delta`].
+    ///
+    /// # Panics
+    ///
+    /// If `data` differs in length from the bytes the delta was started on.
+    pub fn finish_delta(&mut self, data: &[u8], pending: PendingDelta, fine: Option<&[Signature]>) -> EncodedChunk {
+        let PendingDelta { plain, mut patch, gaps } = pending;
+        if let Some(fine) = fine.filter(|fine| fine.len() == gaps.len() && !gaps.is_empty()) {
+            patch = patch::refine(&patch, data, &gaps, fine);
         }
         if self.patch_zstd.is_none() {
             // Without a context the literals go raw; still a valid delta.
@@ -310,6 +342,29 @@ impl Encoder {
             plain
         }
     }
+}
+
+/// Where [`Encoder::start_delta`] left a chunk.
+#[derive(Debug)]
+pub enum DeltaStep {
+    /// Encoded; nothing more to ask.
+    Done(EncodedChunk),
+    /// Send `request` (encoded base ranges) to the receiver, then call
+    /// [`Encoder::finish_delta`] with its finer signatures.
+    Refine {
+        /// The refinement request, as it goes on the wire.
+        request: Vec<u8>,
+        /// The state to finish with.
+        pending: PendingDelta,
+    },
+}
+
+/// A delta waiting for the receiver's finer signatures.
+#[derive(Debug)]
+pub struct PendingDelta {
+    plain: EncodedChunk,
+    patch: patch::Patch,
+    gaps: Vec<patch::Gap>,
 }
 
 /// `data.len()` as a chunk length, enforcing [`MAX_CHUNK_LEN`].
@@ -489,6 +544,27 @@ mod tests {
             Encoder::new(Compression::Zstd { level: 1000 }),
             Err(CodecError::ZstdLevel { level: 1000, .. })
         ));
+    }
+
+    #[test]
+    fn delta_in_two_steps_matches_callback_form() {
+        let old = random_bytes(64 * 1024, 8);
+        let mut new = old.clone();
+        new[20_000..20_100].copy_from_slice(&random_bytes(100, 9));
+        let sig = patch::signature(&old);
+        let refine = |request: &[u8]| {
+            let ranges = patch::decode_ranges(request, sig.base_len()).ok()?;
+            Some(patch::fine_signatures(&old, &ranges))
+        };
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        let one_call = encoder.encode_with_base_refined(&new, &sig, &refine);
+        let DeltaStep::Refine { request, pending } = encoder.start_delta(&new, &sig) else {
+            panic!("a 100-byte overwrite leaves a gap to refine");
+        };
+        let fine = refine(&request).unwrap();
+        let two_steps = encoder.finish_delta(&new, pending, Some(&fine));
+        assert_eq!(two_steps, one_call);
+        assert_eq!(decode(&two_steps, &ChunkId::of(&new), Some(&old)).unwrap(), new);
     }
 
     #[test]

@@ -19,5 +19,6 @@ pub mod plan;
 pub mod scan;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -1,0 +1,193 @@
+//! Conversions between the core's types and the protocol's message fields.
+//! Everything from the wire is validated here before the core sees it.
+
+use thiserror::Error;
+use xfer_protocol::msg;
+
+use crate::chunk::{ChunkParams, ChunkRef, FileDigest, ParamsError};
+use crate::hash::{ChunkId, FileHash, TreeHash};
+use crate::manifest::{ChildDigest, Mtime};
+use crate::plan::{apply_list_edit, wire_chunk_list, ListEdit};
+
+/// Why a message field was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Chunk parameters that xfer would never cut with.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+    /// A chunk list that does not rebuild against the receiver's old list.
+    #[error("chunk list edit points outside the receiver's list of {old_len} chunks")]
+    EditOutOfRange {
+        /// Length of the receiver's old list.
+        old_len: usize,
+    },
+    /// A chunk list whose lengths do not add up to the file size, or break
+    /// the file's chunk parameters.
+    #[error("chunk list of {chunks} chunks does not describe a file of {size} bytes")]
+    Inconsistent {
+        /// Declared file size.
+        size: u64,
+        /// Number of chunks.
+        chunks: usize,
+    },
+    /// A time with nanoseconds out of range.
+    #[error("mtime nanoseconds {0} out of range")]
+    Nanos(u32),
+}
+
+/// The protocol form of chunk parameters.
+pub fn params_to_wire(params: ChunkParams) -> msg::ChunkParams {
+    msg::ChunkParams { min: params.min(), avg: params.avg(), max: params.max() }
+}
+
+/// Validated chunk parameters from the wire.
+///
+/// # Errors
+/// [`WireError::Params`] unless they are powers of two within xfer's bounds.
+pub fn params_from_wire(params: msg::ChunkParams) -> Result<ChunkParams, WireError> {
+    Ok(ChunkParams::new(params.min, params.avg, params.max)?)
+}
+
+/// The protocol form of a chunk reference.
+pub fn chunk_to_wire(chunk: &ChunkRef) -> msg::ChunkRef {
+    msg::ChunkRef { id: chunk.id.0, len: chunk.len }
+}
+
+/// A chunk reference from the wire (its length is checked with the list).
+pub fn chunk_from_wire(chunk: &msg::ChunkRef) -> ChunkRef {
+    ChunkRef { id: ChunkId(chunk.id), len: chunk.len }
+}
+
+/// The protocol form of an mtime.
+pub fn mtime_to_wire(mtime: Mtime) -> msg::Mtime {
+    msg::Mtime { secs: mtime.secs, nanos: mtime.nanos }
+}
+
+/// An mtime from the wire.
+///
+/// # Errors
+/// [`WireError::Nanos`] for nanoseconds of a second or more.
+pub fn mtime_from_wire(mtime: msg::Mtime) -> Result<Mtime, WireError> {
+    if mtime.nanos >= 1_000_000_000 {
+        return Err(WireError::Nanos(mtime.nanos));
+    }
+    Ok(Mtime { secs: mtime.secs, nanos: mtime.nanos })
+}
+
+/// The protocol form of a directory child.
+pub fn child_to_wire(child: &ChildDigest) -> msg::ChildDigest {
+    msg::ChildDigest { name: child.name.clone(), digest: child.digest.0, is_dir: child.is_dir }
+}
+
+/// A directory child from the wire (its name is validated where it is joined
+/// to a path).
+pub fn child_from_wire(child: &msg::ChildDigest) -> ChildDigest {
+    ChildDigest { name: child.name.clone(), digest: TreeHash(child.digest), is_dir: child.is_dir }
+}
+
+/// How a changed file's chunk list goes on the wire, given the receiver's
+/// old list for the same path: implied by the file hash, as edits, or whole
+/// when edits would not be shorter.
+pub fn chunk_list_to_wire(old: &[ChunkRef], new: &FileDigest) -> msg::ChunkList {
+    match wire_chunk_list(old, new) {
+        None => msg::ChunkList::Implied,
+        Some(_) if old.is_empty() => msg::ChunkList::Full(new.chunks.iter().map(chunk_to_wire).collect()),
+        Some(edits) => msg::ChunkList::Edit(
+            edits
+                .iter()
+                .map(|edit| match edit {
+                    ListEdit::Keep { from, count } => msg::ListEdit::Keep { from: *from, count: *count },
+                    ListEdit::New(chunks) => msg::ListEdit::New(chunks.iter().map(chunk_to_wire).collect()),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Rebuilds and checks a file's digest from a `WriteFile`'s fields against
+/// the receiver's `old` list of the same path.
+///
+/// # Errors
+/// [`WireError`] for bad parameters, edits outside `old`, or a list that
+/// does not add up to `size` within the parameters' maximum chunk length.
+pub fn digest_from_wire(
+    size: u64,
+    hash: [u8; 32],
+    params: msg::ChunkParams,
+    list: &msg::ChunkList,
+    old: &[ChunkRef],
+) -> Result<FileDigest, WireError> {
+    let params = params_from_wire(params)?;
+    let chunks = match list {
+        msg::ChunkList::Implied if size == 0 => Vec::new(),
+        msg::ChunkList::Implied => vec![ChunkRef { id: ChunkId(hash), len: u32::try_from(size).unwrap_or(u32::MAX) }],
+        msg::ChunkList::Full(chunks) => chunks.iter().map(chunk_from_wire).collect(),
+        msg::ChunkList::Edit(edits) => {
+            let edits: Vec<ListEdit> = edits
+                .iter()
+                .map(|edit| match edit {
+                    msg::ListEdit::Keep { from, count } => ListEdit::Keep { from: *from, count: *count },
+                    msg::ListEdit::New(chunks) => ListEdit::New(chunks.iter().map(chunk_from_wire).collect()),
+                })
+                .collect();
+            apply_list_edit(old, &edits).ok_or(WireError::EditOutOfRange { old_len: old.len() })?
+        }
+    };
+    let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+    if total != size || chunks.iter().any(|c| c.len == 0 || c.len > params.max()) {
+        return Err(WireError::Inconsistent { size, chunks: chunks.len() });
+    }
+    Ok(FileDigest { size, hash: FileHash(hash), params, chunks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::digest_bytes;
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 7) as u8).collect()
+    }
+
+    #[test]
+    fn chunk_lists_roundtrip_in_every_form() {
+        let old_bytes = data(300_000, 1);
+        let mut new_bytes = old_bytes.clone();
+        new_bytes.splice(150_000..150_000, data(777, 9));
+        let old = digest_bytes(&old_bytes);
+        let new = digest_bytes(&new_bytes);
+        let small = digest_bytes(b"one chunk");
+        for (old_list, digest) in
+            [(&old.chunks[..], &new), (&[][..], &new), (&[][..], &small), (&[][..], &digest_bytes(&[]))]
+        {
+            let list = chunk_list_to_wire(old_list, digest);
+            let back = digest_from_wire(digest.size, digest.hash.0, params_to_wire(digest.params), &list, old_list);
+            assert_eq!(back.as_ref(), Ok(digest));
+        }
+        assert!(matches!(chunk_list_to_wire(&old.chunks, &new), msg::ChunkList::Edit(_)));
+        assert_eq!(chunk_list_to_wire(&[], &small), msg::ChunkList::Implied);
+    }
+
+    #[test]
+    fn hostile_lists_are_refused() {
+        let digest = digest_bytes(&data(200_000, 3));
+        let params = params_to_wire(digest.params);
+        let full = chunk_list_to_wire(&[], &digest);
+        // Wrong size, out-of-range edits, bad parameters, oversized chunks.
+        assert!(digest_from_wire(digest.size + 1, digest.hash.0, params, &full, &[]).is_err());
+        let edit = msg::ChunkList::Edit(vec![msg::ListEdit::Keep { from: 5, count: u32::MAX }]);
+        assert_eq!(
+            digest_from_wire(digest.size, digest.hash.0, params, &edit, &digest.chunks),
+            Err(WireError::EditOutOfRange { old_len: digest.chunks.len() })
+        );
+        let bad_params = msg::ChunkParams { min: 3, avg: 8, max: 9 };
+        assert!(matches!(
+            digest_from_wire(1, [0; 32], bad_params, &msg::ChunkList::Implied, &[]),
+            Err(WireError::Params(_))
+        ));
+        let huge = msg::ChunkList::Implied;
+        assert!(digest_from_wire(u64::from(u32::MAX) + 10, [0; 32], params, &huge, &[]).is_err());
+        assert_eq!(mtime_from_wire(msg::Mtime { secs: 0, nanos: 1_000_000_000 }), Err(WireError::Nanos(1_000_000_000)));
+    }
+}

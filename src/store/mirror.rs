@@ -163,9 +163,9 @@ impl Store for MirrorStore {
                         Ok(()) => {}
                         Err(e) if e.is_per_entry() => {
                             // This file stays as it was; the rest goes on.
-                            if let Some((temp, ..)) = batch.pending.pop() {
-                                batch.received.retain(|_, (t, ..)| *t != temp);
-                                let _ = fs::remove_file(temp);
+                            if let Some(failed) = batch.pending.pop() {
+                                batch.received.retain(|_, (t, ..)| *t != failed.temp);
+                                let _ = fs::remove_file(failed.temp);
                             }
                             report.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
                         }
@@ -226,11 +226,21 @@ impl Store for MirrorStore {
     }
 }
 
+/// A temporary waiting to be renamed over its final name.
+#[derive(Clone)]
+struct Pending {
+    temp: PathBuf,
+    target: PathBuf,
+    path: RelPath,
+    /// The file's content, for its state record; `None` for a symlink.
+    digest: Option<FileDigest>,
+}
+
 /// Built but not yet committed work.
 #[derive(Default)]
 struct Batch {
-    /// Temporary file and final name, in build order.
-    pending: Vec<(PathBuf, PathBuf, RelPath, Option<FileDigest>)>,
+    /// Built entries waiting for their rename, in build order.
+    pending: Vec<Pending>,
     /// Records to write once the batch's renames are durable.
     upserts: Vec<(RelPath, FileRecord)>,
     /// Chunks received in this batch, readable from their temporaries.
@@ -277,7 +287,12 @@ impl MirrorStore {
         self.step()?;
         let temp = self.temp_beside(path);
         let file = File::create_new(&temp).at(&temp)?;
-        batch.pending.push((temp.clone(), self.abs(path), path.clone(), Some(digest.clone())));
+        batch.pending.push(Pending {
+            temp: temp.clone(),
+            target: self.abs(path),
+            path: path.clone(),
+            digest: Some(digest.clone()),
+        });
         file.set_len(digest.size).at(&temp)?;
         let mut reader = SourceReader::default();
         let index = self.db.chunks()?;
@@ -460,7 +475,7 @@ impl MirrorStore {
         self.step()?;
         let temp = self.temp_beside(path);
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temp).at(&temp)?;
-        batch.pending.push((temp.clone(), self.abs(path), path.clone(), None));
+        batch.pending.push(Pending { temp: temp.clone(), target: self.abs(path), path: path.clone(), digest: None });
         let time = to_filetime(meta);
         filetime::set_symlink_file_times(&temp, time, time).at(&temp)?;
         Ok(())
@@ -527,11 +542,11 @@ impl MirrorStore {
             return Ok(());
         }
         // Data first: every temporary is durable before any rename.
-        let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|(temp, ..)| temp.parent()));
+        let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|p| p.temp.parent()));
         self.step()?;
         sync_filesystems(&filesystems)?;
         let pending = std::mem::take(&mut batch.pending);
-        for (n, (temp, target, path, digest)) in pending.iter().enumerate() {
+        for (n, Pending { temp, target, path, digest }) in pending.iter().enumerate() {
             if let Err(e) = self.step().and_then(|()| fs::rename(temp, target).at(target)) {
                 batch.pending = pending[n..].to_vec();
                 return Err(e);
@@ -566,7 +581,7 @@ impl MirrorStore {
 
     /// Removes the temporaries of a failed batch; final names are untouched.
     fn discard(&mut self, batch: &mut Batch) {
-        for (temp, ..) in batch.pending.drain(..) {
+        for Pending { temp, .. } in batch.pending.drain(..) {
             let _ = fs::remove_file(temp);
         }
         batch.upserts.clear();

@@ -86,6 +86,14 @@ pub enum Error {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A chunk or file number the transfer never announced.
+    #[error("no file {file} with need {need} is being received")]
+    UnknownTransfer {
+        /// The session's file number.
+        file: u32,
+        /// The need within it.
+        need: usize,
+    },
     /// A failure injected by a test at a numbered step.
     #[error("injected failure at step {step}")]
     Injected {

@@ -350,3 +350,40 @@ fn push_sends_a_repeated_chunk_once() {
     assert!(distinct.len() < digest.chunks.len(), "the test needs repeated chunks");
     assert_eq!(stats.chunks_sent, distinct.len() as u64);
 }
+
+/// Two files in flight at once, their chunks stored in reverse and
+/// interleaved order, as a wire session may deliver them.
+#[test]
+fn receiving_accepts_chunks_in_any_order() {
+    let tmp = TempDir::new().unwrap();
+    let (dest, state_path) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
+    let mut store = MirrorStore::open(&dest, &state_path).unwrap();
+    store.refresh(false).unwrap();
+    let files: Vec<(RelPath, Vec<u8>)> = vec![(rel(b"a"), seeded(300_000, 1)), (rel(b"b"), seeded(200_000, 2))];
+    let meta = crate::util::meta(0o640, 12345);
+    let mut encoder = Encoder::new(Compression::Auto).unwrap();
+    let mut rx = store.receive();
+    let mut pending = Vec::new();
+    for (n, (path, data)) in files.iter().enumerate() {
+        let digest = xfer::chunk::digest_bytes(data);
+        for need in rx.begin_file(n as u32, path, &meta, &digest).unwrap() {
+            let bytes = &data[need.offset as usize..need.offset as usize + need.chunk.len as usize];
+            pending.push((n as u32, need.need, encoder.encode(bytes)));
+        }
+    }
+    assert_eq!(rx.files_in_flight(), 2);
+    pending.reverse();
+    pending.sort_by_key(|(_, need, _)| *need % 2);
+    for (file, need, encoded) in &pending {
+        assert_eq!(rx.put_chunk(*file, *need, encoded, false).unwrap(), xfer::store::Put::Stored);
+    }
+    // A chunk for a file that was never announced is refused.
+    assert!(rx.put_chunk(9, 0, &pending[0].2, false).is_err());
+    rx.complete_file(0).unwrap();
+    rx.complete_file(1).unwrap();
+    let report = rx.finish().unwrap();
+    assert_eq!(report.files_written, 2);
+    for (path, data) in &files {
+        assert_eq!(&fs::read(path.to_path(&dest)).unwrap(), data);
+    }
+}

@@ -148,81 +148,313 @@ impl Store for MirrorStore {
     }
 
     fn apply(&mut self, plan: &Plan, supply: &mut dyn ChunkSupply) -> Result<ApplyReport> {
+        let mut rx = self.receive();
+        for (n, op) in plan.ops.iter().enumerate() {
+            let Op::WriteFile { path, meta, digest } = op else {
+                rx.apply_op(op)?;
+                continue;
+            };
+            // One file at a time, one chunk at a time: the simple driver.
+            let file = n as u32;
+            let received = rx.begin_file(file, path, meta, digest).and_then(|needs| {
+                for need in &needs {
+                    rx.fetch(file, need, supply)?;
+                }
+                rx.complete_file(file)
+            });
+            match received {
+                Ok(()) => {}
+                Err(e) if e.is_per_entry() => rx.abandon_file(file, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        rx.finish()
+    }
+}
+
+/// A chunk a file being received lacks, as offered to the sender.
+#[derive(Debug)]
+pub struct NeedInfo {
+    /// The need's number within its file (what [`Receiving::put_chunk`] takes).
+    pub need: usize,
+    /// Position of the chunk in the file's chunk list.
+    pub index: usize,
+    /// Its byte offset in the file.
+    pub offset: u64,
+    /// Its id and length.
+    pub chunk: ChunkRef,
+    /// Signature of the receiver's old bytes resembling it, if any.
+    pub signature: Option<patch::Signature>,
+}
+
+/// What [`Receiving::put_chunk`] made of a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Verified and written in place.
+    Stored,
+    /// A delta that did not rebuild the chunk (a false signature match, or
+    /// old bytes that changed since): ask for it again without a base.
+    RetryWithoutBase,
+}
+
+struct InFlight {
+    build: FileBuild,
+    meta: Meta,
+    digest: FileDigest,
+    stored: Vec<bool>,
+}
+
+/// A plan applied step by step as it arrives, with several files in flight
+/// whose chunks arrive in any order: what a wire session drives. Dropping it
+/// unfinished removes the temporaries of what was not committed.
+pub struct Receiving<'a> {
+    store: &'a mut MirrorStore,
+    batch: Batch,
+    report: ApplyReport,
+    removals: Vec<RelPath>,
+    in_flight: HashMap<u32, InFlight>,
+}
+
+impl MirrorStore {
+    /// Starts applying a plan step by step.
+    pub fn receive(&mut self) -> Receiving<'_> {
         self.steps = 0;
-        let mut report = ApplyReport::default();
-        let mut batch = Batch::default();
-        let mut removals = Vec::new();
-        for op in &plan.ops {
-            match op {
-                Op::WriteFile { path, meta, digest } => {
-                    if batch.files >= self.batch_files || batch.bytes >= self.batch_bytes {
-                        self.commit(&mut batch, &mut report)?;
-                    }
-                    let built = self.build_file(path, meta, digest, supply, &mut batch, &mut report);
-                    match built {
-                        Ok(()) => {}
-                        Err(e) if e.is_per_entry() => {
-                            // This file stays as it was; the rest goes on.
-                            if let Some(failed) = batch.pending.pop() {
-                                batch.received.retain(|_, (t, ..)| *t != failed.temp);
-                                let _ = fs::remove_file(failed.temp);
-                            }
-                            report.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
-                        }
-                        Err(e) => {
-                            self.discard(&mut batch);
-                            return Err(e);
-                        }
-                    }
+        Receiving {
+            store: self,
+            batch: Batch::default(),
+            report: ApplyReport::default(),
+            removals: Vec::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+}
+
+impl Receiving<'_> {
+    /// Files begun and not yet completed or abandoned.
+    pub fn files_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Applies a step that carries no file data: mkdir, symlink, delete or
+    /// metadata. Deletes and metadata commit the files built so far first,
+    /// so none may be in flight then.
+    ///
+    /// # Errors
+    /// The step's failure; files committed before it stay committed.
+    ///
+    /// # Panics
+    /// On a `WriteFile` (use [`Receiving::begin_file`]).
+    pub fn apply_op(&mut self, op: &Op) -> Result<()> {
+        let store = &mut *self.store;
+        match op {
+            Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
+            Op::Symlink { path, target, meta } => store.build_symlink(path, target, meta, &mut self.batch),
+            Op::Mkdir { path, meta } => {
+                store.step()?;
+                let abs = store.abs(path);
+                match fs::create_dir(&abs) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
+                    Err(e) => return Err(Error::io(abs, e)),
                 }
-                Op::Symlink { path, target, meta } => {
-                    if let Err(e) = self.build_symlink(path, target, meta, &mut batch) {
-                        self.discard(&mut batch);
-                        return Err(e);
-                    }
+                // Owner-writable until the final SetMeta, so the batch can fill it.
+                fs::set_permissions(&abs, fs::Permissions::from_mode(meta.mode | 0o700)).at(&abs)
+            }
+            Op::Delete { path } => {
+                // Conflicting deletes come before any write; extraneous ones
+                // after all writes: commit pending files first either way.
+                self.commit()?;
+                let store = &mut *self.store;
+                store.step()?;
+                remove_entry(&store.abs(path))?;
+                self.report.entries_deleted += 1;
+                self.removals.extend(store.records.keys().filter(|p| *p == path || p.is_inside(path)).cloned());
+                Ok(())
+            }
+            Op::SetMeta { path, meta } => {
+                self.commit()?;
+                let store = &mut *self.store;
+                store.step()?;
+                let abs = store.abs(path);
+                set_meta(&abs, meta)?;
+                if let Some(record) = store.records.get(path) {
+                    let stat = StatKey::of(&fs::symlink_metadata(&abs).at(&abs)?);
+                    self.batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest.clone() }));
                 }
-                Op::Mkdir { path, meta } => {
-                    self.step()?;
-                    let abs = self.abs(path);
-                    match fs::create_dir(&abs) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
-                        Err(e) => return Err(Error::io(abs, e)),
-                    }
-                    // Owner-writable until the final SetMeta, so the batch can fill it.
-                    fs::set_permissions(&abs, fs::Permissions::from_mode(meta.mode | 0o700)).at(&abs)?;
-                }
-                Op::Delete { path } => {
-                    // Conflicting deletes come before any write; extraneous ones
-                    // after all writes: commit pending files first either way.
-                    self.commit(&mut batch, &mut report)?;
-                    self.step()?;
-                    let abs = self.abs(path);
-                    remove_entry(&abs)?;
-                    report.entries_deleted += 1;
-                    removals.extend(self.records.keys().filter(|p| *p == path || p.is_inside(path)).cloned());
-                }
-                Op::SetMeta { path, meta } => {
-                    self.commit(&mut batch, &mut report)?;
-                    self.step()?;
-                    let abs = self.abs(path);
-                    set_meta(&abs, meta)?;
-                    if let Some(record) = self.records.get(path) {
-                        let stat = StatKey::of(&fs::symlink_metadata(&abs).at(&abs)?);
-                        batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest.clone() }));
-                    }
-                }
+                Ok(())
             }
         }
-        self.commit(&mut batch, &mut report)?;
-        if !removals.is_empty() {
-            self.step()?;
-            self.db.update(&[], &removals)?;
-            for path in &removals {
-                self.records.remove(path);
+    }
+
+    /// Starts file number `file` (the session's name for it): copies in the
+    /// chunks the receiver holds and returns the ones it needs.
+    ///
+    /// # Errors
+    /// Failures creating the temporary or reading the state database.
+    pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
+        if self.in_flight.is_empty()
+            && (self.batch.files >= self.store.batch_files || self.batch.bytes >= self.store.batch_bytes)
+        {
+            self.commit()?;
+        }
+        let build = self.store.begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        let needs = build
+            .needs
+            .iter()
+            .enumerate()
+            .map(|(n, need)| NeedInfo {
+                need: n,
+                index: need.index,
+                offset: need.offset,
+                chunk: need.chunk,
+                signature: need.signature.clone(),
+            })
+            .collect();
+        let stored = vec![false; build.needs.len()];
+        self.in_flight.insert(file, InFlight { build, meta: *meta, digest: digest.clone(), stored });
+        Ok(needs)
+    }
+
+    /// Finer signatures of the base of need `need` of `file`, answering an
+    /// encoded refinement request; `None` if the request or need is unknown.
+    pub fn fine_signatures(&self, file: u32, need: usize, request: &[u8]) -> Option<Vec<patch::Signature>> {
+        let need = self.in_flight.get(&file)?.build.needs.get(need)?;
+        let base = self.store.base_bytes(need)?;
+        let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
+        Some(patch::fine_signatures(&base, &ranges))
+    }
+
+    /// Decodes and stores a chunk for need `need` of `file`. `with_base`
+    /// says whether the sender was offered the need's signature.
+    ///
+    /// # Errors
+    /// [`Error::Chunk`] for a chunk that does not decode to its id (the
+    /// file can then be abandoned), I/O errors writing it.
+    pub fn put_chunk(&mut self, file: u32, need: usize, encoded: &EncodedChunk, with_base: bool) -> Result<Put> {
+        let Some(flight) = self.in_flight.get_mut(&file) else {
+            return Err(Error::UnknownTransfer { file, need });
+        };
+        if need >= flight.stored.len() {
+            return Err(Error::UnknownTransfer { file, need });
+        }
+        self.report.chunks_fetched += 1;
+        self.report.bytes_fetched += encoded.payload.len() as u64;
+        if !self.store.put_chunk(&flight.build, need, encoded, with_base)? {
+            return Ok(Put::RetryWithoutBase);
+        }
+        flight.stored[need] = true;
+        self.report.chunks_delta += u64::from(encoded.codec == codec::Codec::Delta);
+        Ok(Put::Stored)
+    }
+
+    /// Whether every need of `file` has been stored.
+    pub fn file_ready(&self, file: u32) -> bool {
+        self.in_flight.get(&file).is_some_and(|f| f.stored.iter().all(|&s| s))
+    }
+
+    /// Checks and seals a file whose needs are all stored; it is renamed
+    /// into place at the next commit.
+    ///
+    /// # Errors
+    /// [`Error::FileMismatch`] if the content does not hash to what was
+    /// promised, [`Error::UnknownTransfer`] if needs are missing.
+    pub fn complete_file(&mut self, file: u32) -> Result<()> {
+        if !self.file_ready(file) {
+            return Err(Error::UnknownTransfer { file, need: usize::MAX });
+        }
+        let Some(flight) = self.in_flight.remove(&file) else {
+            return Err(Error::UnknownTransfer { file, need: usize::MAX });
+        };
+        self.store.finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch)?;
+        self.report.files_written += 1;
+        Ok(())
+    }
+
+    /// Gives up on `file` (its source changed, a chunk did not verify): the
+    /// old version stays, the reason is reported, the rest goes on.
+    pub fn abandon_file(&mut self, file: u32, reason: &Error) {
+        let Some(flight) = self.in_flight.remove(&file) else { return };
+        let temp = flight.build.temp;
+        self.batch.pending.retain(|p| p.temp != temp);
+        self.batch.received.retain(|_, (t, ..)| *t != temp);
+        let _ = fs::remove_file(&temp);
+        self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error: reason.to_string() });
+    }
+
+    /// Renames what is built into place and records it: a commit point.
+    ///
+    /// # Errors
+    /// The first failure; the batch's temporaries are then removed.
+    ///
+    /// # Panics
+    /// If files are in flight (their temporaries would be renamed half-built).
+    pub fn commit(&mut self) -> Result<()> {
+        assert!(self.in_flight.is_empty(), "commit with files in flight");
+        self.store.commit(&mut self.batch, &mut self.report)
+    }
+
+    /// Commits the rest and drops the state of deleted entries.
+    ///
+    /// # Errors
+    /// As [`Receiving::commit`], or the state database update failing.
+    pub fn finish(mut self) -> Result<ApplyReport> {
+        for file in self.in_flight.keys().copied().collect::<Vec<_>>() {
+            self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX });
+        }
+        self.commit()?;
+        if !self.removals.is_empty() {
+            let store = &mut *self.store;
+            store.step()?;
+            store.db.update(&[], &self.removals)?;
+            for path in &self.removals {
+                store.records.remove(path);
             }
         }
-        Ok(report)
+        Ok(std::mem::take(&mut self.report))
+    }
+
+    /// Fetches need `need` of `file` from `supply`, offering its base; a
+    /// delta that does not rebuild the chunk is fetched again without one:
+    /// it costs bytes, never data.
+    fn fetch(&mut self, file: u32, need: &NeedInfo, supply: &mut dyn ChunkSupply) -> Result<()> {
+        let Some(path) = self.in_flight.get(&file).map(|f| f.build.path.clone()) else {
+            return Err(Error::UnknownTransfer { file, need: need.need });
+        };
+        let mut offer = need.signature.as_ref();
+        loop {
+            let refined = Cell::new((0u64, 0u64));
+            let refine = |request: &[u8]| {
+                let fine = self.fine_signatures(file, need.need, request)?;
+                let answer: usize = fine.iter().map(|sig| sig.encode().len()).sum();
+                refined.set((request.len() as u64, answer as u64));
+                Some(fine)
+            };
+            let request = ChunkRequest {
+                path: &path,
+                index: need.index,
+                offset: need.offset,
+                chunk: need.chunk,
+                base: offer,
+                refine: &refine,
+            };
+            let encoded = supply.fetch(&request)?;
+            let (asked, answered) = refined.get();
+            let offered = offer.map_or(0, |sig| sig.encode().len() as u64);
+            self.report.signature_bytes += offered + answered;
+            self.report.refine_request_bytes += asked;
+            match self.put_chunk(file, need.need, &encoded, offer.is_some())? {
+                Put::Stored => return Ok(()),
+                // put_chunk asks for a retry only when a base was offered.
+                Put::RetryWithoutBase => offer = None,
+            }
+        }
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        // Unfinished: leave final names as they were.
+        self.store.discard(&mut self.batch);
     }
 }
 
@@ -399,75 +631,6 @@ impl MirrorStore {
         batch.files += 1;
         batch.bytes += digest.size;
         Ok(())
-    }
-
-    /// Rebuilds one file, fetching what it lacks from `supply` one chunk at
-    /// a time. (A session over the wire keeps many needs in flight instead.)
-    fn build_file(
-        &mut self,
-        path: &RelPath,
-        meta: &Meta,
-        digest: &FileDigest,
-        supply: &mut dyn ChunkSupply,
-        batch: &mut Batch,
-        report: &mut ApplyReport,
-    ) -> Result<()> {
-        let build = self.begin_file(path, digest, batch, report)?;
-        for n in 0..build.needs.len() {
-            self.fetch_into(&build, n, supply, report)?;
-        }
-        self.finish_file(build, meta, digest, batch)?;
-        report.files_written += 1;
-        Ok(())
-    }
-
-    /// Fetches need `n` of `build`, offering its base; a delta that does not
-    /// rebuild the chunk is fetched again without one: it costs bytes, never
-    /// data.
-    fn fetch_into(
-        &self,
-        build: &FileBuild,
-        n: usize,
-        supply: &mut dyn ChunkSupply,
-        report: &mut ApplyReport,
-    ) -> Result<()> {
-        let need = &build.needs[n];
-        let refined = Cell::new((0u64, 0u64));
-        let refine = |request: &[u8]| {
-            let base = self.base_bytes(need)?;
-            let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
-            let fine = patch::fine_signatures(&base, &ranges);
-            let (asked, answered) = refined.get();
-            let answer: usize = fine.iter().map(|sig| sig.encode().len()).sum();
-            refined.set((asked + request.len() as u64, answered + answer as u64));
-            Some(fine)
-        };
-        let mut offer = need.signature.as_ref();
-        loop {
-            if let Some(sig) = offer {
-                report.signature_bytes += sig.encode().len() as u64;
-            }
-            let request = ChunkRequest {
-                path: &build.path,
-                index: need.index,
-                offset: need.offset,
-                chunk: need.chunk,
-                base: offer,
-                refine: &refine,
-            };
-            let encoded = supply.fetch(&request)?;
-            let (asked, answered) = refined.take();
-            report.refine_request_bytes += asked;
-            report.signature_bytes += answered;
-            report.chunks_fetched += 1;
-            report.bytes_fetched += encoded.payload.len() as u64;
-            if self.put_chunk(build, n, &encoded, offer.is_some())? {
-                report.chunks_delta += u64::from(encoded.codec == codec::Codec::Delta);
-                return Ok(());
-            }
-            // put_chunk asks for a retry only when a base was offered.
-            offer = None;
-        }
     }
 
     fn build_symlink(&mut self, path: &RelPath, target: &[u8], meta: &Meta, batch: &mut Batch) -> Result<()> {

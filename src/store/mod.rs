@@ -7,7 +7,7 @@
 mod mirror;
 pub mod state;
 
-pub use mirror::{MirrorStore, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
+pub use mirror::{MirrorStore, NeedInfo, Put, Receiving, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
 
 use serde::Serialize;
 

@@ -9,6 +9,10 @@ if grep -nE '\b(std::fs|std::net|tokio|quinn|Instant::now)\b' $core; then
   echo "layers: the pure core (chunk, hash, manifest, plan, codec, patch) must not do I/O" >&2
   status=1
 fi
+if grep -rnE '\b(tokio|quinn|std::net|Instant::now)\b' src/session; then
+  echo "layers: sessions are sans-IO: no sockets, no runtime, no clock" >&2
+  status=1
+fi
 if grep -rnE '\bquinn::' src --include=*.rs | grep -v '^src/transport/'; then
   echo "layers: only src/transport names quinn" >&2
   status=1

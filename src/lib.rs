@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod patch;
 pub mod plan;
 pub mod scan;
+pub mod session;
 pub mod store;
 pub mod transport;
 pub mod wire;

@@ -5,4 +5,5 @@ mod util;
 mod cli;
 mod plan_model;
 mod push;
+mod session;
 mod transport;

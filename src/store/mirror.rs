@@ -10,6 +10,7 @@
 //! temporaries are removed by the next scan, and files whose stat key no
 //! longer matches the database are re-read.
 
+use std::borrow::BorrowMut;
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -207,8 +208,8 @@ struct InFlight {
 /// A plan applied step by step as it arrives, with several files in flight
 /// whose chunks arrive in any order: what a wire session drives. Dropping it
 /// unfinished removes the temporaries of what was not committed.
-pub struct Receiving<'a> {
-    store: &'a mut MirrorStore,
+pub struct Receiving<S: BorrowMut<MirrorStore> = MirrorStore> {
+    store: S,
     batch: Batch,
     report: ApplyReport,
     removals: Vec<RelPath>,
@@ -216,20 +217,30 @@ pub struct Receiving<'a> {
 }
 
 impl MirrorStore {
-    /// Starts applying a plan step by step.
-    pub fn receive(&mut self) -> Receiving<'_> {
-        self.steps = 0;
+    /// Starts applying a plan step by step on this store.
+    pub fn receive(&mut self) -> Receiving<&mut MirrorStore> {
+        Receiving::new(self)
+    }
+}
+
+impl<S: BorrowMut<MirrorStore>> Receiving<S> {
+    /// Starts applying a plan step by step on `store` (owned or borrowed).
+    pub fn new(mut store: S) -> Self {
+        store.borrow_mut().steps = 0;
         Receiving {
-            store: self,
+            store,
             batch: Batch::default(),
             report: ApplyReport::default(),
             removals: Vec::new(),
             in_flight: HashMap::new(),
         }
     }
-}
 
-impl Receiving<'_> {
+    /// The store being written.
+    pub fn store(&self) -> &MirrorStore {
+        self.store.borrow()
+    }
+
     /// Files begun and not yet completed or abandoned.
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -245,7 +256,7 @@ impl Receiving<'_> {
     /// # Panics
     /// On a `WriteFile` (use [`Receiving::begin_file`]).
     pub fn apply_op(&mut self, op: &Op) -> Result<()> {
-        let store = &mut *self.store;
+        let store = self.store.borrow_mut();
         match op {
             Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
             Op::Symlink { path, target, meta } => store.build_symlink(path, target, meta, &mut self.batch),
@@ -264,7 +275,7 @@ impl Receiving<'_> {
                 // Conflicting deletes come before any write; extraneous ones
                 // after all writes: commit pending files first either way.
                 self.commit()?;
-                let store = &mut *self.store;
+                let store = self.store.borrow_mut();
                 store.step()?;
                 remove_entry(&store.abs(path))?;
                 self.report.entries_deleted += 1;
@@ -273,7 +284,7 @@ impl Receiving<'_> {
             }
             Op::SetMeta { path, meta } => {
                 self.commit()?;
-                let store = &mut *self.store;
+                let store = self.store.borrow_mut();
                 store.step()?;
                 let abs = store.abs(path);
                 set_meta(&abs, meta)?;
@@ -293,11 +304,12 @@ impl Receiving<'_> {
     /// Failures creating the temporary or reading the state database.
     pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
         if self.in_flight.is_empty()
-            && (self.batch.files >= self.store.batch_files || self.batch.bytes >= self.store.batch_bytes)
+            && (self.batch.files >= self.store.borrow().batch_files
+                || self.batch.bytes >= self.store.borrow().batch_bytes)
         {
             self.commit()?;
         }
-        let build = self.store.begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
         let needs = build
             .needs
             .iter()
@@ -319,7 +331,7 @@ impl Receiving<'_> {
     /// encoded refinement request; `None` if the request or need is unknown.
     pub fn fine_signatures(&self, file: u32, need: usize, request: &[u8]) -> Option<Vec<patch::Signature>> {
         let need = self.in_flight.get(&file)?.build.needs.get(need)?;
-        let base = self.store.base_bytes(need)?;
+        let base = self.store.borrow().base_bytes(need)?;
         let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
         Some(patch::fine_signatures(&base, &ranges))
     }
@@ -339,7 +351,7 @@ impl Receiving<'_> {
         }
         self.report.chunks_fetched += 1;
         self.report.bytes_fetched += encoded.payload.len() as u64;
-        if !self.store.put_chunk(&flight.build, need, encoded, with_base)? {
+        if !self.store.borrow().put_chunk(&flight.build, need, encoded, with_base)? {
             return Ok(Put::RetryWithoutBase);
         }
         flight.stored[need] = true;
@@ -365,7 +377,7 @@ impl Receiving<'_> {
         let Some(flight) = self.in_flight.remove(&file) else {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         };
-        self.store.finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch)?;
+        self.store.borrow().finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch)?;
         self.report.files_written += 1;
         Ok(())
     }
@@ -390,7 +402,7 @@ impl Receiving<'_> {
     /// If files are in flight (their temporaries would be renamed half-built).
     pub fn commit(&mut self) -> Result<()> {
         assert!(self.in_flight.is_empty(), "commit with files in flight");
-        self.store.commit(&mut self.batch, &mut self.report)
+        self.store.borrow_mut().commit(&mut self.batch, &mut self.report)
     }
 
     /// Commits the rest and drops the state of deleted entries.
@@ -403,7 +415,7 @@ impl Receiving<'_> {
         }
         self.commit()?;
         if !self.removals.is_empty() {
-            let store = &mut *self.store;
+            let store = self.store.borrow_mut();
             store.step()?;
             store.db.update(&[], &self.removals)?;
             for path in &self.removals {
@@ -451,10 +463,10 @@ impl Receiving<'_> {
     }
 }
 
-impl Drop for Receiving<'_> {
+impl<S: BorrowMut<MirrorStore>> Drop for Receiving<S> {
     fn drop(&mut self) {
         // Unfinished: leave final names as they were.
-        self.store.discard(&mut self.batch);
+        self.store.borrow_mut().discard(&mut self.batch);
     }
 }
 

@@ -1,0 +1,62 @@
+//! Push sessions as state machines with no sockets and no clock: each side
+//! takes messages with `handle` and gives the ones to send with
+//! `poll_transmit`. The transport moves frames; tests drive a pair in memory.
+//!
+//! A push: `Hello` both ways; `Open`/`Opened`; the sender finds what
+//! differs (its memory of the receiver's tree when the root hashes agree,
+//! else `ListDir`/`Listing` down differing directories and `GetFiles` for
+//! differing files); then it streams the plan's entry changes and `Done`,
+//! answering the receiver's `NeedChunk` (and `RefineRequest`) with
+//! `ChunkData`; the receiver ends with `Summary`.
+
+mod receiver;
+mod sender;
+
+pub use receiver::{OpenRequest, Receiver, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_OPS};
+pub use sender::{ChunkReader, FileReader, Sender};
+
+use thiserror::Error;
+use xfer_protocol::{CloseCode, Kind};
+
+/// Why a session stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The peer sent a message the session cannot take now.
+    #[error("unexpected {kind:?} from the peer while {state}")]
+    Unexpected {
+        /// The message's kind.
+        kind: Kind,
+        /// What the session was doing.
+        state: &'static str,
+    },
+    /// The peer sent something malformed or inconsistent.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer closed the session with an error.
+    #[error("peer refused ({code:?}): {message}")]
+    Peer {
+        /// The peer's close code.
+        code: Option<CloseCode>,
+        /// The peer's explanation.
+        message: String,
+    },
+    /// A local failure (disk, state database).
+    #[error(transparent)]
+    Local(#[from] crate::Error),
+}
+
+impl SessionError {
+    /// The close code to send the peer for this error.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            SessionError::Unexpected { .. } | SessionError::Protocol(_) => CloseCode::ProtocolError,
+            SessionError::Peer { code, .. } => code.unwrap_or(CloseCode::Internal),
+            SessionError::Local(_) => CloseCode::Internal,
+        }
+    }
+}
+
+fn protocol(what: impl std::fmt::Display) -> SessionError {
+    SessionError::Protocol(what.to_string())
+}

@@ -1,0 +1,495 @@
+//! The receiving side of a push: answers the sender's questions about its
+//! tree, applies entry changes as they arrive, and asks for the chunks it
+//! lacks, a bounded number at a time.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use xfer_protocol::msg::{self, Message};
+use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION};
+
+use super::{protocol, SessionError};
+use crate::chunk::FileDigest;
+use crate::codec::{Codec, EncodedChunk};
+use crate::manifest::{Manifest, Meta, RelPath, Tree};
+use crate::plan::Op;
+use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
+use crate::wire;
+
+/// Chunks asked for and not yet received: bounds the sender's read-ahead
+/// and both sides' memory, whatever the size of a file or a tree.
+pub const MAX_OUTSTANDING_CHUNKS: usize = 256;
+
+/// Files being rebuilt at once.
+pub const MAX_FILES_IN_FLIGHT: usize = 64;
+
+/// Entry changes buffered ahead of the one being applied; past this the
+/// transport should stop reading (see [`Receiver::wants_input`]).
+pub const MAX_QUEUED_OPS: usize = 4096;
+
+/// What a client asked to open.
+#[derive(Clone, Debug)]
+pub struct OpenRequest {
+    /// The destination path, relative to what the server serves (root: empty).
+    pub path: Option<RelPath>,
+    /// Whether extraneous entries will be deleted.
+    pub delete: bool,
+    /// Whether every file must be re-read instead of quick-checked.
+    pub checksum: bool,
+}
+
+type Opener = Box<dyn FnMut(&OpenRequest) -> Result<MirrorStore, SessionError> + Send>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Greeting,
+    Open,
+    Finished,
+}
+
+enum Queued {
+    Op(Op),
+    Write { file: u32, path: RelPath, meta: Meta, digest: FileDigest },
+}
+
+struct FileNeeds {
+    path: RelPath,
+    /// Chunk index -> (need number, whether a base was offered), for the
+    /// needs not yet stored.
+    open: HashMap<u32, (usize, bool)>,
+    /// Needs asked for and not yet answered.
+    outstanding: usize,
+}
+
+/// The receiver of a push.
+pub struct Receiver {
+    state: State,
+    opener: Opener,
+    rx: Option<Receiving<MirrorStore>>,
+    manifest: Manifest,
+    tree: Tree,
+    outbox: VecDeque<Message>,
+    queued: VecDeque<Queued>,
+    partial: Option<(msg::WriteFile, Vec<msg::ChunkRef>)>,
+    to_ask: VecDeque<(u32, NeedInfo)>,
+    files: HashMap<u32, FileNeeds>,
+    abandoned: HashSet<u32>,
+    outstanding: usize,
+    done: bool,
+    counts: Counts,
+    failed: Vec<FailedEntry>,
+}
+
+#[derive(Default)]
+struct Counts {
+    dirs: u64,
+    symlinks: u64,
+    metas: u64,
+}
+
+impl Receiver {
+    /// A receiver that opens the store a client asks for with `opener`
+    /// (which decides what the client may write).
+    pub fn new(opener: Opener) -> Self {
+        Receiver {
+            state: State::Greeting,
+            opener,
+            rx: None,
+            manifest: Manifest::default(),
+            tree: Tree::default(),
+            outbox: VecDeque::new(),
+            queued: VecDeque::new(),
+            partial: None,
+            to_ask: VecDeque::new(),
+            files: HashMap::new(),
+            abandoned: HashSet::new(),
+            outstanding: 0,
+            done: false,
+            counts: Counts::default(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// Whether the transport should read more input: false while the entry
+    /// changes buffered ahead are many (flow control then stalls the sender).
+    pub fn wants_input(&self) -> bool {
+        self.queued.len() < MAX_QUEUED_OPS
+    }
+
+    /// Whether the session is over (the summary is queued).
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// Entries that could not be applied, with the reason.
+    pub fn failed(&self) -> &[FailedEntry] {
+        &self.failed
+    }
+
+    /// Takes one message from the sender.
+    ///
+    /// # Errors
+    /// [`SessionError`] for messages out of place or malformed, or local
+    /// failures; an `Error` message for the peer is then queued.
+    pub fn handle(&mut self, message: Message) -> Result<(), SessionError> {
+        let result = self.dispatch(message);
+        if let Err(e) = &result {
+            self.outbox
+                .push_back(Message::Error(msg::ErrorMsg { code: e.close_code() as u32, message: e.to_string() }));
+            self.state = State::Finished;
+        }
+        result
+    }
+
+    fn dispatch(&mut self, message: Message) -> Result<(), SessionError> {
+        match (self.state, message) {
+            (_, Message::Error(e)) => Err(SessionError::Peer { code: CloseCode::from_u32(e.code), message: e.message }),
+            (State::Greeting, Message::Hello(hello)) => {
+                xfer_protocol::check_version(hello.version).map_err(protocol)?;
+                self.outbox.push_back(Message::Hello(msg::Hello {
+                    version: PROTOCOL_VERSION,
+                    features: 0,
+                    agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
+                }));
+                Ok(())
+            }
+            (State::Greeting, Message::Open(open)) => self.open(open),
+            (State::Open, Message::ListDir(list)) => self.list_dir(list),
+            (State::Open, Message::GetFiles(get)) => self.get_files(get),
+            (State::Open, Message::Mkdir(m)) => {
+                let meta = Meta { mode: m.mode, mtime: wire::mtime_from_wire(m.mtime).map_err(protocol)? };
+                self.enqueue(Queued::Op(Op::Mkdir { path: path(m.path)?, meta }))
+            }
+            (State::Open, Message::Symlink(s)) => {
+                let meta = Meta { mode: 0, mtime: wire::mtime_from_wire(s.mtime).map_err(protocol)? };
+                self.enqueue(Queued::Op(Op::Symlink { path: path(s.path)?, target: s.target, meta }))
+            }
+            (State::Open, Message::SetMeta(s)) => {
+                let meta = Meta { mode: s.mode, mtime: wire::mtime_from_wire(s.mtime).map_err(protocol)? };
+                self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
+            }
+            (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
+            (State::Open, Message::WriteFile(w)) if self.partial.is_none() => {
+                if w.more {
+                    let msg::ChunkList::Full(first) = &w.list else {
+                        return Err(protocol("a continued chunk list must be a full list"));
+                    };
+                    let first = first.clone();
+                    self.partial = Some((w, first));
+                    return Ok(());
+                }
+                self.write_file(w)
+            }
+            (State::Open, Message::MoreChunks(more)) => {
+                let Some((header, mut chunks)) = self.partial.take() else {
+                    return Err(protocol("MoreChunks without a WriteFile"));
+                };
+                let msg::ChunkList::Full(part) = more.list else {
+                    return Err(protocol("a continued chunk list must be a full list"));
+                };
+                if more.file != header.file {
+                    return Err(protocol("MoreChunks for another file"));
+                }
+                chunks.extend(part);
+                if more.more {
+                    self.partial = Some((header, chunks));
+                    return Ok(());
+                }
+                self.write_file(msg::WriteFile { list: msg::ChunkList::Full(chunks), more: false, ..header })
+            }
+            (State::Open, Message::ChunkData(data)) => self.chunk_data(data),
+            (State::Open, Message::RefineRequest(refine)) => self.refine(refine),
+            (State::Open, Message::FileFailed(failed)) => {
+                let reason = crate::Error::SourceChanged { path: failed.message.into() };
+                self.abandon(failed.file, &reason);
+                self.pump()
+            }
+            (State::Open, Message::Done(_)) => {
+                self.done = true;
+                self.pump()
+            }
+            (state, message) => Err(SessionError::Unexpected {
+                kind: message.kind(),
+                state: match state {
+                    State::Greeting => "waiting for Open",
+                    State::Open => "receiving",
+                    State::Finished => "finished",
+                },
+            }),
+        }
+    }
+
+    fn open(&mut self, open: msg::Open) -> Result<(), SessionError> {
+        if open.direction != msg::Direction::Push {
+            return Err(SessionError::Peer {
+                code: Some(CloseCode::ProtocolError),
+                message: "this receiver takes pushes only".into(),
+            });
+        }
+        let path = match open.path.as_slice() {
+            [] => None,
+            bytes => Some(path(bytes.to_vec())?),
+        };
+        let request = OpenRequest { path, delete: open.delete, checksum: open.checksum };
+        let mut store = (self.opener)(&request)?;
+        self.manifest = store.refresh(open.checksum)?.clone();
+        self.tree = self.manifest.tree();
+        let root = self.tree.root().0;
+        self.outbox.push_back(Message::Opened(msg::Opened { root, remembered: open.remembered_root == Some(root) }));
+        self.rx = Some(Receiving::new(store));
+        self.state = State::Open;
+        Ok(())
+    }
+
+    fn list_dir(&mut self, list: msg::ListDir) -> Result<(), SessionError> {
+        let dir = match list.dir.as_slice() {
+            [] => RelPath::root(),
+            bytes => path(bytes.to_vec())?,
+        };
+        let children = self.tree.listing(&dir);
+        let parts: Vec<_> = children.chunks(MAX_CHILDREN_PER_LISTING).collect();
+        if parts.is_empty() {
+            self.outbox.push_back(Message::Listing(msg::Listing {
+                dir: list.dir.clone(),
+                children: Vec::new(),
+                more: false,
+            }));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            self.outbox.push_back(Message::Listing(msg::Listing {
+                dir: list.dir.clone(),
+                children: part.iter().map(wire::child_to_wire).collect(),
+                more: i + 1 < parts.len(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn get_files(&mut self, get: msg::GetFiles) -> Result<(), SessionError> {
+        let mut files = Vec::new();
+        for raw in get.paths {
+            let Some(digest) = self.manifest.get(&path(raw.clone())?).and_then(|e| e.file()) else { continue };
+            let parts: Vec<_> = digest.chunks.chunks(MAX_CHUNK_REFS_PER_MESSAGE).collect();
+            let count = parts.len().max(1);
+            for i in 0..count {
+                files.push(msg::FileInfo {
+                    path: raw.clone(),
+                    size: digest.size,
+                    hash: digest.hash.0,
+                    params: wire::params_to_wire(digest.params),
+                    chunks: parts.get(i).map_or(Vec::new(), |p| p.iter().map(wire::chunk_to_wire).collect()),
+                    continued: i + 1 < count,
+                });
+            }
+        }
+        // One message unless a huge chunk list needs several.
+        let mut message = Vec::new();
+        let mut refs = 0;
+        for info in files {
+            if refs + info.chunks.len() > MAX_CHUNK_REFS_PER_MESSAGE && !message.is_empty() {
+                self.outbox
+                    .push_back(Message::FileInfos(msg::FileInfos { files: std::mem::take(&mut message), more: true }));
+                refs = 0;
+            }
+            refs += info.chunks.len();
+            message.push(info);
+        }
+        self.outbox.push_back(Message::FileInfos(msg::FileInfos { files: message, more: false }));
+        Ok(())
+    }
+
+    fn write_file(&mut self, w: msg::WriteFile) -> Result<(), SessionError> {
+        let path = path(w.path)?;
+        let old = self.manifest.get(&path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
+        let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(protocol)?;
+        let meta = Meta { mode: w.mode, mtime: wire::mtime_from_wire(w.mtime).map_err(protocol)? };
+        self.enqueue(Queued::Write { file: w.file, path, meta, digest })
+    }
+
+    fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        self.queued.push_back(queued);
+        self.pump()
+    }
+
+    fn receiving(&mut self) -> Result<&mut Receiving<MirrorStore>, SessionError> {
+        self.rx.as_mut().ok_or_else(|| protocol("no destination is open"))
+    }
+
+    /// Applies queued changes as far as the limits allow, asks for chunks,
+    /// and finishes once everything is in.
+    fn pump(&mut self) -> Result<(), SessionError> {
+        loop {
+            match self.queued.front() {
+                Some(Queued::Write { .. }) if self.files.len() >= MAX_FILES_IN_FLIGHT => break,
+                Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. })) if !self.files.is_empty() => break,
+                None => break,
+                _ => {}
+            }
+            match self.queued.pop_front() {
+                Some(Queued::Write { file, path, meta, digest }) => self.begin(file, path, meta, digest)?,
+                Some(Queued::Op(op)) => {
+                    match &op {
+                        Op::Mkdir { .. } => self.counts.dirs += 1,
+                        Op::Symlink { .. } => self.counts.symlinks += 1,
+                        Op::SetMeta { .. } => self.counts.metas += 1,
+                        _ => {}
+                    }
+                    self.receiving()?.apply_op(&op)?;
+                }
+                None => break,
+            }
+        }
+        while self.outstanding < MAX_OUTSTANDING_CHUNKS {
+            let Some((file, need)) = self.to_ask.pop_front() else { break };
+            if self.abandoned.contains(&file) {
+                continue;
+            }
+            let offered = need.signature.is_some();
+            if let Some(f) = self.files.get_mut(&file) {
+                f.open.insert(need.index as u32, (need.need, offered));
+                f.outstanding += 1;
+            }
+            self.outstanding += 1;
+            self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
+                file,
+                index: need.index as u32,
+                signature: need.signature.map(|s| s.encode()),
+            }));
+        }
+        if self.done && self.queued.is_empty() && self.files.is_empty() && self.partial.is_none() {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self, file: u32, path: RelPath, meta: Meta, digest: FileDigest) -> Result<(), SessionError> {
+        if self.files.contains_key(&file) || self.abandoned.contains(&file) {
+            return Err(protocol(format!("file number {file} used twice")));
+        }
+        let begun = self.receiving()?.begin_file(file, &path, &meta, &digest);
+        let needs = match begun {
+            Ok(needs) => needs,
+            Err(e) if e.is_per_entry() => {
+                self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.files.insert(file, FileNeeds { path, open: HashMap::new(), outstanding: 0 });
+        if needs.is_empty() {
+            return self.complete(file);
+        }
+        self.to_ask.extend(needs.into_iter().map(|need| (file, need)));
+        Ok(())
+    }
+
+    fn chunk_data(&mut self, data: msg::ChunkData) -> Result<(), SessionError> {
+        if self.abandoned.contains(&data.file) {
+            return Ok(());
+        }
+        let Some(f) = self.files.get_mut(&data.file) else {
+            return Err(protocol(format!("chunk for file {} that is not being received", data.file)));
+        };
+        let Some(&(need, offered)) = f.open.get(&data.index) else {
+            return Err(protocol(format!("chunk {} of file {} was not asked for", data.index, data.file)));
+        };
+        let codec = Codec::try_from(data.codec).map_err(protocol)?;
+        let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
+        let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);
+        match put {
+            Ok(Put::Stored) => {
+                let f = self.files.get_mut(&data.file).expect("invariant: looked up above");
+                f.open.remove(&data.index);
+                f.outstanding -= 1;
+                self.outstanding -= 1;
+                if f.open.is_empty() && !self.to_ask.iter().any(|(file, _)| *file == data.file) {
+                    self.complete(data.file)?;
+                }
+            }
+            Ok(Put::RetryWithoutBase) => {
+                if let Some(entry) = self.files.get_mut(&data.file).and_then(|f| f.open.get_mut(&data.index)) {
+                    entry.1 = false;
+                }
+                self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
+                    file: data.file,
+                    index: data.index,
+                    signature: None,
+                }));
+            }
+            Err(e) if e.is_per_entry() => self.abandon(data.file, &e),
+            Err(e) => return Err(e.into()),
+        }
+        self.pump()
+    }
+
+    fn refine(&mut self, refine: msg::RefineRequest) -> Result<(), SessionError> {
+        let need = self
+            .files
+            .get(&refine.file)
+            .and_then(|f| f.open.get(&refine.index))
+            .map(|&(need, _)| need)
+            .ok_or_else(|| protocol("refinement for a chunk not asked for"))?;
+        let fine = self.receiving()?.fine_signatures(refine.file, need, &refine.ranges).unwrap_or_default();
+        self.outbox.push_back(Message::FineSignatures(msg::FineSignatures {
+            file: refine.file,
+            index: refine.index,
+            signatures: fine.iter().map(|s| s.encode()).collect(),
+        }));
+        Ok(())
+    }
+
+    fn complete(&mut self, file: u32) -> Result<(), SessionError> {
+        let completed = self.receiving()?.complete_file(file);
+        match completed {
+            Ok(()) => {
+                self.files.remove(&file);
+                Ok(())
+            }
+            Err(e) if e.is_per_entry() => {
+                self.abandon(file, &e);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn abandon(&mut self, file: u32, reason: &crate::Error) {
+        if let Some(f) = self.files.remove(&file) {
+            self.outstanding -= f.outstanding;
+            self.failed.push(FailedEntry { path: f.path.to_string(), error: reason.to_string() });
+        }
+        self.abandoned.insert(file);
+        if let Some(rx) = self.rx.as_mut() {
+            rx.abandon_file(file, reason);
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), SessionError> {
+        let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
+        let report = rx.finish()?;
+        self.failed.extend(report.failed.iter().cloned());
+        self.outbox.push_back(Message::Summary(msg::Summary {
+            files_written: report.files_written,
+            dirs_created: self.counts.dirs,
+            symlinks_written: self.counts.symlinks,
+            meta_updated: self.counts.metas,
+            deleted: report.entries_deleted,
+            failed: self.failed.len() as u64,
+            bytes_written: report.bytes_reused + report.bytes_fetched,
+            bytes_received: report.bytes_fetched,
+            chunks_received: report.chunks_fetched,
+            chunks_reused: report.chunks_reused,
+            chunks_delta: report.chunks_delta,
+        }));
+        self.state = State::Finished;
+        Ok(())
+    }
+}
+
+fn path(bytes: Vec<u8>) -> Result<RelPath, SessionError> {
+    RelPath::new(bytes).map_err(protocol)
+}

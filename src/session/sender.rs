@@ -1,0 +1,513 @@
+//! The sending side of a push: plans against what the receiver reports (or
+//! what it is remembered to hold) and serves the chunks it asks for.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use xfer_protocol::msg::{self, Message};
+use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, MAX_FILES_PER_MESSAGE, PROTOCOL_VERSION};
+
+use super::{protocol, SessionError};
+use crate::chunk::{ChunkRef, FileDigest};
+use crate::codec::{DeltaStep, EncodedChunk, Encoder, PendingDelta};
+use crate::error::{Error, IoContext, Result};
+use crate::hash::ChunkId;
+use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
+use crate::patch::Signature;
+use crate::plan::{plan, Op, PlanOptions};
+use crate::wire;
+
+/// Reads source chunk bytes for the sender.
+pub trait ChunkReader {
+    /// The bytes of `chunk` at `offset` of the source file `path`, verified
+    /// against the chunk's id.
+    ///
+    /// # Errors
+    /// [`Error::SourceChanged`] when the file no longer holds the chunk.
+    fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> Result<Vec<u8>>;
+}
+
+/// Reads chunks from a source tree on disk, keeping the last file open.
+pub struct FileReader {
+    root: PathBuf,
+    open: Option<(RelPath, File)>,
+}
+
+impl FileReader {
+    /// A reader of the tree at `root`.
+    pub fn new(root: PathBuf) -> Self {
+        FileReader { root, open: None }
+    }
+}
+
+impl ChunkReader for FileReader {
+    fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
+        let abs = path.to_path(&self.root);
+        if self.open.as_ref().is_none_or(|(p, _)| p != path) {
+            self.open = Some((path.clone(), File::open(&abs).at(&abs)?));
+        }
+        let (_, file) = self.open.as_ref().expect("invariant: opened just above");
+        let mut bytes = vec![0u8; chunk.len as usize];
+        match file.read_exact_at(&mut bytes, offset) {
+            Ok(()) if ChunkId::of(&bytes) == chunk.id => Ok(bytes),
+            Ok(()) => Err(Error::SourceChanged { path: abs }),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::SourceChanged { path: abs }),
+            Err(e) => Err(Error::io(abs, e)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Opening,
+    Comparing,
+    Sending,
+    AwaitingSummary,
+    Finished,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Opening => "opening",
+            State::Comparing => "comparing trees",
+            State::Sending => "sending",
+            State::AwaitingSummary => "waiting for the summary",
+            State::Finished => "finished",
+        }
+    }
+}
+
+/// Metadata the receiver did not report: never equal to a real entry's, so
+/// the plan restores the source's.
+const UNKNOWN_META: Meta = Meta { mode: u32::MAX, mtime: Mtime { secs: i64::MIN, nanos: 0 } };
+
+/// The sender of a push.
+pub struct Sender<R> {
+    state: State,
+    source: Manifest,
+    tree: Tree,
+    reader: R,
+    encoder: Encoder,
+    options: PlanOptions,
+    remembered: Option<Manifest>,
+    outbox: VecDeque<Message>,
+    /// ChunkData, which travels on data streams: it must never wait behind
+    /// entry changes the receiver is not reading yet.
+    data: VecDeque<Message>,
+    // Comparing: directories asked for, listings received, files asked for.
+    lists_pending: usize,
+    partial_listings: HashMap<RelPath, Vec<ChildDigest>>,
+    listed: HashMap<RelPath, Vec<ChildDigest>>,
+    files_wanted: Vec<RelPath>,
+    files_pending: usize,
+    infos: HashMap<RelPath, FileDigest>,
+    // Sending: the plan, the receiver's tree as planned against, progress.
+    ops: Vec<Op>,
+    next_op: usize,
+    dest: Manifest,
+    deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
+    summary: Option<msg::Summary>,
+}
+
+impl<R: ChunkReader> Sender<R> {
+    /// A push of `source` into `path` on the receiver, reading chunks with
+    /// `reader`. `remembered` is the receiver's tree as this sender last left
+    /// it, used only if the receiver's root hash confirms it.
+    pub fn new(
+        source: Manifest,
+        reader: R,
+        encoder: Encoder,
+        path: Vec<u8>,
+        options: PlanOptions,
+        checksum: bool,
+        remembered: Option<Manifest>,
+    ) -> Self {
+        let tree = source.tree();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Message::Hello(msg::Hello {
+            version: PROTOCOL_VERSION,
+            features: 0,
+            agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
+        }));
+        outbox.push_back(Message::Open(msg::Open {
+            direction: msg::Direction::Push,
+            path,
+            delete: options.delete,
+            checksum,
+            remembered_root: remembered.as_ref().map(|m| m.tree().root().0),
+        }));
+        Sender {
+            state: State::Opening,
+            source,
+            tree,
+            reader,
+            encoder,
+            options,
+            remembered,
+            outbox,
+            data: VecDeque::new(),
+            lists_pending: 0,
+            partial_listings: HashMap::new(),
+            listed: HashMap::new(),
+            files_wanted: Vec::new(),
+            files_pending: 0,
+            infos: HashMap::new(),
+            ops: Vec::new(),
+            next_op: 0,
+            dest: Manifest::default(),
+            deltas: HashMap::new(),
+            summary: None,
+        }
+    }
+
+    /// The next chunk to send on a data stream, if any.
+    pub fn poll_data(&mut self) -> Option<Message> {
+        self.data.pop_front()
+    }
+
+    /// The next message to send on the control stream, if any.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        if let Some(message) = self.outbox.pop_front() {
+            return Some(message);
+        }
+        if self.state != State::Sending {
+            return None;
+        }
+        // Chunk answers go first (above); entry changes fill the rest.
+        if self.next_op < self.ops.len() {
+            let n = self.next_op;
+            self.next_op += 1;
+            self.queue_op(n);
+        } else {
+            self.outbox.push_back(Message::Done(msg::Done));
+            self.state = State::AwaitingSummary;
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Whether the receiver reported its summary.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// The receiver's summary, once finished.
+    pub fn summary(&self) -> Option<&msg::Summary> {
+        self.summary.as_ref()
+    }
+
+    /// The plan's steps (after the comparison).
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Takes one message from the receiver.
+    ///
+    /// # Errors
+    /// [`SessionError`] for messages out of place, malformed content, an
+    /// error from the peer, or local failures; the session is then over.
+    pub fn handle(&mut self, message: Message) -> Result<(), SessionError> {
+        match (self.state, message) {
+            (_, Message::Error(e)) => {
+                Err(SessionError::Peer { code: xfer_protocol::CloseCode::from_u32(e.code), message: e.message })
+            }
+            (State::Opening, Message::Hello(hello)) => {
+                xfer_protocol::check_version(hello.version).map_err(protocol)?;
+                Ok(())
+            }
+            (State::Opening, Message::Opened(opened)) => self.opened(opened),
+            (State::Comparing, Message::Listing(listing)) => self.listing(listing),
+            (State::Comparing, Message::FileInfos(infos)) => self.file_infos(infos),
+            (State::Sending | State::AwaitingSummary, Message::NeedChunk(need)) => self.need_chunk(need),
+            (State::Sending | State::AwaitingSummary, Message::FineSignatures(fine)) => self.fine_signatures(fine),
+            (State::AwaitingSummary, Message::Summary(summary)) => {
+                self.summary = Some(summary);
+                self.state = State::Finished;
+                Ok(())
+            }
+            (state, message) => Err(SessionError::Unexpected { kind: message.kind(), state: state.name() }),
+        }
+    }
+
+    fn opened(&mut self, opened: msg::Opened) -> Result<(), SessionError> {
+        if opened.root == self.tree.root().0 {
+            // Equal trees: nothing to send at all.
+            self.dest = self.source.clone();
+            return self.start_sending();
+        }
+        if opened.remembered {
+            if let Some(remembered) = self.remembered.take() {
+                self.dest = remembered;
+                return self.start_sending();
+            }
+        }
+        self.state = State::Comparing;
+        self.ask_listing(RelPath::root());
+        Ok(())
+    }
+
+    fn ask_listing(&mut self, dir: RelPath) {
+        self.lists_pending += 1;
+        self.outbox.push_back(Message::ListDir(msg::ListDir { dir: dir.as_bytes().to_vec() }));
+    }
+
+    fn listing(&mut self, listing: msg::Listing) -> Result<(), SessionError> {
+        let dir = match listing.dir.as_slice() {
+            [] => RelPath::root(),
+            bytes => RelPath::new(bytes.to_vec()).map_err(protocol)?,
+        };
+        let part = self.partial_listings.entry(dir.clone()).or_default();
+        part.extend(listing.children.iter().map(wire::child_from_wire));
+        if listing.more {
+            return Ok(());
+        }
+        let theirs = self.partial_listings.remove(&dir).unwrap_or_default();
+        self.lists_pending = self.lists_pending.checked_sub(1).ok_or_else(|| protocol("listing not asked for"))?;
+        let ours: HashMap<&[u8], &ChildDigest> =
+            self.tree.listing(&dir).iter().map(|c| (c.name.as_slice(), c)).collect();
+        let mut subdirs = Vec::new();
+        for child in &theirs {
+            let path = dir.join(&child.name).map_err(protocol)?;
+            let same = ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest);
+            if same {
+                continue;
+            }
+            if child.is_dir {
+                subdirs.push(path);
+            } else if self.source.get(&path).is_some_and(|e| e.file().is_some()) {
+                self.files_wanted.push(path);
+            }
+        }
+        self.listed.insert(dir, theirs);
+        for subdir in subdirs {
+            self.ask_listing(subdir);
+        }
+        if self.lists_pending == 0 {
+            self.ask_files();
+        }
+        Ok(())
+    }
+
+    fn ask_files(&mut self) {
+        let wanted = std::mem::take(&mut self.files_wanted);
+        for batch in wanted.chunks(MAX_FILES_PER_MESSAGE) {
+            self.files_pending += 1;
+            let paths = batch.iter().map(|p| p.as_bytes().to_vec()).collect();
+            self.outbox.push_back(Message::GetFiles(msg::GetFiles { paths }));
+        }
+        if self.files_pending == 0 {
+            self.finish_comparing();
+        }
+    }
+
+    fn file_infos(&mut self, infos: msg::FileInfos) -> Result<(), SessionError> {
+        for info in infos.files {
+            let path = RelPath::new(info.path.clone()).map_err(protocol)?;
+            let params = wire::params_from_wire(info.params).map_err(protocol)?;
+            let entry = self.infos.entry(path).or_insert_with(|| FileDigest {
+                size: info.size,
+                hash: crate::hash::FileHash(info.hash),
+                params,
+                chunks: Vec::new(),
+            });
+            entry.chunks.extend(info.chunks.iter().map(wire::chunk_from_wire));
+        }
+        if !infos.more {
+            self.files_pending = self.files_pending.checked_sub(1).ok_or_else(|| protocol("files not asked for"))?;
+            if self.files_pending == 0 {
+                self.finish_comparing();
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the receiver's tree as far as it matters (identical subtrees
+    /// are taken from the source) and plans against it.
+    fn finish_comparing(&mut self) {
+        let mut identical: HashSet<RelPath> = HashSet::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (dir, theirs) in &self.listed {
+            let ours: HashMap<&[u8], &ChildDigest> =
+                self.tree.listing(dir).iter().map(|c| (c.name.as_slice(), c)).collect();
+            for child in theirs {
+                let Ok(path) = dir.join(&child.name) else { continue };
+                if ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest) {
+                    identical.insert(path);
+                    continue;
+                }
+                let kind = if child.is_dir {
+                    EntryKind::Dir
+                } else if let Some(digest) =
+                    self.infos.get(&path).filter(|d| d.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() == d.size)
+                {
+                    EntryKind::File(digest.clone())
+                } else {
+                    // Kind unknown and not needed: any non-directory is
+                    // replaced by a rename or removed by a delete.
+                    EntryKind::Symlink { target: Vec::new() }
+                };
+                entries.push(Entry { path, meta: UNKNOWN_META, kind });
+            }
+        }
+        for entry in self.source.entries() {
+            let mut at = Some(entry.path.clone());
+            while let Some(path) = at {
+                if identical.contains(&path) {
+                    entries.push(entry.clone());
+                    break;
+                }
+                at = (!path.parent().is_root()).then(|| path.parent());
+            }
+        }
+        // A malformed view (a hostile listing) plans against nothing: the
+        // receiver then gets everything, which is safe.
+        self.dest = Manifest::new(entries).unwrap_or_default();
+        let _ = self.start_sending();
+    }
+
+    fn start_sending(&mut self) -> Result<(), SessionError> {
+        self.ops = plan(&self.source, &self.dest, |_| false, self.options).ops;
+        self.state = State::Sending;
+        Ok(())
+    }
+
+    fn queue_op(&mut self, n: usize) {
+        let file = n as u32;
+        let message = match &self.ops[n] {
+            Op::Mkdir { path, meta } => Message::Mkdir(msg::Mkdir {
+                path: path.as_bytes().to_vec(),
+                mode: meta.mode,
+                mtime: wire::mtime_to_wire(meta.mtime),
+            }),
+            Op::Symlink { path, target, meta } => Message::Symlink(msg::Symlink {
+                path: path.as_bytes().to_vec(),
+                target: target.clone(),
+                mtime: wire::mtime_to_wire(meta.mtime),
+            }),
+            Op::SetMeta { path, meta } => Message::SetMeta(msg::SetMeta {
+                path: path.as_bytes().to_vec(),
+                mode: meta.mode,
+                mtime: wire::mtime_to_wire(meta.mtime),
+            }),
+            Op::Delete { path } => Message::Delete(msg::Delete { path: path.as_bytes().to_vec() }),
+            Op::WriteFile { path, meta, digest } => {
+                let old = self.dest.get(path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
+                let mut list = wire::chunk_list_to_wire(old, digest);
+                if edit_refs(&list) > MAX_CHUNK_REFS_PER_MESSAGE {
+                    list = wire::chunk_list_to_wire(&[], digest);
+                }
+                let (first, rest) = split_list(list);
+                self.outbox.push_back(Message::WriteFile(msg::WriteFile {
+                    file,
+                    path: path.as_bytes().to_vec(),
+                    mode: meta.mode,
+                    mtime: wire::mtime_to_wire(meta.mtime),
+                    size: digest.size,
+                    hash: digest.hash.0,
+                    params: wire::params_to_wire(digest.params),
+                    list: first,
+                    more: !rest.is_empty(),
+                }));
+                let parts = rest.len();
+                for (i, list) in rest.into_iter().enumerate() {
+                    self.outbox.push_back(Message::MoreChunks(msg::MoreChunks { file, list, more: i + 1 < parts }));
+                }
+                return;
+            }
+        };
+        self.outbox.push_back(message);
+    }
+
+    fn write_op(&self, file: u32) -> Result<(&RelPath, &FileDigest), SessionError> {
+        match self.ops.get(file as usize) {
+            Some(Op::WriteFile { path, digest, .. }) => Ok((path, digest)),
+            _ => Err(protocol(format!("chunk asked for file {file}, which is not a file being written"))),
+        }
+    }
+
+    fn need_chunk(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
+        let (path, digest) = self.write_op(need.file)?;
+        let index = need.index as usize;
+        let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;
+        let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
+        let path = path.clone();
+        let bytes = match self.reader.read(&path, offset, chunk) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_per_entry() => {
+                self.outbox.push_back(Message::FileFailed(msg::FileFailed {
+                    file: need.file,
+                    code: xfer_protocol::CloseCode::ChunkMismatch as u32,
+                    message: e.to_string(),
+                }));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let encoded = match need.signature.as_deref().map(Signature::decode).transpose().map_err(protocol)? {
+            None => self.encoder.encode(&bytes),
+            Some(sig) => match self.encoder.start_delta(&bytes, &sig) {
+                DeltaStep::Done(encoded) => encoded,
+                DeltaStep::Refine { request, pending } => {
+                    self.outbox.push_back(Message::RefineRequest(msg::RefineRequest {
+                        file: need.file,
+                        index: need.index,
+                        ranges: request,
+                    }));
+                    self.deltas.insert((need.file, need.index), (pending, bytes));
+                    return Ok(());
+                }
+            },
+        };
+        self.send_chunk(need.file, need.index, encoded);
+        Ok(())
+    }
+
+    fn fine_signatures(&mut self, fine: msg::FineSignatures) -> Result<(), SessionError> {
+        let Some((pending, bytes)) = self.deltas.remove(&(fine.file, fine.index)) else {
+            return Err(protocol("fine signatures nobody asked for"));
+        };
+        let signatures: Option<Vec<Signature>> = fine.signatures.iter().map(|s| Signature::decode(s).ok()).collect();
+        let encoded = self.encoder.finish_delta(&bytes, pending, signatures.as_deref());
+        self.send_chunk(fine.file, fine.index, encoded);
+        Ok(())
+    }
+
+    fn send_chunk(&mut self, file: u32, index: u32, encoded: EncodedChunk) {
+        self.data.push_back(Message::ChunkData(msg::ChunkData {
+            file,
+            index,
+            codec: encoded.codec as u8,
+            decoded_len: encoded.decoded_len,
+            payload: encoded.payload,
+        }));
+    }
+}
+
+/// Entries an edit list puts in one message (edits plus new references).
+fn edit_refs(list: &msg::ChunkList) -> usize {
+    match list {
+        msg::ChunkList::Edit(edits) => edits
+            .iter()
+            .map(|edit| match edit {
+                msg::ListEdit::Keep { .. } => 1,
+                msg::ListEdit::New(chunks) => 1 + chunks.len(),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Splits a chunk list into message-sized parts.
+fn split_list(list: msg::ChunkList) -> (msg::ChunkList, Vec<msg::ChunkList>) {
+    match list {
+        msg::ChunkList::Full(chunks) if chunks.len() > MAX_CHUNK_REFS_PER_MESSAGE => {
+            let mut parts = chunks.chunks(MAX_CHUNK_REFS_PER_MESSAGE).map(|p| msg::ChunkList::Full(p.to_vec()));
+            let first = parts.next().unwrap_or(msg::ChunkList::Full(Vec::new()));
+            (first, parts.collect())
+        }
+        // Edit lists over the limit were replaced by full lists above.
+        other => (other, Vec::new()),
+    }
+}

@@ -86,6 +86,12 @@ pub enum Error {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A path inside the receiver's reserved state directory.
+    #[error("{path}: reserved for the receiver's own state; nothing may be written or deleted there")]
+    Reserved {
+        /// The refused path.
+        path: PathBuf,
+    },
     /// A chunk or file number the transfer never announced.
     #[error("no file {file} with need {need} is being received")]
     UnknownTransfer {
@@ -117,6 +123,7 @@ impl Error {
                 | Error::FileMismatch { .. }
                 | Error::Chunk { .. }
                 | Error::ChunkUnavailable { .. }
+                | Error::Reserved { .. }
         )
     }
 

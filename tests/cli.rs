@@ -77,3 +77,61 @@ fn cli_id_is_stable() {
     assert!(first.starts_with("xfer:"), "{first}");
     assert_eq!(run(), first);
 }
+
+/// `xfer serve` and `xfer push xfer://...` as separate processes over
+/// loopback: unknown server refused with the command to trust it, then
+/// trusted on first use, then pinned.
+#[test]
+fn cli_remote_push_with_trust_on_first_use() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command as Process, Stdio};
+
+    let tmp = TempDir::new().unwrap();
+    let (client_cfg, server_cfg) = (tmp.path().join("client-cfg"), tmp.path().join("server-cfg"));
+    let id = xfer(tmp.path()).args(["id", "--config-dir"]).arg(&client_cfg).output().unwrap();
+    let client_fp = String::from_utf8(id.stdout).unwrap().trim().to_string();
+
+    let served = tmp.path().join("served");
+    let mut server = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client_fp, "--config-dir"])
+        .arg(&server_cfg)
+        .arg(&served)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    // "xfer: serving ROOT on ADDR as FINGERPRINT"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (addr, server_fp) = (words[words.len() - 3], words[words.len() - 1]);
+
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), seeded(200_000, 5)).unwrap();
+    let url = format!("xfer://{addr}/site");
+    let run = |extra: &[&str]| {
+        xfer(&tmp.path().join("state"))
+            .args(["push", "--json", "--config-dir"])
+            .arg(&client_cfg)
+            .args(extra)
+            .arg(&src)
+            .arg(&url)
+            .output()
+            .unwrap()
+    };
+    let unknown = run(&[]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr).to_string();
+    let first = run(&["--accept-new"]);
+    let pinned = run(&[]);
+    let _ = server.kill();
+    let _ = server.wait();
+
+    assert_eq!(unknown.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("xfer trust {addr} {server_fp}")), "{stderr}");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
+    assert_eq!(fs::read(served.join("site/a")).unwrap(), seeded(200_000, 5));
+    let json: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    assert_eq!(json["files_changed"], 0);
+    assert!(json["wire_bytes_sent"].as_u64().unwrap() > 0);
+}

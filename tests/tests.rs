@@ -5,5 +5,6 @@ mod util;
 mod cli;
 mod plan_model;
 mod push;
+mod remote;
 mod session;
 mod transport;

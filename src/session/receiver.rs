@@ -338,7 +338,13 @@ impl Receiver {
                         Op::SetMeta { .. } => self.counts.metas += 1,
                         _ => {}
                     }
-                    self.receiving()?.apply_op(&op)?;
+                    match self.receiving()?.apply_op(&op) {
+                        Ok(()) => {}
+                        Err(e) if e.is_per_entry() => {
+                            self.failed.push(FailedEntry { path: op.path().to_string(), error: e.to_string() })
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 None => break,
             }

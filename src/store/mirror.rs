@@ -46,6 +46,8 @@ pub struct MirrorStore {
     temp_serial: u64,
     batch_files: usize,
     batch_bytes: u64,
+    /// A top-level name that is not part of the tree (a server's state).
+    reserved: Option<&'static [u8]>,
     /// Test hook: fail at this step number.
     fail_at: Option<u32>,
     steps: u32,
@@ -69,6 +71,7 @@ impl MirrorStore {
             temp_serial: 0,
             batch_files: DEFAULT_BATCH_FILES,
             batch_bytes: DEFAULT_BATCH_BYTES,
+            reserved: None,
             fail_at: None,
             steps: 0,
         })
@@ -79,6 +82,23 @@ impl MirrorStore {
         self.batch_files = files.max(1);
         self.batch_bytes = bytes.max(1);
         self
+    }
+
+    /// Keeps the top-level entry `name` out of the tree: never listed,
+    /// never written, never deleted (a server keeps its state there).
+    pub fn with_reserved(mut self, name: &'static [u8]) -> Self {
+        self.reserved = Some(name);
+        self
+    }
+
+    /// Refuses paths inside the reserved entry.
+    fn check_reserved(&self, path: &RelPath) -> Result<()> {
+        match self.reserved {
+            Some(name) if path.as_bytes().split(|&b| b == b'/').next() == Some(name) => {
+                Err(Error::Reserved { path: self.abs(path) })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Makes the `step`-th fallible step of the next [`Store::apply`] fail, so
@@ -125,7 +145,7 @@ impl MirrorStore {
 impl Store for MirrorStore {
     fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
         let previous = self.db.files()?;
-        let options = ScanOptions { checksum, remove_temps: true, reserved: None };
+        let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved };
         let scan = scan::scan(&self.root, &previous, options)?;
         let upserts: Vec<(RelPath, FileRecord)> = scan
             .records
@@ -256,6 +276,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Panics
     /// On a `WriteFile` (use [`Receiving::begin_file`]).
     pub fn apply_op(&mut self, op: &Op) -> Result<()> {
+        self.store.borrow().check_reserved(op.path())?;
         let store = self.store.borrow_mut();
         match op {
             Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
@@ -303,6 +324,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Errors
     /// Failures creating the temporary or reading the state database.
     pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
+        self.store.borrow().check_reserved(path)?;
         if self.in_flight.is_empty()
             && (self.batch.files >= self.store.borrow().batch_files
                 || self.batch.bytes >= self.store.borrow().batch_bytes)

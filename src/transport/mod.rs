@@ -2,6 +2,8 @@
 //! pinned by fingerprint, with socket buffers and flow-control windows sized
 //! for fast and long links. The only module that names quinn.
 
+pub mod client;
+pub mod driver;
 mod tls;
 
 use std::io;

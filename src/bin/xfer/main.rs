@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use xfer::codec::Compression;
 use xfer::engine::{default_state_dir, push_local, PushOptions, Stats};
+use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
+use xfer::transport;
+use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl};
 
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
@@ -21,12 +24,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Push a local tree into a destination directory.
+    /// Push a local tree into a local directory or to a server (xfer://HOST[:PORT]/PATH).
     #[command(
-        after_help = "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n\n\
+        after_help = "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
+xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n\n\
 Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest committed)."
     )]
     Push(PushArgs),
+    /// Serve a directory: admitted clients push into paths below it.
+    #[command(after_help = "Example:\n  xfer serve /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
+The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
+Its state lives in ROOT/.xfer, which clients can never write.")]
+    Serve {
+        /// The directory to serve.
+        root: PathBuf,
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+        /// A client fingerprint to admit (repeatable); see `xfer id` on the client.
+        #[arg(long = "allow", value_name = "FINGERPRINT")]
+        allow: Vec<String>,
+        /// Where the server's identity is kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// Pin a server's fingerprint in known hosts.
+    Trust {
+        /// The server, as HOST:PORT.
+        authority: String,
+        /// Its fingerprint, as `xfer id` prints it on the server.
+        fingerprint: String,
+        /// Where known hosts are kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
     /// Print this host's identity (its key's fingerprint), creating it on first use.
     #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
 $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
@@ -67,6 +98,15 @@ struct PushArgs {
     /// Where xfer keeps its state [default: $XDG_STATE_HOME/xfer].
     #[arg(long, env = "XFER_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Where the identity and known hosts are kept (remote pushes).
+    #[arg(long, env = "XFER_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Accept the server only with this fingerprint (and pin it).
+    #[arg(long, value_name = "FINGERPRINT")]
+    server_fingerprint: Option<String>,
+    /// Trust an unknown server on first use and pin it.
+    #[arg(long)]
+    accept_new: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,16 +131,127 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args),
+        Command::Serve { root, listen, allow, config_dir } => serve(root, listen, &allow, config_dir),
+        Command::Trust { authority, fingerprint, config_dir } => {
+            let fingerprint: Fingerprint = fingerprint.parse()?;
+            let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
+            hosts.pin(&authority, fingerprint)?;
+            eprintln!("xfer: pinned {authority} to {fingerprint}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Digest { file } => digest(&file),
         Command::Id { config_dir } => {
-            let Some(dir) = config_dir.or_else(xfer::identity::default_config_dir) else {
-                bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR");
-            };
-            let identity = xfer::identity::Identity::load_or_create(&dir)?;
+            let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
             println!("{}", identity.fingerprint());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+const KNOWN_HOSTS: &str = "known_hosts";
+
+fn config_dir_or_default(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match dir.or_else(xfer::identity::default_config_dir) {
+        Some(dir) => Ok(dir),
+        None => bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn serve(
+    root: PathBuf,
+    listen: std::net::SocketAddr,
+    allow: &[String],
+    config_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
+    let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
+    if allow.is_empty() {
+        bail!("no client is allowed: pass --allow FINGERPRINT (run `xfer id` on the client to get it)");
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let endpoint = transport::server_endpoint(listen, &identity, transport::Tuning::default())
+            .with_context(|| format!("listen on {listen}"))?;
+        eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
+        let config = std::sync::Arc::new(transport::driver::ServeConfig { root, allow });
+        tokio::select! {
+            () = transport::driver::serve(endpoint.clone(), config) => {}
+            _ = tokio::signal::ctrl_c() => {
+                endpoint.close(0u32.into(), b"server shutting down");
+                endpoint.wait_idle().await;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push_remote(
+    args: PushArgs,
+    url: RemoteUrl,
+    compression: Compression,
+    state_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let config_dir = config_dir_or_default(args.config_dir.clone())?;
+    let identity = Identity::load_or_create(&config_dir)?;
+    let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
+    let pin = match (&args.server_fingerprint, hosts.check(&url.authority)) {
+        (Some(fp), _) => Some(fp.parse::<Fingerprint>()?),
+        (None, HostTrust::Pinned(fp)) => Some(fp),
+        (None, HostTrust::Unknown) => None,
+    };
+    let options = RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir };
+    let runtime = runtime()?;
+    let mut used = pin;
+    let mut result = runtime.block_on(client::push(&args.src, &url, &identity, pin, &options));
+    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
+        if pin.is_none() && args.accept_new {
+            eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
+            used = Some(*seen);
+            result = runtime.block_on(client::push(&args.src, &url, &identity, used, &options));
+        }
+    }
+    let report = result?;
+    // Pin the key that was verified, so the next run needs no flag.
+    if let Some(fp) = used {
+        if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
+            hosts.pin(&url.authority, fp)?;
+        }
+    }
+    let summary = &report.summary;
+    if args.json {
+        let json = serde_json::json!({
+            "files_scanned": report.files_scanned,
+            "bytes_scanned": report.bytes_scanned,
+            "files_changed": summary.files_written,
+            "chunks_sent": summary.chunks_received,
+            "bytes_sent": summary.bytes_received,
+            "chunks_delta": summary.chunks_delta,
+            "chunks_reused": summary.chunks_reused,
+            "entries_deleted": summary.deleted,
+            "failed": summary.failed,
+            "wire_bytes_sent": report.wire.sent,
+            "wire_bytes_received": report.wire.received,
+        });
+        println!("{json}");
+    } else {
+        eprintln!(
+            "{} files scanned, {} written, {} failed; {} chunk bytes sent; wire {} B up, {} B down",
+            report.files_scanned,
+            summary.files_written,
+            summary.failed,
+            summary.bytes_received,
+            report.wire.sent,
+            report.wire.received
+        );
+    }
+    Ok(if summary.failed > 0 { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
 }
 
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
@@ -110,9 +261,12 @@ fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         CompressArg::Lz4 => Compression::Lz4,
         CompressArg::Raw => Compression::Raw,
     };
-    let Some(state_dir) = args.state_dir.or_else(default_state_dir) else {
+    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
+    if let Some(url) = args.dest.to_str().and_then(RemoteUrl::parse) {
+        return push_remote(args, url, compression, state_dir);
+    }
     let options = PushOptions { delete: args.delete, checksum: args.checksum, compression, state_dir };
     let stats = push_local(&args.src, &args.dest, &options)
         .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display()))?;

@@ -1,0 +1,213 @@
+//! The client side of a remote push: scan, connect to a pinned server, run
+//! the session, remember the receiver's tree for next time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use xfer_protocol::msg::Summary;
+
+use super::driver::{run_sender, wire_bytes, WireBytes};
+use super::{client_config, client_endpoint, ServerPin, Tuning};
+use crate::codec::{Compression, Encoder};
+use crate::identity::{Fingerprint, Identity};
+use crate::manifest::Manifest;
+use crate::plan::PlanOptions;
+use crate::scan::{scan, ScanOptions};
+use crate::session::{FileReader, Sender, SessionError};
+use crate::store::state::StateDb;
+
+/// A destination on a server: `xfer://HOST:PORT/PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteUrl {
+    /// `HOST:PORT`, as pinned in known hosts.
+    pub authority: String,
+    /// The path under the server's root (no leading `/`).
+    pub path: String,
+}
+
+/// Default port of `xfer serve`.
+pub const DEFAULT_PORT: u16 = 7878;
+
+impl RemoteUrl {
+    /// Parses `xfer://HOST[:PORT][/PATH]`; `None` if `text` is not such a URL.
+    pub fn parse(text: &str) -> Option<RemoteUrl> {
+        let rest = text.strip_prefix("xfer://")?;
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return None;
+        }
+        let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{DEFAULT_PORT}")
+        };
+        Some(RemoteUrl { authority, path: path.trim_matches('/').to_string() })
+    }
+}
+
+/// Why a remote push failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The server's key is not the pinned one (or none is pinned).
+    #[error(
+        "{authority} presents {seen}, which is not the key pinned for it{pinned}. If that is the \
+         server's key (run `xfer id` on the server), trust it with:\n    xfer trust {authority} {seen}\n\
+         or pass --server-fingerprint {seen}"
+    )]
+    UntrustedServer {
+        /// The server.
+        authority: String,
+        /// What it presented.
+        seen: Fingerprint,
+        /// The pin, for the message.
+        pinned: String,
+    },
+    /// Name resolution or connection setup failed.
+    #[error("cannot reach {authority}: {reason}")]
+    Connect {
+        /// The server.
+        authority: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A local failure.
+    #[error(transparent)]
+    Local(#[from] crate::Error),
+}
+
+/// What a remote push did.
+#[derive(Clone, Debug)]
+pub struct RemoteReport {
+    /// The receiver's summary.
+    pub summary: Summary,
+    /// Bytes on the wire each way.
+    pub wire: WireBytes,
+    /// Source files, and source bytes in them.
+    pub files_scanned: u64,
+    /// Bytes in the source's files.
+    pub bytes_scanned: u64,
+}
+
+/// Options of a remote push.
+#[derive(Clone, Debug)]
+pub struct RemotePush {
+    /// Delete receiver entries the source lacks.
+    pub delete: bool,
+    /// Re-read every source file.
+    pub checksum: bool,
+    /// How chunks are encoded.
+    pub compression: Compression,
+    /// The sender's state directory (scan cache, memory of receivers).
+    pub state_dir: PathBuf,
+}
+
+/// Pushes the tree at `src` to `url`, whose server must present `pin`.
+///
+/// # Errors
+/// [`RemoteError`]: an untrusted server (with the command to trust it),
+/// connection failures, session and local errors.
+pub async fn push(
+    src: &Path,
+    url: &RemoteUrl,
+    identity: &Identity,
+    pin: Option<Fingerprint>,
+    options: &RemotePush,
+) -> Result<RemoteReport, RemoteError> {
+    let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
+    let (source, files_scanned, bytes_scanned) = {
+        let state_dir = options.state_dir.clone();
+        let (src, checksum) = (src.clone(), options.checksum);
+        tokio::task::spawn_blocking(move || scan_source(&src, &state_dir, checksum))
+            .await
+            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
+    };
+    let addr = resolve(&url.authority).await?;
+    let server_pin = ServerPin::new(pin);
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("invariant: literal");
+    let endpoint = client_endpoint(bind, Tuning::default()).map_err(|e| crate::Error::io("udp socket", e))?;
+    let config = client_config(identity, &server_pin, Tuning::default()).map_err(|e| crate::Error::io("tls", e))?;
+    let connecting = endpoint
+        .connect_with(config, addr, "xfer")
+        .map_err(|e| RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() })?;
+    let connection = match connecting.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            return Err(match server_pin.seen() {
+                Some(seen) if Some(seen) != pin => RemoteError::UntrustedServer {
+                    authority: url.authority.clone(),
+                    seen,
+                    pinned: pin.map_or_else(|| " (none is)".into(), |p| format!(" ({p})")),
+                },
+                _ => RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() },
+            })
+        }
+    };
+    let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
+    let memory = memory_file(&options.state_dir, &server, &url.path);
+    let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
+    let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
+    let sender = Sender::new(
+        source.clone(),
+        FileReader::new(src.clone()),
+        encoder,
+        url.path.as_bytes().to_vec(),
+        PlanOptions { delete: options.delete },
+        options.checksum,
+        remembered,
+    );
+    let sender = run_sender(&connection, sender).await?;
+    let summary = sender.summary().cloned().unwrap_or_default();
+    let wire = wire_bytes(&connection);
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    // Remember the receiver's tree only when it now is the source.
+    if summary.failed == 0 {
+        if let Some(dir) = memory.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let temp = memory.with_extension("tmp");
+        if std::fs::write(&temp, source.encode()).is_ok() {
+            let _ = std::fs::rename(&temp, &memory);
+        }
+    } else {
+        let _ = std::fs::remove_file(&memory);
+    }
+    Ok(RemoteReport { summary, wire, files_scanned, bytes_scanned })
+}
+
+fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<(Manifest, u64, u64), crate::Error> {
+    let db = StateDb::open(&crate::engine::state_file(state_dir, "sources", src))?;
+    let previous = db.files()?;
+    let scanned = scan(src, &previous, ScanOptions { checksum, ..ScanOptions::default() })?;
+    let upserts: Vec<_> = scanned
+        .records
+        .iter()
+        .filter(|(path, record)| previous.get(*path) != Some(*record))
+        .map(|(path, record)| (path.clone(), record.clone()))
+        .collect();
+    let removals: Vec<_> = previous.keys().filter(|p| !scanned.records.contains_key(*p)).cloned().collect();
+    db.update(&upserts, &removals)?;
+    let files: HashMap<_, _> = scanned.records.iter().map(|(p, r)| (p.clone(), r.digest.size)).collect();
+    Ok((scanned.manifest, files.len() as u64, files.values().sum()))
+}
+
+async fn resolve(authority: &str) -> Result<SocketAddr, RemoteError> {
+    let mut addrs = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| RemoteError::Connect { authority: authority.into(), reason: e.to_string() })?;
+    addrs.next().ok_or_else(|| RemoteError::Connect { authority: authority.into(), reason: "no address".into() })
+}
+
+/// Where the sender remembers what it left on `server` at `path`.
+fn memory_file(state_dir: &Path, server: &Fingerprint, path: &str) -> PathBuf {
+    let key = blake3::hash(format!("{server} {path}").as_bytes()).to_hex();
+    state_dir.join("remotes").join(format!("{}.manifest", &key[..32]))
+}

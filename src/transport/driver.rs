@@ -1,0 +1,247 @@
+//! Runs push sessions over a QUIC connection: the control messages on one
+//! bidirectional stream, chunk data on a few unidirectional ones, the
+//! session itself on a blocking thread (it reads and writes files), and
+//! bounded channels between them.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use xfer_protocol::{frame, CloseCode, Message};
+
+use super::peer_fingerprint;
+use crate::identity::Fingerprint;
+use crate::manifest::RelPath;
+use crate::session::{ChunkReader, OpenRequest, Receiver, Sender, SessionError};
+use crate::store::MirrorStore;
+
+/// Streams that carry chunk data, so one lost packet stalls only a share.
+pub const DATA_STREAMS: usize = 4;
+
+/// Messages buffered between the network tasks and the session thread.
+const CHANNEL_DEPTH: usize = 64;
+
+/// Name of the server's state directory inside its root; clients can never
+/// push to it.
+pub const SERVER_STATE_DIR: &str = ".xfer";
+
+/// What the server serves and to whom.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The directory whose subdirectories clients push into.
+    pub root: PathBuf,
+    /// Client fingerprints admitted.
+    pub allow: Vec<Fingerprint>,
+}
+
+/// What a connection did, for reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    /// UDP payload bytes this side sent (QUIC headers and handshakes included).
+    pub sent: u64,
+    /// UDP payload bytes this side received.
+    pub received: u64,
+}
+
+/// The wire bytes of `connection` so far.
+pub fn wire_bytes(connection: &Connection) -> WireBytes {
+    let stats = connection.stats();
+    WireBytes { sent: stats.udp_tx.bytes, received: stats.udp_rx.bytes }
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Reads frames from `recv` into `tx` until the stream ends.
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Message>) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        while let Some((message, used)) = frame::decode(&buf).map_err(io_err)? {
+            buf.drain(..used);
+            if tx.send(message).await.is_err() {
+                return Ok(());
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await.map_err(io_err)? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None if buf.is_empty() => return Ok(()),
+            None => return Err(io_err("stream ended inside a frame")),
+        }
+    }
+}
+
+/// Writes frames from `rx` to `send`, then finishes the stream.
+async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    while let Some(message) = rx.recv().await {
+        bytes.clear();
+        frame::encode(&message, &mut bytes);
+        send.write_all(&bytes).await.map_err(io_err)?;
+    }
+    send.finish().map_err(io_err)?;
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// Spreads data frames over the data streams.
+async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>) -> io::Result<()> {
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for stream in streams {
+        let (tx, stream_rx) = mpsc::channel(CHANNEL_DEPTH);
+        senders.push(tx);
+        tasks.push(tokio::spawn(write_frames(stream, stream_rx)));
+    }
+    let mut next = 0;
+    while let Some(message) = rx.recv().await {
+        if senders[next % senders.len()].send(message).await.is_err() {
+            break;
+        }
+        next += 1;
+    }
+    drop(senders);
+    for task in tasks {
+        task.await.map_err(io_err)??;
+    }
+    Ok(())
+}
+
+/// Pushes with `sender` over `connection` (the client side).
+///
+/// # Errors
+/// Session errors from either side, or the connection failing.
+pub async fn run_sender<R: ChunkReader + Send + 'static>(
+    connection: &Connection,
+    mut sender: Sender<R>,
+) -> Result<Sender<R>, SessionError> {
+    let (send, recv) =
+        connection.open_bi().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?;
+    let mut data_streams = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        data_streams.push(
+            connection.open_uni().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?,
+        );
+    }
+    let (in_tx, mut in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (data_tx, data_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let writer = tokio::spawn(write_frames(send, ctrl_rx));
+    let data_writer = tokio::spawn(write_data(data_streams, data_rx));
+    let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
+        loop {
+            while let Some(message) = sender.poll_transmit() {
+                ctrl_tx.blocking_send(message).map_err(|_| closed())?;
+            }
+            while let Some(message) = sender.poll_data() {
+                data_tx.blocking_send(message).map_err(|_| closed())?;
+            }
+            if sender.is_finished() {
+                return Ok(sender);
+            }
+            match in_rx.blocking_recv() {
+                Some(message) => sender.handle(message)?,
+                None => return Err(closed()),
+            }
+        }
+    });
+    let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
+    let _ = writer.await;
+    let _ = data_writer.await;
+    reader.abort();
+    result
+}
+
+fn closed() -> SessionError {
+    SessionError::Peer { code: None, message: "the connection closed before the session ended".into() }
+}
+
+/// Serves connections from `endpoint` until it is closed.
+pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let config = config.clone();
+        tokio::spawn(async move {
+            if let Ok(connection) = incoming.await {
+                let _ = serve_connection(connection, config).await;
+            }
+        });
+    }
+}
+
+/// Runs one client's session on the server.
+///
+/// # Errors
+/// The session's failure (already reported to the client).
+pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) -> Result<(), SessionError> {
+    let Some(client) = peer_fingerprint(&connection).filter(|fp| config.allow.contains(fp)) else {
+        let who = peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string());
+        let reason = format!("client {who} is not allowed; on the server run: xfer serve --allow {who} ...");
+        connection.close((CloseCode::Unauthorized as u32).into(), reason.as_bytes());
+        return Err(SessionError::Peer { code: Some(CloseCode::Unauthorized), message: reason });
+    };
+    let _ = client;
+    let (send, recv) =
+        connection.accept_bi().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?;
+    let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
+    let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
+    let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = tokio::spawn(read_frames(recv, ctrl_in_tx));
+    let writer = tokio::spawn(write_frames(send, out_rx));
+    let data_conn = connection.clone();
+    let data_readers = tokio::spawn(async move {
+        while let Ok(stream) = data_conn.accept_uni().await {
+            tokio::spawn(read_frames(stream, data_in_tx.clone()));
+        }
+    });
+    let root = config.root.clone();
+    let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&root, request)));
+    let runtime = tokio::runtime::Handle::current();
+    let session = tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
+        loop {
+            while let Some(message) = receiver.poll_transmit() {
+                out_tx.blocking_send(message).map_err(|_| closed())?;
+            }
+            if receiver.is_finished() {
+                return Ok(());
+            }
+            let wants_control = receiver.wants_input();
+            // Chunk data is always read; control messages only while the
+            // receiver has room for more entry changes.
+            let message = runtime.block_on(async {
+                tokio::select! {
+                    m = ctrl_in.recv(), if wants_control => m,
+                    m = data_in.recv() => m,
+                }
+            });
+            match message {
+                Some(message) => receiver.handle(message)?,
+                None => return Err(closed()),
+            }
+        }
+    });
+    let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
+    let _ = writer.await;
+    // The client closes the connection once it has the summary.
+    connection.closed().await;
+    data_readers.abort();
+    reader.abort();
+    result
+}
+
+/// Opens the destination a client asked for, under the server's root.
+fn open_store(root: &std::path::Path, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
+    let path = request.path.clone().unwrap_or_else(RelPath::root);
+    if path.as_bytes().split(|&b| b == b'/').next() == Some(SERVER_STATE_DIR.as_bytes()) {
+        return Err(SessionError::Peer {
+            code: Some(CloseCode::OutsideAllowedPath),
+            message: format!("{SERVER_STATE_DIR} is the server's own state; push elsewhere"),
+        });
+    }
+    let key = blake3::hash(path.as_bytes()).to_hex();
+    let state = root.join(SERVER_STATE_DIR).join("trees").join(format!("{}.redb", &key[..32]));
+    let store = MirrorStore::open(&path.to_path(root), &state)?;
+    Ok(if path.is_root() { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
+}

@@ -92,6 +92,14 @@ pub enum Error {
         /// The refused path.
         path: PathBuf,
     },
+    /// A path that would lead out of the tree through a symlink or a file.
+    #[error("{path}: refused, {via} is not a directory of the tree (a symlink or a file)")]
+    Escape {
+        /// The refused path.
+        path: PathBuf,
+        /// The component that is not a real directory.
+        via: PathBuf,
+    },
     /// A chunk or file number the transfer never announced.
     #[error("no file {file} with need {need} is being received")]
     UnknownTransfer {
@@ -124,7 +132,14 @@ impl Error {
                 | Error::Chunk { .. }
                 | Error::ChunkUnavailable { .. }
                 | Error::Reserved { .. }
+                | Error::Escape { .. }
         )
+    }
+
+    /// Whether another transfer holds the same tree's state (its database
+    /// lock dies with its process: nothing to clean up by hand).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::State { source, .. } if matches!(**source, redb::Error::DatabaseAlreadyOpen))
     }
 
     /// Wraps a state database error with the database's path.

@@ -95,6 +95,7 @@ fn cli_remote_push_with_trust_on_first_use() {
     let mut server = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
         .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client_fp, "--config-dir"])
         .arg(&server_cfg)
+        .arg("--root")
         .arg(&served)
         .stderr(Stdio::piped())
         .spawn()
@@ -133,5 +134,6 @@ fn cli_remote_push_with_trust_on_first_use() {
     assert_eq!(fs::read(served.join("site/a")).unwrap(), seeded(200_000, 5));
     let json: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
     assert_eq!(json["files_changed"], 0);
+    assert!(json["elapsed_s"].as_f64().is_some() && json["chunks_total"].as_u64().unwrap() > 0);
     assert!(json["wire_bytes_sent"].as_u64().unwrap() > 0);
 }

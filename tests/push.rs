@@ -387,3 +387,14 @@ fn receiving_accepts_chunks_in_any_order() {
         assert_eq!(&fs::read(path.to_path(&dest)).unwrap(), data);
     }
 }
+
+#[test]
+fn store_is_exclusive_while_open() {
+    let tmp = TempDir::new().unwrap();
+    let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
+    let first = MirrorStore::open(&dest, &state).unwrap();
+    let second = MirrorStore::open(&dest, &state).err().expect("a second open must fail");
+    assert!(second.is_busy(), "{second}");
+    drop(first);
+    assert!(MirrorStore::open(&dest, &state).is_ok(), "the lock goes with its holder");
+}

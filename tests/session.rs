@@ -167,3 +167,49 @@ fn session_unchanged_tree_costs_a_handshake() {
     eprintln!("noop of 5,000 files: {wire:?}");
     assert!(wire.client_to_server + wire.server_to_client < 512, "{wire:?}");
 }
+
+/// A sender that does not follow its plan: writes through a symlinked
+/// directory and into the parent are refused, and nothing lands outside.
+#[test]
+fn session_refuses_paths_that_escape() {
+    use xfer_protocol::msg;
+    let sides = sides();
+    let outside = sides.src.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir(&sides.dest).unwrap();
+    std::os::unix::fs::symlink(&outside, sides.dest.join("evil")).unwrap();
+    let (dest, state) = (sides.dest.clone(), sides.state.clone());
+    let mut receiver =
+        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let data = b"payload".to_vec();
+    let hash = *blake3::hash(&data).as_bytes();
+    let write = |file: u32, path: &[u8]| {
+        xfer_protocol::Message::WriteFile(msg::WriteFile {
+            file,
+            path: path.to_vec(),
+            mode: 0o644,
+            mtime: msg::Mtime { secs: 1, nanos: 0 },
+            size: data.len() as u64,
+            hash,
+            params: xfer::wire::params_to_wire(xfer::chunk::ChunkParams::for_size(7)),
+            list: msg::ChunkList::Implied,
+            more: false,
+        })
+    };
+    let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
+    receiver.handle(xfer_protocol::Message::Hello(hello)).unwrap();
+    let open = msg::Open {
+        direction: msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+    };
+    receiver.handle(xfer_protocol::Message::Open(open)).unwrap();
+    receiver.handle(write(0, b"evil/planted")).unwrap();
+    // `..` never even decodes into a path.
+    assert!(receiver.handle(write(1, b"../escaped")).is_err());
+    assert!(!outside.join("planted").exists());
+    assert!(!sides.src.join("escaped").exists());
+    assert!(receiver.failed().iter().any(|f| f.path == "evil/planted" && f.error.contains("not a directory")));
+}

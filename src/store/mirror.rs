@@ -91,14 +91,28 @@ impl MirrorStore {
         self
     }
 
-    /// Refuses paths inside the reserved entry.
-    fn check_reserved(&self, path: &RelPath) -> Result<()> {
-        match self.reserved {
-            Some(name) if path.as_bytes().split(|&b| b == b'/').next() == Some(name) => {
-                Err(Error::Reserved { path: self.abs(path) })
+    /// Refuses paths inside the reserved entry, and paths whose directories
+    /// are not real directories under the root: a symlinked directory
+    /// (planted by an earlier push or by anyone else) must never lead a write
+    /// or a delete out of the tree.
+    fn check_path(&self, path: &RelPath) -> Result<()> {
+        if let Some(name) = self.reserved {
+            if path.as_bytes().split(|&b| b == b'/').next() == Some(name) {
+                return Err(Error::Reserved { path: self.abs(path) });
             }
-            _ => Ok(()),
         }
+        let mut dir = path.parent();
+        while !dir.is_root() {
+            let abs = self.abs(&dir);
+            match fs::symlink_metadata(&abs) {
+                Ok(meta) if meta.is_dir() => {}
+                // Missing directories are created by this plan, as directories.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => return Err(Error::Escape { path: self.abs(path), via: abs }),
+            }
+            dir = dir.parent();
+        }
+        Ok(())
     }
 
     /// Makes the `step`-th fallible step of the next [`Store::apply`] fail, so
@@ -276,7 +290,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Panics
     /// On a `WriteFile` (use [`Receiving::begin_file`]).
     pub fn apply_op(&mut self, op: &Op) -> Result<()> {
-        self.store.borrow().check_reserved(op.path())?;
+        self.store.borrow().check_path(op.path())?;
         let store = self.store.borrow_mut();
         match op {
             Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
@@ -324,7 +338,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Errors
     /// Failures creating the temporary or reading the state database.
     pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
-        self.store.borrow().check_reserved(path)?;
+        self.store.borrow().check_path(path)?;
         if self.in_flight.is_empty()
             && (self.batch.files >= self.store.borrow().batch_files
                 || self.batch.bytes >= self.store.borrow().batch_bytes)

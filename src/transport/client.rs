@@ -94,6 +94,8 @@ pub struct RemoteReport {
     pub files_scanned: u64,
     /// Bytes in the source's files.
     pub bytes_scanned: u64,
+    /// Chunks in the source's files.
+    pub chunks_total: u64,
 }
 
 /// Options of a remote push.
@@ -180,7 +182,8 @@ pub async fn push(
     } else {
         let _ = std::fs::remove_file(&memory);
     }
-    Ok(RemoteReport { summary, wire, files_scanned, bytes_scanned })
+    let chunks_total = source.entries().iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum();
+    Ok(RemoteReport { summary, wire, files_scanned, bytes_scanned, chunks_total })
 }
 
 fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<(Manifest, u64, u64), crate::Error> {

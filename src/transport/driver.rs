@@ -242,6 +242,15 @@ fn open_store(root: &std::path::Path, request: &OpenRequest) -> Result<MirrorSto
     }
     let key = blake3::hash(path.as_bytes()).to_hex();
     let state = root.join(SERVER_STATE_DIR).join("trees").join(format!("{}.redb", &key[..32]));
-    let store = MirrorStore::open(&path.to_path(root), &state)?;
+    let store = match MirrorStore::open(&path.to_path(root), &state) {
+        Ok(store) => store,
+        Err(e) if e.is_busy() => {
+            return Err(SessionError::Peer {
+                code: Some(CloseCode::Busy),
+                message: format!("another push to /{path} is in progress; try again when it ends"),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(if path.is_root() { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
 }

@@ -32,11 +32,12 @@ Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest 
     )]
     Push(PushArgs),
     /// Serve a directory: admitted clients push into paths below it.
-    #[command(after_help = "Example:\n  xfer serve /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
+    #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
 Its state lives in ROOT/.xfer, which clients can never write.")]
     Serve {
         /// The directory to serve.
+        #[arg(long)]
         root: PathBuf,
         /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
@@ -208,6 +209,7 @@ fn push_remote(
     };
     let options = RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir };
     let runtime = runtime()?;
+    let started = std::time::Instant::now();
     let mut used = pin;
     let mut result = runtime.block_on(client::push(&args.src, &url, &identity, pin, &options));
     if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
@@ -234,10 +236,12 @@ fn push_remote(
             "bytes_sent": summary.bytes_received,
             "chunks_delta": summary.chunks_delta,
             "chunks_reused": summary.chunks_reused,
-            "entries_deleted": summary.deleted,
+            "files_deleted": summary.deleted,
+            "chunks_total": report.chunks_total,
             "failed": summary.failed,
             "wire_bytes_sent": report.wire.sent,
             "wire_bytes_received": report.wire.received,
+            "elapsed_s": started.elapsed().as_secs_f64(),
         });
         println!("{json}");
     } else {

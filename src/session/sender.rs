@@ -94,8 +94,9 @@ pub struct Sender<R> {
     options: PlanOptions,
     remembered: Option<Manifest>,
     outbox: VecDeque<Message>,
-    /// ChunkData, which travels on data streams: it must never wait behind
-    /// entry changes the receiver is not reading yet.
+    /// ChunkData and what else answers a NeedChunk (RefineRequest,
+    /// FileFailed), which travel on data streams: they must never wait
+    /// behind entry changes the receiver is not reading yet.
     data: VecDeque<Message>,
     // Comparing: directories asked for, listings received, files asked for.
     lists_pending: usize,
@@ -163,7 +164,8 @@ impl<R: ChunkReader> Sender<R> {
         }
     }
 
-    /// The next chunk to send on a data stream, if any.
+    /// The next answer to a chunk request (ChunkData, RefineRequest or
+    /// FileFailed), to send on a data stream, if any.
     pub fn poll_data(&mut self) -> Option<Message> {
         self.data.pop_front()
     }
@@ -436,7 +438,7 @@ impl<R: ChunkReader> Sender<R> {
         let bytes = match self.reader.read(&path, offset, chunk) {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {
-                self.outbox.push_back(Message::FileFailed(msg::FileFailed {
+                self.data.push_back(Message::FileFailed(msg::FileFailed {
                     file: need.file,
                     code: xfer_protocol::CloseCode::ChunkMismatch as u32,
                     message: e.to_string(),
@@ -450,7 +452,7 @@ impl<R: ChunkReader> Sender<R> {
             Some(sig) => match self.encoder.start_delta(&bytes, &sig) {
                 DeltaStep::Done(encoded) => encoded,
                 DeltaStep::Refine { request, pending } => {
-                    self.outbox.push_back(Message::RefineRequest(msg::RefineRequest {
+                    self.data.push_back(Message::RefineRequest(msg::RefineRequest {
                         file: need.file,
                         index: need.index,
                         ranges: request,

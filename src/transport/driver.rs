@@ -131,20 +131,27 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
     let reader = tokio::spawn(read_frames(recv, in_tx));
     let writer = tokio::spawn(write_frames(send, ctrl_rx));
     let data_writer = tokio::spawn(write_data(data_streams, data_rx));
+    let runtime = tokio::runtime::Handle::current();
     let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
+        // Never block on an outgoing queue while input waits: the receiver
+        // may need an answer to a NeedChunk before it reads more.
+        let mut ctrl = Outgoing::new(ctrl_tx);
+        let mut data = Outgoing::new(data_tx);
         loop {
-            while let Some(message) = sender.poll_transmit() {
-                ctrl_tx.blocking_send(message).map_err(|_| closed())?;
-            }
-            while let Some(message) = sender.poll_data() {
-                data_tx.blocking_send(message).map_err(|_| closed())?;
-            }
-            if sender.is_finished() {
+            ctrl.fill(|| sender.poll_transmit())?;
+            data.fill(|| sender.poll_data())?;
+            if sender.is_finished() && ctrl.is_idle() && data.is_idle() {
                 return Ok(sender);
             }
-            match in_rx.blocking_recv() {
-                Some(message) => sender.handle(message)?,
-                None => return Err(closed()),
+            let input = runtime.block_on(async {
+                tokio::select! {
+                    m = in_rx.recv() => Some(m),
+                    () = ctrl.room() => None,
+                    () = data.room() => None,
+                }
+            });
+            if let Some(message) = input {
+                sender.handle(message.ok_or_else(closed)?)?;
             }
         }
     });
@@ -153,6 +160,51 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
     let _ = data_writer.await;
     reader.abort();
     result
+}
+
+/// An outgoing queue that never blocks the session thread: a message that
+/// does not fit waits here until [`Outgoing::room`] says there is space.
+struct Outgoing {
+    tx: mpsc::Sender<Message>,
+    held: Option<Message>,
+}
+
+impl Outgoing {
+    fn new(tx: mpsc::Sender<Message>) -> Self {
+        Outgoing { tx, held: None }
+    }
+
+    /// Moves messages from `next` into the channel while it has room.
+    fn fill(&mut self, mut next: impl FnMut() -> Option<Message>) -> Result<(), SessionError> {
+        loop {
+            let Some(message) = self.held.take().or_else(&mut next) else { return Ok(()) };
+            match self.tx.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(message)) => {
+                    self.held = Some(message);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.held.is_none()
+    }
+
+    /// Resolves once a held message fits (never, if none is held).
+    async fn room(&self) {
+        if self.held.is_none() {
+            return std::future::pending().await;
+        }
+        // Capacity seen now may be taken by nobody else: this side is the
+        // only sender on the channel.
+        match self.tx.reserve().await {
+            Ok(permit) => drop(permit),
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 fn closed() -> SessionError {
@@ -200,25 +252,24 @@ pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) 
     let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&root, request)));
     let runtime = tokio::runtime::Handle::current();
     let session = tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
+        let mut out = Outgoing::new(out_tx);
         loop {
-            while let Some(message) = receiver.poll_transmit() {
-                out_tx.blocking_send(message).map_err(|_| closed())?;
-            }
-            if receiver.is_finished() {
+            out.fill(|| receiver.poll_transmit())?;
+            if receiver.is_finished() && out.is_idle() {
                 return Ok(());
             }
             let wants_control = receiver.wants_input();
             // Chunk data is always read; control messages only while the
             // receiver has room for more entry changes.
-            let message = runtime.block_on(async {
+            let input = runtime.block_on(async {
                 tokio::select! {
-                    m = ctrl_in.recv(), if wants_control => m,
-                    m = data_in.recv() => m,
+                    m = ctrl_in.recv(), if wants_control => Some(m),
+                    m = data_in.recv() => Some(m),
+                    () = out.room() => None,
                 }
             });
-            match message {
-                Some(message) => receiver.handle(message)?,
-                None => return Err(closed()),
+            if let Some(message) = input {
+                receiver.handle(message.ok_or_else(closed)?)?;
             }
         }
     });

@@ -14,7 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
 use crate::manifest::{EntryKind, Manifest, RelPath};
 use crate::plan::{plan, PlanOptions};
-use crate::scan::{scan, ScanOptions};
+use crate::scan::{scan, Scan, ScanOptions};
 use crate::store::state::StateDb;
 use crate::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
 
@@ -96,18 +96,7 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
     }
 
     std::fs::create_dir_all(&dest).at(&dest)?;
-    let source_db = StateDb::open(&state_file(&options.state_dir, "sources", &src))?;
-    let previous = source_db.files()?;
-    let scanned = scan(&src, &previous, ScanOptions { checksum: options.checksum, ..ScanOptions::default() })?;
-    let upserts: Vec<_> = scanned
-        .records
-        .iter()
-        .filter(|(path, record)| previous.get(*path) != Some(*record))
-        .map(|(path, record)| (path.clone(), record.clone()))
-        .collect();
-    let removals: Vec<_> = previous.keys().filter(|p| !scanned.records.contains_key(*p)).cloned().collect();
-    source_db.update(&upserts, &removals)?;
-    drop(source_db);
+    let scanned = scan_source(&src, &options.state_dir, options.checksum)?;
 
     let mut store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
     store.refresh(options.checksum)?;
@@ -139,6 +128,19 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
         .extend(scanned.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.clone() }));
     stats.skipped.extend(plan.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.into() }));
     Ok(stats)
+}
+
+/// Scans the source tree at `src` (canonical), quick-checking against the
+/// records of its last scan kept in `state_dir`, and records this one.
+///
+/// # Errors
+/// An unreadable root or state database.
+pub fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<Scan> {
+    let db = StateDb::open(&state_file(state_dir, "sources", src))?;
+    let previous = db.files()?;
+    let scanned = scan(src, &previous, ScanOptions { checksum, ..ScanOptions::default() })?;
+    db.record_scan(&previous, &scanned.records)?;
+    Ok(scanned)
 }
 
 fn absorb(stats: &mut Stats, report: &ApplyReport) {

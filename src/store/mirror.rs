@@ -161,17 +161,7 @@ impl Store for MirrorStore {
         let previous = self.db.files()?;
         let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved };
         let scan = scan::scan(&self.root, &previous, options)?;
-        let upserts: Vec<(RelPath, FileRecord)> = scan
-            .records
-            .iter()
-            .filter(|(path, record)| previous.get(*path) != Some(*record))
-            .map(|(path, record)| (path.clone(), record.clone()))
-            .collect();
-        let removals: Vec<RelPath> =
-            previous.keys().filter(|path| !scan.records.contains_key(*path)).cloned().collect();
-        if !upserts.is_empty() || !removals.is_empty() {
-            self.db.update(&upserts, &removals)?;
-        }
+        self.db.record_scan(&previous, &scan.records)?;
         self.records = scan.records;
         self.manifest = scan.manifest;
         Ok(&self.manifest)

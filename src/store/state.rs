@@ -108,6 +108,28 @@ impl StateDb {
         Ok(ChunkIndex { table, db: self })
     }
 
+    /// Brings the file records in line with a new scan of the tree: writes
+    /// the records that changed since `previous` and drops the vanished ones.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the transaction fails.
+    pub fn record_scan(
+        &self,
+        previous: &HashMap<RelPath, FileRecord>,
+        records: &HashMap<RelPath, FileRecord>,
+    ) -> Result<()> {
+        let upserts: Vec<(RelPath, FileRecord)> = records
+            .iter()
+            .filter(|(path, record)| previous.get(*path) != Some(*record))
+            .map(|(path, record)| (path.clone(), record.clone()))
+            .collect();
+        let removals: Vec<RelPath> = previous.keys().filter(|path| !records.contains_key(*path)).cloned().collect();
+        if upserts.is_empty() && removals.is_empty() {
+            return Ok(());
+        }
+        self.update(&upserts, &removals)
+    }
+
     /// Replaces the records of `upserts`, removes those of `removals`, and
     /// keeps the chunk locations in step, in one transaction.
     ///

@@ -1,7 +1,6 @@
 //! The client side of a remote push: scan, connect to a pinned server, run
 //! the session, remember the receiver's tree for next time.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -14,9 +13,7 @@ use crate::codec::{Compression, Encoder};
 use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
 use crate::plan::PlanOptions;
-use crate::scan::{scan, ScanOptions};
 use crate::session::{FileReader, Sender, SessionError};
-use crate::store::state::StateDb;
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,19 +184,9 @@ pub async fn push(
 }
 
 fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<(Manifest, u64, u64), crate::Error> {
-    let db = StateDb::open(&crate::engine::state_file(state_dir, "sources", src))?;
-    let previous = db.files()?;
-    let scanned = scan(src, &previous, ScanOptions { checksum, ..ScanOptions::default() })?;
-    let upserts: Vec<_> = scanned
-        .records
-        .iter()
-        .filter(|(path, record)| previous.get(*path) != Some(*record))
-        .map(|(path, record)| (path.clone(), record.clone()))
-        .collect();
-    let removals: Vec<_> = previous.keys().filter(|p| !scanned.records.contains_key(*p)).cloned().collect();
-    db.update(&upserts, &removals)?;
-    let files: HashMap<_, _> = scanned.records.iter().map(|(p, r)| (p.clone(), r.digest.size)).collect();
-    Ok((scanned.manifest, files.len() as u64, files.values().sum()))
+    let scanned = crate::engine::scan_source(src, state_dir, checksum)?;
+    let bytes = scanned.records.values().map(|r| r.digest.size).sum();
+    Ok((scanned.manifest, scanned.records.len() as u64, bytes))
 }
 
 async fn resolve(authority: &str) -> Result<SocketAddr, RemoteError> {

@@ -213,3 +213,65 @@ fn session_refuses_paths_that_escape() {
     assert!(!sides.src.join("escaped").exists());
     assert!(receiver.failed().iter().any(|f| f.path == "evil/planted" && f.error.contains("not a directory")));
 }
+
+/// A pull: the client's receiver asks, the server's sender answers; the
+/// transport reads the client's Hello and Open before starting the sender.
+fn pull(sides: &Sides) -> Wire {
+    let store = MirrorStore::open(&sides.dest, &sides.state).unwrap();
+    let mut receiver = Receiver::initiate(store, b"tree".to_vec(), true, false).unwrap();
+    let mut wire = Wire::default();
+    let hello = receiver.poll_transmit().unwrap();
+    assert!(matches!(hello, xfer_protocol::Message::Hello(_)));
+    let Some(xfer_protocol::Message::Open(open)) = receiver.poll_transmit() else { panic!("Open expected") };
+    assert_eq!(open.direction, xfer_protocol::msg::Direction::Pull);
+    let source = source_manifest(&sides.src);
+    let encoder = Encoder::new(Compression::Auto).unwrap();
+    let mut sender = Sender::respond(
+        source,
+        FileReader::new(sides.src.clone()),
+        encoder,
+        PlanOptions { delete: open.delete },
+        open.remembered_root,
+    );
+    // The pair as before, with the roles of the directions swapped.
+    loop {
+        let mut progressed = false;
+        while let Some(message) = sender.poll_data() {
+            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
+            progressed = true;
+        }
+        while receiver.wants_input() {
+            let Some(message) = sender.poll_transmit() else { break };
+            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
+            progressed = true;
+        }
+        while let Some(message) = receiver.poll_transmit() {
+            sender.handle(roundtrip(message, &mut wire.client_to_server)).unwrap();
+            progressed = true;
+        }
+        if !progressed {
+            break;
+        }
+    }
+    assert!(sender.is_finished() && receiver.is_finished(), "pull stalled: {wire:?}");
+    wire
+}
+
+#[test]
+fn session_pull_restores_and_updates() {
+    let sides = sides();
+    let mut rng = SmallRng::seed_from_u64(31);
+    let v1 = random_tree(&mut rng, 12);
+    materialize(&v1, &sides.src);
+    pull(&sides);
+    assert_same_tree(&read_tree(&sides.dest), &v1);
+    let mut v2 = v1.clone();
+    for _ in 0..10 {
+        random_edit(&mut v2, &mut rng);
+    }
+    replace_src(&sides, &v2);
+    pull(&sides);
+    assert_same_tree(&read_tree(&sides.dest), &v2);
+    let noop = pull(&sides);
+    assert!(noop.client_to_server + noop.server_to_client < 512, "{noop:?}");
+}

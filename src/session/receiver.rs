@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION};
+use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE};
 
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
@@ -41,6 +41,8 @@ type Opener = Box<dyn FnMut(&OpenRequest) -> Result<MirrorStore, SessionError> +
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// A pull: this side asked, waiting for `Hello` and `Opened`.
+    Asking,
     Greeting,
     Open,
     Finished,
@@ -109,6 +111,31 @@ impl Receiver {
         }
     }
 
+    /// The receiver of a pull, on the client: asks the server for `path` and
+    /// receives it into `store`.
+    ///
+    /// # Errors
+    /// A store that cannot be scanned.
+    pub fn initiate(mut store: MirrorStore, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
+        let mut receiver =
+            Receiver::new(Box::new(|_: &OpenRequest| Err(protocol("this side asked; it opens nothing"))));
+        receiver.manifest = store.refresh(checksum)?.clone();
+        receiver.tree = receiver.manifest.tree();
+        let root = receiver.tree.root().0;
+        receiver.outbox.push_back(super::sender::hello());
+        receiver.outbox.push_back(Message::Open(msg::Open {
+            direction: msg::Direction::Pull,
+            path,
+            delete,
+            checksum,
+            // In a pull the client sends its own root: equal roots, nothing to do.
+            remembered_root: Some(root),
+        }));
+        receiver.rx = Some(Receiving::new(store));
+        receiver.state = State::Asking;
+        Ok(receiver)
+    }
+
     /// The next message to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Message> {
         self.outbox.pop_front()
@@ -150,14 +177,15 @@ impl Receiver {
             (_, Message::Error(e)) => Err(SessionError::Peer { code: CloseCode::from_u32(e.code), message: e.message }),
             (State::Greeting, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(protocol)?;
-                self.outbox.push_back(Message::Hello(msg::Hello {
-                    version: PROTOCOL_VERSION,
-                    features: 0,
-                    agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
-                }));
+                self.outbox.push_back(super::sender::hello());
                 Ok(())
             }
             (State::Greeting, Message::Open(open)) => self.open(open),
+            (State::Asking, Message::Hello(hello)) => xfer_protocol::check_version(hello.version).map_err(protocol),
+            (State::Asking, Message::Opened(_)) => {
+                self.state = State::Open;
+                Ok(())
+            }
             (State::Open, Message::ListDir(list)) => self.list_dir(list),
             (State::Open, Message::GetFiles(get)) => self.get_files(get),
             (State::Open, Message::Mkdir(m)) => {
@@ -215,6 +243,7 @@ impl Receiver {
             (state, message) => Err(SessionError::Unexpected {
                 kind: message.kind(),
                 state: match state {
+                    State::Asking => "waiting for Opened",
                     State::Greeting => "waiting for Open",
                     State::Open => "receiving",
                     State::Finished => "finished",

@@ -128,11 +128,7 @@ impl<R: ChunkReader> Sender<R> {
     ) -> Self {
         let tree = source.tree();
         let mut outbox = VecDeque::new();
-        outbox.push_back(Message::Hello(msg::Hello {
-            version: PROTOCOL_VERSION,
-            features: 0,
-            agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
-        }));
+        outbox.push_back(hello());
         outbox.push_back(Message::Open(msg::Open {
             direction: msg::Direction::Push,
             path,
@@ -162,6 +158,32 @@ impl<R: ChunkReader> Sender<R> {
             deltas: HashMap::new(),
             summary: None,
         }
+    }
+
+    /// The sender of a pull, on the server: answers the client's `Hello` and
+    /// `Open` (already read by the transport) for `source`. `receiver_root`
+    /// is the client's root from `Open`: equal trees end the session at once,
+    /// otherwise the sender compares top-down.
+    pub fn respond(
+        source: Manifest,
+        reader: R,
+        encoder: Encoder,
+        options: PlanOptions,
+        receiver_root: Option<[u8; 32]>,
+    ) -> Self {
+        let mut sender = Sender::new(source, reader, encoder, Vec::new(), options, false, None);
+        sender.outbox.clear();
+        sender.outbox.push_back(hello());
+        let root = sender.tree.root().0;
+        sender.outbox.push_back(Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) }));
+        if receiver_root == Some(root) {
+            sender.dest = sender.source.clone();
+            let _ = sender.start_sending();
+        } else {
+            sender.state = State::Comparing;
+            sender.ask_listing(RelPath::root());
+        }
+        sender
     }
 
     /// The next answer to a chunk request (ChunkData, RefineRequest or
@@ -485,6 +507,15 @@ impl<R: ChunkReader> Sender<R> {
             payload: encoded.payload,
         }));
     }
+}
+
+/// This side's `Hello`.
+pub(super) fn hello() -> Message {
+    Message::Hello(msg::Hello {
+        version: PROTOCOL_VERSION,
+        features: 0,
+        agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
+    })
 }
 
 /// Entries an edit list puts in one message (edits plus new references).

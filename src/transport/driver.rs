@@ -3,6 +3,7 @@
 //! session itself on a blocking thread (it reads and writes files), and
 //! bounded channels between them.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use xfer_protocol::{frame, CloseCode, Message};
 use super::peer_fingerprint;
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
-use crate::session::{ChunkReader, OpenRequest, Receiver, Sender, SessionError};
+use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
 use crate::store::MirrorStore;
 
 /// Streams that carry chunk data, so one lost packet stalls only a share.
@@ -115,20 +116,34 @@ async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>) -
 /// Session errors from either side, or the connection failing.
 pub async fn run_sender<R: ChunkReader + Send + 'static>(
     connection: &Connection,
+    sender: Sender<R>,
+) -> Result<Sender<R>, SessionError> {
+    let (send, recv) = connection.open_bi().await.map_err(net)?;
+    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let result = drive_sender(connection, send, in_rx, sender).await;
+    reader.abort();
+    result
+}
+
+fn net(e: impl std::fmt::Display) -> SessionError {
+    SessionError::Local(crate::Error::io("connection", io_err(e)))
+}
+
+/// Runs `sender` with its control input `in_rx`, control output `send`, and
+/// data streams it opens on `connection`.
+async fn drive_sender<R: ChunkReader + Send + 'static>(
+    connection: &Connection,
+    send: SendStream,
+    mut in_rx: mpsc::Receiver<Message>,
     mut sender: Sender<R>,
 ) -> Result<Sender<R>, SessionError> {
-    let (send, recv) =
-        connection.open_bi().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?;
     let mut data_streams = Vec::new();
     for _ in 0..DATA_STREAMS {
-        data_streams.push(
-            connection.open_uni().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?,
-        );
+        data_streams.push(connection.open_uni().await.map_err(net)?);
     }
-    let (in_tx, mut in_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (data_tx, data_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = tokio::spawn(read_frames(recv, in_tx));
     let writer = tokio::spawn(write_frames(send, ctrl_rx));
     let data_writer = tokio::spawn(write_data(data_streams, data_rx));
     let runtime = tokio::runtime::Handle::current();
@@ -158,6 +173,64 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
     let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
     let _ = writer.await;
     let _ = data_writer.await;
+    result
+}
+
+/// Runs `receiver` with control input `ctrl_in`, control output `send`, and
+/// the data streams the peer opens on `connection`.
+async fn drive_receiver(
+    connection: &Connection,
+    send: SendStream,
+    mut ctrl_in: mpsc::Receiver<Message>,
+    mut receiver: Receiver,
+) -> Result<Receiver, SessionError> {
+    let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
+    let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let writer = tokio::spawn(write_frames(send, out_rx));
+    let data_conn = connection.clone();
+    let data_readers = tokio::spawn(async move {
+        while let Ok(stream) = data_conn.accept_uni().await {
+            tokio::spawn(read_frames(stream, data_in_tx.clone()));
+        }
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
+        let mut out = Outgoing::new(out_tx);
+        loop {
+            out.fill(|| receiver.poll_transmit())?;
+            if receiver.is_finished() && out.is_idle() {
+                return Ok(receiver);
+            }
+            let wants_control = receiver.wants_input();
+            // Chunk data is always read; control messages only while the
+            // receiver has room for more entry changes.
+            let input = runtime.block_on(async {
+                tokio::select! {
+                    m = ctrl_in.recv(), if wants_control => Some(m),
+                    m = data_in.recv() => Some(m),
+                    () = out.room() => None,
+                }
+            });
+            if let Some(message) = input {
+                receiver.handle(message.ok_or_else(closed)?)?;
+            }
+        }
+    });
+    let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
+    let _ = writer.await;
+    data_readers.abort();
+    result
+}
+
+/// Pulls with `receiver` over `connection` (the client side).
+///
+/// # Errors
+/// Session errors from either side, or the connection failing.
+pub async fn run_pull(connection: &Connection, receiver: Receiver) -> Result<Receiver, SessionError> {
+    let (send, recv) = connection.open_bi().await.map_err(net)?;
+    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let result = drive_receiver(connection, send, in_rx, receiver).await;
     reader.abort();
     result
 }
@@ -235,51 +308,63 @@ pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) 
         return Err(SessionError::Peer { code: Some(CloseCode::Unauthorized), message: reason });
     };
     let _ = client;
-    let (send, recv) =
-        connection.accept_bi().await.map_err(|e| SessionError::Local(crate::Error::io("connection", io_err(e))))?;
+    let (send, recv) = connection.accept_bi().await.map_err(net)?;
     let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
-    let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
-    let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
     let reader = tokio::spawn(read_frames(recv, ctrl_in_tx));
-    let writer = tokio::spawn(write_frames(send, out_rx));
-    let data_conn = connection.clone();
-    let data_readers = tokio::spawn(async move {
-        while let Ok(stream) = data_conn.accept_uni().await {
-            tokio::spawn(read_frames(stream, data_in_tx.clone()));
-        }
-    });
-    let root = config.root.clone();
-    let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&root, request)));
-    let runtime = tokio::runtime::Handle::current();
-    let session = tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
-        let mut out = Outgoing::new(out_tx);
-        loop {
-            out.fill(|| receiver.poll_transmit())?;
-            if receiver.is_finished() && out.is_idle() {
-                return Ok(());
-            }
-            let wants_control = receiver.wants_input();
-            // Chunk data is always read; control messages only while the
-            // receiver has room for more entry changes.
-            let input = runtime.block_on(async {
-                tokio::select! {
-                    m = ctrl_in.recv(), if wants_control => Some(m),
-                    m = data_in.recv() => Some(m),
-                    () = out.room() => None,
-                }
-            });
-            if let Some(message) = input {
-                receiver.handle(message.ok_or_else(closed)?)?;
-            }
-        }
-    });
-    let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
-    let _ = writer.await;
-    // The client closes the connection once it has the summary.
-    connection.closed().await;
-    data_readers.abort();
+    // Hello and Open decide which side of a session this server plays.
+    let (Some(hello), Some(Message::Open(open))) = (ctrl_in.recv().await, ctrl_in.recv().await) else {
+        reader.abort();
+        return Err(SessionError::Protocol("expected Hello and Open".into()));
+    };
+    let result = if open.direction == xfer_protocol::msg::Direction::Pull {
+        serve_pull(&connection, send, ctrl_in, &config, open).await
+    } else {
+        let root = config.root.clone();
+        let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&root, request)));
+        receiver.handle(hello)?;
+        receiver.handle(Message::Open(open))?;
+        drive_receiver(&connection, send, ctrl_in, receiver).await.map(|_| ())
+    };
+    // The client closes the connection once it has what it needs.
+    if result.is_ok() {
+        connection.closed().await;
+    }
     reader.abort();
     result
+}
+
+/// Serves a pull: scans the requested tree and sends it.
+async fn serve_pull(
+    connection: &Connection,
+    send: SendStream,
+    ctrl_in: mpsc::Receiver<Message>,
+    config: &ServeConfig,
+    open: xfer_protocol::msg::Open,
+) -> Result<(), SessionError> {
+    let path = match open.path.as_slice() {
+        [] => RelPath::root(),
+        bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
+    };
+    if path.as_bytes().split(|&b| b == b'/').next() == Some(SERVER_STATE_DIR.as_bytes()) {
+        return Err(SessionError::Peer {
+            code: Some(CloseCode::OutsideAllowedPath),
+            message: format!("{SERVER_STATE_DIR} is the server's own state"),
+        });
+    }
+    let abs = path.to_path(&config.root);
+    let reserved = path.is_root().then_some(SERVER_STATE_DIR.as_bytes());
+    let (tree, checksum) = (abs.clone(), open.checksum);
+    let scanned = tokio::task::spawn_blocking(move || {
+        let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
+        crate::scan::scan(&tree, &HashMap::new(), options)
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;
+    let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
+        .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?;
+    let options = crate::plan::PlanOptions { delete: open.delete };
+    let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
+    drive_sender(connection, send, ctrl_in, sender).await.map(|_| ())
 }
 
 /// Opens the destination a client asked for, under the server's root.

@@ -124,6 +124,14 @@ fn cli_remote_push_with_trust_on_first_use() {
     let stderr = String::from_utf8_lossy(&unknown.stderr).to_string();
     let first = run(&["--accept-new"]);
     let pinned = run(&[]);
+    let restored = tmp.path().join("restored");
+    let pulled = xfer(&tmp.path().join("state"))
+        .args(["pull", "--config-dir"])
+        .arg(&client_cfg)
+        .arg(&url)
+        .arg(&restored)
+        .output()
+        .unwrap();
     let _ = server.kill();
     let _ = server.wait();
 
@@ -132,6 +140,8 @@ fn cli_remote_push_with_trust_on_first_use() {
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
     assert_eq!(fs::read(served.join("site/a")).unwrap(), seeded(200_000, 5));
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert_eq!(fs::read(restored.join("a")).unwrap(), seeded(200_000, 5));
     let json: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
     assert_eq!(json["files_changed"], 0);
     assert!(json["elapsed_s"].as_f64().is_some() && json["chunks_total"].as_u64().unwrap() > 0);

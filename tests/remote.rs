@@ -108,3 +108,26 @@ fn remote_url_parses() {
     assert!(RemoteUrl::parse("/local/path").is_none());
     assert!(RemoteUrl::parse("xfer:///x").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_push_then_pull_back() {
+    let tmp = TempDir::new().unwrap();
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, vec![client.fingerprint()]);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = SmallRng::seed_from_u64(11);
+    let v1 = random_tree(&mut rng, 12);
+    materialize(&v1, &src);
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "site".into() };
+    let pin = Some(server.id.fingerprint());
+    push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    // Restore into an empty directory, then pull again: nothing to do.
+    let restored = tmp.path().join("restored");
+    let report = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_same_tree(&read_tree(&restored), &v1);
+    let again = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(again.wire.sent + again.wire.received < 20_000, "{:?}", again.wire);
+    assert_same_tree(&read_tree(&restored), &v1);
+}

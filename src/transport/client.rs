@@ -128,28 +128,7 @@ pub async fn push(
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
-    let addr = resolve(&url.authority).await?;
-    let server_pin = ServerPin::new(pin);
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("invariant: literal");
-    let endpoint = client_endpoint(bind, Tuning::default()).map_err(|e| crate::Error::io("udp socket", e))?;
-    let config = client_config(identity, &server_pin, Tuning::default()).map_err(|e| crate::Error::io("tls", e))?;
-    let connecting = endpoint
-        .connect_with(config, addr, "xfer")
-        .map_err(|e| RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() })?;
-    let connection = match connecting.await {
-        Ok(connection) => connection,
-        Err(e) => {
-            return Err(match server_pin.seen() {
-                Some(seen) if Some(seen) != pin => RemoteError::UntrustedServer {
-                    authority: url.authority.clone(),
-                    seen,
-                    pinned: pin.map_or_else(|| " (none is)".into(), |p| format!(" ({p})")),
-                },
-                _ => RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() },
-            })
-        }
-    };
-    let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
+    let (endpoint, connection, server) = connect(url, identity, pin).await?;
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
     let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
@@ -181,6 +160,74 @@ pub async fn push(
     }
     let chunks_total = source.entries().iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum();
     Ok(RemoteReport { summary, wire, files_scanned, bytes_scanned, chunks_total })
+}
+
+/// Connects to `url`'s server, which must present `pin`.
+async fn connect(
+    url: &RemoteUrl,
+    identity: &Identity,
+    pin: Option<Fingerprint>,
+) -> Result<(quinn::Endpoint, quinn::Connection, Fingerprint), RemoteError> {
+    let addr = resolve(&url.authority).await?;
+    let server_pin = ServerPin::new(pin);
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("invariant: literal");
+    let endpoint = client_endpoint(bind, Tuning::default()).map_err(|e| crate::Error::io("udp socket", e))?;
+    let config = client_config(identity, &server_pin, Tuning::default()).map_err(|e| crate::Error::io("tls", e))?;
+    let connecting = endpoint
+        .connect_with(config, addr, "xfer")
+        .map_err(|e| RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() })?;
+    match connecting.await {
+        Ok(connection) => {
+            let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
+            Ok((endpoint, connection, server))
+        }
+        Err(e) => Err(match server_pin.seen() {
+            Some(seen) if Some(seen) != pin => RemoteError::UntrustedServer {
+                authority: url.authority.clone(),
+                seen,
+                pinned: pin.map_or_else(|| " (none is)".into(), |p| format!(" ({p})")),
+            },
+            _ => RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() },
+        }),
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug)]
+pub struct PullReport {
+    /// Entries that could not be applied, with the reason.
+    pub failed: Vec<crate::store::FailedEntry>,
+    /// Bytes on the wire each way.
+    pub wire: WireBytes,
+}
+
+/// Pulls `url` into the local directory `dest`, whose server must present `pin`.
+///
+/// # Errors
+/// As [`push`].
+pub async fn pull(
+    url: &RemoteUrl,
+    dest: &Path,
+    identity: &Identity,
+    pin: Option<Fingerprint>,
+    options: &RemotePush,
+) -> Result<PullReport, RemoteError> {
+    std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
+    let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;
+    let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
+    let (path, delete, checksum) = (url.path.as_bytes().to_vec(), options.delete, options.checksum);
+    let receiver = tokio::task::spawn_blocking(move || -> Result<crate::session::Receiver, RemoteError> {
+        let store = crate::store::MirrorStore::open(&dest, &state)?;
+        Ok(crate::session::Receiver::initiate(store, path, delete, checksum)?)
+    })
+    .await
+    .map_err(|e| RemoteError::Connect { authority: "local store".into(), reason: e.to_string() })??;
+    let (endpoint, connection, _) = connect(url, identity, pin).await?;
+    let receiver = super::driver::run_pull(&connection, receiver).await?;
+    let wire = wire_bytes(&connection);
+    connection.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(PullReport { failed: receiver.failed().to_vec(), wire })
 }
 
 fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<(Manifest, u64, u64), crate::Error> {

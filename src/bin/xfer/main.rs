@@ -31,6 +31,11 @@ xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n\n\
 Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest committed)."
     )]
     Push(PushArgs),
+    /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
+    #[command(after_help = "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
+xfer pull --delete xfer://backup.example/site ./mirror\n\n\
+Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries failed, the rest committed).")]
+    Pull(PushArgs),
     /// Serve a directory: admitted clients push into paths below it.
     #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args),
+        Command::Pull(args) => pull(args),
         Command::Serve { root, listen, allow, config_dir } => serve(root, listen, &allow, config_dir),
         Command::Trust { authority, fingerprint, config_dir } => {
             let fingerprint: Fingerprint = fingerprint.parse()?;
@@ -193,20 +199,71 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// This host's identity, its known hosts, and the pin for `url`'s server.
+fn trust_setup(args: &PushArgs, url: &RemoteUrl) -> anyhow::Result<(Identity, KnownHosts, Option<Fingerprint>)> {
+    let config_dir = config_dir_or_default(args.config_dir.clone())?;
+    let identity = Identity::load_or_create(&config_dir)?;
+    let hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
+    let pin = match (&args.server_fingerprint, hosts.check(&url.authority)) {
+        (Some(fp), _) => Some(fp.parse::<Fingerprint>()?),
+        (None, HostTrust::Pinned(fp)) => Some(fp),
+        (None, HostTrust::Unknown) => None,
+    };
+    Ok((identity, hosts, pin))
+}
+
+fn pull(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let Some(url) = args.src.to_str().and_then(RemoteUrl::parse) else {
+        bail!(
+            "{} is not a server URL: use xfer://HOST[:PORT]/PATH (for local copies use xfer push)",
+            args.src.display()
+        );
+    };
+    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
+        bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
+    };
+    let (identity, mut hosts, pin) = trust_setup(&args, &url)?;
+    let options =
+        RemotePush { delete: args.delete, checksum: args.checksum, compression: Compression::Auto, state_dir };
+    let runtime = runtime()?;
+    let started = std::time::Instant::now();
+    let mut used = pin;
+    let mut result = runtime.block_on(client::pull(&url, &args.dest, &identity, pin, &options));
+    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
+        if pin.is_none() && args.accept_new {
+            eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
+            used = Some(*seen);
+            result = runtime.block_on(client::pull(&url, &args.dest, &identity, used, &options));
+        }
+    }
+    let report = result?;
+    if let Some(fp) = used {
+        if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
+            hosts.pin(&url.authority, fp)?;
+        }
+    }
+    for entry in &report.failed {
+        eprintln!("xfer: failed {}: {}", entry.path, entry.error);
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "failed": report.failed.len(),
+            "wire_bytes_sent": report.wire.sent,
+            "wire_bytes_received": report.wire.received,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        });
+        println!("{json}");
+    }
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+}
+
 fn push_remote(
     args: PushArgs,
     url: RemoteUrl,
     compression: Compression,
     state_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
-    let config_dir = config_dir_or_default(args.config_dir.clone())?;
-    let identity = Identity::load_or_create(&config_dir)?;
-    let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
-    let pin = match (&args.server_fingerprint, hosts.check(&url.authority)) {
-        (Some(fp), _) => Some(fp.parse::<Fingerprint>()?),
-        (None, HostTrust::Pinned(fp)) => Some(fp),
-        (None, HostTrust::Unknown) => None,
-    };
+    let (identity, mut hosts, pin) = trust_setup(&args, &url)?;
     let options = RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir };
     let runtime = runtime()?;
     let started = std::time::Instant::now();

@@ -32,6 +32,16 @@ fn start_server(tmp: &TempDir, allow: Vec<xfer::identity::Fingerprint>) -> Serve
     Server { id, addr, root }
 }
 
+/// A random tree of 12 entries in `tmp/src`, with the generator for edits.
+fn random_source(tmp: &TempDir, seed: u64) -> (std::path::PathBuf, crate::util::Model, SmallRng) {
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let tree = random_tree(&mut rng, 12);
+    materialize(&tree, &src);
+    (src, tree, rng)
+}
+
 fn options(tmp: &TempDir) -> RemotePush {
     RemotePush {
         delete: true,
@@ -46,11 +56,7 @@ async fn remote_push_roundtrip_and_noop() {
     let tmp = TempDir::new().unwrap();
     let client = Identity::generate().unwrap();
     let server = start_server(&tmp, vec![client.fingerprint()]);
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let mut rng = SmallRng::seed_from_u64(7);
-    let v1 = random_tree(&mut rng, 12);
-    materialize(&v1, &src);
+    let (src, v1, mut rng) = random_source(&tmp, 7);
     let url = RemoteUrl { authority: server.addr.to_string(), path: "backups/site".into() };
     let pin = Some(server.id.fingerprint());
     let first = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
@@ -114,11 +120,7 @@ async fn remote_push_then_pull_back() {
     let tmp = TempDir::new().unwrap();
     let client = Identity::generate().unwrap();
     let server = start_server(&tmp, vec![client.fingerprint()]);
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let mut rng = SmallRng::seed_from_u64(11);
-    let v1 = random_tree(&mut rng, 12);
-    materialize(&v1, &src);
+    let (src, v1, _) = random_source(&tmp, 11);
     let url = RemoteUrl { authority: server.addr.to_string(), path: "site".into() };
     let pin = Some(server.id.fingerprint());
     push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();

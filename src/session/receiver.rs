@@ -60,6 +60,8 @@ struct FileNeeds {
     open: HashMap<u32, (usize, bool)>,
     /// Needs asked for and not yet answered.
     outstanding: usize,
+    /// Needs still waiting in `to_ask`.
+    unasked: usize,
 }
 
 /// The receiver of a push.
@@ -387,6 +389,7 @@ impl Receiver {
             if let Some(f) = self.files.get_mut(&file) {
                 f.open.insert(need.index as u32, (need.need, offered));
                 f.outstanding += 1;
+                f.unasked -= 1;
             }
             self.outstanding += 1;
             self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
@@ -414,7 +417,7 @@ impl Receiver {
             }
             Err(e) => return Err(e.into()),
         };
-        self.files.insert(file, FileNeeds { path, open: HashMap::new(), outstanding: 0 });
+        self.files.insert(file, FileNeeds { path, open: HashMap::new(), outstanding: 0, unasked: needs.len() });
         if needs.is_empty() {
             return self.complete(file);
         }
@@ -441,7 +444,8 @@ impl Receiver {
                 f.open.remove(&data.index);
                 f.outstanding -= 1;
                 self.outstanding -= 1;
-                if f.open.is_empty() && !self.to_ask.iter().any(|(file, _)| *file == data.file) {
+                // Counted, not searched: to_ask can hold many thousands.
+                if f.open.is_empty() && f.unasked == 0 {
                     self.complete(data.file)?;
                 }
             }

@@ -126,16 +126,25 @@ impl<R: ChunkReader> Sender<R> {
         checksum: bool,
         remembered: Option<Manifest>,
     ) -> Self {
-        let tree = source.tree();
-        let mut outbox = VecDeque::new();
-        outbox.push_back(hello());
-        outbox.push_back(Message::Open(msg::Open {
+        let open = Message::Open(msg::Open {
             direction: msg::Direction::Push,
             path,
             delete: options.delete,
             checksum,
             remembered_root: remembered.as_ref().map(|m| m.tree().root().0),
-        }));
+        });
+        Sender::with_outbox(source, reader, encoder, options, remembered, VecDeque::from([hello(), open]))
+    }
+
+    fn with_outbox(
+        source: Manifest,
+        reader: R,
+        encoder: Encoder,
+        options: PlanOptions,
+        remembered: Option<Manifest>,
+        outbox: VecDeque<Message>,
+    ) -> Self {
+        let tree = source.tree();
         Sender {
             state: State::Opening,
             source,
@@ -171,18 +180,13 @@ impl<R: ChunkReader> Sender<R> {
         options: PlanOptions,
         receiver_root: Option<[u8; 32]>,
     ) -> Self {
-        let mut sender = Sender::new(source, reader, encoder, Vec::new(), options, false, None);
-        sender.outbox.clear();
-        sender.outbox.push_back(hello());
-        let root = sender.tree.root().0;
-        sender.outbox.push_back(Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) }));
-        if receiver_root == Some(root) {
-            sender.dest = sender.source.clone();
-            let _ = sender.start_sending();
-        } else {
-            sender.state = State::Comparing;
-            sender.ask_listing(RelPath::root());
-        }
+        let root = source.tree().root().0;
+        let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
+        let mut sender = Sender::with_outbox(source, reader, encoder, options, None, VecDeque::from([hello(), opened]));
+        // The same decision as a push client's on `Opened`, with the
+        // receiver's root from its `Open` (no root: compare top-down).
+        let receiver = msg::Opened { root: receiver_root.unwrap_or_default(), remembered: false };
+        sender.opened(receiver).expect("invariant: planning against known trees cannot fail");
         sender
     }
 

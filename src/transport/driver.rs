@@ -118,12 +118,20 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
     connection: &Connection,
     sender: Sender<R>,
 ) -> Result<Sender<R>, SessionError> {
-    let (send, recv) = connection.open_bi().await.map_err(net)?;
-    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let (send, in_rx, reader) = open_control(connection).await?;
     let result = drive_sender(connection, send, in_rx, sender).await;
     reader.abort();
     result
+}
+
+/// The client's control stream: its sending half, a channel of the frames
+/// read from it, and the task reading them.
+async fn open_control(
+    connection: &Connection,
+) -> Result<(SendStream, mpsc::Receiver<Message>, tokio::task::JoinHandle<io::Result<()>>), SessionError> {
+    let (send, recv) = connection.open_bi().await.map_err(net)?;
+    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
+    Ok((send, in_rx, tokio::spawn(read_frames(recv, in_tx))))
 }
 
 fn net(e: impl std::fmt::Display) -> SessionError {
@@ -227,9 +235,7 @@ async fn drive_receiver(
 /// # Errors
 /// Session errors from either side, or the connection failing.
 pub async fn run_pull(connection: &Connection, receiver: Receiver) -> Result<Receiver, SessionError> {
-    let (send, recv) = connection.open_bi().await.map_err(net)?;
-    let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let (send, in_rx, reader) = open_control(connection).await?;
     let result = drive_receiver(connection, send, in_rx, receiver).await;
     reader.abort();
     result

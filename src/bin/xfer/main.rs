@@ -199,17 +199,39 @@ fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// This host's identity, its known hosts, and the pin for `url`'s server.
-fn trust_setup(args: &PushArgs, url: &RemoteUrl) -> anyhow::Result<(Identity, KnownHosts, Option<Fingerprint>)> {
+/// Runs `session` against `url`'s server with this host's identity and the
+/// server's pin (from `--server-fingerprint` or known hosts). An unknown
+/// server is retried once with the key it presented when `--accept-new`
+/// allows; the key a session verified is pinned for next time.
+fn with_trust<T>(
+    args: &PushArgs,
+    url: &RemoteUrl,
+    session: impl Fn(&Identity, Option<Fingerprint>) -> Result<T, RemoteError>,
+) -> anyhow::Result<T> {
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
     let identity = Identity::load_or_create(&config_dir)?;
-    let hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
+    let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
     let pin = match (&args.server_fingerprint, hosts.check(&url.authority)) {
         (Some(fp), _) => Some(fp.parse::<Fingerprint>()?),
         (None, HostTrust::Pinned(fp)) => Some(fp),
         (None, HostTrust::Unknown) => None,
     };
-    Ok((identity, hosts, pin))
+    let mut used = pin;
+    let mut result = session(&identity, pin);
+    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
+        if pin.is_none() && args.accept_new {
+            eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
+            used = Some(*seen);
+            result = session(&identity, used);
+        }
+    }
+    let value = result?;
+    if let Some(fp) = used {
+        if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
+            hosts.pin(&url.authority, fp)?;
+        }
+    }
+    Ok(value)
 }
 
 fn pull(args: PushArgs) -> anyhow::Result<ExitCode> {
@@ -222,26 +244,13 @@ fn pull(args: PushArgs) -> anyhow::Result<ExitCode> {
     let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    let (identity, mut hosts, pin) = trust_setup(&args, &url)?;
     let options =
         RemotePush { delete: args.delete, checksum: args.checksum, compression: Compression::Auto, state_dir };
     let runtime = runtime()?;
     let started = std::time::Instant::now();
-    let mut used = pin;
-    let mut result = runtime.block_on(client::pull(&url, &args.dest, &identity, pin, &options));
-    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
-        if pin.is_none() && args.accept_new {
-            eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
-            used = Some(*seen);
-            result = runtime.block_on(client::pull(&url, &args.dest, &identity, used, &options));
-        }
-    }
-    let report = result?;
-    if let Some(fp) = used {
-        if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
-            hosts.pin(&url.authority, fp)?;
-        }
-    }
+    let report = with_trust(&args, &url, |identity, pin| {
+        runtime.block_on(client::pull(&url, &args.dest, identity, pin, &options))
+    })?;
     for entry in &report.failed {
         eprintln!("xfer: failed {}: {}", entry.path, entry.error);
     }
@@ -263,26 +272,12 @@ fn push_remote(
     compression: Compression,
     state_dir: PathBuf,
 ) -> anyhow::Result<ExitCode> {
-    let (identity, mut hosts, pin) = trust_setup(&args, &url)?;
     let options = RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir };
     let runtime = runtime()?;
     let started = std::time::Instant::now();
-    let mut used = pin;
-    let mut result = runtime.block_on(client::push(&args.src, &url, &identity, pin, &options));
-    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
-        if pin.is_none() && args.accept_new {
-            eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
-            used = Some(*seen);
-            result = runtime.block_on(client::push(&args.src, &url, &identity, used, &options));
-        }
-    }
-    let report = result?;
-    // Pin the key that was verified, so the next run needs no flag.
-    if let Some(fp) = used {
-        if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
-            hosts.pin(&url.authority, fp)?;
-        }
-    }
+    let report = with_trust(&args, &url, |identity, pin| {
+        runtime.block_on(client::push(&args.src, &url, identity, pin, &options))
+    })?;
     let summary = &report.summary;
     if args.json {
         let json = serde_json::json!({

@@ -83,17 +83,7 @@ impl Stats {
 /// failures, a full disk. Problems with single entries do not stop it; they
 /// are listed in [`Stats::skipped`].
 pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stats> {
-    let src = src.canonicalize().at(src)?;
-    let dest = resolve_missing(dest)?;
-    if src.starts_with(&dest) || dest.starts_with(&src) {
-        return Err(Error::io(
-            &dest,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("source {} and destination overlap; choose a destination outside the source", src.display()),
-            ),
-        ));
-    }
+    let (src, dest) = local_pair(src, dest)?;
 
     std::fs::create_dir_all(&dest).at(&dest)?;
     let scanned = scan_source(&src, &options.state_dir, options.checksum)?;
@@ -128,6 +118,27 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
         .extend(scanned.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.clone() }));
     stats.skipped.extend(plan.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.into() }));
     Ok(stats)
+}
+
+/// The canonical forms of a local source and destination (which need not
+/// exist yet).
+///
+/// # Errors
+/// A missing source, or trees that overlap: a push would then read what it
+/// writes.
+pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
+    let src = src.canonicalize().at(src)?;
+    let dest = resolve_missing(dest)?;
+    if src.starts_with(&dest) || dest.starts_with(&src) {
+        return Err(Error::io(
+            &dest,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("source {} and destination overlap; choose a destination outside the source", src.display()),
+            ),
+        ));
+    }
+    Ok((src, dest))
 }
 
 /// Scans the source tree at `src` (canonical), quick-checking against the

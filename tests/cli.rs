@@ -30,6 +30,10 @@ fn cli_push_prints_json_summary() {
     assert_eq!(json["chunks_sent"], json["chunks_total"]);
     // Random data does not compress: stored raw, so sent bytes equal the data.
     assert!(json["bytes_sent"].as_u64().unwrap() >= 300_000);
+    // A local push runs the protocol against an in-process server: its
+    // chunks crossed a loopback QUIC connection.
+    assert!(json["wire_bytes_sent"].as_u64().unwrap() > json["bytes_sent"].as_u64().unwrap());
+    assert!(json["wire_bytes_received"].as_u64().unwrap() > 0);
     assert_eq!(fs::read(dest.join("sub/a")).unwrap(), seeded(300_000, 1));
 
     let again = xfer(&state).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();

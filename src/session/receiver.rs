@@ -81,6 +81,7 @@ pub struct Receiver {
     done: bool,
     counts: Counts,
     failed: Vec<FailedEntry>,
+    summary: Option<msg::Summary>,
 }
 
 #[derive(Default)]
@@ -110,6 +111,7 @@ impl Receiver {
             done: false,
             counts: Counts::default(),
             failed: Vec::new(),
+            summary: None,
         }
     }
 
@@ -157,6 +159,11 @@ impl Receiver {
     /// Entries that could not be applied, with the reason.
     pub fn failed(&self) -> &[FailedEntry] {
         &self.failed
+    }
+
+    /// What this side applied, once finished.
+    pub fn summary(&self) -> Option<&msg::Summary> {
+        self.summary.as_ref()
     }
 
     /// Takes one message from the sender.
@@ -511,7 +518,7 @@ impl Receiver {
         let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
         let report = rx.finish()?;
         self.failed.extend(report.failed.iter().cloned());
-        self.outbox.push_back(Message::Summary(msg::Summary {
+        let summary = msg::Summary {
             files_written: report.files_written,
             dirs_created: self.counts.dirs,
             symlinks_written: self.counts.symlinks,
@@ -523,7 +530,9 @@ impl Receiver {
             chunks_received: report.chunks_fetched,
             chunks_reused: report.chunks_reused,
             chunks_delta: report.chunks_delta,
-        }));
+        };
+        self.summary = Some(summary);
+        self.outbox.push_back(Message::Summary(summary));
         self.state = State::Finished;
         Ok(())
     }

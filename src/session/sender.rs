@@ -111,6 +111,8 @@ pub struct Sender<R> {
     dest: Manifest,
     deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
     summary: Option<msg::Summary>,
+    /// Files this side gave up on (their source changed while read).
+    failed: Vec<crate::store::FailedEntry>,
 }
 
 impl<R: ChunkReader> Sender<R> {
@@ -166,6 +168,7 @@ impl<R: ChunkReader> Sender<R> {
             dest: Manifest::default(),
             deltas: HashMap::new(),
             summary: None,
+            failed: Vec::new(),
         }
     }
 
@@ -219,6 +222,12 @@ impl<R: ChunkReader> Sender<R> {
     /// Whether the receiver reported its summary.
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
+    }
+
+    /// Files this side could not send (the receiver kept their old
+    /// version), with the reason.
+    pub fn failed(&self) -> &[crate::store::FailedEntry] {
+        &self.failed
     }
 
     /// The receiver's summary, once finished.
@@ -464,6 +473,7 @@ impl<R: ChunkReader> Sender<R> {
         let bytes = match self.reader.read(&path, offset, chunk) {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {
+                self.failed.push(crate::store::FailedEntry { path: path.to_string(), error: e.to_string() });
                 self.data.push_back(Message::FileFailed(msg::FileFailed {
                     file: need.file,
                     code: xfer_protocol::CloseCode::ChunkMismatch as u32,

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use thiserror::Error;
 use xfer_protocol::msg::Summary;
 
-use super::driver::{run_sender, wire_bytes, WireBytes};
+use super::driver::{run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, ServerPin, Tuning};
 use crate::codec::{Compression, Encoder};
 use crate::identity::{Fingerprint, Identity};
@@ -80,22 +81,64 @@ pub enum RemoteError {
     Local(#[from] crate::Error),
 }
 
-/// What a remote push did.
-#[derive(Clone, Debug)]
-pub struct RemoteReport {
-    /// The receiver's summary.
-    pub summary: Summary,
-    /// Bytes on the wire each way.
-    pub wire: WireBytes,
-    /// Source files, and source bytes in them.
-    pub files_scanned: u64,
-    /// Bytes in the source's files.
-    pub bytes_scanned: u64,
-    /// Chunks in the source's files.
-    pub chunks_total: u64,
+/// What a push or pull did: the `--json` summary.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    /// Regular files in the source (pushes only: a pull's source is remote).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_scanned: Option<u64>,
+    /// Bytes in the source's regular files (pushes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_scanned: Option<u64>,
+    /// Chunks in the source's files (pushes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks_total: Option<u64>,
+    /// Files written on the receiver.
+    pub files_changed: u64,
+    /// Entries deleted on the receiver.
+    pub files_deleted: u64,
+    /// Chunks that travelled.
+    pub chunks_sent: u64,
+    /// Encoded bytes of those chunks: the data direction's payload.
+    pub bytes_sent: u64,
+    /// Of the chunks sent, those encoded as a delta against old bytes.
+    pub chunks_delta: u64,
+    /// Chunks the receiver took from what it already had.
+    pub chunks_reused: u64,
+    /// UDP payload bytes this side sent (QUIC headers and handshake included).
+    pub wire_bytes_sent: u64,
+    /// UDP payload bytes this side received.
+    pub wire_bytes_received: u64,
+    /// Wall time of the whole run.
+    pub elapsed_s: f64,
+    /// Entries skipped or failed, with the reason; the rest committed.
+    pub failed: Vec<crate::store::FailedEntry>,
 }
 
-/// Options of a remote push.
+impl Report {
+    fn new(summary: &Summary, wire: WireBytes, failed: Vec<crate::store::FailedEntry>, started: Instant) -> Self {
+        Report {
+            files_changed: summary.files_written,
+            files_deleted: summary.deleted,
+            chunks_sent: summary.chunks_received,
+            bytes_sent: summary.bytes_received,
+            chunks_delta: summary.chunks_delta,
+            chunks_reused: summary.chunks_reused,
+            wire_bytes_sent: wire.sent,
+            wire_bytes_received: wire.received,
+            elapsed_s: started.elapsed().as_secs_f64(),
+            failed,
+            ..Report::default()
+        }
+    }
+
+    /// Whether some entries were skipped or failed (a partial transfer).
+    pub fn is_partial(&self) -> bool {
+        !self.failed.is_empty()
+    }
+}
+
+/// Options of a push or pull.
 #[derive(Clone, Debug)]
 pub struct RemotePush {
     /// Delete receiver entries the source lacks.
@@ -119,15 +162,17 @@ pub async fn push(
     identity: &Identity,
     pin: Option<Fingerprint>,
     options: &RemotePush,
-) -> Result<RemoteReport, RemoteError> {
+) -> Result<Report, RemoteError> {
+    let started = Instant::now();
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
-    let (source, files_scanned, bytes_scanned) = {
+    let scanned = {
         let state_dir = options.state_dir.clone();
         let (src, checksum) = (src.clone(), options.checksum);
-        tokio::task::spawn_blocking(move || scan_source(&src, &state_dir, checksum))
+        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum))
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
+    let source = scanned.manifest;
     let (endpoint, connection, server) = connect(url, identity, pin).await?;
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
@@ -142,7 +187,7 @@ pub async fn push(
         remembered,
     );
     let sender = run_sender(&connection, sender).await?;
-    let summary = sender.summary().cloned().unwrap_or_default();
+    let summary = sender.summary().copied().unwrap_or_default();
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
@@ -158,8 +203,53 @@ pub async fn push(
     } else {
         let _ = std::fs::remove_file(&memory);
     }
-    let chunks_total = source.entries().iter().filter_map(|e| e.file()).map(|f| f.chunks.len() as u64).sum();
-    Ok(RemoteReport { summary, wire, files_scanned, bytes_scanned, chunks_total })
+    let mut failed: Vec<_> = scanned
+        .skipped
+        .iter()
+        .map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
+        .collect();
+    failed.extend(sender.failed().iter().cloned());
+    // The receiver reports its own failures by count; the paths are in its log.
+    let unnamed = summary.failed.saturating_sub(sender.failed().len() as u64);
+    if unnamed > 0 {
+        let error = format!("{unnamed} entries failed on the receiver; their old versions stay");
+        failed.push(crate::store::FailedEntry { path: format!("xfer://{}/{}", url.authority, url.path), error });
+    }
+    let mut report = Report::new(&summary, wire, failed, started);
+    let files = || source.entries().iter().filter_map(|e| e.file());
+    report.files_scanned = Some(files().count() as u64);
+    report.bytes_scanned = Some(files().map(|f| f.size).sum());
+    report.chunks_total = Some(files().map(|f| f.chunks.len() as u64).sum());
+    Ok(report)
+}
+
+/// Pushes the tree at `src` into the local directory `dest` through an
+/// in-process server on loopback: the same protocol, checks and atomic
+/// commits as a remote push, with no setup. The embedded server's identity
+/// lives in the state directory, so the sender's memory of `dest` carries
+/// over between runs.
+///
+/// # Errors
+/// As [`push`]; overlapping source and destination are refused before
+/// anything is written.
+pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Result<Report, RemoteError> {
+    let (src, dest) = crate::engine::local_pair(src, dest)?;
+    std::fs::create_dir_all(&dest).map_err(|e| crate::Error::io(&dest, e))?;
+    let identity = Identity::load_or_create(&options.state_dir.join("embedded"))
+        .map_err(|e| RemoteError::Connect { authority: "embedded server".into(), reason: e.to_string() })?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("invariant: literal");
+    let endpoint = super::server_endpoint(loopback, &identity, Tuning::default())
+        .map_err(|e| crate::Error::io("embedded server", e))?;
+    let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
+    let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
+    let config = ServeConfig { root: dest, allow: vec![identity.fingerprint()], state: ServerState::Outside(state) };
+    let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
+    let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
+    let result = push(&src, &url, &identity, Some(identity.fingerprint()), options).await;
+    endpoint.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    server.abort();
+    result
 }
 
 /// Connects to `url`'s server, which must present `pin`.
@@ -192,15 +282,6 @@ async fn connect(
     }
 }
 
-/// What a pull did.
-#[derive(Clone, Debug)]
-pub struct PullReport {
-    /// Entries that could not be applied, with the reason.
-    pub failed: Vec<crate::store::FailedEntry>,
-    /// Bytes on the wire each way.
-    pub wire: WireBytes,
-}
-
 /// Pulls `url` into the local directory `dest`, whose server must present `pin`.
 ///
 /// # Errors
@@ -211,7 +292,8 @@ pub async fn pull(
     identity: &Identity,
     pin: Option<Fingerprint>,
     options: &RemotePush,
-) -> Result<PullReport, RemoteError> {
+) -> Result<Report, RemoteError> {
+    let started = Instant::now();
     std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
@@ -227,13 +309,8 @@ pub async fn pull(
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    Ok(PullReport { failed: receiver.failed().to_vec(), wire })
-}
-
-fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<(Manifest, u64, u64), crate::Error> {
-    let scanned = crate::engine::scan_source(src, state_dir, checksum)?;
-    let bytes = scanned.records.values().map(|r| r.digest.size).sum();
-    Ok((scanned.manifest, scanned.records.len() as u64, bytes))
+    let summary = receiver.summary().copied().unwrap_or_default();
+    Ok(Report::new(&summary, wire, receiver.failed().to_vec(), started))
 }
 
 async fn resolve(authority: &str) -> Result<SocketAddr, RemoteError> {

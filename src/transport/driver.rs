@@ -35,6 +35,52 @@ pub struct ServeConfig {
     pub root: PathBuf,
     /// Client fingerprints admitted.
     pub allow: Vec<Fingerprint>,
+    /// Where the state of each served tree is kept.
+    pub state: ServerState,
+}
+
+impl ServeConfig {
+    /// Serves `root` to the clients `allow`, keeping state in `ROOT/.xfer`.
+    pub fn new(root: PathBuf, allow: Vec<Fingerprint>) -> Self {
+        ServeConfig { root, allow, state: ServerState::InRoot }
+    }
+
+    /// The state database of the tree at `path`, and whether the root's
+    /// first component [`SERVER_STATE_DIR`] is reserved for it.
+    fn state_file(&self, path: &RelPath) -> (PathBuf, bool) {
+        let key = blake3::hash(path.as_bytes()).to_hex();
+        match &self.state {
+            ServerState::InRoot => {
+                (self.root.join(SERVER_STATE_DIR).join("trees").join(format!("{}.redb", &key[..32])), true)
+            }
+            ServerState::Outside(dir) => (dir.join(format!("{}.redb", &key[..32])), false),
+        }
+    }
+
+    /// Refuses `path` when it lies in the server's own state.
+    fn check_reserved(&self, path: &RelPath) -> Result<(), SessionError> {
+        let first = path.as_bytes().split(|&b| b == b'/').next();
+        if self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
+            return Err(SessionError::Peer {
+                code: Some(CloseCode::OutsideAllowedPath),
+                message: format!("/{SERVER_STATE_DIR} is the server's own state; use another path"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a server keeps the state (chunk index, file records) of the trees
+/// it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// In `ROOT/.xfer`, which clients can then never read or write: a
+    /// server's state travels with its root.
+    InRoot,
+    /// In this directory outside the root, which is then served whole: the
+    /// embedded server of a local push, whose destination is the user's own
+    /// directory.
+    Outside(PathBuf),
 }
 
 /// What a connection did, for reports.
@@ -325,8 +371,8 @@ pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) 
     let result = if open.direction == xfer_protocol::msg::Direction::Pull {
         serve_pull(&connection, send, ctrl_in, &config, open).await
     } else {
-        let root = config.root.clone();
-        let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&root, request)));
+        let opener = config.clone();
+        let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
         receiver.handle(hello)?;
         receiver.handle(Message::Open(open))?;
         drive_receiver(&connection, send, ctrl_in, receiver).await.map(|_| ())
@@ -351,14 +397,9 @@ async fn serve_pull(
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
     };
-    if path.as_bytes().split(|&b| b == b'/').next() == Some(SERVER_STATE_DIR.as_bytes()) {
-        return Err(SessionError::Peer {
-            code: Some(CloseCode::OutsideAllowedPath),
-            message: format!("{SERVER_STATE_DIR} is the server's own state"),
-        });
-    }
+    config.check_reserved(&path)?;
     let abs = path.to_path(&config.root);
-    let reserved = path.is_root().then_some(SERVER_STATE_DIR.as_bytes());
+    let reserved = (path.is_root() && config.state == ServerState::InRoot).then_some(SERVER_STATE_DIR.as_bytes());
     let (tree, checksum) = (abs.clone(), open.checksum);
     let scanned = tokio::task::spawn_blocking(move || {
         let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
@@ -374,17 +415,11 @@ async fn serve_pull(
 }
 
 /// Opens the destination a client asked for, under the server's root.
-fn open_store(root: &std::path::Path, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
+fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
-    if path.as_bytes().split(|&b| b == b'/').next() == Some(SERVER_STATE_DIR.as_bytes()) {
-        return Err(SessionError::Peer {
-            code: Some(CloseCode::OutsideAllowedPath),
-            message: format!("{SERVER_STATE_DIR} is the server's own state; push elsewhere"),
-        });
-    }
-    let key = blake3::hash(path.as_bytes()).to_hex();
-    let state = root.join(SERVER_STATE_DIR).join("trees").join(format!("{}.redb", &key[..32]));
-    let store = match MirrorStore::open(&path.to_path(root), &state) {
+    config.check_reserved(&path)?;
+    let (state, reserve) = config.state_file(&path);
+    let store = match MirrorStore::open(&path.to_path(&config.root), &state) {
         Ok(store) => store,
         Err(e) if e.is_busy() => {
             return Err(SessionError::Peer {
@@ -394,5 +429,5 @@ fn open_store(root: &std::path::Path, request: &OpenRequest) -> Result<MirrorSto
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(if path.is_root() { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
+    Ok(if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
 }

@@ -7,10 +7,10 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use xfer::codec::Compression;
-use xfer::engine::{default_state_dir, push_local, PushOptions, Stats};
+use xfer::engine::default_state_dir;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
 use xfer::transport;
-use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl};
+use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
@@ -186,7 +186,7 @@ fn serve(
         let endpoint = transport::server_endpoint(listen, &identity, transport::Tuning::default())
             .with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        let config = std::sync::Arc::new(transport::driver::ServeConfig { root, allow });
+        let config = std::sync::Arc::new(transport::driver::ServeConfig::new(root, allow));
         tokio::select! {
             () = transport::driver::serve(endpoint.clone(), config) => {}
             _ = tokio::signal::ctrl_c() => {
@@ -241,76 +241,30 @@ fn pull(args: PushArgs) -> anyhow::Result<ExitCode> {
             args.src.display()
         );
     };
-    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
-        bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
-    };
-    let options =
-        RemotePush { delete: args.delete, checksum: args.checksum, compression: Compression::Auto, state_dir };
+    let options = options(&args)?;
     let runtime = runtime()?;
-    let started = std::time::Instant::now();
     let report = with_trust(&args, &url, |identity, pin| {
         runtime.block_on(client::pull(&url, &args.dest, identity, pin, &options))
     })?;
-    for entry in &report.failed {
-        eprintln!("xfer: failed {}: {}", entry.path, entry.error);
-    }
-    if args.json {
-        let json = serde_json::json!({
-            "failed": report.failed.len(),
-            "wire_bytes_sent": report.wire.sent,
-            "wire_bytes_received": report.wire.received,
-            "elapsed_s": started.elapsed().as_secs_f64(),
-        });
-        println!("{json}");
-    }
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
-}
-
-fn push_remote(
-    args: PushArgs,
-    url: RemoteUrl,
-    compression: Compression,
-    state_dir: PathBuf,
-) -> anyhow::Result<ExitCode> {
-    let options = RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir };
-    let runtime = runtime()?;
-    let started = std::time::Instant::now();
-    let report = with_trust(&args, &url, |identity, pin| {
-        runtime.block_on(client::push(&args.src, &url, identity, pin, &options))
-    })?;
-    let summary = &report.summary;
-    if args.json {
-        let json = serde_json::json!({
-            "files_scanned": report.files_scanned,
-            "bytes_scanned": report.bytes_scanned,
-            "files_changed": summary.files_written,
-            "chunks_sent": summary.chunks_received,
-            "bytes_sent": summary.bytes_received,
-            "chunks_delta": summary.chunks_delta,
-            "chunks_reused": summary.chunks_reused,
-            "files_deleted": summary.deleted,
-            "chunks_total": report.chunks_total,
-            "failed": summary.failed,
-            "wire_bytes_sent": report.wire.sent,
-            "wire_bytes_received": report.wire.received,
-            "elapsed_s": started.elapsed().as_secs_f64(),
-        });
-        println!("{json}");
-    } else {
-        eprintln!(
-            "{} files scanned, {} written, {} failed; {} chunk bytes sent; wire {} B up, {} B down",
-            report.files_scanned,
-            summary.files_written,
-            summary.failed,
-            summary.bytes_received,
-            report.wire.sent,
-            report.wire.received
-        );
-    }
-    Ok(if summary.failed > 0 { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+    print_report(&report, args.json)
 }
 
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let options = options(&args)?;
+    let runtime = runtime()?;
+    let report = match args.dest.to_str().and_then(RemoteUrl::parse) {
+        Some(url) => with_trust(&args, &url, |identity, pin| {
+            runtime.block_on(client::push(&args.src, &url, identity, pin, &options))
+        })?,
+        None => runtime
+            .block_on(client::push_embedded(&args.src, &args.dest, &options))
+            .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display()))?,
+    };
+    print_report(&report, args.json)
+}
+
+/// The options shared by push and pull, from their flags.
+fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
     let compression = match args.compress {
         CompressArg::Auto => Compression::Auto,
         CompressArg::Zstd => Compression::Zstd { level: args.zstd_level },
@@ -320,21 +274,34 @@ fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    if let Some(url) = args.dest.to_str().and_then(RemoteUrl::parse) {
-        return push_remote(args, url, compression, state_dir);
-    }
-    let options = PushOptions { delete: args.delete, checksum: args.checksum, compression, state_dir };
-    let stats = push_local(&args.src, &args.dest, &options)
-        .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display()))?;
-    for entry in &stats.skipped {
+    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir })
+}
+
+/// Lists failed entries on stderr, prints the summary (JSON on stdout with
+/// `--json`), and picks the exit code.
+fn print_report(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
+    for entry in &report.failed {
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&stats)?);
+    if json {
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        eprintln!("{}", summary(&stats));
+        eprintln!(
+            "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
+             wire {} B up, {} B down in {:.2} s",
+            report.files_changed,
+            report.files_deleted,
+            report.failed.len(),
+            report.chunks_sent,
+            report.bytes_sent,
+            report.chunks_delta,
+            report.chunks_reused,
+            report.wire_bytes_sent,
+            report.wire_bytes_received,
+            report.elapsed_s
+        );
     }
-    Ok(if stats.is_partial() { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+    Ok(if report.is_partial() { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
 }
 
 fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -351,18 +318,4 @@ fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     });
     println!("{report}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn summary(stats: &Stats) -> String {
-    format!(
-        "{} files scanned ({} bytes), {} changed; sent {} of {} chunks in {} bytes ({} as deltas), reused {} chunks",
-        stats.files_scanned,
-        stats.bytes_scanned,
-        stats.files_changed,
-        stats.chunks_sent,
-        stats.chunks_total,
-        stats.bytes_sent,
-        stats.chunks_delta,
-        stats.chunks_reused
-    )
 }

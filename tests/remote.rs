@@ -2,6 +2,7 @@
 //! process, pinned identities both ways.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
@@ -14,7 +15,7 @@ use xfer::transport::driver::{serve, ServeConfig};
 use xfer::transport::{server_endpoint, Tuning};
 
 use crate::plan_model::{random_edit, random_tree};
-use crate::util::{assert_same_tree, materialize, read_tree};
+use crate::util::{assert_same_tree, materialize, read_tree, seeded};
 
 struct Server {
     id: Identity,
@@ -23,10 +24,14 @@ struct Server {
 }
 
 fn start_server(tmp: &TempDir, allow: Vec<xfer::identity::Fingerprint>) -> Server {
+    start_server_tuned(tmp, allow, Tuning::default())
+}
+
+fn start_server_tuned(tmp: &TempDir, allow: Vec<xfer::identity::Fingerprint>, tuning: Tuning) -> Server {
     let id = Identity::generate().unwrap();
     let root = tmp.path().join("served");
     std::fs::create_dir(&root).unwrap();
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, tuning).unwrap();
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), allow))));
     Server { id, addr, root }
@@ -48,6 +53,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         checksum: false,
         compression: Compression::Auto,
         state_dir: tmp.path().join("client-state"),
+        busy_wait: std::time::Duration::from_secs(10),
     }
 }
 
@@ -132,4 +138,109 @@ async fn remote_push_then_pull_back() {
     let again = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
     assert!(again.wire_bytes_sent + again.wire_bytes_received < 20_000);
     assert_same_tree(&read_tree(&restored), &v1);
+}
+
+/// A UDP relay in front of `server` that forwards both ways until `budget`
+/// bytes went up, then drops everything and sets `cut`: a link that dies
+/// mid-session.
+async fn relay(server: SocketAddr, budget: usize, cut: Arc<AtomicBool>) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(server).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+        let (mut client, mut forwarded) = (None, 0);
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut up) => {
+                    client = Some(from);
+                    forwarded += n;
+                    if forwarded > budget {
+                        cut.store(true, Ordering::SeqCst);
+                    }
+                    if !cut.load(Ordering::SeqCst) {
+                        let _ = back.send(&up[..n]).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut down) => {
+                    if let (Some(to), false) = (client, cut.load(Ordering::SeqCst)) {
+                        let _ = front.send_to(&down[..n], to).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+fn temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".xfer-tmp.")).map(|e| e.path()).collect()
+}
+
+/// The link dies mid-push: the server notices (its idle timeout), commits
+/// the files it had received and verified, leaves no temporary behind and
+/// nothing torn under a final name; the re-push sends exactly the chunks of
+/// the files still missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_push_cut_midway_then_resumed() {
+    const FILES: u64 = 24;
+    const SIZE: usize = 1 << 20;
+    let tmp = TempDir::new().unwrap();
+    let client = Arc::new(Identity::generate().unwrap());
+    let tuning = Tuning { idle_timeout: std::time::Duration::from_secs(1), ..Tuning::default() };
+    let server = start_server_tuned(&tmp, vec![client.fingerprint()], tuning);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(src.join(format!("f{i:02}")), seeded(SIZE, i)).unwrap();
+    }
+    let pin = Some(server.id.fingerprint());
+    let cut = Arc::new(AtomicBool::new(false));
+    let front = relay(server.addr, FILES as usize * SIZE / 2, cut.clone()).await;
+    let cut_url = RemoteUrl { authority: front.to_string(), path: "cut".into() };
+    let first = tokio::spawn({
+        let (src, client, options) = (src.clone(), client.clone(), options(&tmp));
+        async move { push(&src, &cut_url, &client, pin, &options).await }
+    });
+
+    // The link dies halfway through the data.
+    let dest = server.root.join("cut");
+    let started = std::time::Instant::now();
+    while !cut.load(Ordering::SeqCst) {
+        assert!(!first.is_finished(), "the push ended before the cut");
+        assert!(started.elapsed().as_secs() < 60, "the push never got going");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.abort();
+    // The server gives up on the silent client and salvages what it has.
+    while !temporaries(&dest).is_empty() {
+        assert!(started.elapsed().as_secs() < 60, "temporaries left behind");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let mut missing_chunks = 0;
+    let mut committed = 0;
+    for i in 0..FILES {
+        let data = seeded(SIZE, i);
+        match std::fs::read(dest.join(format!("f{i:02}"))) {
+            Ok(held) => {
+                assert!(held == data, "f{i:02} is torn");
+                committed += 1;
+            }
+            Err(_) => missing_chunks += xfer::chunk::digest_bytes(&data).chunks.len() as u64,
+        }
+    }
+    assert!(committed >= 1 && committed < FILES, "{committed} files committed at the cut");
+
+    // Straight to the server this time (the busy lock is gone by now).
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "cut".into() };
+    let again = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    eprintln!("cut after {committed} of {FILES} files; re-push sent {} chunks", again.chunks_sent);
+    assert_eq!(again.files_changed, FILES - committed);
+    assert_eq!(again.chunks_sent, missing_chunks, "the re-push sent chunks the server held");
+    for i in 0..FILES {
+        assert!(std::fs::read(dest.join(format!("f{i:02}"))).unwrap() == seeded(SIZE, i));
+    }
 }

@@ -161,6 +161,16 @@ impl Receiver {
         &self.failed
     }
 
+    /// After a failed session (a cut connection, a peer error): commits the
+    /// files already received and verified, and drops the rest, so the next
+    /// session need not send them again. Every committed file is whole and
+    /// checked; nothing half-built reaches a final name.
+    pub fn salvage(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            let _ = rx.finish();
+        }
+    }
+
     /// What this side applied, once finished.
     pub fn summary(&self) -> Option<&msg::Summary> {
         self.summary.as_ref()

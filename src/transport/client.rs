@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use xfer_protocol::CloseCode;
 
 use thiserror::Error;
 use xfer_protocol::msg::Summary;
@@ -149,6 +151,29 @@ pub struct RemotePush {
     pub compression: Compression,
     /// The sender's state directory (scan cache, memory of receivers).
     pub state_dir: PathBuf,
+    /// How long to keep retrying while another session holds the
+    /// destination (the server answers "busy"); zero fails at once.
+    pub busy_wait: Duration,
+}
+
+/// Retries `attempt` while the server answers busy, for up to `wait`.
+async fn while_busy<T, F: std::future::Future<Output = Result<T, RemoteError>>>(
+    wait: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, RemoteError> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(RemoteError::Session(SessionError::Peer { code: Some(CloseCode::Busy), .. }))
+                if Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Pushes the tree at `src` to `url`, whose server must present `pin`.
@@ -173,24 +198,29 @@ pub async fn push(
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
     let source = scanned.manifest;
-    let (endpoint, connection, server) = connect(url, identity, pin).await?;
+    let (sender, wire, server) = while_busy(options.busy_wait, || async {
+        let (endpoint, connection, server) = connect(url, identity, pin).await?;
+        let memory = memory_file(&options.state_dir, &server, &url.path);
+        let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
+        let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
+        let sender = Sender::new(
+            source.clone(),
+            FileReader::new(src.clone()),
+            encoder,
+            url.path.as_bytes().to_vec(),
+            PlanOptions { delete: options.delete },
+            options.checksum,
+            remembered,
+        );
+        let sender = run_sender(&connection, sender).await;
+        let wire = wire_bytes(&connection);
+        connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        Ok((sender?, wire, server))
+    })
+    .await?;
     let memory = memory_file(&options.state_dir, &server, &url.path);
-    let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
-    let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
-    let sender = Sender::new(
-        source.clone(),
-        FileReader::new(src.clone()),
-        encoder,
-        url.path.as_bytes().to_vec(),
-        PlanOptions { delete: options.delete },
-        options.checksum,
-        remembered,
-    );
-    let sender = run_sender(&connection, sender).await?;
     let summary = sender.summary().copied().unwrap_or_default();
-    let wire = wire_bytes(&connection);
-    connection.close(0u32.into(), b"done");
-    endpoint.wait_idle().await;
     // Remember the receiver's tree only when it now is the source.
     if summary.failed == 0 {
         if let Some(dir) = memory.parent() {
@@ -305,10 +335,11 @@ pub async fn pull(
     .await
     .map_err(|e| RemoteError::Connect { authority: "local store".into(), reason: e.to_string() })??;
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
-    let receiver = super::driver::run_pull(&connection, receiver).await?;
+    let receiver = super::driver::run_pull(&connection, receiver).await;
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
+    let receiver = receiver?;
     let summary = receiver.summary().copied().unwrap_or_default();
     Ok(Report::new(&summary, wire, receiver.failed().to_vec(), started))
 }

@@ -250,10 +250,10 @@ async fn drive_receiver(
     let runtime = tokio::runtime::Handle::current();
     let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
         let mut out = Outgoing::new(out_tx);
-        loop {
+        let mut step = || -> Result<bool, SessionError> {
             out.fill(|| receiver.poll_transmit())?;
             if receiver.is_finished() && out.is_idle() {
-                return Ok(receiver);
+                return Ok(true);
             }
             let wants_control = receiver.wants_input();
             // Chunk data is always read; control messages only while the
@@ -267,6 +267,17 @@ async fn drive_receiver(
             });
             if let Some(message) = input {
                 receiver.handle(message.ok_or_else(closed)?)?;
+            }
+            Ok(false)
+        };
+        loop {
+            match step() {
+                Ok(false) => {}
+                Ok(true) => return Ok(receiver),
+                Err(e) => {
+                    receiver.salvage();
+                    return Err(e);
+                }
             }
         }
     });

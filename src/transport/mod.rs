@@ -33,7 +33,9 @@ pub const STREAM_WINDOW: u32 = 16 << 20;
 /// times over, so several streams can each fill their window.
 pub const CONNECTION_WINDOW: u32 = 64 << 20;
 
-/// A silent peer is dropped after this long (keep-alives run at a third).
+/// A silent peer is dropped after this long (keep-alives run at a third): a
+/// minute rides out a short network outage, and frees the destination of a
+/// client killed mid-push a minute later.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Socket and flow-control settings of an endpoint.
@@ -44,19 +46,22 @@ pub struct Tuning {
     /// Raise stream, connection and send windows to [`STREAM_WINDOW`] and
     /// [`CONNECTION_WINDOW`]; `false` keeps quinn's defaults.
     pub large_windows: bool,
+    /// A silent peer is dropped after this long; a dead client's lock on its
+    /// destination lasts this long.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Tuning {
     /// xfer's settings.
     fn default() -> Self {
-        Tuning { socket_buffer: Some(SOCKET_BUFFER), large_windows: true }
+        Tuning { socket_buffer: Some(SOCKET_BUFFER), large_windows: true, idle_timeout: IDLE_TIMEOUT }
     }
 }
 
 impl Tuning {
     /// quinn's and the kernel's defaults, for comparison.
     pub fn stock() -> Self {
-        Tuning { socket_buffer: None, large_windows: false }
+        Tuning { socket_buffer: None, large_windows: false, idle_timeout: IDLE_TIMEOUT }
     }
 
     fn transport_config(&self) -> Arc<TransportConfig> {
@@ -67,9 +72,10 @@ impl Tuning {
                 .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
                 .send_window(u64::from(CONNECTION_WINDOW));
         }
-        config
-            .keep_alive_interval(Some(IDLE_TIMEOUT / 3))
-            .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("invariant: 60 s fits a QUIC varint")));
+        // Durations beyond a QUIC varint's range fall back to the default.
+        let idle =
+            IdleTimeout::try_from(self.idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));
+        config.keep_alive_interval(Some(self.idle_timeout / 3)).max_idle_timeout(Some(idle));
         Arc::new(config)
     }
 }

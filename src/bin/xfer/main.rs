@@ -113,6 +113,10 @@ struct PushArgs {
     /// Trust an unknown server on first use and pin it.
     #[arg(long)]
     accept_new: bool,
+    /// While another push holds the destination, retry for up to this many
+    /// seconds before giving up (0: fail at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    busy_wait: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,7 +278,8 @@ fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
     let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir })
+    let busy_wait = std::time::Duration::from_secs(args.busy_wait);
+    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

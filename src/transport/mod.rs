@@ -2,6 +2,7 @@
 //! pinned by fingerprint, with socket buffers and flow-control windows sized
 //! for fast and long links. The only module that names quinn.
 
+pub mod access;
 pub mod client;
 pub mod driver;
 mod tls;

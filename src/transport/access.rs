@@ -1,0 +1,546 @@
+//! Which client may do what on `xfer serve`: grants from `--allow` and the
+//! authorized-clients file, checked per request. Pure apart from
+//! [`Access::load`], which only reads the file.
+//!
+//! The file holds one grant per line, `FINGERPRINT PERMISSION [PREFIX]`:
+//!
+//! ```text
+//! # laptop backs up into /laptop, the monitor may only read
+//! xfer:aaaa...  rw  /laptop
+//! xfer:bbbb...  ro            # whole root
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use xfer_protocol::CloseCode;
+
+use crate::identity::Fingerprint;
+
+/// What a grant lets a client do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Pull only.
+    ReadOnly,
+    /// Pull and push.
+    ReadWrite,
+}
+
+impl Permission {
+    /// Whether this permission covers `want`.
+    pub fn covers(self, want: Want) -> bool {
+        match self {
+            Permission::ReadWrite => true,
+            Permission::ReadOnly => want == Want::Read,
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    /// The file's spelling, `rw` or `ro`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Permission::ReadOnly => "ro",
+            Permission::ReadWrite => "rw",
+        })
+    }
+}
+
+/// What a request needs: a pull reads, a push writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Want {
+    /// Pull from the server.
+    Read,
+    /// Push to the server.
+    Write,
+}
+
+/// One client's permission on one subtree of the served root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The client's fingerprint.
+    pub client: Fingerprint,
+    /// What it may do there.
+    pub permission: Permission,
+    /// The subtree, relative to the root, without leading or trailing slash;
+    /// empty for the whole root. Its components are never empty, `.` or `..`.
+    pub prefix: Vec<u8>,
+}
+
+impl Grant {
+    /// Whether `path` (relative, no leading slash) lies inside the prefix,
+    /// comparing whole components: `site` holds `site/x` but not `site2`.
+    fn contains(&self, path: &[u8]) -> bool {
+        if self.prefix.is_empty() {
+            return true;
+        }
+        // Requests arrive as validated relative paths, but a `..` must never
+        // climb out of a prefix even if one slips through.
+        if path.split(|&b| b == b'/').any(|c| c == b"..") {
+            return false;
+        }
+        match path.strip_prefix(self.prefix.as_slice()) {
+            Some(rest) => rest.is_empty() || rest[0] == b'/',
+            None => false,
+        }
+    }
+
+    fn admits(&self, client: &Fingerprint, want: Want, path: &[u8]) -> bool {
+        self.client == *client && self.permission.covers(want) && self.contains(path)
+    }
+}
+
+/// The server's grants: which clients may read or write which subtrees.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    grants: Vec<Grant>,
+}
+
+/// Why a request was refused; the message tells the operator what to change.
+#[derive(Clone, Debug, Error, PartialEq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No grant names the client.
+    #[error(
+        "client {client} is not allowed; on the server add it with --allow {client} \
+         or a line in the authorized-clients file"
+    )]
+    UnknownClient {
+        /// The client's fingerprint.
+        client: Fingerprint,
+    },
+    /// The client may read the path (or nothing it could write) but asked to write.
+    #[error("client {client} may only read; {path} needs read-write")]
+    ReadOnly {
+        /// The client's fingerprint.
+        client: Fingerprint,
+        /// The requested path, with a leading `/`.
+        path: String,
+    },
+    /// The path is outside every prefix granted to the client.
+    #[error("client {client} may not use {path}; it may use: {}", allowed.join(", "))]
+    OutsidePrefix {
+        /// The client's fingerprint.
+        client: Fingerprint,
+        /// The requested path, with a leading `/`.
+        path: String,
+        /// The prefixes it may use for this request, each with a leading `/`.
+        allowed: Vec<String>,
+    },
+}
+
+impl Refusal {
+    /// The close code to send the client.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Refusal::UnknownClient { .. } => CloseCode::Unauthorized,
+            Refusal::ReadOnly { .. } => CloseCode::ReadOnly,
+            Refusal::OutsidePrefix { .. } => CloseCode::OutsideAllowedPath,
+        }
+    }
+}
+
+/// Why the authorized-clients file cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// The file could not be read (or is not UTF-8).
+    #[error("authorized clients {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line does not parse.
+    #[error("authorized clients {origin} line {line}: {problem}")]
+    Line {
+        /// Where the text came from (usually the file's path).
+        origin: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        problem: LineError,
+    },
+}
+
+/// What is wrong with one line of the authorized-clients file.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LineError {
+    /// Only a fingerprint.
+    #[error("missing permission: expected FINGERPRINT rw|ro [PREFIX]")]
+    MissingPermission,
+    /// A word after the prefix.
+    #[error("unexpected {word:?} after the prefix: expected FINGERPRINT rw|ro [PREFIX] (prefixes cannot hold spaces)")]
+    Extra {
+        /// The first extra word.
+        word: String,
+    },
+    /// The first word is not a fingerprint.
+    #[error("{text:?} is not a fingerprint: expected xfer: and 52 base32 characters, as `xfer id` prints")]
+    Fingerprint {
+        /// The word.
+        text: String,
+    },
+    /// The second word is not a permission.
+    #[error("unknown permission {word:?}: use rw or ro")]
+    Permission {
+        /// The word.
+        word: String,
+    },
+    /// The prefix has a `..` component.
+    #[error("prefix {prefix:?} has a \"..\" component: use a path inside the served root")]
+    ParentComponent {
+        /// The prefix as written.
+        prefix: String,
+    },
+    /// The prefix has a `.` component.
+    #[error("prefix {prefix:?} has a \".\" component: write the path without it")]
+    DotComponent {
+        /// The prefix as written.
+        prefix: String,
+    },
+    /// The prefix has an empty component (`a//b`).
+    #[error("prefix {prefix:?} has an empty component: separate names with a single /")]
+    EmptyComponent {
+        /// The prefix as written.
+        prefix: String,
+    },
+    /// The prefix holds a NUL byte.
+    #[error("prefix {prefix:?} contains a NUL byte")]
+    Nul {
+        /// The prefix as written.
+        prefix: String,
+    },
+}
+
+impl Access {
+    /// Read-write on the whole root for each of `fingerprints`: what
+    /// `--allow FINGERPRINT` means.
+    pub fn allow(fingerprints: &[Fingerprint]) -> Access {
+        let grant = |client: &Fingerprint| Grant { client: *client, permission: Permission::ReadWrite, prefix: vec![] };
+        Access { grants: fingerprints.iter().map(grant).collect() }
+    }
+
+    /// Parses an authorized-clients file; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`AccessError::Line`] for the first line that does not parse.
+    pub fn parse(text: &str, origin: &str) -> Result<Access, AccessError> {
+        let mut grants = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let fail = |problem| AccessError::Line { origin: origin.to_string(), line: n + 1, problem };
+            if let Some(grant) = parse_line(line).map_err(fail)? {
+                grants.push(grant);
+            }
+        }
+        Ok(Access { grants })
+    }
+
+    /// Reads and parses the authorized-clients file at `path`.
+    ///
+    /// # Errors
+    /// [`AccessError::Io`] if it cannot be read, [`AccessError::Line`] if a
+    /// line does not parse.
+    pub fn load(path: &Path) -> Result<Access, AccessError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| AccessError::Io { path: path.to_path_buf(), source })?;
+        Access::parse(&text, &path.display().to_string())
+    }
+
+    /// Adds `other`'s grants (for `--allow` together with a file).
+    pub fn extend(&mut self, other: Access) {
+        self.grants.extend(other.grants);
+    }
+
+    /// Whether there is no grant at all, so every client would be refused.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    /// The grants, in the order given.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// Whether any grant names `client`.
+    pub fn knows(&self, client: &Fingerprint) -> bool {
+        self.grants.iter().any(|g| g.client == *client)
+    }
+
+    /// Whether `client` may `want` at `path` (relative to the root, no
+    /// leading slash, empty for the root). Any one admitting grant suffices.
+    ///
+    /// # Errors
+    /// A [`Refusal`] saying what the client lacks.
+    pub fn check(&self, client: &Fingerprint, want: Want, path: &[u8]) -> Result<(), Refusal> {
+        if self.grants.iter().any(|g| g.admits(client, want, path)) {
+            return Ok(());
+        }
+        let mine: Vec<&Grant> = self.grants.iter().filter(|g| g.client == *client).collect();
+        if mine.is_empty() {
+            return Err(Refusal::UnknownClient { client: *client });
+        }
+        let shown = slashed(path);
+        // Inside a prefix yet refused: only the permission can be short.
+        let read_only = || Refusal::ReadOnly { client: *client, path: shown.clone() };
+        if mine.iter().any(|g| g.contains(path)) {
+            return Err(read_only());
+        }
+        let mut allowed: Vec<String> = Vec::new();
+        for grant in mine.iter().filter(|g| g.permission.covers(want)) {
+            let prefix = slashed(&grant.prefix);
+            if !allowed.contains(&prefix) {
+                allowed.push(prefix);
+            }
+        }
+        // No grant would allow a write anywhere: pointing at prefixes that
+        // are read-only as well would only mislead.
+        if allowed.is_empty() {
+            return Err(read_only());
+        }
+        Err(Refusal::OutsidePrefix { client: *client, path: shown, allowed })
+    }
+}
+
+/// `path` for messages: with a leading `/`, so the root shows as `/`.
+fn slashed(path: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(path))
+}
+
+/// One line: `None` for a blank or comment line.
+fn parse_line(line: &str) -> Result<Option<Grant>, LineError> {
+    // A `#` starting a word opens a comment, whole-line or trailing; inside
+    // a word it is part of a name (`site#2`).
+    let mut words = line.split_whitespace().take_while(|w| !w.starts_with('#'));
+    let Some(first) = words.next() else {
+        return Ok(None);
+    };
+    let client = first.parse::<Fingerprint>().map_err(|_| LineError::Fingerprint { text: first.to_string() })?;
+    let permission = match words.next() {
+        None => return Err(LineError::MissingPermission),
+        Some("rw" | "read-write") => Permission::ReadWrite,
+        Some("ro" | "read-only") => Permission::ReadOnly,
+        Some(word) => return Err(LineError::Permission { word: word.to_string() }),
+    };
+    let prefix = match words.next() {
+        None => Vec::new(),
+        Some(word) => parse_prefix(word)?,
+    };
+    if let Some(word) = words.next() {
+        return Err(LineError::Extra { word: word.to_string() });
+    }
+    Ok(Some(Grant { client, permission, prefix }))
+}
+
+/// A prefix as written to its stored form (no leading or trailing slash).
+fn parse_prefix(word: &str) -> Result<Vec<u8>, LineError> {
+    let prefix = || word.to_string();
+    if word.contains('\0') {
+        return Err(LineError::Nul { prefix: prefix() });
+    }
+    let inner = word.strip_prefix('/').unwrap_or(word);
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if inner.is_empty() {
+        return Ok(Vec::new());
+    }
+    for component in inner.split('/') {
+        match component {
+            "" => return Err(LineError::EmptyComponent { prefix: prefix() }),
+            "." => return Err(LineError::DotComponent { prefix: prefix() }),
+            ".." => return Err(LineError::ParentComponent { prefix: prefix() }),
+            _ => {}
+        }
+    }
+    Ok(inner.as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(n: u8) -> Fingerprint {
+        Fingerprint([n; 32])
+    }
+
+    fn line_error(text: &str) -> (usize, LineError) {
+        match Access::parse(text, "clients").unwrap_err() {
+            AccessError::Line { origin, line, problem } => {
+                assert_eq!(origin, "clients");
+                (line, problem)
+            }
+            other => panic!("not a line error: {other}"),
+        }
+    }
+
+    #[test]
+    fn parse_reads_grants_comments_and_both_spellings() {
+        let text = format!(
+            "# authorized clients\n\
+             \n\
+             {a} rw\n   \t\n\
+             {b} ro /site/   # the monitor\n\
+             {a} read-only site/logs\n\
+             {b} read-write / \n\
+             {c} rw site#2\n\
+             {c} ro #no prefix\n",
+            a = fp(1),
+            b = fp(2),
+            c = fp(3)
+        );
+        let access = Access::parse(&text, "clients").unwrap();
+        let grant = |client, permission, prefix: &str| Grant { client, permission, prefix: prefix.as_bytes().to_vec() };
+        assert_eq!(
+            access.grants(),
+            [
+                grant(fp(1), Permission::ReadWrite, ""),
+                grant(fp(2), Permission::ReadOnly, "site"),
+                grant(fp(1), Permission::ReadOnly, "site/logs"),
+                grant(fp(2), Permission::ReadWrite, ""),
+                grant(fp(3), Permission::ReadWrite, "site#2"),
+                grant(fp(3), Permission::ReadOnly, ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_accepts_fingerprint_without_scheme_and_empty_text() {
+        let bare = fp(7).to_string().trim_start_matches("xfer:").to_uppercase();
+        let access = Access::parse(&format!("{bare} rw\n"), "x").unwrap();
+        assert!(access.knows(&fp(7)));
+        let empty = Access::parse("# nothing\n\n", "x").unwrap();
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn parse_errors_name_origin_line_and_problem() {
+        let good = format!("{} rw\n", fp(1));
+        let cases: Vec<(String, LineError)> = vec![
+            (format!("{}\n", fp(2)), LineError::MissingPermission),
+            (format!("{} # rw\n", fp(2)), LineError::MissingPermission),
+            (format!("{} rx\n", fp(2)), LineError::Permission { word: "rx".into() }),
+            ("xfer:abc rw\n".to_string(), LineError::Fingerprint { text: "xfer:abc".into() }),
+            (format!("{} rw a b\n", fp(2)), LineError::Extra { word: "b".into() }),
+            (format!("{} rw a/../b\n", fp(2)), LineError::ParentComponent { prefix: "a/../b".into() }),
+            (format!("{} rw ..\n", fp(2)), LineError::ParentComponent { prefix: "..".into() }),
+            (format!("{} rw ./a\n", fp(2)), LineError::DotComponent { prefix: "./a".into() }),
+            (format!("{} rw a//b\n", fp(2)), LineError::EmptyComponent { prefix: "a//b".into() }),
+            (format!("{} rw //a\n", fp(2)), LineError::EmptyComponent { prefix: "//a".into() }),
+            (format!("{} rw a\0b\n", fp(2)), LineError::Nul { prefix: "a\0b".into() }),
+        ];
+        for (bad, want) in cases {
+            // Two good lines and a comment first, so the error is on line 4.
+            let text = format!("{good}# comment\n{good}{bad}{good}");
+            assert_eq!(line_error(&text), (4, want), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parse_error_message_says_what_is_expected() {
+        let text = format!("# clients\n\n{} rx\n", fp(1));
+        let err = Access::parse(&text, "/etc/xfer/clients").unwrap_err().to_string();
+        assert_eq!(err, "authorized clients /etc/xfer/clients line 3: unknown permission \"rx\": use rw or ro");
+    }
+
+    #[test]
+    fn load_names_the_path_and_parses_the_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("clients");
+        let err = Access::load(&path).unwrap_err();
+        assert!(matches!(err, AccessError::Io { .. }));
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, format!("{} ro\nnonsense rw\n", fp(1))).unwrap();
+        let err = Access::load(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} line 2:", path.display())), "{err}");
+        std::fs::write(&path, format!("{} ro\n", fp(1))).unwrap();
+        assert!(Access::load(&path).unwrap().knows(&fp(1)));
+    }
+
+    #[test]
+    fn check_matches_prefixes_by_component() {
+        let access = Access::parse(&format!("{} rw /site\n", fp(1)), "x").unwrap();
+        let check = |path: &str| access.check(&fp(1), Want::Write, path.as_bytes());
+        assert_eq!(check("site"), Ok(()));
+        assert_eq!(check("site/x"), Ok(()));
+        assert_eq!(check("site/x/y"), Ok(()));
+        let outside =
+            |path: &str| Refusal::OutsidePrefix { client: fp(1), path: path.into(), allowed: vec!["/site".into()] };
+        assert_eq!(check("site2"), Err(outside("/site2")));
+        assert_eq!(check("sit"), Err(outside("/sit")));
+        assert_eq!(check(""), Err(outside("/")));
+        assert_eq!(check("other/site"), Err(outside("/other/site")));
+        assert_eq!(check("site/../etc"), Err(outside("/site/../etc")));
+        assert_eq!(check("site2").unwrap_err().close_code(), CloseCode::OutsideAllowedPath);
+    }
+
+    #[test]
+    fn check_read_only_refuses_write_but_allows_read() {
+        let access = Access::parse(&format!("{} ro site\n", fp(1)), "x").unwrap();
+        assert_eq!(access.check(&fp(1), Want::Read, b"site/a"), Ok(()));
+        let refusal = access.check(&fp(1), Want::Write, b"site/a").unwrap_err();
+        assert_eq!(refusal, Refusal::ReadOnly { client: fp(1), path: "/site/a".into() });
+        assert_eq!(refusal.close_code(), CloseCode::ReadOnly);
+        assert_eq!(refusal.to_string(), format!("client {} may only read; /site/a needs read-write", fp(1)));
+        // Writing outside too: with no writable prefix at all, the lack of
+        // write permission is the thing to report.
+        let refusal = access.check(&fp(1), Want::Write, b"elsewhere").unwrap_err();
+        assert_eq!(refusal, Refusal::ReadOnly { client: fp(1), path: "/elsewhere".into() });
+    }
+
+    #[test]
+    fn check_refuses_unknown_client_with_the_command() {
+        let access = Access::allow(&[fp(1)]);
+        let refusal = access.check(&fp(9), Want::Read, b"").unwrap_err();
+        assert_eq!(refusal, Refusal::UnknownClient { client: fp(9) });
+        assert_eq!(refusal.close_code(), CloseCode::Unauthorized);
+        let message = refusal.to_string();
+        assert!(message.contains(&format!("--allow {}", fp(9))), "{message}");
+        assert!(message.contains("authorized-clients file"), "{message}");
+        assert!(!access.knows(&fp(9)));
+        assert!(Access::default().check(&fp(1), Want::Read, b"").is_err());
+    }
+
+    #[test]
+    fn check_any_admitting_grant_wins() {
+        let text = format!("{c} ro /\n{c} rw /inbox\n{c} rw logs/\n{c} rw /inbox\n", c = fp(1));
+        let access = Access::parse(&text, "x").unwrap();
+        assert_eq!(access.check(&fp(1), Want::Read, b"anything/at/all"), Ok(()));
+        assert_eq!(access.check(&fp(1), Want::Write, b"inbox/new"), Ok(()));
+        assert_eq!(access.check(&fp(1), Want::Write, b"logs"), Ok(()));
+        // The whole root is readable, so a write elsewhere lacks permission.
+        assert!(matches!(access.check(&fp(1), Want::Write, b"etc"), Err(Refusal::ReadOnly { .. })));
+
+        let text = format!("{c} ro docs\n{c} rw inbox\n{c} rw logs\n{c} rw inbox\n", c = fp(1));
+        let access = Access::parse(&text, "x").unwrap();
+        let refusal = access.check(&fp(1), Want::Write, b"etc").unwrap_err();
+        let allowed = vec!["/inbox".to_string(), "/logs".to_string()];
+        assert_eq!(refusal, Refusal::OutsidePrefix { client: fp(1), path: "/etc".into(), allowed });
+        assert_eq!(refusal.to_string(), format!("client {} may not use /etc; it may use: /inbox, /logs", fp(1)));
+        // Reads list every prefix, read-only ones included.
+        let refusal = access.check(&fp(1), Want::Read, b"etc").unwrap_err();
+        let allowed = vec!["/docs".to_string(), "/inbox".to_string(), "/logs".to_string()];
+        assert_eq!(refusal, Refusal::OutsidePrefix { client: fp(1), path: "/etc".into(), allowed });
+        // Another client's grants do not help.
+        let mut access = access;
+        access.extend(Access::allow(&[fp(2)]));
+        assert!(access.check(&fp(1), Want::Write, b"etc").is_err());
+        assert_eq!(access.check(&fp(2), Want::Write, b"etc"), Ok(()));
+    }
+
+    #[test]
+    fn allow_admits_everything_for_listed_fingerprints() {
+        let access = Access::allow(&[fp(1), fp(2)]);
+        assert!(!access.is_empty() && access.knows(&fp(1)) && access.knows(&fp(2)));
+        for client in [fp(1), fp(2)] {
+            for want in [Want::Read, Want::Write] {
+                for path in ["", "a", "a/b/c", "..hidden"] {
+                    assert_eq!(access.check(&client, want, path.as_bytes()), Ok(()), "{client} {want:?} {path}");
+                }
+            }
+        }
+        assert!(Access::allow(&[]).is_empty());
+    }
+}

@@ -33,8 +33,9 @@ pub enum SessionError {
     /// The peer sent something malformed or inconsistent.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The peer closed the session with an error.
-    #[error("peer refused ({code:?}): {message}")]
+    /// The session was refused or closed with an error, by the peer or by
+    /// this side for the peer to see; the message says why and what to do.
+    #[error("{message}")]
     Peer {
         /// The peer's close code.
         code: Option<CloseCode>,

@@ -272,7 +272,11 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         .map_err(|e| crate::Error::io("embedded server", e))?;
     let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
-    let config = ServeConfig { root: dest, allow: vec![identity.fingerprint()], state: ServerState::Outside(state) };
+    let config = ServeConfig {
+        root: dest,
+        access: super::access::Access::allow(&[identity.fingerprint()]),
+        state: ServerState::Outside(state),
+    };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
     let result = push(&src, &url, &identity, Some(identity.fingerprint()), options).await;

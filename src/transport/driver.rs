@@ -8,10 +8,11 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use xfer_protocol::{frame, CloseCode, Message};
 
+use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
@@ -33,16 +34,16 @@ pub const SERVER_STATE_DIR: &str = ".xfer";
 pub struct ServeConfig {
     /// The directory whose subdirectories clients push into.
     pub root: PathBuf,
-    /// Client fingerprints admitted.
-    pub allow: Vec<Fingerprint>,
+    /// Who may read and write where.
+    pub access: Access,
     /// Where the state of each served tree is kept.
     pub state: ServerState,
 }
 
 impl ServeConfig {
-    /// Serves `root` to the clients `allow`, keeping state in `ROOT/.xfer`.
-    pub fn new(root: PathBuf, allow: Vec<Fingerprint>) -> Self {
-        ServeConfig { root, allow, state: ServerState::InRoot }
+    /// Serves `root` as `access` allows, keeping state in `ROOT/.xfer`.
+    pub fn new(root: PathBuf, access: Access) -> Self {
+        ServeConfig { root, access, state: ServerState::InRoot }
     }
 
     /// The state database of the tree at `path`, and whether the root's
@@ -201,11 +202,12 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     let writer = tokio::spawn(write_frames(send, ctrl_rx));
     let data_writer = tokio::spawn(write_data(data_streams, data_rx));
     let runtime = tokio::runtime::Handle::current();
+    let conn = connection.clone();
     let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
         // Never block on an outgoing queue while input waits: the receiver
         // may need an answer to a NeedChunk before it reads more.
-        let mut ctrl = Outgoing::new(ctrl_tx);
-        let mut data = Outgoing::new(data_tx);
+        let mut ctrl = Outgoing::new(ctrl_tx, conn.clone());
+        let mut data = Outgoing::new(data_tx, conn.clone());
         loop {
             ctrl.fill(|| sender.poll_transmit())?;
             data.fill(|| sender.poll_data())?;
@@ -220,7 +222,7 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
                 }
             });
             if let Some(message) = input {
-                sender.handle(message.ok_or_else(closed)?)?;
+                sender.handle(message.ok_or_else(|| ended(&conn))?)?;
             }
         }
     });
@@ -248,8 +250,9 @@ async fn drive_receiver(
         }
     });
     let runtime = tokio::runtime::Handle::current();
+    let conn = connection.clone();
     let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
-        let mut out = Outgoing::new(out_tx);
+        let mut out = Outgoing::new(out_tx, conn.clone());
         let mut step = || -> Result<bool, SessionError> {
             out.fill(|| receiver.poll_transmit())?;
             if receiver.is_finished() && out.is_idle() {
@@ -266,7 +269,7 @@ async fn drive_receiver(
                 }
             });
             if let Some(message) = input {
-                receiver.handle(message.ok_or_else(closed)?)?;
+                receiver.handle(message.ok_or_else(|| ended(&conn))?)?;
             }
             Ok(false)
         };
@@ -303,11 +306,13 @@ pub async fn run_pull(connection: &Connection, receiver: Receiver) -> Result<Rec
 struct Outgoing {
     tx: mpsc::Sender<Message>,
     held: Option<Message>,
+    /// To tell why, when the channel's writer is gone.
+    connection: Connection,
 }
 
 impl Outgoing {
-    fn new(tx: mpsc::Sender<Message>) -> Self {
-        Outgoing { tx, held: None }
+    fn new(tx: mpsc::Sender<Message>, connection: Connection) -> Self {
+        Outgoing { tx, held: None, connection }
     }
 
     /// Moves messages from `next` into the channel while it has room.
@@ -320,7 +325,7 @@ impl Outgoing {
                     self.held = Some(message);
                     return Ok(());
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(ended(&self.connection)),
             }
         }
     }
@@ -343,8 +348,17 @@ impl Outgoing {
     }
 }
 
-fn closed() -> SessionError {
-    SessionError::Peer { code: None, message: "the connection closed before the session ended".into() }
+/// Why the session could not go on: the connection's close, with the
+/// peer's code and reason when it gave them.
+fn ended(connection: &Connection) -> SessionError {
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            let code = u32::try_from(close.error_code.into_inner()).ok().and_then(CloseCode::from_u32);
+            SessionError::Peer { code, message: String::from_utf8_lossy(&close.reason).into_owned() }
+        }
+        Some(reason) => SessionError::Peer { code: None, message: format!("the connection failed: {reason}") },
+        None => SessionError::Peer { code: None, message: "the connection closed before the session ended".into() },
+    }
 }
 
 /// Serves connections from `endpoint` until it is closed.
@@ -352,48 +366,98 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
     while let Some(incoming) = endpoint.accept().await {
         let config = config.clone();
         tokio::spawn(async move {
-            if let Ok(connection) = incoming.await {
-                let _ = serve_connection(connection, config).await;
+            let Ok(connection) = incoming.await else { return };
+            let (from, client) = (connection.remote_address(), peer_fingerprint(&connection));
+            let client = client.map_or_else(|| "unknown".to_string(), |fp| fp.to_string());
+            let started = std::time::Instant::now();
+            match serve_connection(connection, config).await {
+                Ok(()) => {
+                    tracing::info!(%from, %client, elapsed_s = started.elapsed().as_secs_f64(), "session done");
+                }
+                Err(e) => {
+                    let code = e.close_code() as u32;
+                    tracing::warn!(%from, %client, code, error = %e, "session refused or failed");
+                }
             }
         });
     }
 }
 
-/// Runs one client's session on the server.
+/// Runs one client's session on the server, then closes the connection:
+/// with the error's close code and message when it failed, so the client
+/// can say why.
 ///
 /// # Errors
-/// The session's failure (already reported to the client).
+/// The session's failure (also sent to the client).
 pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) -> Result<(), SessionError> {
-    let Some(client) = peer_fingerprint(&connection).filter(|fp| config.allow.contains(fp)) else {
-        let who = peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string());
-        let reason = format!("client {who} is not allowed; on the server run: xfer serve --allow {who} ...");
-        connection.close((CloseCode::Unauthorized as u32).into(), reason.as_bytes());
-        return Err(SessionError::Peer { code: Some(CloseCode::Unauthorized), message: reason });
+    let client = peer_fingerprint(&connection);
+    let result = serve_session(&connection, &config, client).await;
+    match &result {
+        // The client closes the connection once it has what it needs.
+        Ok(()) => {
+            connection.closed().await;
+        }
+        Err(e) => {
+            let mut reason = e.to_string();
+            while reason.len() > MAX_CLOSE_REASON {
+                reason.pop();
+            }
+            connection.close(VarInt::from_u32(e.close_code() as u32), reason.as_bytes());
+        }
+    }
+    result
+}
+
+/// Longest close reason sent: it must fit one packet with room to spare.
+const MAX_CLOSE_REASON: usize = 512;
+
+async fn serve_session(
+    connection: &Connection,
+    config: &Arc<ServeConfig>,
+    client: Option<Fingerprint>,
+) -> Result<(), SessionError> {
+    // Refused before a stream is read, let alone a file touched.
+    let client = match client {
+        Some(fp) if config.access.knows(&fp) => fp,
+        other => {
+            let refusal = Refusal::UnknownClient { client: other.unwrap_or(Fingerprint([0; 32])) };
+            return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
+        }
     };
-    let _ = client;
     let (send, recv) = connection.accept_bi().await.map_err(net)?;
     let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = tokio::spawn(read_frames(recv, ctrl_in_tx));
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, ctrl_in_tx)));
     // Hello and Open decide which side of a session this server plays.
     let (Some(hello), Some(Message::Open(open))) = (ctrl_in.recv().await, ctrl_in.recv().await) else {
-        reader.abort();
         return Err(SessionError::Protocol("expected Hello and Open".into()));
     };
-    let result = if open.direction == xfer_protocol::msg::Direction::Pull {
-        serve_pull(&connection, send, ctrl_in, &config, open).await
+    let want = match open.direction {
+        xfer_protocol::msg::Direction::Pull => Want::Read,
+        xfer_protocol::msg::Direction::Push => Want::Write,
+    };
+    if let Err(refusal) = config.access.check(&client, want, &open.path) {
+        return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
+    }
+    let result = if want == Want::Read {
+        serve_pull(connection, send, ctrl_in, config, open).await
     } else {
         let opener = config.clone();
         let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
         receiver.handle(hello)?;
         receiver.handle(Message::Open(open))?;
-        drive_receiver(&connection, send, ctrl_in, receiver).await.map(|_| ())
+        drive_receiver(connection, send, ctrl_in, receiver).await.map(|_| ())
     };
-    // The client closes the connection once it has what it needs.
-    if result.is_ok() {
-        connection.closed().await;
-    }
-    reader.abort();
+    drop(reader);
     result
+}
+
+/// A task aborted when its handle goes out of scope.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves a pull: scans the requested tree and sends it.

@@ -10,6 +10,7 @@ use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
 use xfer::transport;
+use xfer::transport::access::Access;
 use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 
 /// Exit code when some entries were skipped or failed and the rest committed.
@@ -39,7 +40,10 @@ Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries failed, the rest c
     /// Serve a directory: admitted clients push into paths below it.
     #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
-Its state lives in ROOT/.xfer, which clients can never write.")]
+Its state lives in ROOT/.xfer, which clients can never write.\n\n\
+An authorized-clients file grants per client and path prefix:\n  \
+xfer:aaaa...  rw  /laptop     # push and pull below /laptop\n  \
+xfer:bbbb...  ro              # pull anything")]
     Serve {
         /// The directory to serve.
         #[arg(long)]
@@ -47,9 +51,13 @@ Its state lives in ROOT/.xfer, which clients can never write.")]
         /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
-        /// A client fingerprint to admit (repeatable); see `xfer id` on the client.
+        /// A client fingerprint to admit, read-write on the whole root
+        /// (repeatable); see `xfer id` on the client.
         #[arg(long = "allow", value_name = "FINGERPRINT")]
         allow: Vec<String>,
+        /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
+        #[arg(long, value_name = "FILE")]
+        authorized_clients: Option<PathBuf>,
         /// Where the server's identity is kept.
         #[arg(long, env = "XFER_CONFIG_DIR")]
         config_dir: Option<PathBuf>,
@@ -142,7 +150,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args),
         Command::Pull(args) => pull(args),
-        Command::Serve { root, listen, allow, config_dir } => serve(root, listen, &allow, config_dir),
+        Command::Serve { root, listen, allow, authorized_clients, config_dir } => {
+            serve(root, listen, &allow, authorized_clients.as_deref(), config_dir)
+        }
         Command::Trust { authority, fingerprint, config_dir } => {
             let fingerprint: Fingerprint = fingerprint.parse()?;
             let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
@@ -176,21 +186,31 @@ fn serve(
     root: PathBuf,
     listen: std::net::SocketAddr,
     allow: &[String],
+    authorized_clients: Option<&std::path::Path>,
     config_dir: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
     let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
-    if allow.is_empty() {
-        bail!("no client is allowed: pass --allow FINGERPRINT (run `xfer id` on the client to get it)");
+    let mut access = Access::allow(&allow);
+    if let Some(file) = authorized_clients {
+        access.extend(Access::load(file)?);
+    }
+    if access.is_empty() {
+        bail!(
+            "no client is allowed: pass --allow FINGERPRINT or --authorized-clients FILE \
+             (run `xfer id` on the client to get its fingerprint)"
+        );
     }
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    // Session records on stderr, one line each, for the operator's log.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let runtime = runtime()?;
     runtime.block_on(async {
         let endpoint = transport::server_endpoint(listen, &identity, transport::Tuning::default())
             .with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        let config = std::sync::Arc::new(transport::driver::ServeConfig::new(root, allow));
+        let config = std::sync::Arc::new(transport::driver::ServeConfig::new(root, access));
         tokio::select! {
             () = transport::driver::serve(endpoint.clone(), config) => {}
             _ = tokio::signal::ctrl_c() => {

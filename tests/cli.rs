@@ -82,25 +82,29 @@ fn cli_id_is_stable() {
     assert_eq!(run(), first);
 }
 
-/// `xfer serve` and `xfer push xfer://...` as separate processes over
-/// loopback: unknown server refused with the command to trust it, then
-/// trusted on first use, then pinned.
-#[test]
-fn cli_remote_push_with_trust_on_first_use() {
+/// An `xfer serve` process on loopback that admits the client whose config
+/// dir is `client_cfg`.
+struct Served {
+    server: std::process::Child,
+    addr: String,
+    server_fp: String,
+    client_cfg: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+fn serve(tmp: &TempDir) -> Served {
     use std::io::{BufRead, BufReader};
     use std::process::{Command as Process, Stdio};
 
-    let tmp = TempDir::new().unwrap();
     let (client_cfg, server_cfg) = (tmp.path().join("client-cfg"), tmp.path().join("server-cfg"));
     let id = xfer(tmp.path()).args(["id", "--config-dir"]).arg(&client_cfg).output().unwrap();
     let client_fp = String::from_utf8(id.stdout).unwrap().trim().to_string();
-
-    let served = tmp.path().join("served");
+    let root = tmp.path().join("served");
     let mut server = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
         .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client_fp, "--config-dir"])
         .arg(&server_cfg)
         .arg("--root")
-        .arg(&served)
+        .arg(&root)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -108,8 +112,80 @@ fn cli_remote_push_with_trust_on_first_use() {
     BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
     // "xfer: serving ROOT on ADDR as FINGERPRINT"
     let words: Vec<&str> = line.split_whitespace().collect();
-    let (addr, server_fp) = (words[words.len() - 3], words[words.len() - 1]);
+    let (addr, server_fp) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+    Served { server, addr, server_fp, client_cfg, root }
+}
 
+/// Peak resident memory of a running process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A 2 GiB file pushed to a server process and pulled back into an empty
+/// directory: identical, and no process's memory grows with the file.
+#[test]
+fn cli_two_gib_file_round_trips_in_flat_memory() {
+    use std::io::{Read, Write};
+    const SIZE: usize = 2 << 30;
+    const BLOCK: usize = 8 << 20;
+    // 512 MiB measured 71/76/76 MiB (push, pull, server), 2 GiB 79/83/83.
+    const MEMORY_LIMIT: u64 = 100 << 20;
+
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut file = std::io::BufWriter::new(fs::File::create(src.join("big")).unwrap());
+    for block in 0..SIZE / BLOCK {
+        file.write_all(&seeded(BLOCK, block as u64)).unwrap();
+    }
+    file.into_inner().unwrap().sync_all().unwrap();
+
+    let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
+    let url = format!("xfer://{addr}/big");
+    let run = |command: &str, from: &std::path::Path, to: &str| {
+        let out = xfer(&tmp.path().join("state"))
+            .args([command, "--json", "--server-fingerprint", &server_fp, "--config-dir"])
+            .arg(&client_cfg)
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let pushed = run("push", &src, &url);
+    let restored = tmp.path().join("restored");
+    let pulled = run("pull", std::path::Path::new(&url), restored.to_str().unwrap());
+    let server_peak = peak_rss(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let peaks = (pushed["peak_rss_bytes"].as_u64().unwrap(), pulled["peak_rss_bytes"].as_u64().unwrap(), server_peak);
+    eprintln!("peak RSS (MiB): push {}, pull {}, server {}", peaks.0 >> 20, peaks.1 >> 20, peaks.2 >> 20);
+    assert!(peaks.0 < MEMORY_LIMIT && peaks.1 < MEMORY_LIMIT && peaks.2 < MEMORY_LIMIT, "{peaks:?}");
+    assert_eq!(pushed["bytes_scanned"], SIZE);
+    assert_eq!(pulled["files_changed"], 1);
+    for copy in [root.join("big/big"), restored.join("big")] {
+        let (mut a, mut b) = (fs::File::open(src.join("big")).unwrap(), fs::File::open(&copy).unwrap());
+        let (mut x, mut y) = (vec![0; BLOCK], vec![0; BLOCK]);
+        for _ in 0..SIZE / BLOCK {
+            a.read_exact(&mut x).unwrap();
+            b.read_exact(&mut y).unwrap();
+            assert!(x == y, "{} differs", copy.display());
+        }
+        assert_eq!(b.read(&mut y).unwrap(), 0, "{} is longer", copy.display());
+    }
+}
+
+/// `xfer serve` and `xfer push xfer://...` as separate processes over
+/// loopback: unknown server refused with the command to trust it, then
+/// trusted on first use, then pinned.
+#[test]
+fn cli_remote_push_with_trust_on_first_use() {
+    let tmp = TempDir::new().unwrap();
+    let Served { mut server, addr, server_fp, client_cfg, root: served } = serve(&tmp);
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("a"), seeded(200_000, 5)).unwrap();

@@ -12,7 +12,9 @@
 mod receiver;
 mod sender;
 
-pub use receiver::{OpenRequest, Receiver, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_OPS};
+pub use receiver::{
+    OpenRequest, Receiver, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES, MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_OPS,
+};
 pub use sender::{ChunkReader, FileReader, Sender};
 
 use thiserror::Error;

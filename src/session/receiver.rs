@@ -19,6 +19,11 @@ use crate::wire;
 /// and both sides' memory, whatever the size of a file or a tree.
 pub const MAX_OUTSTANDING_CHUNKS: usize = 256;
 
+/// Bytes of chunks asked for and not yet received: chunk sizes grow with
+/// file size (up to 4 MiB), so a count alone would let memory grow with
+/// it. 32 MiB in flight covers a 1 Gbit/s link at 100 ms (12.5 MB) twice.
+pub const MAX_OUTSTANDING_BYTES: u64 = 32 << 20;
+
 /// Files being rebuilt at once.
 pub const MAX_FILES_IN_FLIGHT: usize = 64;
 
@@ -55,11 +60,13 @@ enum Queued {
 
 struct FileNeeds {
     path: RelPath,
-    /// Chunk index -> (need number, whether a base was offered), for the
-    /// needs not yet stored.
-    open: HashMap<u32, (usize, bool)>,
+    /// Chunk index -> (need number, whether a base was offered, chunk
+    /// length), for the needs not yet stored.
+    open: HashMap<u32, (usize, bool, u64)>,
     /// Needs asked for and not yet answered.
     outstanding: usize,
+    /// Their decoded bytes.
+    outstanding_bytes: u64,
     /// Needs still waiting in `to_ask`.
     unasked: usize,
 }
@@ -78,6 +85,7 @@ pub struct Receiver {
     files: HashMap<u32, FileNeeds>,
     abandoned: HashSet<u32>,
     outstanding: usize,
+    outstanding_bytes: u64,
     done: bool,
     counts: Counts,
     failed: Vec<FailedEntry>,
@@ -108,6 +116,7 @@ impl Receiver {
             files: HashMap::new(),
             abandoned: HashSet::new(),
             outstanding: 0,
+            outstanding_bytes: 0,
             done: false,
             counts: Counts::default(),
             failed: Vec::new(),
@@ -397,18 +406,23 @@ impl Receiver {
                 None => break,
             }
         }
-        while self.outstanding < MAX_OUTSTANDING_CHUNKS {
+        while self.outstanding < MAX_OUTSTANDING_CHUNKS
+            && (self.outstanding == 0 || self.outstanding_bytes < MAX_OUTSTANDING_BYTES)
+        {
             let Some((file, need)) = self.to_ask.pop_front() else { break };
             if self.abandoned.contains(&file) {
                 continue;
             }
             let offered = need.signature.is_some();
+            let len = u64::from(need.chunk.len);
             if let Some(f) = self.files.get_mut(&file) {
-                f.open.insert(need.index as u32, (need.need, offered));
+                f.open.insert(need.index as u32, (need.need, offered, len));
                 f.outstanding += 1;
+                f.outstanding_bytes += len;
                 f.unasked -= 1;
             }
             self.outstanding += 1;
+            self.outstanding_bytes += len;
             self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
                 file,
                 index: need.index as u32,
@@ -434,7 +448,10 @@ impl Receiver {
             }
             Err(e) => return Err(e.into()),
         };
-        self.files.insert(file, FileNeeds { path, open: HashMap::new(), outstanding: 0, unasked: needs.len() });
+        self.files.insert(
+            file,
+            FileNeeds { path, open: HashMap::new(), outstanding: 0, outstanding_bytes: 0, unasked: needs.len() },
+        );
         if needs.is_empty() {
             return self.complete(file);
         }
@@ -449,7 +466,7 @@ impl Receiver {
         let Some(f) = self.files.get_mut(&data.file) else {
             return Err(protocol(format!("chunk for file {} that is not being received", data.file)));
         };
-        let Some(&(need, offered)) = f.open.get(&data.index) else {
+        let Some(&(need, offered, len)) = f.open.get(&data.index) else {
             return Err(protocol(format!("chunk {} of file {} was not asked for", data.index, data.file)));
         };
         let codec = Codec::try_from(data.codec).map_err(protocol)?;
@@ -460,7 +477,9 @@ impl Receiver {
                 let f = self.files.get_mut(&data.file).expect("invariant: looked up above");
                 f.open.remove(&data.index);
                 f.outstanding -= 1;
+                f.outstanding_bytes -= len;
                 self.outstanding -= 1;
+                self.outstanding_bytes -= len;
                 // Counted, not searched: to_ask can hold many thousands.
                 if f.open.is_empty() && f.unasked == 0 {
                     self.complete(data.file)?;
@@ -487,7 +506,7 @@ impl Receiver {
             .files
             .get(&refine.file)
             .and_then(|f| f.open.get(&refine.index))
-            .map(|&(need, _)| need)
+            .map(|&(need, ..)| need)
             .ok_or_else(|| protocol("refinement for a chunk not asked for"))?;
         let fine = self.receiving()?.fine_signatures(refine.file, need, &refine.ranges).unwrap_or_default();
         self.outbox.push_back(Message::FineSignatures(msg::FineSignatures {
@@ -516,6 +535,7 @@ impl Receiver {
     fn abandon(&mut self, file: u32, reason: &crate::Error) {
         if let Some(f) = self.files.remove(&file) {
             self.outstanding -= f.outstanding;
+            self.outstanding_bytes -= f.outstanding_bytes;
             self.failed.push(FailedEntry { path: f.path.to_string(), error: reason.to_string() });
         }
         self.abandoned.insert(file);

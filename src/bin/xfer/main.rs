@@ -309,7 +309,11 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
     if json {
-        println!("{}", serde_json::to_string(report)?);
+        let mut value = serde_json::to_value(report)?;
+        if let (Some(peak), Some(object)) = (peak_rss_bytes(), value.as_object_mut()) {
+            object.insert("peak_rss_bytes".into(), peak.into());
+        }
+        println!("{value}");
     } else {
         eprintln!(
             "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
@@ -343,4 +347,12 @@ fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     });
     println!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// This process's peak resident memory so far (Linux's VmHWM), for reports.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

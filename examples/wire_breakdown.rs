@@ -51,9 +51,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         false,
         remembered,
     );
-    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
-        MirrorStore::open(&dest, &state).map_err(SessionError::from)
-    }));
+    let mut receiver =
+        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
     let mut tally = Tally::new();
     loop {
         let mut progressed = false;

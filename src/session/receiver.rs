@@ -502,6 +502,12 @@ impl Receiver {
     }
 
     fn refine(&mut self, refine: msg::RefineRequest) -> Result<(), SessionError> {
+        // Refinements travel on data streams like FileFailed: a FileFailed
+        // for another chunk of the file may have overtaken this one, and the
+        // file is then abandoned (as its chunks are, in `chunk_data`).
+        if self.abandoned.contains(&refine.file) {
+            return Ok(());
+        }
         let need = self
             .files
             .get(&refine.file)
@@ -546,8 +552,9 @@ impl Receiver {
 
     fn finish(&mut self) -> Result<(), SessionError> {
         let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
+        // The store's failures are files abandoned here, each already in
+        // `failed` (it has none in flight: every file here is done).
         let report = rx.finish()?;
-        self.failed.extend(report.failed.iter().cloned());
         let summary = msg::Summary {
             files_written: report.files_written,
             dirs_created: self.counts.dirs,

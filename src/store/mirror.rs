@@ -403,19 +403,28 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         let Some(flight) = self.in_flight.remove(&file) else {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         };
-        self.store.borrow().finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch)?;
+        let temp = flight.build.temp.clone();
+        if let Err(e) = self.store.borrow().finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch) {
+            // Never renamed into place: the old version stays.
+            self.forget_temp(&temp);
+            return Err(e);
+        }
         self.report.files_written += 1;
         Ok(())
+    }
+
+    /// Takes a temporary out of the batch and removes it.
+    fn forget_temp(&mut self, temp: &Path) {
+        self.batch.pending.retain(|p| p.temp != temp);
+        self.batch.received.retain(|_, (t, ..)| t != temp);
+        let _ = fs::remove_file(temp);
     }
 
     /// Gives up on `file` (its source changed, a chunk did not verify): the
     /// old version stays, the reason is reported, the rest goes on.
     pub fn abandon_file(&mut self, file: u32, reason: &Error) {
         let Some(flight) = self.in_flight.remove(&file) else { return };
-        let temp = flight.build.temp;
-        self.batch.pending.retain(|p| p.temp != temp);
-        self.batch.received.retain(|_, (t, ..)| *t != temp);
-        let _ = fs::remove_file(&temp);
+        self.forget_temp(&flight.build.temp);
         self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error: reason.to_string() });
     }
 

@@ -375,7 +375,7 @@ fn receiving_accepts_chunks_in_any_order() {
     pending.reverse();
     pending.sort_by_key(|(_, need, _)| *need % 2);
     for (file, need, encoded) in &pending {
-        assert_eq!(rx.put_chunk(*file, *need, encoded, false).unwrap(), xfer::store::Put::Stored);
+        assert!(matches!(rx.put_chunk(*file, *need, encoded, false).unwrap(), xfer::store::Put::Stored(_)));
     }
     // A chunk for a file that was never announced is refused.
     assert!(rx.put_chunk(9, 0, &pending[0].2, false).is_err());
@@ -385,6 +385,63 @@ fn receiving_accepts_chunks_in_any_order() {
     assert_eq!(report.files_written, 2);
     for (path, data) in &files {
         assert_eq!(&fs::read(path.to_path(&dest)).unwrap(), data);
+    }
+}
+
+/// Two files in flight that share content: the shared chunks are asked for
+/// once, and the second file gets them when they reach the first; if the
+/// first is abandoned before they arrive, the second asks for them itself.
+#[test]
+fn receiving_shares_chunks_between_files_in_flight() {
+    use xfer::store::Put;
+    for abandon_first in [false, true] {
+        let tmp = TempDir::new().unwrap();
+        let (dest, state_path) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
+        let mut store = MirrorStore::open(&dest, &state_path).unwrap();
+        store.refresh(false).unwrap();
+        let shared = seeded(300_000, 1);
+        let mut second = seeded(100_000, 2);
+        second.extend_from_slice(&shared);
+        let meta = crate::util::meta(0o640, 12345);
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        let mut rx = store.receive();
+        let (first_digest, second_digest) = (xfer::chunk::digest_bytes(&shared), xfer::chunk::digest_bytes(&second));
+        let first_needs = rx.begin_file(0, &rel(b"a"), &meta, &first_digest).unwrap();
+        let second_needs = rx.begin_file(1, &rel(b"b"), &meta, &second_digest).unwrap();
+        let common = second_digest.chunks.iter().filter(|c| first_digest.chunks.contains(c)).count();
+        assert!(common >= 2, "the test needs shared chunks");
+        assert_eq!(second_needs.len(), second_digest.chunks.len() - common, "shared chunks asked twice");
+        let encode = |encoder: &mut Encoder, data: &[u8], need: &xfer::store::NeedInfo| {
+            encoder.encode(&data[need.offset as usize..need.offset as usize + need.chunk.len as usize])
+        };
+        let mut more = Vec::new();
+        if abandon_first {
+            more = rx.abandon_file(0, &xfer::Error::UnknownTransfer { file: 0, need: 0 });
+            assert_eq!(more.len(), common, "orphaned needs are handed back");
+        } else {
+            let mut ready = Vec::new();
+            for need in &first_needs {
+                if let Put::Stored(also) =
+                    rx.put_chunk(0, need.need, &encode(&mut encoder, &shared, need), false).unwrap()
+                {
+                    ready.extend(also);
+                }
+            }
+            assert!(ready.is_empty(), "the second file still lacks its own chunks");
+            rx.complete_file(0).unwrap();
+        }
+        for need in &second_needs {
+            rx.put_chunk(1, need.need, &encode(&mut encoder, &second, need), false).unwrap();
+        }
+        for (file, need) in &more {
+            assert_eq!(*file, 1);
+            rx.put_chunk(1, need.need, &encode(&mut encoder, &second, need), false).unwrap();
+        }
+        assert!(rx.file_ready(1));
+        rx.complete_file(1).unwrap();
+        rx.finish().unwrap();
+        assert_eq!(fs::read(dest.join("b")).unwrap(), second);
+        assert_eq!(fs::read(dest.join("a")).is_ok(), !abandon_first);
     }
 }
 

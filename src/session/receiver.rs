@@ -452,11 +452,8 @@ impl Receiver {
             file,
             FileNeeds { path, open: HashMap::new(), outstanding: 0, outstanding_bytes: 0, unasked: needs.len() },
         );
-        if needs.is_empty() {
-            return self.complete(file);
-        }
         self.to_ask.extend(needs.into_iter().map(|need| (file, need)));
-        Ok(())
+        self.complete_if_ready(file)
     }
 
     fn chunk_data(&mut self, data: msg::ChunkData) -> Result<(), SessionError> {
@@ -473,16 +470,17 @@ impl Receiver {
         let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
         let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);
         match put {
-            Ok(Put::Stored) => {
+            Ok(Put::Stored(also_ready)) => {
                 let f = self.files.get_mut(&data.file).expect("invariant: looked up above");
                 f.open.remove(&data.index);
                 f.outstanding -= 1;
                 f.outstanding_bytes -= len;
                 self.outstanding -= 1;
                 self.outstanding_bytes -= len;
-                // Counted, not searched: to_ask can hold many thousands.
-                if f.open.is_empty() && f.unasked == 0 {
-                    self.complete(data.file)?;
+                self.complete_if_ready(data.file)?;
+                // Files that were waiting for this chunk's bytes.
+                for file in also_ready {
+                    self.complete_if_ready(file)?;
                 }
             }
             Ok(Put::RetryWithoutBase) => {
@@ -523,6 +521,17 @@ impl Receiver {
         Ok(())
     }
 
+    /// Completes `file` once nothing is left to ask or receive for it, and
+    /// no chunk it waits for from another file in flight is missing.
+    fn complete_if_ready(&mut self, file: u32) -> Result<(), SessionError> {
+        // Counted, not searched: to_ask can hold many thousands.
+        let asked_all = self.files.get(&file).is_some_and(|f| f.open.is_empty() && f.unasked == 0);
+        if asked_all && self.receiving()?.file_ready(file) {
+            self.complete(file)?;
+        }
+        Ok(())
+    }
+
     fn complete(&mut self, file: u32) -> Result<(), SessionError> {
         let completed = self.receiving()?.complete_file(file);
         match completed {
@@ -545,8 +554,13 @@ impl Receiver {
             self.failed.push(FailedEntry { path: f.path.to_string(), error: reason.to_string() });
         }
         self.abandoned.insert(file);
-        if let Some(rx) = self.rx.as_mut() {
-            rx.abandon_file(file, reason);
+        let Some(rx) = self.rx.as_mut() else { return };
+        // Needs of other files that waited for this one's chunks.
+        for (other, need) in rx.abandon_file(file, reason) {
+            if let Some(f) = self.files.get_mut(&other) {
+                f.unasked += 1;
+                self.to_ask.push_front((other, need));
+            }
         }
     }
 

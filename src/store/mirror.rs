@@ -189,12 +189,17 @@ impl Store for MirrorStore {
             });
             match received {
                 Ok(()) => {}
-                Err(e) if e.is_per_entry() => rx.abandon_file(file, &e),
+                // One file at a time: no other file waits on its chunks.
+                Err(e) if e.is_per_entry() => drop(rx.abandon_file(file, &e)),
                 Err(e) => return Err(e),
             }
         }
         rx.finish()
     }
+}
+
+fn need_info(n: usize, need: &Need) -> NeedInfo {
+    NeedInfo { need: n, index: need.index, offset: need.offset, chunk: need.chunk, signature: need.signature.clone() }
 }
 
 /// A chunk a file being received lacks, as offered to the sender.
@@ -213,10 +218,11 @@ pub struct NeedInfo {
 }
 
 /// What [`Receiving::put_chunk`] made of a chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Put {
-    /// Verified and written in place.
-    Stored,
+    /// Verified and written in place, and copied to other files in flight
+    /// that needed it; those of them that now have every chunk are listed.
+    Stored(Vec<u32>),
     /// A delta that did not rebuild the chunk (a false signature match, or
     /// old bytes that changed since): ask for it again without a base.
     RetryWithoutBase,
@@ -238,6 +244,12 @@ pub struct Receiving<S: BorrowMut<MirrorStore> = MirrorStore> {
     report: ApplyReport,
     removals: Vec<RelPath>,
     in_flight: HashMap<u32, InFlight>,
+    /// Each chunk needed by files in flight, by the first need that asked
+    /// for it: (file, need). Other files needing it wait for that one
+    /// instead of fetching it again.
+    homes: HashMap<ChunkId, (u32, usize)>,
+    /// Needs waiting for a home need's bytes: home -> followers.
+    followers: HashMap<(u32, usize), Vec<(u32, usize)>>,
 }
 
 impl MirrorStore {
@@ -257,6 +269,8 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             report: ApplyReport::default(),
             removals: Vec::new(),
             in_flight: HashMap::new(),
+            homes: HashMap::new(),
+            followers: HashMap::new(),
         }
     }
 
@@ -336,21 +350,82 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             self.commit()?;
         }
         let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
-        let needs = build
-            .needs
-            .iter()
-            .enumerate()
-            .map(|(n, need)| NeedInfo {
-                need: n,
-                index: need.index,
-                offset: need.offset,
-                chunk: need.chunk,
-                signature: need.signature.clone(),
-            })
-            .collect();
-        let stored = vec![false; build.needs.len()];
+        let mut stored = vec![false; build.needs.len()];
+        let mut needs = Vec::new();
+        for (n, need) in build.needs.iter().enumerate() {
+            match self.homes.get(&need.chunk.id).copied() {
+                // Another file in flight holds it already: copy it now.
+                Some(home) if self.is_stored(home) => {
+                    let bytes = self.home_bytes(home).ok_or_else(|| Error::UnknownTransfer { file, need: n })?;
+                    build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
+                    stored[n] = true;
+                    self.report.chunks_reused += 1;
+                    self.report.bytes_reused += u64::from(need.chunk.len);
+                }
+                // Another file asked for it: wait for those bytes.
+                Some(home) => self.followers.entry(home).or_default().push((file, n)),
+                None => {
+                    self.homes.insert(need.chunk.id, (file, n));
+                    needs.push(need_info(n, need));
+                }
+            }
+        }
         self.in_flight.insert(file, InFlight { build, meta: *meta, digest: digest.clone(), stored });
         Ok(needs)
+    }
+
+    fn is_stored(&self, (file, need): (u32, usize)) -> bool {
+        self.in_flight.get(&file).is_some_and(|f| f.stored.get(need) == Some(&true))
+    }
+
+    /// The bytes a stored home need wrote into its temporary, re-verified.
+    fn home_bytes(&self, (file, need): (u32, usize)) -> Option<Vec<u8>> {
+        let build = &self.in_flight.get(&file)?.build;
+        let need = build.needs.get(need)?;
+        let mut bytes = vec![0u8; need.chunk.len as usize];
+        build.file.read_exact_at(&mut bytes, need.offset).ok()?;
+        (ChunkId::of(&bytes) == need.chunk.id).then_some(bytes)
+    }
+
+    /// Copies a newly stored home need's bytes to the needs waiting for it;
+    /// returns the files that have every chunk now.
+    fn feed_followers(&mut self, home: (u32, usize)) -> Result<Vec<u32>> {
+        let Some(waiting) = self.followers.remove(&home) else { return Ok(Vec::new()) };
+        let bytes = self.home_bytes(home).ok_or(Error::UnknownTransfer { file: home.0, need: home.1 })?;
+        let mut ready = Vec::new();
+        for (file, n) in waiting {
+            let Some(flight) = self.in_flight.get_mut(&file) else { continue };
+            let need = &flight.build.needs[n];
+            flight.build.file.write_all_at(&bytes, need.offset).at(&flight.build.temp)?;
+            flight.stored[n] = true;
+            self.report.chunks_reused += 1;
+            self.report.bytes_reused += u64::from(need.chunk.len);
+            if flight.stored.iter().all(|&s| s) {
+                ready.push(file);
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Forgets `file` as a home of chunks: its waiting followers, whose bytes
+    /// will not come from it now, are returned to be asked for themselves.
+    fn release_homes(&mut self, file: u32) -> Vec<(u32, NeedInfo)> {
+        self.homes.retain(|_, home| home.0 != file);
+        let orphaned: Vec<_> = self.followers.keys().filter(|home| home.0 == file).copied().collect();
+        let mut asks = Vec::new();
+        for home in orphaned {
+            let mut waiting = self.followers.remove(&home).unwrap_or_default().into_iter();
+            // The first follower asks; the others wait for it.
+            let Some((heir, n)) = waiting.find(|(f, _)| self.in_flight.contains_key(f)) else { continue };
+            let Some(need) = self.in_flight.get(&heir).map(|f| &f.build.needs[n]) else { continue };
+            asks.push((heir, need_info(n, need)));
+            self.homes.insert(need.chunk.id, (heir, n));
+            let rest: Vec<_> = waiting.filter(|(f, _)| self.in_flight.contains_key(f)).collect();
+            if !rest.is_empty() {
+                self.followers.insert((heir, n), rest);
+            }
+        }
+        asks
     }
 
     /// Finer signatures of the base of need `need` of `file`, answering an
@@ -382,7 +457,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         }
         flight.stored[need] = true;
         self.report.chunks_delta += u64::from(encoded.codec == codec::Codec::Delta);
-        Ok(Put::Stored)
+        Ok(Put::Stored(self.feed_followers((file, need))?))
     }
 
     /// Whether every need of `file` has been stored.
@@ -403,6 +478,9 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         let Some(flight) = self.in_flight.remove(&file) else {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         };
+        // Complete, so nothing waits on it; its chunks are found in the
+        // batch from now on.
+        self.homes.retain(|_, home| home.0 != file);
         let temp = flight.build.temp.clone();
         if let Err(e) = self.store.borrow().finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch) {
             // Never renamed into place: the old version stays.
@@ -422,10 +500,14 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
 
     /// Gives up on `file` (its source changed, a chunk did not verify): the
     /// old version stays, the reason is reported, the rest goes on.
-    pub fn abandon_file(&mut self, file: u32, reason: &Error) {
-        let Some(flight) = self.in_flight.remove(&file) else { return };
+    ///
+    /// Returns the needs of other files that were waiting for this one's
+    /// chunks: they must now be asked for themselves.
+    pub fn abandon_file(&mut self, file: u32, reason: &Error) -> Vec<(u32, NeedInfo)> {
+        let Some(flight) = self.in_flight.remove(&file) else { return Vec::new() };
         self.forget_temp(&flight.build.temp);
         self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error: reason.to_string() });
+        self.release_homes(file)
     }
 
     /// Renames what is built into place and records it: a commit point.
@@ -490,7 +572,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             self.report.signature_bytes += offered + answered;
             self.report.refine_request_bytes += asked;
             match self.put_chunk(file, need.need, &encoded, offer.is_some())? {
-                Put::Stored => return Ok(()),
+                Put::Stored(_) => return Ok(()),
                 // put_chunk asks for a retry only when a base was offered.
                 Put::RetryWithoutBase => offer = None,
             }

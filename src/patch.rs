@@ -1077,9 +1077,12 @@ pub fn decode_ranges(bytes: &[u8], base_len: u32) -> Result<Vec<Range<u32>>, Pat
     let mut ranges = Vec::with_capacity(count as usize);
     let mut last_end = 0i64;
     for op in 0..count as usize {
-        let start = last_end + unzigzag(r.varint_u64()?);
+        // Saturating: a hostile distance near i64::MAX must fail the bounds
+        // check below, not overflow (a panic in debug, a wrapped negative
+        // `end` that passes the check in release).
+        let start = last_end.saturating_add(unzigzag(r.varint_u64()?));
         let len = i64::from(r.varint_u32()?);
-        let end = start + len;
+        let end = start.saturating_add(len);
         if start < 0 || len == 0 || end > i64::from(base_len) {
             return Err(PatchError::RangeOutOfBounds { index: op, start, len, base_len });
         }
@@ -1175,6 +1178,27 @@ mod tests {
         assert_eq!(decode_ranges(&trailing, 100).unwrap(), vec![10..20]);
         trailing.push(0);
         assert!(decode_ranges(&trailing, 100).is_err());
+    }
+
+    #[test]
+    fn decode_ranges_refuses_overflowing_start() {
+        // Found by the decode_patch fuzz target: a start distance near
+        // i64::MAX made `start + len` overflow.
+        let crash = [0x28, 0xd6, 0xd6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x80, 0x4d];
+        assert!(matches!(decode_ranges(&crash, 0), Err(PatchError::RangeOutOfBounds { index: 0, .. })));
+        // One range at distance i64::MAX (zigzag u64::MAX - 1), length 1:
+        // with wrapping arithmetic `end` went negative and the range
+        // u32::MAX..0 was accepted.
+        let mut max_start = vec![1];
+        put_varint(&mut max_start, zigzag(i64::MAX));
+        max_start.push(1);
+        assert!(matches!(decode_ranges(&max_start, 100), Err(PatchError::RangeOutOfBounds { index: 0, .. })));
+        // The same after a valid range, where `last_end` is not zero.
+        let mut second = encode_ranges(&[Gap { base: 10..20, new: 0..10 }]);
+        second[0] = 2;
+        put_varint(&mut second, zigzag(i64::MAX));
+        second.push(1);
+        assert!(matches!(decode_ranges(&second, 100), Err(PatchError::RangeOutOfBounds { index: 1, .. })));
     }
 
     proptest! {

@@ -1,4 +1,4 @@
-//! Fuzz target: arbitrary bytes through `check`/`parse` in a loop, as a
+//! Fuzz target: arbitrary bytes through `frame::decode` in a loop, as a
 //! connection reader would, checking that decoding never panics and that
 //! every decoded message re-encodes to a frame that decodes to itself.
 #![no_main]
@@ -8,16 +8,13 @@ use xfer_protocol::frame;
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data;
-    loop {
-        match frame::check(buf) {
-            Ok(Some(n)) => {
-                if let Ok(msg) = frame::parse(&buf[..n]) {
-                    let again = msg.to_frame();
-                    assert_eq!(frame::parse(&again).ok(), Some(msg));
-                }
-                buf = &buf[n..];
-            }
-            Ok(None) | Err(_) => break,
-        }
+    // Ok(None): the rest is an incomplete frame; Err: the reader closes.
+    while let Ok(Some((msg, n))) = frame::decode(buf) {
+        assert!(n > frame::LEN_FIELD && n <= buf.len());
+        let again = msg.to_frame();
+        let (back, m) = frame::decode(&again).expect("re-encoded frame decodes").expect("re-encoded frame is whole");
+        assert_eq!(m, again.len());
+        assert_eq!(back, msg);
+        buf = &buf[n..];
     }
 });

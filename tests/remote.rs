@@ -59,6 +59,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         compression: Compression::Auto,
         state_dir: tmp.path().join("client-state"),
         busy_wait: std::time::Duration::from_secs(10),
+        cancel: tokio_util::sync::CancellationToken::new(),
     }
 }
 
@@ -145,10 +146,10 @@ async fn remote_push_then_pull_back() {
     assert_same_tree(&read_tree(&restored), &v1);
 }
 
-/// A UDP relay in front of `server` that forwards both ways until `budget`
-/// bytes went up, then drops everything and sets `cut`: a link that dies
-/// mid-session.
-async fn relay(server: SocketAddr, budget: usize, cut: Arc<AtomicBool>) -> SocketAddr {
+/// A UDP relay in front of `server` that forwards both ways and sets
+/// `reached` once `budget` bytes went up; with `cut_link` it then drops
+/// everything: a link that dies mid-session.
+async fn relay(server: SocketAddr, budget: usize, reached: Arc<AtomicBool>, cut_link: bool) -> SocketAddr {
     let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     back.connect(server).await.unwrap();
@@ -162,14 +163,14 @@ async fn relay(server: SocketAddr, budget: usize, cut: Arc<AtomicBool>) -> Socke
                     client = Some(from);
                     forwarded += n;
                     if forwarded > budget {
-                        cut.store(true, Ordering::SeqCst);
+                        reached.store(true, Ordering::SeqCst);
                     }
-                    if !cut.load(Ordering::SeqCst) {
+                    if !(cut_link && reached.load(Ordering::SeqCst)) {
                         let _ = back.send(&up[..n]).await;
                     }
                 }
                 Ok(n) = back.recv(&mut down) => {
-                    if let (Some(to), false) = (client, cut.load(Ordering::SeqCst)) {
+                    if let (Some(to), false) = (client, cut_link && reached.load(Ordering::SeqCst)) {
                         let _ = front.send_to(&down[..n], to).await;
                     }
                 }
@@ -190,6 +191,17 @@ fn temporaries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// the files still missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_push_cut_midway_then_resumed() {
+    interrupted_push_resumes(true).await;
+}
+
+/// The same when the client cancels (a closing window, Ctrl-C): the call
+/// returns `Cancelled` and the server keeps what it has whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_push_cancelled_midway_then_resumed() {
+    interrupted_push_resumes(false).await;
+}
+
+async fn interrupted_push_resumes(cut_link: bool) {
     const FILES: u64 = 24;
     const SIZE: usize = 1 << 20;
     let tmp = TempDir::new().unwrap();
@@ -202,24 +214,32 @@ async fn remote_push_cut_midway_then_resumed() {
         std::fs::write(src.join(format!("f{i:02}")), seeded(SIZE, i)).unwrap();
     }
     let pin = Some(server.id.fingerprint());
-    let cut = Arc::new(AtomicBool::new(false));
-    let front = relay(server.addr, FILES as usize * SIZE / 2, cut.clone()).await;
-    let cut_url = RemoteUrl { authority: front.to_string(), path: "cut".into() };
+    let reached = Arc::new(AtomicBool::new(false));
+    let front = relay(server.addr, FILES as usize * SIZE / 2, reached.clone(), cut_link).await;
+    let relayed = RemoteUrl { authority: front.to_string(), path: "cut".into() };
+    let first_options = options(&tmp);
+    let cancel = first_options.cancel.clone();
     let first = tokio::spawn({
-        let (src, client, options) = (src.clone(), client.clone(), options(&tmp));
-        async move { push(&src, &cut_url, &client, pin, &options).await }
+        let (src, client) = (src.clone(), client.clone());
+        async move { push(&src, &relayed, &client, pin, &first_options).await }
     });
 
-    // The link dies halfway through the data.
+    // Halfway through the data, the link dies or the client cancels.
     let dest = server.root.join("cut");
     let started = std::time::Instant::now();
-    while !cut.load(Ordering::SeqCst) {
-        assert!(!first.is_finished(), "the push ended before the cut");
+    while !reached.load(Ordering::SeqCst) {
+        assert!(!first.is_finished(), "the push ended before the interruption");
         assert!(started.elapsed().as_secs() < 60, "the push never got going");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    first.abort();
-    // The server gives up on the silent client and salvages what it has.
+    if cut_link {
+        first.abort();
+    } else {
+        cancel.cancel();
+        let ended = first.await.unwrap();
+        assert!(matches!(ended, Err(RemoteError::Cancelled)), "{ended:?}");
+    }
+    // The server gives up on the client and salvages what it has.
     while !temporaries(&dest).is_empty() {
         assert!(started.elapsed().as_secs() < 60, "temporaries left behind");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -237,12 +257,12 @@ async fn remote_push_cut_midway_then_resumed() {
             Err(_) => missing_chunks += xfer::chunk::digest_bytes(&data).chunks.len() as u64,
         }
     }
-    assert!((1..FILES).contains(&committed), "{committed} files committed at the cut");
+    assert!((1..FILES).contains(&committed), "{committed} files committed at the interruption");
 
     // Straight to the server this time (the busy lock is gone by now).
     let url = RemoteUrl { authority: server.addr.to_string(), path: "cut".into() };
     let again = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
-    eprintln!("cut after {committed} of {FILES} files; re-push sent {} chunks", again.chunks_sent);
+    eprintln!("stopped after {committed} of {FILES} files; re-push sent {} chunks", again.chunks_sent);
     assert_eq!(again.files_changed, FILES - committed);
     assert_eq!(again.chunks_sent, missing_chunks, "the re-push sent chunks the server held");
     for i in 0..FILES {

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use quinn::VarInt;
+use tokio_util::sync::CancellationToken;
 use xfer_protocol::CloseCode;
 
 use thiserror::Error;
@@ -81,6 +83,9 @@ pub enum RemoteError {
     /// A local failure.
     #[error(transparent)]
     Local(#[from] crate::Error),
+    /// The caller cancelled; the files received whole were kept.
+    #[error("cancelled; the files already received whole were kept, and the next run goes on from there")]
+    Cancelled,
 }
 
 /// What a push or pull did: the `--json` summary.
@@ -154,6 +159,29 @@ pub struct RemotePush {
     /// How long to keep retrying while another session holds the
     /// destination (the server answers "busy"); zero fails at once.
     pub busy_wait: Duration,
+    /// Cancelling it stops the session: the receiver commits the files it
+    /// has whole and verified, and the call returns
+    /// [`RemoteError::Cancelled`]. The next run goes on from there.
+    pub cancel: CancellationToken,
+}
+
+/// Runs `session` on `connection` until it ends or `cancel` fires; then
+/// closes the connection and waits for the session to wind down (the
+/// receiver, on either side, salvages what it has whole).
+async fn cancellable<T>(
+    connection: &quinn::Connection,
+    cancel: &CancellationToken,
+    session: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, RemoteError> {
+    tokio::pin!(session);
+    tokio::select! {
+        result = &mut session => Ok(result?),
+        () = cancel.cancelled() => {
+            connection.close(VarInt::from_u32(CloseCode::Cancelled as u32), b"cancelled by the client");
+            let _ = session.await;
+            Err(RemoteError::Cancelled)
+        }
+    }
 }
 
 /// Retries `attempt` while the server answers busy, for up to `wait`.
@@ -212,7 +240,7 @@ pub async fn push(
             options.checksum,
             remembered,
         );
-        let sender = run_sender(&connection, sender).await;
+        let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender)).await;
         let wire = wire_bytes(&connection);
         connection.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
@@ -339,7 +367,7 @@ pub async fn pull(
     .await
     .map_err(|e| RemoteError::Connect { authority: "local store".into(), reason: e.to_string() })??;
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
-    let receiver = super::driver::run_pull(&connection, receiver).await;
+    let receiver = cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver)).await;
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;

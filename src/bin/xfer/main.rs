@@ -299,7 +299,8 @@ fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
     let busy_wait = std::time::Duration::from_secs(args.busy_wait);
-    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait })
+    let cancel = tokio_util::sync::CancellationToken::new();
+    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait, cancel })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

@@ -69,6 +69,37 @@ fn cli_bad_input_says_what_to_do() {
     assert!(String::from_utf8_lossy(&nested.stderr).contains("overlap"));
 }
 
+/// Cron use: `-q` keeps a successful run silent, `--json` carries the exit
+/// code (errors included), and completions and the man page come from the
+/// same definitions as `--help`.
+#[test]
+fn cli_quiet_json_completions_and_man() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let quiet = xfer(tmp.path()).args(["push", "-q"]).arg(&src).arg(tmp.path().join("d")).output().unwrap();
+    assert!(quiet.status.success() && quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    let json = xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(tmp.path().join("d")).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["exit_code"], 0);
+    let failed = xfer(tmp.path()).args(["push", "--json", "/nonexistent/xfer-src"]).arg(tmp.path().join("e")).output();
+    let failed = failed.unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(json["exit_code"], 1);
+    assert!(json["error"].as_str().unwrap().contains("/nonexistent/xfer-src"), "{json}");
+
+    let bash = xfer(tmp.path()).args(["completions", "bash"]).output().unwrap();
+    let bash = String::from_utf8_lossy(&bash.stdout).to_string();
+    assert!(bash.contains("complete -F") && bash.contains("--delete") && bash.contains("--server-fingerprint"));
+    let man = xfer(tmp.path()).arg("man").output().unwrap();
+    let man = String::from_utf8_lossy(&man.stdout).to_string();
+    assert!(man.contains(".TH xfer") && man.contains("push"), "{man}");
+    let help = xfer(tmp.path()).args(["push", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("130 interrupted"));
+}
+
 #[test]
 fn cli_id_is_stable() {
     let tmp = TempDir::new().unwrap();

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
+
+mod args;
+
+use args::{Cli, Command, CompressArg, PushArgs};
 
 use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
@@ -16,124 +20,8 @@ use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
 
-#[derive(Parser)]
-#[command(name = "xfer", version, about = "Move directory trees and send only what changed")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Push a local tree into a local directory or to a server (xfer://HOST[:PORT]/PATH).
-    #[command(
-        after_help = "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
-xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n\n\
-Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped, the rest committed)."
-    )]
-    Push(PushArgs),
-    /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
-    #[command(after_help = "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
-xfer pull --delete xfer://backup.example/site ./mirror\n\n\
-Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries failed, the rest committed).")]
-    Pull(PushArgs),
-    /// Serve a directory: admitted clients push into paths below it.
-    #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
-The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
-Its state lives in ROOT/.xfer, which clients can never write.\n\n\
-An authorized-clients file grants per client and path prefix:\n  \
-xfer:aaaa...  rw  /laptop     # push and pull below /laptop\n  \
-xfer:bbbb...  ro              # pull anything")]
-    Serve {
-        /// The directory to serve.
-        #[arg(long)]
-        root: PathBuf,
-        /// Address and port to listen on.
-        #[arg(long, default_value = "127.0.0.1:7878")]
-        listen: std::net::SocketAddr,
-        /// A client fingerprint to admit, read-write on the whole root
-        /// (repeatable); see `xfer id` on the client.
-        #[arg(long = "allow", value_name = "FINGERPRINT")]
-        allow: Vec<String>,
-        /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
-        #[arg(long, value_name = "FILE")]
-        authorized_clients: Option<PathBuf>,
-        /// Where the server's identity is kept.
-        #[arg(long, env = "XFER_CONFIG_DIR")]
-        config_dir: Option<PathBuf>,
-    },
-    /// Pin a server's fingerprint in known hosts.
-    Trust {
-        /// The server, as HOST:PORT.
-        authority: String,
-        /// Its fingerprint, as `xfer id` prints it on the server.
-        fingerprint: String,
-        /// Where known hosts are kept.
-        #[arg(long, env = "XFER_CONFIG_DIR")]
-        config_dir: Option<PathBuf>,
-    },
-    /// Print this host's identity (its key's fingerprint), creating it on first use.
-    #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
-$XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
-    Id {
-        /// Where the identity is kept.
-        #[arg(long, env = "XFER_CONFIG_DIR")]
-        config_dir: Option<PathBuf>,
-    },
-    /// Chunk one file and print its size, hash and chunk count as JSON.
-    #[command(hide = true)]
-    Digest {
-        /// The file to read.
-        file: PathBuf,
-    },
-}
-
-#[derive(clap::Args)]
-struct PushArgs {
-    /// The tree to send.
-    src: PathBuf,
-    /// The destination directory (created if missing).
-    dest: PathBuf,
-    /// Delete destination entries that the source does not have.
-    #[arg(long)]
-    delete: bool,
-    /// Read every file instead of trusting unchanged size, mtime and inode.
-    #[arg(short = 'c', long)]
-    checksum: bool,
-    /// Chunk encoding: auto (zstd, raw where it does not pay), zstd, lz4 or raw.
-    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
-    compress: CompressArg,
-    /// zstd level for --compress zstd.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    zstd_level: i32,
-    /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Where xfer keeps its state [default: $XDG_STATE_HOME/xfer].
-    #[arg(long, env = "XFER_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// Where the identity and known hosts are kept (remote pushes).
-    #[arg(long, env = "XFER_CONFIG_DIR")]
-    config_dir: Option<PathBuf>,
-    /// Accept the server only with this fingerprint (and pin it).
-    #[arg(long, value_name = "FINGERPRINT")]
-    server_fingerprint: Option<String>,
-    /// Trust an unknown server on first use and pin it.
-    #[arg(long)]
-    accept_new: bool,
-    /// While another push holds the destination, retry for up to this many
-    /// seconds before giving up (0: fail at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    busy_wait: u64,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CompressArg {
-    Auto,
-    Zstd,
-    Lz4,
-    Raw,
-}
+/// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -148,8 +36,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Push(args) => push(args),
-        Command::Pull(args) => pull(args),
+        Command::Push(args) => push(args, cli.quiet),
+        Command::Pull(args) => pull(args, cli.quiet),
         Command::Serve { root, listen, allow, authorized_clients, config_dir } => {
             serve(root, listen, &allow, authorized_clients.as_deref(), config_dir)
         }
@@ -161,6 +49,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Digest { file } => digest(&file),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xfer", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("write the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Id { config_dir } => {
             let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
             println!("{}", identity.fingerprint());
@@ -258,33 +154,62 @@ fn with_trust<T>(
     Ok(value)
 }
 
-fn pull(args: PushArgs) -> anyhow::Result<ExitCode> {
+fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let Some(url) = args.src.to_str().and_then(RemoteUrl::parse) else {
         bail!(
             "{} is not a server URL: use xfer://HOST[:PORT]/PATH (for local copies use xfer push)",
             args.src.display()
         );
     };
-    let options = options(&args)?;
-    let runtime = runtime()?;
-    let report = with_trust(&args, &url, |identity, pin| {
-        runtime.block_on(client::pull(&url, &args.dest, identity, pin, &options))
-    })?;
-    print_report(&report, args.json)
+    transfer(&args, quiet, |runtime, options| {
+        with_trust(&args, &url, |identity, pin| {
+            runtime.block_on(client::pull(&url, &args.dest, identity, pin, options))
+        })
+    })
 }
 
-fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
-    let options = options(&args)?;
-    let runtime = runtime()?;
-    let report = match args.dest.to_str().and_then(RemoteUrl::parse) {
+fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    transfer(&args, quiet, |runtime, options| match args.dest.to_str().and_then(RemoteUrl::parse) {
         Some(url) => with_trust(&args, &url, |identity, pin| {
-            runtime.block_on(client::push(&args.src, &url, identity, pin, &options))
-        })?,
+            runtime.block_on(client::push(&args.src, &url, identity, pin, options))
+        }),
         None => runtime
-            .block_on(client::push_embedded(&args.src, &args.dest, &options))
-            .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display()))?,
-    };
-    print_report(&report, args.json)
+            .block_on(client::push_embedded(&args.src, &args.dest, options))
+            .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display())),
+    })
+}
+
+/// Runs a push or pull with the options of `args`: Ctrl-C cancels it at a
+/// commit point; the outcome is reported (as JSON with `--json`, errors
+/// included) and mapped to the exit code.
+fn transfer(
+    args: &PushArgs,
+    quiet: bool,
+    run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
+) -> anyhow::Result<ExitCode> {
+    let options = options(args)?;
+    let runtime = runtime()?;
+    let cancel = options.cancel.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    match run(&runtime, &options) {
+        Ok(report) => print_report(&report, args.json, quiet),
+        Err(e) => {
+            let cancelled = matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled));
+            let code = if cancelled { EXIT_INTERRUPTED } else { 1 };
+            if args.json {
+                println!("{}", serde_json::json!({ "exit_code": code, "error": format!("{e:#}") }));
+            }
+            if cancelled {
+                eprintln!("xfer: {e:#}");
+                return Ok(ExitCode::from(code));
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The options shared by push and pull, from their flags.
@@ -305,17 +230,21 @@ fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with
 /// `--json`), and picks the exit code.
-fn print_report(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
+fn print_report(report: &Report, json: bool, quiet: bool) -> anyhow::Result<ExitCode> {
     for entry in &report.failed {
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
+    let code = if report.is_partial() { EXIT_PARTIAL } else { 0 };
     if json {
         let mut value = serde_json::to_value(report)?;
-        if let (Some(peak), Some(object)) = (peak_rss_bytes(), value.as_object_mut()) {
-            object.insert("peak_rss_bytes".into(), peak.into());
+        if let Some(object) = value.as_object_mut() {
+            object.insert("exit_code".into(), code.into());
+            if let Some(peak) = peak_rss_bytes() {
+                object.insert("peak_rss_bytes".into(), peak.into());
+            }
         }
         println!("{value}");
-    } else {
+    } else if !quiet {
         eprintln!(
             "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
              wire {} B up, {} B down in {:.2} s",
@@ -331,7 +260,7 @@ fn print_report(report: &Report, json: bool) -> anyhow::Result<ExitCode> {
             report.elapsed_s
         );
     }
-    Ok(if report.is_partial() { ExitCode::from(EXIT_PARTIAL) } else { ExitCode::SUCCESS })
+    Ok(ExitCode::from(code))
 }
 
 fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {

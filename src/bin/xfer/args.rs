@@ -1,0 +1,147 @@
+//! The command line's flags and help (clap, derive): what a user can type.
+//! `main.rs` validates them and turns them into library options.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes, as `--help` and the README list them.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped or failed, the rest \
+committed); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there)."
+    };
+}
+
+#[derive(Parser)]
+#[command(name = "xfer", version, about = "Move directory trees and send only what changed")]
+pub struct Cli {
+    /// Only errors on stderr: no progress, no summary (for cron).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Push a local tree into a local directory or to a server (xfer://HOST[:PORT]/PATH).
+    #[command(after_help = concat!(
+        "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
+xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n\n",
+        exit_codes!()
+    ))]
+    Push(PushArgs),
+    /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
+    #[command(after_help = concat!(
+        "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
+xfer pull --delete xfer://backup.example/site ./mirror\n\n",
+        exit_codes!()
+    ))]
+    Pull(PushArgs),
+    /// Serve a directory: admitted clients push into paths below it.
+    #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
+The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
+Its state lives in ROOT/.xfer, which clients can never write.\n\n\
+An authorized-clients file grants per client and path prefix:\n  \
+xfer:aaaa...  rw  /laptop     # push and pull below /laptop\n  \
+xfer:bbbb...  ro              # pull anything")]
+    Serve {
+        /// The directory to serve.
+        #[arg(long)]
+        root: PathBuf,
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+        /// A client fingerprint to admit, read-write on the whole root
+        /// (repeatable); see `xfer id` on the client.
+        #[arg(long = "allow", value_name = "FINGERPRINT")]
+        allow: Vec<String>,
+        /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
+        #[arg(long, value_name = "FILE")]
+        authorized_clients: Option<PathBuf>,
+        /// Where the server's identity is kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// Pin a server's fingerprint in known hosts.
+    Trust {
+        /// The server, as HOST:PORT.
+        authority: String,
+        /// Its fingerprint, as `xfer id` prints it on the server.
+        fingerprint: String,
+        /// Where known hosts are kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// Print this host's identity (its key's fingerprint), creating it on first use.
+    #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
+$XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
+    Id {
+        /// Where the identity is kept.
+        #[arg(long, env = "XFER_CONFIG_DIR")]
+        config_dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Example:\n  xfer completions bash > /etc/bash_completion.d/xfer")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout.
+    #[command(after_help = "Example:\n  xfer man > /usr/local/share/man/man1/xfer.1")]
+    Man,
+    /// Chunk one file and print its size, hash and chunk count as JSON.
+    #[command(hide = true)]
+    Digest {
+        /// The file to read.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The tree to send.
+    pub src: PathBuf,
+    /// The destination directory (created if missing).
+    pub dest: PathBuf,
+    /// Delete destination entries that the source does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// Read every file instead of trusting unchanged size, mtime and inode.
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
+    /// Chunk encoding: auto (zstd, raw where it does not pay), zstd, lz4 or raw.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    pub compress: CompressArg,
+    /// zstd level for --compress zstd.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub zstd_level: i32,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where xfer keeps its state [default: $XDG_STATE_HOME/xfer].
+    #[arg(long, env = "XFER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the identity and known hosts are kept (remote pushes).
+    #[arg(long, env = "XFER_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Accept the server only with this fingerprint (and pin it).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
+    /// Trust an unknown server on first use and pin it.
+    #[arg(long)]
+    pub accept_new: bool,
+    /// While another push holds the destination, retry for up to this many
+    /// seconds before giving up (0: fail at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub busy_wait: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompressArg {
+    Auto,
+    Zstd,
+    Lz4,
+    Raw,
+}

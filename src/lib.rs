@@ -16,6 +16,7 @@ pub mod identity;
 pub mod manifest;
 pub mod patch;
 pub mod plan;
+pub mod progress;
 pub mod scan;
 pub mod session;
 pub mod store;

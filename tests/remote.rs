@@ -60,6 +60,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         state_dir: tmp.path().join("client-state"),
         busy_wait: std::time::Duration::from_secs(10),
         cancel: tokio_util::sync::CancellationToken::new(),
+        progress: xfer::progress::ProgressSink::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::Op;
+use crate::progress::{Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire;
 
@@ -90,6 +91,7 @@ pub struct Receiver {
     counts: Counts,
     failed: Vec<FailedEntry>,
     summary: Option<msg::Summary>,
+    progress: ProgressSink,
 }
 
 #[derive(Default)]
@@ -121,6 +123,7 @@ impl Receiver {
             counts: Counts::default(),
             failed: Vec::new(),
             summary: None,
+            progress: ProgressSink::default(),
         }
     }
 
@@ -178,6 +181,11 @@ impl Receiver {
         if let Some(rx) = self.rx.take() {
             let _ = rx.finish();
         }
+    }
+
+    /// Reports progress to `progress` from now on.
+    pub fn set_progress(&mut self, progress: ProgressSink) {
+        self.progress = progress;
     }
 
     /// What this side applied, once finished.
@@ -439,6 +447,7 @@ impl Receiver {
         if self.files.contains_key(&file) || self.abandoned.contains(&file) {
             return Err(protocol(format!("file number {file} used twice")));
         }
+        self.progress.emit(|| Event::FileStarted { path: path.to_string(), size: digest.size });
         let begun = self.receiving()?.begin_file(file, &path, &meta, &digest);
         let needs = match begun {
             Ok(needs) => needs,
@@ -468,6 +477,8 @@ impl Receiver {
         };
         let codec = Codec::try_from(data.codec).map_err(protocol)?;
         let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
+        self.progress
+            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
         let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);
         match put {
             Ok(Put::Stored(also_ready)) => {

@@ -17,6 +17,7 @@ use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
 use crate::patch::Signature;
 use crate::plan::{plan, Op, PlanOptions};
+use crate::progress::{Event, ProgressSink};
 use crate::wire;
 
 /// Reads source chunk bytes for the sender.
@@ -113,6 +114,7 @@ pub struct Sender<R> {
     summary: Option<msg::Summary>,
     /// Files this side gave up on (their source changed while read).
     failed: Vec<crate::store::FailedEntry>,
+    progress: ProgressSink,
 }
 
 impl<R: ChunkReader> Sender<R> {
@@ -169,6 +171,7 @@ impl<R: ChunkReader> Sender<R> {
             deltas: HashMap::new(),
             summary: None,
             failed: Vec::new(),
+            progress: ProgressSink::default(),
         }
     }
 
@@ -222,6 +225,11 @@ impl<R: ChunkReader> Sender<R> {
     /// Whether the receiver reported its summary.
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
+    }
+
+    /// Reports progress to `progress` from now on.
+    pub fn set_progress(&mut self, progress: ProgressSink) {
+        self.progress = progress;
     }
 
     /// Files this side could not send (the receiver kept their old
@@ -406,6 +414,13 @@ impl<R: ChunkReader> Sender<R> {
 
     fn start_sending(&mut self) -> Result<(), SessionError> {
         self.ops = plan(&self.source, &self.dest, |_| false, self.options).ops;
+        self.progress.emit(|| {
+            let sizes = self.ops.iter().filter_map(|op| match op {
+                Op::WriteFile { digest, .. } => Some(digest.size),
+                _ => None,
+            });
+            Event::Planned { files: sizes.clone().count() as u64, bytes: sizes.sum() }
+        });
         self.state = State::Sending;
         Ok(())
     }
@@ -436,6 +451,7 @@ impl<R: ChunkReader> Sender<R> {
                     list = wire::chunk_list_to_wire(&[], digest);
                 }
                 let (first, rest) = split_list(list);
+                self.progress.emit(|| Event::FileStarted { path: path.to_string(), size: digest.size });
                 self.outbox.push_back(Message::WriteFile(msg::WriteFile {
                     file,
                     path: path.as_bytes().to_vec(),
@@ -513,6 +529,8 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     fn send_chunk(&mut self, file: u32, index: u32, encoded: EncodedChunk) {
+        self.progress
+            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
         self.data.push_back(Message::ChunkData(msg::ChunkData {
             file,
             index,

@@ -18,6 +18,7 @@ use crate::codec::{Compression, Encoder};
 use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
 use crate::plan::PlanOptions;
+use crate::progress::{Event, ProgressSink};
 use crate::session::{FileReader, Sender, SessionError};
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
@@ -163,6 +164,8 @@ pub struct RemotePush {
     /// has whole and verified, and the call returns
     /// [`RemoteError::Cancelled`]. The next run goes on from there.
     pub cancel: CancellationToken,
+    /// Where progress events go.
+    pub progress: ProgressSink,
 }
 
 /// Runs `session` on `connection` until it ends or `cancel` fires; then
@@ -226,12 +229,16 @@ pub async fn push(
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
     let source = scanned.manifest;
+    options.progress.emit(|| {
+        let files = || source.entries().iter().filter_map(|e| e.file());
+        Event::Scanned { files: files().count() as u64, bytes: files().map(|f| f.size).sum() }
+    });
     let (sender, wire, server) = while_busy(options.busy_wait, || async {
         let (endpoint, connection, server) = connect(url, identity, pin).await?;
         let memory = memory_file(&options.state_dir, &server, &url.path);
         let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
         let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
-        let sender = Sender::new(
+        let mut sender = Sender::new(
             source.clone(),
             FileReader::new(src.clone()),
             encoder,
@@ -240,6 +247,7 @@ pub async fn push(
             options.checksum,
             remembered,
         );
+        sender.set_progress(options.progress.clone());
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender)).await;
         let wire = wire_bytes(&connection);
         connection.close(0u32.into(), b"done");
@@ -367,6 +375,8 @@ pub async fn pull(
     .await
     .map_err(|e| RemoteError::Connect { authority: "local store".into(), reason: e.to_string() })??;
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
+    let mut receiver = receiver;
+    receiver.set_progress(options.progress.clone());
     let receiver = cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver)).await;
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
 
 mod args;
+mod ui;
 
 use args::{Cli, Command, CompressArg, PushArgs};
 
@@ -187,7 +189,12 @@ fn transfer(
     quiet: bool,
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
-    let options = options(args)?;
+    let mut options = options(args)?;
+    // Bars only for a person watching: not under cron, not with -q.
+    let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| Arc::new(ui::Bars::new()));
+    if let Some(bars) = &bars {
+        options.progress = xfer::progress::ProgressSink::new(bars.clone());
+    }
     let runtime = runtime()?;
     let cancel = options.cancel.clone();
     runtime.spawn(async move {
@@ -195,7 +202,11 @@ fn transfer(
             cancel.cancel();
         }
     });
-    match run(&runtime, &options) {
+    let outcome = run(&runtime, &options);
+    if let Some(bars) = &bars {
+        bars.finish();
+    }
+    match outcome {
         Ok(report) => print_report(&report, args.json, quiet),
         Err(e) => {
             let cancelled = matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled));
@@ -225,7 +236,8 @@ fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
     };
     let busy_wait = std::time::Duration::from_secs(args.busy_wait);
     let cancel = tokio_util::sync::CancellationToken::new();
-    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait, cancel })
+    let progress = xfer::progress::ProgressSink::default();
+    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait, cancel, progress })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

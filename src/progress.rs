@@ -1,0 +1,79 @@
+//! Progress of a push or pull, as events for whoever watches: the CLI turns
+//! them into bars, a backup app into its own display or log. No terminal
+//! code here.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Something that happened during a transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The source tree is scanned (pushes).
+    Scanned {
+        /// Regular files in it.
+        files: u64,
+        /// Bytes in them.
+        bytes: u64,
+    },
+    /// The sender knows what differs: these files will be (re)written.
+    Planned {
+        /// Files to write.
+        files: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// A file is being written (sent on a push, received on a pull).
+    FileStarted {
+        /// Its path in the tree.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A chunk crossed the wire.
+    Chunk {
+        /// Its size once decoded.
+        decoded: u64,
+        /// Its size as sent (compressed, or a delta).
+        encoded: u64,
+    },
+}
+
+/// Receives [`Event`]s; called from the transfer's threads, so it must be
+/// quick (hand work off to a channel if it is not).
+pub trait Progress: Send + Sync {
+    /// One event.
+    fn event(&self, event: &Event);
+}
+
+/// Where a transfer reports its events; by default nowhere.
+#[derive(Clone, Default)]
+pub struct ProgressSink(Option<Arc<dyn Progress>>);
+
+impl ProgressSink {
+    /// Reports to `progress`.
+    pub fn new(progress: Arc<dyn Progress>) -> Self {
+        ProgressSink(Some(progress))
+    }
+
+    /// Reports `event`, if anyone listens.
+    pub fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(progress) = &self.0 {
+            progress.event(&event());
+        }
+    }
+}
+
+impl fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "ProgressSink(..)" } else { "ProgressSink(none)" })
+    }
+}
+
+/// Forwards events to a channel (bounded by the caller's choice of
+/// channel; a full channel drops events rather than stall the transfer).
+impl Progress for std::sync::mpsc::SyncSender<Event> {
+    fn event(&self, event: &Event) {
+        let _ = self.try_send(event.clone());
+    }
+}

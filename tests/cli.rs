@@ -147,6 +147,42 @@ fn serve(tmp: &TempDir) -> Served {
     Served { server, addr, server_fp, client_cfg, root }
 }
 
+/// A remote named in the config file, with its fingerprint and a default
+/// from `[defaults]`; a broken config is refused with its path.
+#[test]
+fn cli_config_file_names_remotes() {
+    let tmp = TempDir::new().unwrap();
+    let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
+    fs::write(
+        client_cfg.join("config.toml"),
+        format!("[defaults]\ndelete = true\n\n[remotes.backup]\nurl = \"xfer://{addr}/site\"\nfingerprint = \"{server_fp}\"\n"),
+    )
+    .unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    fs::create_dir_all(root.join("site")).unwrap();
+    fs::write(root.join("site/stale"), b"old").unwrap();
+    let run = || {
+        xfer(&tmp.path().join("state")).args(["push", "--config-dir"]).arg(&client_cfg).arg(&src).arg("backup").output()
+    };
+    let pushed = run().unwrap();
+    fs::write(client_cfg.join("config.toml"), "[defaults]\ndelet = true\n").unwrap();
+    let broken = run().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    assert_eq!(fs::read(root.join("site/a")).unwrap(), b"a");
+    assert!(!root.join("site/stale").exists(), "the config's delete = true was not applied");
+    assert!(!tmp.path().join("backup").exists() && !src.join("backup").exists());
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("config.toml"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+}
+
 /// Peak resident memory of a running process (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

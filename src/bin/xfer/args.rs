@@ -28,7 +28,11 @@ pub enum Command {
     /// Push a local tree into a local directory or to a server (xfer://HOST[:PORT]/PATH).
     #[command(after_help = concat!(
         "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
-xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n\n",
+xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n  \
+xfer push ./site backup            # a remote named in CONFIG_DIR/config.toml\n\n\
+config.toml holds defaults and named remotes:\n  \
+[defaults]\n  delete = true\n  busy_wait = 300\n  \
+[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n",
         exit_codes!()
     ))]
     Push(PushArgs),
@@ -134,8 +138,9 @@ pub struct PushArgs {
     pub accept_new: bool,
     /// While another push holds the destination, retry for up to this many
     /// seconds before giving up (0: fail at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub busy_wait: u64,
+    /// [default: 60, or the config file's]
+    #[arg(long, value_name = "SECONDS")]
+    pub busy_wait: Option<u64>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

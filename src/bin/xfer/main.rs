@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
 
 mod args;
+mod config;
 mod ui;
 
 use args::{Cli, Command, CompressArg, PushArgs};
+use config::Config;
 
 use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
@@ -128,15 +130,16 @@ fn serve(
 fn with_trust<T>(
     args: &PushArgs,
     url: &RemoteUrl,
+    configured: Option<Fingerprint>,
     session: impl Fn(&Identity, Option<Fingerprint>) -> Result<T, RemoteError>,
 ) -> anyhow::Result<T> {
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
     let identity = Identity::load_or_create(&config_dir)?;
     let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
-    let pin = match (&args.server_fingerprint, hosts.check(&url.authority)) {
-        (Some(fp), _) => Some(fp.parse::<Fingerprint>()?),
-        (None, HostTrust::Pinned(fp)) => Some(fp),
-        (None, HostTrust::Unknown) => None,
+    let pin = match (&args.server_fingerprint, configured, hosts.check(&url.authority)) {
+        (Some(fp), ..) => Some(fp.parse::<Fingerprint>()?),
+        (None, Some(fp), _) | (None, None, HostTrust::Pinned(fp)) => Some(fp),
+        (None, None, HostTrust::Unknown) => None,
     };
     let mut used = pin;
     let mut result = session(&identity, pin);
@@ -157,22 +160,26 @@ fn with_trust<T>(
 }
 
 fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let Some(url) = args.src.to_str().and_then(RemoteUrl::parse) else {
+    let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
+    let Some((url, configured)) = config.target(&args.src)? else {
         bail!(
-            "{} is not a server URL: use xfer://HOST[:PORT]/PATH (for local copies use xfer push)",
+            "{} is not a server URL or a remote of the config file: use xfer://HOST[:PORT]/PATH \
+             (for local copies use xfer push)",
             args.src.display()
         );
     };
-    transfer(&args, quiet, |runtime, options| {
-        with_trust(&args, &url, |identity, pin| {
+    transfer(&args, &config, quiet, |runtime, options| {
+        with_trust(&args, &url, configured, |identity, pin| {
             runtime.block_on(client::pull(&url, &args.dest, identity, pin, options))
         })
     })
 }
 
 fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    transfer(&args, quiet, |runtime, options| match args.dest.to_str().and_then(RemoteUrl::parse) {
-        Some(url) => with_trust(&args, &url, |identity, pin| {
+    let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
+    let target = config.target(&args.dest)?;
+    transfer(&args, &config, quiet, |runtime, options| match target {
+        Some((url, configured)) => with_trust(&args, &url, configured, |identity, pin| {
             runtime.block_on(client::push(&args.src, &url, identity, pin, options))
         }),
         None => runtime
@@ -186,10 +193,11 @@ fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 /// included) and mapped to the exit code.
 fn transfer(
     args: &PushArgs,
+    config: &Config,
     quiet: bool,
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
-    let mut options = options(args)?;
+    let mut options = options(args, config)?;
     // Bars only for a person watching: not under cron, not with -q.
     let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| Arc::new(ui::Bars::new()));
     if let Some(bars) = &bars {
@@ -223,21 +231,26 @@ fn transfer(
     }
 }
 
-/// The options shared by push and pull, from their flags.
-fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
+/// The options shared by push and pull: flags first, then the config
+/// file's defaults, then built-in defaults.
+fn options(args: &PushArgs, config: &Config) -> anyhow::Result<RemotePush> {
+    let defaults = &config.defaults;
     let compression = match args.compress {
         CompressArg::Auto => Compression::Auto,
         CompressArg::Zstd => Compression::Zstd { level: args.zstd_level },
         CompressArg::Lz4 => Compression::Lz4,
         CompressArg::Raw => Compression::Raw,
     };
-    let Some(state_dir) = args.state_dir.clone().or_else(default_state_dir) else {
+    let state_dir = args.state_dir.clone().or_else(|| defaults.state_dir.clone()).or_else(default_state_dir);
+    let Some(state_dir) = state_dir else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    let busy_wait = std::time::Duration::from_secs(args.busy_wait);
+    let busy_wait = std::time::Duration::from_secs(args.busy_wait.or(defaults.busy_wait).unwrap_or(60));
+    let delete = args.delete || defaults.delete.unwrap_or(false);
+    let checksum = args.checksum || defaults.checksum.unwrap_or(false);
     let cancel = tokio_util::sync::CancellationToken::new();
     let progress = xfer::progress::ProgressSink::default();
-    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait, cancel, progress })
+    Ok(RemotePush { delete, checksum, compression, state_dir, busy_wait, cancel, progress })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xfer_protocol::CloseCode;
@@ -13,6 +14,7 @@ use xfer_protocol::msg::Summary;
 use super::driver::{run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, ServerPin, Tuning};
 use crate::codec::{Compression, Encoder};
+use crate::filter::Filter;
 use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
 use crate::plan::PlanOptions;
@@ -81,6 +83,12 @@ pub enum RemoteError {
     /// A local failure.
     #[error(transparent)]
     Local(#[from] crate::Error),
+    /// Exclusion patterns given for a pull.
+    #[error(
+        "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
+         does not carry patterns); expected a pull without --exclude or --exclude-from"
+    )]
+    PullFilter,
 }
 
 /// What a push or pull did: the `--json` summary.
@@ -154,6 +162,11 @@ pub struct RemotePush {
     /// How long to keep retrying while another session holds the
     /// destination (the server answers "busy"); zero fails at once.
     pub busy_wait: Duration,
+    /// Exclusion patterns (pushes only; a pull refuses a non-empty one):
+    /// matching source entries are not sent, and matching receiver entries
+    /// are never deleted. The caller builds it, the source root's
+    /// `.xferignore` included ([`Filter::with_root_ignore`]).
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// Retries `attempt` while the server answers busy, for up to `wait`.
@@ -192,8 +205,8 @@ pub async fn push(
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
     let scanned = {
         let state_dir = options.state_dir.clone();
-        let (src, checksum) = (src.clone(), options.checksum);
-        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum))
+        let (src, checksum, filter) = (src.clone(), options.checksum, options.filter.clone());
+        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum, filter))
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
@@ -208,7 +221,7 @@ pub async fn push(
             FileReader::new(src.clone()),
             encoder,
             url.path.as_bytes().to_vec(),
-            PlanOptions { delete: options.delete },
+            PlanOptions { delete: options.delete, protect: options.filter.clone() },
             options.checksum,
             remembered,
         );
@@ -327,6 +340,9 @@ pub async fn pull(
     pin: Option<Fingerprint>,
     options: &RemotePush,
 ) -> Result<Report, RemoteError> {
+    if options.filter.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(RemoteError::PullFilter);
+    }
     let started = Instant::now();
     std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;

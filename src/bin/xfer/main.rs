@@ -299,7 +299,7 @@ fn options(args: &PushArgs) -> anyhow::Result<RemotePush> {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
     let busy_wait = std::time::Duration::from_secs(args.busy_wait);
-    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait })
+    Ok(RemotePush { delete: args.delete, checksum: args.checksum, compression, state_dir, busy_wait, filter: None })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

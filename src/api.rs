@@ -83,6 +83,7 @@ impl Options {
             busy_wait: std::time::Duration::from_secs(60),
             cancel: CancellationToken::new(),
             progress: ProgressSink::default(),
+            filter: None,
         }
     }
 }

@@ -5,12 +5,14 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::chunk::ChunkRef;
 use crate::codec::{Compression, EncodedChunk, Encoder};
 use crate::error::{Error, IoContext, Result};
+use crate::filter::Filter;
 use crate::hash::ChunkId;
 use crate::manifest::{EntryKind, Manifest, RelPath};
 use crate::plan::{plan, PlanOptions};
@@ -30,6 +32,11 @@ pub struct PushOptions {
     /// Where xfer keeps its state for this machine (scan caches, the local
     /// destination's chunk index); never inside a transferred tree.
     pub state_dir: PathBuf,
+    /// Exclusion patterns: matching source entries are not pushed, and
+    /// matching destination entries are never deleted. The caller builds it,
+    /// the source root's `.xferignore` included
+    /// ([`Filter::with_root_ignore`]).
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// What a push did, as reported by `--json`.
@@ -86,13 +93,14 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
     let (src, dest) = local_pair(src, dest)?;
 
     std::fs::create_dir_all(&dest).at(&dest)?;
-    let scanned = scan_source(&src, &options.state_dir, options.checksum)?;
+    let scanned = scan_source(&src, &options.state_dir, options.checksum, options.filter.clone())?;
 
     let mut store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
     store.refresh(options.checksum)?;
     let source = &scanned.manifest;
     let present = present_chunks(source, store.manifest(), &store)?;
-    let plan = plan(source, store.manifest(), |id| present.contains(id), PlanOptions { delete: options.delete });
+    let plan_options = PlanOptions { delete: options.delete, protect: options.filter.clone() };
+    let plan = plan(source, store.manifest(), |id| present.contains(id), plan_options);
 
     let mut supply = LocalSupply {
         root: src.clone(),
@@ -141,15 +149,16 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((src, dest))
 }
 
-/// Scans the source tree at `src` (canonical), quick-checking against the
-/// records of its last scan kept in `state_dir`, and records this one.
+/// Scans the source tree at `src` (canonical), less what `filter` excludes,
+/// quick-checking against the records of its last scan kept in
+/// `state_dir`, and records this one.
 ///
 /// # Errors
 /// An unreadable root or state database.
-pub fn scan_source(src: &Path, state_dir: &Path, checksum: bool) -> Result<Scan> {
+pub fn scan_source(src: &Path, state_dir: &Path, checksum: bool, filter: Option<Arc<Filter>>) -> Result<Scan> {
     let db = StateDb::open(&state_file(state_dir, "sources", src))?;
     let previous = db.files()?;
-    let scanned = scan(src, &previous, ScanOptions { checksum, ..ScanOptions::default() })?;
+    let scanned = scan(src, &previous, ScanOptions { checksum, filter, ..ScanOptions::default() })?;
     db.record_scan(&previous, &scanned.records)?;
     Ok(scanned)
 }

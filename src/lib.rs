@@ -2,9 +2,10 @@
 //!
 //! The core is free of I/O: [`chunk`] cuts byte streams into content-defined
 //! chunks, [`manifest`] describes trees, [`plan`] computes what a receiver
-//! needs, [`codec`] and [`patch`] encode the chunks it lacks. The edges touch
-//! the world: [`scan`] reads a source tree, [`store`] rebuilds files on the
-//! receiving side, and [`engine`] drives a local push.
+//! needs, [`codec`] and [`patch`] encode the chunks it lacks, and [`filter`]
+//! decides what a transfer leaves out. The edges touch the world: [`scan`]
+//! reads a source tree, [`store`] rebuilds files on the receiving side, and
+//! [`engine`] drives a local push.
 //!
 //! For backup apps, [`Client`] pushes and pulls and [`Server`] embeds a
 //! receiver; progress arrives as [`progress::Event`]s, and cancelling
@@ -42,6 +43,7 @@ pub mod chunk;
 pub mod codec;
 pub mod engine;
 pub mod error;
+pub mod filter;
 pub mod hash;
 pub mod identity;
 pub mod manifest;

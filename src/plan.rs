@@ -3,16 +3,25 @@
 //! it lacks. Pure functions: no I/O, so they are tested exhaustively.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use crate::chunk::{ChunkRef, FileDigest};
+use crate::filter::Filter;
 use crate::hash::ChunkId;
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 
 /// What the caller wants beyond making source entries appear.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct PlanOptions {
     /// Delete receiver entries the source does not have (rsync's `--delete`).
     pub delete: bool,
+    /// Receiver entries these patterns exclude (and everything inside an
+    /// excluded directory) are never deleted, as rsync's excluded files are
+    /// without `--delete-excluded`: not as extraneous entries, nor to make
+    /// room for a source entry of another kind (that entry is skipped). A
+    /// directory holding such entries is kept too. Pass the filter the
+    /// source was scanned with.
+    pub protect: Option<Arc<Filter>>,
 }
 
 /// One step of a plan, applied in the plan's order.
@@ -118,6 +127,10 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     // Set when a receiver directory is replaced wholesale, so its receiver
     // subtree needs no deletes of its own and its source subtree is all new.
     let mut replaced_dir: Option<RelPath> = None;
+    // Set when a source directory cannot replace a protected receiver entry,
+    // so nothing is created below it.
+    let mut blocked_dir: Option<RelPath> = None;
+    let guard = Protected::new(dest, options.protect.as_deref());
 
     let (src, dst) = (source.entries(), dest.entries());
     let (mut i, mut j) = (0, 0);
@@ -129,7 +142,9 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
         };
         match order {
             std::cmp::Ordering::Less => {
-                create(&src[i], &mut mkdirs, &mut writes, &mut dir_metas);
+                if !blocked_dir.as_ref().is_some_and(|dir| src[i].path.is_inside(dir)) {
+                    create(&src[i], &mut mkdirs, &mut writes, &mut dir_metas);
+                }
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
@@ -138,6 +153,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                 let under_replaced = replaced_dir.as_ref().is_some_and(|dir| d.path.is_inside(dir));
                 if options.delete
                     && !under_replaced
+                    && !guard.keeps(j - 1)
                     && !extraneous.last().is_some_and(|p: &RelPath| d.path.is_inside(p))
                 {
                     extraneous.push(d.path.clone());
@@ -161,6 +177,16 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                     (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
                         if s.meta.mtime != d.meta.mtime {
                             metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta });
+                        }
+                    }
+                    (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(j - 1) => {
+                        skipped.push(Skipped {
+                            path: s.path.clone(),
+                            reason: "an excluded entry, or a directory holding some, stands here on the receiver; \
+                                     excluded entries are never deleted",
+                        });
+                        if matches!(s.kind, EntryKind::Dir) {
+                            blocked_dir = Some(s.path.clone());
                         }
                     }
                     (EntryKind::Dir, _) => {
@@ -227,6 +253,57 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
     ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
     Plan { ops, missing, skipped }
+}
+
+/// Which receiver entries a plan must not delete.
+struct Protected {
+    /// By index in the receiver's entries; empty when nothing is protected.
+    keep: Vec<bool>,
+}
+
+impl Protected {
+    fn new(dest: &Manifest, filter: Option<&Filter>) -> Protected {
+        let Some(filter) = filter.filter(|f| !f.is_empty()) else {
+            return Protected { keep: Vec::new() };
+        };
+        let entries = dest.entries();
+        let mut keep = vec![false; entries.len()];
+        // Sorted order puts a directory's subtree right after it, so the last
+        // excluded directory is the only one an entry can be inside.
+        let mut excluded_dir: Option<&RelPath> = None;
+        let mut holders: HashSet<RelPath> = HashSet::new();
+        for (k, entry) in entries.iter().enumerate() {
+            if excluded_dir.is_some_and(|dir| entry.path.is_inside(dir)) {
+                keep[k] = true;
+                continue;
+            }
+            let is_dir = matches!(entry.kind, EntryKind::Dir);
+            if filter.excludes_entry(&entry.path, is_dir) {
+                keep[k] = true;
+                if is_dir {
+                    excluded_dir = Some(&entry.path);
+                }
+                // Deleting any directory above it would delete it too.
+                let mut dir = entry.path.parent();
+                while !dir.is_root() && holders.insert(dir.clone()) {
+                    dir = dir.parent();
+                }
+            }
+        }
+        // A directory is passed before the excluded entries that make it a
+        // holder, hence a second pass.
+        for (k, entry) in entries.iter().enumerate() {
+            if holders.contains(&entry.path) {
+                keep[k] = true;
+            }
+        }
+        Protected { keep }
+    }
+
+    /// Whether the receiver's entry `k` must stay.
+    fn keeps(&self, k: usize) -> bool {
+        self.keep.get(k).copied().unwrap_or(false)
+    }
 }
 
 fn create(entry: &Entry, mkdirs: &mut Vec<Op>, writes: &mut Vec<Op>, dir_metas: &mut Vec<(RelPath, Meta)>) {
@@ -311,4 +388,78 @@ pub fn apply_list_edit(old: &[ChunkRef], edits: &[ListEdit]) -> Option<Vec<Chunk
         }
     }
     Some(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::digest_bytes;
+
+    fn file(path: &str) -> Entry {
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            meta: Meta::default(),
+            kind: EntryKind::File(digest_bytes(path.as_bytes())),
+        }
+    }
+
+    fn dir(path: &str) -> Entry {
+        Entry { path: RelPath::new(path).unwrap(), meta: Meta::default(), kind: EntryKind::Dir }
+    }
+
+    fn paths<'a>(ops: impl Iterator<Item = &'a Op>) -> Vec<String> {
+        ops.map(|op| op.path().to_string()).collect()
+    }
+
+    /// Paths deleted, sorted (extraneous deletes come deepest first).
+    fn deletes(plan: &Plan) -> Vec<String> {
+        let mut deleted = paths(plan.ops.iter().filter(|op| matches!(op, Op::Delete { .. })));
+        deleted.sort();
+        deleted
+    }
+
+    #[test]
+    fn excluded_receiver_entries_are_not_deleted() {
+        let mut filter = Filter::new();
+        for pattern in ["*.log", "target/", "build/", "conflict", "!conflict/"] {
+            filter.add_pattern(pattern, "--exclude").unwrap();
+        }
+        // What a scan with this filter yields: `build` and `conflict/` are
+        // not excluded as a file and as a directory.
+        let source =
+            Manifest::new(vec![file("src.rs"), file("build"), dir("conflict"), file("conflict/inner")]).unwrap();
+        let dest = Manifest::new(vec![
+            file("keep.log"),
+            file("old.txt"),
+            dir("target"),
+            file("target/a"),
+            dir("mixed"),
+            file("mixed/x.log"),
+            file("mixed/y"),
+            dir("build"),
+            file("build/o"),
+            file("conflict"),
+            dir("gone"),
+            file("gone/z"),
+        ])
+        .unwrap();
+
+        let protect = Some(Arc::new(filter));
+        let plan = plan(&source, &dest, |_| false, PlanOptions { delete: true, protect });
+        // Unprotected extraneous entries go; `mixed` stays for its `x.log`.
+        assert_eq!(deletes(&plan), ["gone", "mixed/y", "old.txt"]);
+        assert_eq!(
+            paths(plan.ops.iter().filter(|op| !matches!(op, Op::Delete { .. } | Op::SetMeta { .. }))),
+            ["src.rs"]
+        );
+        // Source entries that would replace protected ones are skipped, the
+        // directory with its subtree.
+        let skipped: Vec<String> = plan.skipped.iter().map(|s| s.path.to_string()).collect();
+        assert_eq!(skipped, ["build", "conflict"]);
+
+        // Without protection the same plan deletes them all.
+        let unprotected = super::plan(&source, &dest, |_| false, PlanOptions { delete: true, protect: None });
+        assert_eq!(deletes(&unprotected), ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
+        assert!(unprotected.skipped.is_empty());
+    }
 }

@@ -7,11 +7,13 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
+use crate::filter::Filter;
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
 
 /// Prefix of xfer's temporary files; a scan never reports them as entries.
@@ -58,7 +60,7 @@ pub struct FileRecord {
 }
 
 /// How to scan.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ScanOptions {
     /// Read every file even when its stat key is unchanged (`--checksum`).
     pub checksum: bool,
@@ -67,6 +69,9 @@ pub struct ScanOptions {
     pub remove_temps: bool,
     /// Skip a top-level entry of this name (a server's reserved state dir).
     pub reserved: Option<&'static [u8]>,
+    /// Entries these patterns exclude are left out silently (not listed in
+    /// [`Scan::skipped`]), and excluded directories are not entered.
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// Why an entry was left out of the manifest.
@@ -85,7 +90,8 @@ pub struct Scan {
     pub manifest: Manifest,
     /// Records of every file, for the next quick check.
     pub records: HashMap<RelPath, FileRecord>,
-    /// Entries left out: hard links, special files, unreadable or changing files.
+    /// Entries left out: hard links, special files, unreadable or changing
+    /// files (not those the filter excludes: the user asked for that).
     pub skipped: Vec<ScanSkip>,
     /// Files read in full (the rest passed the quick check).
     pub files_read: u64,
@@ -109,15 +115,23 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
     // Depth-first with sorted siblings yields manifest order directly.
     let mut stack: Vec<(RelPath, PathBuf)> = Vec::new();
     list_dir(&RelPath::root(), root, &options, &mut stack, &mut scan).at(root)?;
+    let filter = options.filter.as_deref().filter(|f| !f.is_empty());
     while let Some((rel, abs)) = stack.pop() {
         let meta = match fs::symlink_metadata(&abs) {
             Ok(meta) => meta,
+            Err(_) if filter.is_some_and(|f| f.excludes_entry(&rel, false) || f.excludes_entry(&rel, true)) => {
+                continue;
+            }
             Err(e) => {
                 skip(&mut scan, rel, format!("cannot stat: {e}"));
                 continue;
             }
         };
         let file_type = meta.file_type();
+        // Parents are never excluded here: an excluded directory is not listed.
+        if filter.is_some_and(|f| f.excludes_entry(&rel, file_type.is_dir())) {
+            continue;
+        }
         let base_meta =
             Meta { mode: meta.mode() & 0o7777, mtime: Mtime { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 } };
         if file_type.is_dir() {

@@ -100,6 +100,31 @@ fn cli_quiet_json_completions_and_man() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("130 interrupted"));
 }
 
+/// `--exclude`, `--exclude-from` and the source root's `.xferignore`.
+#[test]
+fn cli_excludes() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("target")).unwrap();
+    for name in ["keep.rs", "debug.log", "target/out", "secret", "notes.tmp"] {
+        fs::write(src.join(name), name).unwrap();
+    }
+    fs::write(src.join(".xferignore"), "secret\n").unwrap();
+    fs::write(tmp.path().join("patterns"), "# temporary files\n*.tmp\n").unwrap();
+    let out = xfer(tmp.path())
+        .args(["push", "--exclude", "*.log", "--exclude", "target/", "--exclude-from"])
+        .arg(tmp.path().join("patterns"))
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dest.join("keep.rs").exists() && dest.join(".xferignore").exists());
+    for gone in ["debug.log", "target", "secret", "notes.tmp"] {
+        assert!(!dest.join(gone).exists(), "{gone} was not excluded");
+    }
+}
+
 #[test]
 fn cli_id_is_stable() {
     let tmp = TempDir::new().unwrap();

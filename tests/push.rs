@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::Path;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
@@ -9,6 +11,7 @@ use rand::SeedableRng;
 use tempfile::TempDir;
 use xfer::codec::{Compression, EncodedChunk, Encoder};
 use xfer::engine::{push_local, PushOptions, Stats};
+use xfer::filter::Filter;
 use xfer::manifest::{EntryKind, RelPath};
 use xfer::plan::{plan, wire_chunk_list, ListEdit, PlanOptions};
 use xfer::scan::{scan, ScanOptions, StatKey};
@@ -33,7 +36,13 @@ fn dirs() -> Dirs {
 }
 
 fn options(d: &Dirs) -> PushOptions {
-    PushOptions { delete: true, checksum: false, compression: Compression::Auto, state_dir: d.state.clone() }
+    PushOptions {
+        delete: true,
+        checksum: false,
+        compression: Compression::Auto,
+        state_dir: d.state.clone(),
+        filter: None,
+    }
 }
 
 fn push(d: &Dirs) -> Stats {
@@ -262,7 +271,8 @@ fn apply_interrupted_at_every_step_is_atomic() {
             source.entries().iter().filter_map(|e| e.file()).flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
         let present: std::collections::HashSet<_> =
             ids.iter().zip(store.has_chunks(&ids).unwrap()).filter_map(|(id, has)| has.then_some(*id)).collect();
-        let first = plan(&source, &dest_manifest, |id| present.contains(id), PlanOptions { delete: true });
+        let first =
+            plan(&source, &dest_manifest, |id| present.contains(id), PlanOptions { delete: true, protect: None });
         let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
         store.fail_at_step(Some(step));
         let result = store.apply(&first, &mut supply);
@@ -296,7 +306,7 @@ fn apply_interrupted_at_every_step_is_atomic() {
         // A re-run completes the transfer.
         let mut store = MirrorStore::open(&dest, &state_path).unwrap();
         let dest_manifest = store.refresh(false).unwrap().clone();
-        let rerun = plan(&source, &dest_manifest, |_| false, PlanOptions { delete: true });
+        let rerun = plan(&source, &dest_manifest, |_| false, PlanOptions { delete: true, protect: None });
         let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
         store.apply(&rerun, &mut supply).unwrap();
         assert_same_tree(&read_tree(&dest), &v2);
@@ -454,4 +464,82 @@ fn store_is_exclusive_while_open() {
     assert!(second.is_busy(), "{second}");
     drop(first);
     assert!(MirrorStore::open(&dest, &state).is_ok(), "the lock goes with its holder");
+}
+
+/// Lays out a source with excluded entries (`target/`, `*.log` on the
+/// command line, `secret.txt` in `.xferignore`) and a destination that
+/// already holds an excluded `keep.log` and a stale file; returns the filter
+/// a caller builds from them.
+pub(crate) fn exclusion_scenario(src: &Path, dest: &Path) -> Filter {
+    fs::create_dir_all(src.join("target/debug")).unwrap();
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for (path, content) in [
+        ("target/debug/app", "binary"),
+        ("a.log", "log"),
+        ("sub/b.log", "log"),
+        (".xferignore", "# local secrets\nsecret.txt\n"),
+        ("secret.txt", "password"),
+        ("sub/secret.txt", "password"),
+        ("keep.txt", "kept"),
+        ("sub/c.txt", "kept"),
+        ("keep.log", "the source's keep.log, excluded"),
+    ] {
+        fs::write(src.join(path), content).unwrap();
+    }
+    fs::create_dir_all(dest).unwrap();
+    fs::write(dest.join("keep.log"), "the destination's own").unwrap();
+    fs::write(dest.join("stale.txt"), "not in the source").unwrap();
+    let mut filter = Filter::with_root_ignore(src).unwrap();
+    filter.add_pattern("target/", "--exclude").unwrap();
+    filter.add_pattern("*.log", "--exclude").unwrap();
+    filter
+}
+
+/// What the destination of [`exclusion_scenario`] holds after a push with
+/// `--delete`: what was not excluded, `.xferignore` included, and its own
+/// excluded `keep.log`; the stale file is gone.
+pub(crate) fn assert_exclusion_outcome(dest: &Path) {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(dest, dest, &mut found);
+    found.sort();
+    assert_eq!(found, [".xferignore", "keep.log", "keep.txt", "sub", "sub/c.txt"]);
+    assert_eq!(fs::read_to_string(dest.join("keep.log")).unwrap(), "the destination's own");
+    assert_eq!(fs::read_to_string(dest.join(".xferignore")).unwrap(), "# local secrets\nsecret.txt\n");
+}
+
+#[test]
+fn push_leaves_out_excluded_entries_and_keeps_them_on_the_destination() {
+    let d = dirs();
+    let filter = Arc::new(exclusion_scenario(&d.src, &d.dest));
+    let options = PushOptions { filter: Some(filter.clone()), ..options(&d) };
+    let stats = push_local(&d.src, &d.dest, &options).unwrap();
+    assert_exclusion_outcome(&d.dest);
+    assert!(stats.skipped.is_empty(), "excluded entries are not reported as skipped: {:?}", stats.skipped);
+    assert_eq!((stats.files_scanned, stats.entries_deleted), (3, 1));
+
+    // The scan itself never lists what is excluded.
+    let scanned =
+        scan(&d.src, &HashMap::new(), ScanOptions { filter: Some(filter), ..ScanOptions::default() }).unwrap();
+    let listed: Vec<String> = scanned.manifest.entries().iter().map(|e| e.path.to_string()).collect();
+    assert_eq!(listed, [".xferignore", "keep.txt", "sub", "sub/c.txt"]);
+
+    // Again: nothing to do, and `keep.log` still survives `--delete`.
+    let again = push_local(&d.src, &d.dest, &options).unwrap();
+    assert_eq!((again.files_changed, again.entries_deleted), (0, 0));
+    assert_exclusion_outcome(&d.dest);
+
+    // The control: without the filter the excluded files go too, and the
+    // source's keep.log replaces the destination's.
+    let unfiltered = push(&d);
+    assert_eq!(unfiltered.files_changed, 6, "{unfiltered:?}");
+    assert_eq!(fs::read_to_string(d.dest.join("keep.log")).unwrap(), "the source's keep.log, excluded");
 }

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use xfer::codec::Compression;
 use xfer::identity::Identity;
 use xfer::transport::access::Access;
-use xfer::transport::client::{pull, push, RemoteError, RemotePush, RemoteUrl};
+use xfer::transport::client::{pull, push, push_embedded, RemoteError, RemotePush, RemoteUrl};
 use xfer::transport::driver::{serve, ServeConfig};
 use xfer::transport::{server_endpoint, Tuning};
 
@@ -61,6 +61,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         busy_wait: std::time::Duration::from_secs(10),
         cancel: tokio_util::sync::CancellationToken::new(),
         progress: xfer::progress::ProgressSink::default(),
+        filter: None,
     }
 }
 
@@ -145,6 +146,33 @@ async fn remote_push_then_pull_back() {
     let again = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
     assert!(again.wire_bytes_sent + again.wire_bytes_received < 20_000);
     assert_same_tree(&read_tree(&restored), &v1);
+}
+
+/// The CLI's local push (an embedded server, the session protocol) with
+/// exclusions: excluded entries stay on the sender, the receiver's excluded
+/// entries survive `--delete`, an excluded directory there included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_push_honours_exclusions() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    let filter = Arc::new(crate::push::exclusion_scenario(&src, &dest));
+    std::fs::create_dir_all(dest.join("target/deep")).unwrap();
+    std::fs::write(dest.join("target/deep/old"), "build output").unwrap();
+    let options = RemotePush { filter: Some(filter), ..options(&tmp) };
+    let report = push_embedded(&src, &dest, &options).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!((report.files_changed, report.files_deleted), (3, 1));
+    assert_eq!(std::fs::read(dest.join("target/deep/old")).unwrap(), b"build output");
+    let again = push_embedded(&src, &dest, &options).await.unwrap();
+    assert_eq!((again.files_changed, again.files_deleted), (0, 0));
+    std::fs::remove_dir_all(dest.join("target")).unwrap();
+    crate::push::assert_exclusion_outcome(&dest);
+
+    // A pull's source is scanned by the server: patterns are refused, not ignored.
+    let url = RemoteUrl { authority: "127.0.0.1:9".into(), path: String::new() };
+    let client = Identity::generate().unwrap();
+    let refused = pull(&url, &tmp.path().join("pulled"), &client, None, &options).await;
+    assert!(matches!(refused, Err(RemoteError::PullFilter)), "{refused:?}");
 }
 
 /// A UDP relay in front of `server` that forwards both ways and sets

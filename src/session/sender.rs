@@ -320,7 +320,11 @@ impl<R: ChunkReader> Sender<R> {
                 continue;
             }
             if child.is_dir {
-                subdirs.push(path);
+                // An excluded directory is kept whole, whatever it holds:
+                // listing it would cost round trips and change no plan.
+                if !self.options.protect.as_ref().is_some_and(|f| f.excludes_entry(&path, true)) {
+                    subdirs.push(path);
+                }
             } else if self.source.get(&path).is_some_and(|e| e.file().is_some()) {
                 self.files_wanted.push(path);
             }
@@ -413,7 +417,7 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     fn start_sending(&mut self) -> Result<(), SessionError> {
-        self.ops = plan(&self.source, &self.dest, |_| false, self.options).ops;
+        self.ops = plan(&self.source, &self.dest, |_| false, self.options.clone()).ops;
         self.progress.emit(|| {
             let sizes = self.ops.iter().filter_map(|op| match op {
                 Op::WriteFile { digest, .. } => Some(digest.size),

@@ -159,7 +159,9 @@ impl MirrorStore {
 impl Store for MirrorStore {
     fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
         let previous = self.db.files()?;
-        let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved };
+        // No filter: the receiver's tree is seen whole, and the planner
+        // decides which excluded entries it protects.
+        let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, filter: None };
         let scan = scan::scan(&self.root, &previous, options)?;
         self.db.record_scan(&previous, &scan.records)?;
         self.records = scan.records;

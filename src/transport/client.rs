@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::VarInt;
@@ -15,6 +16,7 @@ use xfer_protocol::msg::Summary;
 use super::driver::{run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, ServerPin, Tuning};
 use crate::codec::{Compression, Encoder};
+use crate::filter::Filter;
 use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
 use crate::plan::PlanOptions;
@@ -87,6 +89,12 @@ pub enum RemoteError {
     /// The caller cancelled; the files received whole were kept.
     #[error("cancelled; the files already received whole were kept, and the next run goes on from there")]
     Cancelled,
+    /// Exclusion patterns given for a pull.
+    #[error(
+        "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
+         does not carry patterns); expected a pull without --exclude or --exclude-from"
+    )]
+    PullFilter,
 }
 
 /// What a push or pull did: the `--json` summary.
@@ -166,6 +174,11 @@ pub struct RemotePush {
     pub cancel: CancellationToken,
     /// Where progress events go.
     pub progress: ProgressSink,
+    /// Exclusion patterns (pushes only; a pull refuses a non-empty one):
+    /// matching source entries are not sent, and matching receiver entries
+    /// are never deleted. The caller builds it, the source root's
+    /// `.xferignore` included ([`Filter::with_root_ignore`]).
+    pub filter: Option<Arc<Filter>>,
 }
 
 /// Runs `session` on `connection` until it ends or `cancel` fires; then
@@ -223,8 +236,8 @@ pub async fn push(
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
     let scanned = {
         let state_dir = options.state_dir.clone();
-        let (src, checksum) = (src.clone(), options.checksum);
-        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum))
+        let (src, checksum, filter) = (src.clone(), options.checksum, options.filter.clone());
+        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum, filter))
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
@@ -243,7 +256,7 @@ pub async fn push(
             FileReader::new(src.clone()),
             encoder,
             url.path.as_bytes().to_vec(),
-            PlanOptions { delete: options.delete },
+            PlanOptions { delete: options.delete, protect: options.filter.clone() },
             options.checksum,
             remembered,
         );
@@ -363,6 +376,9 @@ pub async fn pull(
     pin: Option<Fingerprint>,
     options: &RemotePush,
 ) -> Result<Report, RemoteError> {
+    if options.filter.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(RemoteError::PullFilter);
+    }
     let started = Instant::now();
     std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;

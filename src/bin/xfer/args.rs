@@ -29,7 +29,10 @@ pub enum Command {
     #[command(after_help = concat!(
         "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
 xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n  \
-xfer push ./site backup            # a remote named in CONFIG_DIR/config.toml\n\n\
+xfer push ./site backup            # a remote named in CONFIG_DIR/config.toml\n  \
+xfer push --exclude '*.log' --exclude target/ ./src /backup/src\n\n\
+A .xferignore file at the source root holds more patterns (gitignore rules); it is\n\
+transferred too. Command-line patterns come after it, so they win.\n\n\
 config.toml holds defaults and named remotes:\n  \
 [defaults]\n  delete = true\n  busy_wait = 300\n  \
 [remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n",
@@ -141,6 +144,13 @@ pub struct PushArgs {
     /// [default: 60, or the config file's]
     #[arg(long, value_name = "SECONDS")]
     pub busy_wait: Option<u64>,
+    /// Leave out entries matching this gitignore-style pattern (repeatable;
+    /// pushes only). Excluded destination entries survive --delete.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from FILE, one per line (pushes only).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -16,6 +16,7 @@ use config::Config;
 
 use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
+use xfer::filter::Filter;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
 use xfer::transport;
 use xfer::transport::access::Access;
@@ -168,7 +169,7 @@ fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             args.src.display()
         );
     };
-    transfer(&args, &config, quiet, |runtime, options| {
+    transfer(&args, &config, false, quiet, |runtime, options| {
         with_trust(&args, &url, configured, |identity, pin| {
             runtime.block_on(client::pull(&url, &args.dest, identity, pin, options))
         })
@@ -178,7 +179,7 @@ fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let target = config.target(&args.dest)?;
-    transfer(&args, &config, quiet, |runtime, options| match target {
+    transfer(&args, &config, true, quiet, |runtime, options| match target {
         Some((url, configured)) => with_trust(&args, &url, configured, |identity, pin| {
             runtime.block_on(client::push(&args.src, &url, identity, pin, options))
         }),
@@ -194,10 +195,11 @@ fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 fn transfer(
     args: &PushArgs,
     config: &Config,
+    push: bool,
     quiet: bool,
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
-    let mut options = options(args, config)?;
+    let mut options = options(args, config, push)?;
     // Bars only for a person watching: not under cron, not with -q.
     let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| Arc::new(ui::Bars::new()));
     if let Some(bars) = &bars {
@@ -233,8 +235,18 @@ fn transfer(
 
 /// The options shared by push and pull: flags first, then the config
 /// file's defaults, then built-in defaults.
-fn options(args: &PushArgs, config: &Config) -> anyhow::Result<RemotePush> {
+fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<RemotePush> {
     let defaults = &config.defaults;
+    // The source root's .xferignore, then --exclude-from, then --exclude:
+    // the last match wins, so the command line has the last word.
+    let mut filter = if push { Filter::with_root_ignore(&args.src)? } else { Filter::new() };
+    for file in &args.exclude_from {
+        filter.add_file(file)?;
+    }
+    for pattern in &args.exclude {
+        filter.add_pattern(pattern, "--exclude")?;
+    }
+    let filter = (!filter.is_empty()).then(|| Arc::new(filter));
     let compression = match args.compress {
         CompressArg::Auto => Compression::Auto,
         CompressArg::Zstd => Compression::Zstd { level: args.zstd_level },
@@ -250,7 +262,7 @@ fn options(args: &PushArgs, config: &Config) -> anyhow::Result<RemotePush> {
     let checksum = args.checksum || defaults.checksum.unwrap_or(false);
     let cancel = tokio_util::sync::CancellationToken::new();
     let progress = xfer::progress::ProgressSink::default();
-    Ok(RemotePush { delete, checksum, compression, state_dir, busy_wait, cancel, progress })
+    Ok(RemotePush { delete, checksum, compression, state_dir, busy_wait, cancel, progress, filter })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod scan;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod transport;
 pub mod wire;
 

@@ -53,6 +53,7 @@ pub mod progress;
 pub mod scan;
 pub mod session;
 pub mod store;
+pub mod throttle;
 pub mod transport;
 pub mod wire;
 

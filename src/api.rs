@@ -84,6 +84,7 @@ impl Options {
             cancel: CancellationToken::new(),
             progress: ProgressSink::default(),
             filter: None,
+            bwlimit: crate::throttle::Limiter::unlimited(),
         }
     }
 }

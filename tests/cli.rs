@@ -125,6 +125,45 @@ fn cli_excludes() {
     }
 }
 
+/// `--bwlimit` caps the data direction: 3 MiB at 1 MiB/s cannot finish in
+/// under 2.5 s (a lower bound only; smoothness is the throttle module's
+/// fake-clock tests).
+#[test]
+fn cli_bwlimit_caps_a_push() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("blob"), seeded(3 << 20, 9)).unwrap();
+    let started = std::time::Instant::now();
+    let out = xfer(tmp.path()).args(["push", "--bwlimit", "1M"]).arg(&src).arg(tmp.path().join("d")).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed().as_secs_f64() >= 2.5, "{:?}", started.elapsed());
+    assert_eq!(fs::read(tmp.path().join("d/blob")).unwrap(), seeded(3 << 20, 9));
+    let bad = xfer(tmp.path()).args(["push", "--bwlimit", "10Q"]).arg(&src).arg(tmp.path().join("e")).output();
+    assert!(String::from_utf8_lossy(&bad.unwrap().stderr).contains("is not a rate"));
+}
+
+/// Outside `--window`: exit 4 at once, nothing written, and the JSON says so.
+#[test]
+fn cli_outside_window_exits_4() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    // A one-hour window starting two hours from now.
+    let now = xfer::throttle::local_time_now();
+    let at = |minutes: u16| format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60);
+    let window = format!("{}-{}", at(now.minute + 120), at(now.minute + 180));
+    let mut push = xfer(tmp.path());
+    let out = push.args(["push", "--json", "--window", &window]).arg(&src).arg(tmp.path().join("d")).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["exit_code"], 4);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--wait"));
+    assert!(!tmp.path().join("d/a").exists());
+}
+
 #[test]
 fn cli_id_is_stable() {
     let tmp = TempDir::new().unwrap();

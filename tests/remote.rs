@@ -62,6 +62,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         cancel: tokio_util::sync::CancellationToken::new(),
         progress: xfer::progress::ProgressSink::default(),
         filter: None,
+        bwlimit: xfer::throttle::Limiter::unlimited(),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::manifest::Manifest;
 use crate::plan::PlanOptions;
 use crate::progress::{Event, ProgressSink};
 use crate::session::{FileReader, Sender, SessionError};
+use crate::throttle::Limiter;
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +180,13 @@ pub struct RemotePush {
     /// are never deleted. The caller builds it, the source root's
     /// `.xferignore` included ([`Filter::with_root_ignore`]).
     pub filter: Option<Arc<Filter>>,
+    /// Caps the data direction (`--bwlimit`); its rate may change while
+    /// the transfer runs (a timetable).
+    pub bwlimit: Limiter,
+}
+
+fn caps(options: &RemotePush) -> super::driver::Caps {
+    super::driver::Caps(vec![options.bwlimit.clone()])
 }
 
 /// Runs `session` on `connection` until it ends or `cancel` fires; then
@@ -261,7 +269,7 @@ pub async fn push(
             remembered,
         );
         sender.set_progress(options.progress.clone());
-        let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender)).await;
+        let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
         connection.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
@@ -325,6 +333,8 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         root: dest,
         access: super::access::Access::allow(&[identity.fingerprint()]),
         state: ServerState::Outside(state),
+        per_session: crate::throttle::Rate(None),
+        total: crate::throttle::Limiter::unlimited(),
     };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
@@ -393,7 +403,8 @@ pub async fn pull(
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
     let mut receiver = receiver;
     receiver.set_progress(options.progress.clone());
-    let receiver = cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver)).await;
+    let receiver =
+        cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver, caps(options))).await;
     let wire = wire_bytes(&connection);
     connection.close(0u32.into(), b"done");
     endpoint.wait_idle().await;

@@ -18,6 +18,7 @@ use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
 use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
 use crate::store::MirrorStore;
+use crate::throttle::{acquire_all, Limiter, Rate};
 
 /// Streams that carry chunk data, so one lost packet stalls only a share.
 pub const DATA_STREAMS: usize = 4;
@@ -38,12 +39,21 @@ pub struct ServeConfig {
     pub access: Access,
     /// Where the state of each served tree is kept.
     pub state: ServerState,
+    /// Cap on each session's data direction (`serve --bwlimit`).
+    pub per_session: Rate,
+    /// Cap on all sessions together (`serve --bwlimit-total`).
+    pub total: Limiter,
 }
 
 impl ServeConfig {
     /// Serves `root` as `access` allows, keeping state in `ROOT/.xfer`.
     pub fn new(root: PathBuf, access: Access) -> Self {
-        ServeConfig { root, access, state: ServerState::InRoot }
+        ServeConfig { root, access, state: ServerState::InRoot, per_session: Rate(None), total: Limiter::unlimited() }
+    }
+
+    /// The caps of a new session: its own, and the server's total.
+    fn caps(&self) -> Caps {
+        Caps(vec![Limiter::new(self.per_session), self.total.clone()])
     }
 
     /// The state database of the tree at `path`, and whether the root's
@@ -103,8 +113,27 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// Reads frames from `recv` into `tx` until the stream ends.
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Message>) -> io::Result<()> {
+/// Bandwidth caps on a session's data direction: every limiter is charged
+/// for every byte (a per-session cap and a server-wide total, say).
+#[derive(Clone, Debug, Default)]
+pub struct Caps(pub Vec<Limiter>);
+
+/// Bytes charged at a time: small enough that a cap stays smooth at
+/// low rates, large enough to cost nothing at high ones.
+const CAP_PIECE: usize = 16 * 1024;
+
+impl Caps {
+    async fn take(&self, bytes: usize) {
+        if !self.0.is_empty() {
+            let limiters: Vec<&Limiter> = self.0.iter().collect();
+            acquire_all(&limiters, bytes as u64).await;
+        }
+    }
+}
+
+/// Reads frames from `recv` into `tx` until the stream ends, reading no
+/// faster than `caps` allow (QUIC flow control then slows the sender).
+async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Message>, caps: Caps) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         while let Some((message, used)) = frame::decode(&buf).map_err(io_err)? {
@@ -113,21 +142,28 @@ async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Message>) -> io::Res
                 return Ok(());
             }
         }
-        match recv.read_chunk(64 * 1024, true).await.map_err(io_err)? {
-            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+        match recv.read_chunk(CAP_PIECE, true).await.map_err(io_err)? {
+            Some(chunk) => {
+                caps.take(chunk.bytes.len()).await;
+                buf.extend_from_slice(&chunk.bytes);
+            }
             None if buf.is_empty() => return Ok(()),
             None => return Err(io_err("stream ended inside a frame")),
         }
     }
 }
 
-/// Writes frames from `rx` to `send`, then finishes the stream.
-async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>) -> io::Result<()> {
+/// Writes frames from `rx` to `send` as fast as `caps` allow, then
+/// finishes the stream.
+async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>, caps: Caps) -> io::Result<()> {
     let mut bytes = Vec::new();
     while let Some(message) = rx.recv().await {
         bytes.clear();
         frame::encode(&message, &mut bytes);
-        send.write_all(&bytes).await.map_err(io_err)?;
+        for piece in bytes.chunks(CAP_PIECE) {
+            caps.take(piece.len()).await;
+            send.write_all(piece).await.map_err(io_err)?;
+        }
     }
     send.finish().map_err(io_err)?;
     let _ = send.stopped().await;
@@ -135,13 +171,13 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>) -> 
 }
 
 /// Spreads data frames over the data streams.
-async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>) -> io::Result<()> {
+async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>, caps: Caps) -> io::Result<()> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for stream in streams {
         let (tx, stream_rx) = mpsc::channel(CHANNEL_DEPTH);
         senders.push(tx);
-        tasks.push(tokio::spawn(write_frames(stream, stream_rx)));
+        tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone())));
     }
     let mut next = 0;
     while let Some(message) = rx.recv().await {
@@ -164,9 +200,10 @@ async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>) -
 pub async fn run_sender<R: ChunkReader + Send + 'static>(
     connection: &Connection,
     sender: Sender<R>,
+    caps: Caps,
 ) -> Result<Sender<R>, SessionError> {
     let (send, in_rx, reader) = open_control(connection).await?;
-    let result = drive_sender(connection, send, in_rx, sender).await;
+    let result = drive_sender(connection, send, in_rx, sender, caps).await;
     reader.abort();
     result
 }
@@ -178,7 +215,7 @@ async fn open_control(
 ) -> Result<(SendStream, mpsc::Receiver<Message>, tokio::task::JoinHandle<io::Result<()>>), SessionError> {
     let (send, recv) = connection.open_bi().await.map_err(net)?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
-    Ok((send, in_rx, tokio::spawn(read_frames(recv, in_tx))))
+    Ok((send, in_rx, tokio::spawn(read_frames(recv, in_tx, Caps::default()))))
 }
 
 fn net(e: impl std::fmt::Display) -> SessionError {
@@ -192,6 +229,7 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     send: SendStream,
     mut in_rx: mpsc::Receiver<Message>,
     mut sender: Sender<R>,
+    caps: Caps,
 ) -> Result<Sender<R>, SessionError> {
     let mut data_streams = Vec::new();
     for _ in 0..DATA_STREAMS {
@@ -199,8 +237,8 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     }
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (data_tx, data_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, ctrl_rx));
-    let data_writer = tokio::spawn(write_data(data_streams, data_rx));
+    let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default()));
+    let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps));
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
     let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
@@ -239,14 +277,15 @@ async fn drive_receiver(
     send: SendStream,
     mut ctrl_in: mpsc::Receiver<Message>,
     mut receiver: Receiver,
+    caps: Caps,
 ) -> Result<Receiver, SessionError> {
     let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, out_rx));
+    let writer = tokio::spawn(write_frames(send, out_rx, Caps::default()));
     let data_conn = connection.clone();
     let data_readers = tokio::spawn(async move {
         while let Ok(stream) = data_conn.accept_uni().await {
-            tokio::spawn(read_frames(stream, data_in_tx.clone()));
+            tokio::spawn(read_frames(stream, data_in_tx.clone(), caps.clone()));
         }
     });
     let runtime = tokio::runtime::Handle::current();
@@ -294,9 +333,9 @@ async fn drive_receiver(
 ///
 /// # Errors
 /// Session errors from either side, or the connection failing.
-pub async fn run_pull(connection: &Connection, receiver: Receiver) -> Result<Receiver, SessionError> {
+pub async fn run_pull(connection: &Connection, receiver: Receiver, caps: Caps) -> Result<Receiver, SessionError> {
     let (send, in_rx, reader) = open_control(connection).await?;
-    let result = drive_receiver(connection, send, in_rx, receiver).await;
+    let result = drive_receiver(connection, send, in_rx, receiver, caps).await;
     reader.abort();
     result
 }
@@ -426,7 +465,7 @@ async fn serve_session(
     };
     let (send, recv) = connection.accept_bi().await.map_err(net)?;
     let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, ctrl_in_tx)));
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, ctrl_in_tx, Caps::default())));
     // Hello and Open decide which side of a session this server plays.
     let (Some(hello), Some(Message::Open(open))) = (ctrl_in.recv().await, ctrl_in.recv().await) else {
         return Err(SessionError::Protocol("expected Hello and Open".into()));
@@ -445,7 +484,7 @@ async fn serve_session(
         let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
         receiver.handle(hello)?;
         receiver.handle(Message::Open(open))?;
-        drive_receiver(connection, send, ctrl_in, receiver).await.map(|_| ())
+        drive_receiver(connection, send, ctrl_in, receiver, config.caps()).await.map(|_| ())
     };
     drop(reader);
     result
@@ -487,7 +526,7 @@ async fn serve_pull(
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options = crate::plan::PlanOptions { delete: open.delete, protect: None };
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
-    drive_sender(connection, send, ctrl_in, sender).await.map(|_| ())
+    drive_sender(connection, send, ctrl_in, sender, config.caps()).await.map(|_| ())
 }
 
 /// Opens the destination a client asked for, under the server's root.

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 macro_rules! exit_codes {
     () => {
         "Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped or failed, the rest \
-committed); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there)."
+committed); 4 outside the --window or stopped when it closed (resumable); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there)."
     };
 }
 
@@ -64,6 +64,12 @@ xfer:bbbb...  ro              # pull anything")]
         /// (repeatable); see `xfer id` on the client.
         #[arg(long = "allow", value_name = "FINGERPRINT")]
         allow: Vec<String>,
+        /// Cap each session's data direction (same RATE forms as push).
+        #[arg(long, value_name = "RATE")]
+        bwlimit: Option<String>,
+        /// Cap all sessions together.
+        #[arg(long, value_name = "RATE")]
+        bwlimit_total: Option<String>,
         /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
         #[arg(long, value_name = "FILE")]
         authorized_clients: Option<PathBuf>,
@@ -151,6 +157,19 @@ pub struct PushArgs {
     /// Read exclude patterns from FILE, one per line (pushes only).
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Cap the data direction: a rate in bytes/s (500K, 10M, 1.5G; 100Mbit
+    /// for bits/s; off) or a timetable like "08:00,512K 19:00,10M 23:00,off",
+    /// with optional weekdays (Mon-08:00,1M) and UP:DOWN rates.
+    #[arg(long, value_name = "RATE|TIMETABLE")]
+    pub bwlimit: Option<String>,
+    /// Run only inside this window, e.g. 22:00-06:00 or Mon-Fri,22:00-06:00
+    /// (local time): outside it exit 4 at once; when it closes mid-run stop
+    /// at a commit point and exit 4 (the next run goes on from there).
+    #[arg(long, value_name = "WINDOW")]
+    pub window: Option<String>,
+    /// Outside the window, sleep until it opens instead of exiting 4.
+    #[arg(long, requires = "window")]
+    pub wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -18,12 +19,17 @@ use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
 use xfer::filter::Filter;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
+use xfer::throttle::{local_time_now, Direction, Limiter, Rate, Timetable, Window};
 use xfer::transport;
 use xfer::transport::access::Access;
 use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
+
+/// Exit code when the allowed window is closed (or closed mid-run): the
+/// run is resumable.
+const EXIT_WINDOW: u8 = 4;
 
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -43,8 +49,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(args, cli.quiet),
         Command::Pull(args) => pull(args, cli.quiet),
-        Command::Serve { root, listen, allow, authorized_clients, config_dir } => {
-            serve(root, listen, &allow, authorized_clients.as_deref(), config_dir)
+        Command::Serve { root, listen, allow, authorized_clients, config_dir, bwlimit, bwlimit_total } => {
+            let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
+            let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
+            serve(root, listen, &allow, authorized_clients.as_deref(), config_dir, (per_session, total))
         }
         Command::Trust { authority, fingerprint, config_dir } => {
             let fingerprint: Fingerprint = fingerprint.parse()?;
@@ -89,6 +97,7 @@ fn serve(
     allow: &[String],
     authorized_clients: Option<&std::path::Path>,
     config_dir: Option<PathBuf>,
+    (per_session, total): (Rate, Rate),
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
     let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
@@ -111,7 +120,10 @@ fn serve(
         let endpoint = transport::server_endpoint(listen, &identity, transport::Tuning::default())
             .with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        let config = std::sync::Arc::new(transport::driver::ServeConfig::new(root, access));
+        let mut config = transport::driver::ServeConfig::new(root, access);
+        config.per_session = per_session;
+        config.total = Limiter::new(total);
+        let config = std::sync::Arc::new(config);
         tokio::select! {
             () = transport::driver::serve(endpoint.clone(), config) => {}
             _ = tokio::signal::ctrl_c() => {
@@ -200,16 +212,59 @@ fn transfer(
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
     let mut options = options(args, config, push)?;
+    let window = args.window.as_deref().map(str::parse::<Window>).transpose()?;
+    let timetable = args.bwlimit.as_deref().map(str::parse::<Timetable>).transpose()?;
+    let direction = if push { Direction::Up } else { Direction::Down };
+    if let Some(timetable) = &timetable {
+        options.bwlimit = Limiter::new(timetable.rate_at(local_time_now(), direction));
+    }
+    let runtime = runtime()?;
+    if let Some(window) = &window {
+        if !window.is_open(local_time_now()) {
+            let wait = window.minutes_until_open(local_time_now());
+            if !args.wait {
+                let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
+                let message =
+                    format!("outside the window {} (it opens {when}); pass --wait to wait", window_text(args));
+                return Ok(stopped(args.json, EXIT_WINDOW, &message));
+            }
+            if !quiet {
+                eprintln!("xfer: waiting for the window {} to open", window_text(args));
+            }
+            runtime.block_on(async {
+                while !window.is_open(local_time_now()) {
+                    tokio::time::sleep(RECHECK).await;
+                }
+            });
+        }
+    }
     // Bars only for a person watching: not under cron, not with -q.
     let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| Arc::new(ui::Bars::new()));
     if let Some(bars) = &bars {
         options.progress = xfer::progress::ProgressSink::new(bars.clone());
     }
-    let runtime = runtime()?;
+    let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
     let cancel = options.cancel.clone();
     runtime.spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             cancel.cancel();
+        }
+    });
+    // The window closing stops the transfer at a commit point; a timetable
+    // is re-read as the clock moves.
+    let (cancel, limiter, reason) = (options.cancel.clone(), options.bwlimit.clone(), stop.clone());
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(RECHECK).await;
+            let now = local_time_now();
+            if let Some(timetable) = &timetable {
+                limiter.set_rate(timetable.rate_at(now, direction));
+            }
+            if window.as_ref().is_some_and(|w| !w.is_open(now)) {
+                reason.store(EXIT_WINDOW, Ordering::SeqCst);
+                cancel.cancel();
+                return;
+            }
         }
     });
     let outcome = run(&runtime, &options);
@@ -218,19 +273,39 @@ fn transfer(
     }
     match outcome {
         Ok(report) => print_report(&report, args.json, quiet),
+        Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {
+            let code = stop.load(Ordering::SeqCst);
+            let message = if code == EXIT_WINDOW {
+                format!("the window {} closed; {e:#}", window_text(args))
+            } else {
+                format!("interrupted; {e:#}")
+            };
+            Ok(stopped(args.json, code, &message))
+        }
         Err(e) => {
-            let cancelled = matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled));
-            let code = if cancelled { EXIT_INTERRUPTED } else { 1 };
             if args.json {
-                println!("{}", serde_json::json!({ "exit_code": code, "error": format!("{e:#}") }));
-            }
-            if cancelled {
-                eprintln!("xfer: {e:#}");
-                return Ok(ExitCode::from(code));
+                println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
             }
             Err(e)
         }
     }
+}
+
+/// How often a running transfer re-reads the clock for its window and
+/// timetable (both have minute resolution).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn window_text(args: &PushArgs) -> &str {
+    args.window.as_deref().unwrap_or_default()
+}
+
+/// Reports a run that stopped without failing (window, Ctrl-C).
+fn stopped(json: bool, code: u8, message: &str) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "exit_code": code, "error": message }));
+    }
+    eprintln!("xfer: {message}");
+    ExitCode::from(code)
 }
 
 /// The options shared by push and pull: flags first, then the config
@@ -262,7 +337,17 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
     let checksum = args.checksum || defaults.checksum.unwrap_or(false);
     let cancel = tokio_util::sync::CancellationToken::new();
     let progress = xfer::progress::ProgressSink::default();
-    Ok(RemotePush { delete, checksum, compression, state_dir, busy_wait, cancel, progress, filter })
+    Ok(RemotePush {
+        delete,
+        checksum,
+        compression,
+        state_dir,
+        busy_wait,
+        cancel,
+        progress,
+        filter,
+        bwlimit: Limiter::unlimited(),
+    })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

@@ -226,7 +226,7 @@ fn transfer(
                 let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
                 let message =
                     format!("outside the window {} (it opens {when}); pass --wait to wait", window_text(args));
-                return Ok(stopped(args.json, EXIT_WINDOW, &message));
+                return Ok(stopped(args.json, quiet, EXIT_WINDOW, &message));
             }
             if !quiet {
                 eprintln!("xfer: waiting for the window {} to open", window_text(args));
@@ -280,7 +280,7 @@ fn transfer(
             } else {
                 format!("interrupted; {e:#}")
             };
-            Ok(stopped(args.json, code, &message))
+            Ok(stopped(args.json, quiet, code, &message))
         }
         Err(e) => {
             if args.json {
@@ -299,12 +299,15 @@ fn window_text(args: &PushArgs) -> &str {
     args.window.as_deref().unwrap_or_default()
 }
 
-/// Reports a run that stopped without failing (window, Ctrl-C).
-fn stopped(json: bool, code: u8, message: &str) -> ExitCode {
+/// Reports a run that stopped without failing (window, Ctrl-C). A closed
+/// window is routine under cron: with -q only the exit code tells.
+fn stopped(json: bool, quiet: bool, code: u8, message: &str) -> ExitCode {
     if json {
         println!("{}", serde_json::json!({ "exit_code": code, "error": message }));
     }
-    eprintln!("xfer: {message}");
+    if !(quiet && code == EXIT_WINDOW) {
+        eprintln!("xfer: {message}");
+    }
     ExitCode::from(code)
 }
 

@@ -30,6 +30,14 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+    /// An entry changes on the receiver (one per entry, as `--itemize`
+    /// lists them).
+    Entry {
+        /// What happens to it.
+        change: Change,
+        /// Its path in the tree.
+        path: String,
+    },
     /// A chunk crossed the wire.
     Chunk {
         /// Its size once decoded.
@@ -37,6 +45,35 @@ pub enum Event {
         /// Its size as sent (compressed, or a delta).
         encoded: u64,
     },
+}
+
+/// What happens to an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A file is written (new or changed content).
+    Write,
+    /// A directory is created.
+    Mkdir,
+    /// A symlink is written.
+    Symlink,
+    /// Only mode or mtime change.
+    Meta,
+    /// The entry is deleted.
+    Delete,
+}
+
+impl Change {
+    /// The entry's change for `op`.
+    pub fn of(op: &crate::plan::Op) -> Change {
+        use crate::plan::Op;
+        match op {
+            Op::WriteFile { .. } => Change::Write,
+            Op::Mkdir { .. } => Change::Mkdir,
+            Op::Symlink { .. } => Change::Symlink,
+            Op::SetMeta { .. } => Change::Meta,
+            Op::Delete { .. } => Change::Delete,
+        }
+    }
 }
 
 /// Receives [`Event`]s; called from the transfer's threads, so it must be

@@ -164,6 +164,26 @@ fn cli_outside_window_exits_4() {
     assert!(!tmp.path().join("d/a").exists());
 }
 
+/// `--itemize`: one line per changed entry, on stdout; with `--json`, on
+/// stderr so stdout stays one JSON object.
+#[test]
+fn cli_itemize_lists_changes() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("dir/a"), b"a").unwrap();
+    fs::write(src.join("gone"), b"g").unwrap();
+    let push = |extra: &[&str]| xfer(tmp.path()).arg("push").args(extra).arg(&src).arg(&dest).output().unwrap();
+    let first = String::from_utf8(push(&["-i"]).stdout).unwrap();
+    assert!(first.contains("cd dir\n") && first.contains(">f dir/a\n") && first.contains(">f gone\n"), "{first}");
+    fs::remove_file(src.join("gone")).unwrap();
+    let second = push(&["-i", "--delete", "--json"]);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("*deleting gone"));
+    let json: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(json["files_deleted"], 1);
+    assert!(push(&["-i"]).stdout.is_empty(), "a no-change push lists nothing");
+}
+
 #[test]
 fn cli_id_is_stable() {
     let tmp = TempDir::new().unwrap();

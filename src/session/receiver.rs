@@ -12,7 +12,7 @@ use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::Op;
-use crate::progress::{Event, ProgressSink};
+use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire;
 
@@ -376,6 +376,10 @@ impl Receiver {
     }
 
     fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        self.progress.emit(|| match &queued {
+            Queued::Op(op) => Event::Entry { change: Change::of(op), path: op.path().to_string() },
+            Queued::Write { path, .. } => Event::Entry { change: Change::Write, path: path.to_string() },
+        });
         self.queued.push_back(queued);
         self.pump()
     }

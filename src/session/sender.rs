@@ -17,7 +17,7 @@ use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
 use crate::patch::Signature;
 use crate::plan::{plan, Op, PlanOptions};
-use crate::progress::{Event, ProgressSink};
+use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
 
 /// Reads source chunk bytes for the sender.
@@ -431,6 +431,7 @@ impl<R: ChunkReader> Sender<R> {
 
     fn queue_op(&mut self, n: usize) {
         let file = n as u32;
+        self.progress.emit(|| Event::Entry { change: Change::of(&self.ops[n]), path: self.ops[n].path().to_string() });
         let message = match &self.ops[n] {
             Op::Mkdir { path, meta } => Message::Mkdir(msg::Mkdir {
                 path: path.as_bytes().to_vec(),

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod client;
 pub mod driver;
+pub mod server;
 mod tls;
 
 use std::io;

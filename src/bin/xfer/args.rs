@@ -167,6 +167,10 @@ pub struct PushArgs {
     /// at a commit point and exit 4 (the next run goes on from there).
     #[arg(long, value_name = "WINDOW")]
     pub window: Option<String>,
+    /// One line per changed entry: >f file written, cd dir created, cL
+    /// symlink, .m metadata only, *deleting (like rsync -i).
+    #[arg(short, long)]
+    pub itemize: bool,
     /// Outside the window, sleep until it opens instead of exiting 4.
     #[arg(long, requires = "window")]
     pub wait: bool,

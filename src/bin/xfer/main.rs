@@ -239,9 +239,10 @@ fn transfer(
         }
     }
     // Bars only for a person watching: not under cron, not with -q.
-    let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| Arc::new(ui::Bars::new()));
-    if let Some(bars) = &bars {
-        options.progress = xfer::progress::ProgressSink::new(bars.clone());
+    let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(ui::Bars::new);
+    let console = Arc::new(ui::Console { bars, itemize: args.itemize.then_some(args.json) });
+    if console.bars.is_some() || console.itemize.is_some() {
+        options.progress = xfer::progress::ProgressSink::new(console.clone());
     }
     let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
     let cancel = options.cancel.clone();
@@ -268,9 +269,7 @@ fn transfer(
         }
     });
     let outcome = run(&runtime, &options);
-    if let Some(bars) = &bars {
-        bars.finish();
-    }
+    console.finish();
     match outcome {
         Ok(report) => print_report(&report, args.json, quiet),
         Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {

@@ -4,13 +4,52 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use xfer::progress::{Event, Progress};
+use xfer::progress::{Change, Event, Progress};
+
+/// What the terminal shows of a transfer: a bar, itemized changes, both.
+pub struct Console {
+    pub bars: Option<Bars>,
+    /// `--itemize`: one line per changed entry, on stderr when stdout
+    /// carries JSON.
+    pub itemize: Option<bool>,
+}
+
+impl Console {
+    pub fn finish(&self) {
+        if let Some(bars) = &self.bars {
+            bars.finish();
+        }
+    }
+}
+
+impl Progress for Console {
+    fn event(&self, event: &Event) {
+        if let (Some(to_stderr), Event::Entry { change, path }) = (self.itemize, event) {
+            let code = match change {
+                Change::Write => ">f",
+                Change::Mkdir => "cd",
+                Change::Symlink => "cL",
+                Change::Meta => ".m",
+                Change::Delete => "*deleting",
+            };
+            let line = format!("{code} {path}");
+            match (&self.bars, to_stderr) {
+                (Some(bars), _) => bars.bar.suspend(|| println!("{line}")),
+                (None, true) => eprintln!("{line}"),
+                (None, false) => println!("{line}"),
+            }
+        }
+        if let Some(bars) = &self.bars {
+            bars.event(event);
+        }
+    }
+}
 
 /// One bar: source bytes of the files to write (started so far), with the
 /// encoded bytes sent, what compression and deduplication saved, and the
 /// largest file begun in the last moments.
 pub struct Bars {
-    bar: ProgressBar,
+    pub bar: ProgressBar,
     sent: AtomicU64,
     largest: Mutex<(u64, String)>,
 }

@@ -82,6 +82,7 @@ impl Options {
             progress: ProgressSink::default(),
             filter: None,
             bwlimit: crate::throttle::Limiter::unlimited(),
+            dry_run: false,
         }
     }
 }

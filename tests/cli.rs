@@ -184,6 +184,35 @@ fn cli_itemize_lists_changes() {
     assert!(push(&["-i"]).stdout.is_empty(), "a no-change push lists nothing");
 }
 
+/// `-n` plans against the destination and changes nothing; its estimate
+/// covers what a real run then sends; `--egress-price` prices it.
+#[test]
+fn cli_dry_run_changes_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), seeded(500_000, 3)).unwrap();
+    fs::write(src.join("b"), b"small").unwrap();
+    let push = |extra: &[&str]| {
+        let out = xfer(tmp.path()).args(["push", "--json"]).args(extra).arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (plan, _) = push(&["-n", "-i", "--egress-price", "0.09"]);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["files_changed"], 2);
+    assert!(!dest.join("a").exists() && !dest.join("b").exists(), "a dry run wrote files");
+    let estimate = plan["bytes_sent"].as_u64().unwrap();
+    let cost = plan["egress_cost_usd"].as_f64().unwrap();
+    assert!((cost - estimate as f64 / 1e9 * 0.09).abs() < 1e-12, "{plan}");
+    let (real, _) = push(&[]);
+    assert_eq!(real["files_changed"], 2);
+    assert_eq!(real["chunks_sent"], plan["chunks_sent"]);
+    assert!(real["bytes_sent"].as_u64().unwrap() <= estimate, "{real} vs {plan}");
+    let (again, _) = push(&["-n"]);
+    assert_eq!((again["files_changed"].as_u64(), again["bytes_sent"].as_u64()), (Some(0), Some(0)));
+}
+
 #[test]
 fn cli_id_is_stable() {
     let tmp = TempDir::new().unwrap();

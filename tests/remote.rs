@@ -63,6 +63,7 @@ fn options(tmp: &TempDir) -> RemotePush {
         progress: xfer::progress::ProgressSink::default(),
         filter: None,
         bwlimit: xfer::throttle::Limiter::unlimited(),
+        dry_run: false,
     }
 }
 

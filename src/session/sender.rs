@@ -115,6 +115,8 @@ pub struct Sender<R> {
     /// Files this side gave up on (their source changed while read).
     failed: Vec<crate::store::FailedEntry>,
     progress: ProgressSink,
+    /// Plan only: send `Done` right after the comparison.
+    dry_run: bool,
 }
 
 impl<R: ChunkReader> Sender<R> {
@@ -172,6 +174,7 @@ impl<R: ChunkReader> Sender<R> {
             summary: None,
             failed: Vec::new(),
             progress: ProgressSink::default(),
+            dry_run: false,
         }
     }
 
@@ -225,6 +228,18 @@ impl<R: ChunkReader> Sender<R> {
     /// Whether the receiver reported its summary.
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
+    }
+
+    /// Compares and plans, then ends the session without sending any entry
+    /// change or chunk (`--dry-run`): [`Sender::ops`] holds the plan.
+    pub fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
+    }
+
+    /// The receiver's tree as this sender planned against it (files that
+    /// compared equal may lack their chunk lists).
+    pub fn planned_against(&self) -> &Manifest {
+        &self.dest
     }
 
     /// Reports progress to `progress` from now on.
@@ -426,6 +441,12 @@ impl<R: ChunkReader> Sender<R> {
             Event::Planned { files: sizes.clone().count() as u64, bytes: sizes.sum() }
         });
         self.state = State::Sending;
+        if self.dry_run {
+            for op in &self.ops {
+                self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
+            }
+            self.next_op = self.ops.len();
+        }
         Ok(())
     }
 

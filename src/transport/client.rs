@@ -87,6 +87,9 @@ pub enum RemoteError {
     /// A local failure.
     #[error(transparent)]
     Local(#[from] crate::Error),
+    /// An option this operation does not support.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The caller cancelled; the files received whole were kept.
     #[error("cancelled; the files already received whole were kept, and the next run goes on from there")]
     Cancelled,
@@ -126,6 +129,9 @@ pub struct Report {
     pub wire_bytes_sent: u64,
     /// UDP payload bytes this side received.
     pub wire_bytes_received: u64,
+    /// A dry run: the figures above say what a real run would send.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
     /// Wall time of the whole run.
     pub elapsed_s: f64,
     /// Entries skipped or failed, with the reason; the rest committed.
@@ -183,6 +189,11 @@ pub struct RemotePush {
     /// Caps the data direction (`--bwlimit`); its rate may change while
     /// the transfer runs (a timetable).
     pub bwlimit: Limiter,
+    /// Compare and plan only (`--dry-run`): nothing is written and no chunk
+    /// travels; the report says what a real run would do, with the chunk
+    /// bytes estimated by encoding them here (without deltas, so an upper
+    /// bound).
+    pub dry_run: bool,
 }
 
 fn caps(options: &RemotePush) -> super::driver::Caps {
@@ -269,6 +280,7 @@ pub async fn push(
             remembered,
         );
         sender.set_progress(options.progress.clone());
+        sender.set_dry_run(options.dry_run);
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
         connection.close(0u32.into(), b"done");
@@ -279,7 +291,8 @@ pub async fn push(
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let summary = sender.summary().copied().unwrap_or_default();
     // Remember the receiver's tree only when it now is the source.
-    if summary.failed == 0 {
+    if options.dry_run {
+    } else if summary.failed == 0 {
         if let Some(dir) = memory.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -307,7 +320,52 @@ pub async fn push(
     report.files_scanned = Some(files().count() as u64);
     report.bytes_scanned = Some(files().map(|f| f.size).sum());
     report.chunks_total = Some(files().map(|f| f.chunks.len() as u64).sum());
+    if options.dry_run {
+        let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
+        let (root, compression) = (src.clone(), options.compression);
+        let plan = tokio::task::spawn_blocking(move || dry_run_figures(&ops, &known, root, compression))
+            .await
+            .map_err(|e| RemoteError::Connect { authority: "local estimate".into(), reason: e.to_string() })??;
+        report.dry_run = true;
+        (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
+    }
     Ok(report)
+}
+
+/// What a plan would send: files written, entries deleted, chunks the
+/// receiver is not known to hold, and their encoded bytes.
+fn dry_run_figures(
+    ops: &[crate::plan::Op],
+    known: &Manifest,
+    root: PathBuf,
+    compression: Compression,
+) -> Result<(u64, u64, u64, u64), crate::Error> {
+    use crate::plan::Op;
+    use crate::session::ChunkReader;
+    let mut held: std::collections::HashSet<_> =
+        known.entries().iter().filter_map(|e| e.file()).flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
+    let mut encoder = Encoder::new(compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
+    let mut reader = FileReader::new(root);
+    let (mut files, mut deleted, mut chunks, mut bytes) = (0, 0, 0, 0);
+    for op in ops {
+        match op {
+            Op::WriteFile { path, digest, .. } => {
+                files += 1;
+                let mut offset = 0;
+                for chunk in &digest.chunks {
+                    if held.insert(chunk.id) {
+                        let data = reader.read(path, offset, *chunk)?;
+                        chunks += 1;
+                        bytes += encoder.encode(&data).payload.len() as u64;
+                    }
+                    offset += u64::from(chunk.len);
+                }
+            }
+            Op::Delete { .. } => deleted += 1,
+            _ => {}
+        }
+    }
+    Ok((files, deleted, chunks, bytes))
 }
 
 /// Pushes the tree at `src` into the local directory `dest` through an
@@ -390,6 +448,9 @@ pub async fn pull(
         return Err(RemoteError::PullFilter);
     }
     let started = Instant::now();
+    if options.dry_run {
+        return Err(RemoteError::Unsupported("--dry-run works on pushes only; a pull would write nothing to preview"));
+    }
     std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest);

@@ -167,6 +167,14 @@ pub struct PushArgs {
     /// at a commit point and exit 4 (the next run goes on from there).
     #[arg(long, value_name = "WINDOW")]
     pub window: Option<String>,
+    /// Compare and plan only: report what would be sent (chunk bytes after
+    /// encoding, estimated without deltas) and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Add the cost of the run to the JSON summary: data-direction wire
+    /// bytes (the estimate, on a dry run) times this price per GB.
+    #[arg(long, value_name = "USD_PER_GB")]
+    pub egress_price: Option<f64>,
     /// One line per changed entry: >f file written, cd dir created, cL
     /// symlink, .m metadata only, *deleting (like rsync -i).
     #[arg(short, long)]

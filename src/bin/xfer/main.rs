@@ -271,7 +271,7 @@ fn transfer(
     let outcome = run(&runtime, &options);
     console.finish();
     match outcome {
-        Ok(report) => print_report(&report, args.json, quiet),
+        Ok(report) => print_report(&report, args, push, quiet),
         Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {
             let code = stop.load(Ordering::SeqCst);
             let message = if code == EXIT_WINDOW {
@@ -349,12 +349,21 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
         progress,
         filter,
         bwlimit: Limiter::unlimited(),
+        dry_run: args.dry_run,
     })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with
 /// `--json`), and picks the exit code.
-fn print_report(report: &Report, json: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    // The billed direction: what this side sends on a push, receives on a pull.
+    let data_bytes = match (report.dry_run, push) {
+        (true, _) => report.bytes_sent,
+        (false, true) => report.wire_bytes_sent,
+        (false, false) => report.wire_bytes_received,
+    };
+    let cost = args.egress_price.map(|price| data_bytes as f64 / 1e9 * price);
     for entry in &report.failed {
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
@@ -366,9 +375,21 @@ fn print_report(report: &Report, json: bool, quiet: bool) -> anyhow::Result<Exit
             if let Some(peak) = peak_rss_bytes() {
                 object.insert("peak_rss_bytes".into(), peak.into());
             }
+            if let Some(cost) = cost {
+                object.insert("egress_cost_usd".into(), cost.into());
+            }
         }
         println!("{value}");
     } else if !quiet {
+        if report.dry_run {
+            eprintln!(
+                "dry run: would write {} files, delete {}, send {} chunks in about {} bytes (before deltas)",
+                report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent
+            );
+        }
+        if let Some(cost) = cost {
+            eprintln!("egress: {data_bytes} bytes, about {cost:.4} USD");
+        }
         eprintln!(
             "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
              wire {} B up, {} B down in {:.2} s",

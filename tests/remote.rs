@@ -8,7 +8,6 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tempfile::TempDir;
-use xfer::codec::Compression;
 use xfer::identity::Identity;
 use xfer::transport::access::Access;
 use xfer::transport::client::{pull, push, push_embedded, RemoteError, RemotePush, RemoteUrl};
@@ -55,15 +54,8 @@ fn random_source(tmp: &TempDir, seed: u64) -> (std::path::PathBuf, crate::util::
 fn options(tmp: &TempDir) -> RemotePush {
     RemotePush {
         delete: true,
-        checksum: false,
-        compression: Compression::Auto,
-        state_dir: tmp.path().join("client-state"),
         busy_wait: std::time::Duration::from_secs(10),
-        cancel: tokio_util::sync::CancellationToken::new(),
-        progress: xfer::progress::ProgressSink::default(),
-        filter: None,
-        bwlimit: xfer::throttle::Limiter::unlimited(),
-        dry_run: false,
+        ..RemotePush::new(tmp.path().join("client-state"))
     }
 }
 

@@ -290,18 +290,10 @@ pub async fn push(
     .await?;
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let summary = sender.summary().copied().unwrap_or_default();
-    // Remember the receiver's tree only when it now is the source.
-    if options.dry_run {
-    } else if summary.failed == 0 {
-        if let Some(dir) = memory.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let temp = memory.with_extension("tmp");
-        if std::fs::write(&temp, source.encode()).is_ok() {
-            let _ = std::fs::rename(&temp, &memory);
-        }
-    } else {
-        let _ = std::fs::remove_file(&memory);
+    // Remember the receiver's tree only when it now is the source (a dry
+    // run changed nothing, so what was remembered still holds).
+    if !options.dry_run {
+        remember(&memory, (summary.failed == 0).then_some(&source));
     }
     let mut failed: Vec<_> = scanned
         .skipped
@@ -366,6 +358,22 @@ fn dry_run_figures(
         }
     }
     Ok((files, deleted, chunks, bytes))
+}
+
+/// Records `tree` as what the receiver holds, or forgets the memory when
+/// the push left the receiver somewhere else (`None`).
+fn remember(memory: &Path, tree: Option<&Manifest>) {
+    let Some(tree) = tree else {
+        let _ = std::fs::remove_file(memory);
+        return;
+    };
+    if let Some(dir) = memory.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let temp = memory.with_extension("tmp");
+    if std::fs::write(&temp, tree.encode()).is_ok() {
+        let _ = std::fs::rename(&temp, memory);
+    }
 }
 
 /// Pushes the tree at `src` into the local directory `dest` through an

@@ -334,23 +334,17 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
     let Some(state_dir) = state_dir else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    let busy_wait = std::time::Duration::from_secs(args.busy_wait.or(defaults.busy_wait).unwrap_or(60));
-    let delete = args.delete || defaults.delete.unwrap_or(false);
-    let checksum = args.checksum || defaults.checksum.unwrap_or(false);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let progress = xfer::progress::ProgressSink::default();
-    Ok(RemotePush {
-        delete,
-        checksum,
-        compression,
-        state_dir,
-        busy_wait,
-        cancel,
-        progress,
-        filter,
-        bwlimit: Limiter::unlimited(),
-        dry_run: args.dry_run,
-    })
+    // Built-in defaults come from the library's Options::new.
+    let mut options = RemotePush::new(state_dir);
+    if let Some(seconds) = args.busy_wait.or(defaults.busy_wait) {
+        options.busy_wait = std::time::Duration::from_secs(seconds);
+    }
+    options.delete = args.delete || defaults.delete.unwrap_or(false);
+    options.checksum = args.checksum || defaults.checksum.unwrap_or(false);
+    options.compression = compression;
+    options.filter = filter;
+    options.dry_run = args.dry_run;
+    Ok(options)
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with

@@ -93,7 +93,9 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
     let (src, dest) = local_pair(src, dest)?;
 
     std::fs::create_dir_all(&dest).at(&dest)?;
-    let scanned = scan_source(&src, &options.state_dir, options.checksum, options.filter.clone())?;
+    let scan_options =
+        ScanOptions { checksum: options.checksum, filter: options.filter.clone(), ..ScanOptions::default() };
+    let scanned = scan_source(&src, &options.state_dir, scan_options)?;
 
     let mut store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
     store.refresh(options.checksum)?;
@@ -149,16 +151,16 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((src, dest))
 }
 
-/// Scans the source tree at `src` (canonical), less what `filter` excludes,
+/// Scans the source tree at `src` (canonical) as `options` say,
 /// quick-checking against the records of its last scan kept in
 /// `state_dir`, and records this one.
 ///
 /// # Errors
 /// An unreadable root or state database.
-pub fn scan_source(src: &Path, state_dir: &Path, checksum: bool, filter: Option<Arc<Filter>>) -> Result<Scan> {
+pub fn scan_source(src: &Path, state_dir: &Path, options: ScanOptions) -> Result<Scan> {
     let db = StateDb::open(&state_file(state_dir, "sources", src))?;
     let previous = db.files()?;
-    let scanned = scan(src, &previous, ScanOptions { checksum, filter, ..ScanOptions::default() })?;
+    let scanned = scan(src, &previous, options)?;
     db.record_scan(&previous, &scanned.records)?;
     Ok(scanned)
 }

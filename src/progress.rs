@@ -9,6 +9,17 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
+    /// The scan of the source tree goes on (pushes): the totals so far,
+    /// after each regular file.
+    Scanning {
+        /// Regular files found so far.
+        files: u64,
+        /// Bytes in them.
+        bytes: u64,
+        /// Of those, bytes read because the quick check could not vouch
+        /// for them.
+        bytes_read: u64,
+    },
     /// The source tree is scanned (pushes).
     Scanned {
         /// Regular files in it.

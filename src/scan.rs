@@ -15,6 +15,7 @@ use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
+use crate::progress::{Event, ProgressSink};
 
 /// Prefix of xfer's temporary files; a scan never reports them as entries.
 pub const TEMP_PREFIX: &[u8] = b".xfer-tmp.";
@@ -72,6 +73,8 @@ pub struct ScanOptions {
     /// Entries these patterns exclude are left out silently (not listed in
     /// [`Scan::skipped`]), and excluded directories are not entered.
     pub filter: Option<Arc<Filter>>,
+    /// Where [`Event::Scanning`] goes.
+    pub progress: ProgressSink,
 }
 
 /// Why an entry was left out of the manifest.
@@ -116,6 +119,7 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
     let mut stack: Vec<(RelPath, PathBuf)> = Vec::new();
     list_dir(&RelPath::root(), root, &options, &mut stack, &mut scan).at(root)?;
     let filter = options.filter.as_deref().filter(|f| !f.is_empty());
+    let (mut files, mut bytes) = (0, 0);
     while let Some((rel, abs)) = stack.pop() {
         let meta = match fs::symlink_metadata(&abs) {
             Ok(meta) => meta,
@@ -171,6 +175,9 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
                     }
                 },
             };
+            files += 1;
+            bytes += record.digest.size;
+            options.progress.emit(|| Event::Scanning { files, bytes, bytes_read: scan.bytes_read });
             entries.push(Entry {
                 path: rel.clone(),
                 meta: Meta { mode: record.stat.mode, mtime: record.stat.mtime },

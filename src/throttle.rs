@@ -60,6 +60,9 @@ pub enum ThrottleError {
     /// No window given.
     #[error("no window given: use e.g. 22:00-06:00 or Mon-Fri,22:00-06:00")]
     NoWindow,
+    /// Not a time of the week.
+    #[error("\"{0}\" is not a time of the week: use DAY HH:MM, e.g. Mon 23:00")]
+    Time(String),
 }
 
 /// A transfer rate in bytes per second; `None` is unlimited.
@@ -160,6 +163,19 @@ pub struct LocalTime {
 impl LocalTime {
     fn minute_of_week(self) -> u32 {
         u32::from(self.weekday % 7) * u32::from(MINUTES_PER_DAY) + u32::from(self.minute.min(MINUTES_PER_DAY - 1))
+    }
+}
+
+/// `DAY HH:MM`, e.g. `Mon 23:00`.
+impl FromStr for LocalTime {
+    type Err = ThrottleError;
+
+    fn from_str(s: &str) -> Result<LocalTime, ThrottleError> {
+        let bad = || ThrottleError::Time(s.to_string());
+        let (day, time) = s.trim().split_once(' ').ok_or_else(bad)?;
+        let weekday = parse_day(day).map_err(|_| bad())?;
+        let minute = parse_hhmm(time.trim(), false).ok_or_else(bad)?;
+        Ok(LocalTime { weekday, minute })
     }
 }
 
@@ -1004,6 +1020,15 @@ mod tests {
         assert_eq!(err("Foo,10:00-11:00"), ThrottleError::Day("Foo".into()));
         assert_eq!(err("Mon-Foo,10:00-11:00"), ThrottleError::Day("Foo".into()));
         assert!(err("22:00").to_string().contains("Mon-Fri,22:00-06:00"));
+    }
+
+    #[test]
+    fn local_time_parses_day_and_minute() {
+        assert_eq!("Mon 23:00".parse(), Ok(LocalTime { weekday: 0, minute: 23 * 60 }));
+        assert_eq!("sun 0:05".parse(), Ok(LocalTime { weekday: 6, minute: 5 }));
+        for bad in ["23:00", "Mon", "Mon 24:00", "Xyz 10:00", "Mon 10:0"] {
+            assert_eq!(bad.parse::<LocalTime>(), Err(ThrottleError::Time(bad.into())), "{bad}");
+        }
     }
 
     #[test]

@@ -328,6 +328,29 @@ fn file_contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
         .collect()
 }
 
+/// The scan reports its running totals after each file; the last report
+/// is the whole tree, and only files it had to read count as read.
+#[test]
+fn scan_reports_progress_per_file() {
+    let d = dirs();
+    for i in 0..10 {
+        fs::write(d.src.join(format!("f{i}")), seeded(1000 + i as usize, i)).unwrap();
+    }
+    let collect = |previous: &HashMap<RelPath, xfer::scan::FileRecord>| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(100);
+        let options =
+            ScanOptions { progress: xfer::progress::ProgressSink::new(Arc::new(tx)), ..ScanOptions::default() };
+        let scanned = scan(&d.src, previous, options).unwrap();
+        (scanned, rx.try_iter().collect::<Vec<_>>())
+    };
+    let (first, events) = collect(&HashMap::new());
+    assert_eq!(events.len(), 10);
+    let total: u64 = (0..10).map(|i| 1000 + i).sum();
+    assert_eq!(events[9], xfer::progress::Event::Scanning { files: 10, bytes: total, bytes_read: total });
+    let (_, again) = collect(&first.records);
+    assert_eq!(again.last(), Some(&xfer::progress::Event::Scanning { files: 10, bytes: total, bytes_read: 0 }));
+}
+
 #[test]
 fn scan_quick_check_skips_unchanged_files() {
     let d = dirs();

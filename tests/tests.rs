@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod cli_schedule;
 mod plan_model;
 mod push;
 mod remote;

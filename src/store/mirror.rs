@@ -161,7 +161,7 @@ impl Store for MirrorStore {
         let previous = self.db.files()?;
         // No filter: the receiver's tree is seen whole, and the planner
         // decides which excluded entries it protects.
-        let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, filter: None };
+        let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, ..ScanOptions::default() };
         let scan = scan::scan(&self.root, &previous, options)?;
         self.db.record_scan(&previous, &scan.records)?;
         self.records = scan.records;

@@ -231,6 +231,7 @@ async fn while_busy<T, F: std::future::Future<Output = Result<T, RemoteError>>>(
             Err(RemoteError::Session(SessionError::Peer { code: Some(CloseCode::Busy), .. }))
                 if Instant::now() + pause < deadline =>
             {
+                tracing::info!(retry_in_s = pause.as_secs_f64(), "another session holds the destination; waiting");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -255,12 +256,27 @@ pub async fn push(
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
     let scanned = {
         let state_dir = options.state_dir.clone();
-        let (src, checksum, filter) = (src.clone(), options.checksum, options.filter.clone());
-        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, checksum, filter))
+        let src = src.clone();
+        let scan_options = crate::scan::ScanOptions {
+            checksum: options.checksum,
+            filter: options.filter.clone(),
+            progress: options.progress.clone(),
+            ..Default::default()
+        };
+        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, scan_options))
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
     let source = scanned.manifest;
+    tracing::info!(
+        src = %src.display(),
+        entries = source.entries().len(),
+        files_read = scanned.files_read,
+        bytes_read = scanned.bytes_read,
+        skipped = scanned.skipped.len(),
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "scanned"
+    );
     options.progress.emit(|| {
         let files = || source.entries().iter().filter_map(|e| e.file());
         Event::Scanned { files: files().count() as u64, bytes: files().map(|f| f.size).sum() }
@@ -290,6 +306,7 @@ pub async fn push(
     .await?;
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let summary = sender.summary().copied().unwrap_or_default();
+    tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
     // Remember the receiver's tree only when it now is the source (a dry
     // run changed nothing, so what was remembered still holds).
     if !options.dry_run {
@@ -428,6 +445,7 @@ async fn connect(
     match connecting.await {
         Ok(connection) => {
             let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
+            tracing::info!(%addr, %server, rtt_ms = connection.rtt().as_millis() as u64, "connected");
             Ok((endpoint, connection, server))
         }
         Err(e) => Err(match server_pin.seen() {
@@ -479,6 +497,7 @@ pub async fn pull(
     endpoint.wait_idle().await;
     let receiver = receiver?;
     let summary = receiver.summary().copied().unwrap_or_default();
+    tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
     Ok(Report::new(&summary, wire, receiver.failed().to_vec(), started))
 }
 

@@ -19,6 +19,10 @@ pub struct Cli {
     /// Only errors on stderr: no progress, no summary (for cron).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// More detail on stderr: -v lists each changed entry (as --itemize)
+    /// and logs the session's steps; -vv adds debugging detail.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,7 +38,8 @@ xfer push --exclude '*.log' --exclude target/ ./src /backup/src\n\n\
 A .xferignore file at the source root holds more patterns (gitignore rules); it is\n\
 transferred too. Command-line patterns come after it, so they win.\n\n\
 config.toml holds defaults and named remotes:\n  \
-[defaults]\n  delete = true\n  busy_wait = 300\n  \
+[defaults]\n  delete = true\n  busy_wait = 300\n  exclude = [\"*.tmp\", \"cache/\"]\n  \
+bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
 [remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n",
         exit_codes!()
     ))]
@@ -165,6 +170,7 @@ pub struct PushArgs {
     /// Run only inside this window, e.g. 22:00-06:00 or Mon-Fri,22:00-06:00
     /// (local time): outside it exit 4 at once; when it closes mid-run stop
     /// at a commit point and exit 4 (the next run goes on from there).
+    /// `always` lifts a window set in the config file.
     #[arg(long, value_name = "WINDOW")]
     pub window: Option<String>,
     /// Compare and plan only: report what would be sent (chunk bytes after
@@ -180,7 +186,7 @@ pub struct PushArgs {
     #[arg(short, long)]
     pub itemize: bool,
     /// Outside the window, sleep until it opens instead of exiting 4.
-    #[arg(long, requires = "window")]
+    #[arg(long)]
     pub wait: bool,
 }
 

@@ -5,6 +5,9 @@
 //! [defaults]
 //! delete = true
 //! busy_wait = 300
+//! exclude = ["*.tmp", "cache/"]
+//! bwlimit = "08:00,1M 19:00,off"
+//! window = "22:00-06:00"
 //!
 //! [remotes.backup]
 //! url = "xfer://backup.example:7878/site"
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use xfer::identity::Fingerprint;
+use xfer::throttle::{Timetable, Window};
 use xfer::transport::client::RemoteUrl;
 
 /// The file's name in the config dir.
@@ -39,6 +43,15 @@ pub struct Defaults {
     pub checksum: Option<bool>,
     pub busy_wait: Option<u64>,
     pub state_dir: Option<PathBuf>,
+    /// Patterns and pattern files, before the command line's.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub exclude_from: Vec<PathBuf>,
+    /// A rate or timetable, as `--bwlimit`.
+    pub bwlimit: Option<String>,
+    /// As `--window`.
+    pub window: Option<String>,
 }
 
 /// A named destination.
@@ -60,6 +73,14 @@ impl Config {
         };
         let config: Config = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid xfer config (see `xfer push --help`)", path.display()))?;
+        // Bad values are reported against the file, before any run.
+        let defaults = &config.defaults;
+        if let Some(rate) = &defaults.bwlimit {
+            rate.parse::<Timetable>().with_context(|| format!("{}: [defaults] bwlimit", path.display()))?;
+        }
+        if let Some(window) = defaults.window.as_deref().filter(|w| *w != "always") {
+            window.parse::<Window>().with_context(|| format!("{}: [defaults] window", path.display()))?;
+        }
         for (name, remote) in &config.remotes {
             if RemoteUrl::parse(&remote.url).is_none() {
                 bail!("{}: remote {name:?} has url {:?}; use xfer://HOST[:PORT]/PATH", path.display(), remote.url);

@@ -19,7 +19,7 @@ use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
 use xfer::filter::Filter;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
-use xfer::throttle::{local_time_now, Direction, Limiter, Rate, Timetable, Window};
+use xfer::throttle::{local_time_now, Direction, Limiter, LocalTime, Rate, Timetable, Window};
 use xfer::transport;
 use xfer::transport::access::Access;
 use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
@@ -46,9 +46,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose > 0;
+    if verbose && matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
+        let level = if cli.verbose > 1 { tracing::Level::DEBUG } else { tracing::Level::INFO };
+        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    }
+    // -v lists what changes, as rsync -v lists the files it sends.
     match cli.command {
-        Command::Push(args) => push(args, cli.quiet),
-        Command::Pull(args) => pull(args, cli.quiet),
+        Command::Push(args) => push(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
+        Command::Pull(args) => pull(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
         Command::Serve { root, listen, allow, authorized_clients, config_dir, bwlimit, bwlimit_total } => {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
@@ -212,27 +218,36 @@ fn transfer(
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
     let mut options = options(args, config, push)?;
-    let window = args.window.as_deref().map(str::parse::<Window>).transpose()?;
-    let timetable = args.bwlimit.as_deref().map(str::parse::<Timetable>).transpose()?;
+    // The command line's window and rate win over the config file's;
+    // `--window always` lifts a configured window.
+    let window_text = args.window.as_deref().or(config.defaults.window.as_deref()).filter(|w| *w != "always");
+    let window_text = window_text.unwrap_or_default();
+    let window = (!window_text.is_empty()).then(|| window_text.parse::<Window>()).transpose()?;
+    if args.wait && window.is_none() {
+        bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
+    }
+    let bwlimit = args.bwlimit.as_deref().or(config.defaults.bwlimit.as_deref());
+    let timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
     let direction = if push { Direction::Up } else { Direction::Down };
+    let started_at = now()?;
     if let Some(timetable) = &timetable {
-        options.bwlimit = Limiter::new(timetable.rate_at(local_time_now(), direction));
+        options.bwlimit = Limiter::new(timetable.rate_at(started_at, direction));
     }
     let runtime = runtime()?;
     if let Some(window) = &window {
-        if !window.is_open(local_time_now()) {
-            let wait = window.minutes_until_open(local_time_now());
+        if !window.is_open(started_at) {
+            let wait = window.minutes_until_open(started_at);
             if !args.wait {
                 let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
-                let message =
-                    format!("outside the window {} (it opens {when}); pass --wait to wait", window_text(args));
+                let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
                 return Ok(stopped(args.json, quiet, EXIT_WINDOW, &message));
             }
             if !quiet {
-                eprintln!("xfer: waiting for the window {} to open", window_text(args));
+                eprintln!("xfer: waiting for the window {} to open", window_text);
             }
             runtime.block_on(async {
-                while !window.is_open(local_time_now()) {
+                // An unreadable clock file reads as closed until it is fixed.
+                while !now().is_ok_and(|at| window.is_open(at)) {
                     tokio::time::sleep(RECHECK).await;
                 }
             });
@@ -257,11 +272,12 @@ fn transfer(
     runtime.spawn(async move {
         loop {
             tokio::time::sleep(RECHECK).await;
-            let now = local_time_now();
+            // An unreadable clock file (tests only) changes nothing.
+            let Ok(at) = now() else { continue };
             if let Some(timetable) = &timetable {
-                limiter.set_rate(timetable.rate_at(now, direction));
+                limiter.set_rate(timetable.rate_at(at, direction));
             }
-            if window.as_ref().is_some_and(|w| !w.is_open(now)) {
+            if window.as_ref().is_some_and(|w| !w.is_open(at)) {
                 reason.store(EXIT_WINDOW, Ordering::SeqCst);
                 cancel.cancel();
                 return;
@@ -275,7 +291,7 @@ fn transfer(
         Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {
             let code = stop.load(Ordering::SeqCst);
             let message = if code == EXIT_WINDOW {
-                format!("the window {} closed; {e:#}", window_text(args))
+                format!("the window {} closed; {e:#}", window_text)
             } else {
                 format!("interrupted; {e:#}")
             };
@@ -290,13 +306,23 @@ fn transfer(
     }
 }
 
-/// How often a running transfer re-reads the clock for its window and
-/// timetable (both have minute resolution).
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(20);
-
-fn window_text(args: &PushArgs) -> &str {
-    args.window.as_deref().unwrap_or_default()
+/// The local time of the week, for windows and timetables.
+/// `XFER_CLOCK_FILE` names a file holding `DAY HH:MM` to use instead of the
+/// system clock: tests move it to open and close windows (write it by
+/// rename, so a reader never sees it half-written).
+fn now() -> anyhow::Result<LocalTime> {
+    let Some(file) = std::env::var_os("XFER_CLOCK_FILE") else {
+        return Ok(local_time_now());
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("read the clock file {} (XFER_CLOCK_FILE)", PathBuf::from(&file).display()))?;
+    Ok(text.parse()?)
 }
+
+/// How often a running transfer re-reads the clock for its window and
+/// timetable: reading it is cheap, and a window that closes should stop the
+/// transfer within a second or so.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reports a run that stopped without failing (window, Ctrl-C). A closed
 /// window is routine under cron: with -q only the exit code tells.
@@ -317,8 +343,12 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
     // The source root's .xferignore, then --exclude-from, then --exclude:
     // the last match wins, so the command line has the last word.
     let mut filter = if push { Filter::with_root_ignore(&args.src)? } else { Filter::new() };
-    for file in &args.exclude_from {
+    // The config file's patterns come before the command line's.
+    for file in defaults.exclude_from.iter().chain(&args.exclude_from) {
         filter.add_file(file)?;
+    }
+    for pattern in &defaults.exclude {
+        filter.add_pattern(pattern, "exclude in the config file")?;
     }
     for pattern in &args.exclude {
         filter.add_pattern(pattern, "--exclude")?;

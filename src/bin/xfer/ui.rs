@@ -81,6 +81,13 @@ impl Bars {
 impl Progress for Bars {
     fn event(&self, event: &Event) {
         match event {
+            Event::Scanning { files, bytes, bytes_read } => {
+                self.bar.set_message(format!(
+                    "scanning: {files} files, {} ({} read)",
+                    HumanBytes(*bytes),
+                    HumanBytes(*bytes_read)
+                ));
+            }
             Event::Scanned { files, bytes } => {
                 self.bar.set_message(format!("scanned {files} files, {}; comparing", HumanBytes(*bytes)));
             }

@@ -83,6 +83,8 @@ impl Options {
             filter: None,
             bwlimit: crate::throttle::Limiter::unlimited(),
             dry_run: false,
+            tags: std::collections::BTreeMap::new(),
+            log: None,
         }
     }
 }

@@ -39,6 +39,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
+pub mod audit;
 pub mod chunk;
 pub mod codec;
 pub mod engine;

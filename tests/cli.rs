@@ -407,3 +407,90 @@ fn cli_remote_push_with_trust_on_first_use() {
     assert!(json["elapsed_s"].as_f64().is_some() && json["chunks_total"].as_u64().unwrap() > 0);
     assert!(json["wire_bytes_sent"].as_u64().unwrap() > 0);
 }
+
+/// The server appends one JSON line per session to its audit log (default
+/// ROOT/.xfer/audit.jsonl) with the client's tags, and never file contents;
+/// refusals leave a line too; the client's `--log-json` gets the same
+/// record from its side.
+#[test]
+fn cli_audit_log_records_sessions_and_tags() {
+    let tmp = TempDir::new().unwrap();
+    let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("secret.txt"), b"SECRET-CONTENT-8472").unwrap();
+    let client_log = tmp.path().join("client.jsonl");
+    let url = format!("xfer://{addr}/site");
+    let push = xfer(&tmp.path().join("state"))
+        .args(["push", "--tag", "project=web", "--tag", "cost-center=42", "--server-fingerprint", &server_fp])
+        .arg("--log-json")
+        .arg(&client_log)
+        .arg("--config-dir")
+        .arg(&client_cfg)
+        .arg(&src)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let bad_tag = xfer(&tmp.path().join("state"))
+        .args(["push", "--tag", "a\u{7}b=c", "--server-fingerprint", &server_fp, "--config-dir"])
+        .arg(&client_cfg)
+        .arg(&src)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let stranger = xfer(&tmp.path().join("state"))
+        .args(["push", "--server-fingerprint", &server_fp, "--config-dir"])
+        .arg(tmp.path().join("stranger-cfg"))
+        .arg(&src)
+        .arg(&url)
+        .output()
+        .unwrap();
+    let pull = xfer(&tmp.path().join("state"))
+        .args(["pull", "--tag", "project=restore", "--server-fingerprint", &server_fp, "--config-dir"])
+        .arg(&client_cfg)
+        .arg(&url)
+        .arg(tmp.path().join("restored"))
+        .output()
+        .unwrap();
+    // Records are written as sessions end on the server; give the last a moment.
+    let audit = root.join(".xfer/audit.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs::read_to_string(&audit).map_or(0, |t| t.lines().count()) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
+    assert_eq!(bad_tag.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("KEY=VALUE"));
+    assert_eq!(stranger.status.code(), Some(1));
+
+    let text = fs::read_to_string(&audit).unwrap();
+    assert!(!text.contains("SECRET-CONTENT"), "file contents in the audit log");
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 3, "{text}");
+    let pushed = records.iter().find(|r| r["direction"] == "push").expect("no push record");
+    assert_eq!(pushed["result"], "ok");
+    assert_eq!(pushed["path"], "/site");
+    assert_eq!(pushed["tags"], serde_json::json!({ "project": "web", "cost-center": "42" }));
+    assert_eq!((pushed["files_written"].as_u64(), pushed["bytes_logical"].as_u64()), (Some(1), Some(19)));
+    assert!(pushed["wire_bytes_received"].as_u64().unwrap() > 19 && pushed["duration_s"].as_f64().unwrap() > 0.0);
+    let client_fp = pushed["client"].as_str().unwrap().to_string();
+    assert!(client_fp.starts_with("xfer:"), "{pushed}");
+    let pulled = records.iter().find(|r| r["direction"] == "pull").expect("no pull record");
+    assert_eq!((pulled["result"].as_str(), pulled["tags"]["project"].as_str()), (Some("ok"), Some("restore")));
+    assert!(pulled["wire_bytes_sent"].as_u64().unwrap() > 19);
+    let refused = records.iter().find(|r| r["result"] == "refused").expect("no refusal record");
+    assert_ne!(refused["client"].as_str(), Some(client_fp.as_str()));
+    assert!(refused["error"].as_str().unwrap().contains("--allow"), "{refused}");
+
+    let mine: Vec<serde_json::Value> =
+        fs::read_to_string(&client_log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!((mine[0]["result"].as_str(), mine[0]["direction"].as_str()), (Some("ok"), Some("push")));
+    assert_eq!(mine[0]["tags"], pushed["tags"]);
+    assert_eq!(mine[0]["client"].as_str(), Some(client_fp.as_str()));
+    assert_eq!(mine[0]["server"].as_str(), Some(server_fp.as_str()));
+    assert_eq!(mine[0]["bytes_logical"], 19);
+}

@@ -785,6 +785,7 @@ fn opened_receiver(sides: &Sides) -> Receiver {
         delete: false,
         checksum: false,
         remembered_root: None,
+        tags: Vec::new(),
     };
     receiver.handle(Message::Open(open)).unwrap();
     receiver

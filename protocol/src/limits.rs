@@ -54,6 +54,12 @@ pub const MAX_FINE_SIGNATURES: usize = 64;
 /// varints each, with room to spare).
 pub const MAX_RANGES_LEN: usize = 1024;
 
+/// Most tags in one `Open`.
+pub const MAX_TAGS: usize = 16;
+
+/// Longest tag key or value.
+pub const MAX_TAG_LEN: usize = 128;
+
 #[cfg(test)]
 mod tests {
     use super::*;

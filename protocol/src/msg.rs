@@ -169,6 +169,38 @@ pub struct Open {
     pub checksum: bool,
     /// The receiver's tree root as the client remembers it from last time.
     pub remembered_root: Option<Hash>,
+    /// Labels for the server's audit log (cost allocation), at most
+    /// [`MAX_TAGS`]; they change nothing in the transfer.
+    #[serde(with = "codec::seq")]
+    pub tags: Vec<Tag>,
+}
+
+/// A `key=value` label of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tag {
+    /// Non-empty, at most [`MAX_TAG_LEN`] bytes, without `=` or control
+    /// characters.
+    pub key: String,
+    /// At most [`MAX_TAG_LEN`] bytes, without control characters.
+    pub value: String,
+}
+
+impl Tag {
+    /// Whether this tag keeps the rules an `Open` is checked against; the
+    /// reason it does not, if not.
+    pub fn check(&self) -> Result<(), String> {
+        let bad = |s: &str| s.chars().any(char::is_control);
+        if self.key.is_empty() || self.key.contains('=') || bad(&self.key) || bad(&self.value) {
+            return Err(format!(
+                "tag {:?}={:?}: the key must be non-empty without '=', and neither may hold control characters",
+                self.key, self.value
+            ));
+        }
+        if self.key.len() > MAX_TAG_LEN || self.value.len() > MAX_TAG_LEN {
+            return Err(format!("tag {:?}: key and value may be at most {MAX_TAG_LEN} bytes each", self.key));
+        }
+        Ok(())
+    }
 }
 
 /// Server to client: the receiver's tree root.
@@ -537,7 +569,12 @@ impl Validate for ErrorMsg {
 
 impl Validate for Open {
     fn validate(&self) -> Checked {
-        path("path", &self.path)
+        path("path", &self.path)?;
+        limit("tags", self.tags.len(), MAX_TAGS)?;
+        if self.tags.iter().any(|t| t.check().is_err()) {
+            return Err(Violation::Invalid("a tag breaks the tag rules"));
+        }
+        Ok(())
     }
 }
 

@@ -35,6 +35,7 @@ fn samples() -> Vec<Message> {
             delete: true,
             checksum: false,
             remembered_root: Some(id(0xaa)),
+            tags: vec![Tag { key: "project".into(), value: "web".into() }],
         }
         .into(),
         Opened { root: id(0x11), remembered: false }.into(),
@@ -113,7 +114,7 @@ fn samples() -> Vec<Message> {
 const GOLDEN: &[(Kind, &str)] = &[
     (Kind::Hello, "0e0000000101000a786665722f302e312e30"),
     (Kind::Error, "0f00000002040c6e6f20737563682074726565"),
-    (Kind::Open, "2e0000000800087372762f64617461010001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    (Kind::Open, "3b0000000800087372762f64617461010001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa010770726f6a65637403776562"),
     (Kind::Opened, "2200000009111111111111111111111111111111111111111111111111111111111111111100"),
     (Kind::ListDir, "050000001003737263"),
     (Kind::Listing, "54000000110373726302066c69622e72730101010101010101010101010101010101010101010101010101010101010101000362696e02020202020202020202020202020202020202020202020202020202020202020100"),
@@ -253,6 +254,7 @@ fn frame_limits_refused() {
             "chunk list items",
         ),
         (Hello { version: 1, features: 0, agent: "x".repeat(MAX_TEXT_LEN + 1) }.into(), "agent"),
+        (open_tagged(vec![Tag { key: "k".into(), value: "v".into() }; MAX_TAGS + 1]), "tags"),
     ];
     for (m, field) in cases {
         let err = m.validate().unwrap_err();
@@ -261,6 +263,24 @@ fn frame_limits_refused() {
         let frame = raw_frame(&m);
         let err = frame::parse(&frame).unwrap_err();
         assert!(matches!(err, DecodeError::Limit { kind, what, .. } if kind == m.kind() && what == field), "{err}");
+    }
+}
+
+fn open_tagged(tags: Vec<Tag>) -> Message {
+    Open { direction: Direction::Push, path: vec![], delete: false, checksum: false, remembered_root: None, tags }
+        .into()
+}
+
+/// A tag with `=` in its key, an empty key, a control character or an
+/// over-long value is refused, as the audit log must be able to trust them.
+#[test]
+fn bad_tags_refused() {
+    let tag = |key: &str, value: &str| Tag { key: key.into(), value: value.into() };
+    assert!(open_tagged(vec![tag("project", "web")]).validate().is_ok());
+    for bad in [tag("a=b", "c"), tag("", "c"), tag("k", "line\nbreak"), tag("k", &"v".repeat(MAX_TAG_LEN + 1))] {
+        let m = open_tagged(vec![bad.clone()]);
+        assert!(matches!(m.validate(), Err(DecodeError::Invalid { .. })), "{bad:?} accepted");
+        assert!(frame::parse(&raw_frame(&m)).is_err(), "{bad:?} decoded");
     }
 }
 
@@ -276,6 +296,7 @@ fn raw_frame(m: &Message) -> Vec<u8> {
         Message::ChunkData(b) => postcard_body(b),
         Message::MoreChunks(b) => postcard_body(b),
         Message::Hello(b) => postcard_body(b),
+        Message::Open(b) => postcard_body(b),
         other => panic!("add {:?} to raw_frame", other.kind()),
     };
     let mut out = Vec::new();
@@ -400,7 +421,8 @@ fn message() -> impl Strategy<Value = Message> {
                 path,
                 delete,
                 checksum,
-                remembered_root
+                remembered_root,
+                tags: Vec::new()
             }
             .into()
         ),

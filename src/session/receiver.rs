@@ -146,6 +146,7 @@ impl Receiver {
             checksum,
             // In a pull the client sends its own root: equal roots, nothing to do.
             remembered_root: Some(root),
+            tags: Vec::new(),
         }));
         receiver.rx = Some(Receiving::new(store));
         receiver.state = State::Asking;
@@ -180,6 +181,16 @@ impl Receiver {
     pub fn salvage(&mut self) {
         if let Some(rx) = self.rx.take() {
             let _ = rx.finish();
+        }
+    }
+
+    /// Labels a pull for the server's audit log; call before the first
+    /// poll, while `Open` waits in the outbox.
+    pub fn set_tags(&mut self, tags: Vec<msg::Tag>) {
+        for message in &mut self.outbox {
+            if let Message::Open(open) = message {
+                open.tags.clone_from(&tags);
+            }
         }
     }
 

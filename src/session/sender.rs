@@ -138,6 +138,7 @@ impl<R: ChunkReader> Sender<R> {
             delete: options.delete,
             checksum,
             remembered_root: remembered.as_ref().map(|m| m.tree().root().0),
+            tags: Vec::new(),
         });
         Sender::with_outbox(source, reader, encoder, options, remembered, VecDeque::from([hello(), open]))
     }
@@ -228,6 +229,16 @@ impl<R: ChunkReader> Sender<R> {
     /// Whether the receiver reported its summary.
     pub fn is_finished(&self) -> bool {
         self.state == State::Finished
+    }
+
+    /// Labels the session for the server's audit log; call before the
+    /// first poll, while `Open` waits in the outbox.
+    pub fn set_tags(&mut self, tags: Vec<msg::Tag>) {
+        for message in &mut self.outbox {
+            if let Message::Open(open) = message {
+                open.tags.clone_from(&tags);
+            }
+        }
     }
 
     /// Compares and plans, then ends the session without sending any entry

@@ -1,6 +1,7 @@
 //! The client side of a remote push: scan, connect to a pinned server, run
 //! the session, remember the receiver's tree for next time.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 use xfer_protocol::CloseCode;
 
 use thiserror::Error;
-use xfer_protocol::msg::Summary;
+use xfer_protocol::msg::{Summary, Tag};
+use xfer_protocol::MAX_TAGS;
 
 use super::driver::{run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, ServerPin, Tuning};
+use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::{Compression, Encoder};
 use crate::filter::Filter;
 use crate::identity::{Fingerprint, Identity};
@@ -93,6 +96,9 @@ pub enum RemoteError {
     /// The caller cancelled; the files received whole were kept.
     #[error("cancelled; the files already received whole were kept, and the next run goes on from there")]
     Cancelled,
+    /// A tag breaks the rules.
+    #[error("{0}; expected --tag KEY=VALUE")]
+    BadTag(String),
     /// Exclusion patterns given for a pull.
     #[error(
         "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
@@ -121,6 +127,8 @@ pub struct Report {
     pub chunks_sent: u64,
     /// Encoded bytes of those chunks: the data direction's payload.
     pub bytes_sent: u64,
+    /// Bytes of the files written (their full size, however few travelled).
+    pub bytes_written: u64,
     /// Of the chunks sent, those encoded as a delta against old bytes.
     pub chunks_delta: u64,
     /// Chunks the receiver took from what it already had.
@@ -145,6 +153,7 @@ impl Report {
             files_deleted: summary.deleted,
             chunks_sent: summary.chunks_received,
             bytes_sent: summary.bytes_received,
+            bytes_written: summary.bytes_written,
             chunks_delta: summary.chunks_delta,
             chunks_reused: summary.chunks_reused,
             wire_bytes_sent: wire.sent,
@@ -194,6 +203,79 @@ pub struct RemotePush {
     /// bytes estimated by encoding them here (without deltas, so an upper
     /// bound).
     pub dry_run: bool,
+    /// `key=value` labels for the server's audit log (and this side's):
+    /// at most 16, keys without `=`, each at most 128 bytes.
+    pub tags: BTreeMap<String, String>,
+    /// A JSON-lines file to which this side appends its record of the
+    /// session (as the server's audit log does), success or not.
+    pub log: Option<PathBuf>,
+}
+
+impl RemotePush {
+    /// The tags as the protocol carries them, checked.
+    fn wire_tags(&self) -> Result<Vec<Tag>, RemoteError> {
+        if self.tags.len() > MAX_TAGS {
+            return Err(RemoteError::BadTag(format!("{} tags given; at most {MAX_TAGS} are allowed", self.tags.len())));
+        }
+        let tags: Vec<Tag> =
+            self.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }).collect();
+        for tag in &tags {
+            tag.check().map_err(RemoteError::BadTag)?;
+        }
+        Ok(tags)
+    }
+}
+
+/// Runs `session` and appends this side's record of it to `options.log`.
+/// The log is opened first, so a log that cannot be written stops the
+/// run before anything moves.
+async fn logged(
+    options: &RemotePush,
+    identity: &Identity,
+    (url, pin, direction): (&RemoteUrl, Option<Fingerprint>, &'static str),
+    session: impl std::future::Future<Output = Result<Report, RemoteError>>,
+) -> Result<Report, RemoteError> {
+    let log = options.log.as_deref().map(AuditLog::open).transpose()?;
+    let started = Instant::now();
+    let outcome = session.await;
+    let Some(log) = log else { return outcome };
+    let mut record = AuditRecord {
+        client: identity.fingerprint().to_string(),
+        server: pin.map(|fp| fp.to_string()),
+        peer: url.authority.clone(),
+        path: Some(format!("/{}", url.path)),
+        direction: Some(direction),
+        tags: options.tags.clone(),
+        duration_s: started.elapsed().as_secs_f64(),
+        ..AuditRecord::now()
+    };
+    match &outcome {
+        Ok(report) => {
+            record.result = if report.is_partial() { "partial" } else { "ok" };
+            record.files_written = report.files_changed;
+            record.files_deleted = report.files_deleted;
+            record.files_failed = report.failed.len() as u64;
+            record.bytes_logical = report.bytes_written;
+            record.bytes_sent = report.bytes_sent;
+            record.wire_bytes_sent = report.wire_bytes_sent;
+            record.wire_bytes_received = report.wire_bytes_received;
+        }
+        Err(e) => {
+            let code = match e {
+                RemoteError::Cancelled => Some(CloseCode::Cancelled),
+                RemoteError::Session(SessionError::Peer { code, .. }) => *code,
+                RemoteError::Session(e) => Some(e.close_code()),
+                // This side refused the server's key.
+                RemoteError::UntrustedServer { .. } => Some(CloseCode::Unauthorized),
+                _ => None,
+            };
+            record.fail(code, e.to_string());
+        }
+    }
+    if let Err(e) = log.append(&record) {
+        tracing::error!(log = %log.path().display(), error = %e, "cannot write the session log");
+    }
+    outcome
 }
 
 fn caps(options: &RemotePush) -> super::driver::Caps {
@@ -252,7 +334,18 @@ pub async fn push(
     pin: Option<Fingerprint>,
     options: &RemotePush,
 ) -> Result<Report, RemoteError> {
+    logged(options, identity, (url, pin, "push"), push_unlogged(src, url, identity, pin, options)).await
+}
+
+async fn push_unlogged(
+    src: &Path,
+    url: &RemoteUrl,
+    identity: &Identity,
+    pin: Option<Fingerprint>,
+    options: &RemotePush,
+) -> Result<Report, RemoteError> {
     let started = Instant::now();
+    let tags = options.wire_tags()?;
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
     let scanned = {
         let state_dir = options.state_dir.clone();
@@ -297,6 +390,7 @@ pub async fn push(
         );
         sender.set_progress(options.progress.clone());
         sender.set_dry_run(options.dry_run);
+        sender.set_tags(tags.clone());
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
         connection.close(0u32.into(), b"done");
@@ -412,16 +506,22 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         .map_err(|e| crate::Error::io("embedded server", e))?;
     let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
+    let config_root = dest.display().to_string();
     let config = ServeConfig {
         root: dest,
         access: super::access::Access::allow(&[identity.fingerprint()]),
         state: ServerState::Outside(state),
         per_session: crate::throttle::Rate(None),
         total: crate::throttle::Limiter::unlimited(),
+        // The caller keeps its own record (`RemotePush::log`).
+        audit: None,
     };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
-    let result = push(&src, &url, &identity, Some(identity.fingerprint()), options).await;
+    // The log names the destination directory, not the loopback server.
+    let logged_as = RemoteUrl { authority: "local".into(), path: config_root.trim_start_matches('/').to_string() };
+    let session = push_unlogged(&src, &url, &identity, Some(identity.fingerprint()), options);
+    let result = logged(options, &identity, (&logged_as, None, "push"), session).await;
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     server.abort();
@@ -470,6 +570,17 @@ pub async fn pull(
     pin: Option<Fingerprint>,
     options: &RemotePush,
 ) -> Result<Report, RemoteError> {
+    logged(options, identity, (url, pin, "pull"), pull_unlogged(url, dest, identity, pin, options)).await
+}
+
+async fn pull_unlogged(
+    url: &RemoteUrl,
+    dest: &Path,
+    identity: &Identity,
+    pin: Option<Fingerprint>,
+    options: &RemotePush,
+) -> Result<Report, RemoteError> {
+    let tags = options.wire_tags()?;
     if options.filter.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(RemoteError::PullFilter);
     }
@@ -490,6 +601,7 @@ pub async fn pull(
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
     let mut receiver = receiver;
     receiver.set_progress(options.progress.clone());
+    receiver.set_tags(tags);
     let receiver =
         cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver, caps(options))).await;
     let wire = wire_bytes(&connection);

@@ -14,6 +14,7 @@ use xfer_protocol::{frame, CloseCode, Message};
 
 use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
+use crate::audit::{AuditLog, AuditRecord};
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
 use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
@@ -43,12 +44,21 @@ pub struct ServeConfig {
     pub per_session: Rate,
     /// Cap on all sessions together (`serve --bwlimit-total`).
     pub total: Limiter,
+    /// Where each session leaves its record (`serve --audit-log`).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl ServeConfig {
     /// Serves `root` as `access` allows, keeping state in `ROOT/.xfer`.
     pub fn new(root: PathBuf, access: Access) -> Self {
-        ServeConfig { root, access, state: ServerState::InRoot, per_session: Rate(None), total: Limiter::unlimited() }
+        ServeConfig {
+            root,
+            access,
+            state: ServerState::InRoot,
+            per_session: Rate(None),
+            total: Limiter::unlimited(),
+            audit: None,
+        }
     }
 
     /// The caps of a new session: its own, and the server's total.
@@ -413,13 +423,31 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
         let config = config.clone();
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else { return };
-            let (from, client) = (connection.remote_address(), peer_fingerprint(&connection));
-            let client = client.map_or_else(|| "unknown".to_string(), |fp| fp.to_string());
             let started = std::time::Instant::now();
-            match serve_connection(connection, config).await {
-                Ok(()) => {
-                    tracing::info!(%from, %client, elapsed_s = started.elapsed().as_secs_f64(), "session done");
+            let mut record = AuditRecord {
+                peer: connection.remote_address().to_string(),
+                client: peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
+                result: "ok",
+                ..AuditRecord::default()
+            };
+            let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
+            let wire = wire_bytes(&connection);
+            (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);
+            record.duration_s = started.elapsed().as_secs_f64();
+            record.time = AuditRecord::now().time;
+            if let Err(e) = &result {
+                record.fail(Some(e.close_code()), e.to_string());
+            }
+            // The record first: it must not depend on the operator's
+            // terminal (a closed stderr fails the log lines below).
+            if let Some(log) = &config.audit {
+                if let Err(e) = log.append(&record) {
+                    tracing::error!(log = %log.path().display(), error = %e, "cannot write the audit log");
                 }
+            }
+            let (from, client) = (&record.peer, &record.client);
+            match &result {
+                Ok(()) => tracing::info!(%from, %client, elapsed_s = record.duration_s, "session done"),
                 Err(e) => {
                     let code = e.close_code() as u32;
                     tracing::warn!(%from, %client, code, error = %e, "session refused or failed");
@@ -431,13 +459,17 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
 
 /// Runs one client's session on the server, then closes the connection:
 /// with the error's close code and message when it failed, so the client
-/// can say why.
+/// can say why. What the session did goes into `record`.
 ///
 /// # Errors
 /// The session's failure (also sent to the client).
-pub async fn serve_connection(connection: Connection, config: Arc<ServeConfig>) -> Result<(), SessionError> {
+pub async fn serve_connection(
+    connection: Connection,
+    config: Arc<ServeConfig>,
+    record: &mut AuditRecord,
+) -> Result<(), SessionError> {
     let client = peer_fingerprint(&connection);
-    let result = serve_session(&connection, &config, client).await;
+    let result = serve_session(&connection, &config, client, record).await;
     match &result {
         // The client closes the connection once it has what it needs.
         Ok(()) => {
@@ -461,6 +493,7 @@ async fn serve_session(
     connection: &Connection,
     config: &Arc<ServeConfig>,
     client: Option<Fingerprint>,
+    record: &mut AuditRecord,
 ) -> Result<(), SessionError> {
     // Refused before a stream is read, let alone a file touched.
     let client = match client {
@@ -481,18 +514,22 @@ async fn serve_session(
         xfer_protocol::msg::Direction::Pull => Want::Read,
         xfer_protocol::msg::Direction::Push => Want::Write,
     };
+    record.path = Some(format!("/{}", String::from_utf8_lossy(&open.path)));
+    record.direction = Some(if want == Want::Read { "pull" } else { "push" });
+    record.tag(&open.tags);
     if let Err(refusal) = config.access.check(&client, want, &open.path) {
         return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
     }
-    let result = if want == Want::Read {
-        serve_pull(connection, send, ctrl_in, config, open).await
+    let summary = if want == Want::Read {
+        serve_pull(connection, send, ctrl_in, config, open).await.map(|sender| sender.summary().copied())
     } else {
         let opener = config.clone();
         let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
         receiver.handle(hello)?;
         receiver.handle(Message::Open(open))?;
-        drive_receiver(connection, send, ctrl_in, receiver, config.caps()).await.map(|_| ())
+        drive_receiver(connection, send, ctrl_in, receiver, config.caps()).await.map(|r| r.summary().copied())
     };
+    let result = summary.map(|summary| record.count(&summary.unwrap_or_default()));
     drop(reader);
     result
 }
@@ -513,7 +550,7 @@ async fn serve_pull(
     ctrl_in: mpsc::Receiver<Message>,
     config: &ServeConfig,
     open: xfer_protocol::msg::Open,
-) -> Result<(), SessionError> {
+) -> Result<Sender<FileReader>, SessionError> {
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
@@ -533,7 +570,7 @@ async fn serve_pull(
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options = crate::plan::PlanOptions { delete: open.delete, protect: None };
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
-    drive_sender(connection, send, ctrl_in, sender, config.caps()).await.map(|_| ())
+    drive_sender(connection, send, ctrl_in, sender, config.caps()).await
 }
 
 /// Opens the destination a client asked for, under the server's root.

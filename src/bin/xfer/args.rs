@@ -34,7 +34,8 @@ pub enum Command {
         "Examples:\n  xfer push ./site /backup/site\n  xfer push --delete --json ./site /backup/site\n  \
 xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n  \
 xfer push ./site backup            # a remote named in CONFIG_DIR/config.toml\n  \
-xfer push --exclude '*.log' --exclude target/ ./src /backup/src\n\n\
+xfer push --exclude '*.log' --exclude target/ ./src /backup/src\n  \
+xfer push -q --json --tag project=web --log-json ~/xfer.jsonl ./site backup\n\n\
 A .xferignore file at the source root holds more patterns (gitignore rules); it is\n\
 transferred too. Command-line patterns come after it, so they win.\n\n\
 config.toml holds defaults and named remotes:\n  \
@@ -81,6 +82,11 @@ xfer:bbbb...  ro              # pull anything")]
         /// Where the server's identity is kept.
         #[arg(long, env = "XFER_CONFIG_DIR")]
         config_dir: Option<PathBuf>,
+        /// Append one JSON line per session (time, client, path, direction,
+        /// tags, files and bytes, result, duration) to FILE.
+        /// [default: ROOT/.xfer/audit.jsonl]
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
     },
     /// Pin a server's fingerprint in known hosts.
     Trust {
@@ -185,9 +191,24 @@ pub struct PushArgs {
     /// symlink, .m metadata only, *deleting (like rsync -i).
     #[arg(short, long)]
     pub itemize: bool,
+    /// Label the session KEY=VALUE in the server's audit log and in
+    /// --log-json (repeatable; for cost allocation, e.g. project=web).
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Append this run's record (as the server's audit log has it) to
+    /// FILE as one JSON line, whether it succeeds or not.
+    #[arg(long, value_name = "FILE")]
+    pub log_json: Option<PathBuf>,
     /// Outside the window, sleep until it opens instead of exiting 4.
     #[arg(long)]
     pub wait: bool,
+}
+
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not a tag: use KEY=VALUE, e.g. project=web")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -55,10 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
         Command::Pull(args) => pull(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
-        Command::Serve { root, listen, allow, authorized_clients, config_dir, bwlimit, bwlimit_total } => {
+        Command::Serve { root, listen, allow, authorized_clients, config_dir, bwlimit, bwlimit_total, audit_log } => {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
-            serve(root, listen, &allow, authorized_clients.as_deref(), config_dir, (per_session, total))
+            let grants = (allow.as_slice(), authorized_clients.as_deref());
+            serve(root, listen, grants, config_dir, (per_session, total), audit_log)
         }
         Command::Trust { authority, fingerprint, config_dir } => {
             let fingerprint: Fingerprint = fingerprint.parse()?;
@@ -100,10 +101,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(
     root: PathBuf,
     listen: std::net::SocketAddr,
-    allow: &[String],
-    authorized_clients: Option<&std::path::Path>,
+    (allow, authorized_clients): (&[String], Option<&std::path::Path>),
     config_dir: Option<PathBuf>,
     (per_session, total): (Rate, Rate),
+    audit_log: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
     let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
@@ -119,6 +120,8 @@ fn serve(
     }
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    let audit_log = audit_log.unwrap_or_else(|| root.join(transport::driver::SERVER_STATE_DIR).join("audit.jsonl"));
+    let audit = xfer::audit::AuditLog::open(&audit_log).context("open the audit log (--audit-log FILE)")?;
     // Session records on stderr, one line each, for the operator's log.
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let runtime = runtime()?;
@@ -129,6 +132,7 @@ fn serve(
         let mut config = transport::driver::ServeConfig::new(root, access);
         config.per_session = per_session;
         config.total = Limiter::new(total);
+        config.audit = Some(Arc::new(audit));
         let config = std::sync::Arc::new(config);
         tokio::select! {
             () = transport::driver::serve(endpoint.clone(), config) => {}
@@ -374,6 +378,12 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
     options.compression = compression;
     options.filter = filter;
     options.dry_run = args.dry_run;
+    for (key, value) in &args.tags {
+        if options.tags.insert(key.clone(), value.clone()).is_some() {
+            bail!("--tag {key}=... is given twice; give each key once");
+        }
+    }
+    options.log = args.log_json.clone();
     Ok(options)
 }
 

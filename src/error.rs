@@ -116,6 +116,11 @@ pub enum Error {
     },
 }
 
+// errno values on Linux.
+const ENOTDIR: i32 = 20;
+const EISDIR: i32 = 21;
+const ENAMETOOLONG: i32 = 36;
+
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
@@ -124,16 +129,25 @@ impl Error {
 
     /// Whether the error concerns one entry only (a source file that changed,
     /// a chunk that failed verification), so the rest of a transfer can go on.
+    ///
+    /// I/O errors that belong to one path count too: a directory this user
+    /// may not write, a name too long for the filesystem, a file where a
+    /// directory is expected. A full disk or a failing device does not:
+    /// every entry after it would fail the same way.
     pub fn is_per_entry(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::SourceChanged { .. }
-                | Error::FileMismatch { .. }
-                | Error::Chunk { .. }
-                | Error::ChunkUnavailable { .. }
-                | Error::Reserved { .. }
-                | Error::Escape { .. }
-        )
+            | Error::FileMismatch { .. }
+            | Error::Chunk { .. }
+            | Error::ChunkUnavailable { .. }
+            | Error::Reserved { .. }
+            | Error::Escape { .. } => true,
+            Error::Io { source, .. } => {
+                source.kind() == io::ErrorKind::PermissionDenied
+                    || matches!(source.raw_os_error(), Some(ENOTDIR | EISDIR | ENAMETOOLONG))
+            }
+            _ => false,
+        }
     }
 
     /// Whether another transfer holds the same tree's state (its database

@@ -292,7 +292,10 @@ async fn cancellable<T>(
 ) -> Result<T, RemoteError> {
     tokio::pin!(session);
     tokio::select! {
-        result = &mut session => Ok(result?),
+        result = &mut session => match result {
+            Ok(value) => Ok(value),
+            Err(e) => Err(super::driver::with_peer_reason(connection, e).await.into()),
+        },
         () = cancel.cancelled() => {
             connection.close(VarInt::from_u32(CloseCode::Cancelled as u32), b"cancelled by the client");
             let _ = session.await;
@@ -412,6 +415,9 @@ async fn push_unlogged(
         .map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
         .collect();
     failed.extend(sender.failed().iter().cloned());
+    if !options.dry_run {
+        failed.extend(changed_since_scan(&src, sender.ops(), &scanned.records, sender.failed()));
+    }
     // The receiver reports its own failures by count; the paths are in its log.
     let unnamed = summary.failed.saturating_sub(sender.failed().len() as u64);
     if unnamed > 0 {
@@ -433,6 +439,33 @@ async fn push_unlogged(
         (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
     }
     Ok(report)
+}
+
+/// Files written by `ops` whose source changed after the scan (appended,
+/// rewritten, replaced) yet were not caught by a chunk's hash, because
+/// only unchanged parts were read: the receiver holds the version scanned,
+/// whole and verified, not the file as it is now, so the run is partial.
+fn changed_since_scan(
+    src: &Path,
+    ops: &[crate::plan::Op],
+    records: &std::collections::HashMap<crate::manifest::RelPath, crate::scan::FileRecord>,
+    failed: &[crate::store::FailedEntry],
+) -> Vec<crate::store::FailedEntry> {
+    let caught: std::collections::HashSet<&str> = failed.iter().map(|f| f.path.as_str()).collect();
+    let mut changed = Vec::new();
+    for op in ops {
+        let crate::plan::Op::WriteFile { path, .. } = op else { continue };
+        let name = path.to_string();
+        if caught.contains(name.as_str()) {
+            continue;
+        }
+        let now = std::fs::symlink_metadata(path.to_path(src)).ok().map(|m| crate::scan::StatKey::of(&m));
+        if now != records.get(path).map(|r| r.stat) {
+            let error = "changed while being sent: the version scanned was committed; the next run sends the rest";
+            changed.push(crate::store::FailedEntry { path: name, error: error.into() });
+        }
+    }
+    changed
 }
 
 /// What a plan would send: files written, entries deleted, chunks the

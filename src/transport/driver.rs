@@ -404,6 +404,24 @@ impl Outgoing {
     }
 }
 
+/// `error`, or when it is a close without the peer's reason, the reason
+/// once it arrives: a peer that fails drops its streams a moment before its
+/// close frame says why, and "no space left on device" beats "the
+/// connection closed".
+pub(crate) async fn with_peer_reason(connection: &Connection, error: SessionError) -> SessionError {
+    if !matches!(error, SessionError::Peer { code: None, .. }) {
+        return error;
+    }
+    match tokio::time::timeout(PEER_REASON_WAIT, connection.closed()).await {
+        Ok(_) => ended(connection),
+        Err(_) => error,
+    }
+}
+
+/// How long a session that lost its streams waits for the peer's close
+/// frame (one round trip, as a rule).
+const PEER_REASON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the session could not go on: the connection's close, with the
 /// peer's code and reason when it gave them.
 fn ended(connection: &Connection) -> SessionError {

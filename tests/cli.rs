@@ -494,3 +494,62 @@ fn cli_audit_log_records_sessions_and_tags() {
     assert_eq!(mine[0]["server"].as_str(), Some(server_fp.as_str()));
     assert_eq!(mine[0]["bytes_logical"], 19);
 }
+
+/// Load: 16 clients push different trees to one server process at once,
+/// while 4 more push into one shared path. All complete (the shared path's
+/// pushes wait for each other), every file arrives whole, nothing is lost,
+/// and the server's memory stays bounded. Prints throughput and peak.
+#[test]
+fn cli_load_sixteen_clients_and_four_on_one_path() {
+    const FILES: usize = 16;
+    const SIZE: usize = 128 << 10;
+    let tmp = TempDir::new().unwrap();
+    let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
+    let tree = |k: usize| {
+        let src = tmp.path().join(format!("src{k}"));
+        fs::create_dir_all(&src).unwrap();
+        for i in 0..FILES {
+            fs::write(src.join(format!("f{k}-{i}")), seeded(SIZE, (k * 1000 + i) as u64)).unwrap();
+        }
+        src
+    };
+    let started = std::time::Instant::now();
+    let pushes: Vec<_> = (0..20)
+        .map(|k| {
+            let dest = if k < 16 { format!("xfer://{addr}/own{k}") } else { format!("xfer://{addr}/shared") };
+            let mut cmd: std::process::Command = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"));
+            cmd.env("XFER_STATE_DIR", tmp.path().join(format!("state{k}")))
+                .args(["push", "--json", "--busy-wait", "120", "--server-fingerprint", &server_fp, "--config-dir"])
+                .arg(&client_cfg)
+                .arg(tree(k))
+                .arg(dest)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = pushes.into_iter().map(|p| p.wait_with_output().unwrap()).collect();
+    let elapsed = started.elapsed();
+    let peak = peak_rss(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    for (k, out) in outputs.iter().enumerate() {
+        assert!(out.status.success(), "client {k}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for k in 0..20 {
+        let dir = if k < 16 { root.join(format!("own{k}")) } else { root.join("shared") };
+        for i in 0..FILES {
+            let got = fs::read(dir.join(format!("f{k}-{i}"))).unwrap_or_default();
+            assert!(got == seeded(SIZE, (k * 1000 + i) as u64), "client {k} file {i} lost or torn");
+        }
+    }
+    let total = (20 * FILES * SIZE) as f64;
+    eprintln!(
+        "load: 20 clients, {:.1} MiB in {:.2} s ({:.1} MiB/s), server peak RSS {} MiB",
+        total / 1048576.0,
+        elapsed.as_secs_f64(),
+        total / 1048576.0 / elapsed.as_secs_f64(),
+        peak >> 20
+    );
+    assert!(peak < 200 << 20, "server peak RSS {} MiB", peak >> 20);
+}

@@ -273,3 +273,29 @@ fn full_disk_fails_clearly_and_recovers() {
         assert!(fs::read(dest.join(format!("big{i}"))).unwrap() == seeded(2 << 20, 10 + i));
     }
 }
+
+/// 1,000,000 entries in one directory: the push completes, a no-change
+/// push sends nothing, and neither side's memory runs away. Slow (minutes):
+/// `scripts/slow-tests.sh` runs it.
+#[test]
+#[ignore = "slow: creates a million files; run by scripts/slow-tests.sh"]
+fn million_entries_in_one_directory() {
+    const ENTRIES: usize = 1_000_000;
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir(&src).unwrap();
+    for i in 0..ENTRIES {
+        fs::write(src.join(format!("entry-{i:07}")), (i as u32).to_le_bytes()).unwrap();
+    }
+    let started = Instant::now();
+    let out = xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = json(&out);
+    assert_eq!(first["files_changed"].as_u64(), Some(ENTRIES as u64));
+    let again = json(&xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap());
+    assert_eq!(again["files_changed"], 0);
+    assert_eq!(fs::read(dest.join("entry-0999999")).unwrap(), 999_999u32.to_le_bytes());
+    let peak = first["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!("1M entries: first push {:.1} s, peak RSS {} MiB", started.elapsed().as_secs_f64(), peak >> 20);
+    assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
+}

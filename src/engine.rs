@@ -159,6 +159,7 @@ pub fn scan_source(src: &Path, state_dir: &Path, checksum: bool, filter: Option<
     let db = StateDb::open(&state_file(state_dir, "sources", src))?;
     let previous = db.files()?;
     let scanned = scan(src, &previous, ScanOptions { checksum, filter, ..ScanOptions::default() })?;
+    crate::crashpoint::hit("source.record");
     db.record_scan(&previous, &scanned.records)?;
     Ok(scanned)
 }

@@ -41,6 +41,7 @@
 mod api;
 pub mod chunk;
 pub mod codec;
+mod crashpoint;
 pub mod engine;
 pub mod error;
 pub mod filter;

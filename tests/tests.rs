@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod crash;
 mod plan_model;
 mod push;
 mod remote;

@@ -767,3 +767,26 @@ fn crash_state_never_ahead_of_data_order() {
         assert!(passes.get(point).is_some_and(|&n| n > 0), "{point} never passed: {passes:?}");
     }
 }
+
+/// The polling reader itself can fail: a final name holding bytes that are
+/// neither version (what an in-place write would show) is reported, while
+/// a temporary holding them is not.
+#[test]
+fn crash_reader_flags_foreign_content() {
+    let tmp = TempDir::new().unwrap();
+    let mut model = Model::new();
+    model.insert(rel(b"a"), file(b"version one".to_vec(), 0o644, V1_MTIME));
+    fs::write(tmp.path().join("a"), b"version on").unwrap();
+    let mut temp = TEMP_PREFIX.to_vec();
+    temp.extend_from_slice(b"1.1");
+    fs::write(tmp.path().join(String::from_utf8(temp).unwrap()), b"half").unwrap();
+    let reader = Reader::start(tmp.path().to_path_buf(), Allowed::of(&[&model]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.seen.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let violations = reader.violations.lock().unwrap().clone();
+    assert_eq!(violations, vec!["a: 10 bytes, neither version".to_string()]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.finish()));
+    assert!(result.is_err(), "finish() passed with a violation recorded");
+}

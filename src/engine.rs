@@ -161,6 +161,7 @@ pub fn scan_source(src: &Path, state_dir: &Path, options: ScanOptions) -> Result
     let db = StateDb::open(&state_file(state_dir, "sources", src))?;
     let previous = db.files()?;
     let scanned = scan(src, &previous, options)?;
+    crate::crashpoint::hit("source.record");
     db.record_scan(&previous, &scanned.records)?;
     Ok(scanned)
 }

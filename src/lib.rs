@@ -42,6 +42,7 @@ mod api;
 pub mod audit;
 pub mod chunk;
 pub mod codec;
+mod crashpoint;
 pub mod engine;
 pub mod error;
 pub mod filter;

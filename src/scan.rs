@@ -156,6 +156,7 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
                 Err(e) => skip(&mut scan, rel, format!("cannot read link: {e}")),
             }
         } else if file_type.is_file() {
+            crate::crashpoint::hit("scan.file");
             if meta.nlink() > 1 {
                 skip(&mut scan, rel, format!("hard link ({} names): not supported, skipped", meta.nlink()));
                 continue;

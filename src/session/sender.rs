@@ -51,6 +51,7 @@ impl ChunkReader for FileReader {
         }
         let (_, file) = self.open.as_ref().expect("invariant: opened just above");
         let mut bytes = vec![0u8; chunk.len as usize];
+        crate::crashpoint::hit("sender.chunk");
         match file.read_exact_at(&mut bytes, offset) {
             Ok(()) if ChunkId::of(&bytes) == chunk.id => Ok(bytes),
             Ok(()) => Err(Error::SourceChanged { path: abs }),

@@ -8,7 +8,8 @@
 //! then does the state database commit the batch. A crash at any point
 //! leaves every final name holding a complete old or new version; stale
 //! temporaries are removed by the next scan, and files whose stat key no
-//! longer matches the database are re-read.
+//! longer matches the database are re-read. The plan step by step, and why
+//! it suffices: `MirrorStore::commit_batch`.
 
 use std::borrow::BorrowMut;
 use std::cell::Cell;
@@ -163,6 +164,7 @@ impl Store for MirrorStore {
         // decides which excluded entries it protects.
         let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, ..ScanOptions::default() };
         let scan = scan::scan(&self.root, &previous, options)?;
+        crate::crashpoint::hit("store.refresh");
         self.db.record_scan(&previous, &scan.records)?;
         self.records = scan.records;
         self.manifest = scan.manifest;
@@ -309,6 +311,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
                     Err(e) => return Err(Error::io(abs, e)),
                 }
+                crate::crashpoint::hit("store.mkdir");
                 // Owner-writable until the final SetMeta, so the batch can fill it.
                 fs::set_permissions(&abs, fs::Permissions::from_mode(meta.mode | 0o700)).at(&abs)
             }
@@ -318,9 +321,20 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 self.commit()?;
                 let store = self.store.borrow_mut();
                 store.step()?;
+                crate::crashpoint::hit("store.delete");
                 remove_entry(&store.abs(path))?;
+                crate::crashpoint::hit("store.deleted");
                 self.report.entries_deleted += 1;
-                self.removals.extend(store.records.keys().filter(|p| *p == path || p.is_inside(path)).cloned());
+                // Forgotten now, dropped from the database at the end: a
+                // directory made here later must not inherit a deleted
+                // file's record (its SetMeta would record the directory as
+                // that file, with a matching stat key).
+                let gone: Vec<RelPath> =
+                    store.records.keys().filter(|p| *p == path || p.is_inside(path)).cloned().collect();
+                for p in &gone {
+                    store.records.remove(p);
+                }
+                self.removals.extend(gone);
                 Ok(())
             }
             Op::SetMeta { path, meta } => {
@@ -536,10 +550,10 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         if !self.removals.is_empty() {
             let store = self.store.borrow_mut();
             store.step()?;
+            crate::crashpoint::hit("store.removals");
+            // A path written again after its delete keeps its new record.
+            self.removals.retain(|path| !store.records.contains_key(path));
             store.db.update(&[], &self.removals)?;
-            for path in &self.removals {
-                store.records.remove(path);
-            }
         }
         Ok(std::mem::take(&mut self.report))
     }
@@ -606,6 +620,8 @@ struct Batch {
     pending: Vec<Pending>,
     /// Records to write once the batch's renames are durable.
     upserts: Vec<(RelPath, FileRecord)>,
+    /// Records to drop in the same transaction (files a symlink replaced).
+    removals: Vec<RelPath>,
     /// Chunks received in this batch, readable from their temporaries.
     received: HashMap<ChunkId, (PathBuf, u64, u32)>,
     files: usize,
@@ -650,6 +666,7 @@ impl MirrorStore {
         self.step()?;
         let temp = self.temp_beside(path);
         let file = File::create_new(&temp).at(&temp)?;
+        crate::crashpoint::hit("store.temp");
         batch.pending.push(Pending {
             temp: temp.clone(),
             target: self.abs(path),
@@ -718,6 +735,7 @@ impl MirrorStore {
         match codec::decode(encoded, &need.chunk.id, base.as_deref()) {
             Ok(bytes) => {
                 build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
+                crate::crashpoint::hit("store.chunk");
                 Ok(true)
             }
             Err(_) if with_base && encoded.codec == codec::Codec::Delta => Ok(false),
@@ -761,6 +779,7 @@ impl MirrorStore {
         }
         batch.files += 1;
         batch.bytes += digest.size;
+        crate::crashpoint::hit("store.sealed");
         Ok(())
     }
 
@@ -769,6 +788,7 @@ impl MirrorStore {
         self.step()?;
         let temp = self.temp_beside(path);
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temp).at(&temp)?;
+        crate::crashpoint::hit("store.symlink");
         batch.pending.push(Pending { temp: temp.clone(), target: self.abs(path), path: path.clone(), digest: None });
         let time = to_filetime(meta);
         filetime::set_symlink_file_times(&temp, time, time).at(&temp)?;
@@ -831,41 +851,75 @@ impl MirrorStore {
         result
     }
 
+    /// The fsync plan, so that the state database is never ahead of the
+    /// data (after a power loss as after `kill -9`):
+    ///
+    /// 1. Temporaries are written, hashed and given their mode and mtime.
+    /// 2. `syncfs` on each filesystem of the batch: every temporary's data
+    ///    and inode are durable before any of them gets a final name.
+    /// 3. Renames into place (each atomic: a final name holds the old or
+    ///    the new file, never a partial one).
+    /// 4. `syncfs` again: the renames (directory entries) are durable.
+    /// 5. Only then one redb transaction (fsynced at commit) records the
+    ///    batch: the new files' stat keys and chunk lists, and the records
+    ///    symlinks replaced.
+    ///
+    /// A crash before 5 leaves the state behind the tree, never ahead: the
+    /// renamed files have new inodes, so their old records no longer match
+    /// and the next scan re-reads them; stale temporaries are removed by
+    /// that scan. A record is trusted only while the file's stat key (size,
+    /// mtime, mode, inode, ctime) matches, and xfer never writes in place
+    /// under a final name, so a matching key means the recorded content.
+    /// Metadata-only changes (`SetMeta`) are recorded without a sync of
+    /// their own: should the chmod or utime be lost, the key no longer
+    /// matches and the content, which did not change, is re-read. Deletes
+    /// reach the database after they happen (state behind again).
     fn commit_batch(&mut self, batch: &mut Batch, report: &mut ApplyReport) -> Result<()> {
         if batch.pending.is_empty() && batch.upserts.is_empty() {
             return Ok(());
         }
-        // Data first: every temporary is durable before any rename.
         let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|p| p.temp.parent()));
         self.step()?;
         sync_filesystems(&filesystems)?;
+        crate::crashpoint::hit("commit.synced");
         let pending = std::mem::take(&mut batch.pending);
         for (n, Pending { temp, target, path, digest }) in pending.iter().enumerate() {
             if let Err(e) = self.step().and_then(|()| fs::rename(temp, target).at(target)) {
                 batch.pending = pending[n..].to_vec();
                 return Err(e);
             }
+            crate::crashpoint::hit("commit.rename");
             match digest {
-                Some(digest) => {
-                    let stat = StatKey::of(&fs::symlink_metadata(target).at(target)?);
-                    batch.upserts.push((path.clone(), FileRecord { stat, digest: digest.clone() }));
-                }
+                Some(digest) => match fs::symlink_metadata(target).at(target) {
+                    Ok(meta) => {
+                        let record = FileRecord { stat: StatKey::of(&meta), digest: digest.clone() };
+                        batch.upserts.push((path.clone(), record));
+                    }
+                    // The rest are still temporaries: the discard removes them.
+                    Err(e) => {
+                        batch.pending = pending[n + 1..].to_vec();
+                        return Err(e);
+                    }
+                },
                 // A symlink replaced whatever file stood here.
                 None => {
                     if self.records.remove(path).is_some() {
-                        self.db.update(&[], std::slice::from_ref(path))?;
+                        batch.removals.push(path.clone());
                     }
                 }
             }
         }
-        // Then the renames, before the state that claims them.
+        crate::crashpoint::hit("commit.renamed");
         self.step()?;
         sync_filesystems(&filesystems)?;
+        crate::crashpoint::hit("commit.durable");
         self.step()?;
-        self.db.update(&batch.upserts, &[])?;
+        self.db.update(&batch.upserts, &batch.removals)?;
+        crate::crashpoint::hit("commit.recorded");
         for (path, record) in batch.upserts.drain(..) {
             self.records.insert(path, record);
         }
+        batch.removals.clear();
         batch.received.clear();
         batch.files = 0;
         batch.bytes = 0;
@@ -879,6 +933,7 @@ impl MirrorStore {
             let _ = fs::remove_file(temp);
         }
         batch.upserts.clear();
+        batch.removals.clear();
         batch.received.clear();
     }
 }
@@ -959,6 +1014,7 @@ fn set_meta(abs: &Path, meta: &Meta) -> Result<()> {
         return filetime::set_symlink_file_times(abs, time, time).at(abs);
     }
     fs::set_permissions(abs, fs::Permissions::from_mode(meta.mode)).at(abs)?;
+    crate::crashpoint::hit("store.setmeta");
     filetime::set_file_mtime(abs, time).at(abs)
 }
 

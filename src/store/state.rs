@@ -160,6 +160,7 @@ impl StateDb {
                 }
             }
         }
+        crate::crashpoint::hit("state.txn");
         txn.commit().map_err(|e| self.err(e))
     }
 }

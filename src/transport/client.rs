@@ -407,6 +407,7 @@ async fn push_unlogged(
     // Remember the receiver's tree only when it now is the source (a dry
     // run changed nothing, so what was remembered still holds).
     if !options.dry_run {
+        crate::crashpoint::hit("client.remember");
         remember(&memory, (summary.failed == 0).then_some(&source));
     }
     let mut failed: Vec<_> = scanned

@@ -180,6 +180,7 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>, cap
         for piece in bytes.chunks(CAP_PIECE) {
             caps.take(piece.len()).await;
             send.write_all(piece).await.map_err(io_err)?;
+            crate::crashpoint::hit("wire.piece");
         }
     }
     send.finish().map_err(io_err)?;
@@ -310,6 +311,9 @@ async fn drive_receiver(
     let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
         let mut out = Outgoing::new(out_tx, conn.clone());
         let mut step = || -> Result<bool, SessionError> {
+            if receiver.is_finished() {
+                crate::crashpoint::hit("receiver.finished");
+            }
             out.fill(|| receiver.poll_transmit())?;
             if receiver.is_finished() && out.is_idle() {
                 return Ok(true);

@@ -83,9 +83,9 @@ impl Tuning {
                 .send_window(u64::from(CONNECTION_WINDOW));
         }
         // Durations beyond a QUIC varint's range fall back to the default.
-        let idle =
-            IdleTimeout::try_from(self.idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));
-        config.keep_alive_interval(Some(self.idle_timeout / 3)).max_idle_timeout(Some(idle));
+        let idle_timeout = crate::crashpoint::idle_timeout().unwrap_or(self.idle_timeout);
+        let idle = IdleTimeout::try_from(idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));
+        config.keep_alive_interval(Some(idle_timeout / 3)).max_idle_timeout(Some(idle));
         Arc::new(config)
     }
 }

@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod hostile;
 mod plan_model;
 mod push;
 mod remote;

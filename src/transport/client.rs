@@ -395,13 +395,8 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         .map_err(|e| crate::Error::io("embedded server", e))?;
     let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
-    let config = ServeConfig {
-        root: dest,
-        access: super::access::Access::allow(&[identity.fingerprint()]),
-        state: ServerState::Outside(state),
-        per_session: crate::throttle::Rate(None),
-        total: crate::throttle::Limiter::unlimited(),
-    };
+    let access = super::access::Access::allow(&[identity.fingerprint()]);
+    let config = ServeConfig { state: ServerState::Outside(state), ..ServeConfig::new(dest, access) };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
     let result = push(&src, &url, &identity, Some(identity.fingerprint()), options).await;
@@ -429,6 +424,16 @@ async fn connect(
         Ok(connection) => {
             let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
             Ok((endpoint, connection, server))
+        }
+        // Refused before the handshake: the server has too many under way.
+        // Busy, so the caller's busy wait retries.
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Err(RemoteError::Session(SessionError::Peer {
+                code: Some(CloseCode::Busy),
+                message: format!("{} refused the connection: too many at once; try again in a moment", url.authority),
+            }))
         }
         Err(e) => Err(match server_pin.seen() {
             Some(seen) if Some(seen) != pin => RemoteError::UntrustedServer {

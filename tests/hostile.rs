@@ -995,3 +995,38 @@ async fn hostile_default_timeouts_of_xfer_serve() {
     server.record(&["handshake timed out"]).await;
     drop(ghost);
 }
+
+/// The most one file may cost the server: a list of
+/// [`xfer::wire::MAX_FILE_CHUNKS`] chunks of 64 bytes, none of which it
+/// holds (38 MB on the wire). Measured 633 MiB, about 600 bytes per
+/// missing chunk across the session's and the store's bookkeeping; the
+/// limit is what keeps it from growing further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: about 650 MiB of server memory; scripts/hostile.sh runs it"]
+async fn hostile_longest_chunk_list_in_flight() {
+    const PER_MESSAGE: usize = 65_536;
+    let tmp = TempDir::new().unwrap();
+    let bad = Identity::generate().unwrap();
+    let clients = clients_file(&tmp, &[(bad.fingerprint(), "rw")]);
+    let server = ServeProcess::start(&tmp, &clients);
+    let tiny = msg::ChunkParams { min: 64, avg: 256, max: 1024 };
+    let parts = xfer::wire::MAX_FILE_CHUNKS / PER_MESSAGE;
+    let size = 64 * xfer::wire::MAX_FILE_CHUNKS as u64;
+    let mut head = write_file_with(0, b"long", size, tiny, msg::ChunkList::Full(refs(PER_MESSAGE, 64, 0)));
+    head.more = true;
+    let mut client = opened_push(server.addr, server.fingerprint, &bad, "long").await;
+    client.send(&Message::WriteFile(head)).await;
+    for part in 1..parts as u32 {
+        let list = msg::ChunkList::Full(refs(PER_MESSAGE, 64, part));
+        client.send(&Message::MoreChunks(msg::MoreChunks { file: 0, list, more: part + 1 < parts as u32 })).await;
+    }
+    // Taken whole: the server asks for its chunks.
+    need_for(&mut client, 0).await;
+    let peak = server.peak_rss();
+    eprintln!(
+        "xfer serve peak RSS with one file of {} missing chunks: {} MiB",
+        xfer::wire::MAX_FILE_CHUNKS,
+        peak >> 20
+    );
+    assert!(peak < 1 << 30, "server peak RSS {} MiB", peak >> 20);
+}

@@ -9,6 +9,12 @@ use crate::hash::{ChunkId, FileHash, TreeHash};
 use crate::manifest::{ChildDigest, Mtime};
 use crate::plan::{apply_list_edit, wire_chunk_list, ListEdit};
 
+/// Longest chunk list of one file a receiver takes: about 1 TiB at the
+/// chunk sizes xfer cuts big files with (1 MiB on average). A file's list
+/// is held in memory while it is received, so a longer one is refused
+/// before it is built.
+pub const MAX_FILE_CHUNKS: usize = 1 << 20;
+
 /// Why a message field was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -34,6 +40,14 @@ pub enum WireError {
     /// A time with nanoseconds out of range.
     #[error("mtime nanoseconds {0} out of range")]
     Nanos(u32),
+    /// A chunk list longer than [`MAX_FILE_CHUNKS`].
+    #[error("chunk list of {chunks} chunks is over the limit of {max} for one file")]
+    TooManyChunks {
+        /// Its length.
+        chunks: u64,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// The protocol form of chunk parameters.
@@ -119,6 +133,26 @@ pub fn digest_from_wire(
     old: &[ChunkRef],
 ) -> Result<FileDigest, WireError> {
     let params = params_from_wire(params)?;
+    // Counted before the list is built: `Keep` edits may name the same old
+    // chunks again and again, so a small message could describe a huge list.
+    let planned = match list {
+        msg::ChunkList::Implied => 1,
+        msg::ChunkList::Full(chunks) => chunks.len() as u64,
+        msg::ChunkList::Edit(edits) => {
+            let mut planned = 0u64;
+            for edit in edits {
+                planned += match edit {
+                    msg::ListEdit::Keep { from, count } if u64::from(*from) + u64::from(*count) > old.len() as u64 => {
+                        return Err(WireError::EditOutOfRange { old_len: old.len() })
+                    }
+                    msg::ListEdit::Keep { count, .. } => u64::from(*count),
+                    msg::ListEdit::New(chunks) => chunks.len() as u64,
+                };
+            }
+            planned
+        }
+    };
+    check_chunk_count(planned, size, params)?;
     let chunks = match list {
         msg::ChunkList::Implied if size == 0 => Vec::new(),
         msg::ChunkList::Implied => vec![ChunkRef { id: ChunkId(hash), len: u32::try_from(size).unwrap_or(u32::MAX) }],
@@ -139,6 +173,23 @@ pub fn digest_from_wire(
         return Err(WireError::Inconsistent { size, chunks: chunks.len() });
     }
     Ok(FileDigest { size, hash: FileHash(hash), params, chunks })
+}
+
+/// Whether a file of `size` bytes cut with `params` can have `chunks`
+/// chunks: at most [`MAX_FILE_CHUNKS`], and no more than the size allows
+/// (FastCDC cuts no chunk below the minimum but a file's last).
+///
+/// # Errors
+/// [`WireError::TooManyChunks`] over the limit, [`WireError::Inconsistent`]
+/// for more chunks than the size holds.
+pub fn check_chunk_count(chunks: u64, size: u64, params: ChunkParams) -> Result<(), WireError> {
+    if chunks > MAX_FILE_CHUNKS as u64 {
+        return Err(WireError::TooManyChunks { chunks, max: MAX_FILE_CHUNKS });
+    }
+    if chunks > size / u64::from(params.min()) + 1 {
+        return Err(WireError::Inconsistent { size, chunks: usize::try_from(chunks).unwrap_or(usize::MAX) });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,6 +239,22 @@ mod tests {
         ));
         let huge = msg::ChunkList::Implied;
         assert!(digest_from_wire(u64::from(u32::MAX) + 10, [0; 32], params, &huge, &[]).is_err());
+        // Keeping the same old chunks over and over would build a list far
+        // longer than the message: refused before it is built.
+        let keep_all = msg::ListEdit::Keep { from: 0, count: digest.chunks.len() as u32 };
+        let times = MAX_FILE_CHUNKS / digest.chunks.len() + 1;
+        let repeated = msg::ChunkList::Edit(vec![keep_all; times]);
+        let size = digest.size * times as u64;
+        let refused = digest_from_wire(size, digest.hash.0, params, &repeated, &digest.chunks).map(|d| d.chunks.len());
+        let chunks = (digest.chunks.len() * times) as u64;
+        assert_eq!(refused, Err(WireError::TooManyChunks { chunks, max: MAX_FILE_CHUNKS }));
+        // More chunks than the size can hold at the minimum chunk length.
+        let tiny = msg::ChunkRef { id: [1; 32], len: 1 };
+        let crowded = msg::ChunkList::Full(vec![tiny; 3]);
+        assert_eq!(
+            digest_from_wire(3, [0; 32], params, &crowded, &[]),
+            Err(WireError::Inconsistent { size: 3, chunks: 3 })
+        );
         assert_eq!(mtime_from_wire(msg::Mtime { secs: 0, nanos: 1_000_000_000 }), Err(WireError::Nanos(1_000_000_000)));
     }
 }

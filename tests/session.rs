@@ -826,3 +826,25 @@ fn session_file_failing_its_hash_is_not_installed() {
     drop(receiver);
     assert!(fs::read(sides.dest.join("x")).unwrap() == b"old", "the failed file replaced the old version");
 }
+
+/// A sender that asks without reading the answers: the receiver stops
+/// taking control input once [`MAX_QUEUED_ANSWERS`] answers wait, so the
+/// transport leaves the rest in flow control instead of memory.
+#[test]
+fn session_receiver_stops_reading_while_answers_wait() {
+    use xfer::session::MAX_QUEUED_ANSWERS;
+    use xfer_protocol::msg;
+    let sides = sides();
+    fs::create_dir(&sides.dest).unwrap();
+    let mut receiver = opened_receiver(&sides);
+    let mut asked = 0;
+    while receiver.wants_input() {
+        receiver.handle(Message::ListDir(msg::ListDir { dir: Vec::new() })).unwrap();
+        asked += 1;
+        assert!(asked <= MAX_QUEUED_ANSWERS, "still reading after {asked} unanswered requests");
+    }
+    // Hello and Opened wait too.
+    assert_eq!(asked + 2, MAX_QUEUED_ANSWERS);
+    while receiver.poll_transmit().is_some() {}
+    assert!(receiver.wants_input(), "answers sent, yet no more input taken");
+}

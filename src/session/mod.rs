@@ -13,12 +13,13 @@ mod receiver;
 mod sender;
 
 pub use receiver::{
-    OpenRequest, Receiver, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES, MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_OPS,
+    OpenRequest, Receiver, MAX_FAILED_KEPT, MAX_FILES_IN_FLIGHT, MAX_HELD_CHUNK_REFS, MAX_OUTSTANDING_BYTES,
+    MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_ANSWERS, MAX_QUEUED_OPS,
 };
 pub use sender::{ChunkReader, FileReader, Sender};
 
 use thiserror::Error;
-use xfer_protocol::{CloseCode, Kind};
+use xfer_protocol::{CloseCode, DecodeError, Kind};
 
 /// Why a session stopped.
 #[derive(Debug, Error)]
@@ -62,4 +63,10 @@ impl SessionError {
 
 fn protocol(what: impl std::fmt::Display) -> SessionError {
     SessionError::Protocol(what.to_string())
+}
+
+/// A peer's `Hello` with another version: `VersionMismatch`, as SPEC.md
+/// says, so the peer can tell an old client from a broken one.
+fn version_mismatch(e: DecodeError) -> SessionError {
+    SessionError::Peer { code: Some(e.close_code()), message: e.to_string() }
 }

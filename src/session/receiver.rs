@@ -14,7 +14,7 @@ use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::Op;
 use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
-use crate::wire;
+use crate::wire::{self, WireError};
 
 /// Chunks asked for and not yet received: bounds the sender's read-ahead
 /// and both sides' memory, whatever the size of a file or a tree.
@@ -31,6 +31,23 @@ pub const MAX_FILES_IN_FLIGHT: usize = 64;
 /// Entry changes buffered ahead of the one being applied; past this the
 /// transport should stop reading (see [`Receiver::wants_input`]).
 pub const MAX_QUEUED_OPS: usize = 4096;
+
+/// Chunk references held for files queued or being rebuilt, summed: a
+/// file's list costs memory by its length, and one `WriteFile` may carry
+/// 65,536 of them, so a count of files alone would let a sender make the
+/// receiver hold billions. Past this the transport stops reading control
+/// messages, and no further file is begun until some finish; a single file
+/// always proceeds.
+pub const MAX_HELD_CHUNK_REFS: usize = 1 << 20;
+
+/// Answers waiting to be sent; past this the transport stops reading
+/// control messages, so a peer that asks without reading the answers
+/// cannot make them pile up.
+pub const MAX_QUEUED_ANSWERS: usize = 256;
+
+/// Failed entries kept with their reasons; past this they are only counted
+/// (a peer sending endless refused paths must not grow memory).
+pub const MAX_FAILED_KEPT: usize = 1024;
 
 /// What a client asked to open.
 #[derive(Clone, Debug)]
@@ -61,15 +78,29 @@ enum Queued {
 
 struct FileNeeds {
     path: RelPath,
-    /// Chunk index -> (need number, whether a base was offered, chunk
-    /// length), for the needs not yet stored.
-    open: HashMap<u32, (usize, bool, u64)>,
+    /// Chunk index -> the need not yet stored.
+    open: HashMap<u32, OpenNeed>,
+    /// Length of the file's chunk list.
+    refs: usize,
     /// Needs asked for and not yet answered.
     outstanding: usize,
     /// Their decoded bytes.
     outstanding_bytes: u64,
     /// Needs still waiting in `to_ask`.
     unasked: usize,
+}
+
+/// A chunk asked for and not yet stored.
+#[derive(Clone, Copy)]
+struct OpenNeed {
+    /// The need's number within its file.
+    need: usize,
+    /// Whether the request offered a base to send a delta against.
+    offered: bool,
+    /// Whether the sender already asked to refine that base (at most once).
+    refined: bool,
+    /// The chunk's length.
+    len: u64,
 }
 
 /// The receiver of a push.
@@ -81,6 +112,10 @@ pub struct Receiver {
     tree: Tree,
     outbox: VecDeque<Message>,
     queued: VecDeque<Queued>,
+    /// Chunk references of the queued writes.
+    queued_refs: usize,
+    /// Chunk references of the files being rebuilt.
+    in_flight_refs: usize,
     partial: Option<(msg::WriteFile, Vec<msg::ChunkRef>)>,
     to_ask: VecDeque<(u32, NeedInfo)>,
     files: HashMap<u32, FileNeeds>,
@@ -90,6 +125,8 @@ pub struct Receiver {
     done: bool,
     counts: Counts,
     failed: Vec<FailedEntry>,
+    /// All failed entries, kept or not.
+    failed_count: u64,
     summary: Option<msg::Summary>,
     progress: ProgressSink,
 }
@@ -113,6 +150,8 @@ impl Receiver {
             tree: Tree::default(),
             outbox: VecDeque::new(),
             queued: VecDeque::new(),
+            queued_refs: 0,
+            in_flight_refs: 0,
             partial: None,
             to_ask: VecDeque::new(),
             files: HashMap::new(),
@@ -122,6 +161,7 @@ impl Receiver {
             done: false,
             counts: Counts::default(),
             failed: Vec::new(),
+            failed_count: 0,
             summary: None,
             progress: ProgressSink::default(),
         }
@@ -158,10 +198,13 @@ impl Receiver {
         self.outbox.pop_front()
     }
 
-    /// Whether the transport should read more input: false while the entry
-    /// changes buffered ahead are many (flow control then stalls the sender).
+    /// Whether the transport should read more control input: false while
+    /// the entry changes buffered ahead are many or long, or answers wait
+    /// to be sent (flow control then stalls the sender).
     pub fn wants_input(&self) -> bool {
         self.queued.len() < MAX_QUEUED_OPS
+            && self.queued_refs < MAX_HELD_CHUNK_REFS
+            && self.outbox.len() < MAX_QUEUED_ANSWERS
     }
 
     /// Whether the session is over (the summary is queued).
@@ -169,9 +212,17 @@ impl Receiver {
         self.state == State::Finished
     }
 
-    /// Entries that could not be applied, with the reason.
+    /// Entries that could not be applied, with the reason (the first
+    /// [`MAX_FAILED_KEPT`]; the summary counts them all).
     pub fn failed(&self) -> &[FailedEntry] {
         &self.failed
+    }
+
+    fn record_failure(&mut self, path: String, error: String) {
+        self.failed_count += 1;
+        if self.failed.len() < MAX_FAILED_KEPT {
+            self.failed.push(FailedEntry { path, error });
+        }
     }
 
     /// After a failed session (a cut connection, a peer error): commits the
@@ -223,12 +274,14 @@ impl Receiver {
         match (self.state, message) {
             (_, Message::Error(e)) => Err(SessionError::Peer { code: CloseCode::from_u32(e.code), message: e.message }),
             (State::Greeting, Message::Hello(hello)) => {
-                xfer_protocol::check_version(hello.version).map_err(protocol)?;
+                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
                 self.outbox.push_back(super::sender::hello());
                 Ok(())
             }
             (State::Greeting, Message::Open(open)) => self.open(open),
-            (State::Asking, Message::Hello(hello)) => xfer_protocol::check_version(hello.version).map_err(protocol),
+            (State::Asking, Message::Hello(hello)) => {
+                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)
+            }
             (State::Asking, Message::Opened(_)) => {
                 self.state = State::Open;
                 Ok(())
@@ -253,6 +306,7 @@ impl Receiver {
                     let msg::ChunkList::Full(first) = &w.list else {
                         return Err(protocol("a continued chunk list must be a full list"));
                     };
+                    check_list_so_far(&w, &[], first)?;
                     let first = first.clone();
                     self.partial = Some((w, first));
                     return Ok(());
@@ -269,6 +323,7 @@ impl Receiver {
                 if more.file != header.file {
                     return Err(protocol("MoreChunks for another file"));
                 }
+                check_list_so_far(&header, &chunks, &part)?;
                 chunks.extend(part);
                 if more.more {
                     self.partial = Some((header, chunks));
@@ -381,7 +436,7 @@ impl Receiver {
     fn write_file(&mut self, w: msg::WriteFile) -> Result<(), SessionError> {
         let path = path(w.path)?;
         let old = self.manifest.get(&path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
-        let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(protocol)?;
+        let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(wire_error)?;
         let meta = Meta { mode: w.mode, mtime: wire::mtime_from_wire(w.mtime).map_err(protocol)? };
         self.enqueue(Queued::Write { file: w.file, path, meta, digest })
     }
@@ -391,6 +446,9 @@ impl Receiver {
             Queued::Op(op) => Event::Entry { change: Change::of(op), path: op.path().to_string() },
             Queued::Write { path, .. } => Event::Entry { change: Change::Write, path: path.to_string() },
         });
+        if let Queued::Write { digest, .. } = &queued {
+            self.queued_refs += digest.chunks.len();
+        }
         self.queued.push_back(queued);
         self.pump()
     }
@@ -405,12 +463,20 @@ impl Receiver {
         loop {
             match self.queued.front() {
                 Some(Queued::Write { .. }) if self.files.len() >= MAX_FILES_IN_FLIGHT => break,
+                Some(Queued::Write { digest, .. })
+                    if !self.files.is_empty() && self.in_flight_refs + digest.chunks.len() > MAX_HELD_CHUNK_REFS =>
+                {
+                    break
+                }
                 Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. })) if !self.files.is_empty() => break,
                 None => break,
                 _ => {}
             }
             match self.queued.pop_front() {
-                Some(Queued::Write { file, path, meta, digest }) => self.begin(file, path, meta, digest)?,
+                Some(Queued::Write { file, path, meta, digest }) => {
+                    self.queued_refs -= digest.chunks.len();
+                    self.begin(file, path, meta, digest)?
+                }
                 Some(Queued::Op(op)) => {
                     match &op {
                         Op::Mkdir { .. } => self.counts.dirs += 1,
@@ -420,9 +486,7 @@ impl Receiver {
                     }
                     match self.receiving()?.apply_op(&op) {
                         Ok(()) => {}
-                        Err(e) if e.is_per_entry() => {
-                            self.failed.push(FailedEntry { path: op.path().to_string(), error: e.to_string() })
-                        }
+                        Err(e) if e.is_per_entry() => self.record_failure(op.path().to_string(), e.to_string()),
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -439,7 +503,7 @@ impl Receiver {
             let offered = need.signature.is_some();
             let len = u64::from(need.chunk.len);
             if let Some(f) = self.files.get_mut(&file) {
-                f.open.insert(need.index as u32, (need.need, offered, len));
+                f.open.insert(need.index as u32, OpenNeed { need: need.need, offered, refined: false, len });
                 f.outstanding += 1;
                 f.outstanding_bytes += len;
                 f.unasked -= 1;
@@ -467,14 +531,16 @@ impl Receiver {
         let needs = match begun {
             Ok(needs) => needs,
             Err(e) if e.is_per_entry() => {
-                self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
+                self.record_failure(path.to_string(), e.to_string());
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
+        let refs = digest.chunks.len();
+        self.in_flight_refs += refs;
         self.files.insert(
             file,
-            FileNeeds { path, open: HashMap::new(), outstanding: 0, outstanding_bytes: 0, unasked: needs.len() },
+            FileNeeds { path, open: HashMap::new(), refs, outstanding: 0, outstanding_bytes: 0, unasked: needs.len() },
         );
         self.to_ask.extend(needs.into_iter().map(|need| (file, need)));
         self.complete_if_ready(file)
@@ -487,7 +553,7 @@ impl Receiver {
         let Some(f) = self.files.get_mut(&data.file) else {
             return Err(protocol(format!("chunk for file {} that is not being received", data.file)));
         };
-        let Some(&(need, offered, len)) = f.open.get(&data.index) else {
+        let Some(&OpenNeed { need, offered, len, .. }) = f.open.get(&data.index) else {
             return Err(protocol(format!("chunk {} of file {} was not asked for", data.index, data.file)));
         };
         let codec = Codec::try_from(data.codec).map_err(protocol)?;
@@ -511,7 +577,7 @@ impl Receiver {
             }
             Ok(Put::RetryWithoutBase) => {
                 if let Some(entry) = self.files.get_mut(&data.file).and_then(|f| f.open.get_mut(&data.index)) {
-                    entry.1 = false;
+                    entry.offered = false;
                 }
                 self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
                     file: data.file,
@@ -532,12 +598,21 @@ impl Receiver {
         if self.abandoned.contains(&refine.file) {
             return Ok(());
         }
-        let need = self
+        let open = self
             .files
-            .get(&refine.file)
-            .and_then(|f| f.open.get(&refine.index))
-            .map(|&(need, ..)| need)
+            .get_mut(&refine.file)
+            .and_then(|f| f.open.get_mut(&refine.index))
             .ok_or_else(|| protocol("refinement for a chunk not asked for"))?;
+        // One refinement per request with a base: each answer can be half a
+        // megabyte, and a peer must not be able to ask for them endlessly.
+        if !open.offered || open.refined {
+            return Err(protocol(format!(
+                "refinement of chunk {} of file {} that offered no base or was refined already",
+                refine.index, refine.file
+            )));
+        }
+        open.refined = true;
+        let need = open.need;
         let fine = self.receiving()?.fine_signatures(refine.file, need, &refine.ranges).unwrap_or_default();
         self.outbox.push_back(Message::FineSignatures(msg::FineSignatures {
             file: refine.file,
@@ -562,7 +637,9 @@ impl Receiver {
         let completed = self.receiving()?.complete_file(file);
         match completed {
             Ok(()) => {
-                self.files.remove(&file);
+                if let Some(f) = self.files.remove(&file) {
+                    self.in_flight_refs -= f.refs;
+                }
                 Ok(())
             }
             Err(e) if e.is_per_entry() => {
@@ -577,7 +654,8 @@ impl Receiver {
         if let Some(f) = self.files.remove(&file) {
             self.outstanding -= f.outstanding;
             self.outstanding_bytes -= f.outstanding_bytes;
-            self.failed.push(FailedEntry { path: f.path.to_string(), error: reason.to_string() });
+            self.in_flight_refs -= f.refs;
+            self.record_failure(f.path.to_string(), reason.to_string());
         }
         self.abandoned.insert(file);
         let Some(rx) = self.rx.as_mut() else { return };
@@ -601,7 +679,7 @@ impl Receiver {
             symlinks_written: self.counts.symlinks,
             meta_updated: self.counts.metas,
             deleted: report.entries_deleted,
-            failed: self.failed.len() as u64,
+            failed: self.failed_count,
             bytes_written: report.bytes_reused + report.bytes_fetched,
             bytes_received: report.bytes_fetched,
             chunks_received: report.chunks_fetched,
@@ -617,4 +695,35 @@ impl Receiver {
 
 fn path(bytes: Vec<u8>) -> Result<RelPath, SessionError> {
     RelPath::new(bytes).map_err(protocol)
+}
+
+/// Checks a chunk list that continues in `MoreChunks` before `added`
+/// joins the `held` part, so that a list that never ends, or outgrows its
+/// file, is refused before it is held: at most
+/// [`wire::MAX_FILE_CHUNKS`] chunks, no more than the size allows (FastCDC
+/// cuts none below the minimum but a file's last), lengths within the size.
+fn check_list_so_far(
+    header: &msg::WriteFile,
+    held: &[msg::ChunkRef],
+    added: &[msg::ChunkRef],
+) -> Result<(), SessionError> {
+    let params = wire::params_from_wire(header.params).map_err(protocol)?;
+    let count = held.len() + added.len();
+    wire::check_chunk_count(count as u64, header.size, params).map_err(wire_error)?;
+    let total: u64 = held.iter().chain(added).map(|c| u64::from(c.len)).sum();
+    if total > header.size {
+        return Err(protocol(WireError::Inconsistent { size: header.size, chunks: count }));
+    }
+    Ok(())
+}
+
+/// A refused field: a list over the receiver's limit is `TooLarge`, the
+/// rest malformed.
+fn wire_error(e: WireError) -> SessionError {
+    match e {
+        WireError::TooManyChunks { .. } => {
+            SessionError::Peer { code: Some(CloseCode::TooLarge), message: e.to_string() }
+        }
+        e => protocol(e),
+    }
 }

@@ -286,7 +286,7 @@ impl<R: ChunkReader> Sender<R> {
                 Err(SessionError::Peer { code: xfer_protocol::CloseCode::from_u32(e.code), message: e.message })
             }
             (State::Opening, Message::Hello(hello)) => {
-                xfer_protocol::check_version(hello.version).map_err(protocol)?;
+                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
                 Ok(())
             }
             (State::Opening, Message::Opened(opened)) => self.opened(opened),

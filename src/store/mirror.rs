@@ -308,7 +308,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 let abs = store.abs(path);
                 match fs::create_dir(&abs) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && abs.is_dir() => {}
+                    // A real directory only: `is_dir` would follow a symlink,
+                    // and the chmod below would then change its target.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if !fs::symlink_metadata(&abs).at(&abs)?.is_dir() {
+                            return Err(Error::Escape { path: abs.clone(), via: abs });
+                        }
+                    }
                     Err(e) => return Err(Error::io(abs, e)),
                 }
                 crate::crashpoint::hit("store.mkdir");

@@ -1,6 +1,10 @@
 //! Which client may do what on `xfer serve`: grants from `--allow` and the
 //! authorized-clients file, checked per request. Pure apart from
-//! [`Access::load`], which only reads the file.
+//! [`Access::load`] and [`Access::reload`], which only read the file.
+//!
+//! The file is re-read when it changes ([`Access::reload`], called for each
+//! new connection), so a client removed from it is refused on its next
+//! connection without restarting the server.
 //!
 //! The file holds one grant per line, `FINGERPRINT PERMISSION [PREFIX]`:
 //!
@@ -12,6 +16,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use thiserror::Error;
 use xfer_protocol::CloseCode;
@@ -92,10 +98,88 @@ impl Grant {
 }
 
 /// The server's grants: which clients may read or write which subtrees.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Access {
+    /// Grants given once (`--allow`, [`Access::parse`]).
+    grants: Vec<Grant>,
+    /// Authorized-clients files, re-read when they change.
+    files: Vec<Arc<GrantsFile>>,
+}
+
+/// An authorized-clients file and the grants last read from it.
+#[derive(Debug)]
+struct GrantsFile {
+    path: PathBuf,
+    read: Mutex<FileGrants>,
+}
+
+#[derive(Debug)]
+struct FileGrants {
+    /// The file as it was when `grants` were read; `None` when it could
+    /// not be read, so any file that appears differs.
+    stamp: Option<Stamp>,
     grants: Vec<Grant>,
 }
+
+/// What tells that a file changed without reading it: an editor's rename
+/// changes the inode, an in-place write the size or the times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+impl GrantsFile {
+    /// Re-reads the file if it changed since the last read. A file that
+    /// can no longer be read or parsed grants nothing until it is fixed: a
+    /// half-finished edit must not keep a revoked client in.
+    fn reload(&self) -> Result<(), AccessError> {
+        let stamp = Stamp::of(&self.path).ok();
+        let Ok(mut read) = self.read.lock() else { return Ok(()) };
+        if stamp.is_some() && stamp == read.stamp {
+            return Ok(());
+        }
+        read.stamp = stamp;
+        match Access::read_file(&self.path) {
+            Ok(grants) => {
+                read.grants = grants;
+                Ok(())
+            }
+            Err(e) => {
+                read.grants.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn grants(&self) -> Vec<Grant> {
+        self.read.lock().map(|read| read.grants.clone()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Access {
+    /// Equal when they grant the same now (files as last read).
+    fn eq(&self, other: &Access) -> bool {
+        self.grants() == other.grants()
+    }
+}
+
+impl Eq for Access {}
 
 /// Why a request was refused; the message tells the operator what to change.
 #[derive(Clone, Debug, Error, PartialEq)]
@@ -222,7 +306,7 @@ impl Access {
     /// `--allow FINGERPRINT` means.
     pub fn allow(fingerprints: &[Fingerprint]) -> Access {
         let grant = |client: &Fingerprint| Grant { client: *client, permission: Permission::ReadWrite, prefix: vec![] };
-        Access { grants: fingerprints.iter().map(grant).collect() }
+        Access { grants: fingerprints.iter().map(grant).collect(), files: Vec::new() }
     }
 
     /// Parses an authorized-clients file; `origin` names it in errors.
@@ -237,38 +321,74 @@ impl Access {
                 grants.push(grant);
             }
         }
-        Ok(Access { grants })
+        Ok(Access { grants, files: Vec::new() })
     }
 
-    /// Reads and parses the authorized-clients file at `path`.
+    /// Reads and parses the authorized-clients file at `path`, and keeps
+    /// its path so that [`Access::reload`] picks up later edits.
     ///
     /// # Errors
     /// [`AccessError::Io`] if it cannot be read, [`AccessError::Line`] if a
     /// line does not parse.
     pub fn load(path: &Path) -> Result<Access, AccessError> {
+        let stamp = Stamp::of(path).ok();
+        let grants = Access::read_file(path)?;
+        let file = GrantsFile { path: path.to_path_buf(), read: Mutex::new(FileGrants { stamp, grants }) };
+        Ok(Access { grants: Vec::new(), files: vec![Arc::new(file)] })
+    }
+
+    fn read_file(path: &Path) -> Result<Vec<Grant>, AccessError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| AccessError::Io { path: path.to_path_buf(), source })?;
-        Access::parse(&text, &path.display().to_string())
+        Ok(Access::parse(&text, &path.display().to_string())?.grants)
+    }
+
+    /// Re-reads each authorized-clients file that changed since it was last
+    /// read (its size, times or inode differ). A file that cannot be read
+    /// or parsed then grants nothing until it is fixed, so an edit that
+    /// removes a client never leaves it admitted.
+    ///
+    /// # Errors
+    /// The first file that could not be read or parsed.
+    pub fn reload(&self) -> Result<(), AccessError> {
+        let mut first_error = None;
+        for file in &self.files {
+            if let Err(e) = file.reload() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The grants in force now, files as last read: what to check one
+    /// request against.
+    pub fn current(&self) -> Access {
+        Access { grants: self.grants(), files: Vec::new() }
     }
 
     /// Adds `other`'s grants (for `--allow` together with a file).
     pub fn extend(&mut self, other: Access) {
         self.grants.extend(other.grants);
+        self.files.extend(other.files);
     }
 
     /// Whether there is no grant at all, so every client would be refused.
     pub fn is_empty(&self) -> bool {
-        self.grants.is_empty()
+        self.grants.is_empty() && self.files.iter().all(|f| f.grants().is_empty())
     }
 
-    /// The grants, in the order given.
-    pub fn grants(&self) -> &[Grant] {
-        &self.grants
+    /// The grants, in the order given (files as last read, after the others).
+    pub fn grants(&self) -> Vec<Grant> {
+        let mut grants = self.grants.clone();
+        for file in &self.files {
+            grants.extend(file.grants());
+        }
+        grants
     }
 
     /// Whether any grant names `client`.
     pub fn knows(&self, client: &Fingerprint) -> bool {
-        self.grants.iter().any(|g| g.client == *client)
+        self.grants().iter().any(|g| g.client == *client)
     }
 
     /// Whether `client` may `want` at `path` (relative to the root, no
@@ -277,10 +397,11 @@ impl Access {
     /// # Errors
     /// A [`Refusal`] saying what the client lacks.
     pub fn check(&self, client: &Fingerprint, want: Want, path: &[u8]) -> Result<(), Refusal> {
-        if self.grants.iter().any(|g| g.admits(client, want, path)) {
+        let grants = self.grants();
+        if grants.iter().any(|g| g.admits(client, want, path)) {
             return Ok(());
         }
-        let mine: Vec<&Grant> = self.grants.iter().filter(|g| g.client == *client).collect();
+        let mine: Vec<&Grant> = grants.iter().filter(|g| g.client == *client).collect();
         if mine.is_empty() {
             return Err(Refusal::UnknownClient { client: *client });
         }
@@ -457,6 +578,35 @@ mod tests {
         assert!(err.contains(&format!("{} line 2:", path.display())), "{err}");
         std::fs::write(&path, format!("{} ro\n", fp(1))).unwrap();
         assert!(Access::load(&path).unwrap().knows(&fp(1)));
+    }
+
+    #[test]
+    fn reload_follows_edits_and_fails_closed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("clients");
+        std::fs::write(&path, format!("{} rw\n{} ro /docs\n", fp(1), fp(2))).unwrap();
+        let mut access = Access::allow(&[fp(3)]);
+        access.extend(Access::load(&path).unwrap());
+        access.reload().unwrap();
+        assert!(access.knows(&fp(1)) && access.knows(&fp(2)) && access.knows(&fp(3)));
+
+        // Revoked: the next check refuses it, the others stay.
+        std::fs::write(&path, format!("{} ro /docs\n", fp(2))).unwrap();
+        access.reload().unwrap();
+        assert_eq!(access.check(&fp(1), Want::Read, b""), Err(Refusal::UnknownClient { client: fp(1) }));
+        assert_eq!(access.current().check(&fp(2), Want::Read, b"docs/a"), Ok(()));
+        assert!(access.knows(&fp(3)), "--allow grants do not come from the file");
+
+        // A broken or missing file grants nothing, and says where it is.
+        std::fs::write(&path, format!("{} rw\n{} bogus\n", fp(1), fp(2))).unwrap();
+        let err = access.reload().unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!access.knows(&fp(1)) && !access.knows(&fp(2)) && access.knows(&fp(3)));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(access.reload(), Err(AccessError::Io { .. })));
+        std::fs::write(&path, format!("{} rw\n", fp(1))).unwrap();
+        access.reload().unwrap();
+        assert!(access.knows(&fp(1)) && !access.knows(&fp(2)));
     }
 
     #[test]

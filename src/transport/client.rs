@@ -541,15 +541,9 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
     let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
     let config_root = dest.display().to_string();
-    let config = ServeConfig {
-        root: dest,
-        access: super::access::Access::allow(&[identity.fingerprint()]),
-        state: ServerState::Outside(state),
-        per_session: crate::throttle::Rate(None),
-        total: crate::throttle::Limiter::unlimited(),
-        // The caller keeps its own record (`RemotePush::log`).
-        audit: None,
-    };
+    let access = super::access::Access::allow(&[identity.fingerprint()]);
+    // The caller keeps its own record (`RemotePush::log`), so no audit log.
+    let config = ServeConfig { state: ServerState::Outside(state), ..ServeConfig::new(dest, access) };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
     // The log names the destination directory, not the loopback server.
@@ -581,6 +575,16 @@ async fn connect(
             let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
             tracing::info!(%addr, %server, rtt_ms = connection.rtt().as_millis() as u64, "connected");
             Ok((endpoint, connection, server))
+        }
+        // Refused before the handshake: the server has too many under way.
+        // Busy, so the caller's busy wait retries.
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            Err(RemoteError::Session(SessionError::Peer {
+                code: Some(CloseCode::Busy),
+                message: format!("{} refused the connection: too many at once; try again in a moment", url.authority),
+            }))
         }
         Err(e) => Err(match server_pin.seen() {
             Some(seen) if Some(seen) != pin => RemoteError::UntrustedServer {

@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
-use xfer_protocol::{frame, CloseCode, Message};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use xfer_protocol::{frame, CloseCode, Kind, Message};
 
 use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
@@ -31,6 +33,19 @@ const CHANNEL_DEPTH: usize = 64;
 /// push to it.
 pub const SERVER_STATE_DIR: &str = ".xfer";
 
+/// Sessions a server runs at once unless configured otherwise
+/// ([`ServeConfig::max_sessions`]).
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+
+/// Handshakes under way at once; past this a new connection is refused
+/// before any key operation (clients retry), so a flood of handshakes costs
+/// little and half-finished ones never hold up sessions.
+pub const MAX_HANDSHAKES: usize = 64;
+
+/// Longest a handshake may take (or the idle timeout, if shorter): a client
+/// that starts one and vanishes holds its slot no longer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the server serves and to whom.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -46,6 +61,14 @@ pub struct ServeConfig {
     pub total: Limiter,
     /// Where each session leaves its record (`serve --audit-log`).
     pub audit: Option<Arc<AuditLog>>,
+    /// Sessions served at once; a connection over the limit is closed with
+    /// `Busy` and a reason (clients retry).
+    pub max_sessions: usize,
+    /// A session whose client moves no stream bytes for this long, while
+    /// the server waits on it, is closed with `Timeout`. QUIC's idle
+    /// timeout alone does not do it: the client's stack answers keep-alives
+    /// even when the client itself has stalled.
+    pub idle_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -58,6 +81,8 @@ impl ServeConfig {
             per_session: Rate(None),
             total: Limiter::unlimited(),
             audit: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_timeout: super::IDLE_TIMEOUT,
         }
     }
 
@@ -148,31 +173,178 @@ impl Caps {
     }
 }
 
-/// Reads frames from `recv` into `tx` until the stream ends, reading no
-/// faster than `caps` allow (QUIC flow control then slows the sender).
-async fn read_frames(mut recv: RecvStream, tx: mpsc::Sender<Message>, caps: Caps) -> io::Result<()> {
+/// What a stream reader hands the session: a message, or why the bytes on
+/// the stream are not one (the session closes with that error's code),
+/// with the share of the streams' byte budget it holds until taken.
+struct Inbound {
+    frame: Result<Message, SessionError>,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+/// Bytes of decoded control messages waiting for the session: a count of
+/// messages alone would let 64 of 4 MiB each wait while the session
+/// applies earlier changes.
+const CONTROL_BUDGET: u32 = 16 << 20;
+
+/// Bytes of decoded data messages waiting for the session: above the
+/// 16 MiB of chunks a receiver asks for at once
+/// ([`crate::session::MAX_OUTSTANDING_BYTES`]), so an honest sender never
+/// waits on it.
+const DATA_BUDGET: u32 = 32 << 20;
+
+/// Bytes that the messages read from some streams may hold while they wait
+/// for the session, shared by those streams.
+#[derive(Clone, Debug)]
+struct Budget {
+    bytes: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Budget {
+    fn new(max: u32) -> Self {
+        Budget { bytes: Arc::new(Semaphore::new(max as usize)), max }
+    }
+
+    /// Waits until `len` bytes fit (a frame larger than the whole budget
+    /// takes all of it).
+    async fn hold(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX).min(self.max);
+        self.bytes.clone().acquire_many_owned(len).await.ok()
+    }
+}
+
+/// When stream bytes last moved on a connection, either way: what tells a
+/// stalled peer from a slow one (at a low cap a 4 MiB chunk takes minutes
+/// to become a message, yet its bytes keep arriving).
+#[derive(Clone, Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: Instant::now(), last_ms: Arc::default() }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// How long a session may wait on its peer: the server's idle timeout, or
+/// no limit (the client, whose user decides how long to wait).
+#[derive(Clone, Debug)]
+struct Watch {
+    activity: Activity,
+    idle: Option<Duration>,
+}
+
+impl Watch {
+    fn unlimited() -> Self {
+        Watch { activity: Activity::new(), idle: None }
+    }
+
+    /// Resolves with a `Timeout` error once no stream byte has moved for
+    /// the idle timeout since this wait began: time this side spends on
+    /// its own work (a commit's sync) never counts against the peer.
+    async fn stalled(&self) -> SessionError {
+        let Some(idle) = self.idle else { return std::future::pending().await };
+        let mut from = Instant::now();
+        loop {
+            tokio::time::sleep_until((from + idle).into()).await;
+            let last = self.activity.last();
+            if last <= from {
+                return timed_out(idle);
+            }
+            from = last;
+        }
+    }
+}
+
+fn timed_out(idle: Duration) -> SessionError {
+    SessionError::Peer {
+        code: Some(CloseCode::Timeout),
+        message: format!("the peer sent nothing for {:.1} s; closing the session", idle.as_secs_f64()),
+    }
+}
+
+/// The close code and reason for bytes that are not a frame.
+fn bad_frame(e: &xfer_protocol::DecodeError) -> SessionError {
+    SessionError::Peer { code: Some(e.close_code()), message: format!("bad frame: {e}") }
+}
+
+/// How a stream reader hands its frames on: the channel to the session,
+/// the byte budget the waiting ones share, and when bytes last moved.
+#[derive(Clone)]
+struct Reading {
+    tx: mpsc::Sender<Inbound>,
+    budget: Budget,
+    activity: Activity,
+}
+
+impl Reading {
+    fn new(tx: mpsc::Sender<Inbound>, budget: u32, activity: &Activity) -> Self {
+        Reading { tx, budget: Budget::new(budget), activity: activity.clone() }
+    }
+
+    /// Hands `frame` to the session once the budget allows `len` bytes;
+    /// `false` when the session is gone.
+    async fn hand_on(&self, frame: Result<Message, SessionError>, len: usize) -> bool {
+        let Some(held) = self.budget.hold(len).await else { return false };
+        self.tx.send(Inbound { frame, _held: Some(held) }).await.is_ok()
+    }
+}
+
+/// Reads frames from `recv` into `to` until the stream ends, reading no
+/// faster than `caps` allow (QUIC flow control then slows the sender). A
+/// malformed frame is handed on as an error, and reading stops.
+async fn read_frames(mut recv: RecvStream, to: Reading, caps: Caps) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
     loop {
-        while let Some((message, used)) = frame::decode(&buf).map_err(io_err)? {
-            buf.drain(..used);
-            if tx.send(message).await.is_err() {
-                return Ok(());
+        loop {
+            match frame::decode(&buf) {
+                Ok(Some((message, used))) => {
+                    buf.drain(..used);
+                    if !to.hand_on(Ok(message), used).await {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    to.hand_on(Err(bad_frame(&e)), 0).await;
+                    return Err(io_err(e));
+                }
             }
         }
         match recv.read_chunk(CAP_PIECE, true).await.map_err(io_err)? {
             Some(chunk) => {
+                to.activity.touch();
                 caps.take(chunk.bytes.len()).await;
                 buf.extend_from_slice(&chunk.bytes);
             }
             None if buf.is_empty() => return Ok(()),
-            None => return Err(io_err("stream ended inside a frame")),
+            None => {
+                to.hand_on(Err(SessionError::Protocol("a stream ended inside a frame".into())), 0).await;
+                return Err(io_err("stream ended inside a frame"));
+            }
         }
     }
 }
 
 /// Writes frames from `rx` to `send` as fast as `caps` allow, then
 /// finishes the stream.
-async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>, caps: Caps) -> io::Result<()> {
+async fn write_frames(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    caps: Caps,
+    activity: Activity,
+) -> io::Result<()> {
     let mut bytes = Vec::new();
     while let Some(message) = rx.recv().await {
         bytes.clear();
@@ -181,6 +353,7 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>, cap
             caps.take(piece.len()).await;
             send.write_all(piece).await.map_err(io_err)?;
             crate::crashpoint::hit("wire.piece");
+            activity.touch();
         }
     }
     send.finish().map_err(io_err)?;
@@ -189,13 +362,18 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::Receiver<Message>, cap
 }
 
 /// Spreads data frames over the data streams.
-async fn write_data(streams: Vec<SendStream>, mut rx: mpsc::Receiver<Message>, caps: Caps) -> io::Result<()> {
+async fn write_data(
+    streams: Vec<SendStream>,
+    mut rx: mpsc::Receiver<Message>,
+    caps: Caps,
+    activity: Activity,
+) -> io::Result<()> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for stream in streams {
         let (tx, stream_rx) = mpsc::channel(CHANNEL_DEPTH);
         senders.push(tx);
-        tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone())));
+        tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone(), activity.clone())));
     }
     let mut next = 0;
     while let Some(message) = rx.recv().await {
@@ -220,8 +398,9 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
     sender: Sender<R>,
     caps: Caps,
 ) -> Result<Sender<R>, SessionError> {
-    let (send, in_rx, reader) = open_control(connection).await?;
-    let result = drive_sender(connection, send, in_rx, sender, caps).await;
+    let watch = Watch::unlimited();
+    let (send, in_rx, reader) = open_control(connection, &watch.activity).await?;
+    let result = drive_sender(connection, send, in_rx, sender, caps, watch).await;
     reader.abort();
     result
 }
@@ -230,14 +409,20 @@ pub async fn run_sender<R: ChunkReader + Send + 'static>(
 /// read from it, and the task reading them.
 async fn open_control(
     connection: &Connection,
-) -> Result<(SendStream, mpsc::Receiver<Message>, tokio::task::JoinHandle<io::Result<()>>), SessionError> {
-    let (send, recv) = connection.open_bi().await.map_err(net)?;
+    activity: &Activity,
+) -> Result<(SendStream, mpsc::Receiver<Inbound>, tokio::task::JoinHandle<io::Result<()>>), SessionError> {
+    // A server that refuses at once (busy, unknown client) may close the
+    // connection before the stream opens: report its reason, not the failure.
+    let (send, recv) = connection.open_bi().await.map_err(|_| ended(connection))?;
     let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
-    Ok((send, in_rx, tokio::spawn(read_frames(recv, in_tx, Caps::default()))))
+    let reading = Reading::new(in_tx, CONTROL_BUDGET, activity);
+    Ok((send, in_rx, tokio::spawn(read_frames(recv, reading, Caps::default()))))
 }
 
-fn net(e: impl std::fmt::Display) -> SessionError {
-    SessionError::Local(crate::Error::io("connection", io_err(e)))
+/// The next message of a stream, or why there is none. Its bytes leave the
+/// stream's budget: the session accounts for what it keeps.
+fn inbound(received: Option<Inbound>, connection: &Connection) -> Result<Message, SessionError> {
+    received.ok_or_else(|| ended(connection))?.frame
 }
 
 /// Runs `sender` with its control input `in_rx`, control output `send`, and
@@ -245,18 +430,19 @@ fn net(e: impl std::fmt::Display) -> SessionError {
 async fn drive_sender<R: ChunkReader + Send + 'static>(
     connection: &Connection,
     send: SendStream,
-    mut in_rx: mpsc::Receiver<Message>,
+    mut in_rx: mpsc::Receiver<Inbound>,
     mut sender: Sender<R>,
     caps: Caps,
+    watch: Watch,
 ) -> Result<Sender<R>, SessionError> {
     let mut data_streams = Vec::new();
     for _ in 0..DATA_STREAMS {
-        data_streams.push(connection.open_uni().await.map_err(net)?);
+        data_streams.push(connection.open_uni().await.map_err(|_| ended(connection))?);
     }
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (data_tx, data_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default()));
-    let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps));
+    let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default(), watch.activity.clone()));
+    let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps, watch.activity.clone()));
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
     let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
@@ -275,10 +461,11 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
                     m = in_rx.recv() => Some(m),
                     () = ctrl.room() => None,
                     () = data.room() => None,
+                    e = watch.stalled() => Some(Some(Inbound { frame: Err(e), _held: None })),
                 }
             });
             if let Some(message) = input {
-                sender.handle(message.ok_or_else(|| ended(&conn))?)?;
+                sender.handle(inbound(message, &conn)?)?;
             }
         }
     });
@@ -288,22 +475,48 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     result
 }
 
+/// Which stream a message came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Control,
+    Data,
+}
+
+/// Refuses a message on the wrong kind of stream (SPEC.md section 3): data
+/// streams carry only the sender's answers to `NeedChunk`, and chunk data
+/// never travels on the control stream.
+fn check_lane(message: &Message, lane: Lane) -> Result<(), SessionError> {
+    let kind = message.kind();
+    let answer = matches!(kind, Kind::ChunkData | Kind::RefineRequest | Kind::FileFailed);
+    match lane {
+        Lane::Data if !answer => Err(SessionError::Protocol(format!("{kind:?} on a data stream"))),
+        Lane::Control if kind == Kind::ChunkData => {
+            Err(SessionError::Protocol("ChunkData on the control stream".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs `receiver` with control input `ctrl_in`, control output `send`, and
 /// the data streams the peer opens on `connection`.
 async fn drive_receiver(
     connection: &Connection,
     send: SendStream,
-    mut ctrl_in: mpsc::Receiver<Message>,
+    mut ctrl_in: mpsc::Receiver<Inbound>,
     mut receiver: Receiver,
     caps: Caps,
+    watch: Watch,
 ) -> Result<Receiver, SessionError> {
     let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, out_rx, Caps::default()));
+    let writer = tokio::spawn(write_frames(send, out_rx, Caps::default(), watch.activity.clone()));
     let data_conn = connection.clone();
+    // One budget for all data streams: together they carry the answers to
+    // the receiver's bounded requests.
+    let reading = Reading::new(data_in_tx, DATA_BUDGET, &watch.activity);
     let data_readers = tokio::spawn(async move {
         while let Ok(stream) = data_conn.accept_uni().await {
-            tokio::spawn(read_frames(stream, data_in_tx.clone(), caps.clone()));
+            tokio::spawn(read_frames(stream, reading.clone(), caps.clone()));
         }
     });
     let runtime = tokio::runtime::Handle::current();
@@ -323,13 +536,16 @@ async fn drive_receiver(
             // receiver has room for more entry changes.
             let input = runtime.block_on(async {
                 tokio::select! {
-                    m = ctrl_in.recv(), if wants_control => Some(m),
-                    m = data_in.recv() => Some(m),
+                    m = ctrl_in.recv(), if wants_control => Some((m, Lane::Control)),
+                    m = data_in.recv() => Some((m, Lane::Data)),
                     () = out.room() => None,
+                    e = watch.stalled() => Some((Some(Inbound { frame: Err(e), _held: None }), Lane::Control)),
                 }
             });
-            if let Some(message) = input {
-                receiver.handle(message.ok_or_else(|| ended(&conn))?)?;
+            if let Some((message, lane)) = input {
+                let message = inbound(message, &conn)?;
+                check_lane(&message, lane)?;
+                receiver.handle(message)?;
             }
             Ok(false)
         };
@@ -355,8 +571,9 @@ async fn drive_receiver(
 /// # Errors
 /// Session errors from either side, or the connection failing.
 pub async fn run_pull(connection: &Connection, receiver: Receiver, caps: Caps) -> Result<Receiver, SessionError> {
-    let (send, in_rx, reader) = open_control(connection).await?;
-    let result = drive_receiver(connection, send, in_rx, receiver, caps).await;
+    let watch = Watch::unlimited();
+    let (send, in_rx, reader) = open_control(connection, &watch.activity).await?;
+    let result = drive_receiver(connection, send, in_rx, receiver, caps, watch).await;
     reader.abort();
     result
 }
@@ -439,44 +656,119 @@ fn ended(connection: &Connection) -> SessionError {
     }
 }
 
-/// Serves connections from `endpoint` until it is closed.
+/// Serves connections from `endpoint` until it is closed: at most
+/// [`MAX_HANDSHAKES`] handshakes and [`ServeConfig::max_sessions`] sessions
+/// at once; connections over either limit are refused (`Busy` after the
+/// handshake, with a reason).
 pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let sessions = Arc::new(Semaphore::new(config.max_sessions.max(1)));
     while let Some(incoming) = endpoint.accept().await {
-        let config = config.clone();
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            let from = incoming.remote_address();
+            tracing::warn!(%from, "connection refused before its handshake: too many handshakes under way");
+            incoming.refuse();
+            continue;
+        };
+        let (config, sessions) = (config.clone(), sessions.clone());
         tokio::spawn(async move {
-            let Ok(connection) = incoming.await else { return };
-            let started = std::time::Instant::now();
-            let mut record = AuditRecord {
-                peer: connection.remote_address().to_string(),
-                client: peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
-                result: "ok",
-                ..AuditRecord::default()
-            };
-            let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
-            let wire = wire_bytes(&connection);
-            (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);
-            record.duration_s = started.elapsed().as_secs_f64();
-            record.time = AuditRecord::now().time;
-            if let Err(e) = &result {
-                record.fail(Some(e.close_code()), e.to_string());
-            }
-            // The record first: it must not depend on the operator's
-            // terminal (a closed stderr fails the log lines below).
-            if let Some(log) = &config.audit {
-                if let Err(e) = log.append(&record) {
-                    tracing::error!(log = %log.path().display(), error = %e, "cannot write the audit log");
+            let connection = handshake(incoming, config.idle_timeout.min(HANDSHAKE_TIMEOUT)).await;
+            drop(handshaking);
+            let Some(connection) = connection else { return };
+            match sessions.try_acquire_owned() {
+                Ok(permit) => {
+                    serve_and_record(connection, config).await;
+                    drop(permit);
                 }
-            }
-            let (from, client) = (&record.peer, &record.client);
-            match &result {
-                Ok(()) => tracing::info!(%from, %client, elapsed_s = record.duration_s, "session done"),
-                Err(e) => {
-                    let code = e.close_code() as u32;
-                    tracing::warn!(%from, %client, code, error = %e, "session refused or failed");
-                }
+                Err(_) => refuse_busy(&connection, &config),
             }
         });
     }
+}
+
+/// Completes a handshake within `limit`, or records why not (a client
+/// that does not trust this server's key aborts it).
+async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Option<Connection> {
+    let from = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            tracing::warn!(%from, error = %e, "connection failed before its handshake");
+            return None;
+        }
+    };
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(e)) => {
+            tracing::warn!(
+                %from,
+                error = %e,
+                "handshake failed: the client refused this server's key (not pinned there), or is not an xfer client"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%from, limit_s = limit.as_secs_f64(), "handshake timed out");
+            None
+        }
+    }
+}
+
+/// Runs one session and records how it ended: in the audit log, then in
+/// the operator's log.
+async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
+    let started = Instant::now();
+    let mut record = AuditRecord {
+        peer: connection.remote_address().to_string(),
+        client: peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
+        result: "ok",
+        ..AuditRecord::default()
+    };
+    let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
+    let wire = wire_bytes(&connection);
+    (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);
+    record.duration_s = started.elapsed().as_secs_f64();
+    record.time = AuditRecord::now().time;
+    if let Err(e) = &result {
+        record.fail(Some(e.close_code()), e.to_string());
+    }
+    // The record first: it must not depend on the operator's terminal (a
+    // closed stderr fails the log lines below).
+    audit(&config, &record);
+    let (from, client) = (&record.peer, &record.client);
+    match &result {
+        Ok(()) => tracing::info!(%from, %client, elapsed_s = record.duration_s, "session done"),
+        Err(e) => {
+            let code = e.close_code() as u32;
+            tracing::warn!(%from, %client, code, error = %e, "session refused or failed");
+        }
+    }
+}
+
+/// Appends `record` to the server's audit log, if it keeps one.
+fn audit(config: &ServeConfig, record: &AuditRecord) {
+    if let Some(log) = &config.audit {
+        if let Err(e) = log.append(record) {
+            tracing::error!(log = %log.path().display(), error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+/// Closes a connection over the session limit with `Busy` and why, and
+/// records it.
+fn refuse_busy(connection: &Connection, config: &ServeConfig) {
+    let max_sessions = config.max_sessions;
+    let mut record = AuditRecord {
+        peer: connection.remote_address().to_string(),
+        client: peer_fingerprint(connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
+        ..AuditRecord::now()
+    };
+    let reason = format!("the server is serving {max_sessions} sessions, its limit; try again in a moment");
+    record.fail(Some(CloseCode::Busy), reason.clone());
+    audit(config, &record);
+    let (from, client, code) = (&record.peer, &record.client, CloseCode::Busy as u32);
+    tracing::warn!(%from, %client, code, max_sessions, "session refused: too many sessions");
+    connection.close(VarInt::from_u32(code), reason.as_bytes());
 }
 
 /// Runs one client's session on the server, then closes the connection:
@@ -511,27 +803,63 @@ pub async fn serve_connection(
 /// Longest close reason sent: it must fit one packet with room to spare.
 const MAX_CLOSE_REASON: usize = 512;
 
+/// Failed entries of one session written to the server's log one by one;
+/// the rest are counted.
+const MAX_LOGGED_FAILURES: usize = 16;
+
+/// A session's control stream once `Hello` and `Open` were read: its
+/// sending half, the frames still to come, the task reading them, and the
+/// two messages.
+struct Opened {
+    send: SendStream,
+    ctrl_in: mpsc::Receiver<Inbound>,
+    reader: AbortOnDrop<io::Result<()>>,
+    hello: Message,
+    open: xfer_protocol::msg::Open,
+}
+
+/// Reads the client's `Hello` (checking its version) and `Open`.
+async fn open_session(connection: &Connection, activity: &Activity) -> Result<Opened, SessionError> {
+    let (send, recv) = connection.accept_bi().await.map_err(|_| ended(connection))?;
+    let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
+    let reading = Reading::new(ctrl_in_tx, CONTROL_BUDGET, activity);
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, reading, Caps::default())));
+    let hello = inbound(ctrl_in.recv().await, connection)?;
+    match &hello {
+        Message::Hello(h) => xfer_protocol::check_version(h.version)
+            .map_err(|e| SessionError::Peer { code: Some(e.close_code()), message: e.to_string() })?,
+        other => return Err(SessionError::Unexpected { kind: other.kind(), state: "waiting for Hello" }),
+    }
+    match inbound(ctrl_in.recv().await, connection)? {
+        Message::Open(open) => Ok(Opened { send, ctrl_in, reader, hello, open }),
+        other => Err(SessionError::Unexpected { kind: other.kind(), state: "waiting for Open" }),
+    }
+}
+
 async fn serve_session(
     connection: &Connection,
     config: &Arc<ServeConfig>,
     client: Option<Fingerprint>,
     record: &mut AuditRecord,
 ) -> Result<(), SessionError> {
+    // Edits to the authorized-clients file take effect from the next
+    // connection: a revoked client is refused without a restart.
+    if let Err(e) = config.access.reload() {
+        tracing::error!(error = %e, "authorized clients unusable; the file grants nothing until it is fixed");
+    }
+    let access = config.access.current();
     // Refused before a stream is read, let alone a file touched.
     let client = match client {
-        Some(fp) if config.access.knows(&fp) => fp,
+        Some(fp) if access.knows(&fp) => fp,
         other => {
             let refusal = Refusal::UnknownClient { client: other.unwrap_or(Fingerprint([0; 32])) };
             return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
         }
     };
-    let (send, recv) = connection.accept_bi().await.map_err(net)?;
-    let (ctrl_in_tx, mut ctrl_in) = mpsc::channel(CHANNEL_DEPTH);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, ctrl_in_tx, Caps::default())));
-    // Hello and Open decide which side of a session this server plays.
-    let (Some(hello), Some(Message::Open(open))) = (ctrl_in.recv().await, ctrl_in.recv().await) else {
-        return Err(SessionError::Protocol("expected Hello and Open".into()));
-    };
+    let watch = Watch { activity: Activity::new(), idle: Some(config.idle_timeout) };
+    let opening = open_session(connection, &watch.activity);
+    let Opened { send, ctrl_in, reader, hello, open } =
+        tokio::time::timeout(config.idle_timeout, opening).await.map_err(|_| timed_out(config.idle_timeout))??;
     let want = match open.direction {
         xfer_protocol::msg::Direction::Pull => Want::Read,
         xfer_protocol::msg::Direction::Push => Want::Write,
@@ -539,21 +867,34 @@ async fn serve_session(
     record.path = Some(format!("/{}", String::from_utf8_lossy(&open.path)));
     record.direction = Some(if want == Want::Read { "pull" } else { "push" });
     record.tag(&open.tags);
-    if let Err(refusal) = config.access.check(&client, want, &open.path) {
+    if let Err(refusal) = access.check(&client, want, &open.path) {
         return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
     }
     let summary = if want == Want::Read {
-        serve_pull(connection, send, ctrl_in, config, open).await.map(|sender| sender.summary().copied())
+        serve_pull(connection, send, ctrl_in, config, open, watch).await.map(|sender| sender.summary().copied())
     } else {
         let opener = config.clone();
         let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
         receiver.handle(hello)?;
         receiver.handle(Message::Open(open))?;
-        drive_receiver(connection, send, ctrl_in, receiver, config.caps()).await.map(|r| r.summary().copied())
+        let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
+        log_failures(&client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
+        Ok(receiver.summary().copied())
     };
     let result = summary.map(|summary| record.count(&summary.unwrap_or_default()));
     drop(reader);
     result
+}
+
+/// The server's record of entries a push could not write.
+fn log_failures(client: &Fingerprint, failed: &[crate::store::FailedEntry], count: u64) {
+    for entry in failed.iter().take(MAX_LOGGED_FAILURES) {
+        tracing::warn!(%client, path = %entry.path, error = %entry.error, "entry not written");
+    }
+    let logged = failed.len().min(MAX_LOGGED_FAILURES) as u64;
+    if count > logged {
+        tracing::warn!(%client, more = count - logged, "more entries not written");
+    }
 }
 
 /// A task aborted when its handle goes out of scope.
@@ -565,19 +906,54 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Refuses a destination reached through a symlink or a file, and a pull
+/// of a path that is not there. An earlier push may have left `site/link
+/// -> /etc`: opening `site/link` must not lead out of the served root.
+fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> Result<(), SessionError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut at = root.to_path_buf();
+    let mut shown = String::new();
+    for component in path.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        at.push(std::ffi::OsStr::from_bytes(component));
+        shown.push('/');
+        shown.push_str(&String::from_utf8_lossy(component));
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) => {
+                let what = if meta.file_type().is_symlink() { "a symlink" } else { "not a directory" };
+                return Err(SessionError::Peer {
+                    code: Some(CloseCode::OutsideAllowedPath),
+                    message: format!("{shown} is {what} on the server; use a path through real directories only"),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SessionError::Peer {
+                    code: Some(CloseCode::NotFound),
+                    message: format!("{shown} does not exist on the server"),
+                })
+            }
+            Err(e) => return Err(SessionError::Local(crate::Error::io(at, e))),
+        }
+    }
+    Ok(())
+}
+
 /// Serves a pull: scans the requested tree and sends it.
 async fn serve_pull(
     connection: &Connection,
     send: SendStream,
-    ctrl_in: mpsc::Receiver<Message>,
+    ctrl_in: mpsc::Receiver<Inbound>,
     config: &ServeConfig,
     open: xfer_protocol::msg::Open,
+    watch: Watch,
 ) -> Result<Sender<FileReader>, SessionError> {
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
     };
     config.check_reserved(&path)?;
+    check_real_dirs(&config.root, &path, true)?;
     let abs = path.to_path(&config.root);
     let reserved = (path.is_root() && config.state == ServerState::InRoot).then_some(SERVER_STATE_DIR.as_bytes());
     let (tree, checksum) = (abs.clone(), open.checksum);
@@ -592,13 +968,14 @@ async fn serve_pull(
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options = crate::plan::PlanOptions { delete: open.delete, protect: None };
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
-    drive_sender(connection, send, ctrl_in, sender, config.caps()).await
+    drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await
 }
 
 /// Opens the destination a client asked for, under the server's root.
 fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
     config.check_reserved(&path)?;
+    check_real_dirs(&config.root, &path, false)?;
     let (state, reserve) = config.state_file(&path);
     let store = match MirrorStore::open(&path.to_path(&config.root), &state) {
         Ok(store) => store,

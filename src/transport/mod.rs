@@ -82,6 +82,12 @@ impl Tuning {
                 .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
                 .send_window(u64::from(CONNECTION_WINDOW));
         }
+        // A session uses one bidirectional stream and DATA_STREAMS
+        // unidirectional ones. Each stream a peer may open costs a reader and
+        // a frame's buffer (4 MiB) on this side, so it may open no more.
+        config
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_uni_streams(VarInt::from_u32(driver::DATA_STREAMS as u32));
         // Durations beyond a QUIC varint's range fall back to the default.
         let idle_timeout = crate::crashpoint::idle_timeout().unwrap_or(self.idle_timeout);
         let idle = IdleTimeout::try_from(idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));

@@ -98,6 +98,11 @@ fn cli_quiet_json_completions_and_man() {
     assert!(man.contains(".TH xfer") && man.contains("push"), "{man}");
     let help = xfer(tmp.path()).args(["push", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("130 interrupted"));
+    let serve_help = xfer(tmp.path()).args(["serve", "--help"]).output().unwrap();
+    let serve_help = String::from_utf8_lossy(&serve_help.stdout).to_string();
+    assert!(serve_help.contains("--max-sessions") && serve_help.contains("--audit-log"), "{serve_help}");
+    let zero = xfer(tmp.path()).args(["serve", "--root", "r", "--max-sessions", "0"]).output().unwrap();
+    assert_eq!(zero.status.code(), Some(2));
 }
 
 /// `--exclude`, `--exclude-from` and the source root's `.xferignore`.

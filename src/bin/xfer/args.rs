@@ -82,6 +82,14 @@ xfer:bbbb...  ro              # pull anything")]
         /// Where the server's identity is kept.
         #[arg(long, env = "XFER_CONFIG_DIR")]
         config_dir: Option<PathBuf>,
+        /// Sessions served at once; more clients are told the server is
+        /// busy and retry.
+        #[arg(long, value_name = "N", default_value_t = xfer::transport::driver::DEFAULT_MAX_SESSIONS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+        max_sessions: usize,
+        /// Close a session whose client sends nothing for this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        idle_timeout: u64,
         /// Append one JSON line per session (time, client, path, direction,
         /// tags, files and bytes, result, duration) to FILE.
         /// [default: ROOT/.xfer/audit.jsonl]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser};
@@ -55,11 +56,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Push(args) => push(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
         Command::Pull(args) => pull(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
-        Command::Serve { root, listen, allow, authorized_clients, config_dir, bwlimit, bwlimit_total, audit_log } => {
+        Command::Serve {
+            root,
+            listen,
+            allow,
+            authorized_clients,
+            config_dir,
+            bwlimit,
+            bwlimit_total,
+            audit_log,
+            max_sessions,
+            idle_timeout,
+        } => {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let grants = (allow.as_slice(), authorized_clients.as_deref());
-            serve(root, listen, grants, config_dir, (per_session, total), audit_log)
+            let limits =
+                ServeLimits { per_session, total, max_sessions, idle_timeout: Duration::from_secs(idle_timeout) };
+            serve(root, listen, grants, config_dir, limits, audit_log)
         }
         Command::Trust { authority, fingerprint, config_dir } => {
             let fingerprint: Fingerprint = fingerprint.parse()?;
@@ -98,12 +112,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// What `xfer serve` allows each session and all of them.
+struct ServeLimits {
+    per_session: Rate,
+    total: Rate,
+    max_sessions: usize,
+    idle_timeout: Duration,
+}
+
 fn serve(
     root: PathBuf,
     listen: std::net::SocketAddr,
     (allow, authorized_clients): (&[String], Option<&std::path::Path>),
     config_dir: Option<PathBuf>,
-    (per_session, total): (Rate, Rate),
+    limits: ServeLimits,
     audit_log: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
@@ -130,8 +152,10 @@ fn serve(
             .with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
         let mut config = transport::driver::ServeConfig::new(root, access);
-        config.per_session = per_session;
-        config.total = Limiter::new(total);
+        config.per_session = limits.per_session;
+        config.total = Limiter::new(limits.total);
+        config.max_sessions = limits.max_sessions;
+        config.idle_timeout = limits.idle_timeout;
         config.audit = Some(Arc::new(audit));
         let config = std::sync::Arc::new(config);
         tokio::select! {

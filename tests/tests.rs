@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod cli_schedule;
+mod fuzz_regressions;
 mod local_faults;
 mod plan_model;
 mod push;

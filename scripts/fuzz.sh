@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of protocol/fuzz for SECONDS each, one after
-# another, and prints the executions of each.
+# Runs every cargo-fuzz target of both fuzz crates for SECONDS each, one
+# after another, and prints the executions of each:
+#   protocol/fuzz  decoders (frame, message bodies, manifest, chunk codec, patch)
+#   fuzz           the push session driven by arbitrary schedules, and the
+#                  bandwidth settings (rates, timetables, windows, pacing)
 #
 #   scripts/fuzz.sh [SECONDS]    (default 60)
 #
-# Needs a nightly toolchain; installs cargo-fuzz if missing. Corpora grow in
-# protocol/fuzz/corpus/TARGET, crashes land in protocol/fuzz/artifacts/TARGET
-# and each run's log in protocol/fuzz/artifacts/TARGET.log (all ignored by
-# git). Exits nonzero if any target crashed, leaked, timed out or ran out of
-# memory (libFuzzer's default 2 GB rss limit).
+# Needs a nightly toolchain; installs cargo-fuzz if missing. Targets build
+# with debug assertions and overflow checks (-a), into one target dir shared
+# by both crates (fuzz/target). Corpora grow in CRATE/corpus/TARGET, crashes
+# land in CRATE/artifacts/TARGET and each run's log in
+# CRATE/artifacts/TARGET.log (all ignored by git); a CRATE/TARGET.dict is
+# passed to libFuzzer as its dictionary, and the words of a
+# CRATE/TARGET.options as extra libFuzzer flags. Exits nonzero if any target
+# crashed, leaked, timed out or ran out of memory (libFuzzer's default 2 GB
+# rss limit).
 set -euo pipefail
-cd "$(dirname "$0")/../protocol"
+root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-60}
 case $seconds in
   '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
@@ -22,33 +29,47 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-# cargo-fuzz keeps its own target dir (fuzz/target); a shared one from the
-# environment would mix sanitizer builds into it.
+# cargo-fuzz builds with sanitizer flags; a target dir shared with normal
+# builds from the environment would mix those builds, so both crates use
+# their own.
 unset CARGO_TARGET_DIR
-cargo +nightly fuzz build
-mkdir -p fuzz/artifacts
+flags=(-O -a --target-dir "$root/fuzz/target")
 failed=()
 summary=()
-for target in $(cargo +nightly fuzz list); do
-  log=fuzz/artifacts/$target.log
-  echo "== $target: ${seconds}s"
-  start=$(date +%s)
-  status=0
-  cargo +nightly fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
-    >"$log" 2>&1 || status=$?
-  elapsed=$(($(date +%s) - start))
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-  if [ -z "$execs" ]; then
-    execs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)
-  fi
-  line="$target: ${execs:-?} executions in ${elapsed}s"
-  if [ "$status" -ne 0 ]; then
-    line="$line, FAILED (exit $status, see $PWD/$log)"
-    failed+=("$target")
-    grep -E '^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' "$log" | head -20 || true
-  fi
-  echo "$line"
-  summary+=("$line")
+for crate in protocol/fuzz fuzz; do
+  # cargo fuzz works from the directory that holds the fuzz crate.
+  cd "$root/${crate%fuzz}"
+  cargo +nightly fuzz build "${flags[@]}"
+  mkdir -p fuzz/artifacts
+  for target in $(cargo +nightly fuzz list); do
+    log=fuzz/artifacts/$target.log
+    extra=()
+    if [ -f "fuzz/$target.dict" ]; then
+      extra+=("-dict=fuzz/$target.dict")
+    fi
+    if [ -f "fuzz/$target.options" ]; then
+      read -ra options <"fuzz/$target.options"
+      extra+=("${options[@]}")
+    fi
+    echo "== $crate $target: ${seconds}s"
+    start=$(date +%s)
+    status=0
+    cargo +nightly fuzz run "${flags[@]}" "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
+      -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || status=$?
+    elapsed=$(($(date +%s) - start))
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    if [ -z "$execs" ]; then
+      execs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -1)
+    fi
+    line="$target: ${execs:-?} executions in ${elapsed}s"
+    if [ "$status" -ne 0 ]; then
+      line="$line, FAILED (exit $status, see $PWD/$log)"
+      failed+=("$target")
+      grep -E '^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' "$log" | head -20 || true
+    fi
+    echo "$line"
+    summary+=("$line")
+  done
 done
 echo "== summary"
 printf '%s\n' "${summary[@]}"

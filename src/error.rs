@@ -92,6 +92,15 @@ pub enum Error {
         /// The refused path.
         path: PathBuf,
     },
+    /// A path with a name in the receiver's namespace for temporaries
+    /// ([`crate::scan::TEMP_PREFIX`]): no scan reports such a name, so no
+    /// sender has one to send, and writing one could replace the temporary
+    /// of a file being built.
+    #[error("{path}: names starting with .xfer-tmp. are the receiver's temporaries; nothing may be written there")]
+    TempName {
+        /// The refused path.
+        path: PathBuf,
+    },
     /// A path that would lead out of the tree through a symlink or a file.
     #[error("{path}: refused, {via} is not a directory of the tree (a symlink or a file)")]
     Escape {
@@ -141,6 +150,7 @@ impl Error {
             | Error::Chunk { .. }
             | Error::ChunkUnavailable { .. }
             | Error::Reserved { .. }
+            | Error::TempName { .. }
             | Error::Escape { .. } => true,
             Error::Io { source, .. } => {
                 source.kind() == io::ErrorKind::PermissionDenied

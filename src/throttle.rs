@@ -127,7 +127,8 @@ impl FromStr for Rate {
             return Ok(Rate(None));
         }
         let den = scale * div;
-        let bytes = scaled.checked_mul(mul).map(|n| (n + den / 2) / den).ok_or_else(too_large)?;
+        let rounded = scaled.checked_mul(mul).and_then(|n| n.checked_add(den / 2));
+        let bytes = rounded.ok_or_else(too_large)? / den;
         // A positive rate under 1 byte/s rounds up, not to 0 (unlimited).
         let bytes = u64::try_from(bytes.max(1)).map_err(|_| too_large())?;
         Ok(Rate(Some(bytes)))
@@ -778,6 +779,17 @@ mod tests {
                 assert_eq!(err, ThrottleError::RateTooLarge(s.to_string()), "{s}");
                 assert!(err.to_string().contains("at most 16777215T"));
             }
+        }
+    }
+
+    /// A rate whose bytes times the unit land within rounding of u128's
+    /// end: rounding overflowed (a panic with overflow checks, and in a
+    /// release build the wrapped sum parsed as 1 B/s).
+    #[test]
+    fn rate_at_the_end_of_u128_is_too_large() {
+        // (2^88 - 1) * 2^40 = 2^128 - 2^40, plus half of 10^18 wraps.
+        for s in ["309485009.821345068724781055T", "309485009.821345068724781055TiB"] {
+            assert_eq!(s.parse::<Rate>(), Err(ThrottleError::RateTooLarge(s.to_string())), "{s}");
         }
     }
 

@@ -92,15 +92,23 @@ impl MirrorStore {
         self
     }
 
-    /// Refuses paths inside the reserved entry, and paths whose directories
-    /// are not real directories under the root: a symlinked directory
-    /// (planted by an earlier push or by anyone else) must never lead a write
-    /// or a delete out of the tree.
+    /// Refuses paths inside the reserved entry, paths with a name of the
+    /// temporaries' namespace, and paths whose directories are not real
+    /// directories under the root: a symlinked directory (planted by an
+    /// earlier push or by anyone else) must never lead a write or a delete
+    /// out of the tree.
     fn check_path(&self, path: &RelPath) -> Result<()> {
         if let Some(name) = self.reserved {
             if path.as_bytes().split(|&b| b == b'/').next() == Some(name) {
                 return Err(Error::Reserved { path: self.abs(path) });
             }
+        }
+        // A file written under a temporary's name would be renamed over the
+        // temporary of another file of the same batch, which would then be
+        // renamed into place holding the wrong content; a directory there
+        // would be hidden from every scan for good.
+        if path.as_bytes().split(|&b| b == b'/').any(|name| name.starts_with(TEMP_PREFIX)) {
+            return Err(Error::TempName { path: self.abs(path) });
         }
         let mut dir = path.parent();
         while !dir.is_root() {
@@ -372,13 +380,35 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             self.commit()?;
         }
         let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        match self.share_needs(file, &build) {
+            Ok((stored, needs)) => {
+                self.in_flight.insert(file, InFlight { build, meta: *meta, digest: digest.clone(), stored });
+                Ok(needs)
+            }
+            Err(e) => {
+                // Half-built: out of the batch, so no commit renames it
+                // into place, and no other file waits for it.
+                self.homes.retain(|_, home| home.0 != file);
+                for waiting in self.followers.values_mut() {
+                    waiting.retain(|&(f, _)| f != file);
+                }
+                self.forget_temp(&build.temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Matches the needs of a new file with the files in flight: copies the
+    /// chunks they hold already, waits for the ones they asked for, and
+    /// returns which needs are stored and the ones to ask for.
+    fn share_needs(&mut self, file: u32, build: &FileBuild) -> Result<(Vec<bool>, Vec<NeedInfo>)> {
         let mut stored = vec![false; build.needs.len()];
         let mut needs = Vec::new();
         for (n, need) in build.needs.iter().enumerate() {
             match self.homes.get(&need.chunk.id).copied() {
                 // Another file in flight holds it already: copy it now.
                 Some(home) if self.is_stored(home) => {
-                    let bytes = self.home_bytes(home).ok_or_else(|| Error::UnknownTransfer { file, need: n })?;
+                    let bytes = self.home_bytes(home).ok_or(Error::UnknownTransfer { file, need: n })?;
                     build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
                     stored[n] = true;
                     self.report.chunks_reused += 1;
@@ -392,8 +422,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 }
             }
         }
-        self.in_flight.insert(file, InFlight { build, meta: *meta, digest: digest.clone(), stored });
-        Ok(needs)
+        Ok((stored, needs))
     }
 
     fn is_stored(&self, (file, need): (u32, usize)) -> bool {
@@ -634,6 +663,13 @@ struct Batch {
     bytes: u64,
 }
 
+/// Chunks a new file took from the receiver's own files.
+#[derive(Default)]
+struct Reused {
+    chunks: u64,
+    bytes: u64,
+}
+
 /// A chunk a file being rebuilt lacks, with an offer of old bytes for a delta.
 struct Need {
     index: usize,
@@ -673,13 +709,34 @@ impl MirrorStore {
         let temp = self.temp_beside(path);
         let file = File::create_new(&temp).at(&temp)?;
         crate::crashpoint::hit("store.temp");
-        batch.pending.push(Pending {
-            temp: temp.clone(),
-            target: self.abs(path),
-            path: path.clone(),
-            digest: Some(digest.clone()),
-        });
-        file.set_len(digest.size).at(&temp)?;
+        let (build, reused) = match self.fill_temp(path, digest, batch, file, &temp) {
+            Ok(filled) => filled,
+            Err(e) => {
+                // Half-built: it must never join the batch, whose commit
+                // would rename it into place (a failed session is salvaged
+                // by committing the batch).
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest: Some(digest.clone()) });
+        report.chunks_reused += reused.chunks;
+        report.bytes_reused += reused.bytes;
+        Ok(build)
+    }
+
+    /// Sizes the new temporary `file` and copies in the chunks found
+    /// locally (counted in the returned [`Reused`]); the rest become needs.
+    fn fill_temp(
+        &self,
+        path: &RelPath,
+        digest: &FileDigest,
+        batch: &Batch,
+        file: File,
+        temp: &Path,
+    ) -> Result<(FileBuild, Reused)> {
+        let mut reused = Reused::default();
+        file.set_len(digest.size).at(temp)?;
         let mut reader = SourceReader::default();
         let index = self.db.chunks()?;
         let mut needs: Vec<Need> = Vec::new();
@@ -705,9 +762,9 @@ impl MirrorStore {
             };
             match local {
                 Some(bytes) => {
-                    file.write_all_at(&bytes, here).at(&temp)?;
-                    report.chunks_reused += 1;
-                    report.bytes_reused += u64::from(chunk.len);
+                    file.write_all_at(&bytes, here).at(temp)?;
+                    reused.chunks += 1;
+                    reused.bytes += u64::from(chunk.len);
                 }
                 None => {
                     let base = self.base_region(path, here, chunk.len, anchor.as_ref());
@@ -721,7 +778,7 @@ impl MirrorStore {
                 }
             }
         }
-        Ok(FileBuild { path: path.clone(), temp, file, needs, repeats })
+        Ok((FileBuild { path: path.clone(), temp: temp.to_path_buf(), file, needs, repeats }, reused))
     }
 
     /// The old bytes a need's signature describes, read again (they are not

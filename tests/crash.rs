@@ -635,7 +635,7 @@ fn crash_case(side: Side, point: &str, nth: u64) -> Outcome {
     assert_same_tree(&read_tree(&setup.site), &new);
     let (_, temps_left) = files_of(&setup.site);
     assert_eq!(temps_left, 0, "temporaries left in the destination");
-    session_over(&server);
+    server.session_ended();
     let final_state = check_state(&db_path, &setup.site);
     let files = new.values().filter(|n| matches!(n, Node::File { .. })).count();
     assert_eq!((final_state.current, final_state.stale), (files, 0), "the state does not describe the tree");
@@ -647,11 +647,6 @@ fn crash_case(side: Side, point: &str, nth: u64) -> Outcome {
         "{third}"
     );
     Outcome { survivor, committed, temps, state, resent, bound: missing.len(), reads }
-}
-
-/// Waits until the server has logged the end of the last push's session.
-fn session_over(server: &Server) {
-    server.session_ended();
 }
 
 #[test]

@@ -350,71 +350,36 @@ async fn hostile_messages_out_of_order_are_refused() {
     let opened = Message::Opened(msg::Opened { root: [0; 32], remembered: false });
     let more = Message::MoreChunks(msg::MoreChunks { file: 0, list: msg::ChunkList::Full(Vec::new()), more: false });
     use Step::{AwaitNeed, Control, Data};
+    // Most cases begin as a well-formed push does.
+    let after_open =
+        |steps: Vec<Step>| -> Vec<Step> { [Control(hello()), Control(push())].into_iter().chain(steps).collect() };
     let cases: Vec<(&str, Vec<Step>, CloseCode, &str)> = vec![
         ("Open first", vec![Control(push())], CloseCode::ProtocolError, "waiting for Hello"),
         ("another version", vec![Control(old_hello)], CloseCode::VersionMismatch, "theirs 2"),
-        ("Hello twice", vec![Control(hello()), Control(push()), Control(hello())], CloseCode::ProtocolError, "Hello"),
-        (
-            "MoreChunks alone",
-            vec![Control(hello()), Control(push()), Control(more)],
-            CloseCode::ProtocolError,
-            "MoreChunks",
-        ),
-        (
-            "a receiver's Summary",
-            vec![Control(hello()), Control(push()), Control(summary)],
-            CloseCode::ProtocolError,
-            "Summary",
-        ),
-        (
-            "a server's Opened",
-            vec![Control(hello()), Control(push()), Control(opened)],
-            CloseCode::ProtocolError,
-            "Opened",
-        ),
+        ("Hello twice", after_open(vec![Control(hello())]), CloseCode::ProtocolError, "Hello"),
+        ("MoreChunks alone", after_open(vec![Control(more)]), CloseCode::ProtocolError, "MoreChunks"),
+        ("a receiver's Summary", after_open(vec![Control(summary)]), CloseCode::ProtocolError, "Summary"),
+        ("a server's Opened", after_open(vec![Control(opened)]), CloseCode::ProtocolError, "Opened"),
         (
             "chunk on the control stream",
-            vec![
-                Control(hello()),
-                Control(push()),
-                Control(write_file(0, b"f", &data)),
-                AwaitNeed(0),
-                Control(chunk_data(0, &data)),
-            ],
+            after_open(vec![Control(write_file(0, b"f", &data)), AwaitNeed(0), Control(chunk_data(0, &data))]),
             CloseCode::ProtocolError,
             "control stream",
         ),
-        (
-            "ListDir on a data stream",
-            vec![Control(hello()), Control(push()), Data(list_dir)],
-            CloseCode::ProtocolError,
-            "data stream",
-        ),
-        (
-            "chunk never asked for",
-            vec![Control(hello()), Control(push()), Data(chunk_data(9, &data))],
-            CloseCode::ProtocolError,
-            "file 9",
-        ),
+        ("ListDir on a data stream", after_open(vec![Data(list_dir)]), CloseCode::ProtocolError, "data stream"),
+        ("chunk never asked for", after_open(vec![Data(chunk_data(9, &data))]), CloseCode::ProtocolError, "file 9"),
         (
             "chunk sent twice",
-            vec![
-                Control(hello()),
-                Control(push()),
+            after_open(vec![
                 Control(write_file(0, b"f", &data)),
                 AwaitNeed(0),
                 Data(chunk_data(0, &data)),
                 Data(chunk_data(0, &data)),
-            ],
+            ]),
             CloseCode::ProtocolError,
             "file 0",
         ),
-        (
-            "refinement never asked for",
-            vec![Control(hello()), Control(push()), Data(refine)],
-            CloseCode::ProtocolError,
-            "refinement",
-        ),
+        ("refinement never asked for", after_open(vec![Data(refine)]), CloseCode::ProtocolError, "refinement"),
         (
             "pull of nothing",
             vec![Control(hello()), Control(open(Direction::Pull, b"missing"))],

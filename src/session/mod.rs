@@ -67,6 +67,6 @@ fn protocol(what: impl std::fmt::Display) -> SessionError {
 
 /// A peer's `Hello` with another version: `VersionMismatch`, as SPEC.md
 /// says, so the peer can tell an old client from a broken one.
-fn version_mismatch(e: DecodeError) -> SessionError {
+pub(crate) fn version_mismatch(e: DecodeError) -> SessionError {
     SessionError::Peer { code: Some(e.close_code()), message: e.to_string() }
 }

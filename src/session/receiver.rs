@@ -116,7 +116,7 @@ pub struct Receiver {
     queued_refs: usize,
     /// Chunk references of the files being rebuilt.
     in_flight_refs: usize,
-    partial: Option<(msg::WriteFile, Vec<msg::ChunkRef>)>,
+    partial: Option<PartialList>,
     to_ask: VecDeque<(u32, NeedInfo)>,
     files: HashMap<u32, FileNeeds>,
     abandoned: HashSet<u32>,
@@ -301,34 +301,35 @@ impl Receiver {
                 self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
             }
             (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
-            (State::Open, Message::WriteFile(w)) if self.partial.is_none() => {
+            (State::Open, Message::WriteFile(mut w)) if self.partial.is_none() => {
                 if w.more {
-                    let msg::ChunkList::Full(first) = &w.list else {
+                    // The header keeps no copy of the list: the parts gather in `chunks`.
+                    let msg::ChunkList::Full(first) = std::mem::replace(&mut w.list, msg::ChunkList::Implied) else {
                         return Err(protocol("a continued chunk list must be a full list"));
                     };
-                    check_list_so_far(&w, &[], first)?;
-                    let first = first.clone();
-                    self.partial = Some((w, first));
+                    let mut partial = PartialList { header: w, chunks: Vec::new(), bytes: 0 };
+                    partial.extend(first)?;
+                    self.partial = Some(partial);
                     return Ok(());
                 }
                 self.write_file(w)
             }
             (State::Open, Message::MoreChunks(more)) => {
-                let Some((header, mut chunks)) = self.partial.take() else {
+                let Some(mut partial) = self.partial.take() else {
                     return Err(protocol("MoreChunks without a WriteFile"));
                 };
                 let msg::ChunkList::Full(part) = more.list else {
                     return Err(protocol("a continued chunk list must be a full list"));
                 };
-                if more.file != header.file {
+                if more.file != partial.header.file {
                     return Err(protocol("MoreChunks for another file"));
                 }
-                check_list_so_far(&header, &chunks, &part)?;
-                chunks.extend(part);
+                partial.extend(part)?;
                 if more.more {
-                    self.partial = Some((header, chunks));
+                    self.partial = Some(partial);
                     return Ok(());
                 }
+                let PartialList { header, chunks, .. } = partial;
                 self.write_file(msg::WriteFile { list: msg::ChunkList::Full(chunks), more: false, ..header })
             }
             (State::Open, Message::ChunkData(data)) => self.chunk_data(data),
@@ -697,24 +698,32 @@ fn path(bytes: Vec<u8>) -> Result<RelPath, SessionError> {
     RelPath::new(bytes).map_err(protocol)
 }
 
-/// Checks a chunk list that continues in `MoreChunks` before `added`
-/// joins the `held` part, so that a list that never ends, or outgrows its
-/// file, is refused before it is held: at most
-/// [`wire::MAX_FILE_CHUNKS`] chunks, no more than the size allows (FastCDC
-/// cuts none below the minimum but a file's last), lengths within the size.
-fn check_list_so_far(
-    header: &msg::WriteFile,
-    held: &[msg::ChunkRef],
-    added: &[msg::ChunkRef],
-) -> Result<(), SessionError> {
-    let params = wire::params_from_wire(header.params).map_err(protocol)?;
-    let count = held.len() + added.len();
-    wire::check_chunk_count(count as u64, header.size, params).map_err(wire_error)?;
-    let total: u64 = held.iter().chain(added).map(|c| u64::from(c.len)).sum();
-    if total > header.size {
-        return Err(protocol(WireError::Inconsistent { size: header.size, chunks: count }));
+/// A `WriteFile` whose chunk list continues in `MoreChunks`: the parts so
+/// far and the sum of their lengths.
+struct PartialList {
+    header: msg::WriteFile,
+    chunks: Vec<msg::ChunkRef>,
+    bytes: u64,
+}
+
+impl PartialList {
+    /// Adds the next `part` once the list with it still fits its file, so
+    /// that a list that never ends, or outgrows its file, is refused before
+    /// it is held: at most [`wire::MAX_FILE_CHUNKS`] chunks, no more than
+    /// the size allows (FastCDC cuts none below the minimum but a file's
+    /// last), lengths within the size.
+    fn extend(&mut self, part: Vec<msg::ChunkRef>) -> Result<(), SessionError> {
+        let params = wire::params_from_wire(self.header.params).map_err(protocol)?;
+        let count = self.chunks.len() + part.len();
+        wire::check_chunk_count(count as u64, self.header.size, params).map_err(wire_error)?;
+        let bytes = self.bytes + part.iter().map(|c| u64::from(c.len)).sum::<u64>();
+        if bytes > self.header.size {
+            return Err(protocol(WireError::Inconsistent { size: self.header.size, chunks: count }));
+        }
+        self.bytes = bytes;
+        self.chunks.extend(part);
+        Ok(())
     }
-    Ok(())
 }
 
 /// A refused field: a list over the receiver's limit is `TooLarge`, the

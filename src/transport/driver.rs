@@ -718,12 +718,7 @@ async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Option<Connect
 /// the operator's log.
 async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     let started = Instant::now();
-    let mut record = AuditRecord {
-        peer: connection.remote_address().to_string(),
-        client: peer_fingerprint(&connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
-        result: "ok",
-        ..AuditRecord::default()
-    };
+    let mut record = AuditRecord { result: "ok", ..audit_record(&connection) };
     let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
     let wire = wire_bytes(&connection);
     (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);
@@ -745,6 +740,16 @@ async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     }
 }
 
+/// A session's audit record as its connection tells it: now, from where,
+/// and which client.
+fn audit_record(connection: &Connection) -> AuditRecord {
+    AuditRecord {
+        peer: connection.remote_address().to_string(),
+        client: peer_fingerprint(connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
+        ..AuditRecord::now()
+    }
+}
+
 /// Appends `record` to the server's audit log, if it keeps one.
 fn audit(config: &ServeConfig, record: &AuditRecord) {
     if let Some(log) = &config.audit {
@@ -758,11 +763,7 @@ fn audit(config: &ServeConfig, record: &AuditRecord) {
 /// records it.
 fn refuse_busy(connection: &Connection, config: &ServeConfig) {
     let max_sessions = config.max_sessions;
-    let mut record = AuditRecord {
-        peer: connection.remote_address().to_string(),
-        client: peer_fingerprint(connection).map_or_else(|| "unknown".to_string(), |fp| fp.to_string()),
-        ..AuditRecord::now()
-    };
+    let mut record = audit_record(connection);
     let reason = format!("the server is serving {max_sessions} sessions, its limit; try again in a moment");
     record.fail(Some(CloseCode::Busy), reason.clone());
     audit(config, &record);
@@ -826,8 +827,7 @@ async fn open_session(connection: &Connection, activity: &Activity) -> Result<Op
     let reader = AbortOnDrop(tokio::spawn(read_frames(recv, reading, Caps::default())));
     let hello = inbound(ctrl_in.recv().await, connection)?;
     match &hello {
-        Message::Hello(h) => xfer_protocol::check_version(h.version)
-            .map_err(|e| SessionError::Peer { code: Some(e.close_code()), message: e.to_string() })?,
+        Message::Hello(h) => xfer_protocol::check_version(h.version).map_err(crate::session::version_mismatch)?,
         other => return Err(SessionError::Unexpected { kind: other.kind(), state: "waiting for Hello" }),
     }
     match inbound(ctrl_in.recv().await, connection)? {

@@ -49,6 +49,14 @@ struct InProcess {
     root: PathBuf,
 }
 
+/// A hostile client and a well-behaved one, both allowed on a fresh
+/// in-process server.
+fn bad_and_good_served(tmp: &TempDir, idle: Duration, max_sessions: usize) -> (Identity, Arc<Identity>, InProcess) {
+    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
+    let server = serve_in_process(tmp, &[bad.fingerprint(), good.fingerprint()], idle, max_sessions);
+    (bad, good, server)
+}
+
 fn serve_in_process(tmp: &TempDir, allow: &[Fingerprint], idle: Duration, max_sessions: usize) -> InProcess {
     let id = Identity::generate().unwrap();
     let root = tmp.path().join("served");
@@ -272,9 +280,8 @@ async fn assert_no_temporaries(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_stalled_sessions_time_out() {
     let tmp = TempDir::new().unwrap();
-    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
     let idle = Duration::from_secs(1);
-    let server = serve_in_process(&tmp, &[bad.fingerprint(), good.fingerprint()], idle, 64);
+    let (bad, good, server) = bad_and_good_served(&tmp, idle, 64);
     let fp = server.id.fingerprint();
     let good_push = good_push(&tmp, server.addr, fp, good.clone(), &server.root);
 
@@ -307,8 +314,7 @@ async fn hostile_stalled_sessions_time_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_sessions_over_the_cap_are_told_busy() {
     let tmp = TempDir::new().unwrap();
-    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
-    let server = serve_in_process(&tmp, &[bad.fingerprint(), good.fingerprint()], Duration::from_secs(2), 2);
+    let (bad, good, server) = bad_and_good_served(&tmp, Duration::from_secs(2), 2);
     let fp = server.id.fingerprint();
     let holders =
         [opened_push(server.addr, fp, &bad, "hold1").await, opened_push(server.addr, fp, &bad, "hold2").await];
@@ -336,8 +342,7 @@ enum Step {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_messages_out_of_order_are_refused() {
     let tmp = TempDir::new().unwrap();
-    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
-    let server = serve_in_process(&tmp, &[bad.fingerprint(), good.fingerprint()], Duration::from_secs(5), 64);
+    let (bad, good, server) = bad_and_good_served(&tmp, Duration::from_secs(5), 64);
     let fp = server.id.fingerprint();
     let good_push = good_push(&tmp, server.addr, fp, good.clone(), &server.root);
 
@@ -430,8 +435,7 @@ async fn hostile_messages_out_of_order_are_refused() {
 async fn hostile_paths_never_leave_the_root() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = TempDir::new().unwrap();
-    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
-    let server = serve_in_process(&tmp, &[bad.fingerprint(), good.fingerprint()], Duration::from_secs(5), 64);
+    let (bad, good, server) = bad_and_good_served(&tmp, Duration::from_secs(5), 64);
     let fp = server.id.fingerprint();
     let outside = tmp.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -505,8 +509,7 @@ async fn hostile_paths_never_leave_the_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_chunk_not_matching_its_id_fails_the_file_only() {
     let tmp = TempDir::new().unwrap();
-    let (bad, good) = (Identity::generate().unwrap(), Arc::new(Identity::generate().unwrap()));
-    let server = serve_in_process(&tmp, &[bad.fingerprint(), good.fingerprint()], Duration::from_secs(5), 64);
+    let (bad, good, server) = bad_and_good_served(&tmp, Duration::from_secs(5), 64);
     let fp = server.id.fingerprint();
     std::fs::create_dir_all(server.root.join("mixed")).unwrap();
     std::fs::write(server.root.join("mixed/x"), b"old version").unwrap();

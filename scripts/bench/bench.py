@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Runs tools x workloads x phases over the benchmark network; one JSON line per phase.
+
+    bench.py --data DIR --out FILE [--rate RATE] [--tools a,b] [--workloads x,y]
+             [--seed-initial] [--work DIR] [--huge-gib N]
+
+Each (tool, workload) gets fresh directories and runs three phases in order:
+`initial` (push v1 into an empty destination), `delta` (push v2 over v1) and
+`noop` (push v2 again). Before each phase the source is staged from the
+generated data with a local `rsync -a --delete`, so unchanged files keep
+their inode and ctime, as in a live directory. Each phase starts the tool's
+server, runs the push in the client namespace, stops the server, then checks
+the destination (or a restore of the newest snapshot) against the source:
+paths, types, bytes, symlink targets and permission bits.
+
+With `--seed-initial` the initial phase runs uncapped and is marked
+`seeded`: the capped rates then measure delta and noop without paying for a
+slow full copy of every workload.
+
+Measures, per phase: wire bytes and packets each way on the veth pair, wall
+time of the push, CPU seconds and peak RSS of each side (getrusage of the
+push and of the server, including the processes they reaped), the bytes
+stored on the server, and correctness.
+"""
+import argparse
+import datetime
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import net
+import tools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PHASES = [("initial", "v1"), ("delta", "v2"), ("noop", "v2")]
+HUGE = "huge-file"
+
+
+class Run:
+    """One tool on one workload: its private directories and state."""
+
+    def __init__(self, work):
+        self.base = os.path.join(work, "run")
+        shutil.rmtree(self.base, ignore_errors=True)
+        for name in ("src", "dest", "client", "server", "scratch"):
+            path = os.path.join(self.base, name)
+            os.makedirs(path)
+            setattr(self, name, path)
+        self.state = {}
+
+    def remove(self):
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def stage(data, workload, version, src):
+    """Makes `src` hold the workload's `version`, touching only what differs."""
+    if workload == HUGE:
+        image = os.path.join(src, "huge.img")
+        if version == "v1":
+            subprocess.run(["rsync", "-a", "--delete", "--inplace", os.path.join(data, HUGE, "v1") + "/",
+                            src + "/"], check=True)
+        else:
+            subprocess.run([sys.executable, os.path.join(HERE, "workloads.py"), "--apply-edits",
+                            os.path.join(data, HUGE, "v2-edits.json"), image], check=True)
+        return
+    subprocess.run(["rsync", "-a", "--delete", os.path.join(data, workload, version) + "/", src + "/"], check=True)
+
+
+def compare(expected, actual, limit=10):
+    """Differences between two trees (paths, types, bytes, link targets, mode bits)."""
+    problems = []
+
+    def note(msg):
+        if len(problems) < limit:
+            problems.append(msg)
+
+    def walk(rel):
+        a_dir, b_dir = os.path.join(expected, rel), os.path.join(actual, rel)
+        try:
+            a_names, b_names = set(os.listdir(a_dir)), set(os.listdir(b_dir))
+        except OSError as err:
+            note(f"{rel or '.'}: {err}")
+            return
+        for name in sorted(a_names ^ b_names):
+            note(f"{os.path.join(rel, name)}: only in {'source' if name in a_names else 'destination'}")
+        for name in sorted(a_names & b_names):
+            path = os.path.join(rel, name)
+            a, b = os.lstat(os.path.join(expected, path)), os.lstat(os.path.join(actual, path))
+            if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
+                note(f"{path}: type differs")
+            elif stat.S_ISLNK(a.st_mode):
+                if os.readlink(os.path.join(expected, path)) != os.readlink(os.path.join(actual, path)):
+                    note(f"{path}: symlink target differs")
+            else:
+                if stat.S_IMODE(a.st_mode) != stat.S_IMODE(b.st_mode):
+                    note(f"{path}: mode {oct(stat.S_IMODE(b.st_mode))}, expected {oct(stat.S_IMODE(a.st_mode))}")
+                if stat.S_ISDIR(a.st_mode):
+                    walk(path)
+                elif a.st_size != b.st_size:
+                    note(f"{path}: {b.st_size} bytes, expected {a.st_size}")
+                elif not same_bytes(os.path.join(expected, path), os.path.join(actual, path)):
+                    note(f"{path}: contents differ")
+
+    walk("")
+    return problems
+
+
+def same_bytes(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def tree_size(path):
+    files = total = 0
+    for root, dirs, names in os.walk(path):
+        for name in names:
+            st = os.lstat(os.path.join(root, name))
+            files += 1
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return files, total
+
+
+def disk_usage(path):
+    out = subprocess.run(["du", "-sb", path], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+TIME_FORMAT = "%e %U %S %M"
+
+
+def timed(argv, usage_file):
+    """argv under GNU time, which writes the usage of argv and all it reaped.
+
+    The usage cannot come from our own wait4: a child spawned by Python
+    execs from Python's address space, and Linux carries that resident size
+    into the child's peak RSS. GNU time is small, so its child starts clean.
+    """
+    return ["/usr/bin/time", "-f", TIME_FORMAT, "-o", usage_file, *argv]
+
+
+def read_usage(usage_file):
+    """(wall s, cpu s, peak rss KiB) from a `timed` run."""
+    with open(usage_file) as f:
+        last = f.read().strip().splitlines()[-1].split()
+    return float(last[0]), float(last[1]) + float(last[2]), int(last[3])
+
+
+def run_measured(argv, log_prefix, env=None, cwd=None):
+    """Runs argv to completion: (exit status, wall s, cpu s, peak rss KiB, stdout, stderr)."""
+    with open(log_prefix + ".out", "w+b") as out, open(log_prefix + ".err", "w+b") as err:
+        proc = subprocess.run(timed(argv, log_prefix + ".usage"), env=env, cwd=cwd, stdout=out, stderr=err)
+        wall, cpu, rss = read_usage(log_prefix + ".usage")
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, wall, cpu, rss, out.read().decode(errors="replace"),
+                err.read().decode(errors="replace"))
+
+
+class Server:
+    """A tool's server in the server namespace; `stop()` gives its CPU and peak RSS."""
+
+    def __init__(self, tool, run):
+        argv = tool.server(run)
+        self.usage_file = os.path.join(run.server, f"{tool.name}-server.usage")
+        self.log = open(os.path.join(run.server, f"{tool.name}-server.log"), "ab")
+        self.proc = subprocess.Popen(timed(net.in_server(argv), self.usage_file), stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 10
+        while not net.listening(tool.server_port, tool.server_udp):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{tool.name} server did not start: {' '.join(argv)} (log in {run.server})")
+            time.sleep(0.05)
+
+    def stop(self):
+        """Stops the server: (cpu s, peak rss KiB)."""
+        # Let per-connection children finish and be reaped, so their usage counts.
+        time.sleep(0.3)
+        # The server is GNU time's child; time itself must live to report.
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            for child in f.read().split():
+                os.kill(int(child), signal.SIGTERM)
+        self.proc.wait()
+        self.log.close()
+        _, cpu, rss = read_usage(self.usage_file)
+        return cpu, rss
+
+
+def run_tool(tool, workload, args, out, context):
+    run = Run(args.work)
+    try:
+        tool.prepare(run)
+        for phase, version in PHASES:
+            seeded = args.seed_initial and phase == "initial"
+            net.cap(None if seeded else args.rate)
+            stage(args.data, workload, version, run.src)
+            files, size = tree_size(run.src)
+            server = Server(tool, run)
+            if hasattr(tool, "after_server_start"):
+                tool.after_server_start(run)
+            argv, env, cwd = tool.push(run, phase)
+            before = net.counters()
+            status, wall, cpu, rss, stdout, err = run_measured(net.in_client(argv), os.path.join(run.client, phase),
+                                                               env=env, cwd=cwd)
+            after = net.counters()
+            server_cpu, server_rss = server.stop()
+            problems = [] if status == 0 else [f"push exited {status}: {err.strip()[-400:]}"]
+            if status == 0:
+                try:
+                    if tool.restores:
+                        # Restores are not measured: the server restarts for them.
+                        server = Server(tool, run)
+                        try:
+                            result = tool.result(run, phase)
+                        finally:
+                            server.stop()
+                    else:
+                        result = tool.result(run, phase)
+                    problems = compare(run.src, result)
+                except subprocess.CalledProcessError as error:
+                    problems = [f"reading the result back failed: {' '.join(error.cmd[4:6])}: "
+                                f"{(error.stderr or b'').decode(errors='replace').strip()[-400:]}"]
+                except OSError as error:
+                    problems = [f"reading the result back failed: {error}"]
+            c2s, s2c = after[0] - before[0], after[1] - before[1]
+            record = dict(context, tool=tool.name, workload=workload, phase=phase, seeded=seeded,
+                          wire_c2s_bytes=c2s, wire_s2c_bytes=s2c, wire_total_bytes=c2s + s2c,
+                          packets_c2s=after[2] - before[2], packets_s2c=after[3] - before[3],
+                          wall_s=round(wall, 3), client_cpu_s=round(cpu, 3), server_cpu_s=round(server_cpu, 3),
+                          client_peak_rss_kib=rss, server_peak_rss_kib=server_rss,
+                          dest_bytes=disk_usage(run.dest), src_files=files, src_bytes=size,
+                          correct=not problems, problems=problems, tool_version=tool.version(),
+                          report=tool.report(stdout),
+                          time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            print(f"{workload:15} {tool.name:9} {phase:7} {'(seeded) ' if seeded else ''}"
+                  f"wire {(c2s + s2c) / 1e6:10.3f} MB  wall {wall:7.2f} s  cpu {cpu:6.2f}+{server_cpu:6.2f} s  "
+                  f"rss {rss // 1024}/{server_rss // 1024} MiB  {'ok' if not problems else 'WRONG: ' + problems[0]}",
+                  flush=True)
+            if problems:
+                return False
+            shutil.rmtree(run.scratch, ignore_errors=True)
+            os.makedirs(run.scratch)
+        return True
+    finally:
+        run.remove()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="generated workloads (workloads.py --data)")
+    parser.add_argument("--out", required=True, help="JSON lines appended here")
+    parser.add_argument("--work", default="/var/tmp/xfer-bench/work")
+    parser.add_argument("--rate", default=None, help="tbf rate such as 100mbit; none: uncapped")
+    parser.add_argument("--tools", default=",".join(tools.TOOLS))
+    parser.add_argument("--workloads", required=True)
+    parser.add_argument("--seed-initial", action="store_true")
+    parser.add_argument("--run-id", default=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench.py: run as root (it creates network namespaces)")
+    unknown = [t for t in args.tools.split(",") if t not in tools.TOOLS]
+    if unknown:
+        sys.exit(f"bench.py: unknown tools {unknown}; known: {', '.join(tools.TOOLS)}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    context = dict(run_id=args.run_id, rate=args.rate or "unlimited", host=socket.gethostname())
+    net.up()
+    ok = True
+    try:
+        with open(args.out, "a") as out:
+            for workload in args.workloads.split(","):
+                if not os.path.exists(os.path.join(args.data, workload, ".done")):
+                    sys.exit(f"bench.py: workload {workload} not generated in {args.data}; run workloads.py first")
+                for name in args.tools.split(","):
+                    ok &= run_tool(tools.TOOLS[name], workload, args, out, context)
+    finally:
+        net.down()
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

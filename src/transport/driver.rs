@@ -560,12 +560,27 @@ struct LinkClock {
     caps: Caps,
     started: Instant,
     sent: u64,
+    /// Least round-trip time seen: the path without queues.
+    base_rtt: Duration,
 }
+
+/// Queueing delay over the least round-trip time at which a window counts
+/// as link-bound whatever the send queue did.
+///
+/// A link slowed by the network rather than by `--bwlimit` never backs up
+/// the send queue: quinn buffers what the receiver asks for (the receiver
+/// keeps at most a few dozen small files or 16 MiB in flight), and the
+/// packets queue in the network instead, which shows as a longer round
+/// trip. On the veth pair capped at 20 Mbit/s (tbf, 100 ms queue) the
+/// round trip of a source-tree push rose from under 1 ms to 30-100 ms;
+/// uncapped it stayed under 5 ms.
+const QUEUEING_DELAY_LINK_BOUND: Duration = Duration::from_millis(15);
 
 impl LinkClock {
     fn new(connection: &Connection, backlog: Arc<Backlog>, caps: Caps) -> Self {
         let sent = wire_bytes(connection).sent;
-        LinkClock { connection: connection.clone(), backlog, caps, started: Instant::now(), sent }
+        let base_rtt = connection.rtt();
+        LinkClock { connection: connection.clone(), backlog, caps, started: Instant::now(), sent, base_rtt }
     }
 
     /// The last window's figures, once a window has passed.
@@ -575,7 +590,13 @@ impl LinkClock {
             return None;
         }
         let sent = wire_bytes(&self.connection).sent;
-        let backlog = self.backlog.take();
+        let mut backlog = self.backlog.take();
+        let rtt = self.connection.rtt();
+        self.base_rtt = self.base_rtt.min(rtt);
+        tracing::debug!(rtt_ms = rtt.as_secs_f64() * 1e3, base_ms = self.base_rtt.as_secs_f64() * 1e3, "link window");
+        if rtt.saturating_sub(self.base_rtt) > QUEUEING_DELAY_LINK_BOUND {
+            backlog = window;
+        }
         let wire = sent.saturating_sub(self.sent) as f64;
         (self.started, self.sent) = (Instant::now(), sent);
         // What the link drained while it had something to drain, as payload;

@@ -8,14 +8,17 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::adapt::{LevelController, Observation, Step};
 use crate::chunk::MAX_CHUNK_LEN;
 use crate::hash::ChunkId;
 use crate::patch::{self, PatchError, Signature};
 
-/// zstd level of [`Compression::Auto`].
+/// zstd level [`Compression::Auto`] starts a session at; it moves from
+/// there as [`crate::adapt`] finds the link slower than the encoder.
 ///
 /// Measured on source trees: level 1 ran ~390 MB/s at ratio 5.6, level 3
 /// cost a third of that speed for 5% more ratio, so level 1 keeps a fast
@@ -64,7 +67,8 @@ impl From<Codec> for u8 {
 /// The user's choice of compression.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {
-    /// zstd at [`DEFAULT_ZSTD_LEVEL`], raw unless that saves
+    /// zstd from [`DEFAULT_ZSTD_LEVEL`], at a level the transport adapts
+    /// to the link ([`Encoder::adapt`]), raw unless that saves
     /// [`MIN_SAVING_PERCENT`].
     #[default]
     Auto,
@@ -184,6 +188,32 @@ pub struct Encoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
     /// For delta literals, created on first use.
     patch_zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// The zstd level now, and the highest used (`None` without zstd).
+    level: Option<(i32, i32)>,
+    /// [`Compression::Auto`]'s level controller and the window's figures.
+    adaptive: Option<Adaptive>,
+}
+
+/// What [`Compression::Auto`] measures of its own work between two calls of
+/// [`Encoder::adapt`].
+#[derive(Debug, Default)]
+struct Adaptive {
+    controller: LevelController,
+    input: u64,
+    output: u64,
+    time: Duration,
+}
+
+/// What the transport saw of the link over one window, for
+/// [`Encoder::adapt`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkWindow {
+    /// The window's length.
+    pub window: Duration,
+    /// How long in it the send queue held chunks for the link.
+    pub backlog: Duration,
+    /// Payload bytes per second the link drained while it had a backlog.
+    pub rate: f64,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -215,12 +245,49 @@ impl Encoder {
             }
             None => None,
         };
-        Ok(Self { compression, zstd, patch_zstd: None })
+        let adaptive = (compression == Compression::Auto).then(Adaptive::default);
+        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive })
     }
 
     /// The compression this encoder applies.
     pub fn compression(&self) -> Compression {
         self.compression
+    }
+
+    /// The zstd level chunks are encoded at now, if zstd is in use.
+    pub fn level(&self) -> Option<i32> {
+        self.level.map(|(now, _)| now)
+    }
+
+    /// The highest zstd level used so far, if zstd is in use.
+    pub fn max_level(&self) -> Option<i32> {
+        self.level.map(|(_, max)| max)
+    }
+
+    /// Moves [`Compression::Auto`]'s level by what `link` and this
+    /// encoder's own figures since the last call show (see
+    /// [`crate::adapt`]); other compressions stay as they are.
+    pub fn adapt(&mut self, link: LinkWindow) -> Option<Step> {
+        let adaptive = self.adaptive.as_mut()?;
+        let observation = Observation {
+            input: std::mem::take(&mut adaptive.input),
+            output: std::mem::take(&mut adaptive.output),
+            encode_time: std::mem::take(&mut adaptive.time),
+            window: link.window,
+            backlog: link.backlog,
+            link_rate: link.rate,
+        };
+        let step = adaptive.controller.observe(&observation);
+        let level = adaptive.controller.level();
+        if self.level() != Some(level) {
+            // A level in MIN_LEVEL..=MAX_LEVEL always fits zstd's range;
+            // should zstd refuse it anyway, the old level stays.
+            if self.zstd.as_mut().is_some_and(|zstd| zstd.set_compression_level(level).is_ok()) {
+                let max = self.max_level().unwrap_or(level).max(level);
+                self.level = Some((level, max));
+            }
+        }
+        Some(step)
     }
 
     /// `data` compressed as configured, or raw where compression does not
@@ -232,6 +299,7 @@ impl Encoder {
     /// such a chunk, and no receiver would accept it.
     pub fn encode(&mut self, data: &[u8]) -> EncodedChunk {
         let decoded_len = chunk_len(data);
+        let started = self.adaptive.is_some().then(Instant::now);
         let compressed = match self.compression {
             Compression::Raw => None,
             // Keep zstd only below these sizes: writing into a buffer of
@@ -244,6 +312,11 @@ impl Encoder {
             }
         };
         let (codec, payload) = compressed.unwrap_or_else(|| (Codec::Raw, data.to_vec()));
+        if let (Some(adaptive), Some(started)) = (self.adaptive.as_mut(), started) {
+            adaptive.input += data.len() as u64;
+            adaptive.output += payload.len() as u64;
+            adaptive.time += started.elapsed();
+        }
         EncodedChunk { codec, decoded_len, payload }
     }
 

@@ -38,6 +38,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod adapt;
 mod api;
 pub mod audit;
 pub mod chunk;

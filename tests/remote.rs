@@ -9,6 +9,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tempfile::TempDir;
 use xfer::identity::Identity;
+use xfer::throttle::{Limiter, Rate};
 use xfer::transport::access::Access;
 use xfer::transport::client::{pull, push, push_embedded, RemoteError, RemotePush, RemoteUrl};
 use xfer::transport::driver::{serve, ServeConfig};
@@ -359,4 +360,62 @@ async fn remote_concurrent_pushes_to_one_path_serialize() {
         let held = std::fs::read(server.root.join(format!("same/f{i}"))).unwrap();
         assert!(held == seeded(256 << 10, i) || held == seeded(256 << 10, 100 + i), "f{i} is torn");
     }
+}
+
+/// Text-like bytes: this crate's own source, each line numbered and
+/// tagged with `seed` (so no two files share a chunk), repeated to `len`.
+fn wordy(len: usize, seed: u64) -> Vec<u8> {
+    let mut sources: Vec<_> = ["src/codec.rs", "src/plan.rs", "src/patch.rs", "src/transport/driver.rs"]
+        .iter()
+        .map(|p| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap())
+        .collect();
+    sources.rotate_left(seed as usize % 4);
+    let mut out = Vec::with_capacity(len + 256);
+    for (n, line) in sources.iter().flat_map(|s| s.lines()).cycle().enumerate() {
+        if out.len() >= len {
+            break;
+        }
+        out.extend_from_slice(format!("{seed}.{n}: {line}\n").as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `--compress auto` adapts its zstd level to the link: under a low
+/// `--bwlimit` the encoder has time to spare and climbs, so the same
+/// compressible tree travels in fewer bytes than over the unlimited link,
+/// where the level stays at the cheapest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_compression_climbs_on_a_slow_link() {
+    let tmp = TempDir::new().unwrap();
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, vec![client.fingerprint()]);
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..8 {
+        std::fs::write(src.join(format!("f{i}.txt")), wordy(1 << 20, i)).unwrap();
+    }
+    let pin = Some(server.id.fingerprint());
+    let mut reports = Vec::new();
+    for (path, limit) in [("fast", None), ("slow", Some(512u64 << 10))] {
+        let url = RemoteUrl { authority: server.addr.to_string(), path: path.into() };
+        let options = RemotePush { bwlimit: Limiter::new(Rate(limit)), ..options(&tmp) };
+        let report = push(&src, &url, &client, pin, &options).await.unwrap();
+        assert_eq!(report.files_changed, 8);
+        assert_eq!(std::fs::read(server.root.join(path).join("f3.txt")).unwrap(), wordy(1 << 20, 3));
+        reports.push(report);
+    }
+    let (fast, slow) = (&reports[0], &reports[1]);
+    let levels = |r: &xfer::Report| (r.zstd_level_last, r.zstd_level_max, r.bytes_sent);
+    assert!(slow.zstd_level_max > fast.zstd_level_max, "fast {:?}, slow {:?}", levels(fast), levels(slow));
+    assert!(slow.bytes_sent < fast.bytes_sent, "fast {:?}, slow {:?}", levels(fast), levels(slow));
+    // A fixed level stays put, whatever the link.
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "fixed".into() };
+    let options = RemotePush {
+        bwlimit: Limiter::new(Rate(Some(1 << 20))),
+        compression: xfer::codec::Compression::Zstd { level: 2 },
+        ..options(&tmp)
+    };
+    let fixed = push(&src, &url, &client, pin, &options).await.unwrap();
+    assert_eq!((fixed.zstd_level_last, fixed.zstd_level_max), (Some(2), Some(2)));
 }

@@ -10,8 +10,9 @@ use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, MAX_FILES_PER_MESSAGE, PROTOCOL_VERSION};
 
 use super::{protocol, SessionError};
+use crate::adapt::Step;
 use crate::chunk::{ChunkRef, FileDigest};
-use crate::codec::{DeltaStep, EncodedChunk, Encoder, PendingDelta};
+use crate::codec::{DeltaStep, EncodedChunk, Encoder, LinkWindow, PendingDelta};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
@@ -263,6 +264,17 @@ impl<R: ChunkReader> Sender<R> {
     /// version), with the reason.
     pub fn failed(&self) -> &[crate::store::FailedEntry] {
         &self.failed
+    }
+
+    /// The chunk encoder, whose level tells what [`Sender::adapt`] chose.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Adapts the compression level to what the transport saw of the link
+    /// over the last window ([`Encoder::adapt`]).
+    pub fn adapt(&mut self, link: LinkWindow) -> Option<Step> {
+        self.encoder.adapt(link)
     }
 
     /// The receiver's summary, once finished.

@@ -140,6 +140,13 @@ pub struct Report {
     /// A dry run: the figures above say what a real run would send.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// zstd level the chunks were last encoded at (`--compress auto`
+    /// adapts it to the link; absent without zstd or for a pull).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zstd_level_last: Option<i32>,
+    /// Highest zstd level used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zstd_level_max: Option<i32>,
     /// Wall time of the whole run.
     pub elapsed_s: f64,
     /// Entries skipped or failed, with the reason; the rest committed.
@@ -430,6 +437,8 @@ async fn push_unlogged(
     report.files_scanned = Some(files().count() as u64);
     report.bytes_scanned = Some(files().map(|f| f.size).sum());
     report.chunks_total = Some(files().map(|f| f.chunks.len() as u64).sum());
+    report.zstd_level_last = sender.encoder().level();
+    report.zstd_level_max = sender.encoder().max_level();
     if options.dry_run {
         let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
         let (root, compression) = (src.clone(), options.compression);

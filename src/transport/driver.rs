@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -17,6 +17,7 @@ use xfer_protocol::{frame, CloseCode, Kind, Message};
 use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
 use crate::audit::{AuditLog, AuditRecord};
+use crate::codec::LinkWindow;
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
 use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
@@ -163,6 +164,11 @@ const CAP_PIECE: usize = 16 * 1024;
 const WIRE_OVERHEAD_PERMILLE: usize = 1035;
 
 impl Caps {
+    /// The tightest cap's rate in bytes per second, if any is set.
+    fn rate(&self) -> Option<u64> {
+        self.0.iter().filter_map(|limiter| limiter.rate().bytes_per_sec()).min()
+    }
+
     /// Waits until every cap allows `bytes` of payload, charged as the wire
     /// bytes they become: a cap is a promise about the link, not the payload.
     async fn take(&self, bytes: usize) {
@@ -338,12 +344,13 @@ async fn read_frames(mut recv: RecvStream, to: Reading, caps: Caps) -> io::Resul
 }
 
 /// Writes frames from `rx` to `send` as fast as `caps` allow, then
-/// finishes the stream.
+/// finishes the stream. Each message written leaves `backlog`, if given.
 async fn write_frames(
     mut send: SendStream,
     mut rx: mpsc::Receiver<Message>,
     caps: Caps,
     activity: Activity,
+    backlog: Option<Arc<Backlog>>,
 ) -> io::Result<()> {
     let mut bytes = Vec::new();
     while let Some(message) = rx.recv().await {
@@ -354,6 +361,9 @@ async fn write_frames(
             send.write_all(piece).await.map_err(io_err)?;
             crate::crashpoint::hit("wire.piece");
             activity.touch();
+        }
+        if let Some(backlog) = &backlog {
+            backlog.leave();
         }
     }
     send.finish().map_err(io_err)?;
@@ -367,13 +377,15 @@ async fn write_data(
     mut rx: mpsc::Receiver<Message>,
     caps: Caps,
     activity: Activity,
+    backlog: Arc<Backlog>,
 ) -> io::Result<()> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for stream in streams {
         let (tx, stream_rx) = mpsc::channel(CHANNEL_DEPTH);
         senders.push(tx);
-        tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone(), activity.clone())));
+        let backlog = Some(backlog.clone());
+        tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone(), activity.clone(), backlog)));
     }
     let mut next = 0;
     while let Some(message) = rx.recv().await {
@@ -441,8 +453,10 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     }
     let (ctrl_tx, ctrl_rx) = mpsc::channel(CHANNEL_DEPTH);
     let (data_tx, data_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default(), watch.activity.clone()));
-    let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps, watch.activity.clone()));
+    let backlog = Arc::new(Backlog::default());
+    let mut link = LinkClock::new(connection, backlog.clone(), caps.clone());
+    let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default(), watch.activity.clone(), None));
+    let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps, watch.activity.clone(), backlog.clone()));
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
     let session = tokio::task::spawn_blocking(move || -> Result<Sender<R>, SessionError> {
@@ -452,7 +466,14 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
         let mut data = Outgoing::new(data_tx, conn.clone());
         loop {
             ctrl.fill(|| sender.poll_transmit())?;
-            data.fill(|| sender.poll_data())?;
+            data.fill(|| sender.poll_data().inspect(|_| backlog.enter()))?;
+            if let Some(window) = link.window() {
+                if let Some(step) = sender.adapt(window) {
+                    let (backlog_s, rate) = (window.backlog.as_secs_f64(), window.rate);
+                    let level = sender.encoder().level();
+                    tracing::debug!(?step, ?level, backlog_s, rate, "compression window");
+                }
+            }
             if sender.is_finished() && ctrl.is_idle() && data.is_idle() {
                 return Ok(sender);
             }
@@ -473,6 +494,119 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     let _ = writer.await;
     let _ = data_writer.await;
     result
+}
+
+/// How long the sender's data queue (session to data streams) held
+/// messages: while it does, the link, not the encoder, is what the
+/// transfer waits on.
+#[derive(Debug)]
+struct Backlog(Mutex<BacklogState>);
+
+#[derive(Debug)]
+struct BacklogState {
+    queued: u64,
+    since: Instant,
+    busy: Duration,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog(Mutex::new(BacklogState { queued: 0, since: Instant::now(), busy: Duration::ZERO }))
+    }
+}
+
+impl Backlog {
+    fn state(&self) -> std::sync::MutexGuard<'_, BacklogState> {
+        // The state is a few counters, valid whatever a panicking holder did.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A message joined the queue.
+    fn enter(&self) {
+        let mut state = self.state();
+        if state.queued == 0 {
+            state.since = Instant::now();
+        }
+        state.queued += 1;
+    }
+
+    /// A message left it, written to its stream.
+    fn leave(&self) {
+        let mut state = self.state();
+        if state.queued == 1 {
+            let held = state.since.elapsed();
+            state.busy += held;
+        }
+        state.queued = state.queued.saturating_sub(1);
+    }
+
+    /// The time the queue held messages since the last call.
+    fn take(&self) -> Duration {
+        let mut state = self.state();
+        let mut busy = std::mem::take(&mut state.busy);
+        if state.queued > 0 {
+            let now = Instant::now();
+            busy += now - state.since;
+            state.since = now;
+        }
+        busy
+    }
+}
+
+/// Cuts the sender's view of its link into [`crate::adapt::WINDOW`]s.
+struct LinkClock {
+    connection: Connection,
+    backlog: Arc<Backlog>,
+    caps: Caps,
+    started: Instant,
+    sent: u64,
+    /// Least round-trip time seen: the path without queues.
+    base_rtt: Duration,
+}
+
+/// Queueing delay over the least round-trip time at which a window counts
+/// as link-bound whatever the send queue did.
+///
+/// A link slowed by the network rather than by `--bwlimit` never backs up
+/// the send queue: quinn buffers what the receiver asks for (the receiver
+/// keeps at most a few dozen small files or 16 MiB in flight), and the
+/// packets queue in the network instead, which shows as a longer round
+/// trip. On the veth pair capped at 20 Mbit/s (tbf, 100 ms queue) the
+/// round trip of a source-tree push rose from under 1 ms to 30-100 ms;
+/// uncapped it stayed under 5 ms.
+const QUEUEING_DELAY_LINK_BOUND: Duration = Duration::from_millis(15);
+
+impl LinkClock {
+    fn new(connection: &Connection, backlog: Arc<Backlog>, caps: Caps) -> Self {
+        let sent = wire_bytes(connection).sent;
+        let base_rtt = connection.rtt();
+        LinkClock { connection: connection.clone(), backlog, caps, started: Instant::now(), sent, base_rtt }
+    }
+
+    /// The last window's figures, once a window has passed.
+    fn window(&mut self) -> Option<LinkWindow> {
+        let window = self.started.elapsed();
+        if window < crate::adapt::WINDOW {
+            return None;
+        }
+        let sent = wire_bytes(&self.connection).sent;
+        let mut backlog = self.backlog.take();
+        let rtt = self.connection.rtt();
+        self.base_rtt = self.base_rtt.min(rtt);
+        tracing::debug!(rtt_ms = rtt.as_secs_f64() * 1e3, base_ms = self.base_rtt.as_secs_f64() * 1e3, "link window");
+        if rtt.saturating_sub(self.base_rtt) > QUEUEING_DELAY_LINK_BOUND {
+            backlog = window;
+        }
+        let wire = sent.saturating_sub(self.sent) as f64;
+        (self.started, self.sent) = (Instant::now(), sent);
+        // What the link drained while it had something to drain, as payload;
+        // a cap is the most it can be.
+        let mut rate = wire * 1000.0 / WIRE_OVERHEAD_PERMILLE as f64 / backlog.as_secs_f64().max(1e-3);
+        if let Some(cap) = self.caps.rate() {
+            rate = rate.min(cap as f64 * 1000.0 / WIRE_OVERHEAD_PERMILLE as f64);
+        }
+        Some(LinkWindow { window, backlog, rate })
+    }
 }
 
 /// Which stream a message came on.
@@ -509,7 +643,7 @@ async fn drive_receiver(
 ) -> Result<Receiver, SessionError> {
     let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let writer = tokio::spawn(write_frames(send, out_rx, Caps::default(), watch.activity.clone()));
+    let writer = tokio::spawn(write_frames(send, out_rx, Caps::default(), watch.activity.clone(), None));
     let data_conn = connection.clone();
     // One budget for all data streams: together they carry the answers to
     // the receiver's bounded requests.

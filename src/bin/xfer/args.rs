@@ -143,7 +143,7 @@ pub struct PushArgs {
     /// Read every file instead of trusting unchanged size, mtime and inode.
     #[arg(short = 'c', long)]
     pub checksum: bool,
-    /// Chunk encoding: auto (zstd, raw where it does not pay), zstd, lz4 or raw.
+    /// Chunk encoding: auto (zstd at a level adapted to the link, raw where it does not pay), zstd, lz4 or raw.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
     /// zstd level for --compress zstd.

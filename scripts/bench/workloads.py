@@ -876,6 +876,9 @@ def apply_edits(path, edits_json):
                 raise WorkloadError(f"{path}: edit at {e['offset']} beyond {size} bytes (wrong --huge-gib?)")
             f.seek(e["offset"])
             f.write(random.Random(e["seed"]).randbytes(e["length"]))
+    # A changed file gets T2, as in every other workload; without it rsync's
+    # size+mtime check would see no change at all.
+    os.utime(path, (T2, T2))
 
 
 def gen_huge_file(wdir, params, data_dir):

@@ -279,6 +279,9 @@ struct Encoded<'a> {
 }
 
 impl Manifest {
+    /// The empty tree.
+    pub const EMPTY: Manifest = Manifest { entries: Vec::new() };
+
     /// Sorts and checks `entries`.
     ///
     /// # Errors

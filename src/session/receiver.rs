@@ -473,6 +473,14 @@ impl Receiver {
                 {
                     break
                 }
+                // A full batch commits once the files in flight complete
+                // (never with some half-built); starting more meanwhile
+                // would let it grow with the whole tree.
+                Some(Queued::Write { .. })
+                    if !self.files.is_empty() && self.rx.as_ref().is_some_and(|rx| rx.batch_full()) =>
+                {
+                    break
+                }
                 Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. })) if !self.files.is_empty() => break,
                 None => break,
                 _ => {}

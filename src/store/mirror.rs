@@ -290,6 +290,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         self.store.borrow()
     }
 
+    /// Whether the batch is due to commit: the next file begun once none is
+    /// in flight commits it first.
+    pub fn batch_full(&self) -> bool {
+        let store = self.store.borrow();
+        self.batch.files >= store.batch_files || self.batch.bytes >= store.batch_bytes
+    }
+
     /// Files begun and not yet completed or abandoned.
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -372,10 +379,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// Failures creating the temporary or reading the state database.
     pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
         self.store.borrow().check_path(path)?;
-        if self.in_flight.is_empty()
-            && (self.batch.files >= self.store.borrow().batch_files
-                || self.batch.bytes >= self.store.borrow().batch_bytes)
-        {
+        if self.in_flight.is_empty() && self.batch_full() {
             self.commit()?;
         }
         let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;

@@ -347,6 +347,9 @@ impl<F: FnMut(u64, &[u8], ChunkId) -> io::Result<()>> Cutter<F> {
         while self.start < self.window.len() {
             self.cut_one()?;
         }
+        // Kept for the whole session in the manifest: a one-chunk file's
+        // list would otherwise hold room for four.
+        self.chunks.shrink_to_fit();
         Ok((self.offset, self.chunks))
     }
 }

@@ -16,7 +16,7 @@ use crate::filter::Filter;
 use crate::hash::ChunkId;
 use crate::manifest::{EntryKind, Manifest, RelPath};
 use crate::plan::{plan, PlanOptions};
-use crate::scan::{scan, Scan, ScanOptions};
+use crate::scan::{scan_with, Scan, ScanOptions};
 use crate::store::state::StateDb;
 use crate::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
 
@@ -153,17 +153,27 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// Scans the source tree at `src` (canonical) as `options` say,
 /// quick-checking against the records of its last scan kept in
-/// `state_dir`, and records this one.
+/// `state_dir`, and records this one there ([`source_records`]); the
+/// returned [`Scan::records`] is empty.
 ///
 /// # Errors
 /// An unreadable root or state database.
 pub fn scan_source(src: &Path, state_dir: &Path, options: ScanOptions) -> Result<Scan> {
-    let db = StateDb::open(&state_file(state_dir, "sources", src))?;
-    let previous = db.files()?;
-    let scanned = scan(src, &previous, options)?;
+    let db = source_records(src, state_dir)?;
+    let mut recorder = db.recorder()?;
+    let scanned = scan_with(src, &mut recorder, options)?;
     crate::crashpoint::hit("source.record");
-    db.record_scan(&previous, &scanned.records)?;
+    recorder.finish(&scanned.manifest)?;
     Ok(scanned)
+}
+
+/// The state database holding the scan records of the source tree `src`
+/// (canonical).
+///
+/// # Errors
+/// A state database that cannot be opened.
+pub fn source_records(src: &Path, state_dir: &Path) -> Result<StateDb> {
+    StateDb::open(&state_file(state_dir, "sources", src))
 }
 
 fn absorb(stats: &mut Stats, report: &ApplyReport) {

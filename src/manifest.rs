@@ -279,6 +279,9 @@ struct Encoded<'a> {
 }
 
 impl Manifest {
+    /// The empty tree.
+    pub const EMPTY: Manifest = Manifest { entries: Vec::new() };
+
     /// Sorts and checks `entries`.
     ///
     /// # Errors
@@ -287,6 +290,8 @@ impl Manifest {
     pub fn new(mut entries: Vec<Entry>) -> Result<Self, ManifestError> {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         Self::check(&entries)?;
+        // Held for a whole session: no room left over from growing.
+        entries.shrink_to_fit();
         Ok(Manifest { entries })
     }
 

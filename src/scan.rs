@@ -91,7 +91,8 @@ pub struct ScanSkip {
 pub struct Scan {
     /// The tree, without skipped entries.
     pub manifest: Manifest,
-    /// Records of every file, for the next quick check.
+    /// Records of every file, for the next quick check; filled by [`scan`]
+    /// only ([`scan_with`] hands them to its [`Records`]).
     pub records: HashMap<RelPath, FileRecord>,
     /// Entries left out: hard links, special files, unreadable or changing
     /// files (not those the filter excludes: the user asked for that).
@@ -102,13 +103,74 @@ pub struct Scan {
     pub bytes_read: u64,
 }
 
+/// Where a scan finds the records of its last run and leaves its own.
+pub trait Records {
+    /// The record of `path` from the last scan, if any.
+    ///
+    /// # Errors
+    /// Whatever stops the records being read; the scan ends with it.
+    fn previous(&mut self, path: &RelPath) -> Result<Option<FileRecord>>;
+
+    /// The record of file `path` in this scan, in manifest order; `changed`
+    /// when it differs from [`Records::previous`]'s.
+    ///
+    /// # Errors
+    /// Whatever stops the record being kept; the scan ends with it.
+    fn record(&mut self, path: &RelPath, record: &FileRecord, changed: bool) -> Result<()>;
+}
+
+/// No records: every file is read, nothing is kept (a pull's one-off scan).
+pub struct Unrecorded;
+
+impl Records for Unrecorded {
+    fn previous(&mut self, _: &RelPath) -> Result<Option<FileRecord>> {
+        Ok(None)
+    }
+
+    fn record(&mut self, _: &RelPath, _: &FileRecord, _: bool) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Records in memory: the last scan's, and this one's collected whole.
+struct Collect<'a> {
+    previous: &'a HashMap<RelPath, FileRecord>,
+    records: HashMap<RelPath, FileRecord>,
+}
+
+impl Records for Collect<'_> {
+    fn previous(&mut self, path: &RelPath) -> Result<Option<FileRecord>> {
+        Ok(self.previous.get(path).cloned())
+    }
+
+    fn record(&mut self, path: &RelPath, record: &FileRecord, _: bool) -> Result<()> {
+        self.records.insert(path.clone(), record.clone());
+        Ok(())
+    }
+}
+
 /// Scans the tree at `root`; `previous` gives the record of each file from
-/// the last scan, so unchanged files are not read.
+/// the last scan, so unchanged files are not read. Every file's record is
+/// returned in [`Scan::records`].
 ///
 /// # Errors
 /// Only when `root` itself cannot be read; problems with single entries are
 /// listed in [`Scan::skipped`].
 pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanOptions) -> Result<Scan> {
+    let mut collect = Collect { previous, records: HashMap::new() };
+    let mut scan = scan_with(root, &mut collect, options)?;
+    scan.records = collect.records;
+    Ok(scan)
+}
+
+/// Scans the tree at `root` as [`scan`] does, with the records of the last
+/// scan and of this one kept by `records` (a state database) instead of in
+/// memory.
+///
+/// # Errors
+/// When `root` itself cannot be read or `records` fails; problems with
+/// single entries are listed in [`Scan::skipped`].
+pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -> Result<Scan> {
     let root_meta = fs::metadata(root).at(root)?;
     if !root_meta.is_dir() {
         return Err(Error::io(root, io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
@@ -162,13 +224,15 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
                 continue;
             }
             let stat = StatKey::of(&meta);
-            let record = match previous.get(&rel) {
-                Some(old) if old.stat == stat && !options.checksum => old.clone(),
-                _ => match read_file(&abs, &meta) {
+            let old = records.previous(&rel)?;
+            let (record, changed) = match old {
+                Some(old) if old.stat == stat && !options.checksum => (old, false),
+                old => match read_file(&abs, &meta) {
                     Ok(record) => {
                         scan.files_read += 1;
                         scan.bytes_read += record.digest.size;
-                        record
+                        let changed = old.as_ref() != Some(&record);
+                        (record, changed)
                     }
                     Err(e) => {
                         skip(&mut scan, rel, e.to_string());
@@ -179,12 +243,12 @@ pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanO
             files += 1;
             bytes += record.digest.size;
             options.progress.emit(|| Event::Scanning { files, bytes, bytes_read: scan.bytes_read });
+            records.record(&rel, &record, changed)?;
             entries.push(Entry {
-                path: rel.clone(),
+                path: rel,
                 meta: Meta { mode: record.stat.mode, mtime: record.stat.mtime },
-                kind: EntryKind::File(record.digest.clone()),
+                kind: EntryKind::File(record.digest),
             });
-            scan.records.insert(rel, record);
         } else {
             skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
         }

@@ -107,8 +107,9 @@ struct OpenNeed {
 pub struct Receiver {
     state: State,
     opener: Opener,
+    /// The store being written; its manifest (the tree as refreshed) is
+    /// the one this side compares and plans with, never copied.
     rx: Option<Receiving<MirrorStore>>,
-    manifest: Manifest,
     tree: Tree,
     outbox: VecDeque<Message>,
     queued: VecDeque<Queued>,
@@ -146,7 +147,6 @@ impl Receiver {
             state: State::Greeting,
             opener,
             rx: None,
-            manifest: Manifest::default(),
             tree: Tree::default(),
             outbox: VecDeque::new(),
             queued: VecDeque::new(),
@@ -175,8 +175,7 @@ impl Receiver {
     pub fn initiate(mut store: MirrorStore, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
         let mut receiver =
             Receiver::new(Box::new(|_: &OpenRequest| Err(protocol("this side asked; it opens nothing"))));
-        receiver.manifest = store.refresh(checksum)?.clone();
-        receiver.tree = receiver.manifest.tree();
+        receiver.tree = store.refresh(checksum)?.tree();
         let root = receiver.tree.root().0;
         receiver.outbox.push_back(super::sender::hello());
         receiver.outbox.push_back(Message::Open(msg::Open {
@@ -368,13 +367,18 @@ impl Receiver {
         };
         let request = OpenRequest { path, delete: open.delete, checksum: open.checksum };
         let mut store = (self.opener)(&request)?;
-        self.manifest = store.refresh(open.checksum)?.clone();
-        self.tree = self.manifest.tree();
+        self.tree = store.refresh(open.checksum)?.tree();
         let root = self.tree.root().0;
         self.outbox.push_back(Message::Opened(msg::Opened { root, remembered: open.remembered_root == Some(root) }));
         self.rx = Some(Receiving::new(store));
         self.state = State::Open;
         Ok(())
+    }
+
+    /// The receiving tree as refreshed (empty before `Open`).
+    fn manifest(&self) -> &Manifest {
+        static EMPTY: Manifest = Manifest::EMPTY;
+        self.rx.as_ref().map_or(&EMPTY, |rx| rx.store().manifest())
     }
 
     fn list_dir(&mut self, list: msg::ListDir) -> Result<(), SessionError> {
@@ -404,7 +408,7 @@ impl Receiver {
     fn get_files(&mut self, get: msg::GetFiles) -> Result<(), SessionError> {
         let mut files = Vec::new();
         for raw in get.paths {
-            let Some(digest) = self.manifest.get(&path(raw.clone())?).and_then(|e| e.file()) else { continue };
+            let Some(digest) = self.manifest().get(&path(raw.clone())?).and_then(|e| e.file()) else { continue };
             let parts: Vec<_> = digest.chunks.chunks(MAX_CHUNK_REFS_PER_MESSAGE).collect();
             let count = parts.len().max(1);
             for i in 0..count {
@@ -436,7 +440,7 @@ impl Receiver {
 
     fn write_file(&mut self, w: msg::WriteFile) -> Result<(), SessionError> {
         let path = path(w.path)?;
-        let old = self.manifest.get(&path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
+        let old = self.manifest().get(&path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
         let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(wire_error)?;
         let meta = Meta { mode: w.mode, mtime: wire::mtime_from_wire(w.mtime).map_err(protocol)? };
         self.enqueue(Queued::Write { file: w.file, path, meta, digest })
@@ -466,6 +470,14 @@ impl Receiver {
                 Some(Queued::Write { .. }) if self.files.len() >= MAX_FILES_IN_FLIGHT => break,
                 Some(Queued::Write { digest, .. })
                     if !self.files.is_empty() && self.in_flight_refs + digest.chunks.len() > MAX_HELD_CHUNK_REFS =>
+                {
+                    break
+                }
+                // A full batch commits once the files in flight complete
+                // (never with some half-built); starting more meanwhile
+                // would let it grow with the whole tree.
+                Some(Queued::Write { .. })
+                    if !self.files.is_empty() && self.rx.as_ref().is_some_and(|rx| rx.batch_full()) =>
                 {
                     break
                 }

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, MAX_FILES_PER_MESSAGE, PROTOCOL_VERSION};
@@ -90,7 +91,9 @@ const UNKNOWN_META: Meta = Meta { mode: u32::MAX, mtime: Mtime { secs: i64::MIN,
 /// The sender of a push.
 pub struct Sender<R> {
     state: State,
-    source: Manifest,
+    /// Shared with the caller, which keeps it after the session (to
+    /// remember it): one copy of the tree, not two.
+    source: Arc<Manifest>,
     tree: Tree,
     reader: R,
     encoder: Encoder,
@@ -111,7 +114,9 @@ pub struct Sender<R> {
     // Sending: the plan, the receiver's tree as planned against, progress.
     ops: Vec<Op>,
     next_op: usize,
-    dest: Manifest,
+    /// The receiver's tree as planned against: the source itself when the
+    /// roots are equal, so no copy is made then either.
+    dest: Arc<Manifest>,
     deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
     summary: Option<msg::Summary>,
     /// Files this side gave up on (their source changed while read).
@@ -126,7 +131,7 @@ impl<R: ChunkReader> Sender<R> {
     /// `reader`. `remembered` is the receiver's tree as this sender last left
     /// it, used only if the receiver's root hash confirms it.
     pub fn new(
-        source: Manifest,
+        source: impl Into<Arc<Manifest>>,
         reader: R,
         encoder: Encoder,
         path: Vec<u8>,
@@ -142,11 +147,11 @@ impl<R: ChunkReader> Sender<R> {
             remembered_root: remembered.as_ref().map(|m| m.tree().root().0),
             tags: Vec::new(),
         });
-        Sender::with_outbox(source, reader, encoder, options, remembered, VecDeque::from([hello(), open]))
+        Sender::with_outbox(source.into(), reader, encoder, options, remembered, VecDeque::from([hello(), open]))
     }
 
     fn with_outbox(
-        source: Manifest,
+        source: Arc<Manifest>,
         reader: R,
         encoder: Encoder,
         options: PlanOptions,
@@ -172,7 +177,7 @@ impl<R: ChunkReader> Sender<R> {
             infos: HashMap::new(),
             ops: Vec::new(),
             next_op: 0,
-            dest: Manifest::default(),
+            dest: Arc::default(),
             deltas: HashMap::new(),
             summary: None,
             failed: Vec::new(),
@@ -186,12 +191,13 @@ impl<R: ChunkReader> Sender<R> {
     /// is the client's root from `Open`: equal trees end the session at once,
     /// otherwise the sender compares top-down.
     pub fn respond(
-        source: Manifest,
+        source: impl Into<Arc<Manifest>>,
         reader: R,
         encoder: Encoder,
         options: PlanOptions,
         receiver_root: Option<[u8; 32]>,
     ) -> Self {
+        let source = source.into();
         let root = source.tree().root().0;
         let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
         let mut sender = Sender::with_outbox(source, reader, encoder, options, None, VecDeque::from([hello(), opened]));
@@ -318,12 +324,12 @@ impl<R: ChunkReader> Sender<R> {
     fn opened(&mut self, opened: msg::Opened) -> Result<(), SessionError> {
         if opened.root == self.tree.root().0 {
             // Equal trees: nothing to send at all.
-            self.dest = self.source.clone();
+            self.dest = Arc::clone(&self.source);
             return self.start_sending();
         }
         if opened.remembered {
             if let Some(remembered) = self.remembered.take() {
-                self.dest = remembered;
+                self.dest = Arc::new(remembered);
                 return self.start_sending();
             }
         }
@@ -451,7 +457,7 @@ impl<R: ChunkReader> Sender<R> {
         }
         // A malformed view (a hostile listing) plans against nothing: the
         // receiver then gets everything, which is safe.
-        self.dest = Manifest::new(entries).unwrap_or_default();
+        self.dest = Arc::new(Manifest::new(entries).unwrap_or_default());
         let _ = self.start_sending();
     }
 

@@ -42,7 +42,8 @@ pub const DEFAULT_BATCH_BYTES: u64 = 1 << 30;
 pub struct MirrorStore {
     root: PathBuf,
     db: StateDb,
-    records: HashMap<RelPath, FileRecord>,
+    /// The tree as the last refresh found it; file records live in `db`
+    /// only, read when needed, so the tree is not held twice.
     manifest: Manifest,
     temp_serial: u64,
     batch_files: usize,
@@ -67,7 +68,6 @@ impl MirrorStore {
         Ok(MirrorStore {
             root: root.to_path_buf(),
             db,
-            records: HashMap::new(),
             manifest: Manifest::default(),
             temp_serial: 0,
             batch_files: DEFAULT_BATCH_FILES,
@@ -167,14 +167,13 @@ impl MirrorStore {
 
 impl Store for MirrorStore {
     fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
-        let previous = self.db.files()?;
         // No filter: the receiver's tree is seen whole, and the planner
         // decides which excluded entries it protects.
         let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, ..ScanOptions::default() };
-        let scan = scan::scan(&self.root, &previous, options)?;
+        let mut recorder = self.db.recorder()?;
+        let scan = scan::scan_with(&self.root, &mut recorder, options)?;
         crate::crashpoint::hit("store.refresh");
-        self.db.record_scan(&previous, &scan.records)?;
-        self.records = scan.records;
+        recorder.finish(&scan.manifest)?;
         self.manifest = scan.manifest;
         Ok(&self.manifest)
     }
@@ -291,6 +290,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         self.store.borrow()
     }
 
+    /// Whether the batch is due to commit: the next file begun once none is
+    /// in flight commits it first.
+    pub fn batch_full(&self) -> bool {
+        let store = self.store.borrow();
+        self.batch.files >= store.batch_files || self.batch.bytes >= store.batch_bytes
+    }
+
     /// Files begun and not yet completed or abandoned.
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()
@@ -339,16 +345,9 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 remove_entry(&store.abs(path))?;
                 crate::crashpoint::hit("store.deleted");
                 self.report.entries_deleted += 1;
-                // Forgotten now, dropped from the database at the end: a
-                // directory made here later must not inherit a deleted
-                // file's record (its SetMeta would record the directory as
-                // that file, with a matching stat key).
-                let gone: Vec<RelPath> =
-                    store.records.keys().filter(|p| *p == path || p.is_inside(path)).cloned().collect();
-                for p in &gone {
-                    store.records.remove(p);
-                }
-                self.removals.extend(gone);
+                // Its records (the subtree's) are dropped from the database
+                // at the end.
+                self.removals.push(path.clone());
                 Ok(())
             }
             Op::SetMeta { path, meta } => {
@@ -357,9 +356,16 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 store.step()?;
                 let abs = store.abs(path);
                 set_meta(&abs, meta)?;
-                if let Some(record) = store.records.get(path) {
-                    let stat = StatKey::of(&fs::symlink_metadata(&abs).at(&abs)?);
-                    self.batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest.clone() }));
+                let lstat = fs::symlink_metadata(&abs).at(&abs)?;
+                // Regular files only: a directory made where a deleted file
+                // stood must not inherit its record (not yet dropped), which
+                // would then claim the directory holds the old file. A file
+                // here was not deleted, or was written again and committed.
+                if lstat.is_file() {
+                    if let Some(record) = store.db.file(path)? {
+                        let stat = StatKey::of(&lstat);
+                        self.batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest }));
+                    }
                 }
                 Ok(())
             }
@@ -373,10 +379,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// Failures creating the temporary or reading the state database.
     pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
         self.store.borrow().check_path(path)?;
-        if self.in_flight.is_empty()
-            && (self.batch.files >= self.store.borrow().batch_files
-                || self.batch.bytes >= self.store.borrow().batch_bytes)
-        {
+        if self.in_flight.is_empty() && self.batch_full() {
             self.commit()?;
         }
         let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
@@ -586,9 +589,12 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             let store = self.store.borrow_mut();
             store.step()?;
             crate::crashpoint::hit("store.removals");
-            // A path written again after its delete keeps its new record.
-            self.removals.retain(|path| !store.records.contains_key(path));
-            store.db.update(&[], &self.removals)?;
+            // A path written again after its delete keeps its new record:
+            // the one whose stat key matches the file now there.
+            let root = store.root.clone();
+            store.db.remove_under(&self.removals, |path, record| {
+                fs::symlink_metadata(path.to_path(&root)).is_ok_and(|m| m.is_file() && StatKey::of(&m) == record.stat)
+            })?;
         }
         Ok(std::mem::take(&mut self.report))
     }
@@ -891,7 +897,7 @@ impl MirrorStore {
             Some((loc, anchor_end)) => {
                 (&loc.path, loc.offset + u64::from(loc.len) + offset.saturating_sub(*anchor_end))
             }
-            None if self.records.contains_key(path) => (path, offset),
+            None if self.manifest.get(path).is_some_and(|e| e.file().is_some()) => (path, offset),
             None => return None,
         };
         // Some slack before and after (edits shift bytes), with the block grid
@@ -964,12 +970,9 @@ impl MirrorStore {
                         return Err(e);
                     }
                 },
-                // A symlink replaced whatever file stood here.
-                None => {
-                    if self.records.remove(path).is_some() {
-                        batch.removals.push(path.clone());
-                    }
-                }
+                // A symlink replaced whatever file stood here (dropping a
+                // record that does not exist changes nothing).
+                None => batch.removals.push(path.clone()),
             }
         }
         crate::crashpoint::hit("commit.renamed");
@@ -979,9 +982,7 @@ impl MirrorStore {
         self.step()?;
         self.db.update(&batch.upserts, &batch.removals)?;
         crate::crashpoint::hit("commit.recorded");
-        for (path, record) in batch.upserts.drain(..) {
-            self.records.insert(path, record);
-        }
+        batch.upserts.clear();
         batch.removals.clear();
         batch.received.clear();
         batch.files = 0;

@@ -10,12 +10,20 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
-use crate::manifest::RelPath;
-use crate::scan::FileRecord;
+use crate::manifest::{Manifest, RelPath};
+use crate::scan::{FileRecord, Records};
+
+/// redb's page cache (read cache and write buffer). Its default, 1 GiB,
+/// let a scan of 200,000 files keep every page it read in memory; records
+/// are read once per scan, so a small cache costs little time.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// Records a scan writes per transaction: bounds what it holds in memory.
+const SCAN_FLUSH_RECORDS: usize = 4096;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const CHUNKS: MultimapTableDefinition<&[u8; 32], &[u8]> = MultimapTableDefinition::new("chunks");
@@ -64,7 +72,7 @@ impl StateDb {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).at(dir)?;
         }
-        let db = Database::create(path).map_err(|e| Error::state(path, e))?;
+        let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| Error::state(path, e))?;
         let state = StateDb { db, path: path.to_path_buf() };
         let txn = state.db.begin_write().map_err(|e| state.err(e))?;
         txn.open_table(FILES).map_err(|e| state.err(e))?;
@@ -98,6 +106,72 @@ impl StateDb {
         Ok(records)
     }
 
+    /// The record of `path`, if any (one that no longer decodes counts as none).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn file(&self, path: &RelPath) -> Result<Option<FileRecord>> {
+        self.records()?.get(path)
+    }
+
+    /// A read view of the file records, consistent for its lifetime.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn records(&self) -> Result<FileRecords<'_>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(FILES).map_err(|e| self.err(e))?;
+        Ok(FileRecords { table, db: self })
+    }
+
+    /// A sink for a scan that reads the previous records one by one and
+    /// writes the changed ones as it goes, so no map of the whole tree is
+    /// held; [`ScanRecorder::finish`] drops the records of vanished files.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn recorder(&self) -> Result<ScanRecorder<'_>> {
+        Ok(ScanRecorder { previous: self.records()?, upserts: Vec::new() })
+    }
+
+    /// Drops the records at or inside each of `dirs` (deleted entries)
+    /// unless `current` says the record still describes the file there (it
+    /// was written again after the delete).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read or written.
+    pub fn remove_under(&self, dirs: &[RelPath], current: impl Fn(&RelPath, &FileRecord) -> bool) -> Result<()> {
+        let mut stale = Vec::new();
+        {
+            let records = self.records()?;
+            for dir in dirs {
+                let mut lo = dir.as_bytes().to_vec();
+                lo.push(b'/');
+                let mut hi = dir.as_bytes().to_vec();
+                // '0' follows '/': the range holds exactly the paths inside `dir`.
+                hi.push(b'0');
+                let exact = records.get(dir)?.map(|r| (dir.clone(), r));
+                let inside = records.table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(|e| self.err(e))?;
+                let mut found = Vec::new();
+                for row in inside {
+                    let (key, value) = row.map_err(|e| self.err(e))?;
+                    let Ok(path) = RelPath::new(key.value().to_vec()) else { continue };
+                    // An undecodable record is stale whatever the file.
+                    match postcard::from_bytes::<FileRecord>(value.value()) {
+                        Ok(record) if current(&path, &record) => {}
+                        _ => found.push(path),
+                    }
+                }
+                stale.extend(exact.filter(|(p, r)| !current(p, r)).map(|(p, _)| p));
+                stale.extend(found);
+            }
+        }
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.update(&[], &stale)
+    }
+
     /// A read view for chunk lookups, consistent for its lifetime.
     ///
     /// # Errors
@@ -106,28 +180,6 @@ impl StateDb {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
         Ok(ChunkIndex { table, db: self })
-    }
-
-    /// Brings the file records in line with a new scan of the tree: writes
-    /// the records that changed since `previous` and drops the vanished ones.
-    ///
-    /// # Errors
-    /// [`Error::State`] if the transaction fails.
-    pub fn record_scan(
-        &self,
-        previous: &HashMap<RelPath, FileRecord>,
-        records: &HashMap<RelPath, FileRecord>,
-    ) -> Result<()> {
-        let upserts: Vec<(RelPath, FileRecord)> = records
-            .iter()
-            .filter(|(path, record)| previous.get(*path) != Some(*record))
-            .map(|(path, record)| (path.clone(), record.clone()))
-            .collect();
-        let removals: Vec<RelPath> = previous.keys().filter(|path| !records.contains_key(*path)).cloned().collect();
-        if upserts.is_empty() && removals.is_empty() {
-            return Ok(());
-        }
-        self.update(&upserts, &removals)
     }
 
     /// Replaces the records of `upserts`, removes those of `removals`, and
@@ -171,6 +223,78 @@ fn chunk_offsets(record: &FileRecord) -> impl Iterator<Item = (u64, &crate::chun
         *offset += u64::from(chunk.len);
         Some((at, chunk))
     })
+}
+
+/// File records within one read transaction.
+pub struct FileRecords<'a> {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    db: &'a StateDb,
+}
+
+impl FileRecords<'_> {
+    /// The record of `path`; one that no longer decodes counts as none,
+    /// which only costs a re-read of that file.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn get(&self, path: &RelPath) -> Result<Option<FileRecord>> {
+        let value = self.table.get(path.as_bytes()).map_err(|e| self.db.err(e))?;
+        Ok(value.and_then(|v| postcard::from_bytes::<FileRecord>(v.value()).ok()))
+    }
+}
+
+/// Brings the file records in line with a scan as it runs: see
+/// [`StateDb::recorder`].
+pub struct ScanRecorder<'a> {
+    previous: FileRecords<'a>,
+    upserts: Vec<(RelPath, FileRecord)>,
+}
+
+impl Records for ScanRecorder<'_> {
+    fn previous(&mut self, path: &RelPath) -> Result<Option<FileRecord>> {
+        self.previous.get(path)
+    }
+
+    fn record(&mut self, path: &RelPath, record: &FileRecord, changed: bool) -> Result<()> {
+        if !changed {
+            return Ok(());
+        }
+        self.upserts.push((path.clone(), record.clone()));
+        // Each record describes its file as read just now, so writing it
+        // before the scan ends is what writing it after would be.
+        if self.upserts.len() >= SCAN_FLUSH_RECORDS {
+            self.previous.db.update(&self.upserts, &[])?;
+            self.upserts.clear();
+        }
+        Ok(())
+    }
+}
+
+impl ScanRecorder<'_> {
+    /// Writes the last changed records and drops those of files `scanned`
+    /// no longer lists, in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read or written.
+    pub fn finish(self, scanned: &Manifest) -> Result<()> {
+        let db = self.previous.db;
+        let mut removals = Vec::new();
+        // A fresh view: it also sees the records flushed during the scan.
+        let records = db.records()?;
+        for row in records.table.iter().map_err(|e| db.err(e))? {
+            let (key, _) = row.map_err(|e| db.err(e))?;
+            // A key that is no path was never written by xfer: left alone.
+            let Ok(path) = RelPath::new(key.value().to_vec()) else { continue };
+            if scanned.get(&path).is_none_or(|e| e.file().is_none()) {
+                removals.push(path);
+            }
+        }
+        drop(records);
+        if self.upserts.is_empty() && removals.is_empty() {
+            return Ok(());
+        }
+        db.update(&self.upserts, &removals)
+    }
 }
 
 /// Chunk lookups within one read transaction.

@@ -370,7 +370,7 @@ async fn push_unlogged(
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
-    let source = scanned.manifest;
+    let source = std::sync::Arc::new(scanned.manifest);
     tracing::info!(
         src = %src.display(),
         entries = source.entries().len(),
@@ -390,7 +390,7 @@ async fn push_unlogged(
         let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
         let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
         let mut sender = Sender::new(
-            source.clone(),
+            std::sync::Arc::clone(&source),
             FileReader::new(src.clone()),
             encoder,
             url.path.as_bytes().to_vec(),
@@ -415,7 +415,7 @@ async fn push_unlogged(
     // run changed nothing, so what was remembered still holds).
     if !options.dry_run {
         crate::crashpoint::hit("client.remember");
-        remember(&memory, (summary.failed == 0).then_some(&source));
+        remember(&memory, (summary.failed == 0).then_some(&*source));
     }
     let mut failed: Vec<_> = scanned
         .skipped
@@ -424,7 +424,16 @@ async fn push_unlogged(
         .collect();
     failed.extend(sender.failed().iter().cloned());
     if !options.dry_run {
-        failed.extend(changed_since_scan(&src, sender.ops(), &scanned.records, sender.failed()));
+        // The scan's records are in the source's state database, not in
+        // memory. Without them the check is skipped: the push itself is done.
+        match crate::engine::source_records(&src, &options.state_dir).and_then(|db| {
+            let records = db.records()?;
+            let recorded = |path: &crate::manifest::RelPath| records.get(path).ok().flatten().map(|r| r.stat);
+            Ok(changed_since_scan(&src, sender.ops(), recorded, sender.failed()))
+        }) {
+            Ok(changed) => failed.extend(changed),
+            Err(e) => tracing::warn!(error = %e, "cannot check for files changed while sent"),
+        }
     }
     // The receiver reports its own failures by count; the paths are in its log.
     let unnamed = summary.failed.saturating_sub(sender.failed().len() as u64);
@@ -458,7 +467,7 @@ async fn push_unlogged(
 fn changed_since_scan(
     src: &Path,
     ops: &[crate::plan::Op],
-    records: &std::collections::HashMap<crate::manifest::RelPath, crate::scan::FileRecord>,
+    recorded: impl Fn(&crate::manifest::RelPath) -> Option<crate::scan::StatKey>,
     failed: &[crate::store::FailedEntry],
 ) -> Vec<crate::store::FailedEntry> {
     let caught: std::collections::HashSet<&str> = failed.iter().map(|f| f.path.as_str()).collect();
@@ -470,7 +479,7 @@ fn changed_since_scan(
             continue;
         }
         let now = std::fs::symlink_metadata(path.to_path(src)).ok().map(|m| crate::scan::StatKey::of(&m));
-        if now != records.get(path).map(|r| r.stat) {
+        if now != recorded(path) {
             let error = "changed while being sent: the version scanned was committed; the next run sends the rest";
             changed.push(crate::store::FailedEntry { path: name, error: error.into() });
         }

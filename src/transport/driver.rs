@@ -3,7 +3,6 @@
 //! session itself on a blocking thread (it reads and writes files), and
 //! bounded channels between them.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1093,7 +1092,7 @@ async fn serve_pull(
     let (tree, checksum) = (abs.clone(), open.checksum);
     let scanned = tokio::task::spawn_blocking(move || {
         let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
-        crate::scan::scan(&tree, &HashMap::new(), options)
+        crate::scan::scan_with(&tree, &mut crate::scan::Unrecorded, options)
     })
     .await
     .map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;

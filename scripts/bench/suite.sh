@@ -11,6 +11,7 @@
 #   BENCH_TOOLS      comma-separated tools             (xfer,rsync,rsync-z,rsync-ssh,restic,borg)
 #   BENCH_RATES      space-separated rates             ("unlimited 100mbit 20mbit")
 #   BENCH_HUGE_GIB   size of the huge-file workload    (16; needs about 4x that free on disk)
+#   BENCH_WORKLOADS_<RATE>  workloads at one rate, e.g. BENCH_WORKLOADS_20mbit=source-tree,log-append
 #   BENCH_REPORT     1 to write BENCHMARKS.md/README   (1)
 #
 # At 100mbit every phase is measured; huge-file runs uncapped only (a full
@@ -41,12 +42,14 @@ for rate in $rates; do
     20mbit) args+=(--rate "$rate" --seed-initial); selected=$(tr , '\n' <<<"$workloads" | grep -vx huge-file | paste -sd, -) ;;
     *) args+=(--rate "$rate"); selected=$(tr , '\n' <<<"$workloads" | grep -vx huge-file | paste -sd, -) ;;
   esac
+  per_rate=BENCH_WORKLOADS_$rate
+  selected=${!per_rate:-$selected}
   [ -n "$selected" ] || continue
   echo "python3 scripts/bench/bench.py ${args[*]} --workloads $selected" >> "$commands"
   python3 "$here/bench.py" "${args[@]}" --workloads "$selected" || echo "suite.sh: some phases at $rate were not correct (see BENCHMARKS.md)" >&2
 done
 if [ "${BENCH_REPORT:-1}" = 1 ]; then
   python3 "$here/report.py" "$results" --benchmarks "$repo/BENCHMARKS.md" --readme "$repo/README.md" \
-    --commands <(printf 'sudo BENCH_HUGE_GIB=%s BENCH_RATES="%s" scripts/bench/suite.sh\n# which ran:\n' "$huge" "$rates"; cat "$commands")
+    --commands <(env | grep '^BENCH_' | sort | sed 's/^/export /'; echo "sudo -E scripts/bench/suite.sh"; echo "# which ran:"; cat "$commands")
   echo "suite.sh: wrote $repo/BENCHMARKS.md and the README table (results in $results)"
 fi

@@ -286,15 +286,47 @@ impl KnownHosts {
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
-        let temp = self.path.with_extension("tmp");
-        fs::write(&temp, text).map_err(io_err(&temp))?;
-        fs::rename(&temp, &self.path).map_err(io_err(&self.path))
+        // A temporary of this process's own: two pushes pinning at once (cron
+        // jobs sharing a config) must not rename each other's file away.
+        static PINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = self.path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+        let written = fs::write(&temp, text).map_err(io_err(&temp));
+        let renamed = written.and_then(|()| fs::rename(&temp, &self.path).map_err(io_err(&self.path)));
+        if renamed.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        renamed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pushes sharing a config directory pin at the same time; each must
+    /// succeed and leave a readable file (a shared temporary name once made
+    /// one of them fail with "No such file or directory").
+    #[test]
+    fn concurrent_pins_do_not_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let fp: Fingerprint = Identity::generate().unwrap().fingerprint();
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let path = path.clone();
+                scope.spawn(move || {
+                    for i in 0..50 {
+                        let mut hosts = KnownHosts::load(&path).unwrap();
+                        hosts.pin(&format!("host{t}-{i}:7878"), fp).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(KnownHosts::load(&path).is_ok());
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("known_hosts")]);
+    }
 
     #[test]
     fn fingerprint_roundtrips_as_text() {

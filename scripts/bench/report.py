@@ -149,7 +149,7 @@ def benchmarks_md(rows, run_id, commands):
         "## Targets",
         "",
         "From issue 6; every ratio compares figures of this one run. "
-        "A **no** is a missed target (see \"Where xfer falls short\").",
+        "A **no** is a missed target; \"Where xfer falls short\" below says why.",
         "",
         "| target | workload | xfer | reference | ratio | met |",
         "|---|---|---|---|---|---|",
@@ -194,6 +194,10 @@ def benchmarks_md(rows, run_id, commands):
         lines += ["", "## Incorrect results", ""]
         for r in wrong:
             lines.append(f"- {r['tool']} {r['workload']} {r['phase']} {r['rate']}: {'; '.join(r['problems'][:3])}")
+    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ANALYSIS.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            lines += ["", f.read().strip()]
     lines += ["", "## How it was run", "", "```sh", commands.strip(), "```", ""]
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "METHOD.md")) as f:
         lines.append(f.read().strip())

@@ -192,7 +192,13 @@ pub struct Encoder {
     level: Option<(i32, i32)>,
     /// [`Compression::Auto`]'s level controller and the window's figures.
     adaptive: Option<Adaptive>,
+    /// Times the encoding for [`Compression::Auto`]; the edge that owns the
+    /// clock supplies it, since the core reads none.
+    clock: Option<Clock>,
 }
+
+/// A monotonic time source: the edges pass `std::time::Instant`'s `now`.
+pub type Clock = fn() -> Instant;
 
 /// What [`Compression::Auto`] measures of its own work between two calls of
 /// [`Encoder::adapt`].
@@ -246,7 +252,16 @@ impl Encoder {
             None => None,
         };
         let adaptive = (compression == Compression::Auto).then(Adaptive::default);
-        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive })
+        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive, clock: None })
+    }
+
+    /// This encoder, timing its work with `clock`. Without a clock
+    /// [`Compression::Auto`] cannot weigh what a level costs, so it never
+    /// raises the level.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The compression this encoder applies.
@@ -299,7 +314,8 @@ impl Encoder {
     /// such a chunk, and no receiver would accept it.
     pub fn encode(&mut self, data: &[u8]) -> EncodedChunk {
         let decoded_len = chunk_len(data);
-        let started = self.adaptive.is_some().then(Instant::now);
+        let clock = self.clock.filter(|_| self.adaptive.is_some());
+        let started = clock.map(|now| now());
         let compressed = match self.compression {
             Compression::Raw => None,
             // Keep zstd only below these sizes: writing into a buffer of
@@ -312,10 +328,10 @@ impl Encoder {
             }
         };
         let (codec, payload) = compressed.unwrap_or_else(|| (Codec::Raw, data.to_vec()));
-        if let (Some(adaptive), Some(started)) = (self.adaptive.as_mut(), started) {
+        if let (Some(adaptive), Some(now), Some(started)) = (self.adaptive.as_mut(), clock, started) {
             adaptive.input += data.len() as u64;
             adaptive.output += payload.len() as u64;
-            adaptive.time += started.elapsed();
+            adaptive.time += now().saturating_duration_since(started);
         }
         EncodedChunk { codec, decoded_len, payload }
     }

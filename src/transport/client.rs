@@ -388,7 +388,9 @@ async fn push_unlogged(
         let (endpoint, connection, server) = connect(url, identity, pin).await?;
         let memory = memory_file(&options.state_dir, &server, &url.path);
         let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
-        let encoder = Encoder::new(options.compression).map_err(|e| crate::Error::Encoder(Box::new(e)))?;
+        let encoder = Encoder::new(options.compression)
+            .map_err(|e| crate::Error::Encoder(Box::new(e)))?
+            .with_clock(std::time::Instant::now);
         let mut sender = Sender::new(
             std::sync::Arc::clone(&source),
             FileReader::new(src.clone()),

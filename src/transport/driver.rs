@@ -1097,7 +1097,8 @@ async fn serve_pull(
     .await
     .map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
-        .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?;
+        .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
+        .with_clock(std::time::Instant::now);
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options = crate::plan::PlanOptions { delete: open.delete, protect: None };
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);

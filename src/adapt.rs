@@ -31,9 +31,11 @@ pub const MIN_LEVEL: i32 = DEFAULT_ZSTD_LEVEL;
 /// speed, and on the veth pair at 20 Mbit/s with the machine's two cores
 /// busy, a log-append push that climbed to 9 fell behind the link: 49.3 MB
 /// in 23.2 s, against 53.4 MB in 20.6 s at level 1; capped at 6 it sent
-/// 50.2 MB in 22.1 s. So 6 is the ceiling, and on that busy machine even
-/// 6 traded 6% of bytes for 7% of time (see BENCHMARKS.md for the suite's
-/// figures).
+/// 50.2 MB in 22.1 s. So 6 is the ceiling. Against a fixed level 1 at
+/// 20 Mbit/s (`scripts/bench/sweep.sh`, run 20261127-091111) it saved 5%
+/// of bytes and time on log-append and 3% on database, but sent 1.5% more
+/// on moved-files, where the stronger levels do not compress better, at
+/// 40-50% more CPU; at 100 Mbit/s the times were equal.
 pub const MAX_LEVEL: i32 = 6;
 
 /// How often the transport takes an [`Observation`]: long enough for a

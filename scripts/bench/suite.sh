@@ -50,6 +50,6 @@ for rate in $rates; do
 done
 if [ "${BENCH_REPORT:-1}" = 1 ]; then
   python3 "$here/report.py" "$results" --benchmarks "$repo/BENCHMARKS.md" --readme "$repo/README.md" \
-    --commands <(env | grep '^BENCH_' | sort | sed 's/^/export /'; echo "sudo -E scripts/bench/suite.sh"; echo "# which ran:"; cat "$commands")
+    --commands <(env | grep '^BENCH_' | sort | sed "s/^\([^=]*\)=\(.*\)\$/export \1='\2'/"; echo "sudo -E scripts/bench/suite.sh"; echo "# which ran:"; cat "$commands")
   echo "suite.sh: wrote $repo/BENCHMARKS.md and the README table (results in $results)"
 fi

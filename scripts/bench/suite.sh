@@ -26,6 +26,9 @@ tools=${BENCH_TOOLS:-xfer,rsync,rsync-z,rsync-ssh,restic,borg}
 huge=${BENCH_HUGE_GIB:-16}
 [ "$(id -u)" = 0 ] || { echo "suite.sh: run as root (it installs packages and creates network namespaces)" >&2; exit 2; }
 bash "$here/setup.sh"
+# The tables name the code they measured; "+changes" marks an uncommitted tree.
+built=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ] || built="$built+changes"
 all=$(python3 "$here/workloads.py" --list | paste -sd, -)
 workloads=${BENCH_WORKLOADS:-$all}
 mkdir -p "$dir"
@@ -50,6 +53,6 @@ for rate in $rates; do
 done
 if [ "${BENCH_REPORT:-1}" = 1 ]; then
   python3 "$here/report.py" "$results" --benchmarks "$repo/BENCHMARKS.md" --readme "$repo/README.md" \
-    --commands <(env | grep '^BENCH_' | sort | sed "s/^\([^=]*\)=\(.*\)\$/export \1='\2'/"; echo "sudo -E scripts/bench/suite.sh"; echo "# which ran:"; cat "$commands")
+    --commands <(env | grep '^BENCH_' | sort | sed "s/^\([^=]*\)=\(.*\)\$/export \1='\2'/"; echo "sudo -E scripts/bench/suite.sh"; echo "# xfer built from commit $built"; echo "# which ran:"; cat "$commands")
   echo "suite.sh: wrote $repo/BENCHMARKS.md and the README table (results in $results)"
 fi

@@ -192,9 +192,6 @@ pub struct Encoder {
     level: Option<(i32, i32)>,
     /// [`Compression::Auto`]'s level controller and the window's figures.
     adaptive: Option<Adaptive>,
-    /// Times the encoding for [`Compression::Auto`]; the edge that owns the
-    /// clock supplies it, since the core reads none.
-    clock: Option<Clock>,
 }
 
 /// A monotonic time source: the edges pass `std::time::Instant`'s `now`.
@@ -205,6 +202,9 @@ pub type Clock = fn() -> Instant;
 #[derive(Debug, Default)]
 struct Adaptive {
     controller: LevelController,
+    /// Times the encoding; the edge that owns the clock supplies it, since
+    /// the core reads none.
+    clock: Option<Clock>,
     input: u64,
     output: u64,
     time: Duration,
@@ -252,7 +252,7 @@ impl Encoder {
             None => None,
         };
         let adaptive = (compression == Compression::Auto).then(Adaptive::default);
-        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive, clock: None })
+        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive })
     }
 
     /// This encoder, timing its work with `clock`. Without a clock
@@ -260,7 +260,9 @@ impl Encoder {
     /// raises the level.
     #[must_use]
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = Some(clock);
+        if let Some(adaptive) = self.adaptive.as_mut() {
+            adaptive.clock = Some(clock);
+        }
         self
     }
 
@@ -314,7 +316,7 @@ impl Encoder {
     /// such a chunk, and no receiver would accept it.
     pub fn encode(&mut self, data: &[u8]) -> EncodedChunk {
         let decoded_len = chunk_len(data);
-        let clock = self.clock.filter(|_| self.adaptive.is_some());
+        let clock = self.adaptive.as_ref().and_then(|adaptive| adaptive.clock);
         let started = clock.map(|now| now());
         let compressed = match self.compression {
             Compression::Raw => None,

@@ -86,6 +86,18 @@ pub enum Error {
         #[source]
         source: Box<redb::Error>,
     },
+    /// Another transfer is writing this tree, a directory above it or one
+    /// inside it (see [`crate::store::TreeLock`]).
+    #[error(
+        "{path}: another xfer transfer is writing {holder} or a directory inside it; \
+         try again when it ends (or wait for it with --busy-wait SECONDS)"
+    )]
+    Busy {
+        /// The tree that was to be written.
+        path: PathBuf,
+        /// The directory found locked.
+        holder: PathBuf,
+    },
     /// A path inside the receiver's reserved state directory.
     #[error("{path}: reserved for the receiver's own state; nothing may be written or deleted there")]
     Reserved {
@@ -163,7 +175,11 @@ impl Error {
     /// Whether another transfer holds the same tree's state (its database
     /// lock dies with its process: nothing to clean up by hand).
     pub fn is_busy(&self) -> bool {
-        matches!(self, Error::State { source, .. } if matches!(**source, redb::Error::DatabaseAlreadyOpen))
+        match self {
+            Error::Busy { .. } => true,
+            Error::State { source, .. } => matches!(**source, redb::Error::DatabaseAlreadyOpen),
+            _ => false,
+        }
     }
 
     /// Wraps a state database error with the database's path.

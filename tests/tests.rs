@@ -9,6 +9,7 @@ mod fuzz_regressions;
 mod hostile;
 mod local_faults;
 mod never_lose;
+mod locks_signals;
 mod plan_model;
 mod push;
 mod remote;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
+use super::lock::TreeLock;
 use super::state::{ChunkLoc, StateDb};
 use super::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, Store};
 use crate::chunk::{ChunkRef, FileDigest};
@@ -42,6 +43,9 @@ pub const DEFAULT_BATCH_BYTES: u64 = 1 << 30;
 pub struct MirrorStore {
     root: PathBuf,
     db: StateDb,
+    /// Held while the store is open: no other writer touches the tree,
+    /// anything above it or inside it meanwhile.
+    _lock: TreeLock,
     /// The tree as the last refresh found it; file records live in `db`
     /// only, read when needed, so the tree is not held twice.
     manifest: Manifest,
@@ -59,15 +63,21 @@ impl MirrorStore {
     /// Opens the tree at `root` (created if missing) with its state database
     /// at `state_path`. Call [`Store::refresh`] before planning against it.
     ///
+    /// The tree is locked first ([`TreeLock`]): the state database alone
+    /// would let two writers of one tree with different state directories,
+    /// or of nested trees, remove each other's files.
+    ///
     /// # Errors
-    /// [`Error::Io`] if the root cannot be created, [`Error::State`] if the
-    /// database cannot be opened.
+    /// [`Error::Io`] if the root cannot be created, [`Error::Busy`] if
+    /// another writer holds the tree, [`Error::State`] if the database
+    /// cannot be opened.
     pub fn open(root: &Path, state_path: &Path) -> Result<MirrorStore> {
-        fs::create_dir_all(root).at(root)?;
+        let lock = TreeLock::acquire(root)?;
         let db = StateDb::open(state_path)?;
         Ok(MirrorStore {
             root: root.to_path_buf(),
             db,
+            _lock: lock,
             manifest: Manifest::default(),
             temp_serial: 0,
             batch_files: DEFAULT_BATCH_FILES,

@@ -4,9 +4,11 @@
 //! [`Store`] is the seam between the engine and where the data lives: the
 //! mirror tree here ([`MirrorStore`]), and later object stores.
 
+mod lock;
 mod mirror;
 pub mod state;
 
+pub use lock::TreeLock;
 pub use mirror::{MirrorStore, NeedInfo, Put, Receiving, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
 
 use serde::Serialize;

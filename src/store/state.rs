@@ -65,13 +65,40 @@ pub struct StateDb {
 impl StateDb {
     /// Opens or creates the database at `path`, creating its directory.
     ///
+    /// A database that is damaged (or not a database at all) is moved aside
+    /// to `PATH.corrupt`, replacing an older one, and started afresh with a
+    /// warning: it only ever holds what can be derived again, and an empty
+    /// one costs one full read of the tree, where refusing would stop every
+    /// backup until someone deleted it by hand.
+    ///
     /// # Errors
-    /// [`Error::Io`] if the directory cannot be made, [`Error::State`] if the
-    /// database cannot be opened (for example, another xfer holds it).
+    /// [`Error::Io`] if the directory cannot be made or the damaged file
+    /// moved, [`Error::State`] if the database cannot be opened (for
+    /// example, another xfer holds it).
     pub fn open(path: &Path) -> Result<StateDb> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).at(dir)?;
         }
+        match StateDb::open_as_is(path) {
+            Err(e) if is_damage(&e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".corrupt");
+                let aside = PathBuf::from(aside);
+                std::fs::rename(path, &aside).at(path)?;
+                tracing::warn!(
+                    database = %path.display(),
+                    moved_to = %aside.display(),
+                    error = %e,
+                    "the state database was damaged: moved it aside and starting a new one; \
+                     this run reads every file of the tree once to rebuild it"
+                );
+                StateDb::open_as_is(path)
+            }
+            other => other,
+        }
+    }
+
+    fn open_as_is(path: &Path) -> Result<StateDb> {
         let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| Error::state(path, e))?;
         let state = StateDb { db, path: path.to_path_buf() };
         let txn = state.db.begin_write().map_err(|e| state.err(e))?;
@@ -214,6 +241,18 @@ impl StateDb {
         }
         crate::crashpoint::hit("state.txn");
         txn.commit().map_err(|e| self.err(e))
+    }
+}
+
+/// Whether `error` says the database file is damaged or no database at
+/// all (redb reports a file without its magic number as invalid data),
+/// rather than held, unreadable or on a failing disk.
+fn is_damage(error: &Error) -> bool {
+    let Error::State { source, .. } = error else { return false };
+    match &**source {
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,
+        redb::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
     }
 }
 

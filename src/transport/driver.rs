@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use xfer_protocol::{frame, CloseCode, Kind, Message};
 
 use super::access::{Access, Refusal, Want};
@@ -77,6 +78,10 @@ pub struct ServeConfig {
     /// timeout alone does not do it: the client's stack answers keep-alives
     /// even when the client itself has stalled.
     pub idle_timeout: Duration,
+    /// Cancelling it shuts the server down: no new session is accepted,
+    /// each running one stops at its next commit point and is closed with
+    /// the reason, its record is written, and then [`serve`] returns.
+    pub shutdown: CancellationToken,
 }
 
 impl ServeConfig {
@@ -91,6 +96,7 @@ impl ServeConfig {
             audit: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: super::IDLE_TIMEOUT,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -256,11 +262,20 @@ impl Activity {
 struct Watch {
     activity: Activity,
     idle: Option<Duration>,
+    /// The server shutting down (never, on a client: its user cancels
+    /// through the connection instead).
+    stop: CancellationToken,
 }
 
 impl Watch {
     fn unlimited() -> Self {
-        Watch { activity: Activity::new(), idle: None }
+        Watch { activity: Activity::new(), idle: None, stop: CancellationToken::new() }
+    }
+
+    /// Resolves with the reason once the server shuts down.
+    async fn stopped(&self) -> SessionError {
+        self.stop.cancelled().await;
+        shutting_down()
     }
 
     /// Resolves with a `Timeout` error once no stream byte has moved for
@@ -277,6 +292,17 @@ impl Watch {
             }
             from = last;
         }
+    }
+}
+
+/// Why a session ends when its server stops (SIGTERM, Ctrl-C): the files
+/// received whole were committed first.
+fn shutting_down() -> SessionError {
+    SessionError::Peer {
+        code: Some(CloseCode::Cancelled),
+        message: "the server is shutting down; the files it received whole were kept, \
+                  and the next run goes on from there"
+            .into(),
     }
 }
 
@@ -490,6 +516,7 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
                     () = ctrl.room() => None,
                     () = data.room() => None,
                     e = watch.stalled() => Some(Some(Inbound { frame: Err(e), _held: None })),
+                    e = watch.stopped() => Some(Some(Inbound { frame: Err(e), _held: None })),
                 }
             });
             if let Some(message) = input {
@@ -681,6 +708,7 @@ async fn drive_receiver(
                     m = data_in.recv() => Some((m, Lane::Data)),
                     () = out.room() => None,
                     e = watch.stalled() => Some((Some(Inbound { frame: Err(e), _held: None }), Lane::Control)),
+                    e = watch.stopped() => Some((Some(Inbound { frame: Err(e), _held: None }), Lane::Control)),
                 }
             });
             if let Some((message, lane)) = input {
@@ -803,8 +831,14 @@ fn ended(connection: &Connection) -> SessionError {
 /// handshake, with a reason).
 pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let sessions = Arc::new(Semaphore::new(config.max_sessions.max(1)));
-    while let Some(incoming) = endpoint.accept().await {
+    let max_sessions = u32::try_from(config.max_sessions.max(1)).unwrap_or(u32::MAX);
+    let sessions = Arc::new(Semaphore::new(max_sessions as usize));
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = config.shutdown.cancelled() => None,
+        };
+        let Some(incoming) = incoming else { break };
         let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
             let from = incoming.remote_address();
             tracing::warn!(%from, "connection refused before its handshake: too many handshakes under way");
@@ -816,6 +850,10 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
             let connection = handshake(incoming, config.idle_timeout.min(HANDSHAKE_TIMEOUT)).await;
             drop(handshaking);
             let Some(connection) = connection else { return };
+            if config.shutdown.is_cancelled() {
+                refuse_shutdown(&connection, &config);
+                return;
+            }
             match sessions.try_acquire_owned() {
                 Ok(permit) => {
                     serve_and_record(connection, config).await;
@@ -825,6 +863,21 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
             }
         });
     }
+    // Shut down: every session permit back means every session stopped
+    // at its commit point, closed with its reason and left its record.
+    if config.shutdown.is_cancelled() {
+        let _ = sessions.acquire_many(max_sessions).await;
+    }
+}
+
+/// Closes a connection that completed its handshake as the server shut
+/// down, and records it.
+fn refuse_shutdown(connection: &Connection, config: &ServeConfig) {
+    let mut record = audit_record(connection);
+    let error = shutting_down();
+    record.fail(Some(error.close_code()), error.to_string());
+    audit(config, &record);
+    connection.close(VarInt::from_u32(error.close_code() as u32), error.to_string().as_bytes());
 }
 
 /// Completes a handshake within `limit`, or records why not (a client
@@ -932,7 +985,7 @@ pub async fn serve_connection(
             connection.closed().await;
         }
         Err(e) => {
-            let mut reason = e.to_string();
+            let mut reason = client_reason(&config, e);
             while reason.len() > MAX_CLOSE_REASON {
                 reason.pop();
             }
@@ -940,6 +993,24 @@ pub async fn serve_connection(
         }
     }
     result
+}
+
+/// What a client is told of a failure: the server's own paths are none of
+/// its business, so the root becomes `/` (as the client names paths) and
+/// the state database is named as such.
+fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
+    let mut reason = match error {
+        SessionError::Local(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
+        other => other.to_string(),
+    };
+    if let ServerState::Outside(dir) = &config.state {
+        reason = reason.replace(&*dir.to_string_lossy(), "<server state>");
+    }
+    let root = config.root.to_string_lossy();
+    if root != "/" && !root.is_empty() {
+        reason = reason.replace(&*root, "");
+    }
+    reason
 }
 
 /// Longest close reason sent: it must fit one packet with room to spare.
@@ -997,10 +1068,13 @@ async fn serve_session(
             return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
         }
     };
-    let watch = Watch { activity: Activity::new(), idle: Some(config.idle_timeout) };
+    let watch = Watch { activity: Activity::new(), idle: Some(config.idle_timeout), stop: config.shutdown.clone() };
     let opening = open_session(connection, &watch.activity);
-    let Opened { send, ctrl_in, reader, hello, open } =
-        tokio::time::timeout(config.idle_timeout, opening).await.map_err(|_| timed_out(config.idle_timeout))??;
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(config.idle_timeout, opening) => opened,
+        e = watch.stopped() => return Err(e),
+    };
+    let Opened { send, ctrl_in, reader, hello, open } = opened.map_err(|_| timed_out(config.idle_timeout))??;
     let want = match open.direction {
         xfer_protocol::msg::Direction::Pull => Want::Read,
         xfer_protocol::msg::Direction::Push => Want::Write,
@@ -1098,12 +1172,16 @@ async fn serve_pull(
     let abs = path.to_path(&config.root);
     let reserved = (path.is_root() && config.state == ServerState::InRoot).then_some(SERVER_STATE_DIR.as_bytes());
     let (tree, checksum) = (abs.clone(), open.checksum);
-    let scanned = tokio::task::spawn_blocking(move || {
+    let scanning = tokio::task::spawn_blocking(move || {
         let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
         crate::scan::scan_with(&tree, &mut crate::scan::Unrecorded, options)
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;
+    });
+    // A scan only reads: on shutdown it is left to finish alone.
+    let scanned = tokio::select! {
+        scanned = scanning => scanned,
+        e = watch.stopped() => return Err(e),
+    };
+    let scanned = scanned.map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
         .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
@@ -1124,7 +1202,10 @@ fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore
         Err(e) if e.is_busy() => {
             return Err(SessionError::Peer {
                 code: Some(CloseCode::Busy),
-                message: format!("another push to /{path} is in progress; try again when it ends"),
+                message: format!(
+                    "another transfer is writing /{path}, a directory above it or one inside it; \
+                     try again when it ends"
+                ),
             })
         }
         Err(e) => return Err(e.into()),

@@ -35,6 +35,40 @@ const EXIT_WINDOW: u8 = 4;
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// Exit code after SIGTERM (`systemctl stop`, `kill`): 128 + SIGTERM, as
+/// shells report it, though the run stopped at a commit point.
+const EXIT_TERMINATED: u8 = 143;
+
+/// Longest a stopping server waits for its sessions to reach their commit
+/// point before it closes what is left.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGINT and SIGTERM, caught: a transfer or a server stops at its next
+/// commit point instead of dying mid-write.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Catches both signals from now on (call inside the runtime).
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("catch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catch SIGTERM")?,
+        })
+    }
+
+    /// The exit code of the first signal to arrive (128 + its number).
+    async fn next(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.interrupt.recv() => EXIT_INTERRUPTED,
+            _ = self.terminate.recv() => EXIT_TERMINATED,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
@@ -73,9 +107,17 @@ fn tune_malloc() {}
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = cli.verbose > 0;
-    if verbose && matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
+    let transfer = matches!(cli.command, Command::Push(_) | Command::Pull(_));
+    if verbose && transfer {
         let level = if cli.verbose > 1 { tracing::Level::DEBUG } else { tracing::Level::INFO };
         tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    } else if transfer && !cli.quiet {
+        // Without -v, only what the user must know: a damaged state
+        // database that was moved aside and rebuilt.
+        use tracing_subscriber::prelude::*;
+        let only = tracing_subscriber::filter::Targets::new().with_target("xfer::store::state", tracing::Level::WARN);
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+        tracing_subscriber::registry().with(layer.with_filter(only)).init();
     }
     // -v lists what changes, as rsync -v lists the files it sends.
     match cli.command {
@@ -182,16 +224,28 @@ fn serve(
         config.max_sessions = limits.max_sessions;
         config.idle_timeout = limits.idle_timeout;
         config.audit = Some(Arc::new(audit));
+        let shutdown = config.shutdown.clone();
         let config = std::sync::Arc::new(config);
+        let mut signals = StopSignals::install()?;
+        let serving = transport::driver::serve(endpoint.clone(), config);
+        tokio::pin!(serving);
         tokio::select! {
-            () = transport::driver::serve(endpoint.clone(), config) => {}
-            _ = tokio::signal::ctrl_c() => {
+            () = &mut serving => {}
+            code = signals.next() => {
+                let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
+                eprintln!("xfer: {name}: stopping each session at its next commit point");
+                shutdown.cancel();
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await.is_err() {
+                    tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "sessions still running after the grace period");
+                }
                 endpoint.close(0u32.into(), b"server shutting down");
-                endpoint.wait_idle().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
             }
         }
         Ok::<_, anyhow::Error>(())
     })?;
+    // A pull's scan left running reads only: not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -313,11 +367,13 @@ fn transfer(
         options.progress = xfer::progress::ProgressSink::new(console.clone());
     }
     let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
-    let cancel = options.cancel.clone();
+    let mut signals = runtime.block_on(async { StopSignals::install() })?;
+    let (cancel, reason) = (options.cancel.clone(), stop.clone());
     runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            cancel.cancel();
-        }
+        let code = signals.next().await;
+        // A window that closed first keeps its code.
+        let _ = reason.compare_exchange(EXIT_INTERRUPTED, code, Ordering::SeqCst, Ordering::SeqCst);
+        cancel.cancel();
     });
     // The window closing stops the transfer at a commit point; a timetable
     // is re-read as the clock moves.
@@ -343,10 +399,10 @@ fn transfer(
         Ok(report) => print_report(&report, args, push, quiet),
         Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {
             let code = stop.load(Ordering::SeqCst);
-            let message = if code == EXIT_WINDOW {
-                format!("the window {} closed; {e:#}", window_text)
-            } else {
-                format!("interrupted; {e:#}")
+            let message = match code {
+                EXIT_WINDOW => format!("the window {} closed; {e:#}", window_text),
+                EXIT_TERMINATED => format!("stopped by SIGTERM; {e:#}"),
+                _ => format!("interrupted; {e:#}"),
             };
             Ok(stopped(args.json, quiet, code, &message))
         }

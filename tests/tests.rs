@@ -14,4 +14,5 @@ mod plan_model;
 mod push;
 mod remote;
 mod session;
+mod sparse_readonly;
 mod transport;

@@ -422,7 +422,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 // Another file in flight holds it already: copy it now.
                 Some(home) if self.is_stored(home) => {
                     let bytes = self.home_bytes(home).ok_or(Error::UnknownTransfer { file, need: n })?;
-                    build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
+                    write_sparse(&build.file, &bytes, need.offset).at(&build.temp)?;
                     stored[n] = true;
                     self.report.chunks_reused += 1;
                     self.report.bytes_reused += u64::from(need.chunk.len);
@@ -460,7 +460,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         for (file, n) in waiting {
             let Some(flight) = self.in_flight.get_mut(&file) else { continue };
             let need = &flight.build.needs[n];
-            flight.build.file.write_all_at(&bytes, need.offset).at(&flight.build.temp)?;
+            write_sparse(&flight.build.file, &bytes, need.offset).at(&flight.build.temp)?;
             flight.stored[n] = true;
             self.report.chunks_reused += 1;
             self.report.bytes_reused += u64::from(need.chunk.len);
@@ -778,7 +778,7 @@ impl MirrorStore {
             };
             match local {
                 Some(bytes) => {
-                    file.write_all_at(&bytes, here).at(temp)?;
+                    write_sparse(&file, &bytes, here).at(temp)?;
                     reused.chunks += 1;
                     reused.bytes += u64::from(chunk.len);
                 }
@@ -813,7 +813,7 @@ impl MirrorStore {
         let base = if with_base { self.base_bytes(need) } else { None };
         match codec::decode(encoded, &need.chunk.id, base.as_deref()) {
             Ok(bytes) => {
-                build.file.write_all_at(&bytes, need.offset).at(&build.temp)?;
+                write_sparse(&build.file, &bytes, need.offset).at(&build.temp)?;
                 crate::crashpoint::hit("store.chunk");
                 Ok(true)
             }
@@ -834,7 +834,7 @@ impl MirrorStore {
             let need = &build.needs[n];
             let mut bytes = vec![0u8; need.chunk.len as usize];
             build.file.read_exact_at(&mut bytes, need.offset).at(&build.temp)?;
-            build.file.write_all_at(&bytes, offset).at(&build.temp)?;
+            write_sparse(&build.file, &bytes, offset).at(&build.temp)?;
         }
         // Chunks landed in any order, so the whole-file hash is taken from
         // the temporary itself (page cache), which also proves what will be
@@ -1010,6 +1010,50 @@ impl MirrorStore {
         batch.removals.clear();
         batch.received.clear();
     }
+}
+
+/// The block holes are made of: a piece of a write that lies within one
+/// such block of the file (aligned) and holds only zeros is not written.
+/// 4 KiB is the block of the common filesystems; on one with larger blocks
+/// a block that is only partly zero is allocated, as it must be.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `bytes` at `offset` of a temporary, leaving out the pieces that
+/// are all zeros within one aligned [`HOLE_BLOCK`], so that zero runs stay
+/// holes (a 200 MB disk image with 8 KB of data takes 8 KB, not 200 MB).
+///
+/// Sound because temporaries are new files sized by `set_len`, which read
+/// as zeros wherever nothing was written, and every write to a range of one
+/// carries that range's chunk bytes, verified against their id: no range
+/// ever held other bytes that a skipped zero piece would have to clear.
+/// The whole-file hash taken before the rename checks it all anyway.
+fn write_sparse(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    // Start (in `bytes`) of the data not yet written.
+    let mut data: Option<usize> = None;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let pos = offset + at as u64;
+        let to_boundary = HOLE_BLOCK - pos % HOLE_BLOCK;
+        let end = at + (bytes.len() - at).min(to_boundary as usize);
+        if is_zero(&bytes[at..end]) {
+            if let Some(start) = data.take() {
+                file.write_all_at(&bytes[start..at], offset + start as u64)?;
+            }
+        } else if data.is_none() {
+            data = Some(at);
+        }
+        at = end;
+    }
+    match data {
+        Some(start) => file.write_all_at(&bytes[start..], offset + start as u64),
+        None => Ok(()),
+    }
+}
+
+/// Whether `bytes` are all zero; the inner OR has no early exit, so it is
+/// vectorised.
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.chunks(64).all(|piece| piece.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Reads byte ranges of receiver files, keeping the last file open.

@@ -1,0 +1,190 @@
+//! Sparse files stay sparse on the receiver (locally and through a server,
+//! with zero runs costing next to nothing on the wire).
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use tempfile::TempDir;
+use xfer::codec::Compression;
+use xfer::engine::{push_local, PushOptions};
+use xfer::identity::Identity;
+use xfer::transport::access::Access;
+use xfer::transport::client::{push, RemotePush, RemoteUrl};
+use xfer::transport::driver::{serve, ServeConfig};
+use xfer::transport::{server_endpoint, Tuning};
+
+use crate::util::seeded;
+
+const SPARSE_SIZE: u64 = 200 << 20;
+
+fn xfer(tmp: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("xfer"));
+    cmd.env("XFER_STATE_DIR", tmp.join("state")).env("XFER_CONFIG_DIR", tmp.join("cfg"));
+    cmd
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A 200 MB file holding 4 KB of data in its middle and 4 KB at its end,
+/// the rest holes; `None` where the filesystem does not keep holes.
+fn sparse_source(dir: &Path) -> Option<PathBuf> {
+    let path = dir.join("disk.img");
+    let file = File::create(&path).unwrap();
+    file.set_len(SPARSE_SIZE).unwrap();
+    file.write_all_at(&seeded(4096, 1), 100 << 20).unwrap();
+    file.write_all_at(&seeded(4096, 2), SPARSE_SIZE - 4096).unwrap();
+    drop(file);
+    (allocated(&path) <= 64 << 10).then_some(path)
+}
+
+/// Compares two files piece by piece (200 MB twice would be a lot of memory).
+fn assert_same_content(a: &Path, b: &Path) {
+    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
+    assert_eq!(fa.metadata().unwrap().len(), fb.metadata().unwrap().len(), "{} vs {}", a.display(), b.display());
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            return;
+        }
+        fb.read_exact(&mut bb[..n]).unwrap();
+        assert!(ba[..n] == bb[..n], "{} and {} differ", a.display(), b.display());
+    }
+}
+
+/// The receiver's copy of a 200 MB sparse file with 8 KB of data stays
+/// sparse after a local push (main at 9faa489 allocated all 200 MB), and
+/// again after a push that changes a little of it.
+#[test]
+fn sparse_file_stays_sparse_in_a_local_push() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir(&src).unwrap();
+    let Some(image) = sparse_source(&src) else {
+        eprintln!("skipped: this filesystem does not keep holes");
+        return;
+    };
+    let out = xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["files_changed"], 1);
+    let copy = dest.join("disk.img");
+    assert_same_content(&image, &copy);
+    let used = allocated(&copy);
+    eprintln!("local push: source {} bytes allocated, copy {used}", allocated(&image));
+    assert!(used <= 1 << 20, "the copy of a sparse file has {used} bytes allocated");
+
+    // A changed file is rebuilt from the old copy's chunks: those reused
+    // zero chunks must not fill the holes either.
+    File::options().write(true).open(&image).unwrap().write_all_at(&seeded(4096, 3), 50 << 20).unwrap();
+    let out = xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["files_changed"], 1);
+    assert_same_content(&image, &copy);
+    let used = allocated(&copy);
+    assert!(used <= 1 << 20, "after a change the copy has {used} bytes allocated");
+}
+
+/// Through a server: the copy stays sparse, and the 200 MB of zeros cost
+/// a few kilobytes on the wire (one zero chunk, sent once, compressed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_file_stays_sparse_through_a_server_and_costs_little_wire() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let Some(image) = sparse_source(&src) else {
+        eprintln!("skipped: this filesystem does not keep holes");
+        return;
+    };
+    let client = Identity::generate().unwrap();
+    let server_id = Identity::generate().unwrap();
+    let root = tmp.path().join("served");
+    fs::create_dir(&root).unwrap();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &server_id, Tuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), Access::allow(&[client.fingerprint()])))));
+    let url = RemoteUrl { authority: addr.to_string(), path: "site".into() };
+    let options =
+        RemotePush { busy_wait: std::time::Duration::from_secs(10), ..RemotePush::new(tmp.path().join("cs")) };
+    let report = push(&src, &url, &client, Some(server_id.fingerprint()), &options).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let copy = root.join("site/disk.img");
+    assert_same_content(&image, &copy);
+    let used = allocated(&copy);
+    let wire = report.wire_bytes_sent + report.wire_bytes_received;
+    eprintln!("server push: copy {used} bytes allocated, wire {wire} bytes, data {} bytes", report.bytes_sent);
+    assert!(used <= 1 << 20, "the server's copy has {used} bytes allocated");
+    // 8 KB of random data, one compressed zero chunk and the file's list of
+    // about 800 chunk ids; the zero runs themselves cost nothing.
+    assert!(wire < 128 << 10, "a 200 MB sparse file with 8 KB of data cost {wire} wire bytes");
+}
+
+/// Bytes made of zero runs and data runs: `(zeros, data)` pairs.
+fn zero_runs(runs: &[(usize, usize)], seed: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (n, &(zeros, data)) in runs.iter().enumerate() {
+        bytes.resize(bytes.len() + zeros, 0);
+        bytes.extend(seeded(data, seed + n as u64));
+    }
+    bytes
+}
+
+/// Bytes a file whose content is `bytes` needs at most when every 4 KiB
+/// block holding only zeros is a hole, with room for the filesystem's
+/// extent blocks.
+fn sparse_bound(bytes: &[u8]) -> u64 {
+    let data_blocks = bytes.chunks(4096).filter(|b| b.iter().any(|&x| x != 0)).count() as u64;
+    (data_blocks + 4) * 4096
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Files of zero runs and data runs of any lengths and alignments, new
+    /// and then changed (rebuilt partly from the old copy's chunks), arrive
+    /// byte for byte with every all-zero block a hole.
+    #[test]
+    fn zero_runs_arrive_exact_and_as_holes(
+        runs in prop::collection::vec((0usize..200_000, 0usize..6_000), 1..12),
+        edit in (0usize..400_000, 1usize..3_000, any::<bool>()),
+        seed in any::<u64>(),
+    ) {
+        let tmp = TempDir::new().unwrap();
+        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        fs::create_dir(&src).unwrap();
+        let options = PushOptions {
+            delete: true,
+            checksum: false,
+            compression: Compression::Auto,
+            state_dir: tmp.path().join("state"),
+            filter: None,
+        };
+        let mut bytes = zero_runs(&runs, seed);
+        for round in 0..2 {
+            fs::write(src.join("f"), &bytes).unwrap();
+            push_local(&src, &dest, &options).unwrap();
+            let copy = fs::read(dest.join("f")).unwrap();
+            prop_assert!(copy == bytes, "round {}: content differs", round);
+            let used = allocated(&dest.join("f"));
+            prop_assert!(used <= sparse_bound(&bytes), "round {}: {} bytes allocated, bound {}", round, used, sparse_bound(&bytes));
+            // A change: data written into the zeros, or zeros over data.
+            let (at, len, zeros) = edit;
+            let at = at.min(bytes.len());
+            let end = (at + len).min(bytes.len());
+            let fill = if zeros { vec![0; end - at] } else { seeded(end - at, seed ^ 0x5a5a) };
+            bytes[at..end].copy_from_slice(&fill);
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! Sparse files stay sparse on the receiver (locally and through a server,
-//! with zero runs costing next to nothing on the wire).
+//! with zero runs costing next to nothing on the wire), and read-only
+//! source directories do not freeze the backup of what is inside them.
 
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -187,4 +188,118 @@ proptest! {
             bytes[at..end].copy_from_slice(&fill);
         }
     }
+}
+
+/// Runs `cmd` as the unprivileged user `nobody` (root may write into any
+/// directory, so read-only modes need another user); `None` when that is
+/// impossible.
+fn as_nobody(cmd: &Command) -> Option<Command> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.to_string();
+    let mut out = if uid == "0" {
+        Command::new("setpriv").arg("--version").output().ok()?;
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cmd.get_program());
+        c
+    } else {
+        Command::new(cmd.get_program())
+    };
+    out.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            out.env(k, v);
+        }
+    }
+    Some(out)
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Pushes `src` to `dest` as `nobody`, with `--delete`.
+fn push_as_nobody(tmp: &Path, src: &Path, dest: &Path) -> Option<Output> {
+    let mut cmd = xfer(tmp);
+    cmd.args(["push", "--delete", "--json"]).arg(src).arg(dest);
+    Some(as_nobody(&cmd)?.output().unwrap())
+}
+
+/// A tree all users may enter, with state and config dirs `nobody` can use.
+fn shared_tmp() -> TempDir {
+    let tmp = TempDir::new().unwrap();
+    chmod(tmp.path(), 0o777);
+    for dir in ["state", "cfg"] {
+        fs::create_dir(tmp.path().join(dir)).unwrap();
+        chmod(&tmp.path().join(dir), 0o777);
+    }
+    tmp
+}
+
+/// Read-only source directories (mode 555) pushed by a non-root user: the
+/// copies get 555 too, and later changes inside them (a changed file, a
+/// new one, a deleted one, a deleted read-only subdirectory, finally the
+/// whole directory) still land, with the modes back to 555 afterwards. On
+/// main at 9faa489 the second push failed for every entry inside.
+#[test]
+fn read_only_source_directories_do_not_freeze_the_backup() {
+    let tmp = shared_tmp();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("ro/sub")).unwrap();
+    fs::write(src.join("ro/a"), b"a1").unwrap();
+    fs::write(src.join("ro/b"), b"b1").unwrap();
+    fs::write(src.join("ro/sub/c"), b"c1").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    chmod(&src.join("ro/sub"), 0o555);
+    chmod(&src.join("ro"), 0o555);
+    let Some(first) = push_as_nobody(tmp.path(), &src, &dest) else {
+        eprintln!("skipped: cannot run as another user here");
+        return;
+    };
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(mode(&dest.join("ro")), 0o555);
+    assert_eq!(mode(&dest.join("ro/sub")), 0o555);
+    assert_eq!(fs::read(dest.join("ro/sub/c")).unwrap(), b"c1");
+
+    // The test runs as root, which writes into 555 directories anyway.
+    fs::write(src.join("ro/a"), b"a2, longer").unwrap();
+    fs::write(src.join("ro/new"), b"new").unwrap();
+    fs::remove_file(src.join("ro/b")).unwrap();
+    fs::write(src.join("ro/sub/c"), b"c2").unwrap();
+    let second = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(json(&second)["files_changed"], 3);
+    assert_eq!(fs::read(dest.join("ro/a")).unwrap(), b"a2, longer");
+    assert_eq!(fs::read(dest.join("ro/new")).unwrap(), b"new");
+    assert_eq!(fs::read(dest.join("ro/sub/c")).unwrap(), b"c2");
+    assert!(!dest.join("ro/b").exists());
+    assert_eq!(mode(&dest.join("ro")), 0o555, "the mode was not restored");
+    assert_eq!(mode(&dest.join("ro/sub")), 0o555, "the mode was not restored");
+    let noop = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(noop.status.code(), Some(0), "{}", String::from_utf8_lossy(&noop.stderr));
+    assert_eq!(json(&noop)["files_changed"], 0);
+
+    // A read-only subdirectory with a file in it goes.
+    fs::remove_dir_all(src.join("ro/sub")).unwrap();
+    let third = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(third.status.code(), Some(0), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(!dest.join("ro/sub").exists());
+    assert_eq!(mode(&dest.join("ro")), 0o555);
+
+    // The whole read-only tree goes, with a read-only directory inside.
+    fs::create_dir(src.join("ro/sub2")).unwrap();
+    fs::write(src.join("ro/sub2/d"), b"d").unwrap();
+    chmod(&src.join("ro/sub2"), 0o555);
+    let fourth = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(fourth.status.code(), Some(0), "{}", String::from_utf8_lossy(&fourth.stderr));
+    assert_eq!(mode(&dest.join("ro/sub2")), 0o555);
+    chmod(&src.join("ro"), 0o755);
+    fs::remove_dir_all(src.join("ro")).unwrap();
+    let fifth = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(fifth.status.code(), Some(0), "{}", String::from_utf8_lossy(&fifth.stderr));
+    assert!(!dest.join("ro").exists());
+    assert_eq!(fs::read(dest.join("top")).unwrap(), b"top");
 }

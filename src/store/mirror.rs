@@ -15,7 +15,7 @@ use std::borrow::BorrowMut;
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
@@ -57,6 +57,16 @@ pub struct MirrorStore {
     /// Test hook: fail at this step number.
     fail_at: Option<u32>,
     steps: u32,
+    /// Directories made writable for this run, with the mode to give back.
+    unlocked: HashMap<PathBuf, Unlocked>,
+}
+
+/// A directory opened up for writing: the mode it had, and which directory
+/// it was (a path may name another one by the time the mode goes back).
+struct Unlocked {
+    mode: u32,
+    dev: u64,
+    ino: u64,
 }
 
 impl MirrorStore {
@@ -85,6 +95,7 @@ impl MirrorStore {
             reserved: None,
             fail_at: None,
             steps: 0,
+            unlocked: HashMap::new(),
         })
     }
 
@@ -173,6 +184,58 @@ impl MirrorStore {
         let name = RelPath::new(name).expect("invariant: temp names are one safe component");
         parent.join(name.as_bytes()).expect("invariant: temp names are one safe component").to_path(&self.root)
     }
+
+    /// Makes the directory holding `path` writable if it is not and this
+    /// user owns it: a read-only directory of the source, copied with its
+    /// mode, must not stop every later change inside it. The mode goes back
+    /// when the run ends ([`MirrorStore::relock`]), or at the plan's final
+    /// `SetMeta` of the directory. A directory of another user stays as it
+    /// is, and what needs it fails with its own path.
+    fn unlock_parent(&mut self, path: &RelPath) {
+        let dir = self.abs(&path.parent());
+        if self.unlocked.contains_key(&dir) {
+            return;
+        }
+        if let Some(unlocked) = open_up(&dir, 0o300) {
+            self.unlocked.insert(dir, unlocked);
+        }
+    }
+
+    /// Gives the directories opened up for writing their modes back; one
+    /// replaced meanwhile (another inode there) is left alone. Should this
+    /// not happen (a crash), the next run finds the modes differ from the
+    /// source's and sets them.
+    fn relock(&mut self) {
+        for (dir, Unlocked { mode, dev, ino }) in self.unlocked.drain() {
+            let Ok(handle) = open_dir_nofollow(&dir) else { continue };
+            if handle.metadata().is_ok_and(|m| m.dev() == dev && m.ino() == ino) {
+                let _ = handle.set_permissions(fs::Permissions::from_mode(mode));
+            }
+        }
+    }
+}
+
+/// Opens the directory `dir` itself, never a symlink's target, so that a
+/// mode change lands on the directory that was checked.
+fn open_dir_nofollow(dir: &Path) -> std::io::Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options().read(true).custom_flags((OFlags::DIRECTORY | OFlags::NOFOLLOW).bits() as i32).open(dir)
+}
+
+/// Adds the owner permission bits `bits` to directory `dir` if it lacks
+/// some; returns what it was when it changed. `None` when nothing changed:
+/// the bits were there, the directory is not this user's, or it cannot be
+/// opened (a mode without read permission).
+fn open_up(dir: &Path, bits: u32) -> Option<Unlocked> {
+    let handle = open_dir_nofollow(dir).ok()?;
+    let meta = handle.metadata().ok()?;
+    let mode = meta.mode() & 0o7777;
+    if mode & bits == bits {
+        return None;
+    }
+    handle.set_permissions(fs::Permissions::from_mode(mode | bits)).ok()?;
+    Some(Unlocked { mode, dev: meta.dev(), ino: meta.ino() })
 }
 
 impl Store for MirrorStore {
@@ -329,6 +392,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             Op::Symlink { path, target, meta } => store.build_symlink(path, target, meta, &mut self.batch),
             Op::Mkdir { path, meta } => {
                 store.step()?;
+                store.unlock_parent(path);
                 let abs = store.abs(path);
                 match fs::create_dir(&abs) {
                     Ok(()) => {}
@@ -351,6 +415,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 self.commit()?;
                 let store = self.store.borrow_mut();
                 store.step()?;
+                store.unlock_parent(path);
                 crate::crashpoint::hit("store.delete");
                 remove_entry(&store.abs(path))?;
                 crate::crashpoint::hit("store.deleted");
@@ -366,6 +431,8 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 store.step()?;
                 let abs = store.abs(path);
                 set_meta(&abs, meta)?;
+                // Its mode is the source's now, whatever it was before.
+                store.unlocked.remove(&abs);
                 let lstat = fs::symlink_metadata(&abs).at(&abs)?;
                 // Regular files only: a directory made where a deleted file
                 // stood must not inherit its record (not yet dropped), which
@@ -651,6 +718,8 @@ impl<S: BorrowMut<MirrorStore>> Drop for Receiving<S> {
     fn drop(&mut self) {
         // Unfinished: leave final names as they were.
         self.store.borrow_mut().discard(&mut self.batch);
+        // Finished or not, opened-up directories get their modes back.
+        self.store.borrow_mut().relock();
     }
 }
 
@@ -722,6 +791,7 @@ impl MirrorStore {
         report: &mut ApplyReport,
     ) -> Result<FileBuild> {
         self.step()?;
+        self.unlock_parent(path);
         let temp = self.temp_beside(path);
         let file = File::create_new(&temp).at(&temp)?;
         crate::crashpoint::hit("store.temp");
@@ -865,6 +935,7 @@ impl MirrorStore {
     fn build_symlink(&mut self, path: &RelPath, target: &[u8], meta: &Meta, batch: &mut Batch) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         self.step()?;
+        self.unlock_parent(path);
         let temp = self.temp_beside(path);
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temp).at(&temp)?;
         crate::crashpoint::hit("store.symlink");
@@ -1138,10 +1209,32 @@ fn set_meta(abs: &Path, meta: &Meta) -> Result<()> {
 
 fn remove_entry(abs: &Path) -> Result<()> {
     let result = match fs::symlink_metadata(abs) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(abs),
+        Ok(meta) if meta.is_dir() => match fs::remove_dir_all(abs) {
+            // Read-only directories inside (copies of the source's): open
+            // them up and try again, once.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                open_up_tree(abs);
+                fs::remove_dir_all(abs)
+            }
+            other => other,
+        },
         Ok(_) => fs::remove_file(abs),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     };
     result.at(abs)
+}
+
+/// Makes the directories of the tree at `dir` writable and searchable for
+/// their owner, so that a tree holding read-only directories can be removed.
+/// Symlinks are not followed; what cannot be opened up is left for the
+/// removal to report.
+fn open_up_tree(dir: &Path) {
+    let _ = open_up(dir, 0o700);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            open_up_tree(&entry.path());
+        }
+    }
 }

@@ -43,7 +43,9 @@ fn planning(c: &mut Criterion) {
     let (v1, v2) = (manifest(false), manifest(true));
     let mut group = c.benchmark_group("plan_1m_entries");
     group.sample_size(10).throughput(Throughput::Elements(v2.len() as u64));
-    group.bench_function("plan", |b| b.iter(|| plan(&v2, &v1, |_| false, PlanOptions { delete: true, protect: None })));
+    group.bench_function("plan", |b| {
+        b.iter(|| plan(&v2, &v1, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() }))
+    });
     group.bench_function("merkle_tree", |b| b.iter(|| v2.tree()));
     let (t1, t2) = (v1.tree(), v2.tree());
     group.bench_function("diff_trees", |b| b.iter(|| diff_trees(&t2, t1.root(), |dir| t1.listing(dir).to_vec())));

@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         FileReader::new(src.clone()),
         encoder,
         Vec::new(),
-        PlanOptions { delete: true, protect: None },
+        PlanOptions { delete: true, protect: None, ..Default::default() },
         false,
         remembered,
     );

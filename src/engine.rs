@@ -101,7 +101,11 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
     store.refresh(options.checksum)?;
     let source = &scanned.manifest;
     let present = present_chunks(source, store.manifest(), &store)?;
-    let plan_options = PlanOptions { delete: options.delete, protect: options.filter.clone() };
+    let plan_options = PlanOptions {
+        delete: options.delete,
+        protect: options.filter.clone(),
+        skipped: Arc::new(scanned.skipped_paths()),
+    };
     let plan = plan(source, store.manifest(), |id| present.contains(id), plan_options);
 
     let mut supply = LocalSupply {

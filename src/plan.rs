@@ -2,7 +2,7 @@
 //! operations that turn the receiver's tree into the source's, and the chunks
 //! it lacks. Pure functions: no I/O, so they are tested exhaustively.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::chunk::{ChunkRef, FileDigest};
@@ -22,6 +22,36 @@ pub struct PlanOptions {
     /// directory holding such entries is kept too. Pass the filter the
     /// source was scanned with.
     pub protect: Option<Arc<Filter>>,
+    /// Source entries the sender skipped (unreadable, changing while read,
+    /// of an unsupported kind): they exist in the source, so the receiver's
+    /// entry at each path and everything below it is its last good backup.
+    /// The plan leaves it untouched: never deleted, replaced or written
+    /// under, and no directory holding it is deleted or replaced.
+    pub skipped: Arc<HashSet<RelPath>>,
+}
+
+impl PlanOptions {
+    /// Whether `path` is a skipped source entry or lies below one.
+    fn is_skipped(&self, path: &RelPath) -> bool {
+        under_any(path, &self.skipped)
+    }
+}
+
+/// Whether `path` or one of its ancestors (the root included) is in `set`.
+fn under_any(path: &RelPath, set: &HashSet<RelPath>) -> bool {
+    if set.is_empty() {
+        return false;
+    }
+    let mut at = path.clone();
+    loop {
+        if set.contains(&at) {
+            return true;
+        }
+        if at.is_root() {
+            return false;
+        }
+        at = at.parent();
+    }
 }
 
 /// One step of a plan, applied in the plan's order.
@@ -130,7 +160,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     // Set when a source directory cannot replace a protected receiver entry,
     // so nothing is created below it.
     let mut blocked_dir: Option<RelPath> = None;
-    let guard = Protected::new(dest, options.protect.as_deref());
+    let guard = Protected::new(dest, options.protect.as_deref(), &options.skipped);
 
     let (src, dst) = (source.entries(), dest.entries());
     let (mut i, mut j) = (0, 0);
@@ -142,7 +172,9 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
         };
         match order {
             std::cmp::Ordering::Less => {
-                if !blocked_dir.as_ref().is_some_and(|dir| src[i].path.is_inside(dir)) {
+                if !blocked_dir.as_ref().is_some_and(|dir| src[i].path.is_inside(dir))
+                    && !options.is_skipped(&src[i].path)
+                {
                     create(&src[i], &mut mkdirs, &mut writes, &mut dir_metas);
                 }
                 i += 1;
@@ -163,6 +195,10 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                 let (s, d) = (&src[i], &dst[j]);
                 i += 1;
                 j += 1;
+                if options.is_skipped(&s.path) {
+                    // Reported by whoever skipped it; the backup stays as is.
+                    continue;
+                }
                 match (&s.kind, &d.kind) {
                     (EntryKind::Dir, EntryKind::Dir) => {
                         if s.meta != d.meta {
@@ -180,11 +216,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                         }
                     }
                     (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(j - 1) => {
-                        skipped.push(Skipped {
-                            path: s.path.clone(),
-                            reason: "an excluded entry, or a directory holding some, stands here on the receiver; \
-                                     excluded entries are never deleted",
-                        });
+                        skipped.push(Skipped { path: s.path.clone(), reason: guard.why(j - 1) });
                         if matches!(s.kind, EntryKind::Dir) {
                             blocked_dir = Some(s.path.clone());
                         }
@@ -195,18 +227,12 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                         create(s, &mut mkdirs, &mut writes, &mut dir_metas);
                     }
                     (_, EntryKind::Dir) => {
-                        let has_children = dst.get(j).is_some_and(|next| next.path.is_inside(&d.path));
-                        if has_children && !options.delete {
-                            skipped.push(Skipped {
-                                path: s.path.clone(),
-                                reason:
-                                    "a non-empty directory stands here on the receiver (use --delete to replace it)",
-                            });
-                        } else {
-                            conflicts.push(Op::Delete { path: s.path.clone() });
-                            replaced_dir = Some(d.path.clone());
-                            create(s, &mut mkdirs, &mut writes, &mut dir_metas);
-                        }
+                        // The source says this is now a file or symlink: the
+                        // directory is replaced, with or without --delete (its
+                        // content no longer exists in the source either way).
+                        conflicts.push(Op::Delete { path: s.path.clone() });
+                        replaced_dir = Some(d.path.clone());
+                        create(s, &mut mkdirs, &mut writes, &mut dir_metas);
                     }
                     // Content differs, or a file becomes a symlink or back:
                     // an atomic rename replaces it in one step.
@@ -255,46 +281,63 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     Plan { ops, missing, skipped }
 }
 
+/// Why a receiver entry must stay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Nothing protects it.
+    No,
+    /// The filter excludes it, or it holds excluded entries.
+    Excluded,
+    /// It is, lies below or holds an entry the sender skipped.
+    Skipped,
+}
+
 /// Which receiver entries a plan must not delete.
 struct Protected {
     /// By index in the receiver's entries; empty when nothing is protected.
-    keep: Vec<bool>,
+    keep: Vec<Keep>,
 }
 
 impl Protected {
-    fn new(dest: &Manifest, filter: Option<&Filter>) -> Protected {
-        let Some(filter) = filter.filter(|f| !f.is_empty()) else {
+    fn new(dest: &Manifest, filter: Option<&Filter>, skipped: &HashSet<RelPath>) -> Protected {
+        let filter = filter.filter(|f| !f.is_empty());
+        if filter.is_none() && skipped.is_empty() {
             return Protected { keep: Vec::new() };
-        };
+        }
         let entries = dest.entries();
-        let mut keep = vec![false; entries.len()];
+        let mut keep = vec![Keep::No; entries.len()];
         // Sorted order puts a directory's subtree right after it, so the last
         // excluded directory is the only one an entry can be inside.
         let mut excluded_dir: Option<&RelPath> = None;
-        let mut holders: HashSet<RelPath> = HashSet::new();
+        let mut holders: HashMap<RelPath, Keep> = HashMap::new();
         for (k, entry) in entries.iter().enumerate() {
-            if excluded_dir.is_some_and(|dir| entry.path.is_inside(dir)) {
-                keep[k] = true;
-                continue;
-            }
             let is_dir = matches!(entry.kind, EntryKind::Dir);
-            if filter.excludes_entry(&entry.path, is_dir) {
-                keep[k] = true;
+            let why = if under_any(&entry.path, skipped) {
+                Keep::Skipped
+            } else if excluded_dir.is_some_and(|dir| entry.path.is_inside(dir)) {
+                keep[k] = Keep::Excluded;
+                continue;
+            } else if filter.is_some_and(|f| f.excludes_entry(&entry.path, is_dir)) {
                 if is_dir {
                     excluded_dir = Some(&entry.path);
                 }
-                // Deleting any directory above it would delete it too.
-                let mut dir = entry.path.parent();
-                while !dir.is_root() && holders.insert(dir.clone()) {
-                    dir = dir.parent();
-                }
+                Keep::Excluded
+            } else {
+                continue;
+            };
+            keep[k] = why;
+            // Deleting any directory above it would delete it too.
+            let mut dir = entry.path.parent();
+            while !dir.is_root() && !holders.contains_key(&dir) {
+                holders.insert(dir.clone(), why);
+                dir = dir.parent();
             }
         }
-        // A directory is passed before the excluded entries that make it a
-        // holder, hence a second pass.
+        // A directory is passed before the entries that make it a holder,
+        // hence a second pass.
         for (k, entry) in entries.iter().enumerate() {
-            if holders.contains(&entry.path) {
-                keep[k] = true;
+            if let (Keep::No, Some(why)) = (keep[k], holders.get(&entry.path)) {
+                keep[k] = *why;
             }
         }
         Protected { keep }
@@ -302,7 +345,22 @@ impl Protected {
 
     /// Whether the receiver's entry `k` must stay.
     fn keeps(&self, k: usize) -> bool {
-        self.keep.get(k).copied().unwrap_or(false)
+        self.keep.get(k).is_some_and(|why| *why != Keep::No)
+    }
+
+    /// Why a source entry cannot replace the receiver's entry `k`, which
+    /// [`Protected::keeps`].
+    fn why(&self, k: usize) -> &'static str {
+        match self.keep.get(k) {
+            Some(Keep::Skipped) => {
+                "the receiver's entry here holds the backup of a source entry that was skipped; \
+                 it is kept until that entry can be read"
+            }
+            _ => {
+                "an excluded entry, or a directory holding some, stands here on the receiver; \
+                 excluded entries are never deleted"
+            }
+        }
     }
 }
 
@@ -445,7 +503,7 @@ mod tests {
         .unwrap();
 
         let protect = Some(Arc::new(filter));
-        let plan = plan(&source, &dest, |_| false, PlanOptions { delete: true, protect });
+        let plan = plan(&source, &dest, |_| false, PlanOptions { delete: true, protect, ..Default::default() });
         // Unprotected extraneous entries go; `mixed` stays for its `x.log`.
         assert_eq!(deletes(&plan), ["gone", "mixed/y", "old.txt"]);
         assert_eq!(
@@ -458,8 +516,90 @@ mod tests {
         assert_eq!(skipped, ["build", "conflict"]);
 
         // Without protection the same plan deletes them all.
-        let unprotected = super::plan(&source, &dest, |_| false, PlanOptions { delete: true, protect: None });
+        let unprotected =
+            super::plan(&source, &dest, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() });
         assert_eq!(deletes(&unprotected), ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
         assert!(unprotected.skipped.is_empty());
+    }
+
+    /// Paths generated trees draw from: few, so that source and receiver
+    /// share paths with entries of every kind, nested.
+    const PATHS: &[&str] = &["a", "a/x", "a/x/z", "a/y", "b", "b/x", "c"];
+
+    /// A tree from (path, kind) pairs, later pairs winning: 0 a directory,
+    /// 1 and 2 files of two contents, 3 a symlink. Every parent becomes a
+    /// directory.
+    fn tree(spec: &[(usize, u8)]) -> Manifest {
+        let mut kinds: BTreeMap<RelPath, u8> = BTreeMap::new();
+        for &(n, kind) in spec {
+            let path = RelPath::new(PATHS[n]).unwrap();
+            if kind != 0 {
+                kinds.retain(|p, _| !p.is_inside(&path));
+            }
+            let mut parent = path.parent();
+            while !parent.is_root() {
+                kinds.insert(parent.clone(), 0);
+                parent = parent.parent();
+            }
+            kinds.insert(path, kind);
+        }
+        let entries = kinds
+            .into_iter()
+            .map(|(path, kind)| {
+                let kind = match kind {
+                    0 => EntryKind::Dir,
+                    3 => EntryKind::Symlink { target: b"t".to_vec() },
+                    k => EntryKind::File(digest_bytes(&[k])),
+                };
+                Entry { path, meta: Meta::default(), kind }
+            })
+            .collect();
+        Manifest::new(entries).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Whatever the trees and options, the receiver's entry at or below
+        /// a path the sender skipped is never deleted, replaced or written,
+        /// nor is a directory above it deleted.
+        #[test]
+        fn plan_never_touches_what_the_sender_skipped(
+            source in proptest::collection::vec((0..PATHS.len(), 0u8..4), 0..8),
+            dest in proptest::collection::vec((0..PATHS.len(), 0u8..4), 0..8),
+            mask in 0u32..(1 << (PATHS.len() + 1)),
+            delete: bool,
+            protect: bool,
+        ) {
+            let (source, dest) = (tree(&source), tree(&dest));
+            // The last bit stands for the root (a name that could not be read).
+            let mut skipped: HashSet<RelPath> =
+                (0..PATHS.len()).filter(|i| mask & (1 << i) != 0).map(|i| RelPath::new(PATHS[i]).unwrap()).collect();
+            if mask & (1 << PATHS.len()) != 0 {
+                skipped.insert(RelPath::root());
+            }
+            let protect = protect.then(|| {
+                let mut filter = Filter::new();
+                filter.add_pattern("y", "--exclude").unwrap();
+                Arc::new(filter)
+            });
+            let options = PlanOptions { delete, protect, skipped: Arc::new(skipped.clone()) };
+            let plan = plan(&source, &dest, |_| false, options);
+            for op in &plan.ops {
+                if let Op::Delete { path } = op {
+                    proptest::prop_assert!(!under_any(path, &skipped), "deletes skipped {}", path);
+                }
+            }
+            for kept in dest.entries().iter().filter(|e| under_any(&e.path, &skipped)) {
+                for op in &plan.ops {
+                    let hit = match op {
+                        Op::Delete { path } => kept.path == *path || kept.path.is_inside(path),
+                        Op::Mkdir { path, .. } | Op::WriteFile { path, .. } | Op::Symlink { path, .. } => {
+                            kept.path == *path
+                        }
+                        Op::SetMeta { .. } => false,
+                    };
+                    proptest::prop_assert!(!hit, "{:?} touches the kept {}", op, kept.path);
+                }
+            }
+        }
     }
 }

@@ -103,6 +103,14 @@ pub struct Scan {
     pub bytes_read: u64,
 }
 
+impl Scan {
+    /// The paths of the entries left out, for [`crate::plan::PlanOptions::skipped`]:
+    /// they exist in the source, so the receiver keeps what it holds there.
+    pub fn skipped_paths(&self) -> std::collections::HashSet<RelPath> {
+        self.skipped.iter().map(|s| s.path.clone()).collect()
+    }
+}
+
 /// Where a scan finds the records of its last run and leaves its own.
 pub trait Records {
     /// The record of `path` from the last scan, if any.
@@ -291,7 +299,8 @@ fn list_dir(
     for name in names {
         match rel.join(name.as_bytes()) {
             Ok(child) => stack.push((child, abs.join(&name))),
-            Err(e) => skip(scan, RelPath::root(), e.to_string()),
+            // Its directory then stands for it: nothing there is deleted.
+            Err(e) => skip(scan, rel.clone(), e.to_string()),
         }
     }
     Ok(())

@@ -13,13 +13,13 @@ use tempfile::TempDir;
 
 use crate::util::seeded;
 
-fn xfer(tmp: &Path) -> Command {
+pub(crate) fn xfer(tmp: &Path) -> Command {
     let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("xfer"));
     cmd.env("XFER_STATE_DIR", tmp.join("state")).env("XFER_CONFIG_DIR", tmp.join("cfg"));
     cmd
 }
 
-fn json(out: &Output) -> serde_json::Value {
+pub(crate) fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     })
@@ -146,7 +146,7 @@ fn odd_names_and_deep_paths_round_trip() {
 
 /// Runs `cmd` as the unprivileged user `nobody` (root reads anything, so
 /// permission errors need another user); `None` when that is impossible.
-fn as_nobody(cmd: &Command) -> Option<Command> {
+pub(crate) fn as_nobody(cmd: &Command) -> Option<Command> {
     // SAFETY-free check: geteuid through the procfs status line.
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let uid = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.to_string();
@@ -175,7 +175,7 @@ fn clone(cmd: &Command, prefix: Option<[&str; 4]>) -> Command {
     out
 }
 
-fn open_up(path: &Path, mode: u32) {
+pub(crate) fn open_up(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }

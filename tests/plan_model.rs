@@ -252,7 +252,8 @@ fn plan_applies_impl(seed: u64, files: usize, edits: usize) {
     }
     let (m1, m2) = (manifest_of(&v1), manifest_of(&v2));
     let held: HashSet<ChunkId> = chunks_of(&v1).into_keys().collect();
-    let plan = plan(&m2, &m1, |id| held.contains(id), PlanOptions { delete: true, protect: None });
+    let plan =
+        plan(&m2, &m1, |id| held.contains(id), PlanOptions { delete: true, protect: None, ..Default::default() });
     assert_eq!(apply_model(&v1, &plan, &v2), m2, "plan applied to v1 is not v2");
 
     let naive = naive_plan(&m2, &m1, &held);
@@ -263,7 +264,7 @@ fn plan_applies_impl(seed: u64, files: usize, edits: usize) {
     assert_eq!(planned.len(), plan.missing.len(), "a missing chunk is listed twice");
 
     // An unchanged tree plans nothing.
-    let noop = xfer::plan::plan(&m2, &m2, |_| true, PlanOptions { delete: true, protect: None });
+    let noop = xfer::plan::plan(&m2, &m2, |_| true, PlanOptions { delete: true, protect: None, ..Default::default() });
     assert!(noop.is_empty(), "{:?}", noop.ops);
 }
 
@@ -305,21 +306,31 @@ fn plan_rename_needs_no_chunks() {
     let mut v2 = Model::new();
     insert(&mut v2, rel(b"z/moved"), v1[&rel(b"a/big")].clone(), &mut rng);
     let held: HashSet<ChunkId> = chunks_of(&v1).into_keys().collect();
-    let plan =
-        plan(&manifest_of(&v2), &manifest_of(&v1), |id| held.contains(id), PlanOptions { delete: true, protect: None });
+    let plan = plan(
+        &manifest_of(&v2),
+        &manifest_of(&v1),
+        |id| held.contains(id),
+        PlanOptions { delete: true, protect: None, ..Default::default() },
+    );
     assert!(plan.missing.is_empty());
     assert_eq!(plan.files_written(), 1);
 }
 
+/// The source says `d` is now a file: the receiver's directory there is
+/// replaced even without --delete (its content is gone from the source).
 #[test]
-fn plan_keeps_nonempty_dir_without_delete() {
+fn plan_replaces_nonempty_dir_by_file_without_delete() {
     let mut rng = SmallRng::seed_from_u64(1);
     let mut dest = Model::new();
     insert(&mut dest, rel(b"d/keep"), Node::File { data: b"x".to_vec(), mode: 0o644, mtime: 1 }, &mut rng);
     let mut source = Model::new();
     insert(&mut source, rel(b"d"), Node::File { data: b"y".to_vec(), mode: 0o644, mtime: 1 }, &mut rng);
-    let plan =
-        plan(&manifest_of(&source), &manifest_of(&dest), |_| false, PlanOptions { delete: false, protect: None });
-    assert_eq!(plan.skipped.len(), 1);
-    assert!(plan.ops.iter().all(|op| !matches!(op, Op::Delete { .. })));
+    let plan = plan(
+        &manifest_of(&source),
+        &manifest_of(&dest),
+        |_| false,
+        PlanOptions { delete: false, protect: None, ..Default::default() },
+    );
+    assert!(plan.skipped.is_empty(), "{:?}", plan.skipped);
+    assert_eq!(apply_model(&dest, &plan, &source), manifest_of(&source));
 }

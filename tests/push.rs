@@ -271,8 +271,12 @@ fn apply_interrupted_at_every_step_is_atomic() {
             source.entries().iter().filter_map(|e| e.file()).flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
         let present: std::collections::HashSet<_> =
             ids.iter().zip(store.has_chunks(&ids).unwrap()).filter_map(|(id, has)| has.then_some(*id)).collect();
-        let first =
-            plan(&source, &dest_manifest, |id| present.contains(id), PlanOptions { delete: true, protect: None });
+        let first = plan(
+            &source,
+            &dest_manifest,
+            |id| present.contains(id),
+            PlanOptions { delete: true, protect: None, ..Default::default() },
+        );
         let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
         store.fail_at_step(Some(step));
         let result = store.apply(&first, &mut supply);
@@ -306,7 +310,8 @@ fn apply_interrupted_at_every_step_is_atomic() {
         // A re-run completes the transfer.
         let mut store = MirrorStore::open(&dest, &state_path).unwrap();
         let dest_manifest = store.refresh(false).unwrap().clone();
-        let rerun = plan(&source, &dest_manifest, |_| false, PlanOptions { delete: true, protect: None });
+        let rerun =
+            plan(&source, &dest_manifest, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() });
         let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
         store.apply(&rerun, &mut supply).unwrap();
         assert_same_tree(&read_tree(&dest), &v2);

@@ -82,7 +82,7 @@ fn pair(sides: &Sides, remembered: Option<Manifest>) -> (Sender<FileReader>, Rec
     let source = source_manifest(&sides.src);
     let reader = FileReader::new(sides.src.clone());
     let encoder = Encoder::new(Compression::Auto).unwrap();
-    let options = PlanOptions { delete: true, protect: None };
+    let options = PlanOptions { delete: true, protect: None, ..Default::default() };
     let sender = Sender::new(source, reader, encoder, Vec::new(), options, false, remembered);
     let (dest, state) = (sides.dest.clone(), sides.state.clone());
     let receiver =
@@ -226,7 +226,7 @@ fn pull(sides: &Sides) -> Wire {
         source,
         FileReader::new(sides.src.clone()),
         encoder,
-        PlanOptions { delete: open.delete, protect: None },
+        PlanOptions { delete: open.delete, protect: None, ..Default::default() },
         open.remembered_root,
     );
     // The pair as before, with the roles of the directions swapped.

@@ -1169,7 +1169,7 @@ fuzz_target!(|input: Input| {
             .collect(),
     )));
     let encoder = || Encoder::new(Compression::Auto).expect("the default encoder");
-    let options = PlanOptions { delete: input.delete, protect: None };
+    let options = PlanOptions { delete: input.delete, protect: None, ..Default::default() };
 
     let (sender, receiver) = if input.pull {
         let store = MirrorStore::open(&dest, &state).expect("open the destination store");
@@ -1180,7 +1180,7 @@ fuzz_target!(|input: Input| {
         let hello = receiver.poll_transmit();
         assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
         let Some(Message::Open(open)) = receiver.poll_transmit() else { panic!("a pull opens with Open") };
-        let options = PlanOptions { delete: open.delete, protect: None };
+        let options = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
         let sender = Sender::respond(source_manifest, source.clone(), encoder(), options, open.remembered_root);
         (sender, receiver)
     } else {

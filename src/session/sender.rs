@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
 use crate::patch::Signature;
-use crate::plan::{plan, Op, PlanOptions};
+use crate::plan::{plan, Op, PlanOptions, Skipped};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
 
@@ -121,6 +121,8 @@ pub struct Sender<R> {
     summary: Option<msg::Summary>,
     /// Files this side gave up on (their source changed while read).
     failed: Vec<crate::store::FailedEntry>,
+    /// Source entries the plan could not apply, and why.
+    skipped: Vec<Skipped>,
     progress: ProgressSink,
     /// Plan only: send `Done` right after the comparison.
     dry_run: bool,
@@ -181,6 +183,7 @@ impl<R: ChunkReader> Sender<R> {
             deltas: HashMap::new(),
             summary: None,
             failed: Vec::new(),
+            skipped: Vec::new(),
             progress: ProgressSink::default(),
             dry_run: false,
         }
@@ -270,6 +273,12 @@ impl<R: ChunkReader> Sender<R> {
     /// version), with the reason.
     pub fn failed(&self) -> &[crate::store::FailedEntry] {
         &self.failed
+    }
+
+    /// Source entries the plan left alone, with the reason (after the
+    /// comparison); the receiver keeps what it holds there.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 
     /// The chunk encoder, whose level tells what [`Sender::adapt`] chose.
@@ -462,7 +471,9 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     fn start_sending(&mut self) -> Result<(), SessionError> {
-        self.ops = plan(&self.source, &self.dest, |_| false, self.options.clone()).ops;
+        let planned = plan(&self.source, &self.dest, |_| false, self.options.clone());
+        self.ops = planned.ops;
+        self.skipped = planned.skipped;
         self.progress.emit(|| {
             let sizes = self.ops.iter().filter_map(|op| match op {
                 Op::WriteFile { digest, .. } => Some(digest.size),

@@ -370,6 +370,7 @@ async fn push_unlogged(
             .await
             .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
     };
+    let skipped = Arc::new(scanned.skipped_paths());
     let source = std::sync::Arc::new(scanned.manifest);
     tracing::info!(
         src = %src.display(),
@@ -396,7 +397,7 @@ async fn push_unlogged(
             FileReader::new(src.clone()),
             encoder,
             url.path.as_bytes().to_vec(),
-            PlanOptions { delete: options.delete, protect: options.filter.clone() },
+            PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(&skipped) },
             options.checksum,
             remembered,
         );
@@ -425,6 +426,9 @@ async fn push_unlogged(
         .map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
         .collect();
     failed.extend(sender.failed().iter().cloned());
+    failed.extend(
+        sender.skipped().iter().map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.into() }),
+    );
     if !options.dry_run {
         // The scan's records are in the source's state database, not in
         // memory. Without them the check is skipped: the push itself is done.

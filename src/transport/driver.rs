@@ -1186,7 +1186,8 @@ async fn serve_pull(
         .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
     // The protocol carries no patterns: a pull sends the served tree whole.
-    let options = crate::plan::PlanOptions { delete: open.delete, protect: None };
+    let options =
+        crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::new(scanned.skipped_paths()) };
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
     drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await
 }

@@ -8,6 +8,7 @@ mod crash;
 mod fuzz_regressions;
 mod hostile;
 mod local_faults;
+mod metadata;
 mod plan_model;
 mod push;
 mod remote;

@@ -18,11 +18,11 @@ fn id(n: u64, salt: u8) -> [u8; 32] {
 /// 1,000 directories of 999 one-chunk files: 1,000,000 entries. `edit`
 /// changes every 1,000th file.
 fn manifest(edit: bool) -> Manifest {
-    let meta = Meta { mode: 0o644, mtime: Mtime { secs: 1, nanos: 0 } };
+    let meta = Meta::basic(0o644, Mtime { secs: 1, nanos: 0 });
     let mut entries = Vec::with_capacity(DIRS * (FILES_PER_DIR + 1));
     for d in 0..DIRS {
         let dir = RelPath::new(format!("dir{d:04}")).expect("valid");
-        entries.push(Entry { path: dir.clone(), meta, kind: EntryKind::Dir });
+        entries.push(Entry { path: dir.clone(), meta: meta.clone(), kind: EntryKind::Dir });
         for f in 0..FILES_PER_DIR {
             let n = (d * FILES_PER_DIR + f) as u64;
             let salt = if edit && n % 1000 == 0 { 2 } else { 1 };
@@ -33,7 +33,7 @@ fn manifest(edit: bool) -> Manifest {
                 chunks: vec![ChunkRef { id: ChunkId(id(n, salt)), len: 4096 }],
             };
             let path = dir.join(format!("file{f:04}").as_bytes()).expect("valid");
-            entries.push(Entry { path, meta, kind: EntryKind::File(digest) });
+            entries.push(Entry { path, meta: meta.clone(), kind: EntryKind::File(digest) });
         }
     }
     Manifest::new(entries).expect("well formed")

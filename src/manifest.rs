@@ -13,7 +13,7 @@ use crate::hash::TreeHash;
 
 /// Version of the manifest encoding and of the chunking rules behind it
 /// (`ChunkParams::for_size`, FastCDC 2020 normalization level 1, BLAKE3 ids).
-pub const MANIFEST_FORMAT: u32 = 1;
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// A path relative to a tree's root: raw bytes (Unix names need not be UTF-8),
 /// `/`-separated, with no empty, `.` or `..` component and no NUL byte.
@@ -182,12 +182,45 @@ pub struct Mtime {
 }
 
 /// Metadata xfer carries for every entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meta {
     /// Permission bits (`0o7777` at most).
     pub mode: u32,
     /// Last modification time.
     pub mtime: Mtime,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// The owner's name where the entry was read (empty: none known), so a
+    /// receiver can map by name.
+    pub user: Vec<u8>,
+    /// The group's name, as `user`.
+    pub group: Vec<u8>,
+    /// Extended attributes, sorted by name, names unique (ACLs are the
+    /// `system.posix_acl_*` ones).
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Full name, namespace included (`user.comment`).
+    pub name: Vec<u8>,
+    /// Raw value.
+    pub value: Vec<u8>,
+}
+
+impl Meta {
+    /// Mode and mtime alone, owned by uid 0 with no names or xattrs.
+    pub fn basic(mode: u32, mtime: Mtime) -> Meta {
+        Meta { mode, mtime, ..Meta::default() }
+    }
+
+    /// Whether the special mode bits (setuid, setgid, sticky) are set.
+    pub fn has_special_bits(&self) -> bool {
+        self.mode & 0o7000 != 0
+    }
 }
 
 /// What an entry is, with its content.
@@ -408,6 +441,7 @@ impl Tree {
             hasher.update(&entry.meta.mode.to_le_bytes());
             hasher.update(&entry.meta.mtime.secs.to_le_bytes());
             hasher.update(&entry.meta.mtime.nanos.to_le_bytes());
+            hash_owner_and_xattrs(&mut hasher, &entry.meta);
             match &entry.kind {
                 EntryKind::Dir => {
                     let children = listings.entry(entry.path.clone()).or_default();
@@ -446,6 +480,24 @@ impl Tree {
     /// The children of directory `dir`, sorted by name (empty if unknown).
     pub fn listing(&self, dir: &RelPath) -> &[ChildDigest] {
         self.listings.get(dir).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Owner, group, their names and the xattrs, each length-prefixed so no
+/// two metadata hash alike.
+fn hash_owner_and_xattrs(hasher: &mut blake3::Hasher, meta: &Meta) {
+    hasher.update(&meta.uid.to_le_bytes());
+    hasher.update(&meta.gid.to_le_bytes());
+    for bytes in [&meta.user, &meta.group] {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.update(&(meta.xattrs.len() as u64).to_le_bytes());
+    for xattr in &meta.xattrs {
+        for bytes in [&xattr.name, &xattr.value] {
+            hasher.update(&(bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        }
     }
 }
 
@@ -540,7 +592,7 @@ mod tests {
     fn file(path: &str, content: &[u8]) -> Entry {
         Entry {
             path: RelPath::new(path).unwrap(),
-            meta: Meta { mode: 0o644, mtime: Mtime { secs: 1, nanos: 5 } },
+            meta: Meta::basic(0o644, Mtime { secs: 1, nanos: 5 }),
             kind: EntryKind::File(digest_bytes(content)),
         }
     }
@@ -599,7 +651,17 @@ mod tests {
         touched[2].meta.mtime.nanos += 1;
         let mut chmod = base.clone();
         chmod[0].meta.mode = 0o700;
-        for variant in [renamed, touched, chmod] {
+        let mut chown = base.clone();
+        chown[1].meta.uid = 1000;
+        let mut renamed_owner = base.clone();
+        renamed_owner[1].meta.user = b"alice".to_vec();
+        let mut xattr = base.clone();
+        xattr[2].meta.xattrs = vec![Xattr { name: b"user.a".to_vec(), value: b"1".to_vec() }];
+        let mut xattr_value = xattr.clone();
+        xattr_value[2].meta.xattrs[0].value = b"2".to_vec();
+        let root_with_xattr = Manifest::new(xattr.clone()).unwrap().tree().root();
+        assert_ne!(Manifest::new(xattr_value).unwrap().tree().root(), root_with_xattr);
+        for variant in [renamed, touched, chmod, chown, renamed_owner, xattr] {
             assert_ne!(Manifest::new(variant).unwrap().tree().root(), root);
         }
         assert_eq!(Manifest::new(base).unwrap().tree().root(), root);
@@ -616,14 +678,14 @@ mod tests {
             let mut entries = Vec::with_capacity(1_010_100);
             for a in 0..100 {
                 let top = RelPath::new(format!("{a:02}")).unwrap();
-                entries.push(Entry { path: top.clone(), meta, kind: EntryKind::Dir });
+                entries.push(Entry { path: top.clone(), meta: meta.clone(), kind: EntryKind::Dir });
                 for b in 0..100 {
                     let mid = top.join(format!("{b:02}").as_bytes()).unwrap();
-                    entries.push(Entry { path: mid.clone(), meta, kind: EntryKind::Dir });
+                    entries.push(Entry { path: mid.clone(), meta: meta.clone(), kind: EntryKind::Dir });
                     for c in 0..100 {
                         let path = mid.join(format!("{c:02}").as_bytes()).unwrap();
                         let d = if edit && (a, b, c) == (42, 17, 99) { &changed } else { &digest };
-                        entries.push(Entry { path, meta, kind: EntryKind::File(d.clone()) });
+                        entries.push(Entry { path, meta: meta.clone(), kind: EntryKind::File(d.clone()) });
                     }
                 }
             }

@@ -202,17 +202,18 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                 match (&s.kind, &d.kind) {
                     (EntryKind::Dir, EntryKind::Dir) => {
                         if s.meta != d.meta {
-                            dir_metas.push((s.path.clone(), s.meta));
+                            dir_metas.push((s.path.clone(), s.meta.clone()));
                         }
                     }
                     (EntryKind::File(a), EntryKind::File(b)) if a.hash == b.hash && a.size == b.size => {
                         if s.meta != d.meta {
-                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta });
+                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
                         }
                     }
                     (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
-                        if s.meta.mtime != d.meta.mtime {
-                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta });
+                        // Owner and xattrs as well as the mtime (a symlink's mode is 0).
+                        if s.meta != d.meta {
+                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
                         }
                     }
                     (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(j - 1) => {
@@ -268,7 +269,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
             continue;
         }
         if let Some(dir) = source.get(&parent) {
-            touched.insert(parent, dir.meta);
+            touched.insert(parent, dir.meta.clone());
         }
     }
 
@@ -366,10 +367,10 @@ impl Protected {
 
 fn create(entry: &Entry, mkdirs: &mut Vec<Op>, writes: &mut Vec<Op>, dir_metas: &mut Vec<(RelPath, Meta)>) {
     let path = entry.path.clone();
-    let meta = entry.meta;
+    let meta = entry.meta.clone();
     match &entry.kind {
         EntryKind::Dir => {
-            mkdirs.push(Op::Mkdir { path: path.clone(), meta });
+            mkdirs.push(Op::Mkdir { path: path.clone(), meta: meta.clone() });
             dir_metas.push((path, meta));
         }
         EntryKind::File(digest) => writes.push(Op::WriteFile { path, meta, digest: digest.clone() }),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
-use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
+use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Xattr};
 use crate::progress::{Event, ProgressSink};
 
 /// Prefix of xfer's temporary files; a scan never reports them as entries.
@@ -60,6 +60,176 @@ pub struct FileRecord {
     pub digest: FileDigest,
 }
 
+/// Metadata a receiver was sent and did not apply as sent (a server keeps
+/// a remote client's setuid bits and owners off its disk; a receiver that
+/// is not root cannot chown), kept to be given back: while the entry still
+/// holds `applied`, a scan reports `original`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaRecord {
+    /// What the entry was left holding, as a scan reads it.
+    pub applied: Meta,
+    /// What the sender sent.
+    pub original: Meta,
+}
+
+/// Names of the users and groups of this machine, from `/etc/passwd` and
+/// `/etc/group`: what a scan carries beside numeric ids, and what a
+/// receiver maps names back with.
+#[derive(Clone, Debug, Default)]
+pub struct IdNames {
+    users: HashMap<u32, Vec<u8>>,
+    groups: HashMap<u32, Vec<u8>>,
+    uids: HashMap<Vec<u8>, u32>,
+    gids: HashMap<Vec<u8>, u32>,
+}
+
+impl IdNames {
+    /// This machine's names; missing or unreadable files give none.
+    pub fn load() -> IdNames {
+        let read = |path: &str| fs::read(path).unwrap_or_default();
+        IdNames::parse(&read("/etc/passwd"), &read("/etc/group"))
+    }
+
+    /// Names from the contents of a passwd and a group file (`name:x:id:...`
+    /// lines; the first line for a name or an id wins, as lookups do).
+    pub fn parse(passwd: &[u8], group: &[u8]) -> IdNames {
+        let mut names = IdNames::default();
+        for (file, by_id, by_name) in
+            [(passwd, &mut names.users, &mut names.uids), (group, &mut names.groups, &mut names.gids)]
+        {
+            for line in file.split(|&b| b == b'\n') {
+                let mut fields = line.split(|&b| b == b':');
+                let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next()) else { continue };
+                let Some(id) = std::str::from_utf8(id).ok().and_then(|id| id.parse::<u32>().ok()) else { continue };
+                if name.is_empty() || name.starts_with(b"#") || name.starts_with(b"+") || name.starts_with(b"-") {
+                    continue;
+                }
+                by_id.entry(id).or_insert_with(|| name.to_vec());
+                by_name.entry(name.to_vec()).or_insert(id);
+            }
+        }
+        names
+    }
+
+    /// The name of user `uid` (empty: none).
+    pub fn user(&self, uid: u32) -> &[u8] {
+        self.users.get(&uid).map_or(&[], Vec::as_slice)
+    }
+
+    /// The name of group `gid` (empty: none).
+    pub fn group(&self, gid: u32) -> &[u8] {
+        self.groups.get(&gid).map_or(&[], Vec::as_slice)
+    }
+
+    /// The id a sender's owner maps to here: by name when the name exists
+    /// here, else the sender's number.
+    pub fn map_uid(&self, name: &[u8], uid: u32) -> u32 {
+        self.uids.get(name).copied().unwrap_or(uid)
+    }
+
+    /// As [`IdNames::map_uid`], for groups.
+    pub fn map_gid(&self, name: &[u8], gid: u32) -> u32 {
+        self.gids.get(name).copied().unwrap_or(gid)
+    }
+}
+
+/// Why an entry's xattrs could not all be read, or are more than the
+/// protocol carries: the entry goes without them, and the scan says so.
+fn xattrs_over_limits(xattrs: &[Xattr]) -> bool {
+    use xfer_protocol::{MAX_XATTRS, MAX_XATTR_BYTES, MAX_XATTR_NAME_LEN, MAX_XATTR_VALUE_LEN};
+    let total: usize = xattrs.iter().map(|x| x.name.len() + x.value.len()).sum();
+    xattrs.len() > MAX_XATTRS
+        || total > MAX_XATTR_BYTES
+        || xattrs.iter().any(|x| x.name.len() > MAX_XATTR_NAME_LEN || x.value.len() > MAX_XATTR_VALUE_LEN)
+}
+
+/// The extended attributes of `path` itself (not of a symlink's target),
+/// sorted by name; none where the filesystem has none.
+///
+/// # Errors
+/// Failures listing or reading them.
+pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
+    use rustix::io::Errno;
+    let mut list = Vec::new();
+    loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(size) => size,
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        list.resize(size, 0);
+        match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(len) => {
+                list.truncate(len);
+                break;
+            }
+            // Grown since the query: ask again.
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut xattrs = Vec::new();
+    for name in list.split(|&b| b == 0).filter(|name| !name.is_empty()) {
+        let mut value = Vec::new();
+        loop {
+            let size = match rustix::fs::lgetxattr_query(path, name) {
+                Ok(size) => size,
+                // Removed since the listing.
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
+            };
+            value.resize(size, 0);
+            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+                Ok(len) => {
+                    value.truncate(len);
+                    xattrs.push(Xattr { name: name.to_vec(), value: std::mem::take(&mut value) });
+                    break;
+                }
+                Err(Errno::RANGE) => continue,
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    xattrs.sort();
+    xattrs.dedup_by(|a, b| a.name == b.name);
+    Ok(xattrs)
+}
+
+/// The metadata of the entry at `path` whose `lstat` is `meta`: mode
+/// (0 for a symlink), mtime, owner and group with their names here, and
+/// xattrs. The second value says why the xattrs were left out, if they were.
+pub fn meta_of(path: &Path, meta: &fs::Metadata, names: &IdNames) -> (Meta, Option<String>) {
+    let mode = if meta.file_type().is_symlink() { 0 } else { meta.mode() & 0o7777 };
+    let (xattrs, problem) = match read_xattrs(path) {
+        Ok(xattrs) if xattrs_over_limits(&xattrs) => (
+            Vec::new(),
+            Some(format!(
+                "extended attributes over what xfer carries ({} at most, {} KiB together, values up to {} KiB): \
+                 carried without them",
+                xfer_protocol::MAX_XATTRS,
+                xfer_protocol::MAX_XATTR_BYTES / 1024,
+                xfer_protocol::MAX_XATTR_VALUE_LEN / 1024
+            )),
+        ),
+        Ok(xattrs) => (xattrs, None),
+        Err(e) => (Vec::new(), Some(format!("cannot read extended attributes ({e}): carried without them"))),
+    };
+    let meta = Meta {
+        mode,
+        mtime: Mtime { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 },
+        uid: meta.uid(),
+        gid: meta.gid(),
+        user: names.user(meta.uid()).to_vec(),
+        group: names.group(meta.gid()).to_vec(),
+        xattrs,
+    };
+    (meta, problem)
+}
+
 /// How to scan.
 #[derive(Clone, Debug, Default)]
 pub struct ScanOptions {
@@ -95,7 +265,8 @@ pub struct Scan {
     /// only ([`scan_with`] hands them to its [`Records`]).
     pub records: HashMap<RelPath, FileRecord>,
     /// Entries left out: hard links, special files, unreadable or changing
-    /// files (not those the filter excludes: the user asked for that).
+    /// files (not those the filter excludes: the user asked for that); and
+    /// entries carried without their xattrs (unreadable, or over the limits).
     pub skipped: Vec<ScanSkip>,
     /// Files read in full (the rest passed the quick check).
     pub files_read: u64,
@@ -125,6 +296,15 @@ pub trait Records {
     /// # Errors
     /// Whatever stops the record being kept; the scan ends with it.
     fn record(&mut self, path: &RelPath, record: &FileRecord, changed: bool) -> Result<()>;
+
+    /// What to report as the metadata of `path` instead of `on_disk`: the
+    /// original of a [`MetaRecord`] whose `applied` the entry still holds.
+    ///
+    /// # Errors
+    /// Whatever stops the records being read; the scan ends with it.
+    fn original_meta(&mut self, _path: &RelPath, _on_disk: &Meta) -> Result<Option<Meta>> {
+        Ok(None)
+    }
 }
 
 /// No records: every file is read, nothing is kept (a pull's one-off scan).
@@ -189,6 +369,7 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     let mut stack: Vec<(RelPath, PathBuf)> = Vec::new();
     list_dir(&RelPath::root(), root, &options, &mut stack, &mut scan).at(root)?;
     let filter = options.filter.as_deref().filter(|f| !f.is_empty());
+    let names = IdNames::load();
     let (mut files, mut bytes) = (0, 0);
     while let Some((rel, abs)) = stack.pop() {
         let meta = match fs::symlink_metadata(&abs) {
@@ -206,8 +387,15 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
         if filter.is_some_and(|f| f.excludes_entry(&rel, file_type.is_dir())) {
             continue;
         }
-        let base_meta =
-            Meta { mode: meta.mode() & 0o7777, mtime: Mtime { secs: meta.mtime(), nanos: meta.mtime_nsec() as u32 } };
+        let (disk_meta, problem) = meta_of(&abs, &meta, &names);
+        if let Some(problem) = problem {
+            // Still carried, without its xattrs.
+            scan.skipped.push(ScanSkip { path: rel.clone(), reason: problem });
+        }
+        let (base_meta, original) = match records.original_meta(&rel, &disk_meta)? {
+            Some(original) => (original, true),
+            None => (disk_meta, false),
+        };
         if file_type.is_dir() {
             let before = stack.len();
             if let Err(e) = list_dir(&rel, &abs, &options, &mut stack, &mut scan) {
@@ -220,7 +408,7 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             match fs::read_link(&abs) {
                 Ok(target) => entries.push(Entry {
                     path: rel,
-                    meta: Meta { mode: 0, ..base_meta },
+                    meta: base_meta,
                     kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() },
                 }),
                 Err(e) => skip(&mut scan, rel, format!("cannot read link: {e}")),
@@ -252,11 +440,14 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             bytes += record.digest.size;
             options.progress.emit(|| Event::Scanning { files, bytes, bytes_read: scan.bytes_read });
             records.record(&rel, &record, changed)?;
-            entries.push(Entry {
-                path: rel,
-                meta: Meta { mode: record.stat.mode, mtime: record.stat.mtime },
-                kind: EntryKind::File(record.digest),
-            });
+            // The mode and mtime the content was read under, unless the
+            // records give the sender's originals.
+            let meta = if original {
+                base_meta
+            } else {
+                Meta { mode: record.stat.mode, mtime: record.stat.mtime, ..base_meta }
+            };
+            entries.push(Entry { path: rel, meta, kind: EntryKind::File(record.digest) });
         } else {
             skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
         }

@@ -6,7 +6,7 @@ use xfer_protocol::msg;
 
 use crate::chunk::{ChunkParams, ChunkRef, FileDigest, ParamsError};
 use crate::hash::{ChunkId, FileHash, TreeHash};
-use crate::manifest::{ChildDigest, Mtime};
+use crate::manifest::{ChildDigest, Meta, Mtime, Xattr};
 use crate::plan::{apply_list_edit, wire_chunk_list, ListEdit};
 
 /// Longest chunk list of one file a receiver takes: about 1 TiB at the
@@ -40,6 +40,9 @@ pub enum WireError {
     /// A time with nanoseconds out of range.
     #[error("mtime nanoseconds {0} out of range")]
     Nanos(u32),
+    /// Mode bits beyond permissions, setuid, setgid and sticky.
+    #[error("mode {0:#o} has bits beyond 0o7777")]
+    Mode(u32),
     /// A chunk list longer than [`MAX_FILE_CHUNKS`].
     #[error("chunk list of {chunks} chunks is over the limit of {max} for one file")]
     TooManyChunks {
@@ -87,6 +90,44 @@ pub fn mtime_from_wire(mtime: msg::Mtime) -> Result<Mtime, WireError> {
         return Err(WireError::Nanos(mtime.nanos));
     }
     Ok(Mtime { secs: mtime.secs, nanos: mtime.nanos })
+}
+
+/// The protocol form of an entry's owner, group and xattrs.
+pub fn attrs_to_wire(meta: &Meta) -> msg::Attrs {
+    msg::Attrs {
+        uid: meta.uid,
+        gid: meta.gid,
+        user: meta.user.clone(),
+        group: meta.group.clone(),
+        xattrs: meta.xattrs.iter().map(|x| msg::Xattr { name: x.name.clone(), value: x.value.clone() }).collect(),
+    }
+}
+
+/// An entry's metadata from the wire (the decoder checked the xattrs'
+/// sizes, order and names).
+///
+/// # Errors
+/// [`WireError::Nanos`] for a bad mtime, [`WireError::Mode`] for mode bits
+/// beyond `0o7777`.
+pub fn meta_from_wire(mode: u32, mtime: msg::Mtime, attrs: msg::Attrs) -> Result<Meta, WireError> {
+    if mode > 0o7777 {
+        return Err(WireError::Mode(mode));
+    }
+    Ok(Meta {
+        mode,
+        mtime: mtime_from_wire(mtime)?,
+        uid: attrs.uid,
+        gid: attrs.gid,
+        user: attrs.user,
+        group: attrs.group,
+        xattrs: attrs.xattrs.into_iter().map(|x| Xattr { name: x.name, value: x.value }).collect(),
+    })
+}
+
+/// Bytes an entry's metadata holds beyond its fixed fields: what a queue of
+/// entry changes is bounded by.
+pub fn meta_heap_bytes(meta: &Meta) -> usize {
+    meta.user.len() + meta.group.len() + meta.xattrs.iter().map(|x| x.name.len() + x.value.len() + 48).sum::<usize>()
 }
 
 /// The protocol form of a directory child.
@@ -256,5 +297,25 @@ mod tests {
             Err(WireError::Inconsistent { size: 3, chunks: 3 })
         );
         assert_eq!(mtime_from_wire(msg::Mtime { secs: 0, nanos: 1_000_000_000 }), Err(WireError::Nanos(1_000_000_000)));
+        let attrs = msg::Attrs::default();
+        assert_eq!(meta_from_wire(0o17777, msg::Mtime::default(), attrs), Err(WireError::Mode(0o17777)));
+    }
+
+    #[test]
+    fn meta_roundtrips_through_the_wire() {
+        let meta = Meta {
+            mode: 0o6755,
+            mtime: Mtime { secs: -3, nanos: 7 },
+            uid: 1234,
+            gid: 5678,
+            user: b"alice".to_vec(),
+            group: b"staff".to_vec(),
+            xattrs: vec![
+                Xattr { name: b"system.posix_acl_access".to_vec(), value: vec![2, 0, 0, 0, 1, 0, 6, 0] },
+                Xattr { name: b"user.comment".to_vec(), value: b"hello".to_vec() },
+            ],
+        };
+        let back = meta_from_wire(meta.mode, mtime_to_wire(meta.mtime), attrs_to_wire(&meta));
+        assert_eq!(back, Ok(meta));
     }
 }

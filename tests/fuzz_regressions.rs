@@ -54,6 +54,7 @@ fn write_file(file: u32, path: &[u8], data: &[u8]) -> Message {
         params: xfer::wire::params_to_wire(digest.params),
         list: msg::ChunkList::Full(digest.chunks.iter().map(xfer::wire::chunk_to_wire).collect()),
         more: false,
+        attrs: Default::default(),
     })
 }
 
@@ -125,9 +126,13 @@ fn fuzz_directory_named_like_a_temporary_is_refused() {
     let mtime = msg::Mtime { secs: 1, nanos: 0 };
     let mut nested = b"d/".to_vec();
     nested.extend_from_slice(&temp_name(1));
-    receiver.handle(Message::Mkdir(msg::Mkdir { path: b"d".to_vec(), mode: 0o755, mtime })).unwrap();
-    receiver.handle(Message::Mkdir(msg::Mkdir { path: temp_name(1), mode: 0o755, mtime })).unwrap();
-    let symlink = msg::Symlink { path: nested.clone(), target: b"..".to_vec(), mtime };
+    receiver
+        .handle(Message::Mkdir(msg::Mkdir { path: b"d".to_vec(), mode: 0o755, mtime, attrs: Default::default() }))
+        .unwrap();
+    receiver
+        .handle(Message::Mkdir(msg::Mkdir { path: temp_name(1), mode: 0o755, mtime, attrs: Default::default() }))
+        .unwrap();
+    let symlink = msg::Symlink { path: nested.clone(), target: b"..".to_vec(), mtime, attrs: Default::default() };
     receiver.handle(Message::Symlink(symlink)).unwrap();
     receiver.handle(Message::Done(msg::Done)).unwrap();
     assert!(receiver.is_finished());

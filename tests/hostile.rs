@@ -467,16 +467,50 @@ async fn hostile_paths_never_leave_the_root() {
     // before), then every kind of change through it.
     let mut client = opened_push(server.addr, fp, &bad, "site").await;
     let target = outside.as_os_str().as_encoded_bytes().to_vec();
-    let link = Message::Symlink(msg::Symlink { path: b"evil".to_vec(), target, mtime: raw::mtime() });
+    let link = Message::Symlink(msg::Symlink {
+        path: b"evil".to_vec(),
+        target,
+        mtime: raw::mtime(),
+        attrs: Default::default(),
+    });
     client.send(&link).await;
-    client.send(&Message::Mkdir(msg::Mkdir { path: b"real".to_vec(), mode: 0o755, mtime: raw::mtime() })).await;
-    client.send(&Message::SetMeta(msg::SetMeta { path: b"real".to_vec(), mode: 0o755, mtime: raw::mtime() })).await;
+    client
+        .send(&Message::Mkdir(msg::Mkdir {
+            path: b"real".to_vec(),
+            mode: 0o755,
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }))
+        .await;
+    client
+        .send(&Message::SetMeta(msg::SetMeta {
+            path: b"real".to_vec(),
+            mode: 0o755,
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }))
+        .await;
     let planted = b"planted".to_vec();
     let through: Vec<Message> = vec![
         write_file(1, b"evil/planted", &planted),
-        Message::Mkdir(msg::Mkdir { path: b"evil/made".to_vec(), mode: 0o777, mtime: raw::mtime() }),
-        Message::Symlink(msg::Symlink { path: b"evil/link".to_vec(), target: b"/".to_vec(), mtime: raw::mtime() }),
-        Message::SetMeta(msg::SetMeta { path: b"evil/secret".to_vec(), mode: 0o777, mtime: raw::mtime() }),
+        Message::Mkdir(msg::Mkdir {
+            path: b"evil/made".to_vec(),
+            mode: 0o777,
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }),
+        Message::Symlink(msg::Symlink {
+            path: b"evil/link".to_vec(),
+            target: b"/".to_vec(),
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }),
+        Message::SetMeta(msg::SetMeta {
+            path: b"evil/secret".to_vec(),
+            mode: 0o777,
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }),
         Message::Delete(msg::Delete { path: b"evil/secret".to_vec() }),
     ];
     let refused = through.len() as u64;
@@ -484,7 +518,14 @@ async fn hostile_paths_never_leave_the_root() {
         client.send(message).await;
     }
     // The link itself as a directory: metadata must not reach its target.
-    client.send(&Message::Mkdir(msg::Mkdir { path: b"evil".to_vec(), mode: 0o777, mtime: raw::mtime() })).await;
+    client
+        .send(&Message::Mkdir(msg::Mkdir {
+            path: b"evil".to_vec(),
+            mode: 0o777,
+            mtime: raw::mtime(),
+            attrs: Default::default(),
+        }))
+        .await;
     let summary = finish_session(&mut client).await;
     assert!(summary.failed >= refused, "{summary:?}");
     drop(client);
@@ -578,6 +619,7 @@ fn write_file_with(
         params,
         list,
         more: false,
+        attrs: Default::default(),
     }
 }
 
@@ -725,6 +767,7 @@ async fn hostile_bombs_and_absurd_sizes_keep_server_memory_bounded() {
             path: format!("{n:04}{}", "x".repeat(250)).into_bytes(),
             mode: 0o644,
             mtime: raw::mtime(),
+            attrs: Default::default(),
         })
     };
     let flood: Vec<u8> = (0..xfer::session::MAX_QUEUED_OPS).flat_map(|n| raw::frame_of(&meta(n))).collect();

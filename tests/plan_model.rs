@@ -187,7 +187,7 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
             Op::Mkdir { path, meta } => {
                 assert!(parent_is_dir(&tree, path), "mkdir {path} without parent");
                 assert!(!tree.contains_key(path), "mkdir over existing {path}");
-                tree.insert(path.clone(), entry(path, *meta, EntryKind::Dir));
+                tree.insert(path.clone(), entry(path, meta.clone(), EntryKind::Dir));
             }
             Op::WriteFile { path, meta, digest } => {
                 assert!(parent_is_dir(&tree, path), "write {path} without parent");
@@ -199,15 +199,15 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
                     data.extend_from_slice(bytes);
                 }
                 assert_eq!(FileHash::of(&data), digest.hash);
-                tree.insert(path.clone(), entry(path, *meta, EntryKind::File(digest.clone())));
+                tree.insert(path.clone(), entry(path, meta.clone(), EntryKind::File(digest.clone())));
             }
             Op::Symlink { path, target, meta } => {
                 assert!(parent_is_dir(&tree, path), "symlink {path} without parent");
-                tree.insert(path.clone(), entry(path, *meta, EntryKind::Symlink { target: target.clone() }));
+                tree.insert(path.clone(), entry(path, meta.clone(), EntryKind::Symlink { target: target.clone() }));
             }
             Op::SetMeta { path, meta } => {
                 let e = tree.get_mut(path).unwrap_or_else(|| panic!("set meta of absent {path}"));
-                e.meta = *meta;
+                e.meta = meta.clone();
             }
         }
     }
@@ -228,15 +228,17 @@ fn naive_plan(source: &Manifest, dest: &Manifest, dest_has: &HashSet<ChunkId>) -
     let mut queued = HashSet::new();
     for e in source.entries() {
         plan.ops.push(match &e.kind {
-            EntryKind::Dir => Op::Mkdir { path: e.path.clone(), meta: e.meta },
-            EntryKind::Symlink { target } => Op::Symlink { path: e.path.clone(), target: target.clone(), meta: e.meta },
+            EntryKind::Dir => Op::Mkdir { path: e.path.clone(), meta: e.meta.clone() },
+            EntryKind::Symlink { target } => {
+                Op::Symlink { path: e.path.clone(), target: target.clone(), meta: e.meta.clone() }
+            }
             EntryKind::File(d) => {
                 for c in &d.chunks {
                     if !dest_has.contains(&c.id) && queued.insert(c.id) {
                         plan.missing.push(*c);
                     }
                 }
-                Op::WriteFile { path: e.path.clone(), meta: e.meta, digest: d.clone() }
+                Op::WriteFile { path: e.path.clone(), meta: e.meta.clone(), digest: d.clone() }
             }
         });
     }

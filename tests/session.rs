@@ -200,6 +200,7 @@ fn session_refuses_paths_that_escape() {
             params: xfer::wire::params_to_wire(xfer::chunk::ChunkParams::for_size(7)),
             list: msg::ChunkList::Implied,
             more: false,
+            attrs: Default::default(),
         })
     };
     receiver.handle(write(0, b"evil/planted")).unwrap();
@@ -814,6 +815,7 @@ fn session_file_failing_its_hash_is_not_installed() {
             params: xfer::wire::params_to_wire(xfer::chunk::ChunkParams::for_size(1000)),
             list: msg::ChunkList::Full(vec![xfer::wire::chunk_to_wire(&chunk)]),
             more: false,
+            attrs: Default::default(),
         }))
         .unwrap();
     let sent: Vec<Message> = std::iter::from_fn(|| receiver.poll_transmit()).collect();

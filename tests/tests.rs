@@ -11,6 +11,7 @@ mod hostile;
 mod local_faults;
 mod never_lose;
 mod locks_signals;
+mod metadata;
 mod plan_model;
 mod push;
 mod remote;

@@ -447,7 +447,7 @@ fn manifest_of(model: &Model) -> Manifest {
     let entries = model
         .iter()
         .map(|(path, node)| {
-            let meta = |mode, secs| Meta { mode, mtime: Mtime { secs, nanos: 0 } };
+            let meta = |mode, secs| Meta::basic(mode, Mtime { secs, nanos: 0 });
             let (meta, kind) = match node {
                 Node::Dir { mode, mtime } => (meta(*mode, *mtime), EntryKind::Dir),
                 Node::File { data, mode, mtime } => (meta(*mode, *mtime), EntryKind::File(digest_bytes(data))),
@@ -1019,15 +1019,15 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
             message: "forged".into(),
         }),
         Forged::Mkdir { path, mode } => {
-            Message::Mkdir(msg::Mkdir { path: forged_path(*path), mode: pick(&DIR_MODES, *mode), mtime: mtime() })
+            Message::Mkdir(msg::Mkdir { path: forged_path(*path), mode: pick(&DIR_MODES, *mode), mtime: mtime(), attrs: Default::default() })
         }
         Forged::Symlink { path, target } => Message::Symlink(msg::Symlink {
             path: forged_path(*path),
             target: pick(&LINK_TARGETS, *target).as_bytes().to_vec(),
             mtime: mtime(),
-        }),
+       , attrs: Default::default() }),
         Forged::SetMeta { path, mode } => {
-            Message::SetMeta(msg::SetMeta { path: forged_path(*path), mode: pick(&FILE_MODES, *mode), mtime: mtime() })
+            Message::SetMeta(msg::SetMeta { path: forged_path(*path), mode: pick(&FILE_MODES, *mode), mtime: mtime(), attrs: Default::default() })
         }
         Forged::Delete { path } => Message::Delete(msg::Delete { path: forged_path(*path) }),
         Forged::Done => Message::Done(msg::Done),

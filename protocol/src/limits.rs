@@ -60,6 +60,22 @@ pub const MAX_TAGS: usize = 16;
 /// Longest tag key or value.
 pub const MAX_TAG_LEN: usize = 128;
 
+/// Longest user or group name carried with an entry.
+pub const MAX_OWNER_NAME_LEN: usize = 255;
+
+/// Most extended attributes of one entry.
+pub const MAX_XATTRS: usize = 256;
+
+/// Longest extended attribute name, as Linux `XATTR_NAME_MAX`.
+pub const MAX_XATTR_NAME_LEN: usize = 255;
+
+/// Largest extended attribute value, as Linux `XATTR_SIZE_MAX`.
+pub const MAX_XATTR_VALUE_LEN: usize = 64 * 1024;
+
+/// Most bytes of names and values of one entry's extended attributes
+/// together.
+pub const MAX_XATTR_BYTES: usize = 256 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +89,10 @@ mod tests {
     const REF: usize = 32 + VAR32;
     const PARAMS: usize = 3 * VAR32;
     const MTIME: usize = VAR64 + VAR32;
+    /// Worst-case `Attrs`: the byte total bounds names and values, each
+    /// attribute adds two length prefixes.
+    const ATTRS: usize =
+        2 * VAR32 + 2 * (VAR32 + MAX_OWNER_NAME_LEN) + VAR32 + MAX_XATTRS * 2 * VAR32 + MAX_XATTR_BYTES;
 
     #[test]
     fn limits_fit_a_frame() {
@@ -88,8 +108,18 @@ mod tests {
         // ref inside a New (counted once as an item, once as a ref, with its
         // own tag and count).
         let item = (1 + 2 * VAR32).max(REF + 1 + VAR32);
-        let write_file =
-            HEADER + 2 * VAR32 + PATH + MTIME + VAR64 + 32 + PARAMS + 1 + VAR32 + MAX_CHUNK_REFS_PER_MESSAGE * item + 1;
+        let write_file = HEADER
+            + 2 * VAR32
+            + PATH
+            + MTIME
+            + VAR64
+            + 32
+            + PARAMS
+            + 1
+            + VAR32
+            + MAX_CHUNK_REFS_PER_MESSAGE * item
+            + 1
+            + ATTRS;
         assert!(write_file <= max, "write_file {write_file}");
         let chunk_data = HEADER + 2 * VAR32 + 1 + VAR32 + VAR32 + MAX_PAYLOAD_LEN as usize;
         assert!(chunk_data <= max, "chunk_data {chunk_data}");
@@ -99,7 +129,7 @@ mod tests {
         assert!(fine <= max, "fine {fine}");
         let has = HEADER + VAR32 + MAX_IDS_PER_BATCH * 32;
         assert!(has <= max, "has {has}");
-        let symlink = HEADER + 2 * PATH + MTIME;
+        let symlink = HEADER + 2 * PATH + MTIME + ATTRS;
         assert!(symlink <= max, "symlink {symlink}");
     }
 }

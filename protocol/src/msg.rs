@@ -131,6 +131,39 @@ pub enum ListEdit {
     New(#[serde(with = "codec::seq")] Vec<ChunkRef>),
 }
 
+/// Owner, group and extended attributes of an entry (ACLs are the xattrs
+/// `system.posix_acl_access` and `system.posix_acl_default`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attrs {
+    /// Numeric owner on the sender.
+    pub uid: u32,
+    /// Numeric group on the sender.
+    pub gid: u32,
+    /// The owner's name on the sender, at most [`MAX_OWNER_NAME_LEN`]
+    /// bytes; empty when it has none. A receiver maps by name when the name
+    /// exists there, else by number.
+    #[serde(with = "codec::bytes")]
+    pub user: Vec<u8>,
+    /// The group's name on the sender, as `user`.
+    #[serde(with = "codec::bytes")]
+    pub group: Vec<u8>,
+    /// Extended attributes, sorted by name, names unique; at most
+    /// [`MAX_XATTRS`], [`MAX_XATTR_BYTES`] of names and values together.
+    #[serde(with = "codec::seq")]
+    pub xattrs: Vec<Xattr>,
+}
+
+/// One extended attribute: its full name (`user.comment`) and raw value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Non-empty, at most [`MAX_XATTR_NAME_LEN`] bytes, no NUL.
+    #[serde(with = "codec::bytes")]
+    pub name: Vec<u8>,
+    /// At most [`MAX_XATTR_VALUE_LEN`] bytes.
+    #[serde(with = "codec::bytes")]
+    pub value: Vec<u8>,
+}
+
 // ---------------------------------------------------------------------------
 // Message bodies
 
@@ -139,7 +172,7 @@ pub enum ListEdit {
 pub struct Hello {
     /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the sender.
     pub version: u32,
-    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 1
+    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 2
     /// defines none: send 0, ignore bits you do not know.
     pub features: u64,
     /// Software name and version, for logs (e.g. `xfer/0.1.0`).
@@ -280,6 +313,8 @@ pub struct Mkdir {
     pub mode: u32,
     /// Modification time (applied after the directory's contents).
     pub mtime: Mtime,
+    /// Owner, group and extended attributes.
+    pub attrs: Attrs,
 }
 
 /// Sender to receiver: write file `path` from these chunks.
@@ -304,6 +339,8 @@ pub struct WriteFile {
     pub list: ChunkList,
     /// The list continues in `MoreChunks` messages for the same `file`.
     pub more: bool,
+    /// Owner, group and extended attributes.
+    pub attrs: Attrs,
 }
 
 /// Sender to receiver: the next part of a `WriteFile`'s chunk list.
@@ -329,6 +366,8 @@ pub struct Symlink {
     pub target: Vec<u8>,
     /// Modification time of the link itself.
     pub mtime: Mtime,
+    /// Owner, group and extended attributes of the link itself.
+    pub attrs: Attrs,
 }
 
 /// Sender to receiver: the content is unchanged, set metadata only.
@@ -341,6 +380,8 @@ pub struct SetMeta {
     pub mode: u32,
     /// Modification time.
     pub mtime: Mtime,
+    /// Owner, group and extended attributes.
+    pub attrs: Attrs,
 }
 
 /// Sender to receiver: remove `path` (recursively for a directory).
@@ -463,6 +504,10 @@ pub struct Summary {
     pub chunks_reused: u64,
     /// Chunks received as deltas.
     pub chunks_delta: u64,
+    /// Entries whose mode bits, owner, group or xattrs the receiver did
+    /// not (or could not) apply as sent and kept in its records instead,
+    /// to give them back on a pull.
+    pub meta_kept: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -506,6 +551,25 @@ fn mtime(m: &Mtime) -> Checked {
         return Err(Violation::Invalid("mtime nanoseconds of 1e9 or more"));
     }
     Ok(())
+}
+
+fn attrs(a: &Attrs) -> Checked {
+    limit("user name", a.user.len(), MAX_OWNER_NAME_LEN)?;
+    limit("group name", a.group.len(), MAX_OWNER_NAME_LEN)?;
+    limit("xattrs", a.xattrs.len(), MAX_XATTRS)?;
+    let mut total = 0;
+    for (i, x) in a.xattrs.iter().enumerate() {
+        limit("xattr name", x.name.len(), MAX_XATTR_NAME_LEN)?;
+        limit("xattr value", x.value.len(), MAX_XATTR_VALUE_LEN)?;
+        if x.name.is_empty() || x.name.contains(&0) {
+            return Err(Violation::Invalid("xattr name empty or with a NUL byte"));
+        }
+        if i > 0 && a.xattrs[i - 1].name >= x.name {
+            return Err(Violation::Invalid("xattr names not sorted and unique"));
+        }
+        total += x.name.len() + x.value.len();
+    }
+    limit("xattr bytes", total, MAX_XATTR_BYTES)
 }
 
 fn params(p: &ChunkParams) -> Checked {
@@ -634,7 +698,8 @@ impl Validate for Have {
 impl Validate for Mkdir {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
-        mtime(&self.mtime)
+        mtime(&self.mtime)?;
+        attrs(&self.attrs)
     }
 }
 
@@ -642,6 +707,7 @@ impl Validate for WriteFile {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
         mtime(&self.mtime)?;
+        attrs(&self.attrs)?;
         params(&self.params)?;
         list(&self.list)?;
         if self.list == ChunkList::Implied {
@@ -667,14 +733,16 @@ impl Validate for Symlink {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
         path("target", &self.target)?;
-        mtime(&self.mtime)
+        mtime(&self.mtime)?;
+        attrs(&self.attrs)
     }
 }
 
 impl Validate for SetMeta {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
-        mtime(&self.mtime)
+        mtime(&self.mtime)?;
+        attrs(&self.attrs)
     }
 }
 
@@ -935,8 +1003,8 @@ mod tests {
 
     #[test]
     fn validate_refuses_bad_mtime_and_params() {
-        let m =
-            Message::Mkdir(Mkdir { path: b"a".to_vec(), mode: 0o755, mtime: Mtime { secs: 0, nanos: 1_000_000_000 } });
+        let mtime = Mtime { secs: 0, nanos: 1_000_000_000 };
+        let m = Message::Mkdir(Mkdir { path: b"a".to_vec(), mode: 0o755, mtime, attrs: Attrs::default() });
         assert!(matches!(m.validate(), Err(DecodeError::Invalid { .. })));
         let p = ChunkParams { min: 10, avg: 5, max: 20 };
         assert!(params(&p).is_err());

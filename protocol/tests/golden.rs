@@ -20,6 +20,16 @@ fn mtime() -> Mtime {
     Mtime { secs: 1_700_000_000, nanos: 123_456_789 }
 }
 
+fn attrs() -> Attrs {
+    Attrs {
+        uid: 1000,
+        gid: 100,
+        user: b"alice".to_vec(),
+        group: b"users".to_vec(),
+        xattrs: vec![Xattr { name: b"user.k".to_vec(), value: b"v".to_vec() }],
+    }
+}
+
 fn params() -> ChunkParams {
     ChunkParams { min: 16384, avg: 65536, max: 262144 }
 }
@@ -27,7 +37,7 @@ fn params() -> ChunkParams {
 /// One fixed message of every kind, in registry order.
 fn samples() -> Vec<Message> {
     vec![
-        Hello { version: 1, features: 0, agent: "xfer/0.1.0".into() }.into(),
+        Hello { version: 2, features: 0, agent: "xfer/0.1.0".into() }.into(),
         ErrorMsg { code: CloseCode::NotFound as u32, message: "no such tree".into() }.into(),
         Open {
             direction: Direction::Push,
@@ -64,7 +74,7 @@ fn samples() -> Vec<Message> {
         .into(),
         HasChunks { ids: vec![id(6), id(7)] }.into(),
         Have { bits: vec![0b01] }.into(),
-        Mkdir { path: b"d".to_vec(), mode: 0o755, mtime: mtime() }.into(),
+        Mkdir { path: b"d".to_vec(), mode: 0o2755, mtime: mtime(), attrs: attrs() }.into(),
         WriteFile {
             file: 3,
             path: b"a".to_vec(),
@@ -78,11 +88,12 @@ fn samples() -> Vec<Message> {
                 ListEdit::New(vec![ChunkRef { id: id(9), len: 4464 }]),
             ]),
             more: true,
+            attrs: Attrs::default(),
         }
         .into(),
         MoreChunks { file: 3, list: ChunkList::Full(vec![ChunkRef { id: id(10), len: 100 }]), more: false }.into(),
-        Symlink { path: b"l".to_vec(), target: b"../t".to_vec(), mtime: mtime() }.into(),
-        SetMeta { path: b"a".to_vec(), mode: 0o600, mtime: Mtime { secs: -1, nanos: 0 } }.into(),
+        Symlink { path: b"l".to_vec(), target: b"../t".to_vec(), mtime: mtime(), attrs: Attrs::default() }.into(),
+        SetMeta { path: b"a".to_vec(), mode: 0o4755, mtime: Mtime { secs: -1, nanos: 0 }, attrs: attrs() }.into(),
         Delete { path: b"old".to_vec() }.into(),
         NeedChunk { file: 3, index: 1, signature: Some(vec![0x80, 0x02, 6, 20, 0xff]) }.into(),
         RefineRequest { file: 3, index: 1, ranges: vec![1, 0, 200, 1] }.into(),
@@ -104,6 +115,7 @@ fn samples() -> Vec<Message> {
             chunks_received: 9,
             chunks_reused: 10,
             chunks_delta: 11,
+            meta_kept: 12,
         }
         .into(),
     ]
@@ -112,7 +124,7 @@ fn samples() -> Vec<Message> {
 /// Frame bytes of [`samples`], as hex: written once, then frozen. A change
 /// here is a wire change: update SPEC.md and consider the ALPN.
 const GOLDEN: &[(Kind, &str)] = &[
-    (Kind::Hello, "0e0000000101000a786665722f302e312e30"),
+    (Kind::Hello, "0e0000000102000a786665722f302e312e30"),
     (Kind::Error, "0f00000002040c6e6f20737563682074726565"),
     (Kind::Open, "3b0000000800087372762f64617461010001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa010770726f6a65637403776562"),
     (Kind::Opened, "2200000009111111111111111111111111111111111111111111111111111111111111111100"),
@@ -122,11 +134,11 @@ const GOLDEN: &[(Kind, &str)] = &[
     (Kind::FileInfos, "7800000013010161f0a20403030303030303030303030303030303030303030303030303030303030303038080018080048080100204040404040404040404040404040404040404040404040404040404040404048080040505050505050505050505050505050505050505050505050505050505050505f0220000"),
     (Kind::HasChunks, "42000000180206060606060606060606060606060606060606060606060606060606060606060707070707070707070707070707070707070707070707070707070707070707"),
     (Kind::Have, "03000000190101"),
-    (Kind::Mkdir, "0e000000200164ed0380c49fd50c959aef3a"),
-    (Kind::WriteFile, "6500000021030161a40380c49fd50c959aef3af0a2040808080808080808080808080808080808080808080808080808080808080808808001808004808010020200000101010909090909090909090909090909090909090909090909090909090909090909f02201"),
+    (Kind::Mkdir, "27000000200164ed0b80c49fd50c959aef3ae8076405616c6963650575736572730106757365722e6b0176"),
+    (Kind::WriteFile, "6a00000021030161a40380c49fd50c959aef3af0a2040808080808080808080808080808080808080808080808080808080808080808808001808004808010020200000101010909090909090909090909090909090909090909090909090909090909090909f022010000000000"),
     (Kind::MoreChunks, "26000000220301010a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a6400"),
-    (Kind::Symlink, "1100000023016c042e2e2f7480c49fd50c959aef3a"),
-    (Kind::SetMeta, "0700000024016180030100"),
+    (Kind::Symlink, "1600000023016c042e2e2f7480c49fd50c959aef3a0000000000"),
+    (Kind::SetMeta, "20000000240161ed130100e8076405616c6963650575736572730106757365722e6b0176"),
     (Kind::Delete, "0500000025036f6c64"),
     (Kind::NeedChunk, "0a000000300301010580020614ff"),
     (Kind::RefineRequest, "08000000310301040100c801"),
@@ -136,7 +148,7 @@ const GOLDEN: &[(Kind, &str)] = &[
     (Kind::Committed, "0600000041010a808040"),
     (Kind::FileFailed, "0d000000420308096469736b2066756c6c"),
     (Kind::Done, "0100000043"),
-    (Kind::Summary, "0c000000440102030405060708090a0b"),
+    (Kind::Summary, "0d000000440102030405060708090a0b0c"),
 ];
 
 #[test]
@@ -255,6 +267,18 @@ fn frame_limits_refused() {
         ),
         (Hello { version: 1, features: 0, agent: "x".repeat(MAX_TEXT_LEN + 1) }.into(), "agent"),
         (open_tagged(vec![Tag { key: "k".into(), value: "v".into() }; MAX_TAGS + 1]), "tags"),
+        (set_meta_with(Attrs { user: vec![b'u'; MAX_OWNER_NAME_LEN + 1], ..attrs() }), "user name"),
+        (set_meta_with(Attrs { group: vec![b'g'; MAX_OWNER_NAME_LEN + 1], ..attrs() }), "group name"),
+        (set_meta_with(Attrs { xattrs: numbered_xattrs(MAX_XATTRS + 1, 1), ..attrs() }), "xattrs"),
+        (set_meta_with(Attrs { xattrs: numbered_xattrs(1, MAX_XATTR_VALUE_LEN + 1), ..attrs() }), "xattr value"),
+        (set_meta_with(Attrs { xattrs: numbered_xattrs(5, MAX_XATTR_VALUE_LEN), ..attrs() }), "xattr bytes"),
+        (
+            set_meta_with(Attrs {
+                xattrs: vec![Xattr { name: vec![b'n'; MAX_XATTR_NAME_LEN + 1], value: vec![] }],
+                ..attrs()
+            }),
+            "xattr name",
+        ),
     ];
     for (m, field) in cases {
         let err = m.validate().unwrap_err();
@@ -264,6 +288,40 @@ fn frame_limits_refused() {
         let err = frame::parse(&frame).unwrap_err();
         assert!(matches!(err, DecodeError::Limit { kind, what, .. } if kind == m.kind() && what == field), "{err}");
     }
+}
+
+fn set_meta_with(attrs: Attrs) -> Message {
+    SetMeta { path: b"f".to_vec(), mode: 0o644, mtime: mtime(), attrs }.into()
+}
+
+/// `count` xattrs named `user.00000`... in order, each with a value of `len` bytes.
+fn numbered_xattrs(count: usize, len: usize) -> Vec<Xattr> {
+    (0..count).map(|n| Xattr { name: format!("user.{n:05}").into_bytes(), value: vec![7; len] }).collect()
+}
+
+/// Xattr names must be sorted, unique, non-empty and free of NUL bytes, so
+/// a receiver never applies one twice or one the kernel would cut short.
+#[test]
+fn bad_xattrs_refused() {
+    let x = |name: &[u8]| Xattr { name: name.to_vec(), value: b"v".to_vec() };
+    assert!(set_meta_with(attrs()).validate().is_ok());
+    for bad in [vec![x(b"user.b"), x(b"user.a")], vec![x(b"user.a"), x(b"user.a")], vec![x(b"")], vec![x(b"user.\0a")]]
+    {
+        let m = set_meta_with(Attrs { xattrs: bad.clone(), ..attrs() });
+        assert!(matches!(m.validate(), Err(DecodeError::Invalid { .. })), "{bad:?} accepted");
+        assert!(frame::parse(&raw_frame(&m)).is_err(), "{bad:?} decoded");
+    }
+    // The largest allowed attributes still fit a frame, on every message that carries them.
+    let most = Attrs {
+        user: vec![b'u'; MAX_OWNER_NAME_LEN],
+        group: vec![b'g'; MAX_OWNER_NAME_LEN],
+        xattrs: numbered_xattrs(4, MAX_XATTR_VALUE_LEN - 16),
+        ..attrs()
+    };
+    roundtrip_impl(&set_meta_with(most.clone()));
+    let link =
+        Symlink { path: vec![b'p'; MAX_PATH_LEN], target: vec![b't'; MAX_PATH_LEN], mtime: mtime(), attrs: most };
+    roundtrip_impl(&link.into());
 }
 
 fn open_tagged(tags: Vec<Tag>) -> Message {
@@ -297,6 +355,7 @@ fn raw_frame(m: &Message) -> Vec<u8> {
         Message::MoreChunks(b) => postcard_body(b),
         Message::Hello(b) => postcard_body(b),
         Message::Open(b) => postcard_body(b),
+        Message::SetMeta(b) => postcard_body(b),
         other => panic!("add {:?} to raw_frame", other.kind()),
     };
     let mut out = Vec::new();
@@ -385,6 +444,25 @@ fn chunk_list(implied: bool) -> BoxedStrategy<ChunkList> {
     }
 }
 
+fn attrs_s() -> impl Strategy<Value = Attrs> {
+    (any::<u32>(), any::<u32>(), bytes(8), bytes(8), vec((bytes(12), bytes(16)), 0..4)).prop_map(
+        |(uid, gid, user, group, xattrs)| {
+            // Valid names: non-empty, no NUL, sorted and unique.
+            let mut xattrs: Vec<Xattr> = xattrs
+                .into_iter()
+                .map(|(name, value)| {
+                    let mut name: Vec<u8> = name.into_iter().filter(|&b| b != 0).collect();
+                    name.insert(0, b'u');
+                    Xattr { name, value }
+                })
+                .collect();
+            xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+            xattrs.dedup_by(|a, b| a.name == b.name);
+            Attrs { uid, gid, user, group, xattrs }
+        },
+    )
+}
+
 fn write_file() -> impl Strategy<Value = WriteFile> {
     (
         any::<u32>(),
@@ -396,11 +474,12 @@ fn write_file() -> impl Strategy<Value = WriteFile> {
         params_s(),
         chunk_list(true),
         any::<bool>(),
+        attrs_s(),
     )
-        .prop_map(|(file, path, mode, mtime, size, hash, params, list, more)| {
+        .prop_map(|(file, path, mode, mtime, size, hash, params, list, more, attrs)| {
             let (size, more) =
                 if list == ChunkList::Implied { (size % (u64::from(MAX_CHUNK_LEN) + 1), false) } else { (size, more) };
-            WriteFile { file, path, mode, mtime, size, hash, params, list, more }
+            WriteFile { file, path, mode, mtime, size, hash, params, list, more, attrs }
         })
 }
 
@@ -438,12 +517,30 @@ fn message() -> impl Strategy<Value = Message> {
         (vec(file_info(), 0..4), any::<bool>()).prop_map(|(files, more)| FileInfos { files, more }.into()),
         vec(hash(), 0..5).prop_map(|ids| HasChunks { ids }.into()),
         bytes(8).prop_map(|bits| Have { bits }.into()),
-        (bytes(16), any::<u32>(), mtime_s()).prop_map(|(path, mode, mtime)| Mkdir { path, mode, mtime }.into()),
+        (bytes(16), any::<u32>(), mtime_s(), attrs_s()).prop_map(|(path, mode, mtime, attrs)| Mkdir {
+            path,
+            mode,
+            mtime,
+            attrs
+        }
+        .into()),
         write_file().prop_map(Message::from),
         (any::<u32>(), chunk_list(false), any::<bool>())
             .prop_map(|(file, list, more)| MoreChunks { file, list, more }.into()),
-        (bytes(16), bytes(16), mtime_s()).prop_map(|(path, target, mtime)| Symlink { path, target, mtime }.into()),
-        (bytes(16), any::<u32>(), mtime_s()).prop_map(|(path, mode, mtime)| SetMeta { path, mode, mtime }.into()),
+        (bytes(16), bytes(16), mtime_s(), attrs_s()).prop_map(|(path, target, mtime, attrs)| Symlink {
+            path,
+            target,
+            mtime,
+            attrs
+        }
+        .into()),
+        (bytes(16), any::<u32>(), mtime_s(), attrs_s()).prop_map(|(path, mode, mtime, attrs)| SetMeta {
+            path,
+            mode,
+            mtime,
+            attrs
+        }
+        .into()),
         bytes(16).prop_map(|path| Delete { path }.into()),
         (any::<u32>(), any::<u32>(), proptest::option::of(bytes(64))).prop_map(|(file, index, signature)| NeedChunk {
             file,
@@ -468,7 +565,7 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u32>(), any::<u32>(), text())
             .prop_map(|(file, code, message)| FileFailed { file, code, message }.into()),
         Just(Done.into()),
-        any::<[u64; 11]>().prop_map(|c| Summary {
+        any::<[u64; 12]>().prop_map(|c| Summary {
             files_written: c[0],
             dirs_created: c[1],
             symlinks_written: c[2],
@@ -480,6 +577,7 @@ fn message() -> impl Strategy<Value = Message> {
             chunks_received: c[8],
             chunks_reused: c[9],
             chunks_delta: c[10],
+            meta_kept: c[11],
         }
         .into()),
     ]
@@ -552,7 +650,13 @@ fn roundtrip_cases() {
         .into(),
     );
     roundtrip_impl(
-        &Symlink { path: vec![b'p'; MAX_PATH_LEN], target: vec![b't'; MAX_PATH_LEN], mtime: mtime() }.into(),
+        &Symlink {
+            path: vec![b'p'; MAX_PATH_LEN],
+            target: vec![b't'; MAX_PATH_LEN],
+            mtime: mtime(),
+            attrs: Attrs::default(),
+        }
+        .into(),
     );
     roundtrip_impl(
         &Listing {

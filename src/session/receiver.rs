@@ -40,6 +40,12 @@ pub const MAX_QUEUED_OPS: usize = 4096;
 /// always proceeds.
 pub const MAX_HELD_CHUNK_REFS: usize = 1 << 20;
 
+/// Bytes of owner names and xattrs held by the entry changes buffered
+/// ahead (up to 256 KiB each): past this the transport stops reading
+/// control messages, so a sender cannot make 4,096 queued changes hold a
+/// gigabyte of xattrs.
+pub const MAX_QUEUED_META_BYTES: usize = 16 << 20;
+
 /// Answers waiting to be sent; past this the transport stops reading
 /// control messages, so a peer that asks without reading the answers
 /// cannot make them pile up.
@@ -74,6 +80,19 @@ enum State {
 enum Queued {
     Op(Op),
     Write { file: u32, path: RelPath, meta: Meta, digest: FileDigest },
+}
+
+impl Queued {
+    /// What it holds in names and xattrs.
+    fn meta_bytes(&self) -> usize {
+        match self {
+            Queued::Write { meta, .. }
+            | Queued::Op(Op::Mkdir { meta, .. } | Op::Symlink { meta, .. } | Op::SetMeta { meta, .. }) => {
+                wire::meta_heap_bytes(meta)
+            }
+            Queued::Op(_) => 0,
+        }
+    }
 }
 
 struct FileNeeds {
@@ -115,6 +134,8 @@ pub struct Receiver {
     queued: VecDeque<Queued>,
     /// Chunk references of the queued writes.
     queued_refs: usize,
+    /// Name and xattr bytes of the queued changes.
+    queued_meta_bytes: usize,
     /// Chunk references of the files being rebuilt.
     in_flight_refs: usize,
     partial: Option<PartialList>,
@@ -151,6 +172,7 @@ impl Receiver {
             outbox: VecDeque::new(),
             queued: VecDeque::new(),
             queued_refs: 0,
+            queued_meta_bytes: 0,
             in_flight_refs: 0,
             partial: None,
             to_ask: VecDeque::new(),
@@ -203,6 +225,7 @@ impl Receiver {
     pub fn wants_input(&self) -> bool {
         self.queued.len() < MAX_QUEUED_OPS
             && self.queued_refs < MAX_HELD_CHUNK_REFS
+            && self.queued_meta_bytes < MAX_QUEUED_META_BYTES
             && self.outbox.len() < MAX_QUEUED_ANSWERS
     }
 
@@ -288,15 +311,15 @@ impl Receiver {
             (State::Open, Message::ListDir(list)) => self.list_dir(list),
             (State::Open, Message::GetFiles(get)) => self.get_files(get),
             (State::Open, Message::Mkdir(m)) => {
-                let meta = Meta { mode: m.mode, mtime: wire::mtime_from_wire(m.mtime).map_err(protocol)? };
+                let meta = wire::meta_from_wire(m.mode, m.mtime, m.attrs).map_err(protocol)?;
                 self.enqueue(Queued::Op(Op::Mkdir { path: path(m.path)?, meta }))
             }
             (State::Open, Message::Symlink(s)) => {
-                let meta = Meta { mode: 0, mtime: wire::mtime_from_wire(s.mtime).map_err(protocol)? };
+                let meta = wire::meta_from_wire(0, s.mtime, s.attrs).map_err(protocol)?;
                 self.enqueue(Queued::Op(Op::Symlink { path: path(s.path)?, target: s.target, meta }))
             }
             (State::Open, Message::SetMeta(s)) => {
-                let meta = Meta { mode: s.mode, mtime: wire::mtime_from_wire(s.mtime).map_err(protocol)? };
+                let meta = wire::meta_from_wire(s.mode, s.mtime, s.attrs).map_err(protocol)?;
                 self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
             }
             (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
@@ -442,7 +465,7 @@ impl Receiver {
         let path = path(w.path)?;
         let old = self.manifest().get(&path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
         let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(wire_error)?;
-        let meta = Meta { mode: w.mode, mtime: wire::mtime_from_wire(w.mtime).map_err(protocol)? };
+        let meta = wire::meta_from_wire(w.mode, w.mtime, w.attrs).map_err(protocol)?;
         self.enqueue(Queued::Write { file: w.file, path, meta, digest })
     }
 
@@ -454,6 +477,7 @@ impl Receiver {
         if let Queued::Write { digest, .. } = &queued {
             self.queued_refs += digest.chunks.len();
         }
+        self.queued_meta_bytes += queued.meta_bytes();
         self.queued.push_back(queued);
         self.pump()
     }
@@ -485,7 +509,9 @@ impl Receiver {
                 None => break,
                 _ => {}
             }
-            match self.queued.pop_front() {
+            let next = self.queued.pop_front();
+            self.queued_meta_bytes -= next.as_ref().map_or(0, Queued::meta_bytes);
+            match next {
                 Some(Queued::Write { file, path, meta, digest }) => {
                     self.queued_refs -= digest.chunks.len();
                     self.begin(file, path, meta, digest)?
@@ -698,6 +724,7 @@ impl Receiver {
             chunks_received: report.chunks_fetched,
             chunks_reused: report.chunks_reused,
             chunks_delta: report.chunks_delta,
+            meta_kept: report.meta_kept,
         };
         self.summary = Some(summary);
         self.outbox.push_back(Message::Summary(summary));

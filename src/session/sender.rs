@@ -86,7 +86,15 @@ impl State {
 
 /// Metadata the receiver did not report: never equal to a real entry's, so
 /// the plan restores the source's.
-const UNKNOWN_META: Meta = Meta { mode: u32::MAX, mtime: Mtime { secs: i64::MIN, nanos: 0 } };
+const UNKNOWN_META: Meta = Meta {
+    mode: u32::MAX,
+    mtime: Mtime { secs: i64::MIN, nanos: 0 },
+    uid: u32::MAX,
+    gid: u32::MAX,
+    user: Vec::new(),
+    group: Vec::new(),
+    xattrs: Vec::new(),
+};
 
 /// The sender of a push.
 pub struct Sender<R> {
@@ -499,16 +507,19 @@ impl<R: ChunkReader> Sender<R> {
                 path: path.as_bytes().to_vec(),
                 mode: meta.mode,
                 mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
             }),
             Op::Symlink { path, target, meta } => Message::Symlink(msg::Symlink {
                 path: path.as_bytes().to_vec(),
                 target: target.clone(),
                 mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
             }),
             Op::SetMeta { path, meta } => Message::SetMeta(msg::SetMeta {
                 path: path.as_bytes().to_vec(),
                 mode: meta.mode,
                 mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
             }),
             Op::Delete { path } => Message::Delete(msg::Delete { path: path.as_bytes().to_vec() }),
             Op::WriteFile { path, meta, digest } => {
@@ -529,6 +540,7 @@ impl<R: ChunkReader> Sender<R> {
                     params: wire::params_to_wire(digest.params),
                     list: first,
                     more: !rest.is_empty(),
+                    attrs: wire::attrs_to_wire(meta),
                 }));
                 let parts = rest.len();
                 for (i, list) in rest.into_iter().enumerate() {

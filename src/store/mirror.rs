@@ -30,7 +30,7 @@ use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Manifest, Meta, RelPath};
 use crate::patch;
 use crate::plan::{Op, Plan};
-use crate::scan::{self, FileRecord, ScanOptions, StatKey, TEMP_PREFIX};
+use crate::scan::{self, FileRecord, IdNames, MetaRecord, ScanOptions, StatKey, TEMP_PREFIX};
 
 /// Files per commit point. Larger batches let more reused chunks be read
 /// before the files holding them are replaced; smaller ones commit sooner.
@@ -38,6 +38,40 @@ pub const DEFAULT_BATCH_FILES: usize = 4096;
 
 /// Bytes of new file content per commit point (bounds temporary disk use).
 pub const DEFAULT_BATCH_BYTES: u64 = 1 << 30;
+
+/// What a receiver applies of the metadata it is sent; what it does not
+/// apply as sent it keeps in its records ([`MetaRecord`]) and reports as
+/// the entry's metadata, so a pull gives the originals back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetaPolicy {
+    /// Everything this process may: owners and groups (by name when the
+    /// name exists here, else by number), setuid, setgid and sticky bits,
+    /// xattrs of every namespace (ACLs included). A local push, a pull.
+    #[default]
+    Faithful,
+    /// Permission bits (`0o777`) and `user.*` xattrs only, on entries the
+    /// receiving process owns: a server receiving from a remote client,
+    /// which must never plant a setuid binary, a foreign owner, an ACL or
+    /// a file capability on the server's disk.
+    Confined,
+}
+
+impl MetaPolicy {
+    fn mode(self, mode: u32) -> u32 {
+        match self {
+            MetaPolicy::Faithful => mode & 0o7777,
+            MetaPolicy::Confined => mode & 0o777,
+        }
+    }
+
+    fn owners(self) -> bool {
+        self == MetaPolicy::Faithful
+    }
+
+    fn xattr(self, name: &[u8]) -> bool {
+        self == MetaPolicy::Faithful || name.starts_with(b"user.")
+    }
+}
 
 /// A receiving directory tree with its state database.
 pub struct MirrorStore {
@@ -54,6 +88,10 @@ pub struct MirrorStore {
     batch_bytes: u64,
     /// A top-level name that is not part of the tree (a server's state).
     reserved: Option<&'static [u8]>,
+    /// What of the metadata sent is applied.
+    policy: MetaPolicy,
+    /// This machine's user and group names, to map owners by name.
+    names: IdNames,
     /// Test hook: fail at this step number.
     fail_at: Option<u32>,
     steps: u32,
@@ -93,10 +131,19 @@ impl MirrorStore {
             batch_files: DEFAULT_BATCH_FILES,
             batch_bytes: DEFAULT_BATCH_BYTES,
             reserved: None,
+            policy: MetaPolicy::default(),
+            names: IdNames::load(),
             fail_at: None,
             steps: 0,
             unlocked: HashMap::new(),
         })
+    }
+
+    /// Applies the metadata sent as `policy` says (the default is
+    /// [`MetaPolicy::Faithful`]).
+    pub fn with_policy(mut self, policy: MetaPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Sets the commit batch limits (at least one file per batch).
@@ -407,7 +454,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 }
                 crate::crashpoint::hit("store.mkdir");
                 // Owner-writable until the final SetMeta, so the batch can fill it.
-                fs::set_permissions(&abs, fs::Permissions::from_mode(meta.mode | 0o700)).at(&abs)
+                fs::set_permissions(&abs, fs::Permissions::from_mode(store.policy.mode(meta.mode) | 0o700)).at(&abs)
             }
             Op::Delete { path } => {
                 // Conflicting deletes come before any write; extraneous ones
@@ -430,7 +477,9 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 let store = self.store.borrow_mut();
                 store.step()?;
                 let abs = store.abs(path);
-                set_meta(&abs, meta)?;
+                crate::crashpoint::hit("store.setmeta");
+                let applied = store.apply_meta(&abs, meta)?;
+                self.batch.keep_meta(path, applied, meta);
                 // Its mode is the source's now, whatever it was before.
                 store.unlocked.remove(&abs);
                 let lstat = fs::symlink_metadata(&abs).at(&abs)?;
@@ -462,7 +511,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
         match self.share_needs(file, &build) {
             Ok((stored, needs)) => {
-                self.in_flight.insert(file, InFlight { build, meta: *meta, digest: digest.clone(), stored });
+                self.in_flight.insert(file, InFlight { build, meta: meta.clone(), digest: digest.clone(), stored });
                 Ok(needs)
             }
             Err(e) => {
@@ -742,10 +791,21 @@ struct Batch {
     upserts: Vec<(RelPath, FileRecord)>,
     /// Records to drop in the same transaction (files a symlink replaced).
     removals: Vec<RelPath>,
+    /// Metadata records to set (applied differs from what was sent) or
+    /// drop, in the same transaction.
+    metas: Vec<(RelPath, Option<MetaRecord>)>,
     /// Chunks received in this batch, readable from their temporaries.
     received: HashMap<ChunkId, (PathBuf, u64, u32)>,
     files: usize,
     bytes: u64,
+}
+
+impl Batch {
+    /// Keeps what was sent for `path` when the entry holds something else.
+    fn keep_meta(&mut self, path: &RelPath, applied: Meta, sent: &Meta) {
+        let record = (applied != *sent).then(|| MetaRecord { applied, original: sent.clone() });
+        self.metas.push((path.clone(), record));
+    }
 }
 
 /// Chunks a new file took from the receiver's own files.
@@ -921,8 +981,8 @@ impl MirrorStore {
         if FileHash::from(hasher.finalize()) != digest.hash {
             return Err(Error::FileMismatch { path: self.abs(&build.path) });
         }
-        build.file.set_permissions(fs::Permissions::from_mode(meta.mode)).at(&build.temp)?;
-        filetime::set_file_handle_times(&build.file, None, Some(to_filetime(meta))).at(&build.temp)?;
+        let applied = self.apply_meta(&build.temp, meta)?;
+        batch.keep_meta(&build.path, applied, meta);
         for need in &build.needs {
             batch.received.insert(need.chunk.id, (build.temp.clone(), need.offset, need.chunk.len));
         }
@@ -940,9 +1000,56 @@ impl MirrorStore {
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temp).at(&temp)?;
         crate::crashpoint::hit("store.symlink");
         batch.pending.push(Pending { temp: temp.clone(), target: self.abs(path), path: path.clone(), digest: None });
-        let time = to_filetime(meta);
-        filetime::set_symlink_file_times(&temp, time, time).at(&temp)?;
+        let applied = self.apply_meta(&temp, meta)?;
+        batch.keep_meta(path, applied, meta);
         Ok(())
+    }
+
+    /// Gives the entry at `abs` (a temporary or a final name) the metadata
+    /// `meta` as the policy allows, and returns what it then holds, as a
+    /// scan reads it.
+    ///
+    /// Owners first (a chown clears setuid, setgid and file capabilities),
+    /// xattrs next, mode then (it sets an ACL's mask), mtime last. A chown
+    /// or xattr this process may not apply is left out, not an error: the
+    /// difference is kept in the records.
+    fn apply_meta(&self, abs: &Path, meta: &Meta) -> Result<Meta> {
+        let lstat = fs::symlink_metadata(abs).at(abs)?;
+        let symlink = lstat.file_type().is_symlink();
+        if self.policy.owners() {
+            use std::os::unix::fs::MetadataExt;
+            let uid = self.names.map_uid(&meta.user, meta.uid);
+            let gid = self.names.map_gid(&meta.group, meta.gid);
+            if (lstat.uid(), lstat.gid()) != (uid, gid) {
+                let _ = std::os::unix::fs::lchown(abs, Some(uid), Some(gid));
+            }
+        }
+        self.apply_xattrs(abs, &meta.xattrs);
+        let time = to_filetime(meta);
+        if symlink {
+            filetime::set_symlink_file_times(abs, time, time).at(abs)?;
+        } else {
+            fs::set_permissions(abs, fs::Permissions::from_mode(self.policy.mode(meta.mode))).at(abs)?;
+            filetime::set_file_mtime(abs, time).at(abs)?;
+        }
+        let lstat = fs::symlink_metadata(abs).at(abs)?;
+        Ok(scan::meta_of(abs, &lstat, &self.names).0)
+    }
+
+    /// Makes the xattrs of `abs` that the policy lets this receiver manage
+    /// those of `wanted`, as far as this process may.
+    fn apply_xattrs(&self, abs: &Path, wanted: &[crate::manifest::Xattr]) {
+        let current = scan::read_xattrs(abs).unwrap_or_default();
+        for old in &current {
+            if self.policy.xattr(&old.name) && !wanted.iter().any(|x| x.name == old.name) {
+                let _ = rustix::fs::lremovexattr(abs, old.name.as_slice());
+            }
+        }
+        for new in wanted {
+            if self.policy.xattr(&new.name) && !current.contains(new) {
+                let _ = rustix::fs::lsetxattr(abs, new.name.as_slice(), &new.value, rustix::fs::XattrFlags::empty());
+            }
+        }
     }
 
     /// Reads `chunk` from some file that holds it, verifying its hash.
@@ -1025,7 +1132,7 @@ impl MirrorStore {
     /// matches and the content, which did not change, is re-read. Deletes
     /// reach the database after they happen (state behind again).
     fn commit_batch(&mut self, batch: &mut Batch, report: &mut ApplyReport) -> Result<()> {
-        if batch.pending.is_empty() && batch.upserts.is_empty() {
+        if batch.pending.is_empty() && batch.upserts.is_empty() && batch.metas.is_empty() {
             return Ok(());
         }
         let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|p| p.temp.parent()));
@@ -1061,10 +1168,12 @@ impl MirrorStore {
         sync_filesystems(&filesystems)?;
         crate::crashpoint::hit("commit.durable");
         self.step()?;
-        self.db.update(&batch.upserts, &batch.removals)?;
+        self.db.update_with_metas(&batch.upserts, &batch.removals, &batch.metas)?;
         crate::crashpoint::hit("commit.recorded");
+        report.meta_kept += batch.metas.iter().filter(|(_, record)| record.is_some()).count() as u64;
         batch.upserts.clear();
         batch.removals.clear();
+        batch.metas.clear();
         batch.received.clear();
         batch.files = 0;
         batch.bytes = 0;
@@ -1079,6 +1188,7 @@ impl MirrorStore {
         }
         batch.upserts.clear();
         batch.removals.clear();
+        batch.metas.clear();
         batch.received.clear();
     }
 }
@@ -1194,17 +1304,6 @@ fn sync_filesystems(dirs: &[PathBuf]) -> Result<()> {
 
 fn to_filetime(meta: &Meta) -> FileTime {
     FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos)
-}
-
-fn set_meta(abs: &Path, meta: &Meta) -> Result<()> {
-    let lstat = fs::symlink_metadata(abs).at(abs)?;
-    let time = to_filetime(meta);
-    if lstat.file_type().is_symlink() {
-        return filetime::set_symlink_file_times(abs, time, time).at(abs);
-    }
-    fs::set_permissions(abs, fs::Permissions::from_mode(meta.mode)).at(abs)?;
-    crate::crashpoint::hit("store.setmeta");
-    filetime::set_file_mtime(abs, time).at(abs)
 }
 
 fn remove_entry(abs: &Path) -> Result<()> {

@@ -9,7 +9,7 @@ mod mirror;
 pub mod state;
 
 pub use lock::TreeLock;
-pub use mirror::{MirrorStore, NeedInfo, Put, Receiving, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
+pub use mirror::{MetaPolicy, MirrorStore, NeedInfo, Put, Receiving, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
 
 use serde::Serialize;
 
@@ -74,6 +74,9 @@ pub struct ApplyReport {
     pub entries_deleted: u64,
     /// Commit points passed: each one leaves the tree and state consistent.
     pub batches_committed: u64,
+    /// Entries whose metadata this receiver did not (or could not) apply
+    /// as sent, and kept in its records to give back.
+    pub meta_kept: u64,
     /// Files left as they were because of a problem with that file alone.
     pub failed: Vec<FailedEntry>,
 }

@@ -1,5 +1,6 @@
-//! The receiver's state database (redb): file records for the quick check and
-//! where each chunk's bytes sit in the tree.
+//! The receiver's state database (redb): file records for the quick check,
+//! where each chunk's bytes sit in the tree, and the metadata it was sent
+//! and did not apply as sent ([`MetaRecord`]).
 //!
 //! The database only ever describes data that is already durable: it is
 //! committed after the files it names were fsynced and renamed. If it falls
@@ -10,12 +11,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Builder, Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Builder, Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
-use crate::manifest::{Manifest, RelPath};
-use crate::scan::{FileRecord, Records};
+use crate::manifest::{Manifest, Meta, RelPath};
+use crate::scan::{FileRecord, MetaRecord, Records};
 
 /// redb's page cache (read cache and write buffer). Its default, 1 GiB,
 /// let a scan of 200,000 files keep every page it read in memory; records
@@ -27,6 +30,7 @@ const SCAN_FLUSH_RECORDS: usize = 4096;
 
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const CHUNKS: MultimapTableDefinition<&[u8; 32], &[u8]> = MultimapTableDefinition::new("chunks");
+const METAS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("metas");
 
 /// Where a chunk's bytes can be read in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,8 +108,42 @@ impl StateDb {
         let txn = state.db.begin_write().map_err(|e| state.err(e))?;
         txn.open_table(FILES).map_err(|e| state.err(e))?;
         txn.open_multimap_table(CHUNKS).map_err(|e| state.err(e))?;
+        txn.open_table(METAS).map_err(|e| state.err(e))?;
         txn.commit().map_err(|e| state.err(e))?;
         Ok(state)
+    }
+
+    /// Opens the database at `path` if there is one.
+    ///
+    /// # Errors
+    /// As [`StateDb::open`].
+    pub fn open_existing(path: &Path) -> Result<Option<StateDb>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        StateDb::open(path).map(Some)
+    }
+
+    /// A read view of the metadata records, consistent for its lifetime.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn metas(&self) -> Result<MetaRecords<'_>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(METAS).map_err(|e| self.err(e))?;
+        // Most trees have none: a scan then looks nothing up.
+        let empty = table.is_empty().map_err(|e| self.err(e))?;
+        Ok(MetaRecords { table, db: self, empty })
+    }
+
+    /// Records of the tree's metadata only: for a scan that keeps no file
+    /// records (a pull's source) yet must report the originals a receiver
+    /// kept instead of what it applied.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn meta_overlay(&self) -> Result<MetaOverlay<'_>> {
+        Ok(MetaOverlay { metas: self.metas()? })
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> Error {
@@ -158,7 +196,7 @@ impl StateDb {
     /// # Errors
     /// [`Error::State`] if the database cannot be read.
     pub fn recorder(&self) -> Result<ScanRecorder<'_>> {
-        Ok(ScanRecorder { previous: self.records()?, upserts: Vec::new() })
+        Ok(ScanRecorder { previous: self.records()?, metas: self.metas()?, upserts: Vec::new() })
     }
 
     /// Drops the records at or inside each of `dirs` (deleted entries)
@@ -215,7 +253,39 @@ impl StateDb {
     /// # Errors
     /// [`Error::State`] if the transaction fails; the database is then as before.
     pub fn update(&self, upserts: &[(RelPath, FileRecord)], removals: &[RelPath]) -> Result<()> {
+        self.update_with_metas(upserts, removals, &[])
+    }
+
+    /// As [`StateDb::update`], and in the same transaction sets (`Some`) or
+    /// drops (`None`) the metadata records of `metas`; removals drop their
+    /// metadata records too.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the transaction fails; the database is then as before.
+    pub fn update_with_metas(
+        &self,
+        upserts: &[(RelPath, FileRecord)],
+        removals: &[RelPath],
+        metas: &[(RelPath, Option<MetaRecord>)],
+    ) -> Result<()> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(METAS).map_err(|e| self.err(e))?;
+            for path in removals {
+                table.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+            }
+            for (path, record) in metas {
+                match record {
+                    Some(record) => {
+                        let value = postcard::to_allocvec(record).expect("invariant: encoding into a Vec cannot fail");
+                        table.insert(path.as_bytes(), value.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        table.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
         {
             let mut files = txn.open_table(FILES).map_err(|e| self.err(e))?;
             let mut chunks = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
@@ -282,16 +352,71 @@ impl FileRecords<'_> {
     }
 }
 
+/// Metadata records within one read transaction.
+pub struct MetaRecords<'a> {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    db: &'a StateDb,
+    empty: bool,
+}
+
+impl MetaRecords<'_> {
+    /// The record of `path`; one that no longer decodes counts as none
+    /// (the entry is then reported as it is on disk, and sent again).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn get(&self, path: &RelPath) -> Result<Option<MetaRecord>> {
+        if self.empty {
+            return Ok(None);
+        }
+        let value = self.table.get(path.as_bytes()).map_err(|e| self.db.err(e))?;
+        Ok(value.and_then(|v| postcard::from_bytes::<MetaRecord>(v.value()).ok()))
+    }
+
+    /// The original metadata of `path` while it still holds what was
+    /// applied, `on_disk`.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn original(&self, path: &RelPath, on_disk: &Meta) -> Result<Option<Meta>> {
+        Ok(self.get(path)?.filter(|r| r.applied == *on_disk).map(|r| r.original))
+    }
+}
+
+/// A scan's view of the metadata records alone: see [`StateDb::meta_overlay`].
+pub struct MetaOverlay<'a> {
+    metas: MetaRecords<'a>,
+}
+
+impl Records for MetaOverlay<'_> {
+    fn previous(&mut self, _: &RelPath) -> Result<Option<FileRecord>> {
+        Ok(None)
+    }
+
+    fn record(&mut self, _: &RelPath, _: &FileRecord, _: bool) -> Result<()> {
+        Ok(())
+    }
+
+    fn original_meta(&mut self, path: &RelPath, on_disk: &Meta) -> Result<Option<Meta>> {
+        self.metas.original(path, on_disk)
+    }
+}
+
 /// Brings the file records in line with a scan as it runs: see
 /// [`StateDb::recorder`].
 pub struct ScanRecorder<'a> {
     previous: FileRecords<'a>,
+    metas: MetaRecords<'a>,
     upserts: Vec<(RelPath, FileRecord)>,
 }
 
 impl Records for ScanRecorder<'_> {
     fn previous(&mut self, path: &RelPath) -> Result<Option<FileRecord>> {
         self.previous.get(path)
+    }
+
+    fn original_meta(&mut self, path: &RelPath, on_disk: &Meta) -> Result<Option<Meta>> {
+        self.metas.original(path, on_disk)
     }
 
     fn record(&mut self, path: &RelPath, record: &FileRecord, changed: bool) -> Result<()> {
@@ -329,10 +454,21 @@ impl ScanRecorder<'_> {
             }
         }
         drop(records);
-        if self.upserts.is_empty() && removals.is_empty() {
+        // Metadata records of entries gone from the tree.
+        let mut stale_metas = Vec::new();
+        if !self.metas.empty {
+            for row in self.metas.table.iter().map_err(|e| db.err(e))? {
+                let (key, _) = row.map_err(|e| db.err(e))?;
+                let Ok(path) = RelPath::new(key.value().to_vec()) else { continue };
+                if scanned.get(&path).is_none() {
+                    stale_metas.push((path, None));
+                }
+            }
+        }
+        if self.upserts.is_empty() && removals.is_empty() && stale_metas.is_empty() {
             return Ok(());
         }
-        db.update(&self.upserts, &removals)
+        db.update_with_metas(&self.upserts, &removals, &stale_metas)
     }
 }
 

@@ -147,6 +147,10 @@ pub struct Report {
     /// Highest zstd level used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zstd_level_max: Option<i32>,
+    /// Entries whose mode bits, owner, group or xattrs the receiver did not
+    /// (or could not) apply as sent; it keeps them in its records and gives
+    /// them back on a pull. Counted when written, not again on later runs.
+    pub meta_kept: u64,
     /// Wall time of the whole run.
     pub elapsed_s: f64,
     /// Entries skipped or failed, with the reason; the rest committed.
@@ -165,6 +169,7 @@ impl Report {
             chunks_reused: summary.chunks_reused,
             wire_bytes_sent: wire.sent,
             wire_bytes_received: wire.received,
+            meta_kept: summary.meta_kept,
             elapsed_s: started.elapsed().as_secs_f64(),
             failed,
             ..Report::default()
@@ -567,7 +572,13 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
     let config_root = dest.display().to_string();
     let access = super::access::Access::allow(&[identity.fingerprint()]);
     // The caller keeps its own record (`RemotePush::log`), so no audit log.
-    let config = ServeConfig { state: ServerState::Outside(state), ..ServeConfig::new(dest, access) };
+    // The user at hand pushes their own files: owners, special bits and
+    // every xattr are applied, as far as this process may.
+    let config = ServeConfig {
+        state: ServerState::Outside(state),
+        metadata: crate::store::MetaPolicy::Faithful,
+        ..ServeConfig::new(dest, access)
+    };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
     // The log names the destination directory, not the loopback server.

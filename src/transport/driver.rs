@@ -21,7 +21,7 @@ use crate::codec::LinkWindow;
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
 use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
-use crate::store::MirrorStore;
+use crate::store::{MetaPolicy, MirrorStore};
 use crate::throttle::{acquire_all, Limiter, Rate};
 
 /// Streams that carry chunk data, so one lost packet stalls only a share.
@@ -82,6 +82,12 @@ pub struct ServeConfig {
     /// each running one stops at its next commit point and is closed with
     /// the reason, its record is written, and then [`serve`] returns.
     pub shutdown: CancellationToken,
+    /// What of a pushed entry's metadata is applied: a remote client's
+    /// setuid bits, owners, ACLs and privileged xattrs never reach the
+    /// disk ([`MetaPolicy::Confined`], the default) and are kept in the
+    /// tree's records, to be given back on pull. The embedded server of a
+    /// local push, whose client is the user at hand, applies them all.
+    pub metadata: MetaPolicy,
 }
 
 impl ServeConfig {
@@ -97,6 +103,7 @@ impl ServeConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: super::IDLE_TIMEOUT,
             shutdown: CancellationToken::new(),
+            metadata: MetaPolicy::Confined,
         }
     }
 
@@ -1172,16 +1179,24 @@ async fn serve_pull(
     let abs = path.to_path(&config.root);
     let reserved = (path.is_root() && config.state == ServerState::InRoot).then_some(SERVER_STATE_DIR.as_bytes());
     let (tree, checksum) = (abs.clone(), open.checksum);
+    let (state, _) = config.state_file(&path);
     let scanning = tokio::task::spawn_blocking(move || {
         let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
-        crate::scan::scan_with(&tree, &mut crate::scan::Unrecorded, options)
+        // What pushes left in the records (a client's setuid bits and
+        // owners, kept off this disk) goes back as it was sent.
+        match crate::store::state::StateDb::open_existing(&state) {
+            Ok(Some(db)) => crate::scan::scan_with(&tree, &mut db.meta_overlay()?, options),
+            Ok(None) => crate::scan::scan_with(&tree, &mut crate::scan::Unrecorded, options),
+            Err(e) => Err(e),
+        }
     });
     // A scan only reads: on shutdown it is left to finish alone.
     let scanned = tokio::select! {
         scanned = scanning => scanned,
         e = watch.stopped() => return Err(e),
     };
-    let scanned = scanned.map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))??;
+    let scanned =
+        scanned.map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))?.map_err(|e| busy_or(e, &path))?;
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
         .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
@@ -1198,18 +1213,22 @@ fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore
     config.check_reserved(&path)?;
     check_real_dirs(&config.root, &path, false)?;
     let (state, reserve) = config.state_file(&path);
-    let store = match MirrorStore::open(&path.to_path(&config.root), &state) {
-        Ok(store) => store,
-        Err(e) if e.is_busy() => {
-            return Err(SessionError::Peer {
-                code: Some(CloseCode::Busy),
-                message: format!(
-                    "another transfer is writing /{path}, a directory above it or one inside it; \
-                     try again when it ends"
-                ),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
+    let store = store.with_policy(config.metadata);
     Ok(if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
+}
+
+/// `Busy` with what to do when another push holds the tree's state, else
+/// the error itself.
+fn busy_or(e: crate::Error, path: &RelPath) -> SessionError {
+    if e.is_busy() {
+        return SessionError::Peer {
+            code: Some(CloseCode::Busy),
+            message: format!(
+                "another transfer is writing /{path}, a directory above it or one inside it; \
+                 try again when it ends"
+            ),
+        };
+    }
+    e.into()
 }

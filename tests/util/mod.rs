@@ -58,7 +58,7 @@ pub fn manifest_of(model: &Model) -> Manifest {
 }
 
 pub fn meta(mode: u32, mtime: i64) -> Meta {
-    Meta { mode, mtime: Mtime { secs: mtime, nanos: 0 } }
+    Meta::basic(mode, Mtime { secs: mtime, nanos: 0 })
 }
 
 /// Writes the model under `root` (which must exist and be empty).

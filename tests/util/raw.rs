@@ -195,6 +195,7 @@ pub fn write_file(file: u32, path: &[u8], data: &[u8]) -> Message {
         params: xfer::wire::params_to_wire(params),
         list: msg::ChunkList::Full(vec![chunk]),
         more: false,
+        attrs: Default::default(),
     })
 }
 

@@ -507,6 +507,16 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
     let code = if report.is_partial() { EXIT_PARTIAL } else { 0 };
+    // One line, not one per entry: the receiver keeps what it did not
+    // apply, and the next unchanged run says nothing.
+    if report.meta_kept > 0 && !json && !quiet {
+        eprintln!(
+            "xfer: {} entries' owners, special mode bits or xattrs were not applied as sent on the receiver \
+             (a server never plants them for a remote client; a receiver that is not root cannot chown); \
+             it keeps them in its records and gives them back on pull",
+            report.meta_kept
+        );
+    }
     if json {
         let mut value = serde_json::to_value(report)?;
         if let Some(object) = value.as_object_mut() {

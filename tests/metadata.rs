@@ -1,0 +1,281 @@
+//! Owners, groups, special mode bits, xattrs and ACLs: carried faithfully
+//! where the receiver may apply them (a local push, a pull), never planted
+//! on a server by a remote client, whose originals the server keeps in its
+//! records and gives back on pull.
+//!
+//! These tests need root (to chown) and the `attr` and `acl` tools
+//! (`getfattr`, `setfattr`, `getfacl`, `setfacl`); without them they print
+//! why and pass without checking anything.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use xfer::identity::Identity;
+use xfer::transport::access::Access;
+use xfer::transport::client::{pull, push, push_embedded, RemotePush, RemoteUrl};
+use xfer::transport::driver::{serve, ServeConfig};
+use xfer::transport::{server_endpoint, Tuning};
+
+/// Why these tests cannot run here, if they cannot.
+fn unsupported(dir: &Path) -> Option<String> {
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if uid != 0 {
+        return Some("not running as root (chown needs it)".into());
+    }
+    for tool in ["getfattr", "setfattr", "getfacl", "setfacl"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Some(format!("{tool} is missing (apt-get install attr acl)"));
+        }
+    }
+    // The filesystem must take user xattrs and ACLs.
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let ok =
+        run_ok("setfattr", &["-n", "user.probe", "-v", "1"], &probe) && run_ok("setfacl", &["-m", "u:4321:r"], &probe);
+    std::fs::remove_file(&probe).unwrap();
+    (!ok).then(|| "the filesystem of the temporary directory takes no user xattrs or ACLs".into())
+}
+
+fn skip(test: &str, reason: &str) {
+    println!("SKIPPED {test}: {reason}");
+}
+
+fn run_ok(tool: &str, args: &[&str], path: &Path) -> bool {
+    Command::new(tool).args(args).arg(path).output().is_ok_and(|o| o.status.success())
+}
+
+fn run(tool: &str, args: &[&str], path: &Path) -> String {
+    let out = Command::new(tool).args(args).arg(path).output().unwrap();
+    assert!(out.status.success(), "{tool} {args:?} {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let t = filetime::FileTime::from_unix_time(secs, 0);
+    filetime::set_symlink_file_times(path, t, t).unwrap();
+}
+
+/// A tree a backup of `/` holds: a setuid root binary, a setgid directory,
+/// a sticky one, files and a symlink owned by someone else, user and
+/// trusted xattrs, access and default ACLs.
+fn metadata_tree(src: &Path) {
+    let dir = |p: &str| {
+        let path = src.join(p);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let file = |p: &str, data: &str| {
+        let path = src.join(p);
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let bin = dir("usr/bin");
+    let tool = file("usr/bin/tool", "#!/bin/sh\necho tool\n");
+    chown(&tool, 0, 0);
+    chmod(&tool, 0o6755);
+    let other = file("usr/bin/other", "other");
+    chown(&other, 1234, 5678);
+    chmod(&other, 0o4750);
+    let shared = dir("srv/shared");
+    chown(&shared, 1234, 5678);
+    chmod(&shared, 0o2775);
+    let tmp = dir("tmp");
+    chmod(&tmp, 0o1777);
+    let home = dir("home/alice");
+    chown(&home, 1234, 5678);
+    run("setfacl", &["-m", "u:4321:rx", "-d", "-m", "u:4321:rwx"], &home);
+    chmod(&home, 0o750);
+    let notes = file("home/alice/notes.txt", "dear diary");
+    chown(&notes, 1234, 5678);
+    run("setfacl", &["-m", "u:4321:r"], &notes);
+    chmod(&notes, 0o640);
+    run("setfattr", &["-n", "user.comment", "-v", "hello world"], &notes);
+    run("setfattr", &["-n", "user.empty", "-v", "\"\""], &notes);
+    run("setfattr", &["-n", "trusted.origin", "-v", "backup"], &notes);
+    let link = src.join("home/alice/link");
+    std::os::unix::fs::symlink("notes.txt", &link).unwrap();
+    chown(&link, 1234, 5678);
+    for (n, path) in [&tool, &other, &notes, &link, &bin, &shared, &tmp, &home].into_iter().enumerate() {
+        set_mtime(path, 1_600_000_000 + n as i64);
+    }
+    for p in ["usr", "srv", "home"] {
+        set_mtime(&src.join(p), 1_500_000_000);
+    }
+}
+
+/// Every entry under `root` as the tools see it: type, mode, owner, group,
+/// mtime, every xattr (all namespaces, hex) and the ACL.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    describe_into(root, root, &mut out);
+    out
+}
+
+fn describe_into(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    for dirent in std::fs::read_dir(dir).unwrap() {
+        let path = dirent.unwrap().path();
+        let rel = path.strip_prefix(root).unwrap().display().to_string();
+        if rel == ".xfer" {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mut text = format!("{:o} {}:{} {}", meta.mode(), meta.uid(), meta.gid(), meta.mtime());
+        let xattrs = run("getfattr", &["-h", "-d", "-m", "-", "-e", "hex", "--absolute-names"], &path);
+        text.extend(xattrs.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(|l| format!("\n  {l}")));
+        if meta.file_type().is_symlink() {
+            text.push_str(&format!("\n  -> {}", std::fs::read_link(&path).unwrap().display()));
+        } else {
+            let acl = run("getfacl", &["-n", "--omit-header", "--absolute-names"], &path);
+            text.extend(acl.lines().filter(|l| !l.is_empty()).map(|l| format!("\n  acl {l}")));
+        }
+        if meta.is_dir() {
+            describe_into(root, &path, out);
+        } else if meta.is_file() {
+            text.push_str(&format!("\n  {} bytes", meta.len()));
+        }
+        out.insert(rel, text);
+    }
+}
+
+/// Asserts two descriptions are equal, naming each entry that differs.
+fn assert_same(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    let mut diffs = Vec::new();
+    for (path, text) in want {
+        match got.get(path) {
+            None => diffs.push(format!("{path} missing")),
+            Some(g) if g != text => diffs.push(format!("{path}:\n got  {g}\n want {text}")),
+            _ => {}
+        }
+    }
+    diffs.extend(got.keys().filter(|p| !want.contains_key(*p)).map(|p| format!("{p} should not exist")));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+struct Server {
+    id: Identity,
+    addr: std::net::SocketAddr,
+    root: PathBuf,
+}
+
+fn start_server(tmp: &TempDir, client: &Identity) -> Server {
+    let id = Identity::generate().unwrap();
+    let root = tmp.path().join("served");
+    std::fs::create_dir(&root).unwrap();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let access = Access::allow(&[client.fingerprint()]);
+    tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), access))));
+    Server { id, addr, root }
+}
+
+fn options(tmp: &TempDir) -> RemotePush {
+    RemotePush {
+        delete: true,
+        busy_wait: std::time::Duration::from_secs(10),
+        ..RemotePush::new(tmp.path().join("client-state"))
+    }
+}
+
+/// Item 4: a remote client's setuid, setgid and sticky bits and foreign
+/// owners never reach the server's disk (it runs as root here, the worst
+/// case), and only its own user and group own what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_push_never_plants_setuid_or_foreign_owners() {
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip("remote_push_never_plants_setuid_or_foreign_owners", &reason);
+    }
+    let src = tmp.path().join("src");
+    metadata_tree(&src);
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "laptop".into() };
+    let report = push(&src, &url, &client, Some(server.id.fingerprint()), &options(&tmp)).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let stored = describe(&server.root.join("laptop"));
+    assert_eq!(stored.len(), describe(&src).len());
+    for (path, text) in &stored {
+        let meta = std::fs::symlink_metadata(server.root.join("laptop").join(path)).unwrap();
+        assert_eq!(meta.mode() & 0o7000, 0, "{path} carries special bits on the server: {text}");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path} is owned by someone else on the server: {text}");
+        assert!(!text.contains("trusted.") && !text.contains("security."), "{path}: {text}");
+    }
+}
+
+/// Items 4 and 5: a pull as root gives back exactly what was pushed
+/// (owners, groups, special bits, xattrs, ACLs), kept by the server in its
+/// records; pushing again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_round_trip_restores_everything() {
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip("remote_round_trip_restores_everything", &reason);
+    }
+    let src = tmp.path().join("src");
+    metadata_tree(&src);
+    let want = describe(&src);
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "laptop".into() };
+    let pin = Some(server.id.fingerprint());
+    let first = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(first.failed.is_empty(), "{:?}", first.failed);
+
+    let restored = tmp.path().join("restored");
+    let pulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(pulled.failed.is_empty(), "{:?}", pulled.failed);
+    assert_same(&describe(&restored), &want);
+
+    // The server's records match what the client holds: nothing to send,
+    // no metadata rewritten on either side.
+    let again = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
+    let stored = describe(&server.root.join("laptop"));
+    let repulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert_eq!((repulled.files_changed, repulled.files_deleted), (0, 0), "{repulled:?}");
+    assert_same(&describe(&restored), &want);
+    assert_same(&describe(&server.root.join("laptop")), &stored);
+}
+
+/// Item 5: a local push as root keeps owners, groups, special bits,
+/// xattrs of every namespace and ACLs, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_push_keeps_owners_xattrs_and_acls() {
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip("local_push_keeps_owners_xattrs_and_acls", &reason);
+    }
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    metadata_tree(&src);
+    let want = describe(&src);
+    let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_same(&describe(&dest), &want);
+    let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
+    assert_same(&describe(&dest), &want);
+
+    // A change of owner, ACL or xattr alone travels as metadata.
+    let notes = src.join("home/alice/notes.txt");
+    chown(&notes, 4321, 5678);
+    run("setfattr", &["-x", "user.comment"], &notes);
+    run("setfacl", &["-m", "u:1234:rw"], &notes);
+    chmod(&notes, 0o640);
+    set_mtime(&notes, 1_600_000_002);
+    let want = describe(&src);
+    let third = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert_eq!(third.chunks_sent, 0, "{third:?}");
+    assert_same(&describe(&dest), &want);
+}

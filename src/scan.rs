@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
+use crate::hash::FileHash;
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
 use crate::progress::{Event, ProgressSink};
 
@@ -94,8 +95,7 @@ pub struct Scan {
     /// Records of every file, for the next quick check; filled by [`scan`]
     /// only ([`scan_with`] hands them to its [`Records`]).
     pub records: HashMap<RelPath, FileRecord>,
-    /// Entries left out: hard links, special files, unreadable or changing
-    /// files (not those the filter excludes: the user asked for that).
+    /// Entries left out: special files, unreadable or changing files (not those the filter excludes: the user asked for that).
     pub skipped: Vec<ScanSkip>,
     /// Files read in full (the rest passed the quick check).
     pub files_read: u64,
@@ -182,6 +182,10 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     list_dir(&RelPath::root(), root, &options, &mut stack, &mut scan).at(root)?;
     let filter = options.filter.as_deref().filter(|f| !f.is_empty());
     let (mut files, mut bytes) = (0, 0);
+    // Files with several names whose other names the walk has yet to meet:
+    // the first name (a File entry) for the ones after it. Only files with
+    // nlink > 1 are held, each until its last name is met.
+    let mut groups: HashMap<(u64, u64), LinkGroup> = HashMap::new();
     while let Some((rel, abs)) = stack.pop() {
         let meta = match fs::symlink_metadata(&abs) {
             Ok(meta) => meta,
@@ -219,9 +223,21 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             }
         } else if file_type.is_file() {
             crate::crashpoint::hit("scan.file");
+            let inode = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
-                skip(&mut scan, rel, format!("hard link ({} names): not supported, skipped", meta.nlink()));
-                continue;
+                if let Some(group) = groups.get_mut(&inode) {
+                    // Names are met in manifest order, so the target is listed first.
+                    entries.push(Entry {
+                        path: rel,
+                        meta: group.meta,
+                        kind: EntryKind::HardLink { target: group.target.clone(), size: group.size, hash: group.hash },
+                    });
+                    group.unmet -= 1;
+                    if group.unmet == 0 {
+                        groups.remove(&inode);
+                    }
+                    continue;
+                }
             }
             let stat = StatKey::of(&meta);
             let old = records.previous(&rel)?;
@@ -244,11 +260,18 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             bytes += record.digest.size;
             options.progress.emit(|| Event::Scanning { files, bytes, bytes_read: scan.bytes_read });
             records.record(&rel, &record, changed)?;
-            entries.push(Entry {
-                path: rel,
-                meta: Meta { mode: record.stat.mode, mtime: record.stat.mtime },
-                kind: EntryKind::File(record.digest),
-            });
+            let file_meta = Meta { mode: record.stat.mode, mtime: record.stat.mtime };
+            if meta.nlink() > 1 {
+                let group = LinkGroup {
+                    target: rel.clone(),
+                    meta: file_meta,
+                    size: record.digest.size,
+                    hash: record.digest.hash,
+                    unmet: meta.nlink() - 1,
+                };
+                groups.insert(inode, group);
+            }
+            entries.push(Entry { path: rel, meta: file_meta, kind: EntryKind::File(record.digest) });
         } else {
             skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
         }
@@ -256,6 +279,16 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     // Skipped directories can leave nothing behind them, so this only sorts.
     scan.manifest = Manifest::new(entries)?;
     Ok(scan)
+}
+
+/// A file with several names, as its first name in the tree left it.
+struct LinkGroup {
+    target: RelPath,
+    meta: Meta,
+    size: u64,
+    hash: FileHash,
+    /// Names (by the link count) not met yet; some may lie outside the tree.
+    unmet: u64,
 }
 
 fn skip(scan: &mut Scan, path: RelPath, reason: String) {

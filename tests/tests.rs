@@ -6,6 +6,7 @@ mod cli;
 mod cli_schedule;
 mod crash;
 mod fuzz_regressions;
+mod hardlinks;
 mod hostile;
 mod local_faults;
 mod plan_model;

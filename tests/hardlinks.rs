@@ -345,7 +345,11 @@ fn snapshot_of(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
     files
 }
 
-fn link_groups_case(steps: Vec<(Vec<Option<u8>>, Vec<(u8, bool)>, bool)>) {
+/// One push: which file each name is, each file's version and privacy,
+/// and whether to delete.
+type Step = (Vec<Option<u8>>, Vec<(u8, bool)>, bool);
+
+fn link_groups_case(steps: Vec<Step>) {
     let l = Local::new();
     let mut snapshots = Vec::new();
     for (k, (groups, versions, delete)) in steps.into_iter().enumerate() {
@@ -383,7 +387,7 @@ fn link_groups_case(steps: Vec<(Vec<Option<u8>>, Vec<(u8, bool)>, bool)>) {
     }
 }
 
-fn step() -> impl Strategy<Value = (Vec<Option<u8>>, Vec<(u8, bool)>, bool)> {
+fn step() -> impl Strategy<Value = Step> {
     (
         proptest::collection::vec(proptest::option::of(0u8..3), NAMES.len()),
         proptest::collection::vec((0u8..2, any::<bool>()), 3),

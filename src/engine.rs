@@ -207,6 +207,7 @@ fn metadata_bytes(plan: &crate::plan::Plan, dest: &Manifest) -> u64 {
                 size(&(path, meta, digest.size, digest.hash, digest.params, edit))
             }
             Op::Symlink { path, target, meta } => size(&(path, target, meta)),
+            Op::Link { path, target, size: len, hash } => size(&(path, target, len, hash)),
             Op::Mkdir { path, meta } | Op::SetMeta { path, meta } => size(&(path, meta)),
             Op::Delete { path } => size(path),
         };

@@ -121,6 +121,15 @@ pub enum Error {
         /// The component that is not a real directory.
         via: PathBuf,
     },
+    /// A hard link whose target does not hold the file the sender meant
+    /// (its own write failed, or it changed since): the link is not made.
+    #[error("{path}: not linked, {target} is not the file it should share (its transfer failed or it changed)")]
+    LinkTarget {
+        /// The link.
+        path: PathBuf,
+        /// Its target.
+        target: PathBuf,
+    },
     /// A chunk or file number the transfer never announced.
     #[error("no file {file} with need {need} is being received")]
     UnknownTransfer {
@@ -163,7 +172,8 @@ impl Error {
             | Error::ChunkUnavailable { .. }
             | Error::Reserved { .. }
             | Error::TempName { .. }
-            | Error::Escape { .. } => true,
+            | Error::Escape { .. }
+            | Error::LinkTarget { .. } => true,
             Error::Io { source, .. } => {
                 source.kind() == io::ErrorKind::PermissionDenied
                     || matches!(source.raw_os_error(), Some(ENOTDIR | EISDIR | ENAMETOOLONG))

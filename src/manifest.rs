@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::chunk::FileDigest;
-use crate::hash::TreeHash;
+use crate::hash::{FileHash, TreeHash};
 
 /// Version of the manifest encoding and of the chunking rules behind it
 /// (`ChunkParams::for_size`, FastCDC 2020 normalization level 1, BLAKE3 ids).
+/// Format 2 added owners, groups, names and xattrs to [`Meta`], and
+/// [`EntryKind::HardLink`].
 pub const MANIFEST_FORMAT: u32 = 2;
 
 /// A path relative to a tree's root: raw bytes (Unix names need not be UTF-8),
@@ -235,6 +237,18 @@ pub enum EntryKind {
     },
     /// A regular file, with its chunks and whole-file hash.
     File(FileDigest),
+    /// Another name of the regular file at `target`, an earlier entry (the
+    /// first of the file's names in manifest order): the same inode, so
+    /// its data is carried once, by the target. Its metadata is the
+    /// target's.
+    HardLink {
+        /// The file's first name.
+        target: RelPath,
+        /// The target's size, so that a changed target changes this entry.
+        size: u64,
+        /// The target's whole-file hash, for the same reason.
+        hash: FileHash,
+    },
 }
 
 impl EntryKind {
@@ -244,6 +258,7 @@ impl EntryKind {
             EntryKind::Dir => "directory",
             EntryKind::Symlink { .. } => "symlink",
             EntryKind::File(_) => "file",
+            EntryKind::HardLink { .. } => "hard link",
         }
     }
 }
@@ -295,6 +310,14 @@ pub enum ManifestError {
     BadChunks {
         /// The file.
         path: RelPath,
+    },
+    /// A hard link whose target is not a regular file listed before it.
+    #[error("hard link {path}: its target {target} is not a file listed before it")]
+    BadLink {
+        /// The link.
+        path: RelPath,
+        /// Its target.
+        target: RelPath,
     },
 }
 
@@ -355,6 +378,13 @@ impl Manifest {
                     }
                 }
                 EntryKind::Symlink { .. } => {}
+                EntryKind::HardLink { target, .. } => {
+                    // Sorted and unique: a binary search over the entries before.
+                    let found = entries[..i].binary_search_by(|e| e.path.cmp(target)).ok();
+                    if !found.is_some_and(|k| matches!(entries[k].kind, EntryKind::File(_))) {
+                        return Err(ManifestError::BadLink { path: entry.path.clone(), target: target.clone() });
+                    }
+                }
             }
         }
         Ok(())
@@ -457,6 +487,13 @@ impl Tree {
                     hasher.update(b"f");
                     hasher.update(&digest.size.to_le_bytes());
                     hasher.update(digest.hash.as_bytes());
+                }
+                EntryKind::HardLink { target, size, hash } => {
+                    hasher.update(b"h");
+                    hasher.update(&(target.as_bytes().len() as u64).to_le_bytes());
+                    hasher.update(target.as_bytes());
+                    hasher.update(&size.to_le_bytes());
+                    hasher.update(hash.as_bytes());
                 }
             }
             let child = ChildDigest {
@@ -698,5 +735,36 @@ mod tests {
         assert_eq!(diff.listings_compared, 3);
         let same = diff_trees(&theirs, theirs.root(), |dir| theirs.listing(dir).to_vec());
         assert_eq!(same, TreeDiff::default());
+    }
+    fn link(path: &str, target: &str, content: &[u8]) -> Entry {
+        let digest = digest_bytes(content);
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            meta: Meta { mode: 0o644, mtime: Mtime { secs: 1, nanos: 5 }, ..Meta::default() },
+            kind: EntryKind::HardLink { target: RelPath::new(target).unwrap(), size: digest.size, hash: digest.hash },
+        }
+    }
+
+    #[test]
+    fn hard_links_name_an_earlier_file() {
+        let m = Manifest::new(vec![file("a", b"x"), dir("d"), link("d/b", "a", b"x")]).unwrap();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+        // The target must be a file listed before the link.
+        for bad in [
+            vec![link("a", "b", b"x"), file("b", b"x")],
+            vec![dir("d"), link("e", "d", b"x")],
+            vec![link("a", "missing", b"x")],
+            vec![file("a", b"x"), link("b", "a", b"x"), link("c", "b", b"x")],
+        ] {
+            assert!(matches!(Manifest::new(bad), Err(ManifestError::BadLink { .. })));
+        }
+        // A link's digest follows its target's content and its own name.
+        let root = m.tree().root();
+        let changed = Manifest::new(vec![file("a", b"y"), dir("d"), link("d/b", "a", b"y")]).unwrap();
+        let unchanged_file = Manifest::new(vec![file("a", b"x"), dir("d"), link("d/b", "a", b"y")]).unwrap();
+        assert_ne!(changed.tree().listing(&RelPath::new("d").unwrap()), m.tree().listing(&RelPath::new("d").unwrap()));
+        assert_ne!(unchanged_file.tree().root(), root);
+        let as_file = Manifest::new(vec![file("a", b"x"), dir("d"), file("d/b", b"x")]).unwrap();
+        assert_ne!(as_file.tree().root(), root);
     }
 }

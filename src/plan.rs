@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::filter::Filter;
-use crate::hash::ChunkId;
+use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 
 /// What the caller wants beyond making source entries appear.
@@ -87,6 +87,19 @@ pub enum Op {
         /// Its mtime (symlink modes are not settable).
         meta: Meta,
     },
+    /// Make `path` another name of the file at `target` (a hard link),
+    /// replacing what stands there atomically; only while `target` holds
+    /// the content `size` and `hash` name.
+    Link {
+        /// The new name.
+        path: RelPath,
+        /// The file's first name, written or checked before.
+        target: RelPath,
+        /// The target's size.
+        size: u64,
+        /// The target's whole-file hash.
+        hash: FileHash,
+    },
     /// Set mode and mtime of an entry whose content is already right.
     SetMeta {
         /// The entry.
@@ -104,6 +117,7 @@ impl Op {
             | Op::Mkdir { path, .. }
             | Op::WriteFile { path, .. }
             | Op::Symlink { path, .. }
+            | Op::Link { path, .. }
             | Op::SetMeta { path, .. } => path,
         }
     }
@@ -122,8 +136,10 @@ pub struct Skipped {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Steps in order: conflicting deletes, new directories, files and
-    /// symlinks, metadata of unchanged content, extraneous deletes (deepest
-    /// first), then directory metadata (deepest first, after their content).
+    /// symlinks, metadata of unchanged content, hard links (after every
+    /// file they name, and after the metadata of those), extraneous deletes
+    /// (deepest first), then directory metadata (deepest first, after their
+    /// content).
     pub ops: Vec<Op>,
     /// Chunks no receiver file holds, each once, in first-use order.
     pub missing: Vec<ChunkRef>,
@@ -154,6 +170,10 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     let mut extraneous = Vec::new();
     let mut dir_metas = Vec::new();
     let mut skipped = Vec::new();
+    // Hard links the receiver holds already: made again only if their
+    // target is rewritten or its metadata changes (a receiver gives a file
+    // with several names a fresh copy before changing it).
+    let mut kept_links: Vec<&Entry> = Vec::new();
     // Set when a receiver directory is replaced wholesale, so its receiver
     // subtree needs no deletes of its own and its source subtree is all new.
     let mut replaced_dir: Option<RelPath> = None;
@@ -216,6 +236,8 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                             metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
                         }
                     }
+                    // Its metadata is its target's, set there.
+                    (EntryKind::HardLink { .. }, EntryKind::HardLink { .. }) if s.kind == d.kind => kept_links.push(s),
                     (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(j - 1) => {
                         skipped.push(Skipped { path: s.path.clone(), reason: guard.why(j - 1) });
                         if matches!(s.kind, EntryKind::Dir) {
@@ -247,6 +269,18 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
         }
     }
 
+    // Links go after every file and its metadata: their targets are then
+    // complete under their final names.
+    let (mut links, writes): (Vec<Op>, Vec<Op>) = writes.into_iter().partition(|op| matches!(op, Op::Link { .. }));
+    if !kept_links.is_empty() {
+        let changed: HashSet<&RelPath> = writes.iter().chain(&metas).map(Op::path).collect();
+        let relinks = kept_links.into_iter().filter_map(|entry| match &entry.kind {
+            EntryKind::HardLink { target, .. } if changed.contains(target) => Some(link_op(entry)),
+            _ => None,
+        });
+        links.extend(relinks.flatten());
+    }
+
     let mut missing = Vec::new();
     let mut queued: HashSet<ChunkId> = HashSet::new();
     for op in &writes {
@@ -262,7 +296,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     // Creating or removing an entry changes its directory's mtime on the
     // receiver, so every such directory gets its source metadata back last.
     let mut touched: BTreeMap<RelPath, Meta> = dir_metas.into_iter().collect();
-    let changed = conflicts.iter().chain(&mkdirs).chain(&writes).map(Op::path).chain(&extraneous);
+    let changed = conflicts.iter().chain(&mkdirs).chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
     for path in changed {
         let parent = path.parent();
         if touched.contains_key(&parent) || parent.is_root() {
@@ -277,6 +311,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     ops.extend(mkdirs);
     ops.extend(writes);
     ops.extend(metas);
+    ops.extend(links);
     ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
     ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
     Plan { ops, missing, skipped }
@@ -375,6 +410,17 @@ fn create(entry: &Entry, mkdirs: &mut Vec<Op>, writes: &mut Vec<Op>, dir_metas: 
         }
         EntryKind::File(digest) => writes.push(Op::WriteFile { path, meta, digest: digest.clone() }),
         EntryKind::Symlink { target } => writes.push(Op::Symlink { path, target: target.clone(), meta }),
+        EntryKind::HardLink { .. } => writes.extend(link_op(entry)),
+    }
+}
+
+/// The op that makes hard link `entry`.
+fn link_op(entry: &Entry) -> Option<Op> {
+    match &entry.kind {
+        EntryKind::HardLink { target, size, hash } => {
+            Some(Op::Link { path: entry.path.clone(), target: target.clone(), size: *size, hash: *hash })
+        }
+        _ => None,
     }
 }
 
@@ -593,14 +639,65 @@ mod tests {
                 for op in &plan.ops {
                     let hit = match op {
                         Op::Delete { path } => kept.path == *path || kept.path.is_inside(path),
-                        Op::Mkdir { path, .. } | Op::WriteFile { path, .. } | Op::Symlink { path, .. } => {
-                            kept.path == *path
-                        }
+                        Op::Mkdir { path, .. }
+                        | Op::WriteFile { path, .. }
+                        | Op::Symlink { path, .. }
+                        | Op::Link { path, .. } => kept.path == *path,
                         Op::SetMeta { .. } => false,
                     };
                     proptest::prop_assert!(!hit, "{:?} touches the kept {}", op, kept.path);
                 }
             }
         }
+    }
+
+    fn link(path: &str, target: &str) -> Entry {
+        let digest = digest_bytes(target.as_bytes());
+        Entry {
+            path: RelPath::new(path).unwrap(),
+            meta: Meta::default(),
+            kind: EntryKind::HardLink { target: RelPath::new(target).unwrap(), size: digest.size, hash: digest.hash },
+        }
+    }
+
+    #[test]
+    fn links_follow_their_files_and_are_made_again_when_those_change() {
+        let source = Manifest::new(vec![file("a"), dir("d"), link("d/b", "a"), file("z")]).unwrap();
+        let fresh = plan(&source, &Manifest::EMPTY, |_| false, PlanOptions::default());
+        let order: Vec<String> = paths(fresh.ops.iter().filter(|op| !matches!(op, Op::SetMeta { .. })));
+        // The link comes after every file, its target's included.
+        assert_eq!(order, ["d", "a", "z", "d/b"]);
+        assert!(matches!(&fresh.ops[3], Op::Link { target, .. } if target.as_bytes() == b"a"));
+        assert_eq!(fresh.files_written(), 2);
+
+        // Unchanged: nothing to do.
+        assert!(plan(&source, &source, |_| false, PlanOptions::default()).is_empty());
+
+        // The target's metadata changes: the link is made again after it,
+        // since a receiver gives a file with several names its own copy.
+        let mut chmod = source.entries().to_vec();
+        chmod[0].meta.mode = 0o600;
+        chmod[2].meta.mode = 0o600;
+        let chmod = Manifest::new(chmod).unwrap();
+        let ops = plan(&chmod, &source, |_| false, PlanOptions::default()).ops;
+        let kinds: Vec<(String, &str)> = ops
+            .iter()
+            .map(|op| {
+                let kind = match op {
+                    Op::SetMeta { .. } => "meta",
+                    Op::Link { .. } => "link",
+                    _ => "other",
+                };
+                (op.path().to_string(), kind)
+            })
+            .collect();
+        assert_eq!(&kinds[..2], [("a".to_string(), "meta"), ("d/b".to_string(), "link")]);
+
+        // A receiver name that is a file of its own becomes a link; a
+        // receiver link the source splits off becomes a file.
+        let dest = Manifest::new(vec![file("a"), dir("d"), file("d/b"), link("z", "a")]).unwrap();
+        let ops = plan(&source, &dest, |_| false, PlanOptions::default()).ops;
+        assert!(ops.iter().any(|op| matches!(op, Op::Link { path, .. } if path.as_bytes() == b"d/b")));
+        assert!(ops.iter().any(|op| matches!(op, Op::WriteFile { path, .. } if path.as_bytes() == b"z")));
     }
 }

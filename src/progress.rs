@@ -67,6 +67,8 @@ pub enum Change {
     Mkdir,
     /// A symlink is written.
     Symlink,
+    /// A hard link to another file of the tree is made.
+    Link,
     /// Only mode or mtime change.
     Meta,
     /// The entry is deleted.
@@ -81,6 +83,7 @@ impl Change {
             Op::WriteFile { .. } => Change::Write,
             Op::Mkdir { .. } => Change::Mkdir,
             Op::Symlink { .. } => Change::Symlink,
+            Op::Link { .. } => Change::Link,
             Op::SetMeta { .. } => Change::Meta,
             Op::Delete { .. } => Change::Delete,
         }

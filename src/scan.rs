@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{digest_stream_sized, ChunkParams, FileDigest};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
+use crate::hash::FileHash;
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Xattr};
 use crate::progress::{Event, ProgressSink};
 
@@ -278,7 +279,9 @@ impl Scan {
     /// The paths of the entries left out, for [`crate::plan::PlanOptions::skipped`]:
     /// they exist in the source, so the receiver keeps what it holds there.
     pub fn skipped_paths(&self) -> std::collections::HashSet<RelPath> {
-        self.skipped.iter().map(|s| s.path.clone()).collect()
+        // An entry carried without something (its xattrs) is in the
+        // manifest and is applied; only entries left out keep their backup.
+        self.skipped.iter().filter(|s| self.manifest.get(&s.path).is_none()).map(|s| s.path.clone()).collect()
     }
 }
 
@@ -371,6 +374,10 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     let filter = options.filter.as_deref().filter(|f| !f.is_empty());
     let names = IdNames::load();
     let (mut files, mut bytes) = (0, 0);
+    // Files with several names whose other names the walk has yet to meet:
+    // the first name (a File entry) for the ones after it. Only files with
+    // nlink > 1 are held, each until its last name is met.
+    let mut groups: HashMap<(u64, u64), LinkGroup> = HashMap::new();
     while let Some((rel, abs)) = stack.pop() {
         let meta = match fs::symlink_metadata(&abs) {
             Ok(meta) => meta,
@@ -415,9 +422,21 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             }
         } else if file_type.is_file() {
             crate::crashpoint::hit("scan.file");
+            let inode = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
-                skip(&mut scan, rel, format!("hard link ({} names): not supported, skipped", meta.nlink()));
-                continue;
+                if let Some(group) = groups.get_mut(&inode) {
+                    // Names are met in manifest order, so the target is listed first.
+                    entries.push(Entry {
+                        path: rel,
+                        meta: group.meta.clone(),
+                        kind: EntryKind::HardLink { target: group.target.clone(), size: group.size, hash: group.hash },
+                    });
+                    group.unmet -= 1;
+                    if group.unmet == 0 {
+                        groups.remove(&inode);
+                    }
+                    continue;
+                }
             }
             let stat = StatKey::of(&meta);
             let old = records.previous(&rel)?;
@@ -442,12 +461,22 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             records.record(&rel, &record, changed)?;
             // The mode and mtime the content was read under, unless the
             // records give the sender's originals.
-            let meta = if original {
+            let file_meta = if original {
                 base_meta
             } else {
                 Meta { mode: record.stat.mode, mtime: record.stat.mtime, ..base_meta }
             };
-            entries.push(Entry { path: rel, meta, kind: EntryKind::File(record.digest) });
+            if meta.nlink() > 1 {
+                let group = LinkGroup {
+                    target: rel.clone(),
+                    meta: file_meta.clone(),
+                    size: record.digest.size,
+                    hash: record.digest.hash,
+                    unmet: meta.nlink() - 1,
+                };
+                groups.insert(inode, group);
+            }
+            entries.push(Entry { path: rel, meta: file_meta, kind: EntryKind::File(record.digest) });
         } else {
             skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
         }
@@ -455,6 +484,16 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     // Skipped directories can leave nothing behind them, so this only sorts.
     scan.manifest = Manifest::new(entries)?;
     Ok(scan)
+}
+
+/// A file with several names, as its first name in the tree left it.
+struct LinkGroup {
+    target: RelPath,
+    meta: Meta,
+    size: u64,
+    hash: FileHash,
+    /// Names (by the link count) not met yet; some may lie outside the tree.
+    unmet: u64,
 }
 
 fn skip(scan: &mut Scan, path: RelPath, reason: String) {

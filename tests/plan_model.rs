@@ -209,6 +209,13 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
                 let e = tree.get_mut(path).unwrap_or_else(|| panic!("set meta of absent {path}"));
                 e.meta = meta.clone();
             }
+            Op::Link { path, target, size, hash } => {
+                assert!(parent_is_dir(&tree, path), "link {path} without parent");
+                let t = tree.get(target).unwrap_or_else(|| panic!("link {path} to absent {target}"));
+                assert!(matches!(&t.kind, EntryKind::File(d) if d.hash == *hash && d.size == *size), "{path}");
+                let kind = EntryKind::HardLink { target: target.clone(), size: *size, hash: *hash };
+                tree.insert(path.clone(), entry(path, t.meta.clone(), kind));
+            }
         }
     }
     Manifest::new(tree.into_values().collect()).unwrap()
@@ -231,6 +238,9 @@ fn naive_plan(source: &Manifest, dest: &Manifest, dest_has: &HashSet<ChunkId>) -
             EntryKind::Dir => Op::Mkdir { path: e.path.clone(), meta: e.meta.clone() },
             EntryKind::Symlink { target } => {
                 Op::Symlink { path: e.path.clone(), target: target.clone(), meta: e.meta.clone() }
+            }
+            EntryKind::HardLink { target, size, hash } => {
+                Op::Link { path: e.path.clone(), target: target.clone(), size: *size, hash: *hash }
             }
             EntryKind::File(d) => {
                 for c in &d.chunks {

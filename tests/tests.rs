@@ -7,6 +7,7 @@ mod cli_schedule;
 mod crash;
 mod delete_safety;
 mod fuzz_regressions;
+mod hardlinks;
 mod hostile;
 mod local_faults;
 mod never_lose;

@@ -370,6 +370,22 @@ pub struct Symlink {
     pub attrs: Attrs,
 }
 
+/// Sender to receiver: make `path` another name of the file at `target`
+/// (a hard link), once that file holds the content `size` and `hash` name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Link {
+    /// The new name.
+    #[serde(with = "codec::bytes")]
+    pub path: Vec<u8>,
+    /// The existing file it shares, a path in the same tree.
+    #[serde(with = "codec::bytes")]
+    pub target: Vec<u8>,
+    /// The target's length in bytes.
+    pub size: u64,
+    /// BLAKE3-256 of the target's whole content.
+    pub hash: Hash,
+}
+
 /// Sender to receiver: the content is unchanged, set metadata only.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SetMeta {
@@ -738,6 +754,13 @@ impl Validate for Symlink {
     }
 }
 
+impl Validate for Link {
+    fn validate(&self) -> Checked {
+        path("path", &self.path)?;
+        path("target", &self.target)
+    }
+}
+
 impl Validate for SetMeta {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
@@ -952,6 +975,8 @@ messages! {
     36 SetMeta(SetMeta),
     /// `Delete`: remove an entry.
     37 Delete(Delete),
+    /// `Link`: make a name another hard link of a file in the tree.
+    38 Link(Link),
     // 48..=63: chunk transfer and sub-chunk delta.
     /// `NeedChunk`: receiver asks for a chunk, maybe with a signature.
     48 NeedChunk(NeedChunk),
@@ -992,7 +1017,7 @@ mod tests {
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(3), None);
         assert_eq!(Kind::from_u8(128), None);
-        assert_eq!(Kind::ALL.len(), 25);
+        assert_eq!(Kind::ALL.len(), 26);
     }
 
     #[test]

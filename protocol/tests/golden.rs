@@ -95,6 +95,7 @@ fn samples() -> Vec<Message> {
         Symlink { path: b"l".to_vec(), target: b"../t".to_vec(), mtime: mtime(), attrs: Attrs::default() }.into(),
         SetMeta { path: b"a".to_vec(), mode: 0o4755, mtime: Mtime { secs: -1, nanos: 0 }, attrs: attrs() }.into(),
         Delete { path: b"old".to_vec() }.into(),
+        Link { path: b"b/x".to_vec(), target: b"a".to_vec(), size: 70000, hash: id(8) }.into(),
         NeedChunk { file: 3, index: 1, signature: Some(vec![0x80, 0x02, 6, 20, 0xff]) }.into(),
         RefineRequest { file: 3, index: 1, ranges: vec![1, 0, 200, 1] }.into(),
         FineSignatures { file: 3, index: 1, signatures: vec![vec![0], vec![1, 2]] }.into(),
@@ -140,6 +141,7 @@ const GOLDEN: &[(Kind, &str)] = &[
     (Kind::Symlink, "1600000023016c042e2e2f7480c49fd50c959aef3a0000000000"),
     (Kind::SetMeta, "20000000240161ed130100e8076405616c6963650575736572730106757365722e6b0176"),
     (Kind::Delete, "0500000025036f6c64"),
+    (Kind::Link, "2a0000002603622f780161f0a2040808080808080808080808080808080808080808080808080808080808080808"),
     (Kind::NeedChunk, "0a000000300301010580020614ff"),
     (Kind::RefineRequest, "08000000310301040100c801"),
     (Kind::FineSignatures, "09000000320301020100020102"),
@@ -219,7 +221,7 @@ fn frame_oversize_refused_from_header() {
 
 #[test]
 fn frame_unknown_kind_refused() {
-    for kind in [0u8, 3, 7, 10, 20, 38, 52, 69, 127, 128, 255] {
+    for kind in [0u8, 3, 7, 10, 20, 39, 52, 69, 127, 128, 255] {
         let mut buf = Vec::new();
         frame::encode_raw(kind, &[0; 8], &mut buf);
         // Refused as soon as the kind byte arrives, before the body.
@@ -266,6 +268,7 @@ fn frame_limits_refused() {
             "chunk list items",
         ),
         (Hello { version: 1, features: 0, agent: "x".repeat(MAX_TEXT_LEN + 1) }.into(), "agent"),
+        (Link { path: b"l".to_vec(), target: vec![b't'; MAX_PATH_LEN + 1], size: 0, hash: id(0) }.into(), "target"),
         (open_tagged(vec![Tag { key: "k".into(), value: "v".into() }; MAX_TAGS + 1]), "tags"),
         (set_meta_with(Attrs { user: vec![b'u'; MAX_OWNER_NAME_LEN + 1], ..attrs() }), "user name"),
         (set_meta_with(Attrs { group: vec![b'g'; MAX_OWNER_NAME_LEN + 1], ..attrs() }), "group name"),
@@ -356,6 +359,7 @@ fn raw_frame(m: &Message) -> Vec<u8> {
         Message::Hello(b) => postcard_body(b),
         Message::Open(b) => postcard_body(b),
         Message::SetMeta(b) => postcard_body(b),
+        Message::Link(b) => postcard_body(b),
         other => panic!("add {:?} to raw_frame", other.kind()),
     };
     let mut out = Vec::new();
@@ -542,6 +546,13 @@ fn message() -> impl Strategy<Value = Message> {
         }
         .into()),
         bytes(16).prop_map(|path| Delete { path }.into()),
+        (bytes(16), bytes(16), any::<u64>(), hash()).prop_map(|(path, target, size, hash)| Link {
+            path,
+            target,
+            size,
+            hash
+        }
+        .into()),
         (any::<u32>(), any::<u32>(), proptest::option::of(bytes(64))).prop_map(|(file, index, signature)| NeedChunk {
             file,
             index,

@@ -10,6 +10,7 @@ use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESS
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
+use crate::hash::FileHash;
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::Op;
 use crate::progress::{Change, Event, ProgressSink};
@@ -323,6 +324,10 @@ impl Receiver {
                 self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
             }
             (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
+            (State::Open, Message::Link(l)) => {
+                let (path, target) = (path(l.path)?, path(l.target)?);
+                self.enqueue(Queued::Op(Op::Link { path, target, size: l.size, hash: FileHash(l.hash) }))
+            }
             (State::Open, Message::WriteFile(mut w)) if self.partial.is_none() => {
                 if w.more {
                     // The header keeps no copy of the list: the parts gather in `chunks`.
@@ -505,7 +510,12 @@ impl Receiver {
                 {
                     break
                 }
-                Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. })) if !self.files.is_empty() => break,
+                // A link waits for its target to be complete and committed.
+                Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. } | Op::Link { .. }))
+                    if !self.files.is_empty() =>
+                {
+                    break
+                }
                 None => break,
                 _ => {}
             }

@@ -472,6 +472,20 @@ impl<R: ChunkReader> Sender<R> {
                 at = (!path.parent().is_root()).then(|| path.parent());
             }
         }
+        // A hard link taken from an identical subtree whose target lies where
+        // the view holds no file: what the receiver has there is unknown.
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let unknown: Vec<usize> = (0..entries.len())
+            .filter(|&i| match &entries[i].kind {
+                EntryKind::HardLink { target, .. } => {
+                    !entries.binary_search_by(|e| e.path.cmp(target)).is_ok_and(|k| entries[k].file().is_some())
+                }
+                _ => false,
+            })
+            .collect();
+        for i in unknown {
+            entries[i].kind = EntryKind::Symlink { target: Vec::new() };
+        }
         // A malformed view (a hostile listing) plans against nothing: the
         // receiver then gets everything, which is safe.
         self.dest = Arc::new(Manifest::new(entries).unwrap_or_default());
@@ -522,6 +536,12 @@ impl<R: ChunkReader> Sender<R> {
                 attrs: wire::attrs_to_wire(meta),
             }),
             Op::Delete { path } => Message::Delete(msg::Delete { path: path.as_bytes().to_vec() }),
+            Op::Link { path, target, size, hash } => Message::Link(msg::Link {
+                path: path.as_bytes().to_vec(),
+                target: target.as_bytes().to_vec(),
+                size: *size,
+                hash: hash.0,
+            }),
             Op::WriteFile { path, meta, digest } => {
                 let old = self.dest.get(path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
                 let mut list = wire::chunk_list_to_wire(old, digest);

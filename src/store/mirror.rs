@@ -307,7 +307,13 @@ impl Store for MirrorStore {
         let mut rx = self.receive();
         for (n, op) in plan.ops.iter().enumerate() {
             let Op::WriteFile { path, meta, digest } = op else {
-                rx.apply_op(op)?;
+                match rx.apply_op(op) {
+                    // A link whose target failed fails alone, as a file does.
+                    Err(e) if matches!(op, Op::Link { .. }) && e.is_per_entry() => {
+                        rx.report.failed.push(FailedEntry { path: op.path().to_string(), error: e.to_string() });
+                    }
+                    result => result?,
+                }
                 continue;
             };
             // One file at a time, one chunk at a time: the simple driver.
@@ -472,13 +478,23 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 self.removals.push(path.clone());
                 Ok(())
             }
+            Op::Link { path, target, size, hash } => {
+                // The target must be complete under its final name first.
+                if self.batch.files > 0 || self.batch.pending.len() >= self.store.borrow().batch_files {
+                    self.commit()?;
+                }
+                self.store.borrow_mut().build_link(path, target, *size, hash, &mut self.batch)
+            }
             Op::SetMeta { path, meta } => {
                 self.commit()?;
                 let store = self.store.borrow_mut();
                 store.step()?;
                 let abs = store.abs(path);
                 crate::crashpoint::hit("store.setmeta");
-                let applied = store.apply_meta(&abs, meta)?;
+                let applied = match fs::symlink_metadata(&abs) {
+                    Ok(lstat) if lstat.is_file() && lstat.nlink() > 1 => store.detach(path, &abs, meta)?,
+                    _ => store.apply_meta(&abs, meta)?,
+                };
                 self.batch.keep_meta(path, applied, meta);
                 // Its mode is the source's now, whatever it was before.
                 store.unlocked.remove(&abs);
@@ -794,6 +810,9 @@ struct Batch {
     /// Metadata records to set (applied differs from what was sent) or
     /// drop, in the same transaction.
     metas: Vec<(RelPath, Option<MetaRecord>)>,
+    /// Files that got another name in this batch, with their content: a
+    /// link changes the file's ctime, so their records are taken again.
+    linked: HashMap<RelPath, FileDigest>,
     /// Chunks received in this batch, readable from their temporaries.
     received: HashMap<ChunkId, (PathBuf, u64, u32)>,
     files: usize,
@@ -992,6 +1011,78 @@ impl MirrorStore {
         Ok(())
     }
 
+    /// Makes `path` another name of the file at `target` in a temporary,
+    /// renamed into place at the commit, once `target` is known to hold
+    /// `size` bytes hashing to `hash`.
+    fn build_link(
+        &mut self,
+        path: &RelPath,
+        target: &RelPath,
+        size: u64,
+        hash: &FileHash,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        self.check_path(target)?;
+        self.step()?;
+        let from = self.abs(target);
+        let refused = || Error::LinkTarget { path: self.abs(path), target: from.clone() };
+        let digest = match batch.linked.get(target) {
+            Some(digest) if digest.size == size && digest.hash == *hash => Some(digest.clone()),
+            Some(_) => return Err(refused()),
+            None => self.verify_target(target, &from, size, hash)?.ok_or_else(refused)?,
+        };
+        let temp = self.temp_beside(path);
+        // Not following a symlink: one at `target` failed the check above.
+        fs::hard_link(&from, &temp).at(&temp)?;
+        crate::crashpoint::hit("store.link");
+        batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest: None });
+        if let Some(digest) = digest {
+            batch.linked.insert(target.clone(), digest);
+        }
+        Ok(())
+    }
+
+    /// Whether `target` is a regular file of `size` bytes hashing to `hash`:
+    /// by its record while its stat key matches, else by reading it.
+    /// `Some(None)`: it is, with no record to keep.
+    fn verify_target(
+        &self,
+        target: &RelPath,
+        abs: &Path,
+        size: u64,
+        hash: &FileHash,
+    ) -> Result<Option<Option<FileDigest>>> {
+        let lstat = match fs::symlink_metadata(abs) {
+            Ok(lstat) if lstat.is_file() && lstat.len() == size => lstat,
+            _ => return Ok(None),
+        };
+        if let Some(record) = self.db.file(target)? {
+            if record.stat == StatKey::of(&lstat) {
+                let same = record.digest.size == size && record.digest.hash == *hash;
+                return Ok(same.then_some(Some(record.digest)));
+            }
+        }
+        let mut hasher = blake3::Hasher::new();
+        let read = File::open(abs).and_then(|mut file| std::io::copy(&mut file, &mut hasher));
+        Ok((read.at(abs)? == size && FileHash::from(hasher.finalize()) == *hash).then_some(None))
+    }
+
+    /// Gives `path`, a file with other names, a copy of its own with `meta`:
+    /// a change in place would reach every other name, a snapshot's outside
+    /// the tree too. The copy is durable before it takes the name.
+    fn detach(&mut self, path: &RelPath, abs: &Path, meta: &Meta) -> Result<Meta> {
+        let temp = self.temp_beside(path);
+        let copied = fs::copy(abs, &temp)
+            .at(&temp)
+            .and_then(|_| self.apply_meta(&temp, meta))
+            .and_then(|applied| File::open(&temp).and_then(|f| f.sync_all()).at(&temp).map(|()| applied))
+            .and_then(|applied| fs::rename(&temp, abs).at(abs).map(|()| applied));
+        if copied.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        copied
+    }
+
     fn build_symlink(&mut self, path: &RelPath, target: &[u8], meta: &Meta, batch: &mut Batch) -> Result<()> {
         use std::os::unix::ffi::OsStrExt;
         self.step()?;
@@ -1158,9 +1249,20 @@ impl MirrorStore {
                         return Err(e);
                     }
                 },
-                // A symlink replaced whatever file stood here (dropping a
-                // record that does not exist changes nothing).
-                None => batch.removals.push(path.clone()),
+                // A symlink or link replaced whatever file stood here
+                // (dropping a record that does not exist changes nothing).
+                None => {
+                    batch.removals.push(path.clone());
+                    // A rename between two names of one file does nothing.
+                    if fs::symlink_metadata(temp).is_ok() {
+                        let _ = fs::remove_file(temp);
+                    }
+                }
+            }
+        }
+        for (path, digest) in batch.linked.drain() {
+            if let Ok(meta) = fs::symlink_metadata(self.abs(&path)) {
+                batch.upserts.push((path, FileRecord { stat: StatKey::of(&meta), digest }));
             }
         }
         crate::crashpoint::hit("commit.renamed");
@@ -1186,6 +1288,7 @@ impl MirrorStore {
         for Pending { temp, .. } in batch.pending.drain(..) {
             let _ = fs::remove_file(temp);
         }
+        batch.linked.clear();
         batch.upserts.clear();
         batch.removals.clear();
         batch.metas.clear();

@@ -29,6 +29,7 @@ impl Progress for Console {
                 Change::Write => ">f",
                 Change::Mkdir => "cd",
                 Change::Symlink => "cL",
+                Change::Link => "hf",
                 Change::Meta => ".m",
                 Change::Delete => "*deleting",
             };

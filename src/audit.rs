@@ -76,6 +76,19 @@ impl AuditRecord {
         }
     }
 
+    /// Counts `entries` the sender skipped or could not apply (they never
+    /// reached the receiver, so its summary does not count them): a
+    /// finished session with any is `partial`.
+    pub fn skipped(&mut self, entries: u64) {
+        if entries == 0 {
+            return;
+        }
+        self.files_failed = self.files_failed.saturating_add(entries);
+        if self.result == "ok" {
+            self.result = "partial";
+        }
+    }
+
     /// Marks the session as not done: `error`, with the close code that
     /// ended it, if one did.
     pub fn fail(&mut self, code: Option<CloseCode>, error: String) {

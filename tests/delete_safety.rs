@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use xfer::audit::AuditLog;
 use xfer::identity::Identity;
 use xfer::transport::access::Access;
 use xfer::transport::client::{push, RemotePush, RemoteUrl};
@@ -151,21 +152,39 @@ struct Server {
     id: Identity,
     addr: std::net::SocketAddr,
     root: PathBuf,
+    audit: PathBuf,
 }
 
 fn start_server(tmp: &TempDir, client: &Identity) -> Server {
     let id = Identity::generate().unwrap();
     let root = tmp.path().join("served");
     fs::create_dir(&root).unwrap();
+    let audit = tmp.path().join("audit.jsonl");
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let config = ServeConfig::new(root.clone(), Access::allow(&[client.fingerprint()]));
+    let config = ServeConfig {
+        audit: Some(Arc::new(AuditLog::open(&audit).unwrap())),
+        ..ServeConfig::new(root.clone(), Access::allow(&[client.fingerprint()]))
+    };
     tokio::spawn(serve(endpoint, Arc::new(config)));
-    Server { id, addr, root }
+    Server { id, addr, root, audit }
 }
 
 fn remote_options(tmp: &TempDir, delete: bool) -> RemotePush {
     RemotePush { delete, busy_wait: Duration::from_secs(10), ..RemotePush::new(tmp.path().join("client-state")) }
+}
+
+/// The server's audit records, once it has written `count` of them.
+fn audit_records(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.len() >= count || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Through a server: a file become a named pipe, a directory become a
@@ -304,4 +323,36 @@ async fn type_changes_are_applied_remote() {
         assert!(report.failed.is_empty(), "delete={delete}: {:?}", report.failed);
         assert_same_tree(&read_tree(&server.root.join("site")), &v2);
     }
+}
+
+/// A session the client reports as partial (an entry skipped on its side)
+/// is `partial` in the server's audit log too, not `ok`; so is a pull in
+/// which the server skipped entries of its tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_audit_says_partial_when_the_client_skipped() {
+    let tmp = TempDir::new().unwrap();
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("file"), b"data").unwrap();
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "site".into() };
+    let pin = Some(server.id.fingerprint());
+    let clean = push(&src, &url, &client, pin, &remote_options(&tmp, false)).await.unwrap();
+    assert!(!clean.is_partial());
+    mkfifo(&src.join("pipe"));
+    let partial = push(&src, &url, &client, pin, &remote_options(&tmp, false)).await.unwrap();
+    assert!(partial.is_partial(), "{:?}", partial.failed);
+    let records = audit_records(&server.audit, 2);
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["result"], "ok", "{}", records[0]);
+    assert_eq!(records[1]["result"], "partial", "the client's partial run is logged as {}", records[1]);
+    assert!(records[1]["files_failed"].as_u64() >= Some(1), "{}", records[1]);
+    // A pull whose source, the server's tree, holds an entry its scan skips.
+    mkfifo(&server.root.join("site/served-pipe"));
+    let restored = tmp.path().join("restored");
+    xfer::transport::client::pull(&url, &restored, &client, pin, &remote_options(&tmp, false)).await.unwrap();
+    let records = audit_records(&server.audit, 3);
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records[2]["result"], "partial", "a pull the server skipped entries of is logged as {}", records[2]);
 }

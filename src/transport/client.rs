@@ -15,7 +15,7 @@ use thiserror::Error;
 use xfer_protocol::msg::{Summary, Tag};
 use xfer_protocol::MAX_TAGS;
 
-use super::driver::{run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
+use super::driver::{close_reason, run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, ServerPin, Tuning};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::{Compression, Encoder};
@@ -411,7 +411,10 @@ async fn push_unlogged(
         sender.set_tags(tags.clone());
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
-        connection.close(0u32.into(), b"done");
+        // The server's audit log learns of the entries skipped on this side
+        // only from here.
+        let skipped_here = sender.as_ref().map_or(0, |s| scanned.skipped.len() + s.skipped().len());
+        connection.close(0u32.into(), close_reason(skipped_here).as_bytes());
         endpoint.wait_idle().await;
         Ok((sender?, wire, server))
     })

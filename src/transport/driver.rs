@@ -987,9 +987,12 @@ pub async fn serve_connection(
     let client = peer_fingerprint(&connection);
     let result = serve_session(&connection, &config, client, record).await;
     match &result {
-        // The client closes the connection once it has what it needs.
+        // The client closes the connection once it has what it needs,
+        // saying whether it skipped entries on its side.
         Ok(()) => {
-            connection.closed().await;
+            if let quinn::ConnectionError::ApplicationClosed(close) = connection.closed().await {
+                record.skipped(skipped_in_close(&close.reason));
+            }
         }
         Err(e) => {
             let mut reason = client_reason(&config, e);
@@ -1018,6 +1021,26 @@ fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
         reason = reason.replace(&*root, "");
     }
     reason
+}
+
+/// How a client's `Ok` close reason starts when it skipped entries on its
+/// side (SPEC.md, `Summary`): `partial: N entries skipped by the sender`.
+pub(crate) const PARTIAL_CLOSE: &str = "partial: ";
+
+/// The close reason of a session that skipped `entries` on the sender's side.
+pub(crate) fn close_reason(entries: usize) -> String {
+    if entries == 0 {
+        return "done".into();
+    }
+    format!("{PARTIAL_CLOSE}{entries} entries skipped by the sender")
+}
+
+/// Entries a client's close reason says it skipped (none for another reason;
+/// at least one when it says partial without a readable count).
+fn skipped_in_close(reason: &[u8]) -> u64 {
+    let Some(rest) = reason.strip_prefix(PARTIAL_CLOSE.as_bytes()) else { return 0 };
+    let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).take(20).collect();
+    std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u64>().ok()).unwrap_or(1).max(1)
 }
 
 /// Longest close reason sent: it must fit one packet with room to spare.
@@ -1092,8 +1115,12 @@ async fn serve_session(
     if let Err(refusal) = access.check(&client, want, &open.path) {
         return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
     }
+    let mut skipped_here = 0;
     let summary = if want == Want::Read {
-        serve_pull(connection, send, ctrl_in, config, open, watch).await.map(|sender| sender.summary().copied())
+        serve_pull(connection, send, ctrl_in, config, open, watch).await.map(|(sender, scan_skipped)| {
+            skipped_here = scan_skipped + sender.skipped().len() as u64;
+            sender.summary().copied()
+        })
     } else {
         let opener = config.clone();
         let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
@@ -1103,7 +1130,10 @@ async fn serve_session(
         log_failures(&client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
         Ok(receiver.summary().copied())
     };
-    let result = summary.map(|summary| record.count(&summary.unwrap_or_default()));
+    let result = summary.map(|summary| {
+        record.count(&summary.unwrap_or_default());
+        record.skipped(skipped_here);
+    });
     drop(reader);
     result
 }
@@ -1169,7 +1199,7 @@ async fn serve_pull(
     config: &ServeConfig,
     open: xfer_protocol::msg::Open,
     watch: Watch,
-) -> Result<Sender<FileReader>, SessionError> {
+) -> Result<(Sender<FileReader>, u64), SessionError> {
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
@@ -1203,8 +1233,9 @@ async fn serve_pull(
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options =
         crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::new(scanned.skipped_paths()) };
+    let scan_skipped = scanned.skipped.len() as u64;
     let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
-    drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await
+    Ok((drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?, scan_skipped))
 }
 
 /// Opens the destination a client asked for, under the server's root.

@@ -303,3 +303,35 @@ fn read_only_source_directories_do_not_freeze_the_backup() {
     assert!(!dest.join("ro").exists());
     assert_eq!(fs::read(dest.join("top")).unwrap(), b"top");
 }
+
+/// A destination directory the pushing user does not own and may not write
+/// cannot be opened up: each failing entry is reported by its own path and
+/// the rest is committed (exit 3), and nothing else is touched.
+#[test]
+fn an_unwritable_directory_not_ours_names_each_failing_file() {
+    let tmp = shared_tmp();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("theirs")).unwrap();
+    fs::write(src.join("theirs/changed"), b"new").unwrap();
+    fs::write(src.join("theirs/added"), b"added").unwrap();
+    fs::write(src.join("ok"), b"ok").unwrap();
+    chmod(&src, 0o777);
+    // The destination is the test's (root's), writable at the top only.
+    fs::create_dir_all(dest.join("theirs")).unwrap();
+    fs::write(dest.join("theirs/changed"), b"old").unwrap();
+    chmod(&dest, 0o777);
+    chmod(&dest.join("theirs"), 0o555);
+    let Some(out) = push_as_nobody(tmp.path(), &src, &dest) else {
+        eprintln!("skipped: cannot run as another user here");
+        return;
+    };
+    chmod(&dest.join("theirs"), 0o755);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    for name in ["theirs/changed", "theirs/added"] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
+    assert_eq!(fs::read(dest.join("ok")).unwrap(), b"ok");
+    assert_eq!(fs::read(dest.join("theirs/changed")).unwrap(), b"old");
+    assert!(!dest.join("theirs/added").exists());
+}

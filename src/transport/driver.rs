@@ -77,6 +77,10 @@ pub struct ServeConfig {
     /// timeout alone does not do it: the client's stack answers keep-alives
     /// even when the client itself has stalled.
     pub idle_timeout: Duration,
+    /// Where an in-process caller gets the entries each push session could
+    /// not write, by path: the embedded server of a local push, whose user
+    /// sees no server log (the wire carries only their count).
+    pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::store::FailedEntry>>>,
 }
 
 impl ServeConfig {
@@ -91,6 +95,7 @@ impl ServeConfig {
             audit: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: super::IDLE_TIMEOUT,
+            failures: None,
         }
     }
 
@@ -1020,6 +1025,10 @@ async fn serve_session(
         receiver.handle(Message::Open(open))?;
         let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
         log_failures(&client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
+        if let Some(failures) = &config.failures {
+            // The caller may be gone already: it then wanted no names.
+            let _ = failures.send(receiver.failed().to_vec());
+        }
         Ok(receiver.summary().copied())
     };
     let result = summary.map(|summary| record.count(&summary.unwrap_or_default()));

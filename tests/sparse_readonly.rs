@@ -194,9 +194,7 @@ proptest! {
 /// directory, so read-only modes need another user); `None` when that is
 /// impossible.
 fn as_nobody(cmd: &Command) -> Option<Command> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.to_string();
-    let mut out = if uid == "0" {
+    let mut out = if is_root() {
         Command::new("setpriv").arg("--version").output().ok()?;
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cmd.get_program());
@@ -211,6 +209,13 @@ fn as_nobody(cmd: &Command) -> Option<Command> {
         }
     }
     Some(out)
+}
+
+/// Whether the tests run as root (effective uid 0).
+fn is_root() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+    euid == Some("0")
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -264,11 +269,17 @@ fn read_only_source_directories_do_not_freeze_the_backup() {
     assert_eq!(mode(&dest.join("ro/sub")), 0o555);
     assert_eq!(fs::read(dest.join("ro/sub/c")).unwrap(), b"c1");
 
-    // The test runs as root, which writes into 555 directories anyway.
+    // The source's directories are opened up for the edits (root would not
+    // need it) and closed again.
+    let (ro, sub) = (src.join("ro"), src.join("ro/sub"));
+    chmod(&ro, 0o755);
+    chmod(&sub, 0o755);
     fs::write(src.join("ro/a"), b"a2, longer").unwrap();
     fs::write(src.join("ro/new"), b"new").unwrap();
     fs::remove_file(src.join("ro/b")).unwrap();
     fs::write(src.join("ro/sub/c"), b"c2").unwrap();
+    chmod(&sub, 0o555);
+    chmod(&ro, 0o555);
     let second = push_as_nobody(tmp.path(), &src, &dest).unwrap();
     assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(json(&second)["files_changed"], 3);
@@ -283,23 +294,65 @@ fn read_only_source_directories_do_not_freeze_the_backup() {
     assert_eq!(json(&noop)["files_changed"], 0);
 
     // A read-only subdirectory with a file in it goes.
-    fs::remove_dir_all(src.join("ro/sub")).unwrap();
+    chmod(&ro, 0o755);
+    chmod(&sub, 0o755);
+    fs::remove_dir_all(&sub).unwrap();
+    chmod(&ro, 0o555);
     let third = push_as_nobody(tmp.path(), &src, &dest).unwrap();
     assert_eq!(third.status.code(), Some(0), "{}", String::from_utf8_lossy(&third.stderr));
     assert!(!dest.join("ro/sub").exists());
     assert_eq!(mode(&dest.join("ro")), 0o555);
 
     // The whole read-only tree goes, with a read-only directory inside.
+    chmod(&ro, 0o755);
     fs::create_dir(src.join("ro/sub2")).unwrap();
     fs::write(src.join("ro/sub2/d"), b"d").unwrap();
     chmod(&src.join("ro/sub2"), 0o555);
+    chmod(&ro, 0o555);
     let fourth = push_as_nobody(tmp.path(), &src, &dest).unwrap();
     assert_eq!(fourth.status.code(), Some(0), "{}", String::from_utf8_lossy(&fourth.stderr));
     assert_eq!(mode(&dest.join("ro/sub2")), 0o555);
-    chmod(&src.join("ro"), 0o755);
-    fs::remove_dir_all(src.join("ro")).unwrap();
+    chmod(&ro, 0o755);
+    chmod(&src.join("ro/sub2"), 0o755);
+    fs::remove_dir_all(&ro).unwrap();
     let fifth = push_as_nobody(tmp.path(), &src, &dest).unwrap();
     assert_eq!(fifth.status.code(), Some(0), "{}", String::from_utf8_lossy(&fifth.stderr));
     assert!(!dest.join("ro").exists());
     assert_eq!(fs::read(dest.join("top")).unwrap(), b"top");
+}
+
+/// A destination directory the pushing user does not own and may not write
+/// cannot be opened up: each failing entry is reported by its own path and
+/// the rest is committed (exit 3), and nothing else is touched.
+#[test]
+fn an_unwritable_directory_not_ours_names_each_failing_file() {
+    if !is_root() {
+        eprintln!("skipped: needs root, to push as a user who does not own the destination");
+        return;
+    }
+    let tmp = shared_tmp();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("theirs")).unwrap();
+    fs::write(src.join("theirs/changed"), b"new").unwrap();
+    fs::write(src.join("theirs/added"), b"added").unwrap();
+    fs::write(src.join("ok"), b"ok").unwrap();
+    chmod(&src, 0o777);
+    // The destination is the test's (root's), writable at the top only.
+    fs::create_dir_all(dest.join("theirs")).unwrap();
+    fs::write(dest.join("theirs/changed"), b"old").unwrap();
+    chmod(&dest, 0o777);
+    chmod(&dest.join("theirs"), 0o555);
+    let Some(out) = push_as_nobody(tmp.path(), &src, &dest) else {
+        eprintln!("skipped: cannot run as another user here");
+        return;
+    };
+    chmod(&dest.join("theirs"), 0o755);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    for name in ["theirs/changed", "theirs/added"] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
+    assert_eq!(fs::read(dest.join("ok")).unwrap(), b"ok");
+    assert_eq!(fs::read(dest.join("theirs/changed")).unwrap(), b"old");
+    assert!(!dest.join("theirs/added").exists());
 }

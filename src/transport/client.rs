@@ -574,24 +574,58 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
     let config_root = dest.display().to_string();
     let access = super::access::Access::allow(&[identity.fingerprint()]);
+    let (failures, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
     // The caller keeps its own record (`RemotePush::log`), so no audit log.
     // The user at hand pushes their own files: owners, special bits and
     // every xattr are applied, as far as this process may.
     let config = ServeConfig {
         state: ServerState::Outside(state),
         metadata: crate::store::MetaPolicy::Faithful,
+        failures: Some(failures),
         ..ServeConfig::new(dest, access)
     };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
     let url = RemoteUrl { authority: addr.to_string(), path: String::new() };
     // The log names the destination directory, not the loopback server.
     let logged_as = RemoteUrl { authority: "local".into(), path: config_root.trim_start_matches('/').to_string() };
-    let session = push_unlogged(&src, &url, &identity, Some(identity.fingerprint()), options);
+    let session = async {
+        let mut result = push_unlogged(&src, &url, &identity, Some(identity.fingerprint()), options).await;
+        if let Ok(report) = &mut result {
+            name_receiver_failures(report, &url, &mut failed_rx).await;
+        }
+        result
+    };
     let result = logged(options, &identity, (&logged_as, None, "push"), session).await;
     endpoint.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     server.abort();
     result
+}
+
+/// Replaces the count of entries the embedded receiver failed to write
+/// with those entries, by path: a local push has no server log to look in.
+async fn name_receiver_failures(
+    report: &mut Report,
+    url: &RemoteUrl,
+    failed_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::FailedEntry>>,
+) {
+    let unnamed = format!("xfer://{}/{}", url.authority, url.path);
+    if !report.failed.iter().any(|f| f.path == unnamed) {
+        return;
+    }
+    // The server's session hands them over as it ends, which can be just
+    // after the client has its summary.
+    let Ok(Some(named)) = tokio::time::timeout(Duration::from_secs(10), failed_rx.recv()).await else { return };
+    // A full list may have left some out: the count then stays too.
+    let whole = named.len() < crate::session::MAX_FAILED_KEPT;
+    let known: std::collections::HashSet<String> = report.failed.iter().map(|f| f.path.clone()).collect();
+    let fresh: Vec<_> = named.into_iter().filter(|f| !known.contains(&f.path)).collect();
+    if !fresh.is_empty() {
+        if whole {
+            report.failed.retain(|f| f.path != unnamed);
+        }
+        report.failed.extend(fresh);
+    }
 }
 
 /// Connects to `url`'s server, which must present `pin`.

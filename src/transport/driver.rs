@@ -88,6 +88,10 @@ pub struct ServeConfig {
     /// tree's records, to be given back on pull. The embedded server of a
     /// local push, whose client is the user at hand, applies them all.
     pub metadata: MetaPolicy,
+    /// Where an in-process caller gets the entries each push session could
+    /// not write, by path: the embedded server of a local push, whose user
+    /// sees no server log (the wire carries only their count).
+    pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::store::FailedEntry>>>,
 }
 
 impl ServeConfig {
@@ -104,6 +108,7 @@ impl ServeConfig {
             idle_timeout: super::IDLE_TIMEOUT,
             shutdown: CancellationToken::new(),
             metadata: MetaPolicy::Confined,
+            failures: None,
         }
     }
 
@@ -1128,6 +1133,10 @@ async fn serve_session(
         receiver.handle(Message::Open(open))?;
         let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
         log_failures(&client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
+        if let Some(failures) = &config.failures {
+            // The caller may be gone already: it then wanted no names.
+            let _ = failures.send(receiver.failed().to_vec());
+        }
         Ok(receiver.summary().copied())
     };
     let result = summary.map(|summary| {

@@ -378,3 +378,67 @@ proptest! {
         }
     }
 }
+
+/// Changes queued behind a file in flight hold their xattrs (up to 256 KiB
+/// each): the receiver stops reading control messages once they hold
+/// `MAX_QUEUED_META_BYTES`, long before `MAX_QUEUED_OPS` changes, so a
+/// sender cannot make it hold a gigabyte of xattrs.
+#[test]
+fn queued_xattrs_are_bounded_in_bytes() {
+    use xfer::session::{OpenRequest, Receiver, SessionError, MAX_QUEUED_META_BYTES, MAX_QUEUED_OPS};
+    use xfer_protocol::{msg, Message};
+    let tmp = TempDir::new().unwrap();
+    let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
+    std::fs::create_dir(&dest).unwrap();
+    let mut receiver =
+        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
+    receiver.handle(Message::Hello(hello)).unwrap();
+    let open = msg::Open {
+        direction: msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: Vec::new(),
+    };
+    receiver.handle(Message::Open(open)).unwrap();
+    // A file whose chunk never comes: metadata changes wait behind it.
+    let data = b"payload";
+    let params = xfer::chunk::ChunkParams::for_size(data.len() as u64);
+    let pending = msg::WriteFile {
+        file: 0,
+        path: b"pending".to_vec(),
+        mode: 0o644,
+        mtime: msg::Mtime { secs: 1, nanos: 0 },
+        size: data.len() as u64,
+        hash: *blake3::hash(data).as_bytes(),
+        params: xfer::wire::params_to_wire(params),
+        list: msg::ChunkList::Implied,
+        more: false,
+        attrs: msg::Attrs::default(),
+    };
+    receiver.handle(Message::WriteFile(pending)).unwrap();
+    let big = |n: usize| {
+        let xattrs = (0..4)
+            .map(|i| msg::Xattr {
+                name: format!("user.{i}").into_bytes(),
+                value: vec![n as u8; xfer_protocol::MAX_XATTR_VALUE_LEN],
+            })
+            .collect();
+        Message::SetMeta(msg::SetMeta {
+            path: format!("f{n}").into_bytes(),
+            mode: 0o644,
+            mtime: msg::Mtime { secs: 1, nanos: 0 },
+            attrs: msg::Attrs { xattrs, ..msg::Attrs::default() },
+        })
+    };
+    let mut sent = 0;
+    while receiver.wants_input() {
+        assert!(sent < MAX_QUEUED_OPS, "still reading after {sent} changes");
+        receiver.handle(big(sent)).unwrap();
+        sent += 1;
+    }
+    let per_change = 4 * xfer_protocol::MAX_XATTR_VALUE_LEN;
+    assert!(sent <= MAX_QUEUED_META_BYTES / per_change + 1, "{sent} changes of {per_change} bytes queued");
+}

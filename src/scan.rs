@@ -549,3 +549,40 @@ fn read_file(abs: &Path, meta: &fs::Metadata) -> Result<FileRecord> {
     }
     Ok(FileRecord { stat, digest })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_names_map_by_name_else_by_number() {
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\n# comment:x:5:5\nalice:x:1000:1000::/home/alice:/bin/sh\n\
+                       alias:x:1000:1000::/:/bin/sh\nalice:x:2000:2000::/:/bin/sh\nbroken:x:nan:0\n+nis:x:7:7\n";
+        let group = b"root:x:0:\nstaff:x:50:alice\n";
+        let names = IdNames::parse(passwd, group);
+        // The first line for an id or a name wins, as getpwuid/getpwnam do.
+        assert_eq!(names.user(1000), b"alice");
+        assert_eq!(names.map_uid(b"alice", 4242), 1000);
+        assert_eq!(names.map_uid(b"alias", 4242), 1000);
+        // A name unknown here maps by number; so does no name at all.
+        assert_eq!(names.map_uid(b"bob", 4242), 4242);
+        assert_eq!(names.map_uid(b"", 4242), 4242);
+        assert_eq!(names.user(5), b"");
+        assert_eq!(names.user(7), b"");
+        assert_eq!(names.group(50), b"staff");
+        assert_eq!(names.map_gid(b"staff", 9), 50);
+        assert_eq!(names.map_gid(b"wheel", 9), 9);
+    }
+
+    #[test]
+    fn xattr_limits_follow_the_protocol() {
+        let x = |len: usize| Xattr { name: b"user.a".to_vec(), value: vec![0; len] };
+        assert!(!xattrs_over_limits(&[x(xfer_protocol::MAX_XATTR_VALUE_LEN)]));
+        assert!(xattrs_over_limits(&[x(xfer_protocol::MAX_XATTR_VALUE_LEN + 1)]));
+        let many: Vec<Xattr> = (0..=xfer_protocol::MAX_XATTRS)
+            .map(|n| Xattr { name: format!("user.{n}").into_bytes(), value: Vec::new() })
+            .collect();
+        assert!(xattrs_over_limits(&many));
+        assert!(!xattrs_over_limits(&many[1..]));
+    }
+}

@@ -13,8 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use proptest::collection::vec;
+use proptest::prelude::*;
 use tempfile::TempDir;
 use xfer::identity::Identity;
+use xfer::manifest::{Meta, Mtime, RelPath, Xattr};
+use xfer::plan::{Op, Plan};
+use xfer::store::{ChunkSupply, MetaPolicy, MirrorStore, Store};
 use xfer::transport::access::Access;
 use xfer::transport::client::{pull, push, push_embedded, RemotePush, RemoteUrl};
 use xfer::transport::driver::{serve, ServeConfig};
@@ -204,6 +209,8 @@ async fn remote_push_never_plants_setuid_or_foreign_owners() {
     let url = RemoteUrl { authority: server.addr.to_string(), path: "laptop".into() };
     let report = push(&src, &url, &client, Some(server.id.fingerprint()), &options(&tmp)).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
+    // Said once, as a count: the entries whose metadata the server kept.
+    assert!(report.meta_kept >= 6, "{report:?}");
     let stored = describe(&server.root.join("laptop"));
     assert_eq!(stored.len(), describe(&src).len());
     for (path, text) in &stored {
@@ -242,6 +249,8 @@ async fn remote_round_trip_restores_everything() {
     // no metadata rewritten on either side.
     let again = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
     assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
+    // Nothing new to say about metadata on an unchanged run.
+    assert_eq!(again.meta_kept, 0, "{again:?}");
     let stored = describe(&server.root.join("laptop"));
     let repulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
     assert_eq!((repulled.files_changed, repulled.files_deleted), (0, 0), "{repulled:?}");
@@ -263,6 +272,8 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
     let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_same(&describe(&dest), &want);
+    // As root everything was applied: nothing kept aside.
+    assert_eq!(report.meta_kept, 0, "{report:?}");
     let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
     assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
     assert_same(&describe(&dest), &want);
@@ -278,4 +289,156 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
     let third = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
     assert_eq!(third.chunks_sent, 0, "{third:?}");
     assert_same(&describe(&dest), &want);
+}
+
+/// Applies `meta` to a directory and a file of a store with `policy`, then
+/// returns what a refresh reports for them.
+fn apply_to_store(root: &Path, policy: MetaPolicy, dir_meta: &Meta, file_meta: &Meta) -> (Meta, Meta) {
+    struct NoChunks;
+    impl ChunkSupply for NoChunks {
+        fn fetch(&mut self, _: &xfer::store::ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
+            unreachable!("metadata only")
+        }
+    }
+    let tree = root.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"content").unwrap();
+    let mut store = MirrorStore::open(&tree, &root.join("state.redb")).unwrap().with_policy(policy);
+    store.refresh(false).unwrap();
+    let (d, f) = (RelPath::new("d").unwrap(), RelPath::new("f").unwrap());
+    let ops = vec![
+        Op::Mkdir { path: d.clone(), meta: dir_meta.clone() },
+        Op::SetMeta { path: f.clone(), meta: file_meta.clone() },
+        Op::SetMeta { path: d.clone(), meta: dir_meta.clone() },
+    ];
+    store.apply(&Plan { ops, ..Plan::default() }, &mut NoChunks).unwrap();
+    let manifest = store.refresh(false).unwrap();
+    (manifest.get(&d).unwrap().meta.clone(), manifest.get(&f).unwrap().meta.clone())
+}
+
+fn meta_strategy() -> impl Strategy<Value = Meta> {
+    let xattr = (proptest::sample::select(vec!["user.a", "user.b", "trusted.t", "security.s"]), vec(any::<u8>(), 0..8));
+    (0u32..0o10000, 0i64..2_000_000_000, 0u32..70_000, 0u32..70_000, vec(xattr, 0..4), any::<bool>()).prop_map(
+        |(mode, secs, uid, gid, xattrs, named)| {
+            let mut xattrs: Vec<Xattr> =
+                xattrs.into_iter().map(|(name, value)| Xattr { name: name.as_bytes().to_vec(), value }).collect();
+            xattrs.sort();
+            xattrs.dedup_by(|a, b| a.name == b.name);
+            let name = |s: &str| if named { s.as_bytes().to_vec() } else { Vec::new() };
+            Meta {
+                // The owner keeps rwx on directories and rw on files, or a
+                // later write into them would need root's override anyway.
+                mode: mode | 0o700,
+                mtime: Mtime { secs, nanos: 0 },
+                uid,
+                gid,
+                user: name("xfer-test-nobody"),
+                group: name("xfer-test-nogroup"),
+                xattrs,
+            }
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever metadata a client sends, a confined receiver's disk holds
+    /// no special bit, no foreign owner and no privileged xattr, while its
+    /// scans report exactly what was sent; a faithful one (as root) holds
+    /// exactly what was sent.
+    #[test]
+    fn receiver_policies_keep_what_they_do_not_apply(dir_meta in meta_strategy(), file_meta in meta_strategy()) {
+        let tmp = TempDir::new().unwrap();
+        if let Some(reason) = unsupported(tmp.path()) {
+            skip("receiver_policies_keep_what_they_do_not_apply", &reason);
+            return Ok(());
+        }
+        for policy in [MetaPolicy::Confined, MetaPolicy::Faithful] {
+            let root = tmp.path().join(format!("{policy:?}"));
+            let (dir, file) = apply_to_store(&root, policy, &dir_meta, &file_meta);
+            prop_assert_eq!(&dir, &dir_meta);
+            prop_assert_eq!(&file, &file_meta);
+            for (name, sent) in [("tree/d", &dir_meta), ("tree/f", &file_meta)] {
+                let path = root.join(name);
+                let disk = std::fs::symlink_metadata(&path).unwrap();
+                let xattrs = xfer::scan::read_xattrs(&path).unwrap();
+                if policy == MetaPolicy::Confined {
+                    prop_assert_eq!(disk.mode() & 0o7777, sent.mode & 0o777);
+                    prop_assert_eq!((disk.uid(), disk.gid()), (0, 0));
+                    prop_assert!(xattrs.iter().all(|x| x.name.starts_with(b"user.")));
+                    let user: Vec<&Xattr> = sent.xattrs.iter().filter(|x| x.name.starts_with(b"user.")).collect();
+                    prop_assert_eq!(xattrs.iter().collect::<Vec<_>>(), user);
+                } else {
+                    prop_assert_eq!(disk.mode() & 0o7777, sent.mode);
+                    prop_assert_eq!((disk.uid(), disk.gid()), (sent.uid, sent.gid));
+                    prop_assert_eq!(&xattrs, &sent.xattrs);
+                }
+            }
+        }
+    }
+}
+
+/// Changes queued behind a file in flight hold their xattrs (up to 256 KiB
+/// each): the receiver stops reading control messages once they hold
+/// `MAX_QUEUED_META_BYTES`, long before `MAX_QUEUED_OPS` changes, so a
+/// sender cannot make it hold a gigabyte of xattrs.
+#[test]
+fn queued_xattrs_are_bounded_in_bytes() {
+    use xfer::session::{OpenRequest, Receiver, SessionError, MAX_QUEUED_META_BYTES, MAX_QUEUED_OPS};
+    use xfer_protocol::{msg, Message};
+    let tmp = TempDir::new().unwrap();
+    let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
+    std::fs::create_dir(&dest).unwrap();
+    let mut receiver =
+        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
+    receiver.handle(Message::Hello(hello)).unwrap();
+    let open = msg::Open {
+        direction: msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: Vec::new(),
+    };
+    receiver.handle(Message::Open(open)).unwrap();
+    // A file whose chunk never comes: metadata changes wait behind it.
+    let data = b"payload";
+    let params = xfer::chunk::ChunkParams::for_size(data.len() as u64);
+    let pending = msg::WriteFile {
+        file: 0,
+        path: b"pending".to_vec(),
+        mode: 0o644,
+        mtime: msg::Mtime { secs: 1, nanos: 0 },
+        size: data.len() as u64,
+        hash: *blake3::hash(data).as_bytes(),
+        params: xfer::wire::params_to_wire(params),
+        list: msg::ChunkList::Implied,
+        more: false,
+        attrs: msg::Attrs::default(),
+    };
+    receiver.handle(Message::WriteFile(pending)).unwrap();
+    let big = |n: usize| {
+        let xattrs = (0..4)
+            .map(|i| msg::Xattr {
+                name: format!("user.{i}").into_bytes(),
+                value: vec![n as u8; xfer_protocol::MAX_XATTR_VALUE_LEN],
+            })
+            .collect();
+        Message::SetMeta(msg::SetMeta {
+            path: format!("f{n}").into_bytes(),
+            mode: 0o644,
+            mtime: msg::Mtime { secs: 1, nanos: 0 },
+            attrs: msg::Attrs { xattrs, ..msg::Attrs::default() },
+        })
+    };
+    let mut sent = 0;
+    while receiver.wants_input() {
+        assert!(sent < MAX_QUEUED_OPS, "still reading after {sent} changes");
+        receiver.handle(big(sent)).unwrap();
+        sent += 1;
+    }
+    let per_change = 4 * xfer_protocol::MAX_XATTR_VALUE_LEN;
+    assert!(sent <= MAX_QUEUED_META_BYTES / per_change + 1, "{sent} changes of {per_change} bytes queued");
 }

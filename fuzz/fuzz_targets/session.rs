@@ -964,6 +964,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
                 params: xfer::wire::params_to_wire(digest.params),
                 list,
                 more: *more,
+                attrs: Default::default(),
             })
         }
         Forged::MoreChunks { file, content, from, more } => {
@@ -1018,17 +1019,24 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
             code: xfer_protocol::CloseCode::ChunkMismatch as u32,
             message: "forged".into(),
         }),
-        Forged::Mkdir { path, mode } => {
-            Message::Mkdir(msg::Mkdir { path: forged_path(*path), mode: pick(&DIR_MODES, *mode), mtime: mtime(), attrs: Default::default() })
-        }
+        Forged::Mkdir { path, mode } => Message::Mkdir(msg::Mkdir {
+            path: forged_path(*path),
+            mode: pick(&DIR_MODES, *mode),
+            mtime: mtime(),
+            attrs: Default::default(),
+        }),
         Forged::Symlink { path, target } => Message::Symlink(msg::Symlink {
             path: forged_path(*path),
             target: pick(&LINK_TARGETS, *target).as_bytes().to_vec(),
             mtime: mtime(),
-       , attrs: Default::default() }),
-        Forged::SetMeta { path, mode } => {
-            Message::SetMeta(msg::SetMeta { path: forged_path(*path), mode: pick(&FILE_MODES, *mode), mtime: mtime(), attrs: Default::default() })
-        }
+            attrs: Default::default(),
+        }),
+        Forged::SetMeta { path, mode } => Message::SetMeta(msg::SetMeta {
+            path: forged_path(*path),
+            mode: pick(&FILE_MODES, *mode),
+            mtime: mtime(),
+            attrs: Default::default(),
+        }),
         Forged::Delete { path } => Message::Delete(msg::Delete { path: forged_path(*path) }),
         Forged::Done => Message::Done(msg::Done),
         Forged::Hello { version } => {

@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod cli_schedule;
 mod crash;
+mod footguns;
 mod fuzz_regressions;
 mod hostile;
 mod local_faults;

@@ -11,7 +11,7 @@ use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
-use crate::plan::Op;
+use crate::plan::{deleted_entries, DeleteLimit, Op};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire::{self, WireError};
@@ -130,6 +130,14 @@ pub struct Receiver {
     failed_count: u64,
     summary: Option<msg::Summary>,
     progress: ProgressSink,
+    /// A pull's limit on deletes: this side does not see the plan, so each
+    /// `Delete` is charged as it arrives and the first one past the limit
+    /// ends the session; no more than the limit is ever deleted.
+    delete_limit: Option<DeleteLimit>,
+    /// Entries charged so far, subtrees included.
+    deletes_charged: u64,
+    /// The sender's tree is empty (from `Opened`).
+    source_empty: bool,
 }
 
 #[derive(Default)]
@@ -164,6 +172,9 @@ impl Receiver {
             failed_count: 0,
             summary: None,
             progress: ProgressSink::default(),
+            delete_limit: None,
+            deletes_charged: 0,
+            source_empty: false,
         }
     }
 
@@ -190,6 +201,25 @@ impl Receiver {
         receiver.rx = Some(Receiving::new(store));
         receiver.state = State::Asking;
         Ok(receiver)
+    }
+
+    /// Refuses deletes past `limit` (pulls: the sender is the server,
+    /// which does not know the client's limit). Call before the first
+    /// message is handled.
+    pub fn set_delete_limit(&mut self, limit: DeleteLimit) {
+        self.delete_limit = Some(limit);
+    }
+
+    /// Counts what deleting `path` removes against the limit, before it is
+    /// queued.
+    fn charge_delete(&mut self, path: &RelPath) -> Result<(), SessionError> {
+        let Some(limit) = self.delete_limit else { return Ok(()) };
+        let total = self.manifest().len() as u64;
+        let charged = self.deletes_charged.saturating_add(deleted_entries(self.manifest(), [path]));
+        let source_entries = u64::from(!self.source_empty);
+        limit.check(charged, total, source_entries).map_err(|refused| SessionError::Local(refused.into()))?;
+        self.deletes_charged = charged;
+        Ok(())
     }
 
     /// The next message to send, if any.
@@ -281,7 +311,8 @@ impl Receiver {
             (State::Asking, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)
             }
-            (State::Asking, Message::Opened(_)) => {
+            (State::Asking, Message::Opened(opened)) => {
+                self.source_empty = opened.root == Manifest::EMPTY.tree().root().0;
                 self.state = State::Open;
                 Ok(())
             }
@@ -299,7 +330,11 @@ impl Receiver {
                 let meta = Meta { mode: s.mode, mtime: wire::mtime_from_wire(s.mtime).map_err(protocol)? };
                 self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
             }
-            (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
+            (State::Open, Message::Delete(d)) => {
+                let path = path(d.path)?;
+                self.charge_delete(&path)?;
+                self.enqueue(Queued::Op(Op::Delete { path }))
+            }
             (State::Open, Message::WriteFile(mut w)) if self.partial.is_none() => {
                 if w.more {
                     // The header keeps no copy of the list: the parts gather in `chunks`.

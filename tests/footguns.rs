@@ -241,8 +241,8 @@ fn footgun_delete_limits_hold_remotely_and_for_pulls() {
     assert!(stderr(&out).contains("source is empty"), "{}", stderr(&out));
     assert_eq!(entries(&restore), 5);
 
-    // A pull that would delete 60 of 61 local entries stops at the limit:
-    // never more than half is deleted.
+    // A pull that would delete 60 of 60 local entries is refused, and
+    // deletes nothing: its deletes were held back until the server was done.
     fill(&restore, "more", 55);
     let out = xfer(tmp.path())
         .args(["pull", "--delete", "--server-fingerprint", &fp])
@@ -253,7 +253,7 @@ fn footgun_delete_limits_hold_remotely_and_for_pulls() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let mine =
         fs::read_dir(&restore).unwrap().filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('s'));
-    assert!(mine.count() >= 30, "more than half of the local files were deleted");
+    assert_eq!(mine.count(), 60, "a refused pull deleted local files");
 
     let out = xfer(tmp.path())
         .args(["pull", "--delete", "--force-delete", "--server-fingerprint", &fp])
@@ -382,5 +382,101 @@ mod deletions {
         assert!(forced.check(3, 3, 0).is_ok());
         assert_eq!(forced.check(4, 100, 0).unwrap_err().rule, DeleteRule::Max(3));
         assert!(DeleteLimit::UNLIMITED.check(u64::MAX, u64::MAX, 0).is_ok());
+    }
+}
+
+/// A pull's receiver holds its deletes back until the server is done: the
+/// tree still comes out as the source (replacements, metadata after
+/// deletes), and a refused pull deletes nothing.
+mod held_deletes {
+    use std::collections::HashMap;
+    use std::fs;
+
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+    use tempfile::TempDir;
+    use xfer::codec::{Compression, Encoder};
+    use xfer::plan::{DeleteLimit, PlanOptions};
+    use xfer::scan::{scan, ScanOptions};
+    use xfer::session::{FileReader, Receiver, Sender, SessionError};
+    use xfer::store::MirrorStore;
+    use xfer_protocol::frame;
+
+    use crate::plan_model::random_tree;
+    use crate::util::{assert_same_tree, materialize, read_tree};
+
+    fn roundtrip(message: xfer_protocol::Message) -> xfer_protocol::Message {
+        let mut bytes = Vec::new();
+        frame::encode(&message, &mut bytes);
+        frame::decode(&bytes).expect("valid frame").expect("complete frame").0
+    }
+
+    /// One pull of `src` into `dest` under `limit`, in memory.
+    fn pull(
+        src: &std::path::Path,
+        dest: &std::path::Path,
+        state: &std::path::Path,
+        limit: DeleteLimit,
+    ) -> Result<(), SessionError> {
+        let store = MirrorStore::open(dest, state).unwrap();
+        let mut receiver = Receiver::initiate(store, Vec::new(), true, false).unwrap();
+        receiver.set_delete_limit(limit);
+        let _hello = receiver.poll_transmit().unwrap();
+        let Some(xfer_protocol::Message::Open(open)) = receiver.poll_transmit() else { panic!("Open expected") };
+        let source = scan(src, &HashMap::new(), ScanOptions::default()).unwrap().manifest;
+        let encoder = Encoder::new(Compression::Raw).unwrap();
+        let options = PlanOptions { delete: true, protect: None };
+        let mut sender =
+            Sender::respond(source, FileReader::new(src.to_path_buf()), encoder, options, open.remembered_root);
+        loop {
+            let mut progressed = false;
+            while let Some(message) = sender.poll_data() {
+                receiver.handle(roundtrip(message))?;
+                progressed = true;
+            }
+            while receiver.wants_input() {
+                let Some(message) = sender.poll_transmit() else { break };
+                receiver.handle(roundtrip(message))?;
+                progressed = true;
+            }
+            while let Some(message) = receiver.poll_transmit() {
+                sender.handle(roundtrip(message))?;
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        assert!(sender.is_finished() && receiver.is_finished(), "pull stalled");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn held_deletes_keep_pulls_exact(seed in any::<u64>(), n1 in 0usize..20, n2 in 0usize..20) {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let (v1, v2) = (random_tree(&mut rng, n1), random_tree(&mut rng, n2));
+            let tmp = TempDir::new().unwrap();
+            let (src, dest, state) = (tmp.path().join("src"), tmp.path().join("dest"), tmp.path().join("state"));
+            fs::create_dir_all(&src).unwrap();
+            fs::create_dir_all(&dest).unwrap();
+            materialize(&v2, &src);
+            materialize(&v1, &dest);
+            // Any deletion at all is past a limit of 0: refused, nothing deleted.
+            let zero = DeleteLimit { max: Some(0), guard: false };
+            match pull(&src, &dest, &state, zero) {
+                Ok(()) => assert_same_tree(&read_tree(&dest), &v2),
+                Err(_) => {
+                    for path in v1.keys() {
+                        prop_assert!(fs::symlink_metadata(path.to_path(&dest)).is_ok(), "{} was deleted", path);
+                    }
+                }
+            }
+            // Unlimited, the held deletes still make the tree exactly the source.
+            pull(&src, &dest, &state.with_extension("2"), DeleteLimit::UNLIMITED).unwrap();
+            assert_same_tree(&read_tree(&dest), &v2);
+        }
     }
 }

@@ -131,11 +131,16 @@ pub struct Receiver {
     summary: Option<msg::Summary>,
     progress: ProgressSink,
     /// A pull's limit on deletes: this side does not see the plan, so each
-    /// `Delete` is charged as it arrives and the first one past the limit
-    /// ends the session; no more than the limit is ever deleted.
+    /// `Delete` is charged as it arrives and held back until `Done` (or
+    /// until a new entry takes its place, for a replacement); the first
+    /// one past the limit ends the session with the held ones undone.
     delete_limit: Option<DeleteLimit>,
     /// Entries charged so far, subtrees included.
     deletes_charged: u64,
+    /// Deletes held back, and the parents' `SetMeta` that follow them.
+    held: Vec<Queued>,
+    /// Parents of the held deletes.
+    held_parents: HashSet<RelPath>,
     /// The sender's tree is empty (from `Opened`).
     source_empty: bool,
 }
@@ -174,6 +179,8 @@ impl Receiver {
             progress: ProgressSink::default(),
             delete_limit: None,
             deletes_charged: 0,
+            held: Vec::new(),
+            held_parents: HashSet::new(),
             source_empty: false,
         }
     }
@@ -204,8 +211,10 @@ impl Receiver {
     }
 
     /// Refuses deletes past `limit` (pulls: the sender is the server,
-    /// which does not know the client's limit). Call before the first
-    /// message is handled.
+    /// which does not know the client's limit). Deletes are held back
+    /// until the sender is done, so a refused session deletes nothing
+    /// (but entries replaced by one of another kind). Call before the
+    /// first message is handled.
     pub fn set_delete_limit(&mut self, limit: DeleteLimit) {
         self.delete_limit = Some(limit);
     }
@@ -374,6 +383,8 @@ impl Receiver {
                 self.pump()
             }
             (State::Open, Message::Done(_)) => {
+                // Every delete passed the limit: they go ahead.
+                self.release_held()?;
                 self.done = true;
                 self.pump()
             }
@@ -482,6 +493,42 @@ impl Receiver {
     }
 
     fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        if self.delete_limit.is_some() {
+            match &queued {
+                Queued::Op(Op::Delete { path }) => {
+                    self.held_parents.insert(path.parent());
+                    return self.hold(queued);
+                }
+                // A parent's metadata is set after its deletes.
+                Queued::Op(Op::SetMeta { path, .. }) if self.held_parents.contains(path) => return self.hold(queued),
+                Queued::Op(Op::SetMeta { .. }) => {}
+                // A new entry after deletes: they were replacements, which
+                // must happen first.
+                _ => self.release_held()?,
+            }
+        }
+        self.push_queued(queued)
+    }
+
+    /// Holds back a delete (or the metadata that follows it); a sender
+    /// cannot make this grow past what the receiving tree holds.
+    fn hold(&mut self, queued: Queued) -> Result<(), SessionError> {
+        if self.held.len() > 2 * (self.manifest().len() + 1) {
+            return Err(protocol("more deletes than the receiving tree has entries"));
+        }
+        self.held.push(queued);
+        Ok(())
+    }
+
+    fn release_held(&mut self) -> Result<(), SessionError> {
+        self.held_parents.clear();
+        for queued in std::mem::take(&mut self.held) {
+            self.push_queued(queued)?;
+        }
+        Ok(())
+    }
+
+    fn push_queued(&mut self, queued: Queued) -> Result<(), SessionError> {
         self.progress.emit(|| match &queued {
             Queued::Op(op) => Event::Entry { change: Change::of(op), path: op.path().to_string() },
             Queued::Write { path, .. } => Event::Entry { change: Change::Write, path: path.to_string() },

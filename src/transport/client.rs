@@ -219,7 +219,9 @@ pub struct RemotePush {
     /// How much the run may delete on the receiver (subtrees counted
     /// whole). A push checks its whole plan before sending any change, on
     /// a dry run too; a pull, whose plan the server makes, checks each
-    /// delete as it arrives and stops at the first one past the limit.
+    /// delete as it arrives and holds them back until the server is done,
+    /// so a refused pull deletes nothing (only an entry replaced by one of
+    /// another kind goes at once).
     pub delete_limit: DeleteLimit,
     /// How chunks are encoded.
     pub compression: Compression,

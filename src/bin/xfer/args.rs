@@ -64,8 +64,8 @@ Each on/off flag has a --no- form that undoes it (and the config file's value).\
         "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
 xfer pull --delete xfer://backup.example/site ./mirror\n\n\
 Settings come from the config file's [pull] and [defaults] sections, never [push].\n\
---delete is limited as on a push; a pull checks each delete as it arrives and stops\n\
-(exit 2) at the first one past the limit.\n\n",
+--delete is limited as on a push; a pull holds its deletes back until the server is\n\
+done, and a refused pull (exit 2) deletes nothing.\n\n",
         exit_codes!()
     ))]
     Pull(PushArgs),

@@ -75,6 +75,8 @@ impl Options {
         Options {
             delete: false,
             checksum: false,
+            // Library callers choose their guard; the CLI turns it on.
+            delete_limit: crate::plan::DeleteLimit::UNLIMITED,
             compression: crate::codec::Compression::Auto,
             state_dir: state_dir.into(),
             busy_wait: std::time::Duration::from_secs(60),

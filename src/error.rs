@@ -55,6 +55,9 @@ pub enum Error {
     /// A sub-chunk delta or signature was malformed.
     #[error(transparent)]
     Patch(#[from] PatchError),
+    /// The run would delete more than its [`crate::plan::DeleteLimit`] allows.
+    #[error(transparent)]
+    DeleteRefused(#[from] crate::plan::DeleteRefused),
     /// A chunk the plan relies on is neither on the receiver nor supplied.
     #[error("chunk {chunk} needed at offset {offset} of {path} is not available")]
     ChunkUnavailable {

@@ -159,6 +159,140 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Receiver entries the plan's deletes remove, counting a deleted
+    /// directory's whole subtree: what the user would lose, not the number
+    /// of delete steps. `dest` is the receiver's tree the plan was made
+    /// against.
+    pub fn deletions(&self, dest: &Manifest) -> u64 {
+        deleted_entries(
+            dest,
+            self.ops.iter().filter_map(|op| match op {
+                Op::Delete { path } => Some(path),
+                _ => None,
+            }),
+        )
+    }
+}
+
+/// Entries of `dest` at or below `paths` (each counted once, even when one
+/// path lies inside another).
+pub fn deleted_entries<'a>(dest: &Manifest, paths: impl IntoIterator<Item = &'a RelPath>) -> u64 {
+    let mut paths: Vec<&RelPath> = paths.into_iter().collect();
+    paths.sort();
+    let entries = dest.entries();
+    let mut counted: Option<&RelPath> = None;
+    let mut total = 0u64;
+    for path in paths {
+        if counted.is_some_and(|dir| path == dir || path.is_inside(dir)) {
+            continue;
+        }
+        counted = Some(path);
+        total += subtree_len(entries, path);
+    }
+    total
+}
+
+/// Entries at `path` or inside it, in sorted `entries` (a subtree follows
+/// its directory).
+fn subtree_len(entries: &[Entry], path: &RelPath) -> u64 {
+    if path.is_root() {
+        return entries.len() as u64;
+    }
+    let Ok(start) = entries.binary_search_by(|e| e.path.cmp(path)) else { return 0 };
+    let inside = entries[start + 1..].iter().take_while(|e| e.path.is_inside(path)).count();
+    1 + inside as u64
+}
+
+/// Destinations of at most this many entries are "trivial": the
+/// more-than-half rule of [`DeleteLimit`] leaves them alone (a small tree
+/// legitimately changes wholesale), though emptying one from an empty
+/// source is still refused.
+pub const TRIVIAL_DESTINATION: u64 = 50;
+
+/// How much a run may delete before it is refused, checked on the whole
+/// plan before any change is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeleteLimit {
+    /// Refuse to delete more than this many entries (`--max-delete N`).
+    pub max: Option<u64>,
+    /// Refuse to delete more than half of a destination of more than
+    /// [`TRIVIAL_DESTINATION`] entries (unless `max` is given), or anything
+    /// from an empty source (an unmounted share looks like one);
+    /// `--force-delete` lifts these two rules, never `max`.
+    pub guard: bool,
+}
+
+impl DeleteLimit {
+    /// No limit at all.
+    pub const UNLIMITED: DeleteLimit = DeleteLimit { max: None, guard: false };
+
+    /// The built-in rules, without a count.
+    pub const GUARDED: DeleteLimit = DeleteLimit { max: None, guard: true };
+
+    /// Checks `deleted` entries out of a destination of `total` entries,
+    /// the source holding `source_entries`.
+    ///
+    /// # Errors
+    /// [`DeleteRefused`], saying why and how to override.
+    pub fn check(&self, deleted: u64, total: u64, source_entries: u64) -> Result<(), DeleteRefused> {
+        let refused = |rule| Err(DeleteRefused { deleted, total, rule });
+        if let Some(max) = self.max.filter(|&max| deleted > max) {
+            return refused(DeleteRule::Max(max));
+        }
+        if self.guard && deleted > 0 && source_entries == 0 {
+            return refused(DeleteRule::EmptySource);
+        }
+        // An explicit count replaces the half rule: the user said how much may go.
+        if self.guard && self.max.is_none() && total > TRIVIAL_DESTINATION && deleted.saturating_mul(2) > total {
+            return refused(DeleteRule::Half);
+        }
+        Ok(())
+    }
+}
+
+/// Which rule of [`DeleteLimit`] refused a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteRule {
+    /// More than `--max-delete N`.
+    Max(u64),
+    /// More than half of a non-trivial destination.
+    Half,
+    /// Deletes from an empty source.
+    EmptySource,
+}
+
+/// A run refused for deleting too much; nothing was changed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DeleteRefused {
+    /// Entries the run would delete (subtrees included).
+    pub deleted: u64,
+    /// Entries in the destination.
+    pub total: u64,
+    /// The rule that refused it.
+    pub rule: DeleteRule,
+}
+
+impl std::fmt::Display for DeleteRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let DeleteRefused { deleted, total, rule } = *self;
+        write!(f, "refused to delete {deleted} of the destination's {total} entries: ")?;
+        match rule {
+            DeleteRule::Max(max) => write!(f, "more than --max-delete {max}; raise it if this is intended"),
+            DeleteRule::Half => write!(
+                f,
+                "more than half of it (is the source complete?); if this is intended, pass --force-delete \
+                 or --max-delete {deleted}"
+            ),
+            DeleteRule::EmptySource => write!(
+                f,
+                "the source is empty (is it mounted?); if emptying the destination is intended, pass \
+                 --force-delete"
+            ),
+        }
+    }
+}
+
 /// Plans the transfer of `source` onto a receiver whose tree is `dest` and
 /// which holds the chunks for which `dest_has` is true (in any file: renamed,
 /// moved and copied files need no chunk data).

@@ -265,15 +265,17 @@ fn serve(tmp: &TempDir) -> Served {
     Served { server, addr, server_fp, client_cfg, root }
 }
 
-/// A remote named in the config file, with its fingerprint and a default
-/// from `[defaults]`; a broken config is refused with its path.
+/// A remote named in the config file, with its fingerprint and a setting
+/// from `[push]`; a broken config is refused with its path.
 #[test]
 fn cli_config_file_names_remotes() {
     let tmp = TempDir::new().unwrap();
     let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
     fs::write(
         client_cfg.join("config.toml"),
-        format!("[defaults]\ndelete = true\n\n[remotes.backup]\nurl = \"xfer://{addr}/site\"\nfingerprint = \"{server_fp}\"\n"),
+        format!(
+            "[push]\ndelete = true\n\n[remotes.backup]\nurl = \"xfer://{addr}/site\"\nfingerprint = \"{server_fp}\"\n"
+        ),
     )
     .unwrap();
     let src = tmp.path().join("src");
@@ -291,7 +293,7 @@ fn cli_config_file_names_remotes() {
     let _ = server.wait();
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
     assert_eq!(fs::read(root.join("site/a")).unwrap(), b"a");
-    assert!(!root.join("site/stale").exists(), "the config's delete = true was not applied");
+    assert!(!root.join("site/stale").exists(), "the config's [push] delete = true was not applied");
     assert!(!tmp.path().join("backup").exists() && !src.join("backup").exists());
     assert_eq!(broken.status.code(), Some(1));
     assert!(

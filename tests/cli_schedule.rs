@@ -166,7 +166,9 @@ fn config_defaults_for_window_exclude_and_bwlimit() {
     fs::write(src.join("skip.tmp"), b"skip").unwrap();
     fs::write(src.join("cli.log"), b"log").unwrap();
     let clock = Clock::new(tmp.path(), "Wed 12:00");
-    let config = "[defaults]\nexclude = [\"*.tmp\"]\nwindow = \"22:00-06:00\"\nbwlimit = \"08:00,1M 19:00,off\"\n";
+    // exclude is for pushes only: it lives under [push], not [defaults].
+    let config =
+        "[defaults]\nwindow = \"22:00-06:00\"\nbwlimit = \"08:00,1M 19:00,off\"\n[push]\nexclude = [\"*.tmp\"]\n";
     fs::write(cfg.join("config.toml"), config).unwrap();
     let closed = xfer(tmp.path(), &clock).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();
     assert_eq!(closed.status.code(), Some(4), "{}", String::from_utf8_lossy(&closed.stderr));

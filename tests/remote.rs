@@ -119,7 +119,12 @@ async fn remote_refuses_untrusted_server_and_unknown_client() {
 fn remote_url_parses() {
     let url = RemoteUrl::parse("xfer://backup.example:9000/site/www").unwrap();
     assert_eq!((url.authority.as_str(), url.path.as_str()), ("backup.example:9000", "site/www"));
-    assert_eq!(RemoteUrl::parse("xfer://host").unwrap().authority, "host:7878");
+    assert_eq!(
+        RemoteUrl::parse("xfer://host/.").unwrap(),
+        RemoteUrl { authority: "host:7878".into(), path: String::new() }
+    );
+    // No path at all is refused: the root must be named.
+    assert!(RemoteUrl::parse("xfer://host").is_none() && RemoteUrl::parse("xfer://host:1/").is_none());
     assert!(RemoteUrl::parse("/local/path").is_none());
     assert!(RemoteUrl::parse("xfer:///x").is_none());
 }

@@ -6,6 +6,7 @@ mod cli;
 mod cli_schedule;
 mod crash;
 mod delete_safety;
+mod footguns;
 mod fuzz_regressions;
 mod hardlinks;
 mod hostile;

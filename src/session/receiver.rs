@@ -12,7 +12,7 @@ use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
 use crate::hash::FileHash;
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
-use crate::plan::Op;
+use crate::plan::{deleted_entries, DeleteLimit, Op};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire::{self, WireError};
@@ -152,6 +152,19 @@ pub struct Receiver {
     failed_count: u64,
     summary: Option<msg::Summary>,
     progress: ProgressSink,
+    /// A pull's limit on deletes: this side does not see the plan, so each
+    /// `Delete` is charged as it arrives and held back until `Done` (or
+    /// until a new entry takes its place, for a replacement); the first
+    /// one past the limit ends the session with the held ones undone.
+    delete_limit: Option<DeleteLimit>,
+    /// Entries charged so far, subtrees included.
+    deletes_charged: u64,
+    /// Deletes held back, and the parents' `SetMeta` that follow them.
+    held: Vec<Queued>,
+    /// Parents of the held deletes.
+    held_parents: HashSet<RelPath>,
+    /// The sender's tree is empty (from `Opened`).
+    source_empty: bool,
 }
 
 #[derive(Default)]
@@ -187,6 +200,11 @@ impl Receiver {
             failed_count: 0,
             summary: None,
             progress: ProgressSink::default(),
+            delete_limit: None,
+            deletes_charged: 0,
+            held: Vec::new(),
+            held_parents: HashSet::new(),
+            source_empty: false,
         }
     }
 
@@ -213,6 +231,27 @@ impl Receiver {
         receiver.rx = Some(Receiving::new(store));
         receiver.state = State::Asking;
         Ok(receiver)
+    }
+
+    /// Refuses deletes past `limit` (pulls: the sender is the server,
+    /// which does not know the client's limit). Deletes are held back
+    /// until the sender is done, so a refused session deletes nothing
+    /// (but entries replaced by one of another kind). Call before the
+    /// first message is handled.
+    pub fn set_delete_limit(&mut self, limit: DeleteLimit) {
+        self.delete_limit = Some(limit);
+    }
+
+    /// Counts what deleting `path` removes against the limit, before it is
+    /// queued.
+    fn charge_delete(&mut self, path: &RelPath) -> Result<(), SessionError> {
+        let Some(limit) = self.delete_limit else { return Ok(()) };
+        let total = self.manifest().len() as u64;
+        let charged = self.deletes_charged.saturating_add(deleted_entries(self.manifest(), [path]));
+        let source_entries = u64::from(!self.source_empty);
+        limit.check(charged, total, source_entries).map_err(|refused| SessionError::Local(refused.into()))?;
+        self.deletes_charged = charged;
+        Ok(())
     }
 
     /// The next message to send, if any.
@@ -305,7 +344,8 @@ impl Receiver {
             (State::Asking, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)
             }
-            (State::Asking, Message::Opened(_)) => {
+            (State::Asking, Message::Opened(opened)) => {
+                self.source_empty = opened.root == Manifest::EMPTY.tree().root().0;
                 self.state = State::Open;
                 Ok(())
             }
@@ -323,7 +363,11 @@ impl Receiver {
                 let meta = wire::meta_from_wire(s.mode, s.mtime, s.attrs).map_err(protocol)?;
                 self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
             }
-            (State::Open, Message::Delete(d)) => self.enqueue(Queued::Op(Op::Delete { path: path(d.path)? })),
+            (State::Open, Message::Delete(d)) => {
+                let path = path(d.path)?;
+                self.charge_delete(&path)?;
+                self.enqueue(Queued::Op(Op::Delete { path }))
+            }
             (State::Open, Message::Link(l)) => {
                 let (path, target) = (path(l.path)?, path(l.target)?);
                 self.enqueue(Queued::Op(Op::Link { path, target, size: l.size, hash: FileHash(l.hash) }))
@@ -367,6 +411,8 @@ impl Receiver {
                 self.pump()
             }
             (State::Open, Message::Done(_)) => {
+                // Every delete passed the limit: they go ahead.
+                self.release_held()?;
                 self.done = true;
                 self.pump()
             }
@@ -475,6 +521,42 @@ impl Receiver {
     }
 
     fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        if self.delete_limit.is_some() {
+            match &queued {
+                Queued::Op(Op::Delete { path }) => {
+                    self.held_parents.insert(path.parent());
+                    return self.hold(queued);
+                }
+                // A parent's metadata is set after its deletes.
+                Queued::Op(Op::SetMeta { path, .. }) if self.held_parents.contains(path) => return self.hold(queued),
+                Queued::Op(Op::SetMeta { .. }) => {}
+                // A new entry after deletes: they were replacements, which
+                // must happen first.
+                _ => self.release_held()?,
+            }
+        }
+        self.push_queued(queued)
+    }
+
+    /// Holds back a delete (or the metadata that follows it); a sender
+    /// cannot make this grow past what the receiving tree holds.
+    fn hold(&mut self, queued: Queued) -> Result<(), SessionError> {
+        if self.held.len() > 2 * (self.manifest().len() + 1) {
+            return Err(protocol("more deletes than the receiving tree has entries"));
+        }
+        self.held.push(queued);
+        Ok(())
+    }
+
+    fn release_held(&mut self) -> Result<(), SessionError> {
+        self.held_parents.clear();
+        for queued in std::mem::take(&mut self.held) {
+            self.push_queued(queued)?;
+        }
+        Ok(())
+    }
+
+    fn push_queued(&mut self, queued: Queued) -> Result<(), SessionError> {
         self.progress.emit(|| match &queued {
             Queued::Op(op) => Event::Entry { change: Change::of(op), path: op.path().to_string() },
             Queued::Write { path, .. } => Event::Entry { change: Change::Write, path: path.to_string() },

@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
 use crate::patch::Signature;
-use crate::plan::{plan, Op, PlanOptions, Skipped};
+use crate::plan::{plan, DeleteLimit, Op, PlanOptions, Skipped};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
 
@@ -134,6 +134,10 @@ pub struct Sender<R> {
     progress: ProgressSink,
     /// Plan only: send `Done` right after the comparison.
     dry_run: bool,
+    /// How much the plan may delete; checked before any change is sent.
+    delete_limit: DeleteLimit,
+    /// Receiver entries the plan deletes, subtrees included.
+    deletions: u64,
 }
 
 impl<R: ChunkReader> Sender<R> {
@@ -194,6 +198,8 @@ impl<R: ChunkReader> Sender<R> {
             skipped: Vec::new(),
             progress: ProgressSink::default(),
             dry_run: false,
+            delete_limit: DeleteLimit::UNLIMITED,
+            deletions: 0,
         }
     }
 
@@ -264,6 +270,19 @@ impl<R: ChunkReader> Sender<R> {
     /// change or chunk (`--dry-run`): [`Sender::ops`] holds the plan.
     pub fn set_dry_run(&mut self, dry_run: bool) {
         self.dry_run = dry_run;
+    }
+
+    /// Refuses the session, before any change is sent, when the plan
+    /// deletes more than `limit` allows (on a dry run too, after listing
+    /// the plan). Call before the first poll.
+    pub fn set_delete_limit(&mut self, limit: DeleteLimit) {
+        self.delete_limit = limit;
+    }
+
+    /// Receiver entries the plan deletes, a directory's subtree included
+    /// (after the comparison).
+    pub fn deletions(&self) -> u64 {
+        self.deletions
     }
 
     /// The receiver's tree as this sender planned against it (files that
@@ -396,12 +415,12 @@ impl<R: ChunkReader> Sender<R> {
             self.ask_listing(subdir);
         }
         if self.lists_pending == 0 {
-            self.ask_files();
+            self.ask_files()?;
         }
         Ok(())
     }
 
-    fn ask_files(&mut self) {
+    fn ask_files(&mut self) -> Result<(), SessionError> {
         let wanted = std::mem::take(&mut self.files_wanted);
         for batch in wanted.chunks(MAX_FILES_PER_MESSAGE) {
             self.files_pending += 1;
@@ -409,8 +428,9 @@ impl<R: ChunkReader> Sender<R> {
             self.outbox.push_back(Message::GetFiles(msg::GetFiles { paths }));
         }
         if self.files_pending == 0 {
-            self.finish_comparing();
+            return self.finish_comparing();
         }
+        Ok(())
     }
 
     fn file_infos(&mut self, infos: msg::FileInfos) -> Result<(), SessionError> {
@@ -428,7 +448,7 @@ impl<R: ChunkReader> Sender<R> {
         if !infos.more {
             self.files_pending = self.files_pending.checked_sub(1).ok_or_else(|| protocol("files not asked for"))?;
             if self.files_pending == 0 {
-                self.finish_comparing();
+                self.finish_comparing()?;
             }
         }
         Ok(())
@@ -436,7 +456,7 @@ impl<R: ChunkReader> Sender<R> {
 
     /// Builds the receiver's tree as far as it matters (identical subtrees
     /// are taken from the source) and plans against it.
-    fn finish_comparing(&mut self) {
+    fn finish_comparing(&mut self) -> Result<(), SessionError> {
         let mut identical: HashSet<RelPath> = HashSet::new();
         let mut entries: Vec<Entry> = Vec::new();
         for (dir, theirs) in &self.listed {
@@ -489,13 +509,15 @@ impl<R: ChunkReader> Sender<R> {
         // A malformed view (a hostile listing) plans against nothing: the
         // receiver then gets everything, which is safe.
         self.dest = Arc::new(Manifest::new(entries).unwrap_or_default());
-        let _ = self.start_sending();
+        self.start_sending()
     }
 
     fn start_sending(&mut self) -> Result<(), SessionError> {
         let planned = plan(&self.source, &self.dest, |_| false, self.options.clone());
+        self.deletions = planned.deletions(&self.dest);
         self.ops = planned.ops;
         self.skipped = planned.skipped;
+        let verdict = self.delete_limit.check(self.deletions, self.dest.len() as u64, self.source.len() as u64);
         self.progress.emit(|| {
             let sizes = self.ops.iter().filter_map(|op| match op {
                 Op::WriteFile { digest, .. } => Some(digest.size),
@@ -509,6 +531,12 @@ impl<R: ChunkReader> Sender<R> {
                 self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
             }
             self.next_op = self.ops.len();
+        }
+        if let Err(refused) = verdict {
+            // Nothing of the plan may leave: the session ends here.
+            self.next_op = self.ops.len();
+            self.state = State::Finished;
+            return Err(SessionError::Local(refused.into()));
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use crate::codec::{Compression, Encoder};
 use crate::filter::Filter;
 use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
-use crate::plan::PlanOptions;
+use crate::plan::{DeleteLimit, PlanOptions};
 use crate::progress::{Event, ProgressSink};
 use crate::session::{FileReader, Sender, SessionError};
 use crate::throttle::Limiter;
@@ -40,13 +40,39 @@ pub struct RemoteUrl {
 pub const DEFAULT_PORT: u16 = 7878;
 
 impl RemoteUrl {
-    /// Parses `xfer://HOST[:PORT][/PATH]`; `None` if `text` is not such a URL.
+    /// Parses `xfer://HOST[:PORT]/PATH`; `None` if `text` is not such a
+    /// URL ([`RemoteUrl::parse_checked`] says why).
     pub fn parse(text: &str) -> Option<RemoteUrl> {
-        let rest = text.strip_prefix("xfer://")?;
+        RemoteUrl::parse_checked(text).ok()
+    }
+
+    /// Parses `xfer://HOST[:PORT]/PATH`, where PATH names a tree under the
+    /// server's root and `/.` names the root itself. A URL without a path
+    /// is refused: a push with `--delete` to the root replaces every tree
+    /// the server holds, so the root must be asked for explicitly.
+    ///
+    /// # Errors
+    /// [`RemoteError::BadUrl`], saying what to write instead.
+    pub fn parse_checked(text: &str) -> Result<RemoteUrl, RemoteError> {
+        let bad = |why: String| Err(RemoteError::BadUrl(format!("{text:?} {why}")));
+        let Some(rest) = text.strip_prefix("xfer://") else {
+            return bad("is not a server URL; use xfer://HOST[:PORT]/PATH".into());
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty() {
-            return None;
+            return bad("names no server; use xfer://HOST[:PORT]/PATH".into());
         }
+        let path = match path.trim_matches('/') {
+            "" => {
+                return bad(format!(
+                    "names no path on the server; name the tree, as xfer://{authority}/NAME, or the server's \
+                     whole root explicitly, as xfer://{authority}/. (with --delete that replaces every tree \
+                     the server holds)"
+                ))
+            }
+            ROOT_PATH => "",
+            path => path,
+        };
         let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok())
             && !authority.ends_with(']')
         {
@@ -54,9 +80,12 @@ impl RemoteUrl {
         } else {
             format!("{authority}:{DEFAULT_PORT}")
         };
-        Some(RemoteUrl { authority, path: path.trim_matches('/').to_string() })
+        Ok(RemoteUrl { authority, path: path.to_string() })
     }
 }
+
+/// The path of a URL that names the server's root: `xfer://HOST/.`.
+pub const ROOT_PATH: &str = ".";
 
 /// Why a remote push failed.
 #[derive(Debug, Error)]
@@ -99,6 +128,9 @@ pub enum RemoteError {
     /// A tag breaks the rules.
     #[error("{0}; expected --tag KEY=VALUE")]
     BadTag(String),
+    /// A server URL that cannot be used.
+    #[error("{0}")]
+    BadUrl(String),
     /// Exclusion patterns given for a pull.
     #[error(
         "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
@@ -189,6 +221,13 @@ pub struct RemotePush {
     pub delete: bool,
     /// Re-read every source file.
     pub checksum: bool,
+    /// How much the run may delete on the receiver (subtrees counted
+    /// whole). A push checks its whole plan before sending any change, on
+    /// a dry run too; a pull, whose plan the server makes, checks each
+    /// delete as it arrives and holds them back until the server is done,
+    /// so a refused pull deletes nothing (only an entry replaced by one of
+    /// another kind goes at once).
+    pub delete_limit: DeleteLimit,
     /// How chunks are encoded.
     pub compression: Compression,
     /// The sender's state directory (scan cache, memory of receivers).
@@ -408,6 +447,7 @@ async fn push_unlogged(
         );
         sender.set_progress(options.progress.clone());
         sender.set_dry_run(options.dry_run);
+        sender.set_delete_limit(options.delete_limit);
         sender.set_tags(tags.clone());
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
@@ -711,6 +751,7 @@ async fn pull_unlogged(
     let (endpoint, connection, _) = connect(url, identity, pin).await?;
     let mut receiver = receiver;
     receiver.set_progress(options.progress.clone());
+    receiver.set_delete_limit(options.delete_limit);
     receiver.set_tags(tags);
     let receiver =
         cancellable(&connection, &options.cancel, super::driver::run_pull(&connection, receiver, caps(options))).await;

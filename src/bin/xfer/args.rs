@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Exit codes, as `--help` and the README list them.
 macro_rules! exit_codes {
     () => {
-        "Exit codes: 0 done; 1 error; 2 usage; 3 partial (some entries skipped or failed, the rest \
+        "Exit codes: 0 done; 1 error; 2 usage, or a run refused before it changed anything (too many \
+deletes: see --max-delete); 3 partial (some entries skipped or failed, the rest \
 committed); 4 outside the --window or stopped when it closed (resumable); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there)."
     };
 }
@@ -17,8 +18,11 @@ committed); 4 outside the --window or stopped when it closed (resumable); 130 in
 #[command(name = "xfer", version, about = "Move directory trees and send only what changed")]
 pub struct Cli {
     /// Only errors on stderr: no progress, no summary (for cron).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, overrides_with = "no_quiet")]
     pub quiet: bool,
+    /// Undo --quiet.
+    #[arg(long, global = true, overrides_with = "quiet", hide = true)]
+    pub no_quiet: bool,
     /// More detail on stderr: -v lists each changed entry (as --itemize)
     /// and logs the session's steps; -vv adds debugging detail.
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -36,19 +40,32 @@ xfer push ./site xfer://backup.example/site --server-fingerprint xfer:...\n  \
 xfer push ./site backup            # a remote named in CONFIG_DIR/config.toml\n  \
 xfer push --exclude '*.log' --exclude target/ ./src /backup/src\n  \
 xfer push -q --json --tag project=web --log-json ~/xfer.jsonl ./site backup\n\n\
+DEST is a server URL, a remote of the config file, an existing path, or a new\n\
+local directory written as a path (./name, dir/name). A bare word that is none of\n\
+these is refused, as is HOST:PATH (write xfer://HOST/PATH). A URL must name a path:\n\
+xfer://HOST/. names the server's whole root.\n\n\
+With --delete, a run that would delete more than half of a destination of more\n\
+than 50 entries, or anything because the source is empty (an unmounted share?),\n\
+is refused with exit 2 before anything changes (on --dry-run too). --max-delete N\n\
+sets the limit instead of the half rule; --force-delete lifts the built-in rules.\n\n\
 A .xferignore file at the source root holds more patterns (gitignore rules); it is\n\
 transferred too. Command-line patterns come after it, so they win.\n\n\
-config.toml holds defaults and named remotes:\n  \
-[defaults]\n  delete = true\n  busy_wait = 300\n  exclude = [\"*.tmp\", \"cache/\"]\n  \
-bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
-[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n",
+config.toml holds settings and named remotes. [push] and [pull] apply to that\n\
+command only, [defaults] to both (delete and exclude are refused there):\n  \
+[defaults]\n  busy_wait = 300\n  bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
+[push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  \
+[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n\
+Each on/off flag has a --no- form that undoes it (and the config file's value).\n\n",
         exit_codes!()
     ))]
     Push(PushArgs),
     /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
     #[command(after_help = concat!(
         "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
-xfer pull --delete xfer://backup.example/site ./mirror\n\n",
+xfer pull --delete xfer://backup.example/site ./mirror\n\n\
+Settings come from the config file's [pull] and [defaults] sections, never [push].\n\
+--delete is limited as on a push; a pull holds its deletes back until the server is\n\
+done, and a refused pull (exit 2) deletes nothing.\n\n",
         exit_codes!()
     ))]
     Pull(PushArgs),
@@ -138,11 +155,30 @@ pub struct PushArgs {
     /// The destination directory (created if missing).
     pub dest: PathBuf,
     /// Delete destination entries that the source does not have.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_delete")]
     pub delete: bool,
+    /// Do not delete (undoes --delete and the config file's delete).
+    #[arg(long, overrides_with = "delete")]
+    pub no_delete: bool,
+    /// Refuse, before changing anything, a run that would delete more than
+    /// N entries (a directory counts with everything in it). Given, it
+    /// replaces the more-than-half rule. [config: max_delete]
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
+    /// Lift the built-in delete limits: more than half of a destination of
+    /// more than 50 entries, and anything from an empty source.
+    #[arg(long, overrides_with = "no_force_delete")]
+    pub force_delete: bool,
+    /// Keep the built-in delete limits (undoes --force-delete).
+    #[arg(long, overrides_with = "force_delete", hide = true)]
+    pub no_force_delete: bool,
     /// Read every file instead of trusting unchanged size, mtime and inode.
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, overrides_with = "no_checksum")]
     pub checksum: bool,
+    /// Trust unchanged size, mtime and inode (undoes --checksum and the
+    /// config file's checksum).
+    #[arg(long, overrides_with = "checksum")]
+    pub no_checksum: bool,
     /// Chunk encoding: auto (zstd at a level adapted to the link, raw where it does not pay), zstd, lz4 or raw.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     pub compress: CompressArg,
@@ -150,8 +186,11 @@ pub struct PushArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
     /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_json")]
     pub json: bool,
+    /// Undo --json.
+    #[arg(long, overrides_with = "json", hide = true)]
+    pub no_json: bool,
     /// Where xfer keeps its state [default: $XDG_STATE_HOME/xfer].
     #[arg(long, env = "XFER_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -162,8 +201,11 @@ pub struct PushArgs {
     #[arg(long, value_name = "FINGERPRINT")]
     pub server_fingerprint: Option<String>,
     /// Trust an unknown server on first use and pin it.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_accept_new")]
     pub accept_new: bool,
+    /// Undo --accept-new.
+    #[arg(long, overrides_with = "accept_new", hide = true)]
+    pub no_accept_new: bool,
     /// While another push holds the destination, retry for up to this many
     /// seconds before giving up (0: fail at once).
     /// [default: 60, or the config file's]
@@ -189,16 +231,22 @@ pub struct PushArgs {
     pub window: Option<String>,
     /// Compare and plan only: report what would be sent (chunk bytes after
     /// encoding, estimated without deltas) and change nothing.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, overrides_with = "no_dry_run")]
     pub dry_run: bool,
+    /// Undo --dry-run.
+    #[arg(long, overrides_with = "dry_run", hide = true)]
+    pub no_dry_run: bool,
     /// Add the cost of the run to the JSON summary: data-direction wire
     /// bytes (the estimate, on a dry run) times this price per GB.
     #[arg(long, value_name = "USD_PER_GB")]
     pub egress_price: Option<f64>,
     /// One line per changed entry: >f file written, cd dir created, cL
     /// symlink, .m metadata only, *deleting (like rsync -i).
-    #[arg(short, long)]
+    #[arg(short, long, overrides_with = "no_itemize")]
     pub itemize: bool,
+    /// Undo --itemize.
+    #[arg(long, overrides_with = "itemize", hide = true)]
+    pub no_itemize: bool,
     /// Label the session KEY=VALUE in the server's audit log and in
     /// --log-json (repeatable; for cost allocation, e.g. project=web).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
@@ -208,8 +256,11 @@ pub struct PushArgs {
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
     /// Outside the window, sleep until it opens instead of exiting 4.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_wait")]
     pub wait: bool,
+    /// Undo --wait.
+    #[arg(long, overrides_with = "wait", hide = true)]
+    pub no_wait: bool,
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {

@@ -14,16 +14,21 @@ mod config;
 mod ui;
 
 use args::{Cli, Command, CompressArg, PushArgs};
-use config::Config;
+use config::{Config, Settings, Target};
 
 use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
 use xfer::filter::Filter;
 use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
+use xfer::plan::DeleteLimit;
 use xfer::throttle::{local_time_now, Direction, Limiter, LocalTime, Rate, Timetable, Window};
 use xfer::transport;
 use xfer::transport::access::Access;
 use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
+
+/// Exit code of a usage error, and of a run refused before it changed
+/// anything (too many deletes), which is the user's call to make.
+const EXIT_REFUSED: u8 = 2;
 
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
@@ -287,12 +292,13 @@ fn with_trust<T>(
 
 fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
-    let Some((url, configured)) = config.target(&args.src)? else {
-        bail!(
+    let (url, configured) = match config.target(&args.src)? {
+        Target::Remote(url, pin) => (url, pin),
+        Target::Local => bail!(
             "{} is not a server URL or a remote of the config file: use xfer://HOST[:PORT]/PATH \
              (for local copies use xfer push)",
             args.src.display()
-        );
+        ),
     };
     transfer(&args, &config, false, quiet, |runtime, options| {
         with_trust(&args, &url, configured, |identity, pin| {
@@ -305,10 +311,10 @@ fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let target = config.target(&args.dest)?;
     transfer(&args, &config, true, quiet, |runtime, options| match target {
-        Some((url, configured)) => with_trust(&args, &url, configured, |identity, pin| {
+        Target::Remote(url, configured) => with_trust(&args, &url, configured, |identity, pin| {
             runtime.block_on(client::push(&args.src, &url, identity, pin, options))
         }),
-        None => runtime
+        Target::Local => runtime
             .block_on(client::push_embedded(&args.src, &args.dest, options))
             .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display())),
     })
@@ -324,16 +330,17 @@ fn transfer(
     quiet: bool,
     run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
-    let mut options = options(args, config, push)?;
+    let settings = config.settings(push);
+    let mut options = options(args, &settings, push)?;
     // The command line's window and rate win over the config file's;
     // `--window always` lifts a configured window.
-    let window_text = args.window.as_deref().or(config.defaults.window.as_deref()).filter(|w| *w != "always");
+    let window_text = args.window.as_deref().or(settings.window.as_deref()).filter(|w| *w != "always");
     let window_text = window_text.unwrap_or_default();
     let window = (!window_text.is_empty()).then(|| window_text.parse::<Window>()).transpose()?;
     if args.wait && window.is_none() {
         bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
     }
-    let bwlimit = args.bwlimit.as_deref().or(config.defaults.bwlimit.as_deref());
+    let bwlimit = args.bwlimit.as_deref().or(settings.bwlimit.as_deref());
     let timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
     let direction = if push { Direction::Up } else { Direction::Down };
     let started_at = now()?;
@@ -406,12 +413,36 @@ fn transfer(
             };
             Ok(stopped(args.json, quiet, code, &message))
         }
-        Err(e) => {
-            if args.json {
-                println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
+        Err(e) => match delete_refused(&e) {
+            Some(refused) => {
+                let message = if args.dry_run {
+                    format!("dry run: the run would be refused: {refused}")
+                } else {
+                    format!("{refused}; nothing was changed")
+                };
+                if args.json {
+                    println!("{}", serde_json::json!({ "exit_code": EXIT_REFUSED, "error": message }));
+                }
+                eprintln!("xfer: error: {message}");
+                Ok(ExitCode::from(EXIT_REFUSED))
             }
-            Err(e)
-        }
+            None => {
+                if args.json {
+                    println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
+                }
+                Err(e)
+            }
+        },
+    }
+}
+
+/// The delete limit's refusal, if that is what stopped the run.
+fn delete_refused(e: &anyhow::Error) -> Option<&xfer::plan::DeleteRefused> {
+    use xfer::session::SessionError;
+    match e.downcast_ref::<RemoteError>()? {
+        RemoteError::Session(SessionError::Local(xfer::Error::DeleteRefused(refused)))
+        | RemoteError::Local(xfer::Error::DeleteRefused(refused)) => Some(refused),
+        _ => None,
     }
 }
 
@@ -445,10 +476,14 @@ fn stopped(json: bool, quiet: bool, code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// An on/off flag and its `--no-` form: `None` when neither is given.
+fn flag(on: bool, off: bool) -> Option<bool> {
+    (on || off).then_some(on)
+}
+
 /// The options shared by push and pull: flags first, then the config
-/// file's defaults, then built-in defaults.
-fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<RemotePush> {
-    let defaults = &config.defaults;
+/// file's settings for this command, then built-in defaults.
+fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<RemotePush> {
     // The source root's .xferignore, then --exclude-from, then --exclude:
     // the last match wins, so the command line has the last word.
     let mut filter = if push { Filter::with_root_ignore(&args.src)? } else { Filter::new() };
@@ -478,8 +513,9 @@ fn options(args: &PushArgs, config: &Config, push: bool) -> anyhow::Result<Remot
     if let Some(seconds) = args.busy_wait.or(defaults.busy_wait) {
         options.busy_wait = std::time::Duration::from_secs(seconds);
     }
-    options.delete = args.delete || defaults.delete.unwrap_or(false);
-    options.checksum = args.checksum || defaults.checksum.unwrap_or(false);
+    options.delete = flag(args.delete, args.no_delete).or(defaults.delete).unwrap_or(false);
+    options.checksum = flag(args.checksum, args.no_checksum).or(defaults.checksum).unwrap_or(false);
+    options.delete_limit = DeleteLimit { max: args.max_delete.or(defaults.max_delete), guard: !args.force_delete };
     options.compression = compression;
     options.filter = filter;
     options.dry_run = args.dry_run;

@@ -508,6 +508,7 @@ mod tests {
         assert_eq!(deletes(&unprotected), ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
         assert!(unprotected.skipped.is_empty());
     }
+
     fn link(path: &str, target: &str) -> Entry {
         let digest = digest_bytes(target.as_bytes());
         Entry {

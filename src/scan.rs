@@ -95,7 +95,8 @@ pub struct Scan {
     /// Records of every file, for the next quick check; filled by [`scan`]
     /// only ([`scan_with`] hands them to its [`Records`]).
     pub records: HashMap<RelPath, FileRecord>,
-    /// Entries left out: special files, unreadable or changing files (not those the filter excludes: the user asked for that).
+    /// Entries left out: special files, unreadable or changing files
+    /// (not those the filter excludes: the user asked for that).
     pub skipped: Vec<ScanSkip>,
     /// Files read in full (the rest passed the quick check).
     pub files_read: u64,

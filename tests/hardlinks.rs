@@ -374,6 +374,7 @@ fn link_groups_case(steps: Vec<Step>) {
         }
         // A snapshot beside the receiver shares its files from now on.
         let snap = l.tmp.path().join(format!("snap{k}"));
+        fs::create_dir(&snap).unwrap();
         for group in &dest_groups {
             for name in group {
                 fs::create_dir_all(snap.join(name).parent().unwrap()).unwrap();

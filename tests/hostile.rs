@@ -348,7 +348,7 @@ async fn hostile_messages_out_of_order_are_refused() {
 
     let data = seeded(5000, 3);
     let push = || open(Direction::Push, b"ooo");
-    let old_hello = Message::Hello(msg::Hello { version: 2, features: 0, agent: "future".into() });
+    let old_hello = Message::Hello(msg::Hello { version: 99, features: 0, agent: "future".into() });
     let summary = Message::Summary(msg::Summary::default());
     let list_dir = Message::ListDir(msg::ListDir { dir: Vec::new() });
     let refine = Message::RefineRequest(msg::RefineRequest { file: 0, index: 0, ranges: Vec::new() });
@@ -360,7 +360,7 @@ async fn hostile_messages_out_of_order_are_refused() {
         |steps: Vec<Step>| -> Vec<Step> { [Control(hello()), Control(push())].into_iter().chain(steps).collect() };
     let cases: Vec<(&str, Vec<Step>, CloseCode, &str)> = vec![
         ("Open first", vec![Control(push())], CloseCode::ProtocolError, "waiting for Hello"),
-        ("another version", vec![Control(old_hello)], CloseCode::VersionMismatch, "theirs 2"),
+        ("another version", vec![Control(old_hello)], CloseCode::VersionMismatch, "theirs 99"),
         ("Hello twice", after_open(vec![Control(hello())]), CloseCode::ProtocolError, "Hello"),
         ("MoreChunks alone", after_open(vec![Control(more)]), CloseCode::ProtocolError, "MoreChunks"),
         ("a receiver's Summary", after_open(vec![Control(summary)]), CloseCode::ProtocolError, "Summary"),

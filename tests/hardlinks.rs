@@ -407,3 +407,45 @@ proptest! {
         link_groups_case(steps);
     }
 }
+
+/// Through the wire: a `Link` whose target does not hold the content it
+/// names, or is missing, fails that entry alone; the session and the link
+/// that is right go on. A link waits for its target's chunks to arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wire_link_to_the_wrong_content_fails_alone() {
+    use crate::util::raw::{chunk_data, connect, send_on, write_file};
+    use xfer_protocol::msg::{self, Message};
+
+    let tmp = TempDir::new().unwrap();
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let mut raw = connect(server.addr, server.id.fingerprint(), &client).await.unwrap();
+    assert!(raw.open(msg::Direction::Push, b"h").await);
+    let data = seeded(5000, 9);
+    let link = |path: &[u8], target: &[u8], content: &[u8]| {
+        Message::Link(msg::Link {
+            path: path.to_vec(),
+            target: target.to_vec(),
+            size: content.len() as u64,
+            hash: *blake3::hash(content).as_bytes(),
+        })
+    };
+    assert!(raw.send(&write_file(0, b"t", &data)).await);
+    // Sent before the target's chunk: applied once it is in.
+    assert!(raw.send(&link(b"ok", b"t", &data)).await);
+    assert!(raw.send(&link(b"bad", b"t", b"other")).await);
+    assert!(raw.send(&link(b"gone", b"missing", &data)).await);
+    let wait = std::time::Duration::from_secs(10);
+    assert!(raw.recv_until(wait, |m| matches!(m, Message::NeedChunk(_))).await.is_some());
+    let mut stream = raw.data_stream().await;
+    assert!(send_on(&mut stream, &chunk_data(0, &data)).await);
+    assert!(raw.send(&Message::Done(msg::Done)).await);
+    let Some(Message::Summary(summary)) = raw.recv_until(wait, |m| matches!(m, Message::Summary(_))).await else {
+        panic!("no Summary");
+    };
+    assert_eq!((summary.files_written, summary.failed), (1, 2), "{summary:?}");
+    let dest = server.root.join("h");
+    assert_eq!(ino(&dest.join("ok")), ino(&dest.join("t")));
+    assert_eq!(fs::read(dest.join("ok")).unwrap(), data);
+    assert!(!dest.join("bad").exists() && !dest.join("gone").exists());
+}

@@ -449,3 +449,33 @@ async fn a_wire_link_to_the_wrong_content_fails_alone() {
     assert_eq!(fs::read(dest.join("ok")).unwrap(), data);
     assert!(!dest.join("bad").exists() && !dest.join("gone").exists());
 }
+
+/// A receiver whose tree spans file systems where the sender's does not:
+/// a name on another file system than its target gets a copy of its own.
+#[test]
+fn a_link_across_file_systems_on_the_receiver_becomes_a_copy() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let l = Local::new();
+    fs::create_dir_all(l.src.join("a")).unwrap();
+    fs::create_dir_all(l.src.join("b")).unwrap();
+    fs::write(l.src.join("a/f"), seeded(50_000, 6)).unwrap();
+    fs::hard_link(l.src.join("a/f"), l.src.join("b/g")).unwrap();
+    fs::create_dir_all(l.dest.join("b")).unwrap();
+    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "none"]).arg(l.dest.join("b")).output();
+    if !mount.as_ref().is_ok_and(|out| out.status.success()) {
+        println!("skipped: cannot mount a tmpfs here (needs root): {mount:?}");
+        return;
+    }
+    let _mounted = Mounted(l.dest.join("b"));
+    let stats = l.push(true);
+    assert!(stats.skipped.is_empty(), "{:?}", stats.skipped);
+    assert_same_tree(&read_tree(&l.dest), &read_tree(&l.src));
+    let (f, g) = (fs::metadata(l.dest.join("a/f")).unwrap(), fs::metadata(l.dest.join("b/g")).unwrap());
+    assert_ne!(f.dev(), g.dev());
+    assert_eq!(g.mtime(), f.mtime());
+}

@@ -71,7 +71,7 @@ pub struct Stats {
     pub metadata_bytes: u64,
     /// Entries deleted on the destination.
     pub entries_deleted: u64,
-    /// Entries not transferred, with the reason (hard links, special files,
+    /// Entries not transferred, with the reason (special files,
     /// unreadable or changing files, conflicts).
     pub skipped: Vec<FailedEntry>,
 }

@@ -736,6 +736,7 @@ mod tests {
         let same = diff_trees(&theirs, theirs.root(), |dir| theirs.listing(dir).to_vec());
         assert_eq!(same, TreeDiff::default());
     }
+
     fn link(path: &str, target: &str, content: &[u8]) -> Entry {
         let digest = digest_bytes(content);
         Entry {

@@ -265,9 +265,9 @@ pub struct Scan {
     /// Records of every file, for the next quick check; filled by [`scan`]
     /// only ([`scan_with`] hands them to its [`Records`]).
     pub records: HashMap<RelPath, FileRecord>,
-    /// Entries left out: hard links, special files, unreadable or changing
-    /// files (not those the filter excludes: the user asked for that); and
-    /// entries carried without their xattrs (unreadable, or over the limits).
+    /// Entries left out: special files, unreadable or changing files (not
+    /// those the filter excludes: the user asked for that); and entries
+    /// carried without their xattrs (unreadable, or over the limits).
     pub skipped: Vec<ScanSkip>,
     /// Files read in full (the rest passed the quick check).
     pub files_read: u64,

@@ -374,6 +374,7 @@ fn link_groups_case(steps: Vec<Step>) {
         }
         // A snapshot beside the receiver shares its files from now on.
         let snap = l.tmp.path().join(format!("snap{k}"));
+        fs::create_dir(&snap).unwrap();
         for group in &dest_groups {
             for name in group {
                 fs::create_dir_all(snap.join(name).parent().unwrap()).unwrap();
@@ -405,4 +406,76 @@ proptest! {
     fn link_groups_follow_the_source_and_never_leak(steps in proptest::collection::vec(step(), 1..4)) {
         link_groups_case(steps);
     }
+}
+
+/// Through the wire: a `Link` whose target does not hold the content it
+/// names, or is missing, fails that entry alone; the session and the link
+/// that is right go on. A link waits for its target's chunks to arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wire_link_to_the_wrong_content_fails_alone() {
+    use crate::util::raw::{chunk_data, connect, send_on, write_file};
+    use xfer_protocol::msg::{self, Message};
+
+    let tmp = TempDir::new().unwrap();
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let mut raw = connect(server.addr, server.id.fingerprint(), &client).await.unwrap();
+    assert!(raw.open(msg::Direction::Push, b"h").await);
+    let data = seeded(5000, 9);
+    let link = |path: &[u8], target: &[u8], content: &[u8]| {
+        Message::Link(msg::Link {
+            path: path.to_vec(),
+            target: target.to_vec(),
+            size: content.len() as u64,
+            hash: *blake3::hash(content).as_bytes(),
+        })
+    };
+    assert!(raw.send(&write_file(0, b"t", &data)).await);
+    // Sent before the target's chunk: applied once it is in.
+    assert!(raw.send(&link(b"ok", b"t", &data)).await);
+    assert!(raw.send(&link(b"bad", b"t", b"other")).await);
+    assert!(raw.send(&link(b"gone", b"missing", &data)).await);
+    let wait = std::time::Duration::from_secs(10);
+    assert!(raw.recv_until(wait, |m| matches!(m, Message::NeedChunk(_))).await.is_some());
+    let mut stream = raw.data_stream().await;
+    assert!(send_on(&mut stream, &chunk_data(0, &data)).await);
+    assert!(raw.send(&Message::Done(msg::Done)).await);
+    let Some(Message::Summary(summary)) = raw.recv_until(wait, |m| matches!(m, Message::Summary(_))).await else {
+        panic!("no Summary");
+    };
+    assert_eq!((summary.files_written, summary.failed), (1, 2), "{summary:?}");
+    let dest = server.root.join("h");
+    assert_eq!(ino(&dest.join("ok")), ino(&dest.join("t")));
+    assert_eq!(fs::read(dest.join("ok")).unwrap(), data);
+    assert!(!dest.join("bad").exists() && !dest.join("gone").exists());
+}
+
+/// A receiver whose tree spans file systems where the sender's does not:
+/// a name on another file system than its target gets a copy of its own.
+#[test]
+fn a_link_across_file_systems_on_the_receiver_becomes_a_copy() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let l = Local::new();
+    fs::create_dir_all(l.src.join("a")).unwrap();
+    fs::create_dir_all(l.src.join("b")).unwrap();
+    fs::write(l.src.join("a/f"), seeded(50_000, 6)).unwrap();
+    fs::hard_link(l.src.join("a/f"), l.src.join("b/g")).unwrap();
+    fs::create_dir_all(l.dest.join("b")).unwrap();
+    let mount = std::process::Command::new("mount").args(["-t", "tmpfs", "none"]).arg(l.dest.join("b")).output();
+    if !mount.as_ref().is_ok_and(|out| out.status.success()) {
+        println!("skipped: cannot mount a tmpfs here (needs root): {mount:?}");
+        return;
+    }
+    let _mounted = Mounted(l.dest.join("b"));
+    let stats = l.push(true);
+    assert!(stats.skipped.is_empty(), "{:?}", stats.skipped);
+    assert_same_tree(&read_tree(&l.dest), &read_tree(&l.src));
+    let (f, g) = (fs::metadata(l.dest.join("a/f")).unwrap(), fs::metadata(l.dest.join("b/g")).unwrap());
+    assert_ne!(f.dev(), g.dev());
+    assert_eq!(g.mtime(), f.mtime());
 }

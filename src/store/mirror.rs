@@ -1033,11 +1033,33 @@ impl MirrorStore {
         };
         let temp = self.temp_beside(path);
         // Not following a symlink: one at `target` failed the check above.
-        fs::hard_link(&from, &temp).at(&temp)?;
-        crate::crashpoint::hit("store.link");
-        batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest: None });
-        if let Some(digest) = digest {
-            batch.linked.insert(target.clone(), digest);
+        match fs::hard_link(&from, &temp) {
+            Ok(()) => {
+                crate::crashpoint::hit("store.link");
+                batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest: None });
+                if let Some(digest) = digest {
+                    batch.linked.insert(target.clone(), digest);
+                }
+            }
+            // The receiver's tree spans file systems where the sender's did
+            // not, or the file has all the names it may have: a copy of its
+            // own still gives the name its content (synced with the batch).
+            Err(e)
+                if [rustix::io::Errno::XDEV, rustix::io::Errno::MLINK]
+                    .map(|n| Some(n.raw_os_error()))
+                    .contains(&e.raw_os_error()) =>
+            {
+                let copied = fs::copy(&from, &temp).and_then(|_| {
+                    let mtime = FileTime::from_last_modification_time(&fs::symlink_metadata(&from)?);
+                    filetime::set_file_mtime(&temp, mtime)
+                });
+                if let Err(e) = copied {
+                    let _ = fs::remove_file(&temp);
+                    return Err(Error::io(temp, e));
+                }
+                batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest });
+            }
+            Err(e) => return Err(Error::io(temp, e)),
         }
         Ok(())
     }

@@ -1049,7 +1049,7 @@ impl MirrorStore {
                     .map(|n| Some(n.raw_os_error()))
                     .contains(&e.raw_os_error()) =>
             {
-                let copied = fs::copy(&from, &temp).and_then(|_| {
+                let copied = copy_sparse(&from, &temp).and_then(|()| {
                     let mtime = FileTime::from_last_modification_time(&fs::symlink_metadata(&from)?);
                     filetime::set_file_mtime(&temp, mtime)
                 });
@@ -1094,7 +1094,7 @@ impl MirrorStore {
     /// the tree too. The copy is durable before it takes the name.
     fn detach(&mut self, path: &RelPath, abs: &Path, meta: &Meta) -> Result<Meta> {
         let temp = self.temp_beside(path);
-        let copied = fs::copy(abs, &temp)
+        let copied = copy_sparse(abs, &temp)
             .at(&temp)
             .and_then(|_| self.apply_meta(&temp, meta))
             .and_then(|applied| File::open(&temp).and_then(|f| f.sync_all()).at(&temp).map(|()| applied))
@@ -1354,6 +1354,32 @@ fn write_sparse(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
         Some(start) => file.write_all_at(&bytes[start..], offset + start as u64),
         None => Ok(()),
     }
+}
+
+/// Copies the file `from` to the new file `to` with its permission bits,
+/// leaving zero blocks as holes (a plain copy would allocate a sparse
+/// file's holes), a bounded buffer at a time.
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = File::open(from)?;
+    let meta = source.metadata()?;
+    let target = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+    target.set_len(meta.len())?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    loop {
+        let read = source.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        write_sparse(&target, &buffer[..read], offset)?;
+        offset += read as u64;
+    }
+    if offset != meta.len() {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file changed while being copied"));
+    }
+    fs::set_permissions(to, meta.permissions())
 }
 
 /// Whether `bytes` are all zero; the inner OR has no early exit, so it is

@@ -382,3 +382,30 @@ fn signals_sigterm_stops_a_local_push_at_a_commit_point() {
     assert!(again.status.success(), "{}", text(&again));
     assert_big_tree(&dest);
 }
+
+/// Item 10: SIGTERM during a long scan (32 sparse files of 256 MiB to
+/// read) stops the push within a few seconds, not when the scan ends: the
+/// scan stops before its next file.
+#[test]
+fn signals_sigterm_stops_a_push_during_its_scan() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for n in 0..32 {
+        fs::File::create(src.join(format!("f{n:02}"))).unwrap().set_len(256 << 20).unwrap();
+    }
+    let dest = tmp.path().join("dest");
+    let mut push =
+        xfer(&tmp.path().join("state")).arg("push").arg(&src).arg(&dest).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(push.try_wait().unwrap().is_none(), "the scan ended too soon to test");
+    let signalled = Instant::now();
+    sigterm(&push);
+    let status = wait_within(&mut push, Duration::from_secs(60));
+    let took = signalled.elapsed();
+    let err = stderr_of(&mut push);
+    eprintln!("push stopped during its scan in {took:?}");
+    assert_eq!(status.and_then(|s| s.code()), Some(143), "{status:?}: {err}");
+    assert!(took < Duration::from_secs(5), "the scan held SIGTERM up for {took:?}");
+    assert!(temps(&dest).is_empty());
+}

@@ -366,9 +366,15 @@ async fn push_unlogged(
             progress: options.progress.clone(),
             ..Default::default()
         };
-        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, scan_options))
+        let cancel = options.cancel.clone();
+        let stop = move || cancel.is_cancelled();
+        tokio::task::spawn_blocking(move || crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop))
             .await
-            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
+            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })?
+            .map_err(|e| match e {
+                crate::Error::Stopped => RemoteError::Cancelled,
+                other => other.into(),
+            })?
     };
     let source = std::sync::Arc::new(scanned.manifest);
     tracing::info!(

@@ -92,7 +92,7 @@ impl Stats {
 pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stats> {
     let (src, dest) = local_pair(src, dest)?;
 
-    std::fs::create_dir_all(&dest).at(&dest)?;
+    // The destination is made by MirrorStore::open under its lock.
     let scan_options =
         ScanOptions { checksum: options.checksum, filter: options.filter.clone(), ..ScanOptions::default() };
     let scanned = scan_source(&src, &options.state_dir, scan_options)?;

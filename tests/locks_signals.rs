@@ -227,11 +227,16 @@ fn locks_local_pushes_with_different_state_dirs_collide() {
     let mut nested = xfer(&tmp.path().join("s3"));
     let nested = nested.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("sub")).output().unwrap();
     assert_eq!(nested.status.code(), Some(1), "a push inside the destination ran: {}", text(&nested));
+    // Refused before it makes anything: not even its own missing directory.
+    let mut fresh = xfer(&tmp.path().join("s3"));
+    let fresh = fresh.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("new/deeper")).output().unwrap();
+    assert_eq!(fresh.status.code(), Some(1), "a push inside the destination ran: {}", text(&fresh));
+    assert!(!dest.join("new").exists(), "the refused push made a directory inside the held tree");
 
     let status = wait_within(&mut writer, Duration::from_secs(60)).expect("the push in flight finished");
     assert!(status.success(), "{}", stderr_of(&mut writer));
     assert_big_tree(&dest);
-    assert!(!dest.join("small").exists() && !dest.join("sub/small").exists());
+    assert!(!dest.join("small").exists() && !dest.join("sub/small").exists() && !dest.join("new").exists());
     assert!(temps(&dest).is_empty());
 }
 

@@ -414,3 +414,45 @@ fn signals_sigterm_stops_a_push_during_its_scan() {
     assert!(took < Duration::from_secs(5), "the scan held SIGTERM up for {took:?}");
     assert!(temps(&dest).is_empty());
 }
+
+/// Trees of the lock model: a root, nested paths and siblings.
+const TREES: [&str; 7] = ["", "a", "a/b", "a/b/c", "a/d", "e", "e/f"];
+
+/// Whether one of two trees lies in (or is) the other.
+fn nested(x: &str, y: &str) -> bool {
+    let inside =
+        |inner: &str, outer: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
+    inside(x, y) || inside(y, x)
+}
+
+/// Any sequence of locks taken and released on nested trees: a lock is
+/// granted exactly when no held lock is on the same tree, above it or
+/// inside it, and a refusal is busy.
+fn lock_model_impl(steps: &[(usize, bool)]) {
+    use xfer::store::TreeLock;
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("root");
+    let mut held: Vec<Option<TreeLock>> = (0..TREES.len()).map(|_| None).collect();
+    for &(tree, release) in steps {
+        if release {
+            held[tree] = None;
+            continue;
+        }
+        let conflict = TREES.iter().zip(&held).any(|(other, lock)| lock.is_some() && nested(other, TREES[tree]));
+        match TreeLock::acquire(&root.join(TREES[tree])) {
+            Ok(lock) => {
+                assert!(!conflict, "{} granted while a nested tree is held", TREES[tree]);
+                held[tree] = Some(lock);
+            }
+            Err(e) => assert!(conflict && e.is_busy(), "{} refused: {e}", TREES[tree]),
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+    #[test]
+    fn locks_model_proptest(steps in proptest::collection::vec((0..TREES.len(), proptest::prelude::any::<bool>()), 1..32)) {
+        lock_model_impl(&steps);
+    }
+}

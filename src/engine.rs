@@ -16,7 +16,7 @@ use crate::filter::Filter;
 use crate::hash::ChunkId;
 use crate::manifest::{EntryKind, Manifest, RelPath};
 use crate::plan::{plan, PlanOptions};
-use crate::scan::{scan_with, Scan, ScanOptions};
+use crate::scan::{scan_with, Records, Scan, ScanOptions};
 use crate::store::state::StateDb;
 use crate::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
 
@@ -92,7 +92,7 @@ impl Stats {
 pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stats> {
     let (src, dest) = local_pair(src, dest)?;
 
-    std::fs::create_dir_all(&dest).at(&dest)?;
+    // The destination is made by MirrorStore::open under its lock.
     let scan_options =
         ScanOptions { checksum: options.checksum, filter: options.filter.clone(), ..ScanOptions::default() };
     let scanned = scan_source(&src, &options.state_dir, scan_options)?;
@@ -163,12 +163,41 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
 /// # Errors
 /// An unreadable root or state database.
 pub fn scan_source(src: &Path, state_dir: &Path, options: ScanOptions) -> Result<Scan> {
+    scan_source_until(src, state_dir, options, &|| false)
+}
+
+/// [`scan_source`], stopped before the next file once `stop` says so: a
+/// scan of a large tree must not hold up a SIGTERM for minutes. What was
+/// recorded so far stays (each record describes its file as read).
+///
+/// # Errors
+/// As [`scan_source`], and [`Error::Stopped`] once `stop` returns true.
+pub fn scan_source_until(src: &Path, state_dir: &Path, options: ScanOptions, stop: &dyn Fn() -> bool) -> Result<Scan> {
     let db = source_records(src, state_dir)?;
-    let mut recorder = db.recorder()?;
+    let mut recorder = Until { inner: db.recorder()?, stop };
     let scanned = scan_with(src, &mut recorder, options)?;
     crate::crashpoint::hit("source.record");
-    recorder.finish(&scanned.manifest)?;
+    recorder.inner.finish(&scanned.manifest)?;
     Ok(scanned)
+}
+
+/// Records that end the scan once `stop` says so.
+struct Until<'a, R> {
+    inner: R,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl<R: Records> Records for Until<'_, R> {
+    fn previous(&mut self, path: &RelPath) -> Result<Option<crate::scan::FileRecord>> {
+        if (self.stop)() {
+            return Err(Error::Stopped);
+        }
+        self.inner.previous(path)
+    }
+
+    fn record(&mut self, path: &RelPath, record: &crate::scan::FileRecord, changed: bool) -> Result<()> {
+        self.inner.record(path, record, changed)
+    }
 }
 
 /// The state database holding the scan records of the source tree `src`

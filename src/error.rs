@@ -141,6 +141,9 @@ pub enum Error {
         /// The need within it.
         need: usize,
     },
+    /// The caller asked to stop (a signal) before the work was done.
+    #[error("stopped on request")]
+    Stopped,
     /// A failure injected by a test at a numbered step.
     #[error("injected failure at step {step}")]
     Injected {

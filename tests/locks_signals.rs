@@ -227,11 +227,16 @@ fn locks_local_pushes_with_different_state_dirs_collide() {
     let mut nested = xfer(&tmp.path().join("s3"));
     let nested = nested.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("sub")).output().unwrap();
     assert_eq!(nested.status.code(), Some(1), "a push inside the destination ran: {}", text(&nested));
+    // Refused before it makes anything: not even its own missing directory.
+    let mut fresh = xfer(&tmp.path().join("s3"));
+    let fresh = fresh.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("new/deeper")).output().unwrap();
+    assert_eq!(fresh.status.code(), Some(1), "a push inside the destination ran: {}", text(&fresh));
+    assert!(!dest.join("new").exists(), "the refused push made a directory inside the held tree");
 
     let status = wait_within(&mut writer, Duration::from_secs(60)).expect("the push in flight finished");
     assert!(status.success(), "{}", stderr_of(&mut writer));
     assert_big_tree(&dest);
-    assert!(!dest.join("small").exists() && !dest.join("sub/small").exists());
+    assert!(!dest.join("small").exists() && !dest.join("sub/small").exists() && !dest.join("new").exists());
     assert!(temps(&dest).is_empty());
 }
 
@@ -381,4 +386,73 @@ fn signals_sigterm_stops_a_local_push_at_a_commit_point() {
     let again = xfer(&tmp.path().join("state")).arg("push").arg(&big).arg(&dest).output().unwrap();
     assert!(again.status.success(), "{}", text(&again));
     assert_big_tree(&dest);
+}
+
+/// Item 10: SIGTERM during a long scan (32 sparse files of 256 MiB to
+/// read) stops the push within a few seconds, not when the scan ends: the
+/// scan stops before its next file.
+#[test]
+fn signals_sigterm_stops_a_push_during_its_scan() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for n in 0..32 {
+        fs::File::create(src.join(format!("f{n:02}"))).unwrap().set_len(256 << 20).unwrap();
+    }
+    let dest = tmp.path().join("dest");
+    let mut push =
+        xfer(&tmp.path().join("state")).arg("push").arg(&src).arg(&dest).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(push.try_wait().unwrap().is_none(), "the scan ended too soon to test");
+    let signalled = Instant::now();
+    sigterm(&push);
+    let status = wait_within(&mut push, Duration::from_secs(60));
+    let took = signalled.elapsed();
+    let err = stderr_of(&mut push);
+    eprintln!("push stopped during its scan in {took:?}");
+    assert_eq!(status.and_then(|s| s.code()), Some(143), "{status:?}: {err}");
+    assert!(took < Duration::from_secs(5), "the scan held SIGTERM up for {took:?}");
+    assert!(temps(&dest).is_empty());
+}
+
+/// Trees of the lock model: a root, nested paths and siblings.
+const TREES: [&str; 7] = ["", "a", "a/b", "a/b/c", "a/d", "e", "e/f"];
+
+/// Whether one of two trees lies in (or is) the other.
+fn nested(x: &str, y: &str) -> bool {
+    let inside =
+        |inner: &str, outer: &str| outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"));
+    inside(x, y) || inside(y, x)
+}
+
+/// Any sequence of locks taken and released on nested trees: a lock is
+/// granted exactly when no held lock is on the same tree, above it or
+/// inside it, and a refusal is busy.
+fn lock_model_impl(steps: &[(usize, bool)]) {
+    use xfer::store::TreeLock;
+    let tmp = TempDir::new().unwrap();
+    let root = tmp.path().join("root");
+    let mut held: Vec<Option<TreeLock>> = (0..TREES.len()).map(|_| None).collect();
+    for &(tree, release) in steps {
+        if release {
+            held[tree] = None;
+            continue;
+        }
+        let conflict = TREES.iter().zip(&held).any(|(other, lock)| lock.is_some() && nested(other, TREES[tree]));
+        match TreeLock::acquire(&root.join(TREES[tree])) {
+            Ok(lock) => {
+                assert!(!conflict, "{} granted while a nested tree is held", TREES[tree]);
+                held[tree] = Some(lock);
+            }
+            Err(e) => assert!(conflict && e.is_busy(), "{} refused: {e}", TREES[tree]),
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+    #[test]
+    fn locks_model_proptest(steps in proptest::collection::vec((0..TREES.len(), proptest::prelude::any::<bool>()), 1..32)) {
+        lock_model_impl(&steps);
+    }
 }

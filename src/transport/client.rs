@@ -410,9 +410,15 @@ async fn push_unlogged(
             progress: options.progress.clone(),
             ..Default::default()
         };
-        tokio::task::spawn_blocking(move || crate::engine::scan_source(&src, &state_dir, scan_options))
+        let cancel = options.cancel.clone();
+        let stop = move || cancel.is_cancelled();
+        tokio::task::spawn_blocking(move || crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop))
             .await
-            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })??
+            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })?
+            .map_err(|e| match e {
+                crate::Error::Stopped => RemoteError::Cancelled,
+                other => other.into(),
+            })?
     };
     let skipped = Arc::new(scanned.skipped_paths());
     let source = std::sync::Arc::new(scanned.manifest);
@@ -604,7 +610,8 @@ fn remember(memory: &Path, tree: Option<&Manifest>) {
 /// anything is written.
 pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Result<Report, RemoteError> {
     let (src, dest) = crate::engine::local_pair(src, dest)?;
-    std::fs::create_dir_all(&dest).map_err(|e| crate::Error::io(&dest, e))?;
+    // The destination is made by the server's store once its lock is held:
+    // made here, it could land inside a tree another push holds.
     let identity = Identity::load_or_create(&options.state_dir.join("embedded"))
         .map_err(|e| RemoteError::Connect { authority: "embedded server".into(), reason: e.to_string() })?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("invariant: literal");

@@ -1023,7 +1023,7 @@ fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
     }
     let root = config.root.to_string_lossy();
     if root != "/" && !root.is_empty() {
-        reason = reason.replace(&*root, "");
+        reason = reason.replace(&format!("{root}/"), "/").replace(&*root, "/");
     }
     reason
 }

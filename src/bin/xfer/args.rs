@@ -10,7 +10,7 @@ macro_rules! exit_codes {
     () => {
         "Exit codes: 0 done; 1 error; 2 usage, or a run refused before it changed anything (too many \
 deletes: see --max-delete); 3 partial (some entries skipped or failed, the rest \
-committed); 4 outside the --window or stopped when it closed (resumable); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there)."
+committed); 4 outside the --window or stopped when it closed (resumable); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there); 143 stopped by SIGTERM (as 130)."
     };
 }
 

@@ -33,18 +33,33 @@ const GROWING: &str = "growing.log";
 
 #[derive(Clone, Debug)]
 enum Item {
-    Dir { mode: u32 },
-    File { body: Body, mode: u32, xattr: Option<Vec<u8>>, owner: Option<u32>, outside_link: bool },
-    Symlink { target: Vec<u8> },
+    Dir {
+        mode: u32,
+    },
+    File {
+        body: Body,
+        mode: u32,
+        xattr: Option<Vec<u8>>,
+        owner: Option<u32>,
+        outside_link: bool,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A second name of the file at `to` (materialized with `link(2)`).
-    Link { to: String },
+    Link {
+        to: String,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Body {
     Dense(Vec<u8>),
     /// `len` bytes of holes with islands of data.
-    Sparse { len: u64, islands: Vec<(u64, Vec<u8>)> },
+    Sparse {
+        len: u64,
+        islands: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 type Tree = BTreeMap<String, Item>;
@@ -439,11 +454,7 @@ fn push(w: &World, case: Case, round: u64) -> (i32, Vec<(String, String)>) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout} {}", String::from_utf8_lossy(&out.stderr)));
-    assert!(
-        code == 0 || code == 3,
-        "push failed with {code}: {report} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(code == 0 || code == 3, "push failed with {code}: {report} {}", String::from_utf8_lossy(&out.stderr));
     let failed = report["failed"]
         .as_array()
         .map(|a| {
@@ -472,18 +483,32 @@ fn same_entry(src: &Seen, dst: &Seen, case: Case, path: &str) {
     assert_eq!(dst.mtime, src.mtime, "{path}: mtime");
     assert_eq!(dst.xattrs, src.xattrs, "{path}: xattrs");
     if matches!(src.kind, Kind::File(_)) {
-        assert!(dst.blocks <= src.blocks + 64, "{path}: {} blocks allocated for the source's {}", dst.blocks, src.blocks);
+        assert!(
+            dst.blocks <= src.blocks + 64,
+            "{path}: {} blocks allocated for the source's {}",
+            dst.blocks,
+            src.blocks
+        );
     }
 }
 
 /// Checks one push: `before` is the destination before it, `src` the
 /// source as the push saw it (the growing file excepted).
-fn check(w: &World, case: Case, src: &Snapshot, before: &Snapshot, after: &Snapshot, code: i32, failed: &[(String, String)]) {
+fn check(
+    w: &World,
+    case: Case,
+    src: &Snapshot,
+    before: &Snapshot,
+    after: &Snapshot,
+    code: i32,
+    failed: &[(String, String)],
+) {
     let blocked = unreadable(src, case);
     // Skipped: unreadable entries whose parent could be listed.
     let skipped: BTreeSet<String> =
         blocked.iter().filter(|p| parent(p).is_none_or(|d| !covered(&blocked, d))).cloned().collect();
-    let listed = |path: &str| failed.iter().any(|(p, why)| (p == path || p.ends_with(&format!("/{path}"))) && !why.is_empty());
+    let listed =
+        |path: &str| failed.iter().any(|(p, why)| (p == path || p.ends_with(&format!("/{path}"))) && !why.is_empty());
     for path in &skipped {
         assert!(listed(path), "skip of {path} not reported: {failed:?}");
     }
@@ -575,7 +600,19 @@ fn never_lose_impl(seed: u64, case: Case) {
         fs::create_dir(&w.src).unwrap();
         fs::set_permissions(&w.src, fs::Permissions::from_mode(0o755)).unwrap();
         if std::env::var_os("NEVER_LOSE_DEBUG").is_some() {
-            eprintln!("round {round}: {:?}", tree.iter().map(|(p, i)| (p, match i { Item::File { body: Body::Sparse { .. }, mode, .. } => format!("sparse {mode:o}"), Item::File { mode, .. } => format!("file {mode:o}"), other => format!("{other:?}") })).collect::<Vec<_>>());
+            eprintln!(
+                "round {round}: {:?}",
+                tree.iter()
+                    .map(|(p, i)| (
+                        p,
+                        match i {
+                            Item::File { body: Body::Sparse { .. }, mode, .. } => format!("sparse {mode:o}"),
+                            Item::File { mode, .. } => format!("file {mode:o}"),
+                            other => format!("{other:?}"),
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+            );
         }
         materialize(&tree, &w.src, &w.outside, round);
         let (code, failed) = push(&w, case, round);

@@ -492,7 +492,11 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 let abs = store.abs(path);
                 crate::crashpoint::hit("store.setmeta");
                 let applied = match fs::symlink_metadata(&abs) {
-                    Ok(lstat) if lstat.is_file() && lstat.nlink() > 1 => store.detach(path, &abs, meta)?,
+                    Ok(lstat) if lstat.is_file() && lstat.nlink() > 1 => {
+                        // Its copy is made beside it, in a directory that may be read-only.
+                        store.unlock_parent(path);
+                        store.detach(path, &abs, meta)?
+                    }
                     _ => store.apply_meta(&abs, meta)?,
                 };
                 self.batch.keep_meta(path, applied, meta);
@@ -1031,6 +1035,7 @@ impl MirrorStore {
             Some(_) => return Err(refused()),
             None => self.verify_target(target, &from, size, hash)?.ok_or_else(refused)?,
         };
+        self.unlock_parent(path);
         let temp = self.temp_beside(path);
         // Not following a symlink: one at `target` failed the check above.
         match fs::hard_link(&from, &temp) {

@@ -321,6 +321,41 @@ fn read_only_source_directories_do_not_freeze_the_backup() {
     assert_eq!(fs::read(dest.join("top")).unwrap(), b"top");
 }
 
+/// Hard links inside a read-only directory, pushed by a non-root user: a
+/// new link and a linked file whose mode changes (which gets a copy of its
+/// own beside it) both need to write into the directory. Before the fix
+/// both failed with "Permission denied" on a temporary inside it (found by
+/// the never_lose property test).
+#[test]
+fn hard_links_inside_read_only_directories_land() {
+    let tmp = shared_tmp();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    fs::create_dir_all(src.join("ro")).unwrap();
+    fs::write(src.join("ro/a"), b"linked content").unwrap();
+    fs::hard_link(src.join("ro/a"), src.join("ro/b")).unwrap();
+    chmod(&src.join("ro"), 0o555);
+    let Some(first) = push_as_nobody(tmp.path(), &src, &dest) else {
+        eprintln!("skipped: cannot run as another user here");
+        return;
+    };
+    assert_eq!(first.status.code(), Some(0), "{}", String::from_utf8_lossy(&first.stderr));
+    let ino = |p: &str| fs::symlink_metadata(dest.join(p)).unwrap().ino();
+    assert_eq!(ino("ro/a"), ino("ro/b"));
+
+    // A third name, and a new mode for the group.
+    chmod(&src.join("ro"), 0o755);
+    fs::hard_link(src.join("ro/a"), src.join("ro/c")).unwrap();
+    chmod(&src.join("ro/a"), 0o604);
+    chmod(&src.join("ro"), 0o555);
+    let second = push_as_nobody(tmp.path(), &src, &dest).unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(fs::read(dest.join("ro/c")).unwrap(), b"linked content");
+    assert_eq!(mode(&dest.join("ro/a")), 0o604);
+    assert_eq!(ino("ro/a"), ino("ro/c"));
+    assert_eq!(ino("ro/a"), ino("ro/b"));
+    assert_eq!(mode(&dest.join("ro")), 0o555, "the mode was not restored");
+}
+
 /// A destination directory the pushing user does not own and may not write
 /// cannot be opened up: each failing entry is reported by its own path and
 /// the rest is committed (exit 3), and nothing else is touched.

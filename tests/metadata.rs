@@ -739,6 +739,31 @@ async fn round_trip_as_the_tools_see_it() {
     assert_eq!((repulled.files_changed, repulled.files_deleted), (0, 0), "{repulled:?}");
     assert_same_view(&tool_view(&restored), &want, "second pull");
     assert_eq!(du(&restored), (apparent, allocated), "du after the second pull");
+
+    // A metadata change of a linked file (owner, xattr, ACL, mode) and of
+    // the sparse image travels alone and keeps the groups and the holes.
+    let other = src.join("usr/bin/other");
+    chown(&other, 1, 8);
+    run("setfattr", &["-n", "user.role", "-v", "relinked"], &other);
+    run("setfacl", &["-m", "u:1234:rx"], &other);
+    chmod(&other, 0o4755);
+    run("setfattr", &["-x", "user.kind"], &src.join("var/backups/disk.img"));
+    let want = tool_view(&src);
+    let third = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(third.failed.is_empty(), "{:?}", third.failed);
+    assert_eq!(third.chunks_sent, 0, "{third:?}");
+    let stored_groups: BTreeSet<BTreeSet<String>> = inode_groups(&stat_all(&stored)).into_values().collect();
+    assert_eq!(stored_groups, want.groups, "link groups on the server after a metadata change");
+    // The server applies mtimes as sent: its directories keep the source's.
+    for path in entries(&src).into_iter().filter(|p| src.join(p).is_dir()) {
+        let (a, b) = (std::fs::metadata(src.join(&path)).unwrap(), std::fs::metadata(stored.join(&path)).unwrap());
+        assert_eq!((b.mtime(), b.mtime_nsec()), (a.mtime(), a.mtime_nsec()), "{path}: mtime on the server");
+    }
+    let pulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(pulled.failed.is_empty(), "{:?}", pulled.failed);
+    assert_same_view(&tool_view(&restored), &want, "pull after a metadata change");
+    let (_, allocated) = du(&restored);
+    assert!(allocated <= src_allocated + slack, "restored: {allocated} allocated, source {src_allocated}");
     println!(
         "{TEST}: {} entries, {} xattr and {} ACL blocks; du apparent {apparent}, allocated: source {src_allocated}, \
          server {stored_allocated}, restored {allocated}",

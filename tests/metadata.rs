@@ -645,6 +645,15 @@ fn assert_same_view(got: &ToolView, want: &ToolView, what: &str) {
     assert_eq!(got.groups, want.groups, "{what}: link groups");
 }
 
+/// Every regular file under `root` has as many links as names in the tree:
+/// a name linked from outside the source came back as a file of its own.
+fn assert_links_are_names(root: &Path) {
+    let stats = stat_all(root);
+    for (path, names) in inode_groups(&stats) {
+        assert_eq!(stats[&path].links, names.len() as u64, "{path}: links outside the tree");
+    }
+}
+
 fn content_hash(path: &Path) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
@@ -713,13 +722,7 @@ async fn round_trip_as_the_tools_see_it() {
     assert!(pulled.failed.is_empty(), "{:?}", pulled.failed);
     let got = tool_view(&restored);
     assert_same_view(&got, &want, "first pull");
-    // The name linked from outside comes back as a file of its own.
-    for (path, s) in stat_all(&restored) {
-        if let Some(w) = src_stats.get(&path).filter(|_| s.line.ends_with("file")) {
-            let names = want.groups.iter().find(|g| g.contains(&path)).map_or(0, |g| g.len() as u64);
-            assert_eq!(s.links, names, "{path}: {} links on the source", w.links);
-        }
-    }
+    assert_links_are_names(&restored);
     let (apparent, allocated) = du(&restored);
     assert_eq!(apparent, src_apparent, "du --apparent-size");
     assert!(allocated <= src_allocated + slack, "restored: {allocated} allocated, source {src_allocated}");
@@ -771,4 +774,32 @@ async fn round_trip_as_the_tools_see_it() {
         want.xattrs.len(),
         want.acls.len()
     );
+}
+
+/// The same tree through a local push as root: identical as the tools see
+/// it, no more disk than the source, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_push_as_the_tools_see_it() {
+    const TEST: &str = "local_push_as_the_tools_see_it";
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip(TEST, &reason);
+    }
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    if full_tree(tmp.path(), &src).is_none() {
+        return skip(TEST, "the filesystem of the temporary directory keeps no holes");
+    }
+    let want = tool_view(&src);
+    let (src_apparent, src_allocated) = du(&src);
+    let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.meta_kept, 0, "{report:?}");
+    assert_same_view(&tool_view(&dest), &want, "local push");
+    assert_links_are_names(&dest);
+    let (apparent, allocated) = du(&dest);
+    assert_eq!(apparent, src_apparent, "du --apparent-size");
+    assert!(allocated <= src_allocated + (256 << 10), "dest: {allocated} allocated, source {src_allocated}");
+    let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
+    assert_same_view(&tool_view(&dest), &want, "second local push");
 }

@@ -7,7 +7,7 @@
 //! (`getfattr`, `setfattr`, `getfacl`, `setfacl`); without them they print
 //! why and pass without checking anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -441,4 +441,365 @@ fn queued_xattrs_are_bounded_in_bytes() {
     }
     let per_change = 4 * xfer_protocol::MAX_XATTR_VALUE_LEN;
     assert!(sent <= MAX_QUEUED_META_BYTES / per_change + 1, "{sent} changes of {per_change} bytes queued");
+}
+
+/// The tree of `metadata_tree` and, on top, what a backup of `/` also
+/// holds: a hard-link group of three names (one in another directory)
+/// carrying setuid, xattrs and an ACL; a sparse 64 MiB disk image with two
+/// names; a name whose other link lies outside the tree; a binary with a
+/// file capability; a setgid and sticky directory; owners with a name in
+/// /etc/passwd (daemon:mail) and without (1234:5678); default and access
+/// ACLs with group entries and a mask on a directory. `None` when the
+/// filesystem keeps no holes.
+fn full_tree(tmp: &Path, src: &Path) -> Option<()> {
+    metadata_tree(src);
+    let mkdir = |p: &str| {
+        let path = src.join(p);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let link = |from: &Path, to: &str| std::fs::hard_link(from, src.join(to)).unwrap();
+
+    let other = src.join("usr/bin/other");
+    run("setfattr", &["-n", "user.role", "-v", "linked"], &other);
+    run("setfattr", &["-n", "trusted.linked", "-v", "yes"], &other);
+    run("setfacl", &["-m", "g:4321:r"], &other);
+    chmod(&other, 0o4750);
+    link(&other, "usr/bin/other-alias");
+    mkdir("usr/lib");
+    link(&other, "usr/lib/other");
+
+    // chown clears capabilities, so the receiver must set them after it.
+    let ping = src.join("usr/bin/ping");
+    std::fs::write(&ping, "ping").unwrap();
+    chown(&ping, 1, 8);
+    chmod(&ping, 0o755);
+    // cap_net_raw+ep, revision 2.
+    run("setfattr", &["-n", "security.capability", "-v", "0x0100000200200000000000000000000000000000"], &ping);
+
+    let mail = mkdir("var/mail");
+    chown(&mail, 1, 8);
+    chmod(&mail, 0o3775);
+    let spool = mail.join("daemon");
+    std::fs::write(&spool, "you have mail").unwrap();
+    chown(&spool, 1, 8);
+    chmod(&spool, 0o660);
+    run("setfattr", &["-n", "user.read", "-v", "no"], &spool);
+
+    let project = mkdir("srv/project");
+    chown(&project, 1234, 5678);
+    chmod(&project, 0o2770);
+    run("setfacl", &["-m", "g:8:rwx,u:1:rx,m::rwx", "-d", "-m", "g:4321:rx,u:1:rwx"], &project);
+    run("setfattr", &["-n", "user.project", "-v", "apollo"], &project);
+    run("setfattr", &["-n", "trusted.project", "-v", "secret"], &project);
+    // Created after the default ACL, so it inherits one.
+    let plan = project.join("plan.txt");
+    std::fs::write(&plan, "to the moon").unwrap();
+    chown(&plan, 1234, 5678);
+
+    let image = mkdir("var/lib").join("disk.img");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&image).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[0xa5; 4096]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
+        f.write_all(&[0x5a; 4096]).unwrap();
+    }
+    chown(&image, 1, 8);
+    chmod(&image, 0o640);
+    run("setfattr", &["-n", "user.kind", "-v", "disk"], &image);
+    mkdir("var/backups");
+    link(&image, "var/backups/disk.img");
+
+    let outside = tmp.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let shared = outside.join("shared.dat");
+    std::fs::write(&shared, "linked from outside").unwrap();
+    chown(&shared, 1234, 5678);
+    link(&shared, "home/alice/from-outside");
+
+    (std::fs::metadata(&image).unwrap().blocks() * 512 < 1 << 20).then_some(())
+}
+
+/// Relative paths of every entry under `root`, the receiver's `.xfer` aside.
+fn entries(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for dirent in std::fs::read_dir(dir).unwrap() {
+            let path = dirent.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            if rel == ".xfer" {
+                continue;
+            }
+            assert!(!rel.contains(char::is_whitespace), "{rel}: the tool output is split at blanks");
+            out.push(rel);
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Runs `tool args names..` in `root` and returns its output.
+fn tool_in(root: &Path, tool: &str, args: &[&str], names: &[String]) -> String {
+    let out = Command::new(tool).args(args).args(names).current_dir(root).output().unwrap();
+    assert!(out.status.success(), "{tool} {args:?} in {}: {}", root.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `# file:` blocks of a recursive `getfattr`/`getfacl` over `root`,
+/// by path (relative, so two trees compare; readdir order differs).
+fn tool_blocks(root: &Path, tool: &str, args: &[&str]) -> BTreeMap<String, String> {
+    let top: Vec<String> = entries(root).into_iter().filter(|p| !p.contains('/')).collect();
+    let text = tool_in(root, tool, args, &top);
+    let mut blocks = BTreeMap::new();
+    for block in text.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
+        let (head, body) = block.split_once('\n').unwrap_or((block, ""));
+        let path = head.strip_prefix("# file: ").unwrap_or_else(|| panic!("{tool}: unexpected block {block}"));
+        assert!(blocks.insert(path.to_string(), body.to_string()).is_none(), "{tool}: {path} twice");
+    }
+    blocks
+}
+
+/// One entry as `stat` sees it.
+struct Stat {
+    /// `%a %u %g %s %Y %F`: mode with special bits, owner, group, size,
+    /// mtime (nanoseconds), type.
+    line: String,
+    links: u64,
+    ino: u64,
+}
+
+fn stat_all(root: &Path) -> BTreeMap<String, Stat> {
+    let text = tool_in(root, "stat", &["-c", "%n %a %u %g %s %.9Y %h %i %F"], &entries(root));
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(9, ' ').collect();
+            let line = format!("{} {} {} {} {} {}", f[1], f[2], f[3], f[4], f[5], f[8]);
+            (f[0].to_string(), Stat { line, links: f[6].parse().unwrap(), ino: f[7].parse().unwrap() })
+        })
+        .collect()
+}
+
+/// The names of each regular file, grouped by inode.
+fn inode_groups(stats: &BTreeMap<String, Stat>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut by_ino: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for (path, s) in stats.iter().filter(|(_, s)| s.line.ends_with("regular file") || s.line.ends_with("empty file")) {
+        by_ino.entry(s.ino).or_default().insert(path.clone());
+    }
+    by_ino.into_values().flat_map(|g| g.clone().into_iter().map(move |p| (p, g.clone()))).collect()
+}
+
+/// `stat` lines with the link count of a regular file as the number of
+/// its names inside the tree (a link from outside is not part of a backup).
+fn stat_view(stats: &BTreeMap<String, Stat>) -> BTreeMap<String, String> {
+    let groups = inode_groups(stats);
+    stats
+        .iter()
+        .map(|(p, s)| {
+            let links = groups.get(p).map_or(s.links, |g| g.len() as u64);
+            (p.clone(), format!("{} links {links}", s.line))
+        })
+        .collect()
+}
+
+/// `du --block-size=1 -s`: (apparent bytes, allocated bytes), `.xfer` aside.
+fn du(root: &Path) -> (u64, u64) {
+    let size = |extra: &[&str]| -> u64 {
+        let mut args = vec!["--block-size=1", "-s", "--exclude=.xfer"];
+        args.extend_from_slice(extra);
+        let out = run("du", &args, root);
+        out.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (size(&["--apparent-size"]), size(&[]))
+}
+
+/// What the tools say about a tree: xattrs, ACLs, stat and link groups.
+#[derive(Debug, PartialEq)]
+struct ToolView {
+    xattrs: BTreeMap<String, String>,
+    acls: BTreeMap<String, String>,
+    stat: BTreeMap<String, String>,
+    groups: BTreeSet<BTreeSet<String>>,
+}
+
+fn tool_view(root: &Path) -> ToolView {
+    let stats = stat_all(root);
+    ToolView {
+        xattrs: tool_blocks(root, "getfattr", &["-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names"]),
+        acls: tool_blocks(root, "getfacl", &["-R", "-P", "--absolute-names"]),
+        stat: stat_view(&stats),
+        groups: inode_groups(&stats).into_values().collect(),
+    }
+}
+
+fn assert_same_view(got: &ToolView, want: &ToolView, what: &str) {
+    assert_same(&got.xattrs, &want.xattrs);
+    assert_same(&got.acls, &want.acls);
+    assert_same(&got.stat, &want.stat);
+    assert_eq!(got.groups, want.groups, "{what}: link groups");
+}
+
+/// Every regular file under `root` has as many links as names in the tree:
+/// a name linked from outside the source came back as a file of its own.
+fn assert_links_are_names(root: &Path) {
+    let stats = stat_all(root);
+    for (path, names) in inode_groups(&stats) {
+        assert_eq!(stats[&path].links, names.len() as u64, "{path}: links outside the tree");
+    }
+}
+
+fn content_hash(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hasher.finalize()
+}
+
+/// The issue's acceptance item: push then pull as root of a tree with
+/// owners, groups, setuid binaries, xattrs, ACLs, sparse files and hard
+/// links gives back an identical tree as `getfattr`, `getfacl`, `stat` and
+/// `du` see it, while the server's own copy holds the data but never
+/// setuid/setgid/sticky bits or foreign owners. A second push and pull
+/// change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_as_the_tools_see_it() {
+    const TEST: &str = "round_trip_as_the_tools_see_it";
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip(TEST, &reason);
+    }
+    let src = tmp.path().join("src");
+    if full_tree(tmp.path(), &src).is_none() {
+        return skip(TEST, "the filesystem of the temporary directory keeps no holes");
+    }
+    let want = tool_view(&src);
+    // The tree holds what this test is about.
+    assert!(want.groups.iter().any(|g| g.len() == 3) && want.groups.iter().filter(|g| g.len() == 2).count() == 1);
+    assert!(want.xattrs.values().any(|x| x.contains("trusted.")) && want.xattrs.contains_key("usr/bin/ping"));
+    assert!(want.acls.values().any(|a| a.contains("default:")));
+    assert_eq!(std::fs::metadata(src.join("home/alice/from-outside")).unwrap().nlink(), 2);
+    let (src_apparent, src_allocated) = du(&src);
+
+    let client = Identity::generate().unwrap();
+    let server = start_server(&tmp, &client);
+    let url = RemoteUrl { authority: server.addr.to_string(), path: "laptop".into() };
+    let pin = Some(server.id.fingerprint());
+    let first = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(first.failed.is_empty(), "{:?}", first.failed);
+
+    // The server's copy: the data and link groups, none of the privileges.
+    let stored = server.root.join("laptop");
+    let src_stats = stat_all(&src);
+    let stored_stats = stat_all(&stored);
+    assert_eq!(stored_stats.keys().collect::<Vec<_>>(), src_stats.keys().collect::<Vec<_>>());
+    for path in stored_stats.keys() {
+        let (theirs, ours) = (src.join(path), stored.join(path));
+        let meta = std::fs::symlink_metadata(&ours).unwrap();
+        assert_eq!(meta.mode() & 0o7000, 0, "{path} carries special bits on the server");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{path} is owned by someone else on the server");
+        if meta.is_file() {
+            assert_eq!(content_hash(&ours), content_hash(&theirs), "{path}: data on the server");
+        } else if meta.is_symlink() {
+            assert_eq!(std::fs::read_link(&ours).unwrap(), std::fs::read_link(&theirs).unwrap(), "{path}");
+        }
+    }
+    for (path, x) in tool_blocks(&stored, "getfattr", &["-R", "-P", "-h", "-d", "-m", "-", "--absolute-names"]) {
+        assert!(x.lines().all(|l| l.starts_with("user.")), "{path} carries privileged xattrs on the server: {x}");
+    }
+    let stored_groups: BTreeSet<BTreeSet<String>> = inode_groups(&stored_stats).into_values().collect();
+    assert_eq!(stored_groups, want.groups, "link groups on the server");
+    let (_, stored_allocated) = du(&stored);
+    let slack = 256 << 10;
+    assert!(stored_allocated <= src_allocated + slack, "server: {stored_allocated} allocated, source {src_allocated}");
+
+    let restored = tmp.path().join("restored");
+    let pulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(pulled.failed.is_empty(), "{:?}", pulled.failed);
+    let got = tool_view(&restored);
+    assert_same_view(&got, &want, "first pull");
+    assert_links_are_names(&restored);
+    let (apparent, allocated) = du(&restored);
+    assert_eq!(apparent, src_apparent, "du --apparent-size");
+    assert!(allocated <= src_allocated + slack, "restored: {allocated} allocated, source {src_allocated}");
+    let image = restored.join("var/lib/disk.img");
+    assert_eq!(content_hash(&image), content_hash(&src.join("var/lib/disk.img")));
+
+    // Nothing to send, nothing to write, on either side.
+    let stored_view = tool_view(&stored);
+    let again = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert_eq!(
+        (again.files_changed, again.files_deleted, again.chunks_sent, again.meta_kept),
+        (0, 0, 0, 0),
+        "{again:?}"
+    );
+    assert_same_view(&tool_view(&stored), &stored_view, "server after the second push");
+    let repulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert_eq!((repulled.files_changed, repulled.files_deleted), (0, 0), "{repulled:?}");
+    assert_same_view(&tool_view(&restored), &want, "second pull");
+    assert_eq!(du(&restored), (apparent, allocated), "du after the second pull");
+
+    // A metadata change of a linked file (owner, xattr, ACL, mode) and of
+    // the sparse image travels alone and keeps the groups and the holes.
+    let other = src.join("usr/bin/other");
+    chown(&other, 1, 8);
+    run("setfattr", &["-n", "user.role", "-v", "relinked"], &other);
+    run("setfacl", &["-m", "u:1234:rx"], &other);
+    chmod(&other, 0o4755);
+    run("setfattr", &["-x", "user.kind"], &src.join("var/backups/disk.img"));
+    let want = tool_view(&src);
+    let third = push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(third.failed.is_empty(), "{:?}", third.failed);
+    assert_eq!(third.chunks_sent, 0, "{third:?}");
+    let stored_groups: BTreeSet<BTreeSet<String>> = inode_groups(&stat_all(&stored)).into_values().collect();
+    assert_eq!(stored_groups, want.groups, "link groups on the server after a metadata change");
+    // The server applies mtimes as sent: its directories keep the source's.
+    for path in entries(&src).into_iter().filter(|p| src.join(p).is_dir()) {
+        let (a, b) = (std::fs::metadata(src.join(&path)).unwrap(), std::fs::metadata(stored.join(&path)).unwrap());
+        assert_eq!((b.mtime(), b.mtime_nsec()), (a.mtime(), a.mtime_nsec()), "{path}: mtime on the server");
+    }
+    let pulled = pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    assert!(pulled.failed.is_empty(), "{:?}", pulled.failed);
+    assert_same_view(&tool_view(&restored), &want, "pull after a metadata change");
+    let (_, allocated) = du(&restored);
+    assert!(allocated <= src_allocated + slack, "restored: {allocated} allocated, source {src_allocated}");
+    println!(
+        "{TEST}: {} entries, {} xattr and {} ACL blocks; du apparent {apparent}, allocated: source {src_allocated}, \
+         server {stored_allocated}, restored {allocated}",
+        want.stat.len(),
+        want.xattrs.len(),
+        want.acls.len()
+    );
+}
+
+/// The same tree through a local push as root: identical as the tools see
+/// it, no more disk than the source, and a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_push_as_the_tools_see_it() {
+    const TEST: &str = "local_push_as_the_tools_see_it";
+    let tmp = TempDir::new().unwrap();
+    if let Some(reason) = unsupported(tmp.path()) {
+        return skip(TEST, &reason);
+    }
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    if full_tree(tmp.path(), &src).is_none() {
+        return skip(TEST, "the filesystem of the temporary directory keeps no holes");
+    }
+    let want = tool_view(&src);
+    let (src_apparent, src_allocated) = du(&src);
+    let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.meta_kept, 0, "{report:?}");
+    assert_same_view(&tool_view(&dest), &want, "local push");
+    assert_links_are_names(&dest);
+    let (apparent, allocated) = du(&dest);
+    assert_eq!(apparent, src_apparent, "du --apparent-size");
+    assert!(allocated <= src_allocated + (256 << 10), "dest: {allocated} allocated, source {src_allocated}");
+    let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
+    assert_same_view(&tool_view(&dest), &want, "second local push");
 }

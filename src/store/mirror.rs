@@ -1097,7 +1097,14 @@ impl MirrorStore {
     /// Gives `path`, a file with other names, a copy of its own with `meta`:
     /// a change in place would reach every other name, a snapshot's outside
     /// the tree too. The copy is durable before it takes the name.
+    ///
+    /// The rename gives the directory a new mtime, which a metadata change
+    /// must not: the plan sets directory times back only where names come
+    /// or go, so the directory keeps the mtime it had.
     fn detach(&mut self, path: &RelPath, abs: &Path, meta: &Meta) -> Result<Meta> {
+        let parent = self.abs(&path.parent());
+        let dir = open_dir_nofollow(&parent).at(&parent)?;
+        let dir_mtime = FileTime::from_last_modification_time(&dir.metadata().at(&parent)?);
         let temp = self.temp_beside(path);
         let copied = copy_sparse(abs, &temp)
             .at(&temp)
@@ -1107,7 +1114,11 @@ impl MirrorStore {
         if copied.is_err() {
             let _ = fs::remove_file(&temp);
         }
-        copied
+        let applied = copied?;
+        // Best effort once the change is made: a directory of another user
+        // keeps the new time, and the next run sees it differ and sets it.
+        let _ = filetime::set_file_handle_times(&dir, None, Some(dir_mtime));
+        Ok(applied)
     }
 
     fn build_symlink(&mut self, path: &RelPath, target: &[u8], meta: &Meta, batch: &mut Batch) -> Result<()> {

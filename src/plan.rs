@@ -703,10 +703,16 @@ mod tests {
         let skipped: Vec<String> = plan.skipped.iter().map(|s| s.path.to_string()).collect();
         assert_eq!(skipped, ["build", "conflict"]);
 
-        // Without protection the same plan deletes them all.
+        // Without protection the same plan removes them all: `build` and
+        // `conflict` replaced by their writes (no Delete), the rest deleted.
         let unprotected =
             super::plan(&source, &dest, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() });
-        assert_eq!(deletes(&unprotected), ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
+        assert_eq!(deletes(&unprotected), ["gone", "keep.log", "mixed", "old.txt", "target"]);
+        let mut removed = paths(unprotected.ops.iter().filter(|op| op.removes(&dest)));
+        removed.sort();
+        assert_eq!(removed, ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
+        // All 12 receiver entries, the replaced `build/o` among them.
+        assert_eq!(unprotected.deletions(&dest), 12);
         assert!(unprotected.skipped.is_empty());
     }
 

@@ -173,3 +173,28 @@ fn replaced_directory_counts_against_max_delete() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_tree(&read_tree(&dest), &v2);
 }
+
+/// A pull's receiver charges a replacement against its delete limit as the
+/// `Delete` it replaces would have been: no `Delete` comes for it now.
+#[test]
+fn pull_charges_a_replaced_directory_to_its_delete_limit() {
+    use xfer::plan::DeleteLimit;
+    let tmp = TempDir::new().unwrap();
+    let (src, dest, state) = (tmp.path().join("src"), tmp.path().join("dest"), tmp.path().join("state"));
+    let dir = Node::Dir { mode: 0o755, mtime: 100 };
+    let file = |data: &str| Node::File { data: data.as_bytes().to_vec(), mode: 0o644, mtime: 200 };
+    let mut v1 = Model::new();
+    v1.insert(rel(b"d"), dir);
+    v1.insert(rel(b"d/a"), file("a"));
+    v1.insert(rel(b"d/b"), file("b"));
+    let mut v2 = Model::new();
+    v2.insert(rel(b"d"), file("now a file"));
+    fresh_source(&src, &v2);
+    fresh_source(&dest, &v1);
+    let limited = DeleteLimit { max: Some(2), guard: false };
+    assert!(crate::footguns::held_deletes::pull(&src, &dest, &state, limited).is_err(), "3 entries replaced under 2");
+    assert_same_tree(&read_tree(&dest), &v1);
+    let enough = DeleteLimit { max: Some(3), guard: false };
+    crate::footguns::held_deletes::pull(&src, &dest, &state, enough).unwrap();
+    assert_same_tree(&read_tree(&dest), &v2);
+}

@@ -123,6 +123,22 @@ impl Op {
     }
 }
 
+impl Op {
+    /// Whether the op removes the receiver's entry at its path (in `dest`,
+    /// the receiver's tree): a delete, or a write that replaces an entry of
+    /// the other side of the directory/non-directory divide, whose loss
+    /// counts as a delete's.
+    pub fn removes(&self, dest: &Manifest) -> bool {
+        let is_dir = |path: &RelPath| dest.get(path).map(|e| matches!(e.kind, EntryKind::Dir));
+        match self {
+            Op::Delete { .. } => true,
+            Op::Mkdir { path, .. } => is_dir(path) == Some(false),
+            Op::WriteFile { path, .. } | Op::Symlink { path, .. } | Op::Link { path, .. } => is_dir(path) == Some(true),
+            Op::SetMeta { .. } => false,
+        }
+    }
+}
+
 /// An entry the plan leaves alone, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
@@ -135,7 +151,7 @@ pub struct Skipped {
 /// The operations and the chunks the receiver must be sent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Steps in order: conflicting deletes, new directories, files and
+    /// Steps in order: new directories, files and
     /// symlinks, metadata of unchanged content, hard links (after every
     /// file they name, and after the metadata of those), extraneous deletes
     /// (deepest first), then directory metadata (deepest first, after their
@@ -165,13 +181,7 @@ impl Plan {
     /// of delete steps. `dest` is the receiver's tree the plan was made
     /// against.
     pub fn deletions(&self, dest: &Manifest) -> u64 {
-        deleted_entries(
-            dest,
-            self.ops.iter().filter_map(|op| match op {
-                Op::Delete { path } => Some(path),
-                _ => None,
-            }),
-        )
+        deleted_entries(dest, self.ops.iter().filter(|op| op.removes(dest)).map(Op::path))
     }
 }
 
@@ -297,7 +307,6 @@ impl std::fmt::Display for DeleteRefused {
 /// which holds the chunks for which `dest_has` is true (in any file: renamed,
 /// moved and copied files need no chunk data).
 pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> bool, options: PlanOptions) -> Plan {
-    let mut conflicts = Vec::new();
     let mut mkdirs = Vec::new();
     let mut writes = Vec::new();
     let mut metas = Vec::new();
@@ -378,16 +387,15 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                             blocked_dir = Some(s.path.clone());
                         }
                     }
-                    (EntryKind::Dir, _) => {
-                        // A file or symlink stands where a directory goes.
-                        conflicts.push(Op::Delete { path: s.path.clone() });
-                        create(s, &mut mkdirs, &mut writes, &mut dir_metas);
-                    }
+                    // A file or symlink stands where a directory goes: the
+                    // Mkdir replaces it in one step (no Delete first, so
+                    // that the path never names nothing).
+                    (EntryKind::Dir, _) => create(s, &mut mkdirs, &mut writes, &mut dir_metas),
                     (_, EntryKind::Dir) => {
                         // The source says this is now a file or symlink: the
                         // directory is replaced, with or without --delete (its
-                        // content no longer exists in the source either way).
-                        conflicts.push(Op::Delete { path: s.path.clone() });
+                        // content no longer exists in the source either way),
+                        // by the write itself, atomically.
                         replaced_dir = Some(d.path.clone());
                         create(s, &mut mkdirs, &mut writes, &mut dir_metas);
                     }
@@ -430,7 +438,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
     // Creating or removing an entry changes its directory's mtime on the
     // receiver, so every such directory gets its source metadata back last.
     let mut touched: BTreeMap<RelPath, Meta> = dir_metas.into_iter().collect();
-    let changed = conflicts.iter().chain(&mkdirs).chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
+    let changed = mkdirs.iter().chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
     for path in changed {
         let parent = path.parent();
         if touched.contains_key(&parent) || parent.is_root() {
@@ -441,8 +449,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
         }
     }
 
-    let mut ops = conflicts;
-    ops.extend(mkdirs);
+    let mut ops = mkdirs;
     ops.extend(writes);
     ops.extend(metas);
     ops.extend(links);
@@ -696,10 +703,16 @@ mod tests {
         let skipped: Vec<String> = plan.skipped.iter().map(|s| s.path.to_string()).collect();
         assert_eq!(skipped, ["build", "conflict"]);
 
-        // Without protection the same plan deletes them all.
+        // Without protection the same plan removes them all: `build` and
+        // `conflict` replaced by their writes (no Delete), the rest deleted.
         let unprotected =
             super::plan(&source, &dest, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() });
-        assert_eq!(deletes(&unprotected), ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
+        assert_eq!(deletes(&unprotected), ["gone", "keep.log", "mixed", "old.txt", "target"]);
+        let mut removed = paths(unprotected.ops.iter().filter(|op| op.removes(&dest)));
+        removed.sort();
+        assert_eq!(removed, ["build", "conflict", "gone", "keep.log", "mixed", "old.txt", "target"]);
+        // All 12 receiver entries, the replaced `build/o` among them.
+        assert_eq!(unprotected.deletions(&dest), 12);
         assert!(unprotected.skipped.is_empty());
     }
 

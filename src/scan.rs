@@ -518,8 +518,21 @@ fn list_dir(
         }
         if bytes.starts_with(TEMP_PREFIX) {
             if options.remove_temps {
-                // Left by an interrupted run; never a user's file.
-                let _ = fs::remove_file(dirent.path());
+                // Left by an interrupted run; never a user's file. A
+                // directory: a new one not yet swapped in, or an old one
+                // swapped out by a type change and not yet removed.
+                let temp = dirent.path();
+                match dirent.file_type() {
+                    Ok(t) if t.is_dir() => {
+                        if fs::remove_dir_all(&temp).is_err() {
+                            open_up_all(&temp);
+                            let _ = fs::remove_dir_all(&temp);
+                        }
+                    }
+                    _ => {
+                        let _ = fs::remove_file(&temp);
+                    }
+                }
             }
             continue;
         }
@@ -548,6 +561,22 @@ fn read_file(abs: &Path, meta: &fs::Metadata) -> Result<FileRecord> {
         return Err(Error::SourceChanged { path: abs.to_path_buf() });
     }
     Ok(FileRecord { stat, digest })
+}
+
+/// Gives the directories of the tree at `dir` owner rwx (symlinks not
+/// followed), so that a left-over temporary holding read-only directories
+/// can be removed.
+fn open_up_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(dir) else { return };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode((meta.mode() & 0o7777) | 0o700));
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        open_up_all(&entry.path());
+    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ async fn remote_delete_keeps_backups_of_skipped_entries() {
 
 /// v1 and v2 differ by type changes only, in every direction and nested:
 /// file, directory (empty or not) and symlink each become each other kind.
-fn type_change_trees() -> (Model, Model) {
+pub(crate) fn type_change_trees() -> (Model, Model) {
     let dir = Node::Dir { mode: 0o755, mtime: 100 };
     let file = |data: &str| Node::File { data: data.as_bytes().to_vec(), mode: 0o644, mtime: 200 };
     let link = |target: &str| Node::Symlink { target: target.as_bytes().to_vec(), mtime: 300 };
@@ -269,7 +269,7 @@ fn type_change_trees() -> (Model, Model) {
     (v1, v2)
 }
 
-fn fresh_source(src: &Path, model: &Model) {
+pub(crate) fn fresh_source(src: &Path, model: &Model) {
     if src.exists() {
         fs::remove_dir_all(src).unwrap();
     }

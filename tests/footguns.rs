@@ -388,7 +388,7 @@ mod deletions {
 /// A pull's receiver holds its deletes back until the server is done: the
 /// tree still comes out as the source (replacements, metadata after
 /// deletes), and a refused pull deletes nothing.
-mod held_deletes {
+pub(crate) mod held_deletes {
     use std::collections::HashMap;
     use std::fs;
 
@@ -413,7 +413,7 @@ mod held_deletes {
     }
 
     /// One pull of `src` into `dest` under `limit`, in memory.
-    fn pull(
+    pub(crate) fn pull(
         src: &std::path::Path,
         dest: &std::path::Path,
         state: &std::path::Path,

@@ -521,7 +521,8 @@ async fn hostile_paths_never_leave_the_root() {
     for message in &through {
         client.send(message).await;
     }
-    // The link itself as a directory: metadata must not reach its target.
+    // The link itself as a directory: a type change, the link replaced,
+    // never followed: metadata must not reach its target.
     client
         .send(&Message::Mkdir(msg::Mkdir {
             path: b"evil".to_vec(),
@@ -533,7 +534,11 @@ async fn hostile_paths_never_leave_the_root() {
     let summary = finish_session(&mut client).await;
     assert!(summary.failed >= refused, "{summary:?}");
     drop(client);
-    assert_eq!(std::fs::read_link(server.root.join("site/evil")).unwrap(), outside);
+    let evil = server.root.join("site/evil");
+    assert!(std::fs::symlink_metadata(&evil).unwrap().is_dir(), "Mkdir did not replace the symlink");
+    // Planted again for the sessions below.
+    std::fs::remove_dir(&evil).unwrap();
+    std::os::unix::fs::symlink(&outside, &evil).unwrap();
 
     // A later session whose destination passes through the link.
     for (direction, path) in

@@ -186,12 +186,14 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
             }
             Op::Mkdir { path, meta } => {
                 assert!(parent_is_dir(&tree, path), "mkdir {path} without parent");
-                assert!(!tree.contains_key(path), "mkdir over existing {path}");
+                // A file or symlink there is replaced; a directory never is.
+                assert!(!matches!(tree.get(path).map(|e| &e.kind), Some(EntryKind::Dir)), "mkdir over dir {path}");
                 tree.insert(path.clone(), entry(path, meta.clone(), EntryKind::Dir));
             }
             Op::WriteFile { path, meta, digest } => {
                 assert!(parent_is_dir(&tree, path), "write {path} without parent");
-                assert!(!matches!(tree.get(path).map(|e| &e.kind), Some(EntryKind::Dir)), "write over dir {path}");
+                // A directory there is replaced, subtree and all.
+                tree.retain(|p, _| !p.is_inside(path));
                 let mut data = Vec::new();
                 for chunk in &digest.chunks {
                     let bytes =
@@ -203,6 +205,7 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
             }
             Op::Symlink { path, target, meta } => {
                 assert!(parent_is_dir(&tree, path), "symlink {path} without parent");
+                tree.retain(|p, _| !p.is_inside(path));
                 tree.insert(path.clone(), entry(path, meta.clone(), EntryKind::Symlink { target: target.clone() }));
             }
             Op::SetMeta { path, meta } => {
@@ -214,7 +217,9 @@ fn apply_model(dest: &Model, plan: &Plan, source: &Model) -> Manifest {
                 let t = tree.get(target).unwrap_or_else(|| panic!("link {path} to absent {target}"));
                 assert!(matches!(&t.kind, EntryKind::File(d) if d.hash == *hash && d.size == *size), "{path}");
                 let kind = EntryKind::HardLink { target: target.clone(), size: *size, hash: *hash };
-                tree.insert(path.clone(), entry(path, t.meta.clone(), kind));
+                let meta = t.meta.clone();
+                tree.retain(|p, _| !p.is_inside(path));
+                tree.insert(path.clone(), entry(path, meta, kind));
             }
         }
     }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod atomic_replace;
 mod cli;
 mod cli_schedule;
 mod crash;

@@ -11,7 +11,7 @@ use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
 use crate::hash::FileHash;
-use crate::manifest::{Manifest, Meta, RelPath, Tree};
+use crate::manifest::{EntryKind, Manifest, Meta, RelPath, Tree};
 use crate::plan::{deleted_entries, DeleteLimit, Op};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
@@ -521,6 +521,19 @@ impl Receiver {
     }
 
     fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        if self.delete_limit.is_some() {
+            // A type change replaces the entry in one step, with no
+            // `Delete`: what it removes is charged all the same.
+            let replaces = match &queued {
+                Queued::Op(op) => op.removes(self.manifest()).then(|| op.path().clone()),
+                Queued::Write { path, .. } => {
+                    self.manifest().get(path).is_some_and(|e| matches!(e.kind, EntryKind::Dir)).then(|| path.clone())
+                }
+            };
+            if let Some(path) = replaces {
+                self.charge_delete(&path)?;
+            }
+        }
         if self.delete_limit.is_some() {
             match &queued {
                 Queued::Op(Op::Delete { path }) => {

@@ -453,7 +453,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                     // and the chmod below would then change its target.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         if !fs::symlink_metadata(&abs).at(&abs)?.is_dir() {
-                            return Err(Error::Escape { path: abs.clone(), via: abs });
+                            // A file or symlink the source made a directory:
+                            // replaced in one step, never absent meanwhile.
+                            store.replace_with_dir(path, meta)?;
+                            self.report.entries_deleted += 1;
+                            // Its record goes at the end, with the deletes'.
+                            self.removals.push(path.clone());
+                            return Ok(());
                         }
                     }
                     Err(e) => return Err(Error::io(abs, e)),
@@ -811,6 +817,10 @@ struct Batch {
     upserts: Vec<(RelPath, FileRecord)>,
     /// Records to drop in the same transaction (files a symlink replaced).
     removals: Vec<RelPath>,
+    /// Directories a file, symlink or link replaced this batch: their old
+    /// trees, now at temporary names, removed once the exchange is durable;
+    /// the records under them dropped in the batch's transaction.
+    replaced: Vec<(RelPath, PathBuf)>,
     /// Metadata records to set (applied differs from what was sent) or
     /// drop, in the same transaction.
     metas: Vec<(RelPath, Option<MetaRecord>)>,
@@ -1094,6 +1104,35 @@ impl MirrorStore {
         Ok((read.at(abs)? == size && FileHash::from(hasher.finalize()) == *hash).then_some(None))
     }
 
+    /// Replaces the file or symlink at `path` by a new directory of mode
+    /// `meta`: made at a temporary name, exchanged with the old entry, which
+    /// is then removed. The path names the old entry or the new directory
+    /// at every instant.
+    fn replace_with_dir(&mut self, path: &RelPath, meta: &Meta) -> Result<()> {
+        let abs = self.abs(path);
+        let temp = self.temp_beside(path);
+        fs::create_dir(&temp).at(&temp)?;
+        // Owner-writable until the final SetMeta, so the batch can fill it.
+        let mode = fs::Permissions::from_mode(self.policy.mode(meta.mode) | 0o700);
+        let exchanged = fs::set_permissions(&temp, mode).at(&temp).and_then(|()| {
+            crate::crashpoint::hit("store.exchange");
+            exchange(&temp, &abs).at(&abs)
+        });
+        match exchanged {
+            Ok(true) => {
+                crate::crashpoint::hit("store.exchanged");
+                remove_entry(&temp)
+            }
+            // No RENAME_EXCHANGE here: delete, then rename, as before; a
+            // crash between the two leaves the path absent until next run.
+            Ok(false) => remove_entry(&abs).and_then(|()| fs::rename(&temp, &abs).at(&abs)),
+            Err(e) => {
+                let _ = fs::remove_dir(&temp);
+                Err(e)
+            }
+        }
+    }
+
     /// Gives `path`, a file with other names, a copy of its own with `meta`:
     /// a change in place would reach every other name, a snapshot's outside
     /// the tree too. The copy is durable before it takes the name.
@@ -1270,10 +1309,20 @@ impl MirrorStore {
         crate::crashpoint::hit("commit.synced");
         let pending = std::mem::take(&mut batch.pending);
         for (n, Pending { temp, target, path, digest }) in pending.iter().enumerate() {
-            if let Err(e) = self.step().and_then(|()| fs::rename(temp, target).at(target)) {
-                batch.pending = pending[n..].to_vec();
-                return Err(e);
-            }
+            let placed = self.step().and_then(|()| {
+                let exchanged = place(temp, target)?;
+                if exchanged {
+                    batch.replaced.push((path.clone(), temp.clone()));
+                }
+                Ok(exchanged)
+            });
+            let exchanged = match placed {
+                Ok(exchanged) => exchanged,
+                Err(e) => {
+                    batch.pending = pending[n..].to_vec();
+                    return Err(e);
+                }
+            };
             crate::crashpoint::hit("commit.rename");
             match digest {
                 Some(digest) => match fs::symlink_metadata(target).at(target) {
@@ -1291,8 +1340,10 @@ impl MirrorStore {
                 // (dropping a record that does not exist changes nothing).
                 None => {
                     batch.removals.push(path.clone());
-                    // A rename between two names of one file does nothing.
-                    if fs::symlink_metadata(temp).is_ok() {
+                    // A rename between two names of one file does nothing
+                    // (after an exchange the temporary is the old directory,
+                    // removed below).
+                    if !exchanged && fs::symlink_metadata(temp).is_ok() {
                         let _ = fs::remove_file(temp);
                     }
                 }
@@ -1307,6 +1358,15 @@ impl MirrorStore {
         self.step()?;
         sync_filesystems(&filesystems)?;
         crate::crashpoint::hit("commit.durable");
+        // The exchanges are durable: the old directories can go. A crash
+        // before this leaves them as temporaries, which the next scan removes.
+        for (path, old) in std::mem::take(&mut batch.replaced) {
+            self.step()?;
+            remove_entry(&old)?;
+            crate::crashpoint::hit("commit.replaced");
+            report.entries_deleted += 1;
+            batch.removals.extend(self.db.paths_inside(&path)?);
+        }
         self.step()?;
         self.db.update_with_metas(&batch.upserts, &batch.removals, &batch.metas)?;
         crate::crashpoint::hit("commit.recorded");
@@ -1325,6 +1385,11 @@ impl MirrorStore {
     fn discard(&mut self, batch: &mut Batch) {
         for Pending { temp, .. } in batch.pending.drain(..) {
             let _ = fs::remove_file(temp);
+        }
+        // Old directories already swapped out: what replaced them stays,
+        // they are what the plan removes.
+        for (_, old) in batch.replaced.drain(..) {
+            let _ = remove_entry(&old);
         }
         batch.linked.clear();
         batch.upserts.clear();
@@ -1471,6 +1536,40 @@ fn sync_filesystems(dirs: &[PathBuf]) -> Result<()> {
 
 fn to_filetime(meta: &Meta) -> FileTime {
     FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos)
+}
+
+/// Puts the temporary `temp` at `target`: a rename, or, where a directory
+/// stands at `target`, an exchange of the two (true), so that `target`
+/// always names the old directory or the new entry; the old directory is
+/// then at `temp`, for the caller to remove. A type change is a
+/// replacement, not a delete followed by a write.
+fn place(temp: &Path, target: &Path) -> Result<bool> {
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => {}
+        _ => return fs::rename(temp, target).at(target).map(|()| false),
+    }
+    crate::crashpoint::hit("store.exchange");
+    if exchange(temp, target).at(target)? {
+        crate::crashpoint::hit("store.exchanged");
+        return Ok(true);
+    }
+    // No RENAME_EXCHANGE on this filesystem: delete, then rename, as
+    // before; a crash between the two leaves the path absent until the
+    // next run.
+    remove_entry(target)?;
+    fs::rename(temp, target).at(target).map(|()| false)
+}
+
+/// Swaps the entries at `a` and `b` atomically; `Ok(false)` where the
+/// filesystem (or kernel) cannot.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use rustix::io::Errno;
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn remove_entry(abs: &Path) -> Result<()> {

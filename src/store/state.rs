@@ -199,6 +199,30 @@ impl StateDb {
         Ok(ScanRecorder { previous: self.records()?, metas: self.metas()?, upserts: Vec::new() })
     }
 
+    /// The paths of the file and metadata records inside `dir` (not at it):
+    /// a directory another entry replaced, whose records go in that
+    /// batch's transaction.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn paths_inside(&self, dir: &RelPath) -> Result<Vec<RelPath>> {
+        let mut lo = dir.as_bytes().to_vec();
+        lo.push(b'/');
+        let mut hi = dir.as_bytes().to_vec();
+        // '0' follows '/': the range holds exactly the paths inside `dir`.
+        hi.push(b'0');
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut paths = Vec::new();
+        for table in [FILES, METAS] {
+            let table = txn.open_table(table).map_err(|e| self.err(e))?;
+            for row in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(|e| self.err(e))? {
+                let (key, _) = row.map_err(|e| self.err(e))?;
+                paths.extend(RelPath::new(key.value().to_vec()).ok());
+            }
+        }
+        Ok(paths)
+    }
+
     /// Drops the records at or inside each of `dirs` (deleted entries)
     /// unless `current` says the record still describes the file there (it
     /// was written again after the delete).

@@ -439,7 +439,7 @@ fn lock_model_impl(steps: &[(usize, bool)]) {
             continue;
         }
         let conflict = TREES.iter().zip(&held).any(|(other, lock)| lock.is_some() && nested(other, TREES[tree]));
-        let mut acquired = TreeLock::acquire(&root.join(TREES[tree]));
+        let mut acquired = TreeLock::try_acquire(&root.join(TREES[tree]));
         // Other tests of this process spawn children: between fork and exec
         // a child holds a copy of every descriptor, so a lock just dropped
         // can outlive its holder for that moment. Only a refusal that lasts
@@ -449,7 +449,7 @@ fn lock_model_impl(steps: &[(usize, bool)]) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
-            acquired = TreeLock::acquire(&root.join(TREES[tree]));
+            acquired = TreeLock::try_acquire(&root.join(TREES[tree]));
         }
         match acquired {
             Ok(lock) => {

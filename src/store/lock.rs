@@ -18,6 +18,11 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::error::{Error, IoContext, Result};
 
+/// How often, and how far apart, a refused lock is tried again before the
+/// tree is reported busy: one second in all.
+const BUSY_RETRIES: u32 = 40;
+const BUSY_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// Held locks on a tree and its ancestors, released on drop.
 #[derive(Debug)]
 pub struct TreeLock {
@@ -34,6 +39,27 @@ impl TreeLock {
     /// or one inside it; [`Error::Io`] if a directory cannot be made or
     /// opened.
     pub fn acquire(root: &Path) -> Result<TreeLock> {
+        // A lock just released can look held for a moment: a child process
+        // forked by another thread of this process holds a copy of every
+        // descriptor until it execs. A writer that really holds the tree
+        // holds it far longer than this patience.
+        let mut attempts = 0;
+        loop {
+            match TreeLock::try_acquire(root) {
+                Err(e) if e.is_busy() && attempts < BUSY_RETRIES => {
+                    attempts += 1;
+                    std::thread::sleep(BUSY_RETRY_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`TreeLock::acquire`] without waiting: busy at the first refusal.
+    ///
+    /// # Errors
+    /// As [`TreeLock::acquire`].
+    pub fn try_acquire(root: &Path) -> Result<TreeLock> {
         let root = canonical_missing(root)?;
         let mut held = Vec::new();
         let ancestors: Vec<&Path> = root.ancestors().skip(1).collect();

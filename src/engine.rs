@@ -142,7 +142,7 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
 /// writes.
 pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     let src = src.canonicalize().at(src)?;
-    let dest = resolve_missing(dest)?;
+    let dest = crate::store::canonical_missing(dest)?;
     if src.starts_with(&dest) || dest.starts_with(&src) {
         return Err(Error::io(
             &dest,
@@ -271,25 +271,6 @@ fn present_chunks(source: &Manifest, dest: &Manifest, store: &impl Store) -> Res
     }
     let has = store.has_chunks(&wanted)?;
     Ok(wanted.into_iter().zip(has).filter_map(|(id, has)| has.then_some(id)).collect())
-}
-
-/// The absolute, symlink-free form of `path`, which need not exist yet.
-fn resolve_missing(path: &Path) -> Result<PathBuf> {
-    let absolute = std::path::absolute(path).at(path)?;
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = existing.canonicalize().at(existing)?;
-    resolved.extend(rest.iter().rev());
-    Ok(resolved)
 }
 
 /// The state file for `tree` under `state_dir/kind/`, named by a hash of

@@ -242,26 +242,11 @@ struct Served {
 }
 
 fn serve(tmp: &TempDir) -> Served {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command as Process, Stdio};
-
     let (client_cfg, server_cfg) = (tmp.path().join("client-cfg"), tmp.path().join("server-cfg"));
     let id = xfer(tmp.path()).args(["id", "--config-dir"]).arg(&client_cfg).output().unwrap();
     let client_fp = String::from_utf8(id.stdout).unwrap().trim().to_string();
     let root = tmp.path().join("served");
-    let mut server = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client_fp, "--config-dir"])
-        .arg(&server_cfg)
-        .arg("--root")
-        .arg(&root)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    // "xfer: serving ROOT on ADDR as FINGERPRINT"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (addr, server_fp) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+    let (server, addr, server_fp) = crate::util::spawn_server(&client_fp, &server_cfg, &root);
     Served { server, addr, server_fp, client_cfg, root }
 }
 

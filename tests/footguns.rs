@@ -36,25 +36,10 @@ impl Drop for Served {
 }
 
 fn serve(tmp: &Path) -> Served {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command as Process, Stdio};
-
     let id = xfer(tmp).arg("id").output().unwrap();
     let client = String::from_utf8(id.stdout).unwrap().trim().to_string();
     let root = tmp.join("served");
-    let mut server = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client, "--config-dir"])
-        .arg(tmp.join("server-cfg"))
-        .arg("--root")
-        .arg(&root)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    // "xfer: serving ROOT on ADDR as FINGERPRINT"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (addr, fingerprint) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+    let (server, addr, fingerprint) = crate::util::spawn_server(&client, &tmp.join("server-cfg"), &root);
     Served { server, addr, fingerprint, root }
 }
 

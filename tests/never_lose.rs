@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -378,20 +378,8 @@ fn world(case: Case) -> World {
     let client_fp = String::from_utf8(id.stdout).unwrap().trim().to_string();
     let mut server = None;
     let dest = if case.remote {
-        use std::io::{BufRead, BufReader};
         let root = tmp.path().join("served");
-        let mut child = xfer()
-            .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client_fp, "--config-dir"])
-            .arg(tmp.path().join("server-cfg"))
-            .arg("--root")
-            .arg(&root)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (addr, fp) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+        let (child, addr, fp) = crate::util::spawn_server(&client_fp, &tmp.path().join("server-cfg"), &root);
         server = Some((child, addr, fp, root.clone()));
         root.join("site")
     } else {

@@ -101,7 +101,7 @@ fn make_dir(dir: &Path) -> Result<()> {
 
 /// The absolute, symlink-free form of `path`, which need not exist yet:
 /// its longest existing prefix resolved, the rest appended.
-fn canonical_missing(path: &Path) -> Result<PathBuf> {
+pub(crate) fn canonical_missing(path: &Path) -> Result<PathBuf> {
     let absolute = std::path::absolute(path).at(path)?;
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();

@@ -8,6 +8,7 @@ mod lock;
 mod mirror;
 pub mod state;
 
+pub(crate) use lock::canonical_missing;
 pub use lock::TreeLock;
 pub use mirror::{MetaPolicy, MirrorStore, NeedInfo, Put, Receiving, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_FILES};
 

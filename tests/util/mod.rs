@@ -137,3 +137,26 @@ fn describe(got: &Node, want: &Node) -> String {
         _ => format!("{got:?} vs {want:?}"),
     }
 }
+
+/// Starts `xfer serve` on loopback for `root`, admitting the client whose
+/// fingerprint is `client`, with its own config in `server_cfg`; returns
+/// the process, its address and its fingerprint, read from the line it
+/// prints first ("xfer: serving ROOT on ADDR as FINGERPRINT").
+pub fn spawn_server(client: &str, server_cfg: &Path, root: &Path) -> (std::process::Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut server = Command::new(assert_cmd::cargo::cargo_bin("xfer"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--allow", client, "--config-dir"])
+        .arg(server_cfg)
+        .arg("--root")
+        .arg(root)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (addr, fingerprint) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+    (server, addr, fingerprint)
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Layering check (STYLE.md): the pure core never names the edges' crates, and
+# Layering check (the layering rules in README's Layout): the pure core never names the edges' crates, and
 # only the binary names clap, anyhow and indicatif.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,8 +21,9 @@ use crate::hash::{ChunkId, FileHash};
 /// 6.66 / 2.23 / 0.086 / 0.98 / 0.22 = 10.17 MB; 2 sqrt with an 8K floor
 /// 6.66 / 2.46 / 0.080 / 0.97 / 0.22 = 10.40; sqrt with a 4K floor 11.29;
 /// 4 sqrt with a 32K floor 10.68; 8 sqrt with a 16K floor 10.74. With the
-/// sub-chunk delta, small chunks no longer pay (research/delta-floor.md saw
-/// 2K/8K/32K win only without it), and bigger ones mean fewer ids.
+/// sub-chunk delta, small chunks no longer pay (averages of 2K, 8K and 32K
+/// won only without it, in an earlier measurement on the same workloads),
+/// and bigger ones mean fewer ids.
 pub const AVG_SIZE_MIN: u32 = 16 * 1024;
 
 /// Largest average chunk size xfer chooses (files over 24 GiB): a 100 GiB

@@ -23,7 +23,7 @@ pub use xfer_protocol::ALPN;
 
 /// UDP socket buffers. quinn's defaults (the kernel's 208 KiB) lost ~8,000
 /// packets per 2 GiB on loopback and topped out at 1.3 Gbit/s; 4 MiB lost
-/// none and reached 2.2-2.9 Gbit/s (research/limits.md).
+/// none and reached 2.2-2.9 Gbit/s (measured on this project's test machine).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Per-stream receive window: 16 MiB, with the connection and send windows

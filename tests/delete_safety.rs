@@ -19,7 +19,8 @@ use xfer::transport::client::{push, RemotePush, RemoteUrl};
 use xfer::transport::driver::{serve, ServeConfig};
 use xfer::transport::{server_endpoint, Tuning};
 
-use crate::local_faults::{as_nobody, json, open_up, xfer};
+use crate::local_faults::{json, open_up, xfer};
+use crate::util::as_nobody;
 use crate::util::{assert_same_tree, materialize, read_tree, rel, seeded, Model, Node};
 
 /// Paths of the report's `failed` list.

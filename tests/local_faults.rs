@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::util::as_nobody;
 use crate::util::seeded;
 
 pub(crate) fn xfer(tmp: &Path) -> Command {
@@ -142,37 +143,6 @@ fn odd_names_and_deep_paths_round_trip() {
     assert_eq!(fs::read(deep_dest.join("leaf")).unwrap(), b"deep");
     let again = xfer(tmp.path()).args(["push", "--json"]).arg(&src).arg(&dest).output().unwrap();
     assert_eq!(json(&again)["files_changed"], 0);
-}
-
-/// Runs `cmd` as the unprivileged user `nobody` (root reads anything, so
-/// permission errors need another user); `None` when that is impossible.
-pub(crate) fn as_nobody(cmd: &Command) -> Option<Command> {
-    // SAFETY-free check: geteuid through the procfs status line.
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.to_string();
-    if uid != "0" {
-        return Some(clone(cmd, None));
-    }
-    Command::new("setpriv").arg("--version").output().ok()?;
-    Some(clone(cmd, Some(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])))
-}
-
-fn clone(cmd: &Command, prefix: Option<[&str; 4]>) -> Command {
-    let mut out = match prefix {
-        Some(p) => {
-            let mut c = Command::new(p[0]);
-            c.args(&p[1..]).arg(cmd.get_program());
-            c
-        }
-        None => Command::new(cmd.get_program()),
-    };
-    out.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            out.env(k, v);
-        }
-    }
-    out
 }
 
 pub(crate) fn open_up(path: &Path, mode: u32) {

@@ -27,8 +27,7 @@ use xfer::transport::{server_endpoint, Tuning};
 
 /// Why these tests cannot run here, if they cannot.
 fn unsupported(dir: &Path) -> Option<String> {
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
-    if uid != 0 {
+    if !crate::util::is_root() {
         return Some("not running as root (chown needs it)".into());
     }
     for tool in ["getfattr", "setfattr", "getfacl", "setfacl"] {

@@ -20,6 +20,7 @@ use xfer::transport::driver::{serve, ServeConfig};
 use xfer::transport::{server_endpoint, Tuning};
 
 use crate::util::seeded;
+use crate::util::{as_nobody, is_root};
 
 const SPARSE_SIZE: u64 = 200 << 20;
 
@@ -188,34 +189,6 @@ proptest! {
             bytes[at..end].copy_from_slice(&fill);
         }
     }
-}
-
-/// Runs `cmd` as the unprivileged user `nobody` (root may write into any
-/// directory, so read-only modes need another user); `None` when that is
-/// impossible.
-fn as_nobody(cmd: &Command) -> Option<Command> {
-    let mut out = if is_root() {
-        Command::new("setpriv").arg("--version").output().ok()?;
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(cmd.get_program());
-        c
-    } else {
-        Command::new(cmd.get_program())
-    };
-    out.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            out.env(k, v);
-        }
-    }
-    Some(out)
-}
-
-/// Whether the tests run as root (effective uid 0).
-fn is_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
-    euid == Some("0")
 }
 
 fn chmod(path: &Path, mode: u32) {

@@ -160,3 +160,39 @@ pub fn spawn_server(client: &str, server_cfg: &Path, root: &Path) -> (std::proce
     let (addr, fingerprint) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
     (server, addr, fingerprint)
 }
+
+/// Whether the tests run as root (`/proc/self` belongs to the effective user).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs `cmd` as the unprivileged user `nobody` (root reads anything, so
+/// permission errors need another user); `None` when that is impossible.
+pub fn as_nobody(cmd: &std::process::Command) -> Option<std::process::Command> {
+    use std::process::Command;
+    if !is_root() {
+        return Some(clone(cmd, None));
+    }
+    Command::new("setpriv").arg("--version").output().ok()?;
+    Some(clone(cmd, Some(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])))
+}
+
+fn clone(cmd: &std::process::Command, prefix: Option<[&str; 4]>) -> std::process::Command {
+    use std::process::Command;
+    let mut out = match prefix {
+        Some(p) => {
+            let mut c = Command::new(p[0]);
+            c.args(&p[1..]).arg(cmd.get_program());
+            c
+        }
+        None => Command::new(cmd.get_program()),
+    };
+    out.args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            out.env(k, v);
+        }
+    }
+    out
+}

@@ -335,97 +335,114 @@ impl Receiver {
     fn dispatch(&mut self, message: Message) -> Result<(), SessionError> {
         match (self.state, message) {
             (_, Message::Error(e)) => Err(SessionError::Peer { code: CloseCode::from_u32(e.code), message: e.message }),
-            (State::Greeting, Message::Hello(hello)) => {
-                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
-                self.outbox.push_back(super::sender::hello());
-                Ok(())
-            }
+            (State::Greeting, Message::Hello(hello)) => self.greet(&hello),
             (State::Greeting, Message::Open(open)) => self.open(open),
             (State::Asking, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)
             }
             (State::Asking, Message::Opened(opened)) => {
-                self.source_empty = opened.root == Manifest::EMPTY.tree().root().0;
-                self.state = State::Open;
+                self.opened(&opened);
                 Ok(())
             }
             (State::Open, Message::ListDir(list)) => self.list_dir(list),
             (State::Open, Message::GetFiles(get)) => self.get_files(get),
-            (State::Open, Message::Mkdir(m)) => {
-                let meta = wire::meta_from_wire(m.mode, m.mtime, m.attrs).map_err(protocol)?;
-                self.enqueue(Queued::Op(Op::Mkdir { path: path(m.path)?, meta }))
-            }
-            (State::Open, Message::Symlink(s)) => {
-                let meta = wire::meta_from_wire(0, s.mtime, s.attrs).map_err(protocol)?;
-                self.enqueue(Queued::Op(Op::Symlink { path: path(s.path)?, target: s.target, meta }))
-            }
-            (State::Open, Message::SetMeta(s)) => {
-                let meta = wire::meta_from_wire(s.mode, s.mtime, s.attrs).map_err(protocol)?;
-                self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
-            }
-            (State::Open, Message::Delete(d)) => {
-                let path = path(d.path)?;
-                self.charge_delete(&path)?;
-                self.enqueue(Queued::Op(Op::Delete { path }))
-            }
-            (State::Open, Message::Link(l)) => {
-                let (path, target) = (path(l.path)?, path(l.target)?);
-                self.enqueue(Queued::Op(Op::Link { path, target, size: l.size, hash: FileHash(l.hash) }))
-            }
-            (State::Open, Message::WriteFile(mut w)) if self.partial.is_none() => {
-                if w.more {
-                    // The header keeps no copy of the list: the parts gather in `chunks`.
-                    let msg::ChunkList::Full(first) = std::mem::replace(&mut w.list, msg::ChunkList::Implied) else {
-                        return Err(protocol("a continued chunk list must be a full list"));
-                    };
-                    let mut partial = PartialList { header: w, chunks: Vec::new(), bytes: 0 };
-                    partial.extend(first)?;
-                    self.partial = Some(partial);
-                    return Ok(());
-                }
-                self.write_file(w)
-            }
-            (State::Open, Message::MoreChunks(more)) => {
-                let Some(mut partial) = self.partial.take() else {
-                    return Err(protocol("MoreChunks without a WriteFile"));
-                };
-                let msg::ChunkList::Full(part) = more.list else {
-                    return Err(protocol("a continued chunk list must be a full list"));
-                };
-                if more.file != partial.header.file {
-                    return Err(protocol("MoreChunks for another file"));
-                }
-                partial.extend(part)?;
-                if more.more {
-                    self.partial = Some(partial);
-                    return Ok(());
-                }
-                let PartialList { header, chunks, .. } = partial;
-                self.write_file(msg::WriteFile { list: msg::ChunkList::Full(chunks), more: false, ..header })
-            }
+            (State::Open, Message::Mkdir(m)) => self.mkdir(m),
+            (State::Open, Message::Symlink(s)) => self.symlink(s),
+            (State::Open, Message::SetMeta(s)) => self.set_meta(s),
+            (State::Open, Message::Delete(d)) => self.delete(d),
+            (State::Open, Message::Link(l)) => self.link(l),
+            (State::Open, Message::WriteFile(w)) if self.partial.is_none() => self.write_file_header(w),
+            (State::Open, Message::MoreChunks(more)) => self.more_chunks(more),
             (State::Open, Message::ChunkData(data)) => self.chunk_data(data),
             (State::Open, Message::RefineRequest(refine)) => self.refine(refine),
-            (State::Open, Message::FileFailed(failed)) => {
-                let reason = crate::Error::SourceChanged { path: failed.message.into() };
-                self.abandon(failed.file, &reason);
-                self.pump()
-            }
-            (State::Open, Message::Done(_)) => {
-                // Every delete passed the limit: they go ahead.
-                self.release_held()?;
-                self.done = true;
-                self.pump()
-            }
-            (state, message) => Err(SessionError::Unexpected {
-                kind: message.kind(),
-                state: match state {
-                    State::Asking => "waiting for Opened",
-                    State::Greeting => "waiting for Open",
-                    State::Open => "receiving",
-                    State::Finished => "finished",
-                },
-            }),
+            (State::Open, Message::FileFailed(failed)) => self.file_failed(failed),
+            (State::Open, Message::Done(_)) => self.sender_done(),
+            (state, message) => Err(unexpected(state, &message)),
         }
+    }
+
+    fn greet(&mut self, hello: &msg::Hello) -> Result<(), SessionError> {
+        xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
+        self.outbox.push_back(super::sender::hello());
+        Ok(())
+    }
+
+    fn opened(&mut self, opened: &msg::Opened) {
+        self.source_empty = opened.root == Manifest::EMPTY.tree().root().0;
+        self.state = State::Open;
+    }
+
+    fn mkdir(&mut self, m: msg::Mkdir) -> Result<(), SessionError> {
+        let meta = wire::meta_from_wire(m.mode, m.mtime, m.attrs).map_err(protocol)?;
+        self.enqueue(Queued::Op(Op::Mkdir { path: path(m.path)?, meta }))
+    }
+
+    fn symlink(&mut self, s: msg::Symlink) -> Result<(), SessionError> {
+        let meta = wire::meta_from_wire(0, s.mtime, s.attrs).map_err(protocol)?;
+        self.enqueue(Queued::Op(Op::Symlink { path: path(s.path)?, target: s.target, meta }))
+    }
+
+    fn set_meta(&mut self, s: msg::SetMeta) -> Result<(), SessionError> {
+        let meta = wire::meta_from_wire(s.mode, s.mtime, s.attrs).map_err(protocol)?;
+        self.enqueue(Queued::Op(Op::SetMeta { path: path(s.path)?, meta }))
+    }
+
+    fn delete(&mut self, d: msg::Delete) -> Result<(), SessionError> {
+        let path = path(d.path)?;
+        self.charge_delete(&path)?;
+        self.enqueue(Queued::Op(Op::Delete { path }))
+    }
+
+    fn link(&mut self, l: msg::Link) -> Result<(), SessionError> {
+        let (path, target) = (path(l.path)?, path(l.target)?);
+        self.enqueue(Queued::Op(Op::Link { path, target, size: l.size, hash: FileHash(l.hash) }))
+    }
+
+    /// A `WriteFile` header: written at once, or held while its chunk list continues.
+    fn write_file_header(&mut self, mut w: msg::WriteFile) -> Result<(), SessionError> {
+        if w.more {
+            // The header keeps no copy of the list: the parts gather in `chunks`.
+            let msg::ChunkList::Full(first) = std::mem::replace(&mut w.list, msg::ChunkList::Implied) else {
+                return Err(protocol("a continued chunk list must be a full list"));
+            };
+            let mut partial = PartialList { header: w, chunks: Vec::new(), bytes: 0 };
+            partial.extend(first)?;
+            self.partial = Some(partial);
+            return Ok(());
+        }
+        self.write_file(w)
+    }
+
+    fn more_chunks(&mut self, more: msg::MoreChunks) -> Result<(), SessionError> {
+        let Some(mut partial) = self.partial.take() else {
+            return Err(protocol("MoreChunks without a WriteFile"));
+        };
+        let msg::ChunkList::Full(part) = more.list else {
+            return Err(protocol("a continued chunk list must be a full list"));
+        };
+        if more.file != partial.header.file {
+            return Err(protocol("MoreChunks for another file"));
+        }
+        partial.extend(part)?;
+        if more.more {
+            self.partial = Some(partial);
+            return Ok(());
+        }
+        let PartialList { header, chunks, .. } = partial;
+        self.write_file(msg::WriteFile { list: msg::ChunkList::Full(chunks), more: false, ..header })
+    }
+
+    fn file_failed(&mut self, failed: msg::FileFailed) -> Result<(), SessionError> {
+        let reason = crate::Error::SourceChanged { path: failed.message.into() };
+        self.abandon(failed.file, &reason);
+        self.pump()
+    }
+
+    fn sender_done(&mut self) -> Result<(), SessionError> {
+        // Every delete passed the limit: they go ahead.
+        self.release_held()?;
+        self.done = true;
+        self.pump()
     }
 
     fn open(&mut self, open: msg::Open) -> Result<(), SessionError> {
@@ -589,6 +606,16 @@ impl Receiver {
     /// Applies queued changes as far as the limits allow, asks for chunks,
     /// and finishes once everything is in.
     fn pump(&mut self) -> Result<(), SessionError> {
+        self.start_queued()?;
+        self.ask_needs();
+        if self.done && self.queued.is_empty() && self.files.is_empty() && self.partial.is_none() {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Starts queued writes and applies queued ops while the limits allow.
+    fn start_queued(&mut self) -> Result<(), SessionError> {
         loop {
             match self.queued.front() {
                 Some(Queued::Write { .. }) if self.files.len() >= MAX_FILES_IN_FLIGHT => break,
@@ -637,6 +664,11 @@ impl Receiver {
                 None => break,
             }
         }
+        Ok(())
+    }
+
+    /// Asks for needed chunks while the outstanding limits allow.
+    fn ask_needs(&mut self) {
         while self.outstanding < MAX_OUTSTANDING_CHUNKS
             && (self.outstanding == 0 || self.outstanding_bytes < MAX_OUTSTANDING_BYTES)
         {
@@ -660,10 +692,6 @@ impl Receiver {
                 signature: need.signature.map(|s| s.encode()),
             }));
         }
-        if self.done && self.queued.is_empty() && self.files.is_empty() && self.partial.is_none() {
-            self.finish()?;
-        }
-        Ok(())
     }
 
     fn begin(&mut self, file: u32, path: RelPath, meta: Meta, digest: FileDigest) -> Result<(), SessionError> {
@@ -872,6 +900,18 @@ impl PartialList {
 
 /// A refused field: a list over the receiver's limit is `TooLarge`, the
 /// rest malformed.
+fn unexpected(state: State, message: &Message) -> SessionError {
+    SessionError::Unexpected {
+        kind: message.kind(),
+        state: match state {
+            State::Asking => "waiting for Opened",
+            State::Greeting => "waiting for Open",
+            State::Open => "receiving",
+            State::Finished => "finished",
+        },
+    }
+}
+
 fn wire_error(e: WireError) -> SessionError {
     match e {
         WireError::TooManyChunks { .. } => {

@@ -401,25 +401,7 @@ async fn push_unlogged(
     let started = Instant::now();
     let tags = options.wire_tags()?;
     let src = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
-    let scanned = {
-        let state_dir = options.state_dir.clone();
-        let src = src.clone();
-        let scan_options = crate::scan::ScanOptions {
-            checksum: options.checksum,
-            filter: options.filter.clone(),
-            progress: options.progress.clone(),
-            ..Default::default()
-        };
-        let cancel = options.cancel.clone();
-        let stop = move || cancel.is_cancelled();
-        tokio::task::spawn_blocking(move || crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop))
-            .await
-            .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })?
-            .map_err(|e| match e {
-                crate::Error::Stopped => RemoteError::Cancelled,
-                other => other.into(),
-            })?
-    };
+    let scanned = scan_for_push(&src, options).await?;
     let skipped = Arc::new(scanned.skipped_paths());
     let source = std::sync::Arc::new(scanned.manifest);
     tracing::info!(
@@ -439,22 +421,7 @@ async fn push_unlogged(
         let (endpoint, connection, server) = connect(url, identity, pin).await?;
         let memory = memory_file(&options.state_dir, &server, &url.path);
         let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
-        let encoder = Encoder::new(options.compression)
-            .map_err(|e| crate::Error::Encoder(Box::new(e)))?
-            .with_clock(std::time::Instant::now);
-        let mut sender = Sender::new(
-            std::sync::Arc::clone(&source),
-            FileReader::new(src.clone()),
-            encoder,
-            url.path.as_bytes().to_vec(),
-            PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(&skipped) },
-            options.checksum,
-            remembered,
-        );
-        sender.set_progress(options.progress.clone());
-        sender.set_dry_run(options.dry_run);
-        sender.set_delete_limit(options.delete_limit);
-        sender.set_tags(tags.clone());
+        let sender = new_sender(&src, url, options, &source, &skipped, &tags, remembered)?;
         let sender = cancellable(&connection, &options.cancel, run_sender(&connection, sender, caps(options))).await;
         let wire = wire_bytes(&connection);
         // The server's audit log learns of the entries skipped on this side
@@ -474,8 +441,78 @@ async fn push_unlogged(
         crate::crashpoint::hit("client.remember");
         remember(&memory, (summary.failed == 0).then_some(&*source));
     }
-    let mut failed: Vec<_> = scanned
-        .skipped
+    let failed = push_failures(&src, url, options, &scanned.skipped, &sender, &summary);
+    let mut report = Report::new(&summary, wire, failed, started);
+    scan_figures(&mut report, &source, &sender);
+    if options.dry_run {
+        dry_run_report(&mut report, &src, options, &sender).await?;
+    }
+    Ok(report)
+}
+
+/// Scans `src` for a push, recording into the source's state database;
+/// the push's cancel token stops the scan.
+async fn scan_for_push(src: &Path, options: &RemotePush) -> Result<crate::scan::Scan, RemoteError> {
+    let state_dir = options.state_dir.clone();
+    let src = src.to_path_buf();
+    let scan_options = crate::scan::ScanOptions {
+        checksum: options.checksum,
+        filter: options.filter.clone(),
+        progress: options.progress.clone(),
+        ..Default::default()
+    };
+    let cancel = options.cancel.clone();
+    let stop = move || cancel.is_cancelled();
+    tokio::task::spawn_blocking(move || crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop))
+        .await
+        .map_err(|e| RemoteError::Connect { authority: "local scan".into(), reason: e.to_string() })?
+        .map_err(|e| match e {
+            crate::Error::Stopped => RemoteError::Cancelled,
+            other => other.into(),
+        })
+}
+
+/// A sender of `source` (read from `src`) to `url`'s path, set up as
+/// `options` ask, planning against the `remembered` receiver tree.
+fn new_sender(
+    src: &Path,
+    url: &RemoteUrl,
+    options: &RemotePush,
+    source: &Arc<Manifest>,
+    skipped: &Arc<std::collections::HashSet<crate::manifest::RelPath>>,
+    tags: &[Tag],
+    remembered: Option<Manifest>,
+) -> Result<Sender<FileReader>, RemoteError> {
+    let encoder = Encoder::new(options.compression)
+        .map_err(|e| crate::Error::Encoder(Box::new(e)))?
+        .with_clock(std::time::Instant::now);
+    let mut sender = Sender::new(
+        std::sync::Arc::clone(source),
+        FileReader::new(src.to_path_buf()),
+        encoder,
+        url.path.as_bytes().to_vec(),
+        PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(skipped) },
+        options.checksum,
+        remembered,
+    );
+    sender.set_progress(options.progress.clone());
+    sender.set_dry_run(options.dry_run);
+    sender.set_delete_limit(options.delete_limit);
+    sender.set_tags(tags.to_vec());
+    Ok(sender)
+}
+
+/// Every entry the push left as it was: skipped by the scan or the
+/// sender, failed on either side, or changed while it was sent.
+fn push_failures(
+    src: &Path,
+    url: &RemoteUrl,
+    options: &RemotePush,
+    scan_skipped: &[crate::scan::ScanSkip],
+    sender: &Sender<FileReader>,
+    summary: &Summary,
+) -> Vec<crate::store::FailedEntry> {
+    let mut failed: Vec<_> = scan_skipped
         .iter()
         .map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
         .collect();
@@ -486,10 +523,10 @@ async fn push_unlogged(
     if !options.dry_run {
         // The scan's records are in the source's state database, not in
         // memory. Without them the check is skipped: the push itself is done.
-        match crate::engine::source_records(&src, &options.state_dir).and_then(|db| {
+        match crate::engine::source_records(src, &options.state_dir).and_then(|db| {
             let records = db.records()?;
             let recorded = |path: &crate::manifest::RelPath| records.get(path).ok().flatten().map(|r| r.stat);
-            Ok(changed_since_scan(&src, sender.ops(), recorded, sender.failed()))
+            Ok(changed_since_scan(src, sender.ops(), recorded, sender.failed()))
         }) {
             Ok(changed) => failed.extend(changed),
             Err(e) => tracing::warn!(error = %e, "cannot check for files changed while sent"),
@@ -501,23 +538,34 @@ async fn push_unlogged(
         let error = format!("{unnamed} entries failed on the receiver; their old versions stay");
         failed.push(crate::store::FailedEntry { path: format!("xfer://{}/{}", url.authority, url.path), error });
     }
-    let mut report = Report::new(&summary, wire, failed, started);
+    failed
+}
+
+/// The scanned tree's size, and the encoder's levels, for the report.
+fn scan_figures(report: &mut Report, source: &Manifest, sender: &Sender<FileReader>) {
     let files = || source.entries().iter().filter_map(|e| e.file());
     report.files_scanned = Some(files().count() as u64);
     report.bytes_scanned = Some(files().map(|f| f.size).sum());
     report.chunks_total = Some(files().map(|f| f.chunks.len() as u64).sum());
     report.zstd_level_last = sender.encoder().level();
     report.zstd_level_max = sender.encoder().max_level();
-    if options.dry_run {
-        let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
-        let (root, compression) = (src.clone(), options.compression);
-        let plan = tokio::task::spawn_blocking(move || dry_run_figures(&ops, &known, root, compression))
-            .await
-            .map_err(|e| RemoteError::Connect { authority: "local estimate".into(), reason: e.to_string() })??;
-        report.dry_run = true;
-        (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
-    }
-    Ok(report)
+}
+
+/// Fills a dry run's report with what the run would have changed and sent.
+async fn dry_run_report(
+    report: &mut Report,
+    src: &Path,
+    options: &RemotePush,
+    sender: &Sender<FileReader>,
+) -> Result<(), RemoteError> {
+    let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
+    let (root, compression) = (src.to_path_buf(), options.compression);
+    let plan = tokio::task::spawn_blocking(move || dry_run_figures(&ops, &known, root, compression))
+        .await
+        .map_err(|e| RemoteError::Connect { authority: "local estimate".into(), reason: e.to_string() })??;
+    report.dry_run = true;
+    (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
+    Ok(())
 }
 
 /// Files written by `ops` whose source changed after the scan (appended,

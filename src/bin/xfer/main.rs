@@ -332,14 +332,7 @@ fn transfer(
 ) -> anyhow::Result<ExitCode> {
     let settings = config.settings(push);
     let mut options = options(args, &settings, push)?;
-    // The command line's window and rate win over the config file's;
-    // `--window always` lifts a configured window.
-    let window_text = args.window.as_deref().or(settings.window.as_deref()).filter(|w| *w != "always");
-    let window_text = window_text.unwrap_or_default();
-    let window = (!window_text.is_empty()).then(|| window_text.parse::<Window>()).transpose()?;
-    if args.wait && window.is_none() {
-        bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
-    }
+    let (window_text, window) = transfer_window(args, &settings)?;
     let bwlimit = args.bwlimit.as_deref().or(settings.bwlimit.as_deref());
     let timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
     let direction = if push { Direction::Up } else { Direction::Down };
@@ -349,22 +342,8 @@ fn transfer(
     }
     let runtime = runtime()?;
     if let Some(window) = &window {
-        if !window.is_open(started_at) {
-            let wait = window.minutes_until_open(started_at);
-            if !args.wait {
-                let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
-                let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
-                return Ok(stopped(args.json, quiet, EXIT_WINDOW, &message));
-            }
-            if !quiet {
-                eprintln!("xfer: waiting for the window {} to open", window_text);
-            }
-            runtime.block_on(async {
-                // An unreadable clock file reads as closed until it is fixed.
-                while !now().is_ok_and(|at| window.is_open(at)) {
-                    tokio::time::sleep(RECHECK).await;
-                }
-            });
+        if let Some(code) = wait_for_window(&runtime, window, window_text, started_at, args, quiet) {
+            return Ok(code);
         }
     }
     // Bars only for a person watching: not under cron, not with -q.
@@ -373,6 +352,65 @@ fn transfer(
     if console.bars.is_some() || console.itemize.is_some() {
         options.progress = xfer::progress::ProgressSink::new(console.clone());
     }
+    let stop = watch_stops(&runtime, &options, timetable, window, direction)?;
+    let outcome = run(&runtime, &options);
+    console.finish();
+    transfer_outcome(outcome, args, push, quiet, window_text, &stop)
+}
+
+/// The window the transfer runs in, with its text for messages. The
+/// command line's window wins over the config file's; `--window always`
+/// lifts a configured window.
+fn transfer_window<'a>(args: &'a PushArgs, settings: &'a Settings) -> anyhow::Result<(&'a str, Option<Window>)> {
+    let window_text = args.window.as_deref().or(settings.window.as_deref()).filter(|w| *w != "always");
+    let window_text = window_text.unwrap_or_default();
+    let window = (!window_text.is_empty()).then(|| window_text.parse::<Window>()).transpose()?;
+    if args.wait && window.is_none() {
+        bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
+    }
+    Ok((window_text, window))
+}
+
+/// Waits (with `--wait`) for a closed `window` to open; without it, the
+/// exit code of a run outside its window.
+fn wait_for_window(
+    runtime: &tokio::runtime::Runtime,
+    window: &Window,
+    window_text: &str,
+    started_at: LocalTime,
+    args: &PushArgs,
+    quiet: bool,
+) -> Option<ExitCode> {
+    if window.is_open(started_at) {
+        return None;
+    }
+    let wait = window.minutes_until_open(started_at);
+    if !args.wait {
+        let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
+        let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
+        return Some(stopped(args.json, quiet, EXIT_WINDOW, &message));
+    }
+    if !quiet {
+        eprintln!("xfer: waiting for the window {} to open", window_text);
+    }
+    runtime.block_on(async {
+        // An unreadable clock file reads as closed until it is fixed.
+        while !now().is_ok_and(|at| window.is_open(at)) {
+            tokio::time::sleep(RECHECK).await;
+        }
+    });
+    None
+}
+
+/// Cancels the transfer on a stop signal or when the window closes, and
+/// keeps the rate to the timetable; the returned code says why it stopped.
+fn watch_stops(
+    runtime: &tokio::runtime::Runtime,
+    options: &RemotePush,
+    timetable: Option<Timetable>,
+    window: Option<Window>,
+    direction: Direction,
+) -> anyhow::Result<Arc<AtomicU8>> {
     let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
     let mut signals = runtime.block_on(async { StopSignals::install() })?;
     let (cancel, reason) = (options.cancel.clone(), stop.clone());
@@ -400,8 +438,18 @@ fn transfer(
             }
         }
     });
-    let outcome = run(&runtime, &options);
-    console.finish();
+    Ok(stop)
+}
+
+/// Reports the transfer's outcome and picks its exit code.
+fn transfer_outcome(
+    outcome: anyhow::Result<Report>,
+    args: &PushArgs,
+    push: bool,
+    quiet: bool,
+    window_text: &str,
+    stop: &AtomicU8,
+) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(report) => print_report(&report, args, push, quiet),
         Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {

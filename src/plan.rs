@@ -307,24 +307,48 @@ impl std::fmt::Display for DeleteRefused {
 /// which holds the chunks for which `dest_has` is true (in any file: renamed,
 /// moved and copied files need no chunk data).
 pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> bool, options: PlanOptions) -> Plan {
-    let mut mkdirs = Vec::new();
-    let mut writes = Vec::new();
-    let mut metas = Vec::new();
-    let mut extraneous = Vec::new();
-    let mut dir_metas = Vec::new();
-    let mut skipped = Vec::new();
+    let guard = Protected::new(dest, options.protect.as_deref(), &options.skipped);
+    let Walk { mkdirs, writes, metas, extraneous, dir_metas, skipped, kept_links, .. } =
+        walk(source, dest, &options, &guard);
+    let (links, writes) = order_links(writes, &metas, kept_links);
+    let missing = missing_chunks(&writes, dest_has);
+    let changed = mkdirs.iter().chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
+    let touched = touched_dirs(source, dir_metas, changed);
+
+    let mut ops = mkdirs;
+    ops.extend(writes);
+    ops.extend(metas);
+    ops.extend(links);
+    ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
+    ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
+    Plan { ops, missing, skipped }
+}
+
+/// What the merge of the source and receiver entries collects, by kind of
+/// op, and where it stands.
+#[derive(Default)]
+struct Walk<'a> {
+    mkdirs: Vec<Op>,
+    writes: Vec<Op>,
+    metas: Vec<Op>,
+    extraneous: Vec<RelPath>,
+    dir_metas: Vec<(RelPath, Meta)>,
+    skipped: Vec<Skipped>,
     // Hard links the receiver holds already: made again only if their
     // target is rewritten or its metadata changes (a receiver gives a file
     // with several names a fresh copy before changing it).
-    let mut kept_links: Vec<&Entry> = Vec::new();
+    kept_links: Vec<&'a Entry>,
     // Set when a receiver directory is replaced wholesale, so its receiver
     // subtree needs no deletes of its own and its source subtree is all new.
-    let mut replaced_dir: Option<RelPath> = None;
+    replaced_dir: Option<RelPath>,
     // Set when a source directory cannot replace a protected receiver entry,
     // so nothing is created below it.
-    let mut blocked_dir: Option<RelPath> = None;
-    let guard = Protected::new(dest, options.protect.as_deref(), &options.skipped);
+    blocked_dir: Option<RelPath>,
+}
 
+/// Walks the source and receiver entries side by side, in manifest order.
+fn walk<'a>(source: &'a Manifest, dest: &Manifest, options: &PlanOptions, guard: &Protected) -> Walk<'a> {
+    let mut walk = Walk::default();
     let (src, dst) = (source.entries(), dest.entries());
     let (mut i, mut j) = (0, 0);
     while i < src.len() || j < dst.len() {
@@ -335,24 +359,12 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
         };
         match order {
             std::cmp::Ordering::Less => {
-                if !blocked_dir.as_ref().is_some_and(|dir| src[i].path.is_inside(dir))
-                    && !options.is_skipped(&src[i].path)
-                {
-                    create(&src[i], &mut mkdirs, &mut writes, &mut dir_metas);
-                }
+                walk.source_only(&src[i], options);
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                let d = &dst[j];
+                walk.receiver_only(&dst[j], j, options, guard);
                 j += 1;
-                let under_replaced = replaced_dir.as_ref().is_some_and(|dir| d.path.is_inside(dir));
-                if options.delete
-                    && !under_replaced
-                    && !guard.keeps(j - 1)
-                    && !extraneous.last().is_some_and(|p: &RelPath| d.path.is_inside(p))
-                {
-                    extraneous.push(d.path.clone());
-                }
             }
             std::cmp::Ordering::Equal => {
                 let (s, d) = (&src[i], &dst[j]);
@@ -362,70 +374,107 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
                     // Reported by whoever skipped it; the backup stays as is.
                     continue;
                 }
-                match (&s.kind, &d.kind) {
-                    (EntryKind::Dir, EntryKind::Dir) => {
-                        if s.meta != d.meta {
-                            dir_metas.push((s.path.clone(), s.meta.clone()));
-                        }
-                    }
-                    (EntryKind::File(a), EntryKind::File(b)) if a.hash == b.hash && a.size == b.size => {
-                        if s.meta != d.meta {
-                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
-                        }
-                    }
-                    (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
-                        // Owner and xattrs as well as the mtime (a symlink's mode is 0).
-                        if s.meta != d.meta {
-                            metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
-                        }
-                    }
-                    // Its metadata is its target's, set there.
-                    (EntryKind::HardLink { .. }, EntryKind::HardLink { .. }) if s.kind == d.kind => kept_links.push(s),
-                    (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(j - 1) => {
-                        skipped.push(Skipped { path: s.path.clone(), reason: guard.why(j - 1) });
-                        if matches!(s.kind, EntryKind::Dir) {
-                            blocked_dir = Some(s.path.clone());
-                        }
-                    }
-                    // A file or symlink stands where a directory goes: the
-                    // Mkdir replaces it in one step (no Delete first, so
-                    // that the path never names nothing).
-                    (EntryKind::Dir, _) => create(s, &mut mkdirs, &mut writes, &mut dir_metas),
-                    (_, EntryKind::Dir) => {
-                        // The source says this is now a file or symlink: the
-                        // directory is replaced, with or without --delete (its
-                        // content no longer exists in the source either way),
-                        // by the write itself, atomically.
-                        replaced_dir = Some(d.path.clone());
-                        create(s, &mut mkdirs, &mut writes, &mut dir_metas);
-                    }
-                    // Content differs, or a file becomes a symlink or back:
-                    // an atomic rename replaces it in one step.
-                    _ => create(s, &mut mkdirs, &mut writes, &mut dir_metas),
-                }
+                walk.both(s, d, j - 1, guard);
             }
         }
         // Leave a replaced receiver directory once past its subtree.
-        if replaced_dir.as_ref().is_some_and(|dir| dst.get(j).is_none_or(|d| !d.path.is_inside(dir))) {
-            replaced_dir = None;
+        if walk.replaced_dir.as_ref().is_some_and(|dir| dst.get(j).is_none_or(|d| !d.path.is_inside(dir))) {
+            walk.replaced_dir = None;
+        }
+    }
+    walk
+}
+
+impl<'a> Walk<'a> {
+    /// An entry only the source has: created, unless skipped or below a
+    /// blocked directory.
+    fn source_only(&mut self, s: &Entry, options: &PlanOptions) {
+        if !self.blocked_dir.as_ref().is_some_and(|dir| s.path.is_inside(dir)) && !options.is_skipped(&s.path) {
+            create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas);
         }
     }
 
+    /// Receiver entry `k`, which the source lacks: deleted with --delete,
+    /// unless protected or covered by a replaced or deleted directory.
+    fn receiver_only(&mut self, d: &Entry, k: usize, options: &PlanOptions, guard: &Protected) {
+        let under_replaced = self.replaced_dir.as_ref().is_some_and(|dir| d.path.is_inside(dir));
+        if options.delete
+            && !under_replaced
+            && !guard.keeps(k)
+            && !self.extraneous.last().is_some_and(|p: &RelPath| d.path.is_inside(p))
+        {
+            self.extraneous.push(d.path.clone());
+        }
+    }
+
+    /// Source entry `s` at the path of receiver entry `k`, `d`.
+    fn both(&mut self, s: &'a Entry, d: &Entry, k: usize, guard: &Protected) {
+        match (&s.kind, &d.kind) {
+            (EntryKind::Dir, EntryKind::Dir) => {
+                if s.meta != d.meta {
+                    self.dir_metas.push((s.path.clone(), s.meta.clone()));
+                }
+            }
+            (EntryKind::File(a), EntryKind::File(b)) if a.hash == b.hash && a.size == b.size => {
+                if s.meta != d.meta {
+                    self.metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
+                }
+            }
+            (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
+                // Owner and xattrs as well as the mtime (a symlink's mode is 0).
+                if s.meta != d.meta {
+                    self.metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
+                }
+            }
+            // Its metadata is its target's, set there.
+            (EntryKind::HardLink { .. }, EntryKind::HardLink { .. }) if s.kind == d.kind => self.kept_links.push(s),
+            (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(k) => {
+                self.skipped.push(Skipped { path: s.path.clone(), reason: guard.why(k) });
+                if matches!(s.kind, EntryKind::Dir) {
+                    self.blocked_dir = Some(s.path.clone());
+                }
+            }
+            // A file or symlink stands where a directory goes: the
+            // Mkdir replaces it in one step (no Delete first, so
+            // that the path never names nothing).
+            (EntryKind::Dir, _) => create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas),
+            (_, EntryKind::Dir) => {
+                // The source says this is now a file or symlink: the
+                // directory is replaced, with or without --delete (its
+                // content no longer exists in the source either way),
+                // by the write itself, atomically.
+                self.replaced_dir = Some(d.path.clone());
+                create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas);
+            }
+            // Content differs, or a file becomes a symlink or back:
+            // an atomic rename replaces it in one step.
+            _ => create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas),
+        }
+    }
+}
+
+/// Splits the links off `writes` and adds the kept links whose target is
+/// rewritten or gets new metadata: `(links, writes)`.
+fn order_links(writes: Vec<Op>, metas: &[Op], kept_links: Vec<&Entry>) -> (Vec<Op>, Vec<Op>) {
     // Links go after every file and its metadata: their targets are then
     // complete under their final names.
     let (mut links, writes): (Vec<Op>, Vec<Op>) = writes.into_iter().partition(|op| matches!(op, Op::Link { .. }));
     if !kept_links.is_empty() {
-        let changed: HashSet<&RelPath> = writes.iter().chain(&metas).map(Op::path).collect();
+        let changed: HashSet<&RelPath> = writes.iter().chain(metas).map(Op::path).collect();
         let relinks = kept_links.into_iter().filter_map(|entry| match &entry.kind {
             EntryKind::HardLink { target, .. } if changed.contains(target) => Some(link_op(entry)),
             _ => None,
         });
         links.extend(relinks.flatten());
     }
+    (links, writes)
+}
 
+/// The chunks `writes` need that the receiver lacks, each once.
+fn missing_chunks(writes: &[Op], dest_has: impl Fn(&ChunkId) -> bool) -> Vec<ChunkRef> {
     let mut missing = Vec::new();
     let mut queued: HashSet<ChunkId> = HashSet::new();
-    for op in &writes {
+    for op in writes {
         if let Op::WriteFile { digest, .. } = op {
             for chunk in &digest.chunks {
                 if !dest_has(&chunk.id) && queued.insert(chunk.id) {
@@ -434,11 +483,19 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
             }
         }
     }
+    missing
+}
 
+/// The directories whose metadata is set last: those in `dir_metas`, and
+/// the parents of the `changed` paths.
+fn touched_dirs<'p>(
+    source: &Manifest,
+    dir_metas: Vec<(RelPath, Meta)>,
+    changed: impl Iterator<Item = &'p RelPath>,
+) -> BTreeMap<RelPath, Meta> {
     // Creating or removing an entry changes its directory's mtime on the
     // receiver, so every such directory gets its source metadata back last.
     let mut touched: BTreeMap<RelPath, Meta> = dir_metas.into_iter().collect();
-    let changed = mkdirs.iter().chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
     for path in changed {
         let parent = path.parent();
         if touched.contains_key(&parent) || parent.is_root() {
@@ -448,14 +505,7 @@ pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> b
             touched.insert(parent, dir.meta.clone());
         }
     }
-
-    let mut ops = mkdirs;
-    ops.extend(writes);
-    ops.extend(metas);
-    ops.extend(links);
-    ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
-    ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
-    Plan { ops, missing, skipped }
+    touched
 }
 
 /// Why a receiver entry must stay.

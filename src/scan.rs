@@ -379,30 +379,9 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     // nlink > 1 are held, each until its last name is met.
     let mut groups: HashMap<(u64, u64), LinkGroup> = HashMap::new();
     while let Some((rel, abs)) = stack.pop() {
-        let meta = match fs::symlink_metadata(&abs) {
-            Ok(meta) => meta,
-            Err(_) if filter.is_some_and(|f| f.excludes_entry(&rel, false) || f.excludes_entry(&rel, true)) => {
-                continue;
-            }
-            Err(e) => {
-                skip(&mut scan, rel, format!("cannot stat: {e}"));
-                continue;
-            }
-        };
+        let Some(meta) = stat_entry(&rel, &abs, filter, &mut scan) else { continue };
         let file_type = meta.file_type();
-        // Parents are never excluded here: an excluded directory is not listed.
-        if filter.is_some_and(|f| f.excludes_entry(&rel, file_type.is_dir())) {
-            continue;
-        }
-        let (disk_meta, problem) = meta_of(&abs, &meta, &names);
-        if let Some(problem) = problem {
-            // Still carried, without its xattrs.
-            scan.skipped.push(ScanSkip { path: rel.clone(), reason: problem });
-        }
-        let (base_meta, original) = match records.original_meta(&rel, &disk_meta)? {
-            Some(original) => (original, true),
-            None => (disk_meta, false),
-        };
+        let (base_meta, original) = entry_meta(&rel, &abs, &meta, &names, records, &mut scan)?;
         if file_type.is_dir() {
             let before = stack.len();
             if let Err(e) = list_dir(&rel, &abs, &options, &mut stack, &mut scan) {
@@ -412,48 +391,15 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             }
             entries.push(Entry { path: rel, meta: base_meta, kind: EntryKind::Dir });
         } else if file_type.is_symlink() {
-            match fs::read_link(&abs) {
-                Ok(target) => entries.push(Entry {
-                    path: rel,
-                    meta: base_meta,
-                    kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() },
-                }),
-                Err(e) => skip(&mut scan, rel, format!("cannot read link: {e}")),
-            }
+            entries.extend(symlink_entry(rel, &abs, base_meta, &mut scan));
         } else if file_type.is_file() {
             crate::crashpoint::hit("scan.file");
-            let inode = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 {
-                if let Some(group) = groups.get_mut(&inode) {
-                    // Names are met in manifest order, so the target is listed first.
-                    entries.push(Entry {
-                        path: rel,
-                        meta: group.meta.clone(),
-                        kind: EntryKind::HardLink { target: group.target.clone(), size: group.size, hash: group.hash },
-                    });
-                    group.unmet -= 1;
-                    if group.unmet == 0 {
-                        groups.remove(&inode);
-                    }
-                    continue;
-                }
+            if let Some(entry) = next_link_name(&mut groups, &meta, &rel) {
+                entries.push(entry);
+                continue;
             }
-            let stat = StatKey::of(&meta);
-            let old = records.previous(&rel)?;
-            let (record, changed) = match old {
-                Some(old) if old.stat == stat && !options.checksum => (old, false),
-                old => match read_file(&abs, &meta) {
-                    Ok(record) => {
-                        scan.files_read += 1;
-                        scan.bytes_read += record.digest.size;
-                        let changed = old.as_ref() != Some(&record);
-                        (record, changed)
-                    }
-                    Err(e) => {
-                        skip(&mut scan, rel, e.to_string());
-                        continue;
-                    }
-                },
+            let Some((record, changed)) = file_record(&rel, &abs, &meta, records, &options, &mut scan)? else {
+                continue;
             };
             files += 1;
             bytes += record.digest.size;
@@ -466,17 +412,7 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
             } else {
                 Meta { mode: record.stat.mode, mtime: record.stat.mtime, ..base_meta }
             };
-            if meta.nlink() > 1 {
-                let group = LinkGroup {
-                    target: rel.clone(),
-                    meta: file_meta.clone(),
-                    size: record.digest.size,
-                    hash: record.digest.hash,
-                    unmet: meta.nlink() - 1,
-                };
-                groups.insert(inode, group);
-            }
-            entries.push(Entry { path: rel, meta: file_meta, kind: EntryKind::File(record.digest) });
+            entries.push(first_name_entry(rel, &meta, file_meta, record, &mut groups));
         } else {
             skip(&mut scan, rel, "special file (device, fifo or socket): skipped".into());
         }
@@ -484,6 +420,135 @@ pub fn scan_with(root: &Path, records: &mut dyn Records, options: ScanOptions) -
     // Skipped directories can leave nothing behind them, so this only sorts.
     scan.manifest = Manifest::new(entries)?;
     Ok(scan)
+}
+
+/// The metadata of the entry at `abs`, or `None` when the entry is left
+/// out: excluded by `filter`, or unreadable (then listed as skipped).
+fn stat_entry(rel: &RelPath, abs: &Path, filter: Option<&Filter>, scan: &mut Scan) -> Option<fs::Metadata> {
+    let meta = match fs::symlink_metadata(abs) {
+        Ok(meta) => meta,
+        Err(_) if filter.is_some_and(|f| f.excludes_entry(rel, false) || f.excludes_entry(rel, true)) => {
+            return None;
+        }
+        Err(e) => {
+            skip(scan, rel.clone(), format!("cannot stat: {e}"));
+            return None;
+        }
+    };
+    // Parents are never excluded here: an excluded directory is not listed.
+    if filter.is_some_and(|f| f.excludes_entry(rel, meta.file_type().is_dir())) {
+        return None;
+    }
+    Some(meta)
+}
+
+/// The metadata to report for the entry at `abs`, and whether it is the
+/// original `records` keep rather than what is on disk.
+fn entry_meta(
+    rel: &RelPath,
+    abs: &Path,
+    meta: &fs::Metadata,
+    names: &IdNames,
+    records: &mut dyn Records,
+    scan: &mut Scan,
+) -> Result<(Meta, bool)> {
+    let (disk_meta, problem) = meta_of(abs, meta, names);
+    if let Some(problem) = problem {
+        // Still carried, without its xattrs.
+        scan.skipped.push(ScanSkip { path: rel.clone(), reason: problem });
+    }
+    Ok(match records.original_meta(rel, &disk_meta)? {
+        Some(original) => (original, true),
+        None => (disk_meta, false),
+    })
+}
+
+/// The Symlink entry for the link at `abs`, or `None` when it cannot be
+/// read (then listed as skipped).
+fn symlink_entry(rel: RelPath, abs: &Path, meta: Meta, scan: &mut Scan) -> Option<Entry> {
+    match fs::read_link(abs) {
+        Ok(target) => {
+            Some(Entry { path: rel, meta, kind: EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() } })
+        }
+        Err(e) => {
+            skip(scan, rel, format!("cannot read link: {e}"));
+            None
+        }
+    }
+}
+
+/// The File entry for `rel`, the first name of its file the walk meets;
+/// a file with further names is held in `groups` until they are met.
+fn first_name_entry(
+    rel: RelPath,
+    meta: &fs::Metadata,
+    file_meta: Meta,
+    record: FileRecord,
+    groups: &mut HashMap<(u64, u64), LinkGroup>,
+) -> Entry {
+    if meta.nlink() > 1 {
+        let group = LinkGroup {
+            target: rel.clone(),
+            meta: file_meta.clone(),
+            size: record.digest.size,
+            hash: record.digest.hash,
+            unmet: meta.nlink() - 1,
+        };
+        groups.insert((meta.dev(), meta.ino()), group);
+    }
+    Entry { path: rel, meta: file_meta, kind: EntryKind::File(record.digest) }
+}
+
+/// The HardLink entry for `rel` when it is a further name of a file whose
+/// first name the walk has met; forgets the group once its last name is met.
+fn next_link_name(groups: &mut HashMap<(u64, u64), LinkGroup>, meta: &fs::Metadata, rel: &RelPath) -> Option<Entry> {
+    if meta.nlink() <= 1 {
+        return None;
+    }
+    let inode = (meta.dev(), meta.ino());
+    let group = groups.get_mut(&inode)?;
+    // Names are met in manifest order, so the target is listed first.
+    let entry = Entry {
+        path: rel.clone(),
+        meta: group.meta.clone(),
+        kind: EntryKind::HardLink { target: group.target.clone(), size: group.size, hash: group.hash },
+    };
+    group.unmet -= 1;
+    if group.unmet == 0 {
+        groups.remove(&inode);
+    }
+    Some(entry)
+}
+
+/// The record of the file at `abs` and whether it changed since the last
+/// scan: the previous one when its stat still matches (and no checksum is
+/// asked for), else read afresh. `None` when the file cannot be read (then
+/// listed as skipped).
+fn file_record(
+    rel: &RelPath,
+    abs: &Path,
+    meta: &fs::Metadata,
+    records: &mut dyn Records,
+    options: &ScanOptions,
+    scan: &mut Scan,
+) -> Result<Option<(FileRecord, bool)>> {
+    let stat = StatKey::of(meta);
+    let old = records.previous(rel)?;
+    Ok(match old {
+        Some(old) if old.stat == stat && !options.checksum => Some((old, false)),
+        old => match read_file(abs, meta) {
+            Ok(record) => {
+                scan.files_read += 1;
+                scan.bytes_read += record.digest.size;
+                let changed = old.as_ref() != Some(&record);
+                Some((record, changed))
+            }
+            Err(e) => {
+                skip(scan, rel.clone(), e.to_string());
+                None
+            }
+        },
+    })
 }
 
 /// A file with several names, as its first name in the tree left it.

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-core="src/chunk.rs src/hash.rs src/manifest.rs src/plan.rs src/codec.rs src/patch.rs"
+core="src/chunk.rs src/hash.rs src/manifest.rs src/plan.rs src/codec.rs src/patch.rs src/congestion.rs"
 if grep -nE '\b(std::fs|std::net|tokio|quinn|Instant::now)\b' $core; then
   echo "layers: the pure core (chunk, hash, manifest, plan, codec, patch) must not do I/O" >&2
   status=1

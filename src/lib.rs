@@ -43,6 +43,7 @@ mod api;
 pub mod audit;
 pub mod chunk;
 pub mod codec;
+pub mod congestion;
 mod crashpoint;
 pub mod engine;
 pub mod error;

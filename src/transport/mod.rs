@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod client;
+mod controller;
 pub mod driver;
 pub mod server;
 mod tls;
@@ -77,6 +78,7 @@ impl Tuning {
             let mut acks = quinn::AckFrequencyConfig::default();
             acks.ack_eliciting_threshold(VarInt::from_u32(ACK_THRESHOLD));
             config.ack_frequency_config(Some(acks));
+            config.congestion_controller_factory(Arc::new(controller::ModelFactory));
             config
                 .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
                 .receive_window(VarInt::from_u32(CONNECTION_WINDOW))

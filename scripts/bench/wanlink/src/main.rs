@@ -125,6 +125,8 @@ fn run() -> Result<()> {
     let (b_read, b_write) = (dev_b.try_clone().context("dup of device b")?, dev_b);
     forward("a_to_b", a_read, b_write, Direction::new(params, args.seed, 0), a_to_b.clone())?;
     forward("b_to_a", b_read, a_write, Direction::new(params, args.seed, 1), b_to_a.clone())?;
+    // A stats file that cannot be written fails now, before `ready`.
+    stats::write(&args.stats, 0, &params, &a_to_b, &b_to_a)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").and_then(|()| out.flush()).context("writing `ready` to stdout")?;
     drop(out);
@@ -159,6 +161,7 @@ fn forward(
     thread::Builder::new()
         .name(format!("{name}-read"))
         .spawn(move || {
+            realtime(name);
             let mut buf = vec![0u8; READ_BUFFER];
             loop {
                 let n = match from.read(&mut buf) {
@@ -201,6 +204,7 @@ fn forward(
             // Wake-ups as precise as the kernel allows: at 100 Mbit a full
             // packet leaves every 120 us, and the default 50 us slack is a
             // large part of that.
+            realtime(name);
             // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
             unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
             let mut batch = Vec::new();
@@ -237,4 +241,19 @@ fn forward(
         })
         .with_context(|| format!("starting the {name} writer thread"))?;
     Ok(())
+}
+
+/// Real-time priority for the calling forwarding thread: on a machine busy
+/// with builds or with the tools under test, a thread that waits for a core
+/// adds milliseconds of delay the profile does not have. The threads block
+/// between packets, so they cannot starve the machine (and the kernel's RT
+/// throttling caps them anyway). Without the privilege it goes on, saying so.
+fn realtime(name: &str) {
+    let param = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sets the policy of the calling thread only; `param` is valid.
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc != 0 {
+        let err = std::io::Error::from_raw_os_error(rc);
+        eprintln!("xfer-wanlink: {name}: no real-time priority ({err}); delays may stretch on a busy machine");
+    }
 }

@@ -98,7 +98,7 @@ pub fn serve(signals: &Signals, path: &Path, params: &Params, a_to_b: &Counters,
     }
 }
 
-fn write(path: &Path, seq: u64, params: &Params, a_to_b: &Counters, b_to_a: &Counters) -> Result<()> {
+pub fn write(path: &Path, seq: u64, params: &Params, a_to_b: &Counters, b_to_a: &Counters) -> Result<()> {
     let value = serde_json::json!({
         "seq": seq,
         "params": {

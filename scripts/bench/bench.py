@@ -331,6 +331,60 @@ def run_tool(tool, workload, args, out, context):
         run.remove()
 
 
+# Per phase, besides the push: staging, server start and stop, waiting for
+# the router to settle, the correctness check and restic's or borg's restore.
+PHASE_OVERHEAD_S = 4.0
+# Share of the link a push is assumed to use, and round trips of its handshakes.
+ESTIMATE_LINK_USE = 0.9
+ESTIMATE_RTTS = 10
+# Without an earlier result, a delta is guessed to move this share of the
+# files v2 changed (the tools send differences, restic and borg whole chunks).
+ESTIMATE_DELTA_SHARE = 0.3
+
+
+def changed_bytes(tree):
+    """Bytes of the files a workload's v2 changed (they carry the T2 mtime)."""
+    total = 0
+    for root, _, names in os.walk(tree):
+        for name in names:
+            st = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode) and int(st.st_mtime) != 1700000000:
+                total += st.st_size
+    return total
+
+
+def estimate_wan(profiles, data, workloads, tool_names, results):
+    """Seconds the WAN runs of these profiles x workloads x tools should take.
+
+    Bytes per push come from the newest earlier result of the same tool,
+    workload and phase in `results`, else from the workload's size (v1 for
+    the initial phase, a share of v2's changed files for the delta).
+    """
+    seen = {}
+    if os.path.exists(results):
+        with open(results) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                    seen[(r["tool"], r["workload"], r["phase"])] = r["wire_c2s_bytes"]
+                except (ValueError, KeyError):
+                    continue
+    total = 0.0
+    for workload in workloads:
+        with open(os.path.join(data, workload, ".done")) as f:
+            v1 = json.load(f)["v1"]["bytes"]
+        v2 = os.path.join(data, workload, "v2")
+        fallback = {"initial": v1, "delta": ESTIMATE_DELTA_SHARE * changed_bytes(v2) if os.path.isdir(v2) else 0, "noop": 0}
+        for name in profiles:
+            spec = net.PROFILES[name]
+            for tool in tool_names:
+                for phase, _ in PHASES:
+                    size = seen.get((tool, workload, phase), fallback[phase])
+                    total += size * 8 / (spec["rate_mbit"] * 1e6 * ESTIMATE_LINK_USE) + \
+                        ESTIMATE_RTTS * spec["rtt_ms"] / 1000 + PHASE_OVERHEAD_S
+    return total
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="generated workloads (workloads.py --data)")
@@ -347,7 +401,17 @@ def main():
     parser.add_argument("--workloads", required=True)
     parser.add_argument("--seed-initial", action="store_true")
     parser.add_argument("--run-id", default=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--estimate", metavar="PROFILES",
+                        help="only print the seconds the WAN runs of these profiles (space-separated) would take, "
+                             "from earlier results in --out")
     args = parser.parse_args()
+    if args.estimate is not None:
+        profiles = args.estimate.split()
+        unknown = [p for p in profiles if p not in getattr(net, "PROFILES", {})]
+        if unknown:
+            sys.exit(f"bench.py: unknown profiles {unknown}; known: {', '.join(getattr(net, 'PROFILES', {}))}")
+        print(round(estimate_wan(profiles, args.data, args.workloads.split(","), args.tools.split(","), args.out)))
+        return
     if os.geteuid() != 0:
         sys.exit("bench.py: run as root (it creates network namespaces)")
     unknown = [t for t in args.tools.split(",") if t not in tools.TOOLS]

@@ -333,7 +333,7 @@ def run_tool(tool, workload, args, out, context):
 
 # Per phase, besides the push: staging, server start and stop, waiting for
 # the router to settle, the correctness check and restic's or borg's restore.
-PHASE_OVERHEAD_S = 4.0
+PHASE_OVERHEAD_S = 3.0
 # Share of the link a push is assumed to use, and round trips of its handshakes.
 ESTIMATE_LINK_USE = 0.9
 ESTIMATE_RTTS = 10

@@ -74,7 +74,7 @@ if [ -n "$profiles" ]; then
   estimate=$(python3 "$here/bench.py" --estimate "$profiles" --data "$dir/data" --out "$results" --tools "$tools" \
     --workloads "$wan_workloads")
   echo "suite.sh: WAN part: $(wc -w <<<"$profiles") profiles x $wan_workloads x $tools," \
-    "about $((estimate / 60)) min (finishing near $(date -d "+$estimate sec" +%H:%M))" >&2
+    "about $(((estimate + 59) / 60)) min (finishing near $(date -d "+$estimate sec" +%H:%M))" >&2
   started=$(date +%s)
   for profile in $profiles; do
     args=(--data "$dir/data" --work "$dir/work" --out "$results" --tools "$tools" --run-id "$run_id"
@@ -82,7 +82,7 @@ if [ -n "$profiles" ]; then
     echo "python3 scripts/bench/bench.py ${args[*]} --workloads $wan_workloads" >> "$commands"
     python3 "$here/bench.py" "${args[@]}" --workloads "$wan_workloads" || echo "suite.sh: some phases over $profile were not correct (see BENCHMARKS.md)" >&2
   done
-  echo "suite.sh: WAN part took $((($(date +%s) - started) / 60)) min (estimated $((estimate / 60)))" >&2
+  echo "suite.sh: WAN part took $((($(date +%s) - started) / 60)) min (estimated $(((estimate + 59) / 60)))" >&2
 fi
 if [ "${BENCH_REPORT:-1}" = 1 ]; then
   python3 "$here/report.py" "$results" --benchmarks "$repo/BENCHMARKS.md" --readme "$repo/README.md" \

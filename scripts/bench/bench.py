@@ -189,6 +189,11 @@ def run_measured(argv, log_prefix, env=None, cwd=None, timeout=None):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise TimedOut(f"push killed after {timeout} s")
+        except BaseException:
+            # A Ctrl-C no longer reaches the push in its own session.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         wall, cpu, rss = read_usage(log_prefix + ".usage")
         out.seek(0)
         err.seek(0)

@@ -232,8 +232,8 @@ def wan_md(rows, run_id):
         "",
         "Per profile and workload, each tool's push wall time per phase; MB sent: bytes that left the client "
         "per phase (initial / delta / noop), as the router counts them before it drops any; link use: bytes "
-        "that arrived at the server x 8 / (rate x wall) of the first push; egress: bytes sent / bytes arrived "
-        "of the first push; drops: packets the router dropped on the first push, by loss + by its full queue, "
+        "that arrived at the server x 8 / (rate x wall) of the first push; egress: bytes sent / bytes arrived, "
+        "client → server, of the first push / of the delta; drops: packets the router dropped on the first push, by loss + by its full queue, "
         "client → server / server → client.",
         "",
     ]
@@ -258,7 +258,8 @@ def wan_md(rows, run_id):
                     use = egress = drops = "–"
                 else:
                     use = f"{first['link_use']:.0%}"
-                    egress = "–" if first["egress_ratio"] is None else f"{first['egress_ratio']:.3f}"
+                    egress = " / ".join("–" if r is None or not r["correct"] or r["egress_ratio"] is None
+                                        else f"{r['egress_ratio']:.3f}" for r in phases[:2])
                     router = first["router"]
                     drops = " / ".join(f"{router[d]['dropped_loss']}+{router[d]['dropped_queue']}"
                                        for d in ("a_to_b", "b_to_a"))

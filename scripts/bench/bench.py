@@ -45,6 +45,7 @@ import time
 
 import net
 import tools
+import workloads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PHASES = [("initial", "v1"), ("delta", "v2"), ("noop", "v2")]
@@ -353,12 +354,12 @@ def changed_bytes(tree):
     for root, _, names in os.walk(tree):
         for name in names:
             st = os.lstat(os.path.join(root, name))
-            if stat.S_ISREG(st.st_mode) and int(st.st_mtime) != 1700000000:
+            if stat.S_ISREG(st.st_mode) and int(st.st_mtime) != workloads.T1:
                 total += st.st_size
     return total
 
 
-def estimate_wan(profiles, data, workloads, tool_names, results):
+def estimate_wan(profiles, data, workload_names, tool_names, results):
     """Seconds the WAN runs of these profiles x workloads x tools should take.
 
     Bytes per push come from the newest earlier result of the same tool,
@@ -371,15 +372,17 @@ def estimate_wan(profiles, data, workloads, tool_names, results):
             for line in f:
                 try:
                     r = json.loads(line)
-                    seen[(r["tool"], r["workload"], r["phase"])] = r["wire_c2s_bytes"]
+                    if r["correct"]:
+                        seen[(r["tool"], r["workload"], r["phase"])] = r["wire_c2s_bytes"]
                 except (ValueError, KeyError):
                     continue
     total = 0.0
-    for workload in workloads:
+    for workload in workload_names:
         with open(os.path.join(data, workload, ".done")) as f:
             v1 = json.load(f)["v1"]["bytes"]
         v2 = os.path.join(data, workload, "v2")
-        fallback = {"initial": v1, "delta": ESTIMATE_DELTA_SHARE * changed_bytes(v2) if os.path.isdir(v2) else 0, "noop": 0}
+        delta = ESTIMATE_DELTA_SHARE * changed_bytes(v2) if os.path.isdir(v2) else 0
+        fallback = {"initial": v1, "delta": delta, "noop": 0}
         for name in profiles:
             spec = net.PROFILES[name]
             for tool in tool_names:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Runs tools x workloads x phases over the benchmark network; one JSON line per phase.
 
-    bench.py --data DIR --out FILE [--rate RATE] [--tools a,b] [--workloads x,y]
-             [--seed-initial] [--work DIR] [--huge-gib N]
+    bench.py --data DIR --out FILE [--rate RATE | --profile NAME] [--tools a,b]
+             [--workloads x,y] [--seed-initial] [--work DIR] [--push-timeout S]
 
 Each (tool, workload) gets fresh directories and runs three phases in order:
 `initial` (push v1 into an empty destination), `delta` (push v2 over v1) and
@@ -17,10 +17,18 @@ With `--seed-initial` the initial phase runs uncapped and is marked
 `seeded`: the capped rates then measure delta and noop without paying for a
 slow full copy of every workload.
 
-Measures, per phase: wire bytes and packets each way on the veth pair, wall
-time of the push, CPU seconds and peak RSS of each side (getrusage of the
-push and of the server, including the processes they reaped), the bytes
-stored on the server, and correctness.
+With `--profile NAME` the namespaces are joined by the emulated WAN
+(net.PROFILES: delay, loss and rate in a router) instead of the veth pair,
+and no phase is seeded: the first push over the WAN is the point. Each
+phase's line then also holds the router's counters over the push, per
+direction (`router`: a_to_b is client to server), `link_use` (bytes that
+arrived at the server / (rate x wall)) and `egress_ratio` (bytes that left
+the client / bytes that arrived).
+
+Measures, per phase: wire bytes and packets each way on the veth pair (or
+the client's end of the WAN), wall time of the push, CPU seconds and peak
+RSS of each side (getrusage of the push and of the server, including the
+processes they reaped), the bytes stored on the server, and correctness.
 """
 import argparse
 import datetime
@@ -37,6 +45,7 @@ import time
 
 import net
 import tools
+import workloads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PHASES = [("initial", "v1"), ("delta", "v2"), ("noop", "v2")]
@@ -162,15 +171,73 @@ def read_usage(usage_file):
     return float(last[0]), float(last[1]) + float(last[2]), int(last[3])
 
 
-def run_measured(argv, log_prefix, env=None, cwd=None):
-    """Runs argv to completion: (exit status, wall s, cpu s, peak rss KiB, stdout, stderr)."""
+class TimedOut(Exception):
+    pass
+
+
+def run_measured(argv, log_prefix, env=None, cwd=None, timeout=None):
+    """Runs argv to completion: (exit status, wall s, cpu s, peak rss KiB, stdout, stderr).
+
+    Past `timeout` seconds the whole process group is killed and TimedOut raised.
+    """
     with open(log_prefix + ".out", "w+b") as out, open(log_prefix + ".err", "w+b") as err:
-        proc = subprocess.run(timed(argv, log_prefix + ".usage"), env=env, cwd=cwd, stdout=out, stderr=err)
+        # Its own session, so a timeout can kill the tool's children too (ssh, rsync's forks).
+        proc = subprocess.Popen(timed(argv, log_prefix + ".usage"), env=env, cwd=cwd, stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise TimedOut(f"push killed after {timeout} s")
+        except BaseException:
+            # A Ctrl-C no longer reaches the push in its own session.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         wall, cpu, rss = read_usage(log_prefix + ".usage")
         out.seek(0)
         err.seek(0)
         return (proc.returncode, wall, cpu, rss, out.read().decode(errors="replace"),
                 err.read().decode(errors="replace"))
+
+
+def settled_router(profile):
+    """The router's counters once nothing is in flight in either direction.
+
+    The wait of a round trip lets the answers to a closing connection's last
+    packets come through, so they count to the push that caused them, and
+    nothing started before the push (server start, restic's init) does.
+    """
+    time.sleep(0.1 + profile["rtt_ms"] / 1000)
+    deadline = time.monotonic() + 5
+    while True:
+        stats = net.router_stats()
+        if all(in_flight(stats[d]) == 0 for d in ("a_to_b", "b_to_a")) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+def in_flight(d):
+    return d["packets_in"] - d["dropped_loss"] - d["dropped_queue"] - d.get("write_errors", 0) - d["packets_out"]
+
+
+def router_delta(before, after):
+    """Per direction, every numeric counter's growth over the push (maxima as read after)."""
+    out = {}
+    for direction in ("a_to_b", "b_to_a"):
+        a, b = before[direction], after[direction]
+        out[direction] = {k: (v if k.startswith("max") else v - a.get(k, 0)) for k, v in b.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return out
+
+
+def wan_figures(profile, router, wall):
+    """link_use and egress_ratio of one push from its router deltas."""
+    c2s = router["a_to_b"]
+    arrived, left = c2s["bytes_out"], c2s["bytes_in"]
+    return dict(link_use=round(arrived * 8 / (profile["rate_mbit"] * 1e6 * max(wall, 1e-3)), 4),
+                egress_ratio=round(left / arrived, 4) if arrived else None)
 
 
 class Server:
@@ -207,7 +274,8 @@ def run_tool(tool, workload, args, out, context):
         tool.prepare(run)
         for phase, version in PHASES:
             seeded = args.seed_initial and phase == "initial"
-            net.cap(None if seeded else args.rate)
+            if not args.profile:
+                net.cap(None if seeded else args.rate)
             stage(args.data, workload, version, run.src, run.state.get("staged"))
             run.state["staged"] = version
             files, size = tree_size(run.src)
@@ -215,26 +283,26 @@ def run_tool(tool, workload, args, out, context):
             if hasattr(tool, "after_server_start"):
                 tool.after_server_start(run)
             argv, env, cwd = tool.push(run, phase)
+            profile = net.PROFILES[args.profile] if args.profile else None
+            router_before = settled_router(profile) if profile else None
             before = net.counters()
-            status, wall, cpu, rss, stdout, err = run_measured(net.in_client(argv), os.path.join(run.client, phase),
-                                                               env=env, cwd=cwd)
+            try:
+                status, wall, cpu, rss, stdout, err = run_measured(
+                    net.in_client(argv), os.path.join(run.client, phase), env=env, cwd=cwd,
+                    timeout=args.push_timeout)
+            except TimedOut as error:
+                status, wall, cpu, rss, stdout, err = "timeout", args.push_timeout, 0.0, 0, "", str(error)
             after = net.counters()
+            router_after = settled_router(profile) if profile else None
             server_cpu, server_rss = server.stop()
-            problems = [] if status == 0 else [f"push exited {status}: {err.strip()[-400:]}"]
+            problems = [] if status == 0 else [err] if status == "timeout" else \
+                [f"push exited {status}: {err.strip()[-400:]}"]
             if status == 0:
                 try:
-                    if tool.restores:
-                        # Restores are not measured: the server restarts for them.
-                        server = Server(tool, run)
-                        try:
-                            result = tool.result(run, phase)
-                        finally:
-                            server.stop()
-                    else:
-                        result = tool.result(run, phase)
+                    result = tool.result(run, phase)
                     problems = compare(run.src, result)
                 except subprocess.CalledProcessError as error:
-                    problems = [f"reading the result back failed: {' '.join(error.cmd[4:6])}: "
+                    problems = [f"reading the result back failed: {' '.join(error.cmd[:2])}: "
                                 f"{(error.stderr or b'').decode(errors='replace').strip()[-400:]}"]
                 except OSError as error:
                     problems = [f"reading the result back failed: {error}"]
@@ -248,11 +316,17 @@ def run_tool(tool, workload, args, out, context):
                           correct=not problems, problems=problems, tool_version=tool.version(),
                           report=tool.report(stdout),
                           time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+            wan = ""
+            if profile:
+                record["router"] = router_delta(router_before, router_after)
+                record.update(wan_figures(profile, record["router"], wall))
+                sent = record["router"]["a_to_b"]["bytes_in"]
+                wan = f"  sent {sent / 1e6:.2f} MB  link {record['link_use']:.0%}  egress {record['egress_ratio']}"
             out.write(json.dumps(record) + "\n")
             out.flush()
             print(f"{workload:15} {tool.name:9} {phase:7} {'(seeded) ' if seeded else ''}"
                   f"wire {(c2s + s2c) / 1e6:10.3f} MB  wall {wall:7.2f} s  cpu {cpu:6.2f}+{server_cpu:6.2f} s  "
-                  f"rss {rss // 1024}/{server_rss // 1024} MiB  {'ok' if not problems else 'WRONG: ' + problems[0]}",
+                  f"rss {rss // 1024}/{server_rss // 1024} MiB{wan}  {'ok' if not problems else 'WRONG: ' + problems[0]}",
                   flush=True)
             if problems:
                 return False
@@ -263,17 +337,89 @@ def run_tool(tool, workload, args, out, context):
         run.remove()
 
 
+# Per phase, besides the push: staging, server start and stop, waiting for
+# the router to settle, the correctness check and restic's or borg's restore.
+PHASE_OVERHEAD_S = 3.0
+# Share of the link a push is assumed to use, and round trips of its handshakes.
+ESTIMATE_LINK_USE = 0.9
+ESTIMATE_RTTS = 10
+# Without an earlier result, a delta is guessed to move this share of the
+# files v2 changed (the tools send differences, restic and borg whole chunks).
+ESTIMATE_DELTA_SHARE = 0.3
+
+
+def changed_bytes(tree):
+    """Bytes of the files a workload's v2 changed (they carry the T2 mtime)."""
+    total = 0
+    for root, _, names in os.walk(tree):
+        for name in names:
+            st = os.lstat(os.path.join(root, name))
+            if stat.S_ISREG(st.st_mode) and int(st.st_mtime) != workloads.T1:
+                total += st.st_size
+    return total
+
+
+def estimate_wan(profiles, data, workload_names, tool_names, results):
+    """Seconds the WAN runs of these profiles x workloads x tools should take.
+
+    Bytes per push come from the newest earlier result of the same tool,
+    workload and phase in `results`, else from the workload's size (v1 for
+    the initial phase, a share of v2's changed files for the delta).
+    """
+    seen = {}
+    if os.path.exists(results):
+        with open(results) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                    if r["correct"]:
+                        seen[(r["tool"], r["workload"], r["phase"])] = r["wire_c2s_bytes"]
+                except (ValueError, KeyError):
+                    continue
+    total = 0.0
+    for workload in workload_names:
+        with open(os.path.join(data, workload, ".done")) as f:
+            v1 = json.load(f)["v1"]["bytes"]
+        v2 = os.path.join(data, workload, "v2")
+        delta = ESTIMATE_DELTA_SHARE * changed_bytes(v2) if os.path.isdir(v2) else 0
+        fallback = {"initial": v1, "delta": delta, "noop": 0}
+        for name in profiles:
+            spec = net.PROFILES[name]
+            for tool in tool_names:
+                for phase, _ in PHASES:
+                    size = seen.get((tool, workload, phase), fallback[phase])
+                    total += size * 8 / (spec["rate_mbit"] * 1e6 * ESTIMATE_LINK_USE) + \
+                        ESTIMATE_RTTS * spec["rtt_ms"] / 1000 + PHASE_OVERHEAD_S
+    return total
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="generated workloads (workloads.py --data)")
     parser.add_argument("--out", required=True, help="JSON lines appended here")
     parser.add_argument("--work", default="/var/tmp/xfer-bench/work")
-    parser.add_argument("--rate", default=None, help="tbf rate such as 100mbit; none: uncapped")
+    link = parser.add_mutually_exclusive_group()
+    link.add_argument("--rate", default=None, help="tbf rate such as 100mbit; none: uncapped")
+    link.add_argument("--profile", default=None,
+                      help="emulated WAN profile instead of the veth pair (net.PROFILES, e.g. 40ms-0.1pct-20mbit)")
+    parser.add_argument("--wan-seed", type=int, default=1, help="seed of the WAN router's losses")
+    parser.add_argument("--push-timeout", type=float, default=None,
+                        help="seconds after which a push is killed and its phase marked wrong")
     parser.add_argument("--tools", default=",".join(tools.TOOLS))
     parser.add_argument("--workloads", required=True)
     parser.add_argument("--seed-initial", action="store_true")
     parser.add_argument("--run-id", default=datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--estimate", metavar="PROFILES",
+                        help="only print the seconds the WAN runs of these profiles (space-separated) would take, "
+                             "from earlier results in --out")
     args = parser.parse_args()
+    if args.estimate is not None:
+        profiles = args.estimate.split()
+        unknown = [p for p in profiles if p not in getattr(net, "PROFILES", {})]
+        if unknown:
+            sys.exit(f"bench.py: unknown profiles {unknown}; known: {', '.join(getattr(net, 'PROFILES', {}))}")
+        print(round(estimate_wan(profiles, args.data, args.workloads.split(","), args.tools.split(","), args.out)))
+        return
     if os.geteuid() != 0:
         sys.exit("bench.py: run as root (it creates network namespaces)")
     unknown = [t for t in args.tools.split(",") if t not in tools.TOOLS]
@@ -281,10 +427,27 @@ def main():
         sys.exit(f"bench.py: unknown tools {unknown}; known: {', '.join(tools.TOOLS)}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.profile:
+        profiles = getattr(net, "PROFILES", {})
+        if args.profile not in profiles:
+            sys.exit(f"bench.py: unknown profile {args.profile!r}; known: {', '.join(profiles) or 'none (no WAN in net.py)'}")
+        if args.seed_initial:
+            sys.exit("bench.py: --seed-initial does not go with --profile: the first push over the WAN is measured")
     context = dict(run_id=args.run_id, rate=args.rate or "unlimited", host=socket.gethostname())
-    net.up()
+    if args.profile:
+        spec = net.PROFILES[args.profile]
+        # `rate` names the link's rate; `profile` marks the line as a WAN run.
+        context.update(rate=f"{spec['rate_mbit']:g}mbit", profile=args.profile, rtt_ms=spec["rtt_ms"],
+                       loss=spec["loss"], wan_seed=args.wan_seed)
     ok = True
     try:
+        if args.profile:
+            net.up_wan(args.profile, seed=args.wan_seed)
+        else:
+            net.up()
+        # TCP peers' throughput under loss depends on it; the report names it.
+        context["tcp_cc"] = subprocess.run(net.in_client(["sysctl", "-n", "net.ipv4.tcp_congestion_control"]),
+                                           capture_output=True, text=True).stdout.strip()
         with open(args.out, "a") as out:
             for workload in args.workloads.split(","):
                 if not os.path.exists(os.path.join(args.data, workload, ".done")):

@@ -44,6 +44,9 @@ Workloads:
                   (AES-CTR keystream via openssl). To save disk there is no
                   v2/: v2-edits.json lists 64 in-place overwrites of 4-64 KiB
                   that --apply-edits applies to a copy of v1.
+  big-random      one 64 MiB incompressible big.bin (the WAN runs' large
+                  file: every byte of a first push must cross the link); v2
+                  overwrites 8 scattered 4 KiB regions and appends 1 MiB.
 
 Python 3.11 stdlib only, plus openssl, mkfs.ext4, debugfs and e2fsck.
 Memory stays bounded: big files are streamed in PIECE-sized writes.
@@ -398,6 +401,24 @@ def gen_random_blob(wdir, params, data_dir):
         for _ in range(16):
             f.seek(rng.randrange(size - 4 * KiB))
             f.write(rng.randbytes(4 * KiB))
+
+
+def gen_big_random(wdir, params, data_dir):
+    rng = random.Random(params["seed"])
+    size = 64 * MiB
+    p1, p2 = os.path.join(wdir, "v1", "big.bin"), os.path.join(wdir, "v2", "big.bin")
+    os.makedirs(os.path.dirname(p1))
+    os.makedirs(os.path.dirname(p2))
+    with open(p1, "wb") as f:
+        for _ in range(size // PIECE):
+            f.write(rng.randbytes(PIECE))
+    shutil.copyfile(p1, p2)
+    with open(p2, "r+b") as f:
+        for _ in range(8):
+            f.seek(rng.randrange(size - 4 * KiB))
+            f.write(rng.randbytes(4 * KiB))
+        f.seek(size)
+        f.write(rng.randbytes(MiB))
 
 
 # ---------------------------------------------------------------- many-small
@@ -908,6 +929,8 @@ WORKLOADS = {
     "fs-image": gen_fs_image,
     "moved-files": gen_moved_files,
     "huge-file": gen_huge_file,
+    # New workloads go last: a workload's seed is its position here.
+    "big-random": gen_big_random,
 }
 
 

@@ -262,4 +262,52 @@ mod tests {
         assert_eq!(Params::default_queue(Duration::ZERO), Duration::from_millis(25));
         assert_eq!(Params::default_queue(Duration::from_millis(150)), Duration::from_millis(150));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the arrivals: deliveries keep their order, each
+            /// packet waits at least its delay plus its own serialisation and
+            /// at most the queue limit on top, and no window of time carries
+            /// more than the rate (plus the one packet in service).
+            #[test]
+            fn schedule_respects_rate_queue_and_delay(
+                gaps in proptest::collection::vec((0u64..2_000, 20usize..=1500), 1..400),
+                mbit in 1u64..200,
+                delay_ms in 0u64..100,
+                queue_ms in 0u64..50,
+                loss in 0.0f64..0.2,
+                seed: u64,
+            ) {
+                let p = params(loss, mbit, delay_ms, queue_ms);
+                let mut d = Direction::new(p, seed, 0);
+                let t0 = Instant::now();
+                let mut now = t0;
+                let mut done: Vec<(Instant, usize)> = Vec::new();
+                for (gap, size) in gaps {
+                    now += Duration::from_micros(gap);
+                    if let Verdict::DeliverAt(t) = d.offer(size, now) {
+                        let ser = serialisation(size, p.rate_bps);
+                        prop_assert!(t >= now + p.delay + ser);
+                        prop_assert!(t <= now + p.queue + ser + p.delay);
+                        if let Some(&(last, _)) = done.last() {
+                            prop_assert!(t >= last + ser, "overlapping serialisation");
+                        }
+                        done.push((t, size));
+                    }
+                }
+                // Bits delivered in (done[i] - ser_i, done[j]] fit in that span at the rate.
+                for i in 0..done.len() {
+                    let mut bits = 0u128;
+                    for j in i..done.len() {
+                        bits += done[j].1 as u128 * 8;
+                        let span = done[j].0 - done[i].0 + serialisation(done[i].1, p.rate_bps);
+                        prop_assert!(bits * 1_000_000_000 <= span.as_nanos() * p.rate_bps as u128 + p.rate_bps as u128);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -77,6 +77,14 @@ pub const OVERFLOW_ROUNDS: u64 = 16;
 /// queue when it fills.
 pub const STARTUP_GAIN: f64 = 2.0;
 
+/// Startup grows the window by this many times what is acknowledged. The
+/// transport's pacer lets the send rate grow only 1.25 times the window
+/// per round trip, so growth by what is acknowledged doubles the window
+/// but not the pace (about 1.6 times per round trip); twice that brings the
+/// pace to doubling, and [`STARTUP_GAIN`] still bounds the window by what
+/// the path delivered.
+pub const STARTUP_ACK_GAIN: u64 = 2;
+
 /// Acknowledgements of a round needed before its round trips can show a
 /// queue (see [`Controller::queue_forming`]).
 pub const QUEUE_SAMPLES: u32 = 8;
@@ -278,7 +286,7 @@ impl Controller {
             if self.queue_forming() {
                 self.enter_cruise();
             } else {
-                self.window = (self.window + bytes).min(self.startup_ceiling());
+                self.window = (self.window + STARTUP_ACK_GAIN * bytes).min(self.startup_ceiling());
             }
         }
     }

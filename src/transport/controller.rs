@@ -12,46 +12,72 @@ use crate::congestion;
 
 /// Builds a [`congestion::Controller`] for each path.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ModelFactory;
+pub(super) struct ModelFactory;
 
 impl ControllerFactory for ModelFactory {
     fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(Model(congestion::Controller::new(current_mtu)))
+        Box::new(Model { inner: congestion::Controller::new(current_mtu), logged: None })
     }
 }
 
 #[derive(Clone, Debug)]
-struct Model(congestion::Controller);
+struct Model {
+    inner: congestion::Controller,
+    /// When the state was last logged, and the phase then.
+    logged: Option<(Instant, congestion::Phase)>,
+}
+
+/// How often the model's state is logged (at debug level) while it runs.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Model {
+    fn log(&mut self, now: Instant, in_flight: u64) {
+        let phase = self.inner.phase();
+        let due = self.logged.is_none_or(|(at, was)| was != phase || now.saturating_duration_since(at) >= LOG_EVERY);
+        if due {
+            self.logged = Some((now, phase));
+            tracing::debug!(
+                ?phase,
+                window = self.inner.window(),
+                in_flight,
+                mbit = self.inner.bandwidth() * 8e-6,
+                min_rtt_ms = self.inner.min_rtt().unwrap_or_default().as_secs_f64() * 1e3,
+                "congestion"
+            );
+        }
+    }
+}
 
 impl Controller for Model {
     fn on_sent(&mut self, now: Instant, _bytes: u64, _last_packet_number: u64) {
-        self.0.on_sent(now);
+        self.inner.on_sent(now);
     }
 
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, _rtt: &RttEstimator) {
-        self.0.on_ack(now, sent, bytes, app_limited);
+        self.inner.on_ack(now, sent, bytes, app_limited);
     }
 
-    fn on_end_acks(&mut self, _now: Instant, in_flight: u64, _app_limited: bool, _largest: Option<u64>) {
-        self.0.on_end_acks(in_flight);
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, _app_limited: bool, _largest: Option<u64>) {
+        self.inner.on_end_acks(in_flight);
+        self.log(now, in_flight);
     }
 
     fn on_congestion_event(&mut self, _now: Instant, _sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
-        self.0.on_congestion(is_persistent_congestion, lost_bytes);
+        self.inner.on_congestion(is_persistent_congestion, lost_bytes);
     }
 
     fn on_mtu_update(&mut self, new_mtu: u16) {
-        self.0.set_mtu(new_mtu);
+        self.inner.set_mtu(new_mtu);
     }
 
     fn window(&self) -> u64 {
-        self.0.window()
+        self.inner.window()
     }
 
     fn metrics(&self) -> ControllerMetrics {
         let mut metrics = ControllerMetrics::default();
-        metrics.congestion_window = self.0.window();
-        metrics.pacing_rate = Some(self.0.bandwidth() as u64 * 8);
+        metrics.congestion_window = self.inner.window();
+        metrics.pacing_rate = Some(self.inner.bandwidth() as u64 * 8);
         metrics
     }
 

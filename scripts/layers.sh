@@ -21,4 +21,9 @@ if grep -rnE '\b(clap|anyhow|indicatif)::' src --include=*.rs | grep -v '^src/bi
   echo "layers: clap, anyhow and indicatif belong to src/bin only" >&2
   status=1
 fi
+# (its tests, after #[cfg(test)], may read the clock)
+if sed '/#\[cfg(test)\]/q' scripts/bench/wanlink/src/link.rs | grep -nE '\b(std::fs|std::net|std::thread|libc|Instant::now)\b'; then
+  echo "layers: the WAN router's link.rs is its pure core: no I/O, no clock" >&2
+  status=1
+fi
 exit $status

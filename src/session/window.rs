@@ -117,7 +117,7 @@ const RATE_SAMPLES: usize = 8;
 
 /// Shortest interval a rate is measured over: short ones on a fast link
 /// measure scheduling noise.
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Estimates the bandwidth-delay product from the bytes a connection
 /// received and its least round-trip time, and turns it into a request
@@ -126,8 +126,9 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// ceiling.
 ///
 /// A receiver held back by its window receives one window per round trip,
-/// so the next window is twice that: the window doubles each interval
-/// until the link, not the window, caps the rate. Queueing delay then
+/// so the next window is twice that: the window doubles each interval (a
+/// round trip, like the sender's slow start) until the link, not the
+/// window, caps the rate. Queueing delay then
 /// lengthens the round trip, not the least one, and the window stops
 /// growing.
 #[derive(Clone, Debug, Default)]
@@ -181,10 +182,9 @@ impl WindowEstimate {
     }
 }
 
-/// A rate is measured over two round trips, and no less than
-/// [`MIN_INTERVAL`].
+/// A rate is measured over a round trip, and no less than [`MIN_INTERVAL`].
 fn interval(rtt: Duration) -> Duration {
-    (rtt * 2).max(MIN_INTERVAL)
+    rtt.max(MIN_INTERVAL)
 }
 
 #[cfg(test)]
@@ -208,7 +208,7 @@ mod tests {
         let mut estimate = WindowEstimate::new();
         assert_eq!(estimate.window(), MIN_REQUEST_WINDOW);
         assert_eq!(estimate.update(Duration::ZERO, 0, 150 * MS), None);
-        assert_eq!(estimate.update(10 * MS, 1 << 30, 150 * MS), None, "an interval is two round trips");
+        assert_eq!(estimate.update(10 * MS, 1 << 30, 150 * MS), None, "an interval is a round trip");
     }
 
     #[test]

@@ -240,6 +240,9 @@ struct WindowFeed {
     connection: Connection,
     start: Instant,
     estimate: WindowEstimate,
+    /// The least round-trip time as last read: the connection's lock is
+    /// taken once an interval, not once a message.
+    rtt: Duration,
     /// The receive window last set.
     receive: u64,
 }
@@ -250,6 +253,7 @@ impl WindowFeed {
             connection: connection.clone(),
             start: Instant::now(),
             estimate: WindowEstimate::new(),
+            rtt: Duration::ZERO,
             receive: 0,
         }
     }
@@ -257,10 +261,11 @@ impl WindowFeed {
     /// Updates `receiver` once an interval has passed (cheap otherwise).
     fn tick(&mut self, receiver: &mut Receiver) {
         let now = self.start.elapsed();
-        let rtt = self.connection.min_rtt();
-        if !self.estimate.due(now, rtt) {
+        if !self.estimate.due(now, self.rtt) {
             return;
         }
+        self.rtt = self.connection.min_rtt();
+        let rtt = self.rtt;
         let received = self.connection.stats().udp_rx.bytes;
         if let Some(window) = self.estimate.update(now, received, rtt) {
             receiver.set_request_window(window);

@@ -36,6 +36,8 @@ use crate::throttle::{acquire_all, Limiter, Rate};
 pub const DATA_STREAMS: usize = 4;
 
 /// Messages buffered between the network tasks and the session thread.
+/// Not a limit on data in flight (QUIC's stream buffers hold that), so
+/// it does not bind on a long link.
 const CHANNEL_DEPTH: usize = 64;
 
 /// Name of the server's state directory inside its root; clients can never
@@ -214,7 +216,8 @@ struct Inbound {
 
 /// Bytes of decoded control messages waiting for the session: a count of
 /// messages alone would let 64 of 4 MiB each wait while the session
-/// applies earlier changes.
+/// applies earlier changes. Entry changes are small and read ahead of the
+/// files in flight, so this does not bind on a long link either.
 const CONTROL_BUDGET: u32 = 16 << 20;
 
 /// Bytes of decoded data messages waiting for the session: above the most

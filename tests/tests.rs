@@ -15,6 +15,7 @@ mod local_faults;
 mod locks_signals;
 mod metadata;
 mod never_lose;
+mod pipelining;
 mod plan_model;
 mod push;
 mod remote;

@@ -11,12 +11,17 @@
 
 mod receiver;
 mod sender;
+mod window;
 
 pub use receiver::{
-    OpenRequest, Receiver, MAX_FAILED_KEPT, MAX_FILES_IN_FLIGHT, MAX_HELD_CHUNK_REFS, MAX_OUTSTANDING_BYTES,
-    MAX_OUTSTANDING_CHUNKS, MAX_QUEUED_ANSWERS, MAX_QUEUED_META_BYTES, MAX_QUEUED_OPS,
+    OpenRequest, Receiver, MAX_FAILED_KEPT, MAX_HELD_CHUNK_REFS, MAX_QUEUED_ANSWERS, MAX_QUEUED_META_BYTES,
+    MAX_QUEUED_OPS,
 };
 pub use sender::{ChunkReader, FileReader, Sender};
+pub use window::{
+    Limits, WindowEstimate, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES, MAX_OUTSTANDING_CHUNKS, MAX_REQUEST_WINDOW,
+    MIN_FILES_IN_FLIGHT, MIN_OUTSTANDING_BYTES, MIN_OUTSTANDING_CHUNKS, MIN_REQUEST_WINDOW,
+};
 
 use thiserror::Error;
 use xfer_protocol::{CloseCode, DecodeError, Kind};

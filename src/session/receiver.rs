@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE};
 
+use super::window::Limits;
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
@@ -16,18 +17,6 @@ use crate::plan::{deleted_entries, DeleteLimit, Op};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire::{self, WireError};
-
-/// Chunks asked for and not yet received: bounds the sender's read-ahead
-/// and both sides' memory, whatever the size of a file or a tree.
-pub const MAX_OUTSTANDING_CHUNKS: usize = 256;
-
-/// Bytes of chunks asked for and not yet received: chunk sizes grow with
-/// file size (up to 4 MiB), so a count alone would let memory grow with
-/// it. 16 MiB in flight covers a 1 Gbit/s link at 100 ms (12.5 MB).
-pub const MAX_OUTSTANDING_BYTES: u64 = 16 << 20;
-
-/// Files being rebuilt at once.
-pub const MAX_FILES_IN_FLIGHT: usize = 64;
 
 /// Entry changes buffered ahead of the one being applied; past this the
 /// transport should stop reading (see [`Receiver::wants_input`]).
@@ -145,6 +134,12 @@ pub struct Receiver {
     abandoned: HashSet<u32>,
     outstanding: usize,
     outstanding_bytes: u64,
+    /// The request window (wire bytes) the transport measured, and the
+    /// limits it makes with the chunk sizes seen.
+    window: u64,
+    limits: Limits,
+    /// Chunks received, their wire and decoded bytes.
+    seen: (u64, u64, u64),
     done: bool,
     counts: Counts,
     failed: Vec<FailedEntry>,
@@ -194,6 +189,9 @@ impl Receiver {
             abandoned: HashSet::new(),
             outstanding: 0,
             outstanding_bytes: 0,
+            window: 0,
+            limits: Limits::FLOOR,
+            seen: (0, 0, 0),
             done: false,
             counts: Counts::default(),
             failed: Vec::new(),
@@ -267,6 +265,33 @@ impl Receiver {
             && self.queued_refs < MAX_HELD_CHUNK_REFS
             && self.queued_meta_bytes < MAX_QUEUED_META_BYTES
             && self.outbox.len() < MAX_QUEUED_ANSWERS
+    }
+
+    /// Sets the request window: the wire bytes to keep asked for and not
+    /// yet received, twice the link's bandwidth-delay product as the
+    /// transport measures it ([`super::WindowEstimate`]). The files,
+    /// chunks and bytes asked for follow it, between floors that keep a
+    /// short link's speed and ceilings that bound memory whatever it says.
+    /// A smaller window takes effect as answers arrive.
+    pub fn set_request_window(&mut self, window: u64) {
+        self.window = window;
+        self.relimit();
+    }
+
+    fn relimit(&mut self) {
+        let (chunks, encoded, decoded) = self.seen;
+        self.limits = Limits::for_window(self.window, chunks, encoded, decoded);
+    }
+
+    /// What may be asked for and not yet received now.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// What is asked for and not yet received now: files being rebuilt,
+    /// chunks and their decoded bytes.
+    pub fn in_flight(&self) -> Limits {
+        Limits { files: self.files.len(), chunks: self.outstanding, bytes: self.outstanding_bytes }
     }
 
     /// Whether the session is over (the summary is queued).
@@ -618,7 +643,7 @@ impl Receiver {
     fn start_queued(&mut self) -> Result<(), SessionError> {
         loop {
             match self.queued.front() {
-                Some(Queued::Write { .. }) if self.files.len() >= MAX_FILES_IN_FLIGHT => break,
+                Some(Queued::Write { .. }) if self.files.len() >= self.limits.files => break,
                 Some(Queued::Write { digest, .. })
                     if !self.files.is_empty() && self.in_flight_refs + digest.chunks.len() > MAX_HELD_CHUNK_REFS =>
                 {
@@ -669,8 +694,8 @@ impl Receiver {
 
     /// Asks for needed chunks while the outstanding limits allow.
     fn ask_needs(&mut self) {
-        while self.outstanding < MAX_OUTSTANDING_CHUNKS
-            && (self.outstanding == 0 || self.outstanding_bytes < MAX_OUTSTANDING_BYTES)
+        while self.outstanding < self.limits.chunks
+            && (self.outstanding == 0 || self.outstanding_bytes < self.limits.bytes)
         {
             let Some((file, need)) = self.to_ask.pop_front() else { break };
             if self.abandoned.contains(&file) {
@@ -730,6 +755,9 @@ impl Receiver {
         };
         let codec = Codec::try_from(data.codec).map_err(protocol)?;
         let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
+        let (chunks, wire, decoded) = self.seen;
+        self.seen = (chunks + 1, wire + encoded.payload.len() as u64, decoded + len);
+        self.relimit();
         self.progress
             .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
         let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);

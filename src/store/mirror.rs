@@ -534,9 +534,14 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         if self.in_flight.is_empty() && self.batch_full() {
             self.commit()?;
         }
-        let build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        let mut build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
         match self.share_needs(file, &build) {
             Ok((stored, needs)) => {
+                if stored.contains(&false) {
+                    // Its chunks are a round trip away: no descriptor held
+                    // meanwhile (thousands of files may wait on a long link).
+                    build.file = None;
+                }
                 self.in_flight.insert(file, InFlight { build, meta: meta.clone(), digest: digest.clone(), stored });
                 Ok(needs)
             }
@@ -564,7 +569,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 // Another file in flight holds it already: copy it now.
                 Some(home) if self.is_stored(home) => {
                     let bytes = self.home_bytes(home).ok_or(Error::UnknownTransfer { file, need: n })?;
-                    write_sparse(&build.file, &bytes, need.offset).at(&build.temp)?;
+                    build.with_file(|f| write_sparse(f, &bytes, need.offset))?;
                     stored[n] = true;
                     self.report.chunks_reused += 1;
                     self.report.bytes_reused += u64::from(need.chunk.len);
@@ -589,7 +594,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         let build = &self.in_flight.get(&file)?.build;
         let need = build.needs.get(need)?;
         let mut bytes = vec![0u8; need.chunk.len as usize];
-        build.file.read_exact_at(&mut bytes, need.offset).ok()?;
+        build.with_file(|f| f.read_exact_at(&mut bytes, need.offset)).ok()?;
         (ChunkId::of(&bytes) == need.chunk.id).then_some(bytes)
     }
 
@@ -602,7 +607,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         for (file, n) in waiting {
             let Some(flight) = self.in_flight.get_mut(&file) else { continue };
             let need = &flight.build.needs[n];
-            write_sparse(&flight.build.file, &bytes, need.offset).at(&flight.build.temp)?;
+            flight.build.with_file(|f| write_sparse(f, &bytes, need.offset))?;
             flight.stored[n] = true;
             self.report.chunks_reused += 1;
             self.report.bytes_reused += u64::from(need.chunk.len);
@@ -865,11 +870,40 @@ struct Need {
 struct FileBuild {
     path: RelPath,
     temp: PathBuf,
-    file: File,
+    /// The temporary, open while it is filled; `None` while the file waits
+    /// for chunks (see [`FileBuild::with_file`]).
+    file: Option<File>,
+    /// The temporary's device and inode, to know it again when reopened.
+    id: (u64, u64),
     needs: Vec<Need>,
     /// Later occurrences of a needed chunk in the same file: (offset, the
     /// need whose bytes they copy). Each missing chunk is fetched once.
     repeats: Vec<(u64, usize)>,
+}
+
+impl FileBuild {
+    /// Runs `f` on the temporary: the open one, or the temporary reopened
+    /// for this call only.
+    fn with_file<T>(&self, f: impl FnOnce(&File) -> std::io::Result<T>) -> Result<T> {
+        match &self.file {
+            Some(file) => f(file).at(&self.temp),
+            None => f(&reopen_temp(&self.temp, self.id).at(&self.temp)?).at(&self.temp),
+        }
+    }
+}
+
+/// Opens the temporary at `temp` again, never through a symlink, and only
+/// if it is still the file created there (`id`: device and inode): bytes
+/// for a file in flight never land anywhere else.
+fn reopen_temp(temp: &Path, id: (u64, u64)) -> std::io::Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options().read(true).write(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(temp)?;
+    let stat = file.metadata()?;
+    if (stat.dev(), stat.ino()) != id {
+        return Err(std::io::Error::other("the temporary was replaced while its file was in flight"));
+    }
+    Ok(file)
 }
 
 impl MirrorStore {
@@ -957,7 +991,9 @@ impl MirrorStore {
                 }
             }
         }
-        Ok((FileBuild { path: path.clone(), temp: temp.to_path_buf(), file, needs, repeats }, reused))
+        let stat = file.metadata().at(temp)?;
+        let id = (stat.dev(), stat.ino());
+        Ok((FileBuild { path: path.clone(), temp: temp.to_path_buf(), file: Some(file), id, needs, repeats }, reused))
     }
 
     /// The old bytes a need's signature describes, read again (they are not
@@ -976,7 +1012,7 @@ impl MirrorStore {
         let base = if with_base { self.base_bytes(need) } else { None };
         match codec::decode(encoded, &need.chunk.id, base.as_deref()) {
             Ok(bytes) => {
-                write_sparse(&build.file, &bytes, need.offset).at(&build.temp)?;
+                build.with_file(|f| write_sparse(f, &bytes, need.offset))?;
                 crate::crashpoint::hit("store.chunk");
                 Ok(true)
             }
@@ -993,11 +1029,19 @@ impl MirrorStore {
     /// Fills repeats, checks the whole-file hash, sets mode and mtime: the
     /// temporary is then ready for the batch's rename.
     fn finish_file(&self, build: FileBuild, meta: &Meta, digest: &FileDigest, batch: &mut Batch) -> Result<()> {
+        let reopened;
+        let file = match &build.file {
+            Some(file) => file,
+            None => {
+                reopened = reopen_temp(&build.temp, build.id).at(&build.temp)?;
+                &reopened
+            }
+        };
         for &(offset, n) in &build.repeats {
             let need = &build.needs[n];
             let mut bytes = vec![0u8; need.chunk.len as usize];
-            build.file.read_exact_at(&mut bytes, need.offset).at(&build.temp)?;
-            write_sparse(&build.file, &bytes, offset).at(&build.temp)?;
+            file.read_exact_at(&mut bytes, need.offset).at(&build.temp)?;
+            write_sparse(file, &bytes, offset).at(&build.temp)?;
         }
         // Chunks landed in any order, so the whole-file hash is taken from
         // the temporary itself (page cache), which also proves what will be
@@ -1007,7 +1051,7 @@ impl MirrorStore {
         let mut at = 0u64;
         while at < digest.size {
             let len = piece.len().min((digest.size - at) as usize);
-            build.file.read_exact_at(&mut piece[..len], at).at(&build.temp)?;
+            file.read_exact_at(&mut piece[..len], at).at(&build.temp)?;
             hasher.update(&piece[..len]);
             at += len as u64;
         }

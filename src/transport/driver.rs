@@ -20,7 +20,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::LinkWindow;
 use crate::identity::Fingerprint;
 use crate::manifest::RelPath;
-use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
+use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError, WindowEstimate};
 use crate::store::{MetaPolicy, MirrorStore};
 use crate::throttle::{acquire_all, Limiter, Rate};
 
@@ -36,6 +36,8 @@ use crate::throttle::{acquire_all, Limiter, Rate};
 pub const DATA_STREAMS: usize = 4;
 
 /// Messages buffered between the network tasks and the session thread.
+/// Not a limit on data in flight (QUIC's stream buffers hold that), so
+/// it does not bind on a long link.
 const CHANNEL_DEPTH: usize = 64;
 
 /// Name of the server's state directory inside its root; clients can never
@@ -214,14 +216,71 @@ struct Inbound {
 
 /// Bytes of decoded control messages waiting for the session: a count of
 /// messages alone would let 64 of 4 MiB each wait while the session
-/// applies earlier changes.
+/// applies earlier changes. Entry changes are small and read ahead of the
+/// files in flight, so this does not bind on a long link either.
 const CONTROL_BUDGET: u32 = 16 << 20;
 
-/// Bytes of decoded data messages waiting for the session: above the
-/// 16 MiB of chunks a receiver asks for at once
-/// ([`crate::session::MAX_OUTSTANDING_BYTES`]), so an honest sender never
-/// waits on it.
-const DATA_BUDGET: u32 = 32 << 20;
+/// Bytes of decoded data messages waiting for the session: above the most
+/// a receiver asks for at once ([`crate::session::MAX_OUTSTANDING_BYTES`],
+/// plus frame headers), so an honest sender never waits on it.
+const DATA_BUDGET: u32 = (crate::session::MAX_OUTSTANDING_BYTES + (4 << 20)) as u32;
+
+/// Connection receive window of a receiving session: room for a stream
+/// window of control messages the session does not read yet (they must
+/// never starve the chunk data it waits for) and for the chunks it asked
+/// for ([`Receiver::limits`]), plus frame headers; so a server with many
+/// sessions promises each what its link needs, not the configured most.
+/// From 36 MiB (the floors) to 60 MiB (the ceilings), under the 64 MiB
+/// configured for the handshake.
+fn receive_window(limits: crate::session::Limits) -> u64 {
+    u64::from(super::STREAM_WINDOW) + limits.bytes + (4 << 20)
+}
+
+/// Feeds a receiving session its request window from what its connection
+/// delivers ([`WindowEstimate`]), and sizes the connection's receive
+/// window to match.
+struct WindowFeed {
+    connection: Connection,
+    start: Instant,
+    estimate: WindowEstimate,
+    /// The least round-trip time as last read: the connection's lock is
+    /// taken once an interval, not once a message.
+    rtt: Duration,
+    /// The receive window last set.
+    receive: u64,
+}
+
+impl WindowFeed {
+    fn new(connection: &Connection) -> Self {
+        WindowFeed {
+            connection: connection.clone(),
+            start: Instant::now(),
+            estimate: WindowEstimate::new(),
+            rtt: Duration::ZERO,
+            receive: 0,
+        }
+    }
+
+    /// Updates `receiver` once an interval has passed (cheap otherwise).
+    fn tick(&mut self, receiver: &mut Receiver) {
+        let now = self.start.elapsed();
+        if !self.estimate.due(now, self.rtt) {
+            return;
+        }
+        self.rtt = self.connection.min_rtt();
+        let rtt = self.rtt;
+        let received = self.connection.stats().udp_rx.bytes;
+        if let Some(window) = self.estimate.update(now, received, rtt) {
+            receiver.set_request_window(window);
+            tracing::debug!(window, limits = ?receiver.limits(), rtt_ms = rtt.as_secs_f64() * 1e3, "request window");
+        }
+        let receive = receive_window(receiver.limits());
+        if receive != self.receive {
+            self.receive = receive;
+            self.connection.set_receive_window(VarInt::from_u64(receive).unwrap_or(VarInt::MAX));
+        }
+    }
+}
 
 /// Bytes that the messages read from some streams may hold while they wait
 /// for the session, shared by those streams.
@@ -701,9 +760,11 @@ async fn drive_receiver(
     });
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
+    let mut feed = WindowFeed::new(connection);
     let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
         let mut out = Outgoing::new(out_tx, conn.clone());
         let mut step = || -> Result<bool, SessionError> {
+            feed.tick(&mut receiver);
             if receiver.is_finished() {
                 crate::crashpoint::hit("receiver.finished");
             }
@@ -1271,4 +1332,27 @@ fn busy_or(e: crate::Error, path: &RelPath) -> SessionError {
         };
     }
     e.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Limits, MAX_OUTSTANDING_BYTES};
+
+    #[test]
+    fn receive_window_stays_within_the_configured_window() {
+        let ceiling = Limits::for_window(u64::MAX, 1, 1, u64::MAX);
+        assert_eq!(ceiling.bytes, MAX_OUTSTANDING_BYTES);
+        let (low, high) = (receive_window(Limits::FLOOR), receive_window(ceiling));
+        assert!(low < high, "{low} < {high}");
+        assert!(high <= u64::from(super::super::CONNECTION_WINDOW), "{high}");
+        // Room for a stream window of unread control messages and every
+        // chunk asked for: the data never starves behind the control.
+        assert!(low >= u64::from(super::super::STREAM_WINDOW) + Limits::FLOOR.bytes);
+    }
+
+    #[test]
+    fn data_budget_holds_every_chunk_asked_for() {
+        assert!(u64::from(DATA_BUDGET) > MAX_OUTSTANDING_BYTES);
+    }
 }

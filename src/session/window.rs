@@ -21,17 +21,20 @@
 
 use std::time::Duration;
 
-/// Least request window, in wire bytes: with small files (~4 KB each on
-/// the wire) it asks for the 64 files of old, which is what loopback and
-/// LAN pushes were measured with.
-pub const MIN_REQUEST_WINDOW: u64 = 256 << 10;
+/// Least request window, in wire bytes: twice the BDP of 20 Mbit/s at
+/// 200 ms, so a push starts with the window a common long link needs while
+/// the measurement catches up (on a short link a larger window costs only
+/// the requests, which are bounded below).
+pub const MIN_REQUEST_WINDOW: u64 = 1 << 20;
 
 /// Largest request window, in wire bytes, whatever the link is measured
 /// at: twice the BDP of 1 Gbit/s at 250 ms.
 pub const MAX_REQUEST_WINDOW: u64 = 64 << 20;
 
-/// Files being rebuilt at once, at least (the old fixed count).
-pub const MIN_FILES_IN_FLIGHT: usize = 64;
+/// Files being rebuilt at once, at least: the files of
+/// [`MIN_REQUEST_WINDOW`] at ~4 KB each on the wire (64 before files in
+/// flight stopped holding descriptors).
+pub const MIN_FILES_IN_FLIGHT: usize = 256;
 
 /// Files being rebuilt at once, at most. A file in flight holds no file
 /// descriptor while it waits for its chunks (the store reopens its
@@ -41,8 +44,9 @@ pub const MIN_FILES_IN_FLIGHT: usize = 64;
 /// 650 ms.
 pub const MAX_FILES_IN_FLIGHT: usize = 4096;
 
-/// Chunks asked for and not yet received, at least (the old fixed count).
-pub const MIN_OUTSTANDING_CHUNKS: usize = 256;
+/// Chunks asked for and not yet received, at least: four per file of
+/// [`MIN_FILES_IN_FLIGHT`] (256 before).
+pub const MIN_OUTSTANDING_CHUNKS: usize = 1024;
 
 /// Chunks asked for and not yet received, at most: each costs an entry
 /// here and a queued answer at the sender, both bounded in bytes by
@@ -266,7 +270,7 @@ mod tests {
         assert_eq!(floor.files, (MIN_REQUEST_WINDOW / 4000) as usize);
         let wan = Limits::for_window(3_750_000, chunks, encoded, decoded);
         assert_eq!(wan.files, 937);
-        assert_eq!(wan.chunks, 937);
+        assert_eq!(wan.chunks, 937.max(MIN_OUTSTANDING_CHUNKS));
         assert!(wan.bytes >= MIN_OUTSTANDING_BYTES);
         // Large incompressible chunks: the bytes grow past the floor.
         let big = Limits::for_window(MAX_REQUEST_WINDOW, 10, 10 << 20, 10 << 20);

@@ -1,0 +1,187 @@
+//! `--congestion NAME`: each controller carries a push; a bad name is a
+//! usage error listing the names; the config file's key is honoured.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command as StdCommand, Stdio};
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+use crate::util::seeded;
+
+fn xfer(tmp: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("xfer").unwrap();
+    cmd.env("XFER_STATE_DIR", tmp.join("state")).env("XFER_CONFIG_DIR", tmp.join("ccfg"));
+    cmd
+}
+
+fn small_tree(src: &Path) {
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a"), seeded(700_000, 3)).unwrap();
+    fs::write(src.join("b"), b"hello").unwrap();
+    fs::write(src.join("c.txt"), "some text ".repeat(5000)).unwrap();
+}
+
+/// `xfer serve` on loopback with `args`; returns the process, its address
+/// and fingerprint, and the lines its stderr printed up to and including
+/// the one that contains `until`.
+fn serve(tmp: &Path, client: &str, args: &[&str], until: &str) -> (Child, String, String, Vec<String>) {
+    let mut server = StdCommand::new(assert_cmd::cargo::cargo_bin("xfer"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--allow", client, "--config-dir"])
+        .arg(tmp.join("scfg"))
+        .arg("--root")
+        .arg(tmp.join("served"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = server.kill();
+            panic!("the server ended: {lines:?}");
+        }
+        let done = line.contains(until);
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let first: Vec<&str> = lines[0].split_whitespace().collect();
+    let (addr, fingerprint) = (first[first.len() - 3].to_string(), first[first.len() - 1].to_string());
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (server, addr, fingerprint, lines)
+}
+
+fn client_id(tmp: &Path) -> String {
+    let out = xfer(tmp).arg("id").output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
+    for name in ["cubic", "newreno", "bbr"] {
+        let tmp = TempDir::new().unwrap();
+        let src = tmp.path().join("src");
+        small_tree(&src);
+        let client = client_id(tmp.path());
+        let (mut server, addr, fp, lines) = serve(tmp.path(), &client, &["--congestion", name], "transport");
+        assert!(lines.last().unwrap().contains(name), "{name}: {lines:?}");
+        let url = format!("xfer://{addr}/t");
+        let out = xfer(tmp.path())
+            .args(["push", "--json", "--congestion", name, "--server-fingerprint", &fp])
+            .arg(&src)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["congestion"], name);
+        assert_eq!(json["files_changed"], 3, "{name}");
+        crate::util::assert_same_tree(
+            &crate::util::read_tree(&tmp.path().join("served/t")),
+            &crate::util::read_tree(&src),
+        );
+
+        let back = tmp.path().join("back");
+        let out = xfer(tmp.path())
+            .args(["pull", "--json", "--congestion", name, "--server-fingerprint", &fp, &url])
+            .arg(&back)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["congestion"], name);
+        crate::util::assert_same_tree(&crate::util::read_tree(&back), &crate::util::read_tree(&src));
+        server.kill().unwrap();
+        let _ = server.wait();
+    }
+}
+
+#[test]
+fn a_local_push_takes_each_controller() {
+    for name in ["cubic", "newreno", "bbr"] {
+        let tmp = TempDir::new().unwrap();
+        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        small_tree(&src);
+        let out =
+            xfer(tmp.path()).args(["push", "--json", "--congestion", name]).arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["congestion"], name);
+        crate::util::assert_same_tree(&crate::util::read_tree(&dest), &crate::util::read_tree(&src));
+    }
+}
+
+#[test]
+fn a_bad_name_exits_2_with_the_list() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    small_tree(&src);
+    for command in [&["push"][..], &["pull"][..]] {
+        let out = xfer(tmp.path()).args(command).args(["--congestion", "vegas"]).arg(&src).arg(&dest).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for name in ["vegas", "cubic", "newreno", "bbr"] {
+            assert!(stderr.contains(name), "{command:?}: {stderr}");
+        }
+    }
+    let out = xfer(tmp.path())
+        .args(["serve", "--root"])
+        .arg(tmp.path().join("served"))
+        .args(["--congestion", "vegas"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cubic, newreno, bbr"), "{stderr}");
+    assert!(!dest.exists(), "a refused run wrote its destination");
+}
+
+#[test]
+fn config_key_is_honoured_and_the_flag_wins() {
+    let tmp = TempDir::new().unwrap();
+    let (src, cfg) = (tmp.path().join("src"), tmp.path().join("ccfg"));
+    small_tree(&src);
+    fs::create_dir_all(&cfg).unwrap();
+    fs::write(cfg.join("config.toml"), "[defaults]\ncongestion = \"newreno\"\n[push]\ncongestion = \"bbr\"\n").unwrap();
+    let push = |dest: &str, extra: &[&str]| {
+        let out = xfer(tmp.path()).args(["push", "--json"]).args(extra).arg(&src).arg(tmp.path().join(dest)).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["congestion"].clone()
+    };
+    assert_eq!(push("d1", &[]), "bbr", "[push] wins over [defaults]");
+    assert_eq!(push("d2", &["--congestion", "cubic"]), "cubic", "the flag wins over the config");
+    fs::write(cfg.join("config.toml"), "[defaults]\ncongestion = \"newreno\"\n").unwrap();
+    assert_eq!(push("d3", &[]), "newreno", "[defaults] applies to a push");
+
+    // A bad name in the file names the file, the key and the valid names.
+    fs::write(cfg.join("config.toml"), "[push]\ncongestion = \"fast\"\n").unwrap();
+    let out = xfer(tmp.path()).arg("push").arg(&src).arg(tmp.path().join("d4")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config.toml") && stderr.contains("congestion"), "{stderr}");
+    assert!(stderr.contains("cubic, newreno, bbr"), "{stderr}");
+    assert!(!tmp.path().join("d4").exists());
+
+    // The server reads [serve] from its own config dir.
+    let scfg = tmp.path().join("scfg");
+    fs::create_dir_all(&scfg).unwrap();
+    fs::write(scfg.join("config.toml"), "[serve]\ncongestion = \"bbr\"\n").unwrap();
+    let client = client_id(tmp.path());
+    let (mut server, _, _, lines) = serve(tmp.path(), &client, &[], "transport");
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert!(lines.last().unwrap().contains("bbr"), "{lines:?}");
+    let (mut server, _, _, lines) = serve(tmp.path(), &client, &["--congestion", "newreno"], "transport");
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert!(lines.last().unwrap().contains("newreno"), "{lines:?}");
+}

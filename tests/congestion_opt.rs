@@ -185,3 +185,126 @@ fn config_key_is_honoured_and_the_flag_wins() {
     let _ = server.wait();
     assert!(lines.last().unwrap().contains("newreno"), "{lines:?}");
 }
+
+/// A UDP relay on loopback between one client and a server that drops a
+/// seeded share of the client's packets, and records, as the client's
+/// packets arrive, when and how many bytes the client had sent so far
+/// (the bytes leaving the sender, counted before the loss).
+struct LossyRelay {
+    addr: std::net::SocketAddr,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, u64)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    fn start(server: std::net::SocketAddr, loss_permille: u64, seed: u64) -> LossyRelay {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(server).unwrap();
+        for socket in [&front, &back] {
+            socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let addr = front.local_addr().unwrap();
+        let client = Arc::new(Mutex::new(None));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+        let upstream = {
+            let (client, sent, stop) = (client.clone(), sent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut buf, mut total, mut x) = (vec![0; 65536], 0u64, seed | 1);
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = front.recv_from(&mut buf) else { continue };
+                    *client.lock().unwrap() = Some(from);
+                    total += len as u64;
+                    sent.lock().unwrap().push((Instant::now(), total));
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if x % 1000 >= loss_permille {
+                        let _ = back.send(&buf[..len]);
+                    }
+                }
+            })
+        };
+        let downstream = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(len) = back2.recv(&mut buf) else { continue };
+                    if let Some(to) = *client.lock().unwrap() {
+                        let _ = front2.send_to(&buf[..len], to);
+                    }
+                }
+            })
+        };
+        LossyRelay { addr, sent, stop, threads: vec![upstream, downstream] }
+    }
+
+    /// Bytes per second the client sent between the moments it had sent
+    /// `from` and `to` (shares of its total): the steady part of a transfer,
+    /// without the handshake and the tail.
+    fn steady_rate(&self, from: f64, to: f64) -> f64 {
+        let sent = self.sent.lock().unwrap();
+        let total = sent.last().unwrap().1 as f64;
+        let at = |share: f64| *sent.iter().find(|(_, bytes)| *bytes as f64 >= share * total).unwrap();
+        let ((t0, b0), (t1, b1)) = (at(from), at(to));
+        (b1 - b0) as f64 / (t1 - t0).as_secs_f64()
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+    }
+}
+
+/// `--bwlimit` is a promise about the wire: packets lost and sent again
+/// count against it. Through a relay that drops 15% of the client's
+/// packets, the client sends no more than the cap (plus 5%) on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwlimit_holds_on_the_wire_when_packets_are_lost() {
+    use xfer::throttle::{Limiter, Rate};
+    const CAP: u64 = 1 << 20;
+
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Random bytes: nothing compresses, so the payload is the data.
+    fs::write(src.join("blob"), seeded(6 << 20, 9)).unwrap();
+    let (client, server_id) = (xfer::Identity::generate().unwrap(), xfer::Identity::generate().unwrap());
+    let root = tmp.path().join("served");
+    fs::create_dir_all(&root).unwrap();
+    let access = xfer::Access::allow(&[client.fingerprint()]);
+    let server = xfer::Server::start("127.0.0.1:0".parse().unwrap(), root.clone(), access, &server_id).unwrap();
+    let relay = LossyRelay::start(server.local_addr().unwrap(), 150, 0x5eed);
+    let url = xfer::RemoteUrl { authority: relay.addr.to_string(), path: "t".into() };
+    let options = xfer::Options {
+        bwlimit: Limiter::new(Rate(Some(CAP))),
+        busy_wait: std::time::Duration::from_secs(10),
+        ..xfer::Options::new(tmp.path().join("state"))
+    };
+    let report =
+        xfer::Client::new(client).push(&src, &url, server_id.fingerprint(), &options).await.expect("push through loss");
+    assert_eq!(fs::read(root.join("t/blob")).unwrap(), seeded(6 << 20, 9));
+    let rate = relay.steady_rate(0.2, 0.9);
+    eprintln!("wire rate under 15% loss: {rate:.0} B/s, cap {CAP} B/s ({:+.1}%)", 100.0 * (rate / CAP as f64 - 1.0));
+    relay.stop();
+    server.shutdown().await;
+    assert!(
+        rate <= CAP as f64 * 1.05,
+        "the client sent {rate:.0} B/s on the wire under a cap of {CAP} B/s ({:+.1}%); wire bytes {}",
+        100.0 * (rate / CAP as f64 - 1.0),
+        report.wire_bytes_sent
+    );
+    // And the cap is not a brake beyond what it promises.
+    assert!(rate >= CAP as f64 * 0.8, "{rate:.0} B/s under a cap of {CAP} B/s");
+}

@@ -306,5 +306,5 @@ async fn bwlimit_holds_on_the_wire_when_packets_are_lost() {
         report.wire_bytes_sent
     );
     // And the cap is not a brake beyond what it promises.
-    assert!(rate >= CAP as f64 * 0.8, "{rate:.0} B/s under a cap of {CAP} B/s");
+    assert!(rate >= CAP as f64 * 0.5, "{rate:.0} B/s under a cap of {CAP} B/s");
 }

@@ -25,9 +25,8 @@ fn small_tree(src: &Path) {
 }
 
 /// `xfer serve` on loopback with `args`; returns the process, its address
-/// and fingerprint, and the lines its stderr printed up to and including
-/// the one that contains `until`.
-fn serve(tmp: &Path, client: &str, args: &[&str], until: &str) -> (Child, String, String, Vec<String>) {
+/// and fingerprint (from the line it prints first).
+fn serve(tmp: &Path, client: &str, args: &[&str]) -> (Child, String, String) {
     let mut server = StdCommand::new(assert_cmd::cargo::cargo_bin("xfer"))
         .args(["serve", "--listen", "127.0.0.1:0", "--allow", client, "--config-dir"])
         .arg(tmp.join("scfg"))
@@ -38,24 +37,21 @@ fn serve(tmp: &Path, client: &str, args: &[&str], until: &str) -> (Child, String
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = server.kill();
-            panic!("the server ended: {lines:?}");
-        }
-        let done = line.contains(until);
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    let first: Vec<&str> = lines[0].split_whitespace().collect();
-    let (addr, fingerprint) = (first[first.len() - 3].to_string(), first[first.len() - 1].to_string());
-    // Keep draining stderr so the server never blocks on a full pipe.
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(words.len() >= 3, "the server printed {line:?}");
+    let (addr, fingerprint) = (words[words.len() - 3].to_string(), words[words.len() - 1].to_string());
+    // Keep draining stderr: a server whose stderr is closed fails its log lines.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (server, addr, fingerprint, lines)
+    (server, addr, fingerprint)
+}
+
+/// The congestion controller of the server's last audit record.
+fn audited(tmp: &Path) -> serde_json::Value {
+    let log = fs::read_to_string(tmp.join("served/.xfer/audit.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    last["congestion"].clone()
 }
 
 fn client_id(tmp: &Path) -> String {
@@ -71,11 +67,12 @@ fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
         let src = tmp.path().join("src");
         small_tree(&src);
         let client = client_id(tmp.path());
-        let (mut server, addr, fp, lines) = serve(tmp.path(), &client, &["--congestion", name], "transport");
-        assert!(lines.last().unwrap().contains(name), "{name}: {lines:?}");
+        let (mut server, addr, fp) = serve(tmp.path(), &client, &["--congestion", name]);
         let url = format!("xfer://{addr}/t");
+        let log = tmp.path().join("client.jsonl");
         let out = xfer(tmp.path())
-            .args(["push", "--json", "--congestion", name, "--server-fingerprint", &fp])
+            .args(["push", "--json", "--congestion", name, "--server-fingerprint", &fp, "--log-json"])
+            .arg(&log)
             .arg(&src)
             .arg(&url)
             .output()
@@ -84,6 +81,9 @@ fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["congestion"], name);
         assert_eq!(json["files_changed"], 3, "{name}");
+        // Both sides' records name their controller.
+        let record: serde_json::Value = serde_json::from_str(&fs::read_to_string(&log).unwrap()).unwrap();
+        assert_eq!(record["congestion"], name);
         crate::util::assert_same_tree(
             &crate::util::read_tree(&tmp.path().join("served/t")),
             &crate::util::read_tree(&src),
@@ -99,6 +99,7 @@ fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["congestion"], name);
         crate::util::assert_same_tree(&crate::util::read_tree(&back), &crate::util::read_tree(&src));
+        assert_eq!(audited(tmp.path()), name, "the server's audit record");
         server.kill().unwrap();
         let _ = server.wait();
     }
@@ -171,19 +172,25 @@ fn config_key_is_honoured_and_the_flag_wins() {
     assert!(stderr.contains("cubic, newreno, bbr"), "{stderr}");
     assert!(!tmp.path().join("d4").exists());
 
-    // The server reads [serve] from its own config dir.
+    // The server reads [serve] from its own config dir; its flag wins.
     let scfg = tmp.path().join("scfg");
     fs::create_dir_all(&scfg).unwrap();
     fs::write(scfg.join("config.toml"), "[serve]\ncongestion = \"bbr\"\n").unwrap();
+    fs::remove_file(cfg.join("config.toml")).unwrap();
     let client = client_id(tmp.path());
-    let (mut server, _, _, lines) = serve(tmp.path(), &client, &[], "transport");
-    server.kill().unwrap();
-    let _ = server.wait();
-    assert!(lines.last().unwrap().contains("bbr"), "{lines:?}");
-    let (mut server, _, _, lines) = serve(tmp.path(), &client, &["--congestion", "newreno"], "transport");
-    server.kill().unwrap();
-    let _ = server.wait();
-    assert!(lines.last().unwrap().contains("newreno"), "{lines:?}");
+    for (args, expected) in [(&[][..], "bbr"), (&["--congestion", "newreno"][..], "newreno")] {
+        let (mut server, addr, fp) = serve(tmp.path(), &client, args);
+        let out = xfer(tmp.path())
+            .args(["push", "--server-fingerprint", &fp])
+            .arg(&src)
+            .arg(format!("xfer://{addr}/t"))
+            .output()
+            .unwrap();
+        server.kill().unwrap();
+        let _ = server.wait();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(audited(tmp.path()), expected, "serve {args:?}");
+    }
 }
 
 /// A UDP relay on loopback between one client and a server that drops a

@@ -303,6 +303,7 @@ async fn logged(
         direction: Some(direction),
         tags: options.tags.clone(),
         duration_s: started.elapsed().as_secs_f64(),
+        congestion: Some(options.congestion.name()),
         ..AuditRecord::now()
     };
     match &outcome {
@@ -683,6 +684,7 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         state: ServerState::Outside(state),
         metadata: crate::store::MetaPolicy::Faithful,
         failures: Some(failures),
+        congestion: options.congestion,
         ..ServeConfig::new(dest, access)
     };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));

@@ -92,6 +92,9 @@ pub struct ServeConfig {
     /// not write, by path: the embedded server of a local push, whose user
     /// sees no server log (the wire carries only their count).
     pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::store::FailedEntry>>>,
+    /// The congestion controller of the server's endpoint, for the audit
+    /// log (the endpoint's [`super::Tuning`] sets it).
+    pub congestion: super::Congestion,
 }
 
 impl ServeConfig {
@@ -109,6 +112,7 @@ impl ServeConfig {
             shutdown: CancellationToken::new(),
             metadata: MetaPolicy::Confined,
             failures: None,
+            congestion: super::Congestion::default(),
         }
     }
 
@@ -976,7 +980,8 @@ async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Option<Connect
 /// the operator's log.
 async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     let started = Instant::now();
-    let mut record = AuditRecord { result: "ok", ..audit_record(&connection) };
+    let mut record =
+        AuditRecord { result: "ok", congestion: Some(config.congestion.name()), ..audit_record(&connection) };
     let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
     let wire = wire_bytes(&connection);
     (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);

@@ -42,7 +42,7 @@ impl Server {
         congestion: Congestion,
     ) -> io::Result<Server> {
         let endpoint = server_endpoint(listen, identity, Tuning::with_congestion(congestion))?;
-        let config = Arc::new(ServeConfig::new(root, access));
+        let config = Arc::new(ServeConfig { congestion, ..ServeConfig::new(root, access) });
         let task = tokio::spawn(serve(endpoint.clone(), config));
         Ok(Server { endpoint, fingerprint: identity.fingerprint(), task })
     }

@@ -235,12 +235,12 @@ fn serve(
         let endpoint =
             transport::server_endpoint(listen, &identity, tuning).with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        tracing::info!(congestion = %limits.congestion, "transport");
         let mut config = transport::driver::ServeConfig::new(root, access);
         config.per_session = limits.per_session;
         config.total = Limiter::new(limits.total);
         config.max_sessions = limits.max_sessions;
         config.idle_timeout = limits.idle_timeout;
+        config.congestion = limits.congestion;
         config.audit = Some(Arc::new(audit));
         let shutdown = config.shutdown.clone();
         let config = std::sync::Arc::new(config);

@@ -52,6 +52,51 @@ pub const WINDOW: Duration = Duration::from_millis(500);
 /// right (16.1 s adaptive against 16.9 s at fixed level 1, 23.4 s at 9).
 pub const LINK_BOUND_BACKLOG: f64 = 0.5;
 
+/// Least queueing delay (smoothed round trip over the least one) that
+/// counts as a standing queue at the bottleneck, on any path.
+///
+/// On the veth pair capped at 20 Mbit/s (tbf, 100 ms queue) the round trip
+/// of a source-tree push rose from under 1 ms to 30-100 ms; uncapped it
+/// stayed under 5 ms.
+pub const QUEUE_FLOOR: Duration = Duration::from_millis(15);
+
+/// On a long path the queueing delay must also exceed this share of the
+/// least round trip; see [`link_bound`].
+pub const QUEUE_SHARE: f64 = 0.25;
+
+/// Queueing delay above which a path whose least round trip is `base_rtt`
+/// counts as holding a standing queue: the larger of [`QUEUE_FLOOR`] and
+/// [`QUEUE_SHARE`] of `base_rtt`.
+pub fn queue_threshold(base_rtt: Duration) -> Duration {
+    QUEUE_FLOOR.max(base_rtt.mul_f64(QUEUE_SHARE))
+}
+
+/// Whether a window was link-bound: the link, not the encoder or the
+/// receiver's requests, is what the sender waited on. `base_rtt` is the
+/// least round trip seen, `rtt` the window's (the least smoothed round
+/// trip sampled in it, so that one loss episode does not count), and
+/// `backlog_share` the share of the window the send queue held chunks for
+/// the link (a `--bwlimit` cap backs it up; a flow-control stall must not
+/// be counted in it).
+///
+/// A link slowed by the network rather than by a cap never backs up the
+/// send queue: the packets queue in the network instead, which shows as a
+/// longer round trip. Why the delay threshold is relative on long paths:
+/// without any queue the smoothed round trip still moves, by delayed and
+/// coalesced ACKs (one per 8 packets, or after the peer's ACK delay when
+/// the sender is sparse, i.e. exactly when it is not link-bound) and by
+/// loss recovery; on a 150 ms path with 1% loss that exceeds a fixed
+/// 15 ms and took a receiver-bound sender for a link-bound one. A real
+/// bottleneck's standing queue grows with the path too: buffers are sized
+/// near one bandwidth-delay product (a base round trip of queue), and a
+/// loss-based sender refills to at least about 30% of it after each back
+/// off (CUBIC keeps 0.7 of its window). A quarter of the base round trip
+/// sits under that and well over the noise, while the 15 ms floor keeps
+/// the short-path rule that was measured above.
+pub fn link_bound(base_rtt: Duration, rtt: Duration, backlog_share: f64) -> bool {
+    backlog_share >= LINK_BOUND_BACKLOG || rtt.saturating_sub(base_rtt) > queue_threshold(base_rtt)
+}
+
 /// Raise the level when the encoder's load is below this...
 pub const RAISE_BELOW: f64 = 0.5;
 
@@ -92,6 +137,10 @@ pub struct Observation {
     /// Payload bytes per second the link drained while it had a backlog
     /// (the `--bwlimit` rate, or lower if the link itself is slower).
     pub link_rate: f64,
+    /// Least round trip seen on the path (zero: unknown).
+    pub base_rtt: Duration,
+    /// The window's round trip (zero: unknown); see [`link_bound`].
+    pub rtt: Duration,
 }
 
 /// What the controller made of an [`Observation`].
@@ -180,7 +229,8 @@ impl LevelController {
             }
         }
         let window = obs.window.as_secs_f64();
-        if window <= 0.0 || obs.backlog.as_secs_f64() < LINK_BOUND_BACKLOG * window {
+        let share = if window > 0.0 { obs.backlog.as_secs_f64() / window } else { 0.0 };
+        if window <= 0.0 || !link_bound(obs.base_rtt, obs.rtt, share) {
             return if level > MIN_LEVEL { Step::LinkIdle } else { Step::Hold };
         }
         if !measured || obs.link_rate <= 0.0 {
@@ -220,6 +270,7 @@ mod tests {
             window: Duration::from_millis(500),
             backlog: Duration::from_secs_f64(backlog * 0.5),
             link_rate: link * MB,
+            ..Observation::default()
         }
     }
 
@@ -251,6 +302,91 @@ mod tests {
             levels.push(controller.level());
         }
         (controller, levels)
+    }
+
+    const BASE_150: Duration = Duration::from_millis(150);
+
+    /// Smoothed round trips of a 150 ms path with 1% loss and no queue:
+    /// loss recovery and delayed ACKs lift each window's by 0-35 ms
+    /// (a seeded xorshift walk, so the sequence is fixed).
+    fn lossy_rtt(window: usize) -> Duration {
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ window as u64;
+        for _ in 0..4 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        BASE_150 + Duration::from_micros(x % 35_000)
+    }
+
+    /// A 150 ms path with a standing queue of 60-150 ms at its bottleneck.
+    fn queued_rtt(window: usize) -> Duration {
+        BASE_150 + Duration::from_millis(60 + (window as u64 * 37) % 90)
+    }
+
+    /// Runs the controller on a path of `base` round trip and `link` MB/s
+    /// whose sender has no cap (so the send queue never backs up: a queue
+    /// forms in the network, if anywhere) and is asked for at most `demand`
+    /// MB/s of input by the receiver; `rtt` gives each window's round trip.
+    fn simulate_path(link: f64, demand: f64, windows: usize, rtt: impl Fn(usize) -> Duration) -> Vec<i32> {
+        let mut controller = LevelController::new();
+        let mut levels = Vec::new();
+        for i in 0..windows {
+            let (speed, ratio) = encoder(controller.level());
+            let out_rate = speed / ratio;
+            let rate = out_rate.min(link).min(demand / ratio);
+            let input = rate * ratio * 0.5;
+            let busy = (rate / out_rate).min(1.0) * 0.5;
+            let obs = Observation { base_rtt: BASE_150, rtt: rtt(i), ..window(rate, input, ratio, busy, 0.0) };
+            controller.observe(&obs);
+            levels.push(controller.level());
+        }
+        levels
+    }
+
+    #[test]
+    fn link_bound_on_short_and_long_paths() {
+        let ms = Duration::from_millis;
+        // Short path (veth, loopback): the 15 ms floor decides.
+        let lan = Duration::from_micros(300);
+        assert!(!link_bound(lan, ms(5), 0.1));
+        assert!(link_bound(lan, ms(30), 0.1));
+        // 40 ms: a quarter is 10 ms, so the floor still decides.
+        assert_eq!(queue_threshold(ms(40)), QUEUE_FLOOR);
+        assert!(!link_bound(ms(40), ms(54), 0.1));
+        assert!(link_bound(ms(40), ms(60), 0.1));
+        // 150 ms with loss: swings of 30 ms are noise, 50 ms a queue.
+        assert_eq!(queue_threshold(BASE_150), Duration::from_micros(37_500));
+        assert!(!link_bound(BASE_150, ms(180), 0.1));
+        assert!(link_bound(BASE_150, ms(200), 0.1));
+        // A backed-up send queue (a cap) is link-bound at any round trip.
+        assert!(link_bound(BASE_150, BASE_150, LINK_BOUND_BACKLOG));
+        assert!(!link_bound(BASE_150, BASE_150, LINK_BOUND_BACKLOG - 0.01));
+        // Unknown round trips (zero) leave the backlog to decide.
+        assert!(!link_bound(Duration::ZERO, Duration::ZERO, 0.2));
+    }
+
+    #[test]
+    fn long_lossy_path_does_not_raise_the_level_of_a_sender_the_link_does_not_hold_up() {
+        // The receiver asks for 1 MB/s on a 20 Mbit/s (2.5 MB/s), 150 ms,
+        // 1% loss path: the link idles and the round trip only swings.
+        let levels = simulate_path(2.5, 1.0, 40, lossy_rtt);
+        assert!(levels.iter().all(|&l| l == MIN_LEVEL), "{levels:?}");
+        // A fixed 15 ms over the base would have called most of these
+        // windows link-bound.
+        let swings = (0..40).filter(|&i| lossy_rtt(i) - BASE_150 > QUEUE_FLOOR).count();
+        assert!(swings > 20, "{swings}");
+    }
+
+    #[test]
+    fn long_path_whose_link_is_the_bottleneck_still_climbs() {
+        // The same path, the sender now held up by the link: a standing
+        // queue of 60-150 ms in the network, none in the send queue.
+        let levels = simulate_path(2.5, f64::INFINITY, 40, queued_rtt);
+        assert!(levels[20..].iter().all(|&l| l == MAX_LEVEL), "{levels:?}");
+        // And on a 100 Mbit/s link it settles where the encoder keeps up.
+        let levels = simulate_path(12.5, f64::INFINITY, 60, queued_rtt);
+        assert!(levels[30..].iter().all(|&l| (5..=6).contains(&l)), "{levels:?}");
     }
 
     #[test]

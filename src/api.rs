@@ -11,6 +11,7 @@ pub use crate::transport::client::{RemoteError, RemotePush as Options, RemoteUrl
 pub use tokio_util::sync::CancellationToken;
 
 pub use crate::transport::server::Server;
+pub use crate::transport::Congestion;
 
 use crate::transport::client;
 
@@ -87,6 +88,7 @@ impl Options {
             dry_run: false,
             tags: std::collections::BTreeMap::new(),
             log: None,
+            congestion: crate::transport::Congestion::default(),
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct AuditRecord {
     pub wire_bytes_received: u64,
     /// Wall time of the session.
     pub duration_s: f64,
+    /// The congestion controller that paced what this side sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub congestion: Option<&'static str>,
 }
 
 impl AuditRecord {

@@ -220,6 +220,10 @@ pub struct LinkWindow {
     pub backlog: Duration,
     /// Payload bytes per second the link drained while it had a backlog.
     pub rate: f64,
+    /// Least round trip seen on the path.
+    pub base_rtt: Duration,
+    /// The window's round trip ([`crate::adapt::link_bound`]).
+    pub rtt: Duration,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -293,6 +297,8 @@ impl Encoder {
             window: link.window,
             backlog: link.backlog,
             link_rate: link.rate,
+            base_rtt: link.base_rtt,
+            rtt: link.rtt,
         };
         let step = adaptive.controller.observe(&observation);
         let level = adaptive.controller.level();

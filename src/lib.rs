@@ -62,7 +62,7 @@ pub mod transport;
 pub mod wire;
 
 pub use api::{
-    Access, CancellationToken, Client, Event, Fingerprint, Identity, Options, Progress, ProgressSink, RemoteError,
-    RemoteUrl, Report, Server,
+    Access, CancellationToken, Client, Congestion, Event, Fingerprint, Identity, Options, Progress, ProgressSink,
+    RemoteError, RemoteUrl, Report, Server,
 };
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ mod util;
 mod atomic_replace;
 mod cli;
 mod cli_schedule;
+mod congestion_opt;
 mod crash;
 mod delete_safety;
 mod footguns;

@@ -16,7 +16,7 @@ use xfer_protocol::msg::{Summary, Tag};
 use xfer_protocol::MAX_TAGS;
 
 use super::driver::{close_reason, run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
-use super::{client_config, client_endpoint, ServerPin, Tuning};
+use super::{client_config, client_endpoint, Congestion, ServerPin, Tuning};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::{Compression, Encoder};
 use crate::filter::Filter;
@@ -179,6 +179,9 @@ pub struct Report {
     /// Highest zstd level used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zstd_level_max: Option<i32>,
+    /// The congestion controller that paced what this side sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub congestion: Option<Congestion>,
     /// Entries whose mode bits, owner, group or xattrs the receiver did not
     /// (or could not) apply as sent; it keeps them in its records and gives
     /// them back on a pull. Counted when written, not again on later runs.
@@ -260,6 +263,8 @@ pub struct RemotePush {
     /// A JSON-lines file to which this side appends its record of the
     /// session (as the server's audit log does), success or not.
     pub log: Option<PathBuf>,
+    /// The congestion controller of this side's connection (`--congestion`).
+    pub congestion: Congestion,
 }
 
 impl RemotePush {
@@ -298,6 +303,7 @@ async fn logged(
         direction: Some(direction),
         tags: options.tags.clone(),
         duration_s: started.elapsed().as_secs_f64(),
+        congestion: Some(options.congestion.name()),
         ..AuditRecord::now()
     };
     match &outcome {
@@ -418,7 +424,7 @@ async fn push_unlogged(
         Event::Scanned { files: files().count() as u64, bytes: files().map(|f| f.size).sum() }
     });
     let (sender, wire, server) = while_busy(options.busy_wait, || async {
-        let (endpoint, connection, server) = connect(url, identity, pin).await?;
+        let (endpoint, connection, server) = connect(url, identity, pin, options.congestion).await?;
         let memory = memory_file(&options.state_dir, &server, &url.path);
         let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
         let sender = new_sender(&src, url, options, &source, &skipped, &tags, remembered)?;
@@ -443,6 +449,7 @@ async fn push_unlogged(
     }
     let failed = push_failures(&src, url, options, &scanned.skipped, &sender, &summary);
     let mut report = Report::new(&summary, wire, failed, started);
+    report.congestion = Some(options.congestion);
     scan_figures(&mut report, &source, &sender);
     if options.dry_run {
         dry_run_report(&mut report, &src, options, &sender).await?;
@@ -663,7 +670,7 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
     let identity = Identity::load_or_create(&options.state_dir.join("embedded"))
         .map_err(|e| RemoteError::Connect { authority: "embedded server".into(), reason: e.to_string() })?;
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("invariant: literal");
-    let endpoint = super::server_endpoint(loopback, &identity, Tuning::default())
+    let endpoint = super::server_endpoint(loopback, &identity, Tuning::with_congestion(options.congestion))
         .map_err(|e| crate::Error::io("embedded server", e))?;
     let addr = endpoint.local_addr().map_err(|e| crate::Error::io("embedded server", e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
@@ -677,6 +684,7 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
         state: ServerState::Outside(state),
         metadata: crate::store::MetaPolicy::Faithful,
         failures: Some(failures),
+        congestion: options.congestion,
         ..ServeConfig::new(dest, access)
     };
     let server = tokio::spawn(super::driver::serve(endpoint.clone(), std::sync::Arc::new(config)));
@@ -728,19 +736,21 @@ async fn connect(
     url: &RemoteUrl,
     identity: &Identity,
     pin: Option<Fingerprint>,
+    congestion: Congestion,
 ) -> Result<(quinn::Endpoint, quinn::Connection, Fingerprint), RemoteError> {
     let addr = resolve(&url.authority).await?;
     let server_pin = ServerPin::new(pin);
     let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("invariant: literal");
-    let endpoint = client_endpoint(bind, Tuning::default()).map_err(|e| crate::Error::io("udp socket", e))?;
-    let config = client_config(identity, &server_pin, Tuning::default()).map_err(|e| crate::Error::io("tls", e))?;
+    let tuning = Tuning::with_congestion(congestion);
+    let endpoint = client_endpoint(bind, tuning).map_err(|e| crate::Error::io("udp socket", e))?;
+    let config = client_config(identity, &server_pin, tuning).map_err(|e| crate::Error::io("tls", e))?;
     let connecting = endpoint
         .connect_with(config, addr, "xfer")
         .map_err(|e| RemoteError::Connect { authority: url.authority.clone(), reason: e.to_string() })?;
     match connecting.await {
         Ok(connection) => {
             let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
-            tracing::info!(%addr, %server, rtt_ms = connection.rtt().as_millis() as u64, "connected");
+            tracing::info!(%addr, %server, %congestion, rtt_ms = connection.rtt().as_millis() as u64, "connected");
             Ok((endpoint, connection, server))
         }
         // Refused before the handshake: the server has too many under way.
@@ -803,7 +813,7 @@ async fn pull_unlogged(
     })
     .await
     .map_err(|e| RemoteError::Connect { authority: "local store".into(), reason: e.to_string() })??;
-    let (endpoint, connection, _) = connect(url, identity, pin).await?;
+    let (endpoint, connection, _) = connect(url, identity, pin, options.congestion).await?;
     let mut receiver = receiver;
     receiver.set_progress(options.progress.clone());
     receiver.set_delete_limit(options.delete_limit);
@@ -816,7 +826,9 @@ async fn pull_unlogged(
     let receiver = receiver?;
     let summary = receiver.summary().copied().unwrap_or_default();
     tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
-    Ok(Report::new(&summary, wire, receiver.failed().to_vec(), started))
+    let mut report = Report::new(&summary, wire, receiver.failed().to_vec(), started);
+    report.congestion = Some(options.congestion);
+    Ok(report)
 }
 
 async fn resolve(authority: &str) -> Result<SocketAddr, RemoteError> {

@@ -94,6 +94,9 @@ pub struct ServeConfig {
     /// not write, by path: the embedded server of a local push, whose user
     /// sees no server log (the wire carries only their count).
     pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::store::FailedEntry>>>,
+    /// The congestion controller of the server's endpoint, for the audit
+    /// log (the endpoint's [`super::Tuning`] sets it).
+    pub congestion: super::Congestion,
 }
 
 impl ServeConfig {
@@ -111,6 +114,7 @@ impl ServeConfig {
             shutdown: CancellationToken::new(),
             metadata: MetaPolicy::Confined,
             failures: None,
+            congestion: super::Congestion::default(),
         }
     }
 
@@ -199,9 +203,35 @@ impl Caps {
     /// Waits until every cap allows `bytes` of payload, charged as the wire
     /// bytes they become: a cap is a promise about the link, not the payload.
     async fn take(&self, bytes: usize) {
+        self.take_wire((bytes * WIRE_OVERHEAD_PERMILLE / 1000) as u64).await;
+    }
+
+    /// Charges `bytes` that are wire bytes already (no overhead added).
+    async fn take_wire(&self, bytes: u64) {
         if !self.0.is_empty() {
             let limiters: Vec<&Limiter> = self.0.iter().collect();
-            acquire_all(&limiters, (bytes * WIRE_OVERHEAD_PERMILLE / 1000) as u64).await;
+            acquire_all(&limiters, bytes).await;
+        }
+    }
+}
+
+/// How often the bytes of lost packets are charged to the caps: often
+/// enough that the writers feel the debt within a few of their pieces.
+const RESENT_CHARGE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Charges `caps` for what `connection` sends again. quinn resends the data
+/// of a lost packet on its own, past the writers' pacing, yet the second
+/// copy is on the wire as much as the first: uncharged, 15% loss put a
+/// 1 MiB/s cap 15% over on the wire. The writers then wait that much
+/// longer, so the wire keeps to the cap.
+async fn charge_resent(connection: Connection, caps: Caps) {
+    let mut charged = connection.stats().path.lost_bytes;
+    loop {
+        tokio::time::sleep(RESENT_CHARGE_INTERVAL).await;
+        let lost = connection.stats().path.lost_bytes;
+        if lost > charged {
+            caps.take_wire(lost - charged).await;
+            charged = lost;
         }
     }
 }
@@ -560,6 +590,7 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     let backlog = Arc::new(Backlog::default());
     let mut link = LinkClock::new(connection, backlog.clone(), caps.clone());
     let writer = tokio::spawn(write_frames(send, ctrl_rx, Caps::default(), watch.activity.clone(), None));
+    let _resent = AbortOnDrop(tokio::spawn(charge_resent(connection.clone(), caps.clone())));
     let data_writer = tokio::spawn(write_data(data_streams, data_rx, caps, watch.activity.clone(), backlog.clone()));
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
@@ -667,50 +698,75 @@ struct LinkClock {
     sent: u64,
     /// Least round-trip time seen: the path without queues.
     base_rtt: Duration,
+    /// Least smoothed round trip sampled in this window: a queue the link
+    /// keeps lasts the whole window, a swing from one loss episode does not.
+    window_rtt: Option<Duration>,
+    /// DATA_BLOCKED and STREAM_DATA_BLOCKED frames sent so far.
+    blocked: u64,
 }
 
-/// Queueing delay over the least round-trip time at which a window counts
-/// as link-bound whatever the send queue did.
-///
-/// A link slowed by the network rather than by `--bwlimit` never backs up
-/// the send queue: quinn buffers what the receiver asks for (the receiver
-/// keeps at most a few dozen small files or 16 MiB in flight), and the
-/// packets queue in the network instead, which shows as a longer round
-/// trip. On the veth pair capped at 20 Mbit/s (tbf, 100 ms queue) the
-/// round trip of a source-tree push rose from under 1 ms to 30-100 ms;
-/// uncapped it stayed under 5 ms.
-const QUEUEING_DELAY_LINK_BOUND: Duration = Duration::from_millis(15);
+/// Frames this side sent saying the peer's flow control held it up.
+fn flow_blocked_frames(connection: &Connection) -> u64 {
+    let frames = connection.stats().frame_tx;
+    frames.data_blocked + frames.stream_data_blocked
+}
 
 impl LinkClock {
     fn new(connection: &Connection, backlog: Arc<Backlog>, caps: Caps) -> Self {
         let sent = wire_bytes(connection).sent;
         let base_rtt = connection.rtt();
-        LinkClock { connection: connection.clone(), backlog, caps, started: Instant::now(), sent, base_rtt }
+        let blocked = flow_blocked_frames(connection);
+        LinkClock {
+            connection: connection.clone(),
+            backlog,
+            caps,
+            started: Instant::now(),
+            sent,
+            base_rtt,
+            window_rtt: None,
+            blocked,
+        }
     }
 
-    /// The last window's figures, once a window has passed.
+    /// The last window's figures, once a window has passed; samples the
+    /// round trip on every call.
     fn window(&mut self) -> Option<LinkWindow> {
+        let rtt = self.connection.rtt();
+        let rtt = self.window_rtt.map_or(rtt, |least| least.min(rtt));
+        self.window_rtt = Some(rtt);
         let window = self.started.elapsed();
         if window < crate::adapt::WINDOW {
             return None;
         }
+        self.window_rtt = None;
         let sent = wire_bytes(&self.connection).sent;
         let mut backlog = self.backlog.take();
-        let rtt = self.connection.rtt();
-        self.base_rtt = self.base_rtt.min(rtt);
-        tracing::debug!(rtt_ms = rtt.as_secs_f64() * 1e3, base_ms = self.base_rtt.as_secs_f64() * 1e3, "link window");
-        if rtt.saturating_sub(self.base_rtt) > QUEUEING_DELAY_LINK_BOUND {
-            backlog = window;
+        // quinn's least raw sample, when it has one, is the path's floor.
+        let floor = Some(self.connection.min_rtt()).filter(|d| !d.is_zero());
+        self.base_rtt = self.base_rtt.min(rtt).min(floor.unwrap_or(rtt));
+        // A queue held up by the peer's flow control (the receiver not
+        // reading) is no sign of a busy link.
+        let blocked = flow_blocked_frames(&self.connection);
+        let flow_blocked = blocked > self.blocked;
+        if flow_blocked {
+            backlog = Duration::ZERO;
         }
+        self.blocked = blocked;
+        let (rtt_ms, base_ms) = (rtt.as_secs_f64() * 1e3, self.base_rtt.as_secs_f64() * 1e3);
+        tracing::debug!(rtt_ms, base_ms, flow_blocked, "link window");
         let wire = sent.saturating_sub(self.sent) as f64;
         (self.started, self.sent) = (Instant::now(), sent);
-        // What the link drained while it had something to drain, as payload;
-        // a cap is the most it can be.
-        let mut rate = wire * 1000.0 / WIRE_OVERHEAD_PERMILLE as f64 / backlog.as_secs_f64().max(1e-3);
+        // What the link drained while it had something to drain, as payload:
+        // over the backlog when the queue held chunks most of the window,
+        // else over the whole window (a queue in the network is drained all
+        // along); a cap is the most it can be.
+        let backed_up = backlog.as_secs_f64() >= crate::adapt::LINK_BOUND_BACKLOG * window.as_secs_f64();
+        let busy = if backed_up { backlog } else { window };
+        let mut rate = wire * 1000.0 / WIRE_OVERHEAD_PERMILLE as f64 / busy.as_secs_f64().max(1e-3);
         if let Some(cap) = self.caps.rate() {
             rate = rate.min(cap as f64 * 1000.0 / WIRE_OVERHEAD_PERMILLE as f64);
         }
-        Some(LinkWindow { window, backlog, rate })
+        Some(LinkWindow { window, backlog, rate, base_rtt: self.base_rtt, rtt })
     }
 }
 
@@ -985,7 +1041,8 @@ async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Option<Connect
 /// the operator's log.
 async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     let started = Instant::now();
-    let mut record = AuditRecord { result: "ok", ..audit_record(&connection) };
+    let mut record =
+        AuditRecord { result: "ok", congestion: Some(config.congestion.name()), ..audit_record(&connection) };
     let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
     let wire = wire_bytes(&connection);
     (record.wire_bytes_sent, record.wire_bytes_received) = (wire.sent, wire.received);

@@ -9,8 +9,10 @@ pub mod driver;
 pub mod server;
 mod tls;
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +46,92 @@ pub const ACK_THRESHOLD: u32 = 8;
 /// client killed mid-push a minute later.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Declares [`Congestion`]: each controller is one line, its name and the
+/// quinn factory that builds it; the list of names, parsing and printing
+/// follow from it.
+macro_rules! congestion_controllers {
+    ($($(#[$attr:meta])* $variant:ident = $name:literal => $factory:expr;)+) => {
+        /// The congestion controller of an endpoint's connections
+        /// (`--congestion NAME`).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Congestion {
+            $($(#[$attr])* $variant,)+
+        }
+
+        impl Congestion {
+            /// Every controller, in the order `--help` lists them.
+            pub const ALL: &'static [Congestion] = &[$(Congestion::$variant),+];
+
+            /// The name `--congestion` takes.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Congestion::$variant => $name,)+
+                }
+            }
+
+            fn factory(self) -> Arc<dyn quinn::congestion::ControllerFactory + Send + Sync> {
+                match self {
+                    $(Congestion::$variant => Arc::new($factory),)+
+                }
+            }
+        }
+    };
+}
+
+congestion_controllers! {
+    /// CUBIC (RFC 9438), quinn's default: backs off on every loss, so
+    /// random loss on a long link keeps it far below the link's rate.
+    #[default]
+    Cubic = "cubic" => quinn::congestion::CubicConfig::default();
+    /// NewReno (RFC 9002): halves on loss and grows by a packet per round trip.
+    NewReno = "newreno" => quinn::congestion::NewRenoConfig::default();
+    /// quinn's BBR: paces at the measured bottleneck rate, so random
+    /// loss does not shrink it.
+    Bbr = "bbr" => quinn::congestion::BbrConfig::default();
+}
+
+/// A name that is no [`Congestion`] controller.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown congestion controller {given:?}; use one of: {}", Congestion::names())]
+pub struct UnknownCongestion {
+    /// What was given.
+    pub given: String,
+}
+
+impl Congestion {
+    /// The names, comma separated, for messages.
+    pub fn names() -> String {
+        let names: Vec<&str> = Congestion::ALL.iter().map(|c| c.name()).collect();
+        names.join(", ")
+    }
+}
+
+impl FromStr for Congestion {
+    type Err = UnknownCongestion;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wanted = text.trim();
+        Congestion::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| UnknownCongestion { given: text.to_string() })
+    }
+}
+
+impl serde::Serialize for Congestion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for Congestion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Socket and flow-control settings of an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuning {
@@ -55,19 +143,37 @@ pub struct Tuning {
     /// A silent peer is dropped after this long; a dead client's lock on its
     /// destination lasts this long.
     pub idle_timeout: Duration,
+    /// The congestion controller of the endpoint's connections (each side
+    /// runs its own for what it sends).
+    pub congestion: Congestion,
 }
 
 impl Default for Tuning {
     /// xfer's settings.
     fn default() -> Self {
-        Tuning { socket_buffer: Some(SOCKET_BUFFER), large_windows: true, idle_timeout: IDLE_TIMEOUT }
+        Tuning {
+            socket_buffer: Some(SOCKET_BUFFER),
+            large_windows: true,
+            idle_timeout: IDLE_TIMEOUT,
+            congestion: Congestion::default(),
+        }
     }
 }
 
 impl Tuning {
     /// quinn's and the kernel's defaults, for comparison.
     pub fn stock() -> Self {
-        Tuning { socket_buffer: None, large_windows: false, idle_timeout: IDLE_TIMEOUT }
+        Tuning {
+            socket_buffer: None,
+            large_windows: false,
+            idle_timeout: IDLE_TIMEOUT,
+            congestion: Congestion::default(),
+        }
+    }
+
+    /// xfer's settings with `congestion`.
+    pub fn with_congestion(congestion: Congestion) -> Self {
+        Tuning { congestion, ..Tuning::default() }
     }
 
     fn transport_config(&self) -> Arc<TransportConfig> {
@@ -94,6 +200,7 @@ impl Tuning {
         let idle_timeout = crate::crashpoint::idle_timeout().unwrap_or(self.idle_timeout);
         let idle = IdleTimeout::try_from(idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));
         config.keep_alive_interval(Some(idle_timeout / 3)).max_idle_timeout(Some(idle));
+        config.congestion_controller_factory(self.congestion.factory());
         Arc::new(config)
     }
 }
@@ -176,4 +283,27 @@ pub fn peer_fingerprint(connection: &Connection) -> Option<Fingerprint> {
     let identity = connection.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     Fingerprint::of_certificate(certs.first()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_names_round_trip() {
+        for &c in Congestion::ALL {
+            assert_eq!(c.to_string().parse::<Congestion>(), Ok(c));
+        }
+        assert_eq!("BBR".parse::<Congestion>(), Ok(Congestion::Bbr));
+        assert_eq!(Congestion::default(), Congestion::Cubic);
+    }
+
+    #[test]
+    fn unknown_congestion_lists_the_names() {
+        let err = "reno".parse::<Congestion>().unwrap_err().to_string();
+        for &c in Congestion::ALL {
+            assert!(err.contains(c.name()), "{err}");
+        }
+        assert!(err.contains("\"reno\""), "{err}");
+    }
 }

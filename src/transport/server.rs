@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::access::Access;
 use super::driver::{serve, ServeConfig};
-use super::{server_endpoint, Tuning};
+use super::{server_endpoint, Congestion, Tuning};
 use crate::identity::{Fingerprint, Identity};
 
 /// A receiver serving a directory on a UDP port, running on the current
@@ -26,8 +26,23 @@ impl Server {
     /// # Errors
     /// The socket cannot be bound, or the TLS setup fails.
     pub fn start(listen: SocketAddr, root: PathBuf, access: Access, identity: &Identity) -> io::Result<Server> {
-        let endpoint = server_endpoint(listen, identity, Tuning::default())?;
-        let config = Arc::new(ServeConfig::new(root, access));
+        Server::start_with(listen, root, access, identity, Congestion::default())
+    }
+
+    /// As [`Server::start`], with `congestion` pacing what the server sends
+    /// (the data of pulls).
+    ///
+    /// # Errors
+    /// As [`Server::start`].
+    pub fn start_with(
+        listen: SocketAddr,
+        root: PathBuf,
+        access: Access,
+        identity: &Identity,
+        congestion: Congestion,
+    ) -> io::Result<Server> {
+        let endpoint = server_endpoint(listen, identity, Tuning::with_congestion(congestion))?;
+        let config = Arc::new(ServeConfig { congestion, ..ServeConfig::new(root, access) });
         let task = tokio::spawn(serve(endpoint.clone(), config));
         Ok(Server { endpoint, fingerprint: identity.fingerprint(), task })
     }

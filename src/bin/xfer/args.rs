@@ -53,7 +53,7 @@ transferred too. Command-line patterns come after it, so they win.\n\n\
 config.toml holds settings and named remotes. [push] and [pull] apply to that\n\
 command only, [defaults] to both (delete and exclude are refused there):\n  \
 [defaults]\n  busy_wait = 300\n  bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
-[push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  \
+[push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  congestion = \"bbr\"\n  \
 [remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n\
 Each on/off flag has a --no- form that undoes it (and the config file's value).\n\n",
         exit_codes!()
@@ -72,7 +72,8 @@ done, and a refused pull (exit 2) deletes nothing.\n\n",
     /// Serve a directory: admitted clients push into paths below it.
     #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
-Its state lives in ROOT/.xfer, which clients can never write.\n\n\
+Its state lives in ROOT/.xfer, which clients can never write.\n\
+CONFIG_DIR/config.toml's [serve] section may set congestion = \"NAME\".\n\n\
 An authorized-clients file grants per client and path prefix:\n  \
 xfer:aaaa...  rw  /laptop     # push and pull below /laptop\n  \
 xfer:bbbb...  ro              # pull anything")]
@@ -93,6 +94,10 @@ xfer:bbbb...  ro              # pull anything")]
         /// Cap all sessions together.
         #[arg(long, value_name = "RATE")]
         bwlimit_total: Option<String>,
+        /// Congestion controller for what the server sends (pulls' data):
+        /// cubic (the default), newreno or bbr. [config: [serve] congestion]
+        #[arg(long, value_name = "NAME")]
+        congestion: Option<xfer::transport::Congestion>,
         /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
         #[arg(long, value_name = "FILE")]
         authorized_clients: Option<PathBuf>,
@@ -223,6 +228,10 @@ pub struct PushArgs {
     /// with optional weekdays (Mon-08:00,1M) and UP:DOWN rates.
     #[arg(long, value_name = "RATE|TIMETABLE")]
     pub bwlimit: Option<String>,
+    /// Congestion controller for what this side sends: cubic (the
+    /// default), newreno or bbr. [config: congestion]
+    #[arg(long, value_name = "NAME")]
+    pub congestion: Option<xfer::transport::Congestion>,
     /// Run only inside this window, e.g. 22:00-06:00 or Mon-Fri,22:00-06:00
     /// (local time): outside it exit 4 at once; when it closes mid-run stop
     /// at a commit point and exit 4 (the next run goes on from there).

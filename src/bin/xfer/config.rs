@@ -14,6 +14,9 @@
 //! [pull]                # pulls (restores) only
 //! checksum = true
 //!
+//! [serve]               # xfer serve
+//! congestion = "bbr"
+//!
 //! [remotes.backup]
 //! url = "xfer://backup.example:7878/site"
 //! fingerprint = "xfer:..."
@@ -31,6 +34,7 @@ use serde::Deserialize;
 use xfer::identity::Fingerprint;
 use xfer::throttle::{Timetable, Window};
 use xfer::transport::client::RemoteUrl;
+use xfer::transport::Congestion;
 
 /// The file's name in the config dir.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -44,6 +48,8 @@ pub struct Config {
     push: Settings,
     #[serde(default)]
     pull: Settings,
+    #[serde(default)]
+    pub serve: ServeSettings,
     #[serde(default)]
     pub remotes: BTreeMap<String, Remote>,
     /// Where it was read from, for messages.
@@ -71,6 +77,16 @@ pub struct Settings {
     pub bwlimit: Option<String>,
     /// As `--window`.
     pub window: Option<String>,
+    /// As `--congestion`.
+    pub congestion: Option<String>,
+}
+
+/// `xfer serve`'s settings: the command line's win.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// As `serve --congestion`.
+    pub congestion: Option<String>,
 }
 
 impl Settings {
@@ -88,6 +104,7 @@ impl Settings {
             exclude_from: files(&self.exclude_from, &under.exclude_from),
             bwlimit: self.bwlimit.clone().or_else(|| under.bwlimit.clone()),
             window: self.window.clone().or_else(|| under.window.clone()),
+            congestion: self.congestion.clone().or_else(|| under.congestion.clone()),
         }
     }
 }
@@ -148,6 +165,13 @@ impl Config {
             }
             if let Some(window) = settings.window.as_deref().filter(|w| *w != "always") {
                 window.parse::<Window>().with_context(|| format!("{path}: [{section}] window"))?;
+            }
+        }
+        let congestion = [("defaults", &self.defaults), ("push", &self.push), ("pull", &self.pull)]
+            .map(|(section, settings)| (section, &settings.congestion));
+        for (section, name) in congestion.into_iter().chain([("serve", &self.serve.congestion)]) {
+            if let Some(name) = name {
+                name.parse::<Congestion>().with_context(|| format!("{path}: [{section}] congestion"))?;
             }
         }
         for (name, remote) in &self.remotes {

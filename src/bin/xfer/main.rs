@@ -136,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config_dir,
             bwlimit,
             bwlimit_total,
+            congestion,
             audit_log,
             max_sessions,
             idle_timeout,
@@ -143,8 +144,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let grants = (allow.as_slice(), authorized_clients.as_deref());
-            let limits =
-                ServeLimits { per_session, total, max_sessions, idle_timeout: Duration::from_secs(idle_timeout) };
+            let config_dir = config_dir_or_default(config_dir)?;
+            let configured = Config::load(&config_dir)?.serve.congestion;
+            // Checked when the config was loaded.
+            let configured = configured.as_deref().map(str::parse::<transport::Congestion>).transpose()?;
+            let limits = ServeLimits {
+                per_session,
+                total,
+                max_sessions,
+                idle_timeout: Duration::from_secs(idle_timeout),
+                congestion: congestion.or(configured).unwrap_or_default(),
+            };
             serve(root, listen, grants, config_dir, limits, audit_log)
         }
         Command::Trust { authority, fingerprint, config_dir } => {
@@ -190,17 +200,18 @@ struct ServeLimits {
     total: Rate,
     max_sessions: usize,
     idle_timeout: Duration,
+    congestion: transport::Congestion,
 }
 
 fn serve(
     root: PathBuf,
     listen: std::net::SocketAddr,
     (allow, authorized_clients): (&[String], Option<&std::path::Path>),
-    config_dir: Option<PathBuf>,
+    config_dir: PathBuf,
     limits: ServeLimits,
     audit_log: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
+    let identity = Identity::load_or_create(&config_dir)?;
     let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
     let mut access = Access::allow(&allow);
     if let Some(file) = authorized_clients {
@@ -220,14 +231,16 @@ fn serve(
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let runtime = runtime()?;
     runtime.block_on(async {
-        let endpoint = transport::server_endpoint(listen, &identity, transport::Tuning::default())
-            .with_context(|| format!("listen on {listen}"))?;
+        let tuning = transport::Tuning::with_congestion(limits.congestion);
+        let endpoint =
+            transport::server_endpoint(listen, &identity, tuning).with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
         let mut config = transport::driver::ServeConfig::new(root, access);
         config.per_session = limits.per_session;
         config.total = Limiter::new(limits.total);
         config.max_sessions = limits.max_sessions;
         config.idle_timeout = limits.idle_timeout;
+        config.congestion = limits.congestion;
         config.audit = Some(Arc::new(audit));
         let shutdown = config.shutdown.clone();
         let config = std::sync::Arc::new(config);
@@ -573,6 +586,9 @@ fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<R
         }
     }
     options.log = args.log_json.clone();
+    // The config's name was checked when it was loaded.
+    let configured = defaults.congestion.as_deref().map(str::parse::<transport::Congestion>).transpose()?;
+    options.congestion = args.congestion.or(configured).unwrap_or_default();
     Ok(options)
 }
 

@@ -62,7 +62,7 @@ fn client_id(tmp: &Path) -> String {
 
 #[test]
 fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
-    for name in ["cubic", "newreno", "bbr"] {
+    for name in ["xfer", "cubic", "newreno", "bbr"] {
         let tmp = TempDir::new().unwrap();
         let src = tmp.path().join("src");
         small_tree(&src);
@@ -107,7 +107,7 @@ fn each_controller_pushes_and_pulls_a_tree_over_loopback() {
 
 #[test]
 fn a_local_push_takes_each_controller() {
-    for name in ["cubic", "newreno", "bbr"] {
+    for name in ["xfer", "cubic", "newreno", "bbr"] {
         let tmp = TempDir::new().unwrap();
         let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
         small_tree(&src);
@@ -129,7 +129,7 @@ fn a_bad_name_exits_2_with_the_list() {
         let out = xfer(tmp.path()).args(command).args(["--congestion", "vegas"]).arg(&src).arg(&dest).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{command:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        for name in ["vegas", "cubic", "newreno", "bbr"] {
+        for name in ["vegas", "xfer", "cubic", "newreno", "bbr"] {
             assert!(stderr.contains(name), "{command:?}: {stderr}");
         }
     }
@@ -141,7 +141,7 @@ fn a_bad_name_exits_2_with_the_list() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cubic, newreno, bbr"), "{stderr}");
+    assert!(stderr.contains("xfer, cubic, newreno, bbr"), "{stderr}");
     assert!(!dest.exists(), "a refused run wrote its destination");
 }
 
@@ -169,7 +169,7 @@ fn config_key_is_honoured_and_the_flag_wins() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("config.toml") && stderr.contains("congestion"), "{stderr}");
-    assert!(stderr.contains("cubic, newreno, bbr"), "{stderr}");
+    assert!(stderr.contains("xfer, cubic, newreno, bbr"), "{stderr}");
     assert!(!tmp.path().join("d4").exists());
 
     // The server reads [serve] from its own config dir; its flag wins.

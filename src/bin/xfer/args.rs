@@ -95,7 +95,7 @@ xfer:bbbb...  ro              # pull anything")]
         #[arg(long, value_name = "RATE")]
         bwlimit_total: Option<String>,
         /// Congestion controller for what the server sends (pulls' data):
-        /// cubic (the default), newreno or bbr. [config: [serve] congestion]
+        /// xfer (the default), cubic, newreno or bbr. [config: [serve] congestion]
         #[arg(long, value_name = "NAME")]
         congestion: Option<xfer::transport::Congestion>,
         /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
@@ -228,8 +228,9 @@ pub struct PushArgs {
     /// with optional weekdays (Mon-08:00,1M) and UP:DOWN rates.
     #[arg(long, value_name = "RATE|TIMETABLE")]
     pub bwlimit: Option<String>,
-    /// Congestion controller for what this side sends: cubic (the
-    /// default), newreno or bbr. [config: congestion]
+    /// Congestion controller for what this side sends: xfer (the
+    /// default: fills long, lossy links without overfilling their queues),
+    /// cubic, newreno or bbr. [config: congestion]
     #[arg(long, value_name = "NAME")]
     pub congestion: Option<xfer::transport::Congestion>,
     /// Run only inside this window, e.g. 22:00-06:00 or Mon-Fri,22:00-06:00

@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tally = Tally::new();
     loop {
         let mut progressed = false;
-        while let Some(message) = sender.poll_data() {
+        while let Some(message) = sender.poll_data()? {
             count(&mut tally, "up", &message);
             receiver.handle(message)?;
             progressed = true;

@@ -416,7 +416,7 @@ pub(crate) mod held_deletes {
             Sender::respond(source, FileReader::new(src.to_path_buf()), encoder, options, open.remembered_root);
         loop {
             let mut progressed = false;
-            while let Some(message) = sender.poll_data() {
+            while let Some(message) = sender.poll_data().unwrap() {
                 receiver.handle(roundtrip(message))?;
                 progressed = true;
             }

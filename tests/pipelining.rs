@@ -111,7 +111,7 @@ fn push_in_rounds(window: Option<u64>) -> Seen {
             sender.handle(message).unwrap();
             progressed = true;
         }
-        while let Some(message) = sender.poll_data() {
+        while let Some(message) = sender.poll_data().unwrap() {
             answers.push(message);
         }
         if !progressed {

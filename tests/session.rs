@@ -39,7 +39,7 @@ fn drive(sender: &mut Sender<FileReader>, receiver: &mut Receiver) -> Result<Wir
     let mut wire = Wire::default();
     loop {
         let mut progressed = false;
-        while let Some(message) = sender.poll_data() {
+        while let Some(message) = sender.poll_data()? {
             receiver.handle(roundtrip(message, &mut wire.client_to_server))?;
             progressed = true;
         }
@@ -233,7 +233,7 @@ fn pull(sides: &Sides) -> Wire {
     // The pair as before, with the roles of the directions swapped.
     loop {
         let mut progressed = false;
-        while let Some(message) = sender.poll_data() {
+        while let Some(message) = sender.poll_data().unwrap() {
             receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
             progressed = true;
         }
@@ -496,7 +496,7 @@ fn drive_lanes<R: ChunkReader>(
         if let Some(cut) = faults.cut.filter(|cut| cut.after == lanes.steps) {
             lanes.cut(cut);
         }
-        while let Some(message) = sender.poll_data() {
+        while let Some(message) = sender.poll_data().unwrap() {
             lanes.push_data(message);
         }
         while let Some(message) = sender.poll_transmit() {
@@ -849,4 +849,46 @@ fn session_receiver_stops_reading_while_answers_wait() {
     assert_eq!(asked + 2, MAX_QUEUED_ANSWERS);
     while receiver.poll_transmit().is_some() {}
     assert!(receiver.wants_input(), "answers sent, yet no more input taken");
+}
+
+/// A receiver that asks for chunks without end cannot make the sender hold
+/// more requests than an honest receiver's ceiling, and the sender reads
+/// and encodes nothing until answers are taken.
+#[test]
+fn session_requests_beyond_the_ceiling_end_the_session() {
+    let sides = sides();
+    fs::write(sides.src.join("f"), seeded(100_000, 1)).unwrap();
+    let (mut sender, mut receiver) = pair(&sides, None);
+    // Run the pair until the receiver has asked for a chunk, answering nothing.
+    let (mut need, mut earlier) = (None, 0);
+    while need.is_none() {
+        let mut progressed = false;
+        while let Some(message) = sender.poll_transmit() {
+            receiver.handle(message).unwrap();
+            progressed = true;
+        }
+        while let Some(message) = receiver.poll_transmit() {
+            if let Message::NeedChunk(n) = &message {
+                need = Some(n.clone());
+                earlier += 1;
+            }
+            sender.handle(message).unwrap();
+            progressed = true;
+        }
+        assert!(progressed || need.is_some(), "the receiver never asked for a chunk");
+    }
+    let need = need.unwrap();
+    let ceiling = xfer::session::MAX_OUTSTANDING_CHUNKS;
+    let mut refused = None;
+    for asked in 1..=ceiling + 1 {
+        if let Err(e) = sender.handle(Message::NeedChunk(need.clone())) {
+            refused = Some((asked, e));
+            break;
+        }
+    }
+    let (asked, error) = refused.expect("the sender took requests past the ceiling");
+    assert_eq!(earlier + asked, ceiling + 1, "refused at request {asked} after {earlier}");
+    assert!(error.to_string().contains("chunks asked for"), "{error}");
+    // Nothing was read or encoded for them yet: answers come as they are taken.
+    assert!(sender.poll_data().unwrap().is_some());
 }

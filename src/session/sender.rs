@@ -112,6 +112,12 @@ pub struct Sender<R> {
     /// FileFailed), which travel on data streams: they must never wait
     /// behind entry changes the receiver is not reading yet.
     data: VecDeque<Message>,
+    /// Chunk requests not yet answered. They are read and encoded only as
+    /// the transport takes answers ([`Sender::poll_data`]), so the encoder
+    /// runs just ahead of the link whatever the receiver's request window
+    /// (the adaptive level then applies to what is still to be sent), and
+    /// what waits here is a few bytes a request, not encoded chunks.
+    needs: VecDeque<msg::NeedChunk>,
     // Comparing: directories asked for, listings received, files asked for.
     lists_pending: usize,
     partial_listings: HashMap<RelPath, Vec<ChildDigest>>,
@@ -183,6 +189,7 @@ impl<R: ChunkReader> Sender<R> {
             remembered,
             outbox,
             data: VecDeque::new(),
+            needs: VecDeque::new(),
             lists_pending: 0,
             partial_listings: HashMap::new(),
             listed: HashMap::new(),
@@ -226,9 +233,19 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     /// The next answer to a chunk request (ChunkData, RefineRequest or
-    /// FileFailed), to send on a data stream, if any.
-    pub fn poll_data(&mut self) -> Option<Message> {
-        self.data.pop_front()
+    /// FileFailed), to send on a data stream, if any: the chunk is read and
+    /// encoded now, at the current level.
+    ///
+    /// # Errors
+    /// Reading the source failed for a reason that ends the session.
+    pub fn poll_data(&mut self) -> Result<Option<Message>, SessionError> {
+        loop {
+            if let Some(message) = self.data.pop_front() {
+                return Ok(Some(message));
+            }
+            let Some(need) = self.needs.pop_front() else { return Ok(None) };
+            self.answer(need)?;
+        }
     }
 
     /// The next message to send on the control stream, if any.
@@ -607,7 +624,25 @@ impl<R: ChunkReader> Sender<R> {
         }
     }
 
+    /// Checks a chunk request and queues it for [`Sender::poll_data`].
     fn need_chunk(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
+        let (_, digest) = self.write_op(need.file)?;
+        if need.index as usize >= digest.chunks.len() {
+            return Err(protocol("chunk index out of range"));
+        }
+        // An honest receiver never has more asked for than its ceiling.
+        if self.needs.len() >= super::window::MAX_OUTSTANDING_CHUNKS {
+            return Err(protocol(format!(
+                "more than {} chunks asked for and not answered",
+                super::window::MAX_OUTSTANDING_CHUNKS
+            )));
+        }
+        self.needs.push_back(need);
+        Ok(())
+    }
+
+    /// Reads and encodes the chunk `need` asks for (checked on arrival).
+    fn answer(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
         let (path, digest) = self.write_op(need.file)?;
         let index = need.index as usize;
         let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;

@@ -601,7 +601,17 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
         let mut data = Outgoing::new(data_tx, conn.clone());
         loop {
             ctrl.fill(|| sender.poll_transmit())?;
-            data.fill(|| sender.poll_data().inspect(|_| backlog.enter()))?;
+            let mut failed = None;
+            data.fill(|| match sender.poll_data() {
+                Ok(message) => message.inspect(|_| backlog.enter()),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             if let Some(window) = link.window() {
                 if let Some(step) = sender.adapt(window) {
                     let (backlog_s, rate) = (window.backlog.as_secs_f64(), window.rate);

@@ -295,7 +295,8 @@ mod tests {
             assert_eq!(c.to_string().parse::<Congestion>(), Ok(c));
         }
         assert_eq!("BBR".parse::<Congestion>(), Ok(Congestion::Bbr));
-        assert_eq!(Congestion::default(), Congestion::Cubic);
+        assert_eq!(Congestion::default(), Congestion::Xfer);
+        assert_eq!(Tuning::stock().congestion, Congestion::Cubic);
     }
 
     #[test]

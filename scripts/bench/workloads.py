@@ -387,10 +387,10 @@ def gen_log_append(wdir, params, data_dir):
 
 # ---------------------------------------------------------------- random-blob
 
-def gen_random_blob(wdir, params, data_dir):
-    rng = random.Random(params["seed"])
-    size = 256 * MiB
-    p1, p2 = os.path.join(wdir, "v1", "blob.bin"), os.path.join(wdir, "v2", "blob.bin")
+def random_file_versions(wdir, name, rng, size, edits, append=0):
+    """v1/NAME: `size` random bytes; v2/NAME: v1 with `edits` random 4 KiB
+    rewrites, then `append` random bytes at the end."""
+    p1, p2 = os.path.join(wdir, "v1", name), os.path.join(wdir, "v2", name)
     os.makedirs(os.path.dirname(p1))
     os.makedirs(os.path.dirname(p2))
     with open(p1, "wb") as f:
@@ -398,27 +398,20 @@ def gen_random_blob(wdir, params, data_dir):
             f.write(rng.randbytes(PIECE))
     shutil.copyfile(p1, p2)
     with open(p2, "r+b") as f:
-        for _ in range(16):
+        for _ in range(edits):
             f.seek(rng.randrange(size - 4 * KiB))
             f.write(rng.randbytes(4 * KiB))
+        if append:
+            f.seek(size)
+            f.write(rng.randbytes(append))
+
+
+def gen_random_blob(wdir, params, data_dir):
+    random_file_versions(wdir, "blob.bin", random.Random(params["seed"]), 256 * MiB, edits=16)
 
 
 def gen_big_random(wdir, params, data_dir):
-    rng = random.Random(params["seed"])
-    size = 64 * MiB
-    p1, p2 = os.path.join(wdir, "v1", "big.bin"), os.path.join(wdir, "v2", "big.bin")
-    os.makedirs(os.path.dirname(p1))
-    os.makedirs(os.path.dirname(p2))
-    with open(p1, "wb") as f:
-        for _ in range(size // PIECE):
-            f.write(rng.randbytes(PIECE))
-    shutil.copyfile(p1, p2)
-    with open(p2, "r+b") as f:
-        for _ in range(8):
-            f.seek(rng.randrange(size - 4 * KiB))
-            f.write(rng.randbytes(4 * KiB))
-        f.seek(size)
-        f.write(rng.randbytes(MiB))
+    random_file_versions(wdir, "big.bin", random.Random(params["seed"]), 64 * MiB, edits=8, append=MiB)
 
 
 # ---------------------------------------------------------------- many-small

@@ -601,24 +601,8 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
         let mut data = Outgoing::new(data_tx, conn.clone());
         loop {
             ctrl.fill(|| sender.poll_transmit())?;
-            let mut failed = None;
-            data.fill(|| match sender.poll_data() {
-                Ok(message) => message.inspect(|_| backlog.enter()),
-                Err(e) => {
-                    failed = Some(e);
-                    None
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            if let Some(window) = link.window() {
-                if let Some(step) = sender.adapt(window) {
-                    let (backlog_s, rate) = (window.backlog.as_secs_f64(), window.rate);
-                    let level = sender.encoder().level();
-                    tracing::debug!(?step, ?level, backlog_s, rate, "compression window");
-                }
-            }
+            data.try_fill(|| Ok(sender.poll_data()?.inspect(|_| backlog.enter())))?;
+            adapt_level(&mut sender, &mut link);
             if sender.is_finished() && ctrl.is_idle() && data.is_idle() {
                 return Ok(sender);
             }
@@ -640,6 +624,17 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
     let _ = writer.await;
     let _ = data_writer.await;
     result
+}
+
+/// Lets the link's last window, if one has passed, set the zstd level.
+fn adapt_level<R: ChunkReader>(sender: &mut Sender<R>, link: &mut LinkClock) {
+    if let Some(window) = link.window() {
+        if let Some(step) = sender.adapt(window) {
+            let (backlog_s, rate) = (window.backlog.as_secs_f64(), window.rate);
+            let level = sender.encoder().level();
+            tracing::debug!(?step, ?level, backlog_s, rate, "compression window");
+        }
+    }
 }
 
 /// How long the sender's data queue (session to data streams) held
@@ -902,8 +897,17 @@ impl Outgoing {
 
     /// Moves messages from `next` into the channel while it has room.
     fn fill(&mut self, mut next: impl FnMut() -> Option<Message>) -> Result<(), SessionError> {
+        self.try_fill(|| Ok(next()))
+    }
+
+    /// [`Outgoing::fill`] from a source that can fail.
+    fn try_fill(
+        &mut self,
+        mut next: impl FnMut() -> Result<Option<Message>, SessionError>,
+    ) -> Result<(), SessionError> {
         loop {
-            let Some(message) = self.held.take().or_else(&mut next) else { return Ok(()) };
+            let held = self.held.take();
+            let Some(message) = (if held.is_some() { held } else { next()? }) else { return Ok(()) };
             match self.tx.try_send(message) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(message)) => {

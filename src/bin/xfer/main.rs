@@ -110,19 +110,25 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let verbose = cli.verbose > 0;
-    let transfer = matches!(cli.command, Command::Push(_) | Command::Pull(_));
-    if verbose && transfer {
-        let level = if cli.verbose > 1 { tracing::Level::DEBUG } else { tracing::Level::INFO };
+/// Logging of a push or pull: with -v what it does (-vv in detail),
+/// without it only what the user must know.
+fn init_transfer_logging(verbose: u8, quiet: bool) {
+    if verbose > 0 {
+        let level = if verbose > 1 { tracing::Level::DEBUG } else { tracing::Level::INFO };
         tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
-    } else if transfer && !cli.quiet {
-        // Without -v, only what the user must know: a damaged state
-        // database that was moved aside and rebuilt.
+    } else if !quiet {
+        // Only a damaged state database that was moved aside and rebuilt.
         use tracing_subscriber::prelude::*;
         let only = tracing_subscriber::filter::Targets::new().with_target("xfer::store::state", tracing::Level::WARN);
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
         tracing_subscriber::registry().with(layer.with_filter(only)).init();
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose > 0;
+    if matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
+        init_transfer_logging(cli.verbose, cli.quiet);
     }
     // -v lists what changes, as rsync -v lists the files it sends.
     match cli.command {

@@ -439,51 +439,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// On a `WriteFile` (use [`Receiving::begin_file`]).
     pub fn apply_op(&mut self, op: &Op) -> Result<()> {
         self.store.borrow().check_path(op.path())?;
-        let store = self.store.borrow_mut();
         match op {
             Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
-            Op::Symlink { path, target, meta } => store.build_symlink(path, target, meta, &mut self.batch),
-            Op::Mkdir { path, meta } => {
-                store.step()?;
-                store.unlock_parent(path);
-                let abs = store.abs(path);
-                match fs::create_dir(&abs) {
-                    Ok(()) => {}
-                    // A real directory only: `is_dir` would follow a symlink,
-                    // and the chmod below would then change its target.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if !fs::symlink_metadata(&abs).at(&abs)?.is_dir() {
-                            // A file or symlink the source made a directory:
-                            // replaced in one step, never absent meanwhile.
-                            store.replace_with_dir(path, meta)?;
-                            self.report.entries_deleted += 1;
-                            // Its record goes at the end, with the deletes'.
-                            self.removals.push(path.clone());
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => return Err(Error::io(abs, e)),
-                }
-                crate::crashpoint::hit("store.mkdir");
-                // Owner-writable until the final SetMeta, so the batch can fill it.
-                fs::set_permissions(&abs, fs::Permissions::from_mode(store.policy.mode(meta.mode) | 0o700)).at(&abs)
+            Op::Symlink { path, target, meta } => {
+                self.store.borrow_mut().build_symlink(path, target, meta, &mut self.batch)
             }
-            Op::Delete { path } => {
-                // Conflicting deletes come before any write; extraneous ones
-                // after all writes: commit pending files first either way.
-                self.commit()?;
-                let store = self.store.borrow_mut();
-                store.step()?;
-                store.unlock_parent(path);
-                crate::crashpoint::hit("store.delete");
-                remove_entry(&store.abs(path))?;
-                crate::crashpoint::hit("store.deleted");
-                self.report.entries_deleted += 1;
-                // Its records (the subtree's) are dropped from the database
-                // at the end.
-                self.removals.push(path.clone());
-                Ok(())
-            }
+            Op::Mkdir { path, meta } => self.make_dir(path, meta),
+            Op::Delete { path } => self.delete(path),
             Op::Link { path, target, size, hash } => {
                 // The target must be complete under its final name first.
                 if self.batch.files > 0 || self.batch.pending.len() >= self.store.borrow().batch_files {
@@ -491,37 +453,87 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 }
                 self.store.borrow_mut().build_link(path, target, *size, hash, &mut self.batch)
             }
-            Op::SetMeta { path, meta } => {
-                self.commit()?;
-                let store = self.store.borrow_mut();
-                store.step()?;
-                let abs = store.abs(path);
-                crate::crashpoint::hit("store.setmeta");
-                let applied = match fs::symlink_metadata(&abs) {
-                    Ok(lstat) if lstat.is_file() && lstat.nlink() > 1 => {
-                        // Its copy is made beside it, in a directory that may be read-only.
-                        store.unlock_parent(path);
-                        store.detach(path, &abs, meta)?
-                    }
-                    _ => store.apply_meta(&abs, meta)?,
-                };
-                self.batch.keep_meta(path, applied, meta);
-                // Its mode is the source's now, whatever it was before.
-                store.unlocked.remove(&abs);
-                let lstat = fs::symlink_metadata(&abs).at(&abs)?;
-                // Regular files only: a directory made where a deleted file
-                // stood must not inherit its record (not yet dropped), which
-                // would then claim the directory holds the old file. A file
-                // here was not deleted, or was written again and committed.
-                if lstat.is_file() {
-                    if let Some(record) = store.db.file(path)? {
-                        let stat = StatKey::of(&lstat);
-                        self.batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest }));
-                    }
+            Op::SetMeta { path, meta } => self.set_meta(path, meta),
+        }
+    }
+
+    /// Creates directory `path` (owner-writable until its `SetMeta`), or
+    /// swaps it in for the file or symlink standing there.
+    fn make_dir(&mut self, path: &RelPath, meta: &Meta) -> Result<()> {
+        let store = self.store.borrow_mut();
+        store.step()?;
+        store.unlock_parent(path);
+        let abs = store.abs(path);
+        match fs::create_dir(&abs) {
+            Ok(()) => {}
+            // A real directory only: `is_dir` would follow a symlink,
+            // and the chmod below would then change its target.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if !fs::symlink_metadata(&abs).at(&abs)?.is_dir() {
+                    // A file or symlink the source made a directory:
+                    // replaced in one step, never absent meanwhile.
+                    store.replace_with_dir(path, meta)?;
+                    self.report.entries_deleted += 1;
+                    // Its record goes at the end, with the deletes'.
+                    self.removals.push(path.clone());
+                    return Ok(());
                 }
-                Ok(())
+            }
+            Err(e) => return Err(Error::io(abs, e)),
+        }
+        crate::crashpoint::hit("store.mkdir");
+        // Owner-writable until the final SetMeta, so the batch can fill it.
+        fs::set_permissions(&abs, fs::Permissions::from_mode(store.policy.mode(meta.mode) | 0o700)).at(&abs)
+    }
+
+    /// Removes `path` and, at the end, its records.
+    fn delete(&mut self, path: &RelPath) -> Result<()> {
+        // Conflicting deletes come before any write; extraneous ones
+        // after all writes: commit pending files first either way.
+        self.commit()?;
+        let store = self.store.borrow_mut();
+        store.step()?;
+        store.unlock_parent(path);
+        crate::crashpoint::hit("store.delete");
+        remove_entry(&store.abs(path))?;
+        crate::crashpoint::hit("store.deleted");
+        self.report.entries_deleted += 1;
+        // Its records (the subtree's) are dropped from the database
+        // at the end.
+        self.removals.push(path.clone());
+        Ok(())
+    }
+
+    /// Applies the source's metadata to `path` and refreshes its record.
+    fn set_meta(&mut self, path: &RelPath, meta: &Meta) -> Result<()> {
+        self.commit()?;
+        let store = self.store.borrow_mut();
+        store.step()?;
+        let abs = store.abs(path);
+        crate::crashpoint::hit("store.setmeta");
+        let applied = match fs::symlink_metadata(&abs) {
+            Ok(lstat) if lstat.is_file() && lstat.nlink() > 1 => {
+                // Its copy is made beside it, in a directory that may be read-only.
+                store.unlock_parent(path);
+                store.detach(path, &abs, meta)?
+            }
+            _ => store.apply_meta(&abs, meta)?,
+        };
+        self.batch.keep_meta(path, applied, meta);
+        // Its mode is the source's now, whatever it was before.
+        store.unlocked.remove(&abs);
+        let lstat = fs::symlink_metadata(&abs).at(&abs)?;
+        // Regular files only: a directory made where a deleted file
+        // stood must not inherit its record (not yet dropped), which
+        // would then claim the directory holds the old file. A file
+        // here was not deleted, or was written again and committed.
+        if lstat.is_file() {
+            if let Some(record) = store.db.file(path)? {
+                let stat = StatKey::of(&lstat);
+                self.batch.upserts.push((path.clone(), FileRecord { stat, digest: record.digest }));
             }
         }
+        Ok(())
     }
 
     /// Starts file number `file` (the session's name for it): copies in the
@@ -1351,6 +1363,37 @@ impl MirrorStore {
         self.step()?;
         sync_filesystems(&filesystems)?;
         crate::crashpoint::hit("commit.synced");
+        self.place_pending(batch)?;
+        for (path, digest) in batch.linked.drain() {
+            if let Ok(meta) = fs::symlink_metadata(self.abs(&path)) {
+                batch.upserts.push((path, FileRecord { stat: StatKey::of(&meta), digest }));
+            }
+        }
+        crate::crashpoint::hit("commit.renamed");
+        self.step()?;
+        sync_filesystems(&filesystems)?;
+        crate::crashpoint::hit("commit.durable");
+        // The exchanges are durable: the old directories can go. A crash
+        // before this leaves them as temporaries, which the next scan removes.
+        self.remove_replaced(batch, report)?;
+        self.step()?;
+        self.db.update_with_metas(&batch.upserts, &batch.removals, &batch.metas)?;
+        crate::crashpoint::hit("commit.recorded");
+        report.meta_kept += batch.metas.iter().filter(|(_, record)| record.is_some()).count() as u64;
+        batch.upserts.clear();
+        batch.removals.clear();
+        batch.metas.clear();
+        batch.received.clear();
+        batch.files = 0;
+        batch.bytes = 0;
+        report.batches_committed += 1;
+        Ok(())
+    }
+
+    /// Renames the batch's temporaries to their final names and notes the
+    /// records they need; on a failure, what is left to place stays pending
+    /// (so the discard removes it).
+    fn place_pending(&mut self, batch: &mut Batch) -> Result<()> {
         let pending = std::mem::take(&mut batch.pending);
         for (n, Pending { temp, target, path, digest }) in pending.iter().enumerate() {
             let placed = self.step().and_then(|()| {
@@ -1393,17 +1436,12 @@ impl MirrorStore {
                 }
             }
         }
-        for (path, digest) in batch.linked.drain() {
-            if let Ok(meta) = fs::symlink_metadata(self.abs(&path)) {
-                batch.upserts.push((path, FileRecord { stat: StatKey::of(&meta), digest }));
-            }
-        }
-        crate::crashpoint::hit("commit.renamed");
-        self.step()?;
-        sync_filesystems(&filesystems)?;
-        crate::crashpoint::hit("commit.durable");
-        // The exchanges are durable: the old directories can go. A crash
-        // before this leaves them as temporaries, which the next scan removes.
+        Ok(())
+    }
+
+    /// Removes the old directories the batch's exchanges left behind (the
+    /// exchanges are durable by now) and notes their records for dropping.
+    fn remove_replaced(&mut self, batch: &mut Batch, report: &mut ApplyReport) -> Result<()> {
         for (path, old) in std::mem::take(&mut batch.replaced) {
             self.step()?;
             remove_entry(&old)?;
@@ -1411,17 +1449,6 @@ impl MirrorStore {
             report.entries_deleted += 1;
             batch.removals.extend(self.db.paths_inside(&path)?);
         }
-        self.step()?;
-        self.db.update_with_metas(&batch.upserts, &batch.removals, &batch.metas)?;
-        crate::crashpoint::hit("commit.recorded");
-        report.meta_kept += batch.metas.iter().filter(|(_, record)| record.is_some()).count() as u64;
-        batch.upserts.clear();
-        batch.removals.clear();
-        batch.metas.clear();
-        batch.received.clear();
-        batch.files = 0;
-        batch.bytes = 0;
-        report.batches_committed += 1;
         Ok(())
     }
 

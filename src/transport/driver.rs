@@ -810,22 +810,17 @@ async fn drive_receiver(
     let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
     let writer = tokio::spawn(write_frames(send, out_rx, Caps::default(), watch.activity.clone(), None));
-    let data_conn = connection.clone();
     // One budget for all data streams: together they carry the answers to
     // the receiver's bounded requests.
     let reading = Reading::new(data_in_tx, DATA_BUDGET, &watch.activity);
-    let data_readers = tokio::spawn(async move {
-        while let Ok(stream) = data_conn.accept_uni().await {
-            tokio::spawn(read_frames(stream, reading.clone(), caps.clone()));
-        }
-    });
+    let data_readers = tokio::spawn(read_data_streams(connection.clone(), reading, caps));
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
     let mut feed = WindowFeed::new(connection);
     let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
         let mut out = Outgoing::new(out_tx, conn.clone());
-        let mut step = || -> Result<bool, SessionError> {
-            feed.tick(&mut receiver);
+        let step = |receiver: &mut Receiver| -> Result<bool, SessionError> {
+            feed.tick(receiver);
             if receiver.is_finished() {
                 crate::crashpoint::hit("receiver.finished");
             }
@@ -852,21 +847,37 @@ async fn drive_receiver(
             }
             Ok(false)
         };
-        loop {
-            match step() {
-                Ok(false) => {}
-                Ok(true) => return Ok(receiver),
-                Err(e) => {
-                    receiver.salvage();
-                    return Err(e);
-                }
-            }
-        }
+        run_until_done(&mut receiver, step).map(|()| receiver)
     });
     let result = session.await.map_err(|e| SessionError::Protocol(format!("session thread failed: {e}")))?;
     let _ = writer.await;
     data_readers.abort();
     result
+}
+
+/// Runs `step` until it says the session is done; on a failure, salvages
+/// what the receiver completed.
+fn run_until_done(
+    receiver: &mut Receiver,
+    mut step: impl FnMut(&mut Receiver) -> Result<bool, SessionError>,
+) -> Result<(), SessionError> {
+    loop {
+        match step(receiver) {
+            Ok(false) => {}
+            Ok(true) => return Ok(()),
+            Err(e) => {
+                receiver.salvage();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Reads every data stream the peer opens on `connection` into `reading`.
+async fn read_data_streams(connection: Connection, reading: Reading, caps: Caps) {
+    while let Ok(stream) = connection.accept_uni().await {
+        tokio::spawn(read_frames(stream, reading.clone(), caps.clone()));
+    }
 }
 
 /// Pulls with `receiver` over `connection` (the client side).
@@ -1241,7 +1252,8 @@ async fn serve_session(
         opened = tokio::time::timeout(config.idle_timeout, opening) => opened,
         e = watch.stopped() => return Err(e),
     };
-    let Opened { send, ctrl_in, reader, hello, open } = opened.map_err(|_| timed_out(config.idle_timeout))??;
+    let opened = opened.map_err(|_| timed_out(config.idle_timeout))??;
+    let open = &opened.open;
     let want = match open.direction {
         xfer_protocol::msg::Direction::Pull => Want::Read,
         xfer_protocol::msg::Direction::Push => Want::Write,
@@ -1254,29 +1266,43 @@ async fn serve_session(
     }
     let mut skipped_here = 0;
     let summary = if want == Want::Read {
-        serve_pull(connection, send, ctrl_in, config, open, watch).await.map(|(sender, scan_skipped)| {
+        let Opened { send, ctrl_in, reader, open, .. } = opened;
+        let pulled = serve_pull(connection, send, ctrl_in, config, open, watch).await;
+        drop(reader);
+        pulled.map(|(sender, scan_skipped)| {
             skipped_here = scan_skipped + sender.skipped().len() as u64;
             sender.summary().copied()
         })
     } else {
-        let opener = config.clone();
-        let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
-        receiver.handle(hello)?;
-        receiver.handle(Message::Open(open))?;
-        let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
-        log_failures(&client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
-        if let Some(failures) = &config.failures {
-            // The caller may be gone already: it then wanted no names.
-            let _ = failures.send(receiver.failed().to_vec());
-        }
-        Ok(receiver.summary().copied())
+        serve_push(connection, opened, config, &client, watch).await
     };
-    let result = summary.map(|summary| {
+    summary.map(|summary| {
         record.count(&summary.unwrap_or_default());
         record.skipped(skipped_here);
-    });
+    })
+}
+
+/// Receives a push the client opened with `opened`; its summary.
+async fn serve_push(
+    connection: &Connection,
+    opened: Opened,
+    config: &Arc<ServeConfig>,
+    client: &Fingerprint,
+    watch: Watch,
+) -> Result<Option<xfer_protocol::msg::Summary>, SessionError> {
+    let Opened { send, ctrl_in, reader, hello, open } = opened;
+    let opener = config.clone();
+    let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
+    receiver.handle(hello)?;
+    receiver.handle(Message::Open(open))?;
+    let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
     drop(reader);
-    result
+    log_failures(client, receiver.failed(), receiver.summary().map_or(0, |s| s.failed));
+    if let Some(failures) = &config.failures {
+        // The caller may be gone already: it then wanted no names.
+        let _ = failures.send(receiver.failed().to_vec());
+    }
+    Ok(receiver.summary().copied())
 }
 
 /// The server's record of entries a push could not write.

@@ -209,15 +209,9 @@ struct ServeLimits {
     congestion: transport::Congestion,
 }
 
-fn serve(
-    root: PathBuf,
-    listen: std::net::SocketAddr,
-    (allow, authorized_clients): (&[String], Option<&std::path::Path>),
-    config_dir: PathBuf,
-    limits: ServeLimits,
-    audit_log: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let identity = Identity::load_or_create(&config_dir)?;
+/// The clients `xfer serve` admits: `--allow` and `--authorized-clients`
+/// together, at least one.
+fn serve_access(allow: &[String], authorized_clients: Option<&std::path::Path>) -> anyhow::Result<Access> {
     let allow = allow.iter().map(|fp| fp.parse::<Fingerprint>()).collect::<Result<Vec<_>, _>>()?;
     let mut access = Access::allow(&allow);
     if let Some(file) = authorized_clients {
@@ -229,6 +223,19 @@ fn serve(
              (run `xfer id` on the client to get its fingerprint)"
         );
     }
+    Ok(access)
+}
+
+fn serve(
+    root: PathBuf,
+    listen: std::net::SocketAddr,
+    (allow, authorized_clients): (&[String], Option<&std::path::Path>),
+    config_dir: PathBuf,
+    limits: ServeLimits,
+    audit_log: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let identity = Identity::load_or_create(&config_dir)?;
+    let access = serve_access(allow, authorized_clients)?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
     let audit_log = audit_log.unwrap_or_else(|| root.join(transport::driver::SERVER_STATE_DIR).join("audit.jsonl"));

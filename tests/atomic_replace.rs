@@ -149,12 +149,9 @@ fn reader_never_sees_a_replaced_entry_missing() {
     }
 }
 
-/// A directory replaced by a file still counts against `--max-delete`:
-/// its whole subtree is lost.
-#[test]
-fn replaced_directory_counts_against_max_delete() {
-    let tmp = TempDir::new().unwrap();
-    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+/// v1: directory `d` holding two files; v2: `d` is a file. Replacing it
+/// loses three entries.
+fn directory_then_file() -> (Model, Model) {
     let dir = Node::Dir { mode: 0o755, mtime: 100 };
     let file = |data: &str| Node::File { data: data.as_bytes().to_vec(), mode: 0o644, mtime: 200 };
     let mut v1 = Model::new();
@@ -163,6 +160,16 @@ fn replaced_directory_counts_against_max_delete() {
     v1.insert(rel(b"d/b"), file("b"));
     let mut v2 = Model::new();
     v2.insert(rel(b"d"), file("now a file"));
+    (v1, v2)
+}
+
+/// A directory replaced by a file still counts against `--max-delete`:
+/// its whole subtree is lost.
+#[test]
+fn replaced_directory_counts_against_max_delete() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    let (v1, v2) = directory_then_file();
     fresh_source(&src, &v1);
     assert!(push(tmp.path(), &src, &dest, None).status.success());
     fresh_source(&src, &v2);
@@ -181,14 +188,7 @@ fn pull_charges_a_replaced_directory_to_its_delete_limit() {
     use xfer::plan::DeleteLimit;
     let tmp = TempDir::new().unwrap();
     let (src, dest, state) = (tmp.path().join("src"), tmp.path().join("dest"), tmp.path().join("state"));
-    let dir = Node::Dir { mode: 0o755, mtime: 100 };
-    let file = |data: &str| Node::File { data: data.as_bytes().to_vec(), mode: 0o644, mtime: 200 };
-    let mut v1 = Model::new();
-    v1.insert(rel(b"d"), dir);
-    v1.insert(rel(b"d/a"), file("a"));
-    v1.insert(rel(b"d/b"), file("b"));
-    let mut v2 = Model::new();
-    v2.insert(rel(b"d"), file("now a file"));
+    let (v1, v2) = directory_then_file();
     fresh_source(&src, &v2);
     fresh_source(&dest, &v1);
     let limited = DeleteLimit { max: Some(2), guard: false };

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use xfer::scan::{scan, ScanOptions};
+use xfer::fs::scan::{scan, ScanOptions};
 
 const FILES: usize = 100_000;
 

@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use xfer::identity::Identity;
-use xfer::transport::{client_config, client_endpoint, server_endpoint, ServerPin, Tuning};
+use xfer::net::identity::Identity;
+use xfer::net::{client_config, client_endpoint, server_endpoint, ServerPin, Tuning};
 
 const BYTES: u64 = 256 << 20;
 const PIECE: usize = 1 << 20;

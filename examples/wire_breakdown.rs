@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use xfer::codec::{Compression, Encoder};
+use xfer::fs::scan::{scan, ScanOptions};
+use xfer::fs::store::MirrorStore;
 use xfer::plan::PlanOptions;
-use xfer::scan::{scan, ScanOptions};
 use xfer::session::{FileReader, OpenRequest, Receiver, Sender, SessionError};
-use xfer::store::MirrorStore;
 use xfer_protocol::{frame, Message};
 
 type Tally = BTreeMap<(&'static str, String), (u64, u64)>;

@@ -4,17 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 status=0
-core="src/chunk.rs src/hash.rs src/manifest.rs src/plan.rs src/codec.rs src/patch.rs src/congestion.rs"
-if grep -nE '\b(std::fs|std::net|tokio|quinn|Instant::now)\b' $core; then
-  echo "layers: the pure core (chunk, hash, manifest, plan, codec, patch) must not do I/O" >&2
+# The core (src/core) is its own crate: it cannot name tokio or quinn (not
+# its dependencies), and src/core/clippy.toml refuses std's file, socket,
+# process and clock calls; this catches a dependency added by mistake.
+if grep -nE '^(tokio|quinn|quinn-proto|rustls|redb|socket2|tracing)\b' src/core/Cargo.toml; then
+  echo "layers: the core crate (src/core) must not depend on runtime, network or storage crates" >&2
+  status=1
+fi
+if grep -rnE '\bxfer::' src/core --include=*.rs; then
+  echo "layers: the core crate must not name the xfer crate" >&2
   status=1
 fi
 if grep -rnE '\b(tokio|quinn|std::net|Instant::now)\b' src/session; then
   echo "layers: sessions are sans-IO: no sockets, no runtime, no clock" >&2
   status=1
 fi
-if grep -rnE '\bquinn::' src --include=*.rs | grep -v '^src/transport/'; then
-  echo "layers: only src/transport names quinn" >&2
+if grep -rnE '\bquinn::' src --include=*.rs | grep -v '^src/net/'; then
+  echo "layers: only src/net names quinn" >&2
   status=1
 fi
 if grep -rnE '\b(clap|anyhow|indicatif)::' src --include=*.rs | grep -v '^src/bin/'; then

@@ -4,16 +4,16 @@
 
 use std::path::{Path, PathBuf};
 
-pub use crate::identity::{Fingerprint, Identity};
+pub use crate::net::access::Access;
+pub use crate::net::client::{RemoteError, RemotePush as Options, RemoteUrl, Report};
+pub use crate::net::identity::{Fingerprint, Identity};
 pub use crate::progress::{Event, Progress, ProgressSink};
-pub use crate::transport::access::Access;
-pub use crate::transport::client::{RemoteError, RemotePush as Options, RemoteUrl, Report};
 pub use tokio_util::sync::CancellationToken;
 
-pub use crate::transport::server::Server;
-pub use crate::transport::Congestion;
+pub use crate::net::server::Server;
+pub use crate::net::Congestion;
 
-use crate::transport::client;
+use crate::net::client;
 
 /// Pushes and pulls as one identity.
 pub struct Client {
@@ -88,7 +88,7 @@ impl Options {
             dry_run: false,
             tags: std::collections::BTreeMap::new(),
             log: None,
-            congestion: crate::transport::Congestion::default(),
+            congestion: crate::net::Congestion::default(),
         }
     }
 }

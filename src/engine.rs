@@ -13,12 +13,12 @@ use crate::chunk::ChunkRef;
 use crate::codec::{Compression, EncodedChunk, Encoder};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
+use crate::fs::scan::{scan_with, Records, Scan, ScanOptions};
+use crate::fs::store::state::StateDb;
+use crate::fs::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
 use crate::hash::ChunkId;
 use crate::manifest::{EntryKind, Manifest, RelPath};
 use crate::plan::{plan, PlanOptions};
-use crate::scan::{scan_with, Records, Scan, ScanOptions};
-use crate::store::state::StateDb;
-use crate::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
 
 /// What a push should do.
 #[derive(Clone, Debug)]
@@ -35,7 +35,7 @@ pub struct PushOptions {
     /// Exclusion patterns: matching source entries are not pushed, and
     /// matching destination entries are never deleted. The caller builds it,
     /// the source root's `.xferignore` included
-    /// ([`Filter::with_root_ignore`]).
+    /// ([`crate::fs::ignore::with_root_ignore`]).
     pub filter: Option<Arc<Filter>>,
 }
 
@@ -142,7 +142,7 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
 /// writes.
 pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     let src = src.canonicalize().at(src)?;
-    let dest = crate::store::canonical_missing(dest)?;
+    let dest = crate::fs::store::canonical_missing(dest)?;
     if src.starts_with(&dest) || dest.starts_with(&src) {
         return Err(Error::io(
             &dest,
@@ -188,14 +188,14 @@ struct Until<'a, R> {
 }
 
 impl<R: Records> Records for Until<'_, R> {
-    fn previous(&mut self, path: &RelPath) -> Result<Option<crate::scan::FileRecord>> {
+    fn previous(&mut self, path: &RelPath) -> Result<Option<crate::fs::scan::FileRecord>> {
         if (self.stop)() {
             return Err(Error::Stopped);
         }
         self.inner.previous(path)
     }
 
-    fn record(&mut self, path: &RelPath, record: &crate::scan::FileRecord, changed: bool) -> Result<()> {
+    fn record(&mut self, path: &RelPath, record: &crate::fs::scan::FileRecord, changed: bool) -> Result<()> {
         self.inner.record(path, record, changed)
     }
 }

@@ -90,7 +90,7 @@ pub enum Error {
         source: Box<redb::Error>,
     },
     /// Another transfer is writing this tree, a directory above it or one
-    /// inside it (see [`crate::store::TreeLock`]).
+    /// inside it (see [`crate::fs::store::TreeLock`]).
     #[error(
         "{path}: another xfer transfer is writing {holder} or a directory inside it; \
          try again when it ends (or wait for it with --busy-wait SECONDS)"
@@ -108,7 +108,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// A path with a name in the receiver's namespace for temporaries
-    /// ([`crate::scan::TEMP_PREFIX`]): no scan reports such a name, so no
+    /// ([`crate::fs::scan::TEMP_PREFIX`]): no scan reports such a name, so no
     /// sender has one to send, and writing one could replace the temporary
     /// of a file being built.
     #[error("{path}: names starting with .xfer-tmp. are the receiver's temporaries; nothing may be written there")]

@@ -38,28 +38,16 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
-pub mod adapt;
 mod api;
-pub mod audit;
-pub mod chunk;
-pub mod codec;
-pub mod congestion;
 mod crashpoint;
 pub mod engine;
 pub mod error;
-pub mod filter;
-pub mod hash;
-pub mod identity;
-pub mod manifest;
-pub mod patch;
-pub mod plan;
-pub mod progress;
-pub mod scan;
+pub mod fs;
+pub mod net;
 pub mod session;
-pub mod store;
 pub mod throttle;
-pub mod transport;
-pub mod wire;
+
+pub use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, patch, plan, progress, wire};
 
 pub use api::{
     Access, CancellationToken, Client, Congestion, Event, Fingerprint, Identity, Options, Progress, ProgressSink,

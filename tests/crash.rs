@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
+use xfer::fs::scan::{StatKey, TEMP_PREFIX};
+use xfer::fs::store::state::StateDb;
+use xfer::fs::store::{MirrorStore, Store};
 use xfer::hash::{ChunkId, FileHash};
 use xfer::manifest::RelPath;
-use xfer::scan::{StatKey, TEMP_PREFIX};
-use xfer::store::state::StateDb;
-use xfer::store::{MirrorStore, Store};
 
 use crate::util::{assert_same_tree, materialize, read_tree, rel, seeded, Model, Node};
 

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use xfer::audit::AuditLog;
-use xfer::identity::Identity;
-use xfer::transport::access::Access;
-use xfer::transport::client::{push, RemotePush, RemoteUrl};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
+use xfer::net::access::Access;
+use xfer::net::audit::AuditLog;
+use xfer::net::client::{push, RemotePush, RemoteUrl};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::Identity;
+use xfer::net::{server_endpoint, Tuning};
 
 use crate::local_faults::{json, open_up, xfer};
 use crate::util::as_nobody;
@@ -352,7 +352,7 @@ async fn server_audit_says_partial_when_the_client_skipped() {
     // A pull whose source, the server's tree, holds an entry its scan skips.
     mkfifo(&server.root.join("site/served-pipe"));
     let restored = tmp.path().join("restored");
-    xfer::transport::client::pull(&url, &restored, &client, pin, &remote_options(&tmp, false)).await.unwrap();
+    xfer::net::client::pull(&url, &restored, &client, pin, &remote_options(&tmp, false)).await.unwrap();
     let records = audit_records(&server.audit, 3);
     assert_eq!(records.len(), 3, "{records:?}");
     assert_eq!(records[2]["result"], "partial", "a pull the server skipped entries of is logged as {}", records[2]);

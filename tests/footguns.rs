@@ -382,10 +382,10 @@ pub(crate) mod held_deletes {
     use rand::SeedableRng;
     use tempfile::TempDir;
     use xfer::codec::{Compression, Encoder};
+    use xfer::fs::scan::{scan, ScanOptions};
+    use xfer::fs::store::MirrorStore;
     use xfer::plan::{DeleteLimit, PlanOptions};
-    use xfer::scan::{scan, ScanOptions};
     use xfer::session::{FileReader, Receiver, Sender, SessionError};
-    use xfer::store::MirrorStore;
     use xfer_protocol::frame;
 
     use crate::plan_model::random_tree;

@@ -9,9 +9,9 @@ use std::process::Command;
 
 use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
-use xfer::scan::TEMP_PREFIX;
+use xfer::fs::scan::TEMP_PREFIX;
+use xfer::fs::store::MirrorStore;
 use xfer::session::{OpenRequest, Receiver, SessionError};
-use xfer::store::MirrorStore;
 use xfer_protocol::{msg, Message, PROTOCOL_VERSION};
 
 use crate::util::seeded;

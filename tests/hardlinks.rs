@@ -12,11 +12,11 @@ use proptest::prelude::*;
 use tempfile::TempDir;
 use xfer::codec::Compression;
 use xfer::engine::{push_local, PushOptions, Stats};
-use xfer::identity::Identity;
-use xfer::transport::access::Access;
-use xfer::transport::client::{pull, push, RemotePush, RemoteUrl};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
+use xfer::net::access::Access;
+use xfer::net::client::{pull, push, RemotePush, RemoteUrl};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::Identity;
+use xfer::net::{server_endpoint, Tuning};
 
 use crate::util::{assert_same_tree, read_tree, seeded};
 
@@ -260,8 +260,8 @@ async fn remote_push_and_pull_keep_link_groups() {
 #[test]
 fn a_link_to_the_wrong_content_fails_alone() {
     use xfer::chunk::digest_bytes;
+    use xfer::fs::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
     use xfer::plan::{Op, Plan};
-    use xfer::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
 
     struct NoSupply;
     impl ChunkSupply for NoSupply {

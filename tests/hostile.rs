@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use xfer::identity::{Fingerprint, Identity};
+use xfer::net::access::Access;
+use xfer::net::client::{push, RemoteError, RemotePush, RemoteUrl, Report};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::{Fingerprint, Identity};
+use xfer::net::{server_endpoint, Tuning};
 use xfer::throttle::{Limiter, Rate};
-use xfer::transport::access::Access;
-use xfer::transport::client::{push, RemoteError, RemotePush, RemoteUrl, Report};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
 use xfer_protocol::msg::{self, Direction};
 use xfer_protocol::{CloseCode, Message, MAX_FRAME_LEN};
 
@@ -829,7 +829,7 @@ async fn hostile_connection_flood_leaves_the_server_serving() {
     let good_push = good_push(&tmp, addr, fp, good.clone(), &server.root);
 
     let sockets: Vec<quinn::Endpoint> = (0..8)
-        .map(|_| xfer::transport::client_endpoint("127.0.0.1:0".parse().unwrap(), Tuning::default()).unwrap())
+        .map(|_| xfer::net::client_endpoint("127.0.0.1:0".parse().unwrap(), Tuning::default()).unwrap())
         .collect();
     let mut tasks = Vec::new();
     for n in 0..QUICK + HELD {
@@ -942,7 +942,7 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
 }
 
 /// The flood at scale: 200 abandoned handshakes, more than the server
-/// runs at once ([`xfer::transport::driver::MAX_HANDSHAKES`]), and 2,000
+/// runs at once ([`xfer::net::driver::MAX_HANDSHAKES`]), and 2,000
 /// connections in waves. New connections are refused before their
 /// handshake until the abandoned ones time out; the good client retries
 /// and gets through; memory stays bounded.
@@ -963,7 +963,7 @@ async fn hostile_heavy_flood_with_abandoned_handshakes() {
     }
     let good_push = good_push(&tmp, addr, fp, good.clone(), &server.root);
     let sockets: Vec<quinn::Endpoint> = (0..16)
-        .map(|_| xfer::transport::client_endpoint("127.0.0.1:0".parse().unwrap(), Tuning::default()).unwrap())
+        .map(|_| xfer::net::client_endpoint("127.0.0.1:0".parse().unwrap(), Tuning::default()).unwrap())
         .collect();
     for wave in 0..WAVES {
         let tasks: Vec<_> = (0..PER_WAVE)
@@ -1009,7 +1009,7 @@ async fn hostile_default_timeouts_of_xfer_serve() {
     let server = ServeProcess::start(&tmp, &clients);
     let ghost = raw::half_open(server.addr, &bad).await;
     let stalled = opened_push(server.addr, server.fingerprint, &bad, "stalled").await;
-    let closed = stalled.closed(xfer::transport::IDLE_TIMEOUT + Duration::from_secs(30)).await;
+    let closed = stalled.closed(xfer::net::IDLE_TIMEOUT + Duration::from_secs(30)).await;
     assert_eq!(closed.code, Some(CloseCode::Timeout), "{closed:?}");
     server.record(&["session refused or failed", &bad.fingerprint().to_string(), "code=11"]).await;
     server.record(&["handshake timed out"]).await;

@@ -429,7 +429,7 @@ fn nested(x: &str, y: &str) -> bool {
 /// granted exactly when no held lock is on the same tree, above it or
 /// inside it, and a refusal is busy.
 fn lock_model_impl(steps: &[(usize, bool)]) {
-    use xfer::store::TreeLock;
+    use xfer::fs::store::TreeLock;
     let tmp = TempDir::new().unwrap();
     let root = tmp.path().join("root");
     let mut held: Vec<Option<TreeLock>> = (0..TREES.len()).map(|_| None).collect();

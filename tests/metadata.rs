@@ -16,14 +16,14 @@ use std::sync::Arc;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tempfile::TempDir;
-use xfer::identity::Identity;
+use xfer::fs::store::{ChunkSupply, MetaPolicy, MirrorStore, Store};
 use xfer::manifest::{Meta, Mtime, RelPath, Xattr};
+use xfer::net::access::Access;
+use xfer::net::client::{pull, push, push_embedded, RemotePush, RemoteUrl};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::Identity;
+use xfer::net::{server_endpoint, Tuning};
 use xfer::plan::{Op, Plan};
-use xfer::store::{ChunkSupply, MetaPolicy, MirrorStore, Store};
-use xfer::transport::access::Access;
-use xfer::transport::client::{pull, push, push_embedded, RemotePush, RemoteUrl};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
 
 /// Why these tests cannot run here, if they cannot.
 fn unsupported(dir: &Path) -> Option<String> {
@@ -295,7 +295,7 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
 fn apply_to_store(root: &Path, policy: MetaPolicy, dir_meta: &Meta, file_meta: &Meta) -> (Meta, Meta) {
     struct NoChunks;
     impl ChunkSupply for NoChunks {
-        fn fetch(&mut self, _: &xfer::store::ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
+        fn fetch(&mut self, _: &xfer::fs::store::ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
             unreachable!("metadata only")
         }
     }
@@ -361,7 +361,7 @@ proptest! {
             for (name, sent) in [("tree/d", &dir_meta), ("tree/f", &file_meta)] {
                 let path = root.join(name);
                 let disk = std::fs::symlink_metadata(&path).unwrap();
-                let xattrs = xfer::scan::read_xattrs(&path).unwrap();
+                let xattrs = xfer::fs::scan::read_xattrs(&path).unwrap();
                 if policy == MetaPolicy::Confined {
                     prop_assert_eq!(disk.mode() & 0o7777, sent.mode & 0o777);
                     prop_assert_eq!((disk.uid(), disk.gid()), (0, 0));

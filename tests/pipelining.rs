@@ -12,13 +12,13 @@ use std::path::Path;
 
 use tempfile::TempDir;
 use xfer::codec::{Compression, Encoder};
+use xfer::fs::scan::{scan, ScanOptions, TEMP_PREFIX};
+use xfer::fs::store::MirrorStore;
 use xfer::plan::PlanOptions;
-use xfer::scan::{scan, ScanOptions, TEMP_PREFIX};
 use xfer::session::{
     FileReader, Limits, OpenRequest, Receiver, Sender, SessionError, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES,
     MAX_OUTSTANDING_CHUNKS, MIN_FILES_IN_FLIGHT,
 };
-use xfer::store::MirrorStore;
 use xfer_protocol::Message;
 
 use crate::util::{read_tree, seeded};

@@ -12,11 +12,11 @@ use tempfile::TempDir;
 use xfer::codec::{Compression, EncodedChunk, Encoder};
 use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::filter::Filter;
+use xfer::fs::scan::{scan, ScanOptions, StatKey};
+use xfer::fs::store::state::StateDb;
+use xfer::fs::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
 use xfer::manifest::{EntryKind, RelPath};
 use xfer::plan::{plan, wire_chunk_list, ListEdit, PlanOptions};
-use xfer::scan::{scan, ScanOptions, StatKey};
-use xfer::store::state::StateDb;
-use xfer::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::{assert_same_tree, materialize, read_tree, rel, seeded, Model, Node};
@@ -344,7 +344,7 @@ fn scan_reports_progress_per_file() {
     for i in 0..10 {
         fs::write(d.src.join(format!("f{i}")), seeded(1000 + i as usize, i)).unwrap();
     }
-    let collect = |previous: &HashMap<RelPath, xfer::scan::FileRecord>| {
+    let collect = |previous: &HashMap<RelPath, xfer::fs::scan::FileRecord>| {
         let (tx, rx) = std::sync::mpsc::sync_channel(100);
         let options =
             ScanOptions { progress: xfer::progress::ProgressSink::new(Arc::new(tx)), ..ScanOptions::default() };
@@ -416,7 +416,7 @@ fn receiving_accepts_chunks_in_any_order() {
     pending.reverse();
     pending.sort_by_key(|(_, need, _)| *need % 2);
     for (file, need, encoded) in &pending {
-        assert!(matches!(rx.put_chunk(*file, *need, encoded, false).unwrap(), xfer::store::Put::Stored(_)));
+        assert!(matches!(rx.put_chunk(*file, *need, encoded, false).unwrap(), xfer::fs::store::Put::Stored(_)));
     }
     // A chunk for a file that was never announced is refused.
     assert!(rx.put_chunk(9, 0, &pending[0].2, false).is_err());
@@ -434,7 +434,7 @@ fn receiving_accepts_chunks_in_any_order() {
 /// first is abandoned before they arrive, the second asks for them itself.
 #[test]
 fn receiving_shares_chunks_between_files_in_flight() {
-    use xfer::store::Put;
+    use xfer::fs::store::Put;
     for abandon_first in [false, true] {
         let tmp = TempDir::new().unwrap();
         let (dest, state_path) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
@@ -452,7 +452,7 @@ fn receiving_shares_chunks_between_files_in_flight() {
         let common = second_digest.chunks.iter().filter(|c| first_digest.chunks.contains(c)).count();
         assert!(common >= 2, "the test needs shared chunks");
         assert_eq!(second_needs.len(), second_digest.chunks.len() - common, "shared chunks asked twice");
-        let encode = |encoder: &mut Encoder, data: &[u8], need: &xfer::store::NeedInfo| {
+        let encode = |encoder: &mut Encoder, data: &[u8], need: &xfer::fs::store::NeedInfo| {
             encoder.encode(&data[need.offset as usize..need.offset as usize + need.chunk.len as usize])
         };
         let mut more = Vec::new();
@@ -520,7 +520,7 @@ pub(crate) fn exclusion_scenario(src: &Path, dest: &Path) -> Filter {
     fs::create_dir_all(dest).unwrap();
     fs::write(dest.join("keep.log"), "the destination's own").unwrap();
     fs::write(dest.join("stale.txt"), "not in the source").unwrap();
-    let mut filter = Filter::with_root_ignore(src).unwrap();
+    let mut filter = xfer::fs::ignore::with_root_ignore(src).unwrap();
     filter.add_pattern("target/", "--exclude").unwrap();
     filter.add_pattern("*.log", "--exclude").unwrap();
     filter

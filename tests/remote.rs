@@ -8,12 +8,12 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tempfile::TempDir;
-use xfer::identity::Identity;
+use xfer::net::access::Access;
+use xfer::net::client::{pull, push, push_embedded, RemoteError, RemotePush, RemoteUrl};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::Identity;
+use xfer::net::{server_endpoint, Tuning};
 use xfer::throttle::{Limiter, Rate};
-use xfer::transport::access::Access;
-use xfer::transport::client::{pull, push, push_embedded, RemoteError, RemotePush, RemoteUrl};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::{assert_same_tree, materialize, read_tree, seeded};
@@ -24,11 +24,11 @@ struct Server {
     root: std::path::PathBuf,
 }
 
-fn start_server(tmp: &TempDir, allow: Vec<xfer::identity::Fingerprint>) -> Server {
+fn start_server(tmp: &TempDir, allow: Vec<xfer::net::identity::Fingerprint>) -> Server {
     start_server_tuned(tmp, allow, Tuning::default())
 }
 
-fn start_server_tuned(tmp: &TempDir, allow: Vec<xfer::identity::Fingerprint>, tuning: Tuning) -> Server {
+fn start_server_tuned(tmp: &TempDir, allow: Vec<xfer::net::identity::Fingerprint>, tuning: Tuning) -> Server {
     start_server_with(tmp, Access::allow(&allow), tuning)
 }
 
@@ -140,10 +140,10 @@ async fn remote_push_then_pull_back() {
     push(&src, &url, &client, pin, &options(&tmp)).await.unwrap();
     // Restore into an empty directory, then pull again: nothing to do.
     let restored = tmp.path().join("restored");
-    let report = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    let report = xfer::net::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_same_tree(&read_tree(&restored), &v1);
-    let again = xfer::transport::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
+    let again = xfer::net::client::pull(&url, &restored, &client, pin, &options(&tmp)).await.unwrap();
     assert!(again.wire_bytes_sent + again.wire_bytes_received < 20_000);
     assert_same_tree(&read_tree(&restored), &v1);
 }
@@ -370,7 +370,7 @@ async fn remote_concurrent_pushes_to_one_path_serialize() {
 /// Text-like bytes: this crate's own source, each line numbered and
 /// tagged with `seed` (so no two files share a chunk), repeated to `len`.
 fn wordy(len: usize, seed: u64) -> Vec<u8> {
-    let mut sources: Vec<_> = ["src/codec.rs", "src/plan.rs", "src/patch.rs", "src/transport/driver.rs"]
+    let mut sources: Vec<_> = ["src/core/codec.rs", "src/core/plan.rs", "src/core/patch.rs", "src/net/driver.rs"]
         .iter()
         .map(|p| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap())
         .collect();

@@ -9,11 +9,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use xfer::codec::{Compression, Encoder};
+use xfer::fs::scan::{scan, ScanOptions};
+use xfer::fs::store::MirrorStore;
 use xfer::manifest::Manifest;
 use xfer::plan::PlanOptions;
-use xfer::scan::{scan, ScanOptions};
 use xfer::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
-use xfer::store::MirrorStore;
 use xfer_protocol::{frame, Kind, Message};
 
 use crate::plan_model::{random_edit, random_tree};
@@ -280,7 +280,7 @@ fn session_pull_restores_and_updates() {
 // lane, picked by an `Order`: lanes race each other, each stays in order.
 
 /// One FIFO lane per data stream the transport opens.
-const LANES: usize = xfer::transport::driver::DATA_STREAMS;
+const LANES: usize = xfer::net::driver::DATA_STREAMS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lane {
@@ -532,7 +532,7 @@ fn drive_lanes<R: ChunkReader>(
 fn assert_whole(dest: &Path, old: &Model, new: &Model) {
     for (path, node) in &read_tree(dest) {
         let name = path.as_bytes().rsplit(|&b| b == b'/').next().unwrap_or_default();
-        assert!(!name.starts_with(xfer::scan::TEMP_PREFIX), "temporary {path} left behind");
+        assert!(!name.starts_with(xfer::fs::scan::TEMP_PREFIX), "temporary {path} left behind");
         if matches!(node, Node::Dir { .. }) {
             continue;
         }

@@ -13,11 +13,11 @@ use proptest::prelude::*;
 use tempfile::TempDir;
 use xfer::codec::Compression;
 use xfer::engine::{push_local, PushOptions};
-use xfer::identity::Identity;
-use xfer::transport::access::Access;
-use xfer::transport::client::{push, RemotePush, RemoteUrl};
-use xfer::transport::driver::{serve, ServeConfig};
-use xfer::transport::{server_endpoint, Tuning};
+use xfer::net::access::Access;
+use xfer::net::client::{push, RemotePush, RemoteUrl};
+use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::identity::Identity;
+use xfer::net::{server_endpoint, Tuning};
 
 use crate::util::seeded;
 use crate::util::{as_nobody, is_root};

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use xfer::identity::Identity;
-use xfer::transport::{client_config, client_endpoint, peer_fingerprint, server_endpoint, ServerPin, Tuning};
+use xfer::net::identity::Identity;
+use xfer::net::{client_config, client_endpoint, peer_fingerprint, server_endpoint, ServerPin, Tuning};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()

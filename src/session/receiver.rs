@@ -11,11 +11,11 @@ use super::window::Limits;
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
+use crate::fs::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::hash::FileHash;
 use crate::manifest::{EntryKind, Manifest, Meta, RelPath, Tree};
 use crate::plan::{deleted_entries, DeleteLimit, Op};
 use crate::progress::{Change, Event, ProgressSink};
-use crate::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::wire::{self, WireError};
 
 /// Entry changes buffered ahead of the one being applied; past this the

@@ -134,7 +134,7 @@ pub struct Sender<R> {
     deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
     summary: Option<msg::Summary>,
     /// Files this side gave up on (their source changed while read).
-    failed: Vec<crate::store::FailedEntry>,
+    failed: Vec<crate::fs::store::FailedEntry>,
     /// Source entries the plan could not apply, and why.
     skipped: Vec<Skipped>,
     progress: ProgressSink,
@@ -315,7 +315,7 @@ impl<R: ChunkReader> Sender<R> {
 
     /// Files this side could not send (the receiver kept their old
     /// version), with the reason.
-    pub fn failed(&self) -> &[crate::store::FailedEntry] {
+    pub fn failed(&self) -> &[crate::fs::store::FailedEntry] {
         &self.failed
     }
 
@@ -651,7 +651,7 @@ impl<R: ChunkReader> Sender<R> {
         let bytes = match self.reader.read(&path, offset, chunk) {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {
-                self.failed.push(crate::store::FailedEntry { path: path.to_string(), error: e.to_string() });
+                self.failed.push(crate::fs::store::FailedEntry { path: path.to_string(), error: e.to_string() });
                 self.data.push_back(Message::FileFailed(msg::FileFailed {
                     file: need.file,
                     code: xfer_protocol::CloseCode::ChunkMismatch as u32,

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream, SendStream};
-use xfer::identity::{Fingerprint, Identity};
-use xfer::transport::{client_config, client_endpoint, ServerPin, Tuning};
+use xfer::net::identity::{Fingerprint, Identity};
+use xfer::net::{client_config, client_endpoint, ServerPin, Tuning};
 use xfer_protocol::{frame, msg, CloseCode, Message};
 
 /// How the server ended a connection.

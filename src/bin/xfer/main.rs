@@ -19,12 +19,12 @@ use config::{Config, Settings, Target};
 use xfer::codec::Compression;
 use xfer::engine::default_state_dir;
 use xfer::filter::Filter;
-use xfer::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
+use xfer::net;
+use xfer::net::access::Access;
+use xfer::net::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
+use xfer::net::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
 use xfer::plan::DeleteLimit;
 use xfer::throttle::{local_time_now, Direction, Limiter, LocalTime, Rate, Timetable, Window};
-use xfer::transport;
-use xfer::transport::access::Access;
-use xfer::transport::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 
 /// Exit code of a usage error, and of a run refused before it changed
 /// anything (too many deletes), which is the user's call to make.
@@ -119,7 +119,8 @@ fn init_transfer_logging(verbose: u8, quiet: bool) {
     } else if !quiet {
         // Only a damaged state database that was moved aside and rebuilt.
         use tracing_subscriber::prelude::*;
-        let only = tracing_subscriber::filter::Targets::new().with_target("xfer::store::state", tracing::Level::WARN);
+        let only =
+            tracing_subscriber::filter::Targets::new().with_target("xfer::fs::store::state", tracing::Level::WARN);
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
         tracing_subscriber::registry().with(layer.with_filter(only)).init();
     }
@@ -153,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config_dir = config_dir_or_default(config_dir)?;
             let configured = Config::load(&config_dir)?.serve.congestion;
             // Checked when the config was loaded.
-            let configured = configured.as_deref().map(str::parse::<transport::Congestion>).transpose()?;
+            let configured = configured.as_deref().map(str::parse::<net::Congestion>).transpose()?;
             let limits = ServeLimits {
                 per_session,
                 total,
@@ -190,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 const KNOWN_HOSTS: &str = "known_hosts";
 
 fn config_dir_or_default(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match dir.or_else(xfer::identity::default_config_dir) {
+    match dir.or_else(xfer::net::identity::default_config_dir) {
         Some(dir) => Ok(dir),
         None => bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR"),
     }
@@ -206,7 +207,7 @@ struct ServeLimits {
     total: Rate,
     max_sessions: usize,
     idle_timeout: Duration,
-    congestion: transport::Congestion,
+    congestion: net::Congestion,
 }
 
 /// The clients `xfer serve` admits: `--allow` and `--authorized-clients`
@@ -238,17 +239,17 @@ fn serve(
     let access = serve_access(allow, authorized_clients)?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
-    let audit_log = audit_log.unwrap_or_else(|| root.join(transport::driver::SERVER_STATE_DIR).join("audit.jsonl"));
-    let audit = xfer::audit::AuditLog::open(&audit_log).context("open the audit log (--audit-log FILE)")?;
+    let audit_log = audit_log.unwrap_or_else(|| root.join(net::driver::SERVER_STATE_DIR).join("audit.jsonl"));
+    let audit = xfer::net::audit::AuditLog::open(&audit_log).context("open the audit log (--audit-log FILE)")?;
     // Session records on stderr, one line each, for the operator's log.
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let runtime = runtime()?;
     runtime.block_on(async {
-        let tuning = transport::Tuning::with_congestion(limits.congestion);
+        let tuning = net::Tuning::with_congestion(limits.congestion);
         let endpoint =
-            transport::server_endpoint(listen, &identity, tuning).with_context(|| format!("listen on {listen}"))?;
+            net::server_endpoint(listen, &identity, tuning).with_context(|| format!("listen on {listen}"))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        let mut config = transport::driver::ServeConfig::new(root, access);
+        let mut config = net::driver::ServeConfig::new(root, access);
         config.per_session = limits.per_session;
         config.total = Limiter::new(limits.total);
         config.max_sessions = limits.max_sessions;
@@ -258,7 +259,7 @@ fn serve(
         let shutdown = config.shutdown.clone();
         let config = std::sync::Arc::new(config);
         let mut signals = StopSignals::install()?;
-        let serving = transport::driver::serve(endpoint.clone(), config);
+        let serving = net::driver::serve(endpoint.clone(), config);
         tokio::pin!(serving);
         tokio::select! {
             () = &mut serving => {}
@@ -560,10 +561,10 @@ fn flag(on: bool, off: bool) -> Option<bool> {
 fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<RemotePush> {
     // The source root's .xferignore, then --exclude-from, then --exclude:
     // the last match wins, so the command line has the last word.
-    let mut filter = if push { Filter::with_root_ignore(&args.src)? } else { Filter::new() };
+    let mut filter = if push { xfer::fs::ignore::with_root_ignore(&args.src)? } else { Filter::new() };
     // The config file's patterns come before the command line's.
     for file in defaults.exclude_from.iter().chain(&args.exclude_from) {
-        filter.add_file(file)?;
+        xfer::fs::ignore::add_file(&mut filter, file)?;
     }
     for pattern in &defaults.exclude {
         filter.add_pattern(pattern, "exclude in the config file")?;
@@ -600,7 +601,7 @@ fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<R
     }
     options.log = args.log_json.clone();
     // The config's name was checked when it was loaded.
-    let configured = defaults.congestion.as_deref().map(str::parse::<transport::Congestion>).transpose()?;
+    let configured = defaults.congestion.as_deref().map(str::parse::<net::Congestion>).transpose()?;
     options.congestion = args.congestion.or(configured).unwrap_or_default();
     Ok(options)
 }

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use thiserror::Error;
 use xfer_protocol::CloseCode;
 
-use crate::identity::Fingerprint;
+use crate::net::identity::Fingerprint;
 
 /// What a grant lets a client do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

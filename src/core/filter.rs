@@ -24,7 +24,6 @@
 //! Patterns are UTF-8 text; the names they match are raw bytes and need not be.
 
 use std::ffi::OsStr;
-use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -113,28 +112,6 @@ impl Filter {
         Filter { builder: GitignoreBuilder::new("/"), matcher: Gitignore::empty() }
     }
 
-    /// A filter with the patterns of `root`'s [`IGNORE_FILE`], if it has one.
-    ///
-    /// # Errors
-    /// As [`Filter::add_root_ignore`].
-    pub fn with_root_ignore(root: &Path) -> Result<Self, FilterError> {
-        let mut filter = Filter::new();
-        filter.add_root_ignore(root)?;
-        Ok(filter)
-    }
-
-    /// Adds the patterns of `root`'s [`IGNORE_FILE`]; no file is no patterns.
-    /// Add it before command-line patterns, so that theirs win.
-    ///
-    /// # Errors
-    /// As [`Filter::add_file`], except that a missing file is not an error.
-    pub fn add_root_ignore(&mut self, root: &Path) -> Result<(), FilterError> {
-        match self.add_file(&root.join(IGNORE_FILE)) {
-            Err(FilterError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
     /// Adds one pattern; `origin` names where it came from (`--exclude`,
     /// `FILE:LINE`) for error messages.
     ///
@@ -160,16 +137,17 @@ impl Filter {
         self.commit(builder, origin)
     }
 
-    /// Adds the patterns of the file at `path`, one per line (`--exclude-from`).
+    /// Adds the patterns in `bytes`, the contents of the patterns file at
+    /// `path` (`--exclude-from`, [`IGNORE_FILE`]), one per line; the edge
+    /// that read the file passes its path for error messages.
     ///
     /// # Errors
-    /// [`FilterError::Read`] if it cannot be read, [`FilterError::NotUtf8`]
-    /// for a line that is not UTF-8, [`FilterError::Pattern`] (naming the
-    /// file and line) for a pattern that does not parse.
-    pub fn add_file(&mut self, path: &Path) -> Result<(), FilterError> {
-        let bytes = fs::read(path).map_err(|source| FilterError::Read { path: path.to_path_buf(), source })?;
+    /// [`FilterError::NotUtf8`] for a line that is not UTF-8,
+    /// [`FilterError::Pattern`] (naming the file and line) for a pattern
+    /// that does not parse.
+    pub fn add_patterns_file(&mut self, bytes: &[u8], path: &Path) -> Result<(), FilterError> {
         // Editors on some systems start UTF-8 files with a byte order mark; git skips it too.
-        let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+        let text = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
         let mut builder = self.builder.clone();
         for (i, line) in text.split(|&b| b == b'\n').enumerate() {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -373,64 +351,5 @@ mod tests {
         assert!(f.is_empty(), "failed adds leave the filter as it was");
         f.add_pattern("\\#x", "--exclude").unwrap();
         assert!(excluded(&f, "#x", false));
-    }
-
-    #[test]
-    fn file_with_comments_blank_lines_and_escapes() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("patterns");
-        fs::write(&file, "\u{feff}# build output\r\n\r\n*.o\n   \n\\#literal\n/only-top  \n\\!bang\n!keep.o\n")
-            .unwrap();
-        let mut f = Filter::new();
-        f.add_file(&file).unwrap();
-        assert!(excluded(&f, "a/b.o", false));
-        assert!(!excluded(&f, "keep.o", false));
-        assert!(excluded(&f, "#literal", false));
-        assert!(!excluded(&f, "# build output", false), "comments are no patterns");
-        assert!(excluded(&f, "only-top", false), "trailing spaces are dropped");
-        assert!(!excluded(&f, "x/only-top", false));
-        assert!(excluded(&f, "!bang", false));
-    }
-
-    #[test]
-    fn file_errors_name_file_and_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("patterns");
-        fs::write(&file, "# fine\n*.o\nbad{\n").unwrap();
-        let mut f = Filter::new();
-        let err = f.add_file(&file).unwrap_err();
-        let origin = format!("{}:3", file.display());
-        assert!(matches!(&err, FilterError::Pattern { origin: o, .. } if *o == origin), "{err}");
-        assert!(err.to_string().starts_with(&format!("{origin}: bad exclude pattern \"bad{{\"")), "{err}");
-        assert!(f.is_empty(), "nothing of a failed file is kept");
-
-        fs::write(&file, b"*.o\nna\xefve\n").unwrap();
-        let err = f.add_file(&file).unwrap_err();
-        assert!(matches!(err, FilterError::NotUtf8 { line: 2, .. }), "{err}");
-        assert!(err.to_string().starts_with(&format!("{}:2: ", file.display())), "{err}");
-
-        let missing = dir.path().join("missing");
-        let err = f.add_file(&missing).unwrap_err();
-        assert!(matches!(err, FilterError::Read { .. }), "{err}");
-        assert!(err.to_string().starts_with(&missing.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn root_ignore_file_is_optional_and_comes_first() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(Filter::with_root_ignore(dir.path()).unwrap().is_empty());
-        fs::write(dir.path().join(IGNORE_FILE), "secret.txt\n*.log\n").unwrap();
-        let mut f = Filter::with_root_ignore(dir.path()).unwrap();
-        assert!(excluded(&f, "secret.txt", false));
-        assert!(excluded(&f, "a/secret.txt", false));
-        assert!(!excluded(&f, IGNORE_FILE, false), "the rules file itself is transferred");
-        // Command-line patterns come later and win.
-        f.add_pattern("!keep.log", "--exclude").unwrap();
-        assert!(!excluded(&f, "keep.log", false));
-        assert!(excluded(&f, "drop.log", false));
-        // An unreadable rules file is an error, not an empty filter.
-        fs::remove_file(dir.path().join(IGNORE_FILE)).unwrap();
-        fs::create_dir(dir.path().join(IGNORE_FILE)).unwrap();
-        assert!(matches!(Filter::with_root_ignore(dir.path()), Err(FilterError::Read { .. })));
     }
 }

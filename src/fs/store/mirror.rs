@@ -26,11 +26,11 @@ use super::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, Store};
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, IoContext, Result};
+use crate::fs::scan::{self, FileRecord, IdNames, MetaRecord, ScanOptions, StatKey, TEMP_PREFIX};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Manifest, Meta, RelPath};
 use crate::patch;
 use crate::plan::{Op, Plan};
-use crate::scan::{self, FileRecord, IdNames, MetaRecord, ScanOptions, StatKey, TEMP_PREFIX};
 
 /// Files per commit point. Larger batches let more reused chunks be read
 /// before the files holding them are replaced; smaller ones commit sooner.

@@ -17,11 +17,11 @@ use xfer_protocol::MAX_TAGS;
 
 use super::driver::{close_reason, run_sender, wire_bytes, ServeConfig, ServerState, WireBytes};
 use super::{client_config, client_endpoint, Congestion, ServerPin, Tuning};
-use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::{Compression, Encoder};
 use crate::filter::Filter;
-use crate::identity::{Fingerprint, Identity};
 use crate::manifest::Manifest;
+use crate::net::audit::{AuditLog, AuditRecord};
+use crate::net::identity::{Fingerprint, Identity};
 use crate::plan::{DeleteLimit, PlanOptions};
 use crate::progress::{Event, ProgressSink};
 use crate::session::{FileReader, Sender, SessionError};
@@ -189,11 +189,11 @@ pub struct Report {
     /// Wall time of the whole run.
     pub elapsed_s: f64,
     /// Entries skipped or failed, with the reason; the rest committed.
-    pub failed: Vec<crate::store::FailedEntry>,
+    pub failed: Vec<crate::fs::store::FailedEntry>,
 }
 
 impl Report {
-    fn new(summary: &Summary, wire: WireBytes, failed: Vec<crate::store::FailedEntry>, started: Instant) -> Self {
+    fn new(summary: &Summary, wire: WireBytes, failed: Vec<crate::fs::store::FailedEntry>, started: Instant) -> Self {
         Report {
             files_changed: summary.files_written,
             files_deleted: summary.deleted,
@@ -247,7 +247,7 @@ pub struct RemotePush {
     /// Exclusion patterns (pushes only; a pull refuses a non-empty one):
     /// matching source entries are not sent, and matching receiver entries
     /// are never deleted. The caller builds it, the source root's
-    /// `.xferignore` included ([`Filter::with_root_ignore`]).
+    /// `.xferignore` included ([`crate::fs::ignore::with_root_ignore`]).
     pub filter: Option<Arc<Filter>>,
     /// Caps the data direction (`--bwlimit`); its rate may change while
     /// the transfer runs (a timetable).
@@ -459,10 +459,10 @@ async fn push_unlogged(
 
 /// Scans `src` for a push, recording into the source's state database;
 /// the push's cancel token stops the scan.
-async fn scan_for_push(src: &Path, options: &RemotePush) -> Result<crate::scan::Scan, RemoteError> {
+async fn scan_for_push(src: &Path, options: &RemotePush) -> Result<crate::fs::scan::Scan, RemoteError> {
     let state_dir = options.state_dir.clone();
     let src = src.to_path_buf();
-    let scan_options = crate::scan::ScanOptions {
+    let scan_options = crate::fs::scan::ScanOptions {
         checksum: options.checksum,
         filter: options.filter.clone(),
         progress: options.progress.clone(),
@@ -515,17 +515,20 @@ fn push_failures(
     src: &Path,
     url: &RemoteUrl,
     options: &RemotePush,
-    scan_skipped: &[crate::scan::ScanSkip],
+    scan_skipped: &[crate::fs::scan::ScanSkip],
     sender: &Sender<FileReader>,
     summary: &Summary,
-) -> Vec<crate::store::FailedEntry> {
+) -> Vec<crate::fs::store::FailedEntry> {
     let mut failed: Vec<_> = scan_skipped
         .iter()
-        .map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
+        .map(|s| crate::fs::store::FailedEntry { path: s.path.to_string(), error: s.reason.clone() })
         .collect();
     failed.extend(sender.failed().iter().cloned());
     failed.extend(
-        sender.skipped().iter().map(|s| crate::store::FailedEntry { path: s.path.to_string(), error: s.reason.into() }),
+        sender
+            .skipped()
+            .iter()
+            .map(|s| crate::fs::store::FailedEntry { path: s.path.to_string(), error: s.reason.into() }),
     );
     if !options.dry_run {
         // The scan's records are in the source's state database, not in
@@ -543,7 +546,7 @@ fn push_failures(
     let unnamed = summary.failed.saturating_sub(sender.failed().len() as u64);
     if unnamed > 0 {
         let error = format!("{unnamed} entries failed on the receiver; their old versions stay");
-        failed.push(crate::store::FailedEntry { path: format!("xfer://{}/{}", url.authority, url.path), error });
+        failed.push(crate::fs::store::FailedEntry { path: format!("xfer://{}/{}", url.authority, url.path), error });
     }
     failed
 }
@@ -582,9 +585,9 @@ async fn dry_run_report(
 fn changed_since_scan(
     src: &Path,
     ops: &[crate::plan::Op],
-    recorded: impl Fn(&crate::manifest::RelPath) -> Option<crate::scan::StatKey>,
-    failed: &[crate::store::FailedEntry],
-) -> Vec<crate::store::FailedEntry> {
+    recorded: impl Fn(&crate::manifest::RelPath) -> Option<crate::fs::scan::StatKey>,
+    failed: &[crate::fs::store::FailedEntry],
+) -> Vec<crate::fs::store::FailedEntry> {
     let caught: std::collections::HashSet<&str> = failed.iter().map(|f| f.path.as_str()).collect();
     let mut changed = Vec::new();
     for op in ops {
@@ -593,10 +596,10 @@ fn changed_since_scan(
         if caught.contains(name.as_str()) {
             continue;
         }
-        let now = std::fs::symlink_metadata(path.to_path(src)).ok().map(|m| crate::scan::StatKey::of(&m));
+        let now = std::fs::symlink_metadata(path.to_path(src)).ok().map(|m| crate::fs::scan::StatKey::of(&m));
         if now != recorded(path) {
             let error = "changed while being sent: the version scanned was committed; the next run sends the rest";
-            changed.push(crate::store::FailedEntry { path: name, error: error.into() });
+            changed.push(crate::fs::store::FailedEntry { path: name, error: error.into() });
         }
     }
     changed
@@ -682,7 +685,7 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
     // every xattr are applied, as far as this process may.
     let config = ServeConfig {
         state: ServerState::Outside(state),
-        metadata: crate::store::MetaPolicy::Faithful,
+        metadata: crate::fs::store::MetaPolicy::Faithful,
         failures: Some(failures),
         congestion: options.congestion,
         ..ServeConfig::new(dest, access)
@@ -710,7 +713,7 @@ pub async fn push_embedded(src: &Path, dest: &Path, options: &RemotePush) -> Res
 async fn name_receiver_failures(
     report: &mut Report,
     url: &RemoteUrl,
-    failed_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::FailedEntry>>,
+    failed_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<crate::fs::store::FailedEntry>>,
 ) {
     let unnamed = format!("xfer://{}/{}", url.authority, url.path);
     if !report.failed.iter().any(|f| f.path == unnamed) {
@@ -808,7 +811,7 @@ async fn pull_unlogged(
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
     let (path, delete, checksum) = (url.path.as_bytes().to_vec(), options.delete, options.checksum);
     let receiver = tokio::task::spawn_blocking(move || -> Result<crate::session::Receiver, RemoteError> {
-        let store = crate::store::MirrorStore::open(&dest, &state)?;
+        let store = crate::fs::store::MirrorStore::open(&dest, &state)?;
         Ok(crate::session::Receiver::initiate(store, path, delete, checksum)?)
     })
     .await

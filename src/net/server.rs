@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::access::Access;
 use super::driver::{serve, ServeConfig};
 use super::{server_endpoint, Congestion, Tuning};
-use crate::identity::{Fingerprint, Identity};
+use crate::net::identity::{Fingerprint, Identity};
 
 /// A receiver serving a directory on a UDP port, running on the current
 /// tokio runtime until [`Server::shutdown`].

@@ -16,12 +16,12 @@ use xfer_protocol::{frame, CloseCode, Kind, Message};
 
 use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
-use crate::audit::{AuditLog, AuditRecord};
 use crate::codec::LinkWindow;
-use crate::identity::Fingerprint;
+use crate::fs::store::{MetaPolicy, MirrorStore};
 use crate::manifest::RelPath;
+use crate::net::audit::{AuditLog, AuditRecord};
+use crate::net::identity::Fingerprint;
 use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError, WindowEstimate};
-use crate::store::{MetaPolicy, MirrorStore};
 use crate::throttle::{acquire_all, Limiter, Rate};
 
 /// Streams that carry chunk data, so one lost packet stalls only a share.
@@ -93,7 +93,7 @@ pub struct ServeConfig {
     /// Where an in-process caller gets the entries each push session could
     /// not write, by path: the embedded server of a local push, whose user
     /// sees no server log (the wire carries only their count).
-    pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::store::FailedEntry>>>,
+    pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::fs::store::FailedEntry>>>,
     /// The congestion controller of the server's endpoint, for the audit
     /// log (the endpoint's [`super::Tuning`] sets it).
     pub congestion: super::Congestion,
@@ -1306,7 +1306,7 @@ async fn serve_push(
 }
 
 /// The server's record of entries a push could not write.
-fn log_failures(client: &Fingerprint, failed: &[crate::store::FailedEntry], count: u64) {
+fn log_failures(client: &Fingerprint, failed: &[crate::fs::store::FailedEntry], count: u64) {
     for entry in failed.iter().take(MAX_LOGGED_FAILURES) {
         tracing::warn!(%client, path = %entry.path, error = %entry.error, "entry not written");
     }
@@ -1378,12 +1378,12 @@ async fn serve_pull(
     let (tree, checksum) = (abs.clone(), open.checksum);
     let (state, _) = config.state_file(&path);
     let scanning = tokio::task::spawn_blocking(move || {
-        let options = crate::scan::ScanOptions { checksum, reserved, ..Default::default() };
+        let options = crate::fs::scan::ScanOptions { checksum, reserved, ..Default::default() };
         // What pushes left in the records (a client's setuid bits and
         // owners, kept off this disk) goes back as it was sent.
-        match crate::store::state::StateDb::open_existing(&state) {
-            Ok(Some(db)) => crate::scan::scan_with(&tree, &mut db.meta_overlay()?, options),
-            Ok(None) => crate::scan::scan_with(&tree, &mut crate::scan::Unrecorded, options),
+        match crate::fs::store::state::StateDb::open_existing(&state) {
+            Ok(Some(db)) => crate::fs::scan::scan_with(&tree, &mut db.meta_overlay()?, options),
+            Ok(None) => crate::fs::scan::scan_with(&tree, &mut crate::fs::scan::Unrecorded, options),
             Err(e) => Err(e),
         }
     });

@@ -3,9 +3,11 @@
 //! for fast and long links. The only module that names quinn.
 
 pub mod access;
+pub mod audit;
 pub mod client;
 mod controller;
 pub mod driver;
+pub mod identity;
 pub mod server;
 mod tls;
 
@@ -20,7 +22,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ClientConfig, Connection, Endpoint, EndpointConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 
-use crate::identity::{Fingerprint, Identity};
+use crate::net::identity::{Fingerprint, Identity};
 
 pub use xfer_protocol::ALPN;
 

@@ -16,9 +16,9 @@ use redb::{
 };
 
 use crate::error::{Error, IoContext, Result};
+use crate::fs::scan::{FileRecord, MetaRecord, Records};
 use crate::hash::ChunkId;
 use crate::manifest::{Manifest, Meta, RelPath};
-use crate::scan::{FileRecord, MetaRecord, Records};
 
 /// redb's page cache (read cache and write buffer). Its default, 1 GiB,
 /// let a scan of 200,000 files keep every page it read in memory; records

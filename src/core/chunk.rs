@@ -487,7 +487,7 @@ mod tests {
     }
 
     fn check_golden(lens: &[u32], ids: &[String], file: &str) {
-        let golden = include_str!("../tests/fixtures/golden_chunks.txt");
+        let golden = include_str!("../../tests/fixtures/golden_chunks.txt");
         let actual = format!("lens {lens:?}\nids {ids:?}\nfile {file}\n");
         assert_eq!(actual, golden, "chunk cut points or ids changed");
     }

@@ -6,9 +6,10 @@
 //! them, [`manifest`] describes trees, [`filter`] decides what a transfer
 //! leaves out, [`plan`] computes what a receiver needs, [`patch`] and
 //! [`codec`] encode the chunks it lacks, [`adapt`] picks a compression
-//! level from what the link shows, [`congestion`] paces the sender, and
-//! [`wire`] and [`progress`] are the messages and events the sessions
-//! exchange.
+//! level from what the link shows, [`congestion`] paces the sender,
+//! [`pacing`] holds bandwidth limits (rates, timetables, windows, a token
+//! bucket) with times passed in, and [`wire`] and [`progress`] are the
+//! messages and events the sessions exchange.
 #![warn(missing_docs, unreachable_pub)]
 // Tests may read files and the clock (see clippy.toml).
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
@@ -20,6 +21,7 @@ pub mod congestion;
 pub mod filter;
 pub mod hash;
 pub mod manifest;
+pub mod pacing;
 pub mod patch;
 pub mod plan;
 pub mod progress;

@@ -8,6 +8,7 @@ pub mod client;
 mod controller;
 pub mod driver;
 pub mod identity;
+pub mod limiter;
 pub mod server;
 mod tls;
 

@@ -550,16 +550,10 @@ mod tests {
     use super::*;
 
     fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed ^ 0x243f_6a88_85a3_08d3;
-        (0..len)
-            .map(|_| {
-                // xorshift64*: plenty for incompressible test data.
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
+        use rand::{rngs::SmallRng, RngCore, SeedableRng};
+        let mut data = vec![0; len];
+        SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
     }
 
     fn text_bytes(len: usize) -> Vec<u8> {

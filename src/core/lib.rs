@@ -9,7 +9,8 @@
 //! level from what the link shows, [`congestion`] paces the sender,
 //! [`pacing`] holds bandwidth limits (rates, timetables, windows, a token
 //! bucket) with times passed in, and [`wire`] and [`progress`] are the
-//! messages and events the sessions exchange.
+//! messages and events the sessions exchange. [`fixture`] makes the
+//! deterministic bytes of golden fixtures and fuzz inputs.
 #![warn(missing_docs, unreachable_pub)]
 // Tests may read files and the clock (see clippy.toml).
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod codec;
 pub mod congestion;
 pub mod filter;
+pub mod fixture;
 pub mod hash;
 pub mod manifest;
 pub mod pacing;

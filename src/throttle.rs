@@ -3,4 +3,4 @@
 //! async [`Limiter`] and local clock of the edge ([`crate::net::limiter`]).
 
 pub use crate::net::limiter::{acquire_all, local_time_now, Limiter};
-pub use xfer_core::pacing::{Bucket, Direction, LocalTime, Rate, ThrottleError, Ticket, Timetable, Window, MIN_BURST};
+pub use xfer_core::pacing::{Bucket, Flow, LocalTime, Rate, ThrottleError, Ticket, Timetable, Window, MIN_BURST};

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 pub use bucket::{Bucket, Ticket, MIN_BURST};
 pub use rate::Rate;
-pub use week::{Direction, LocalTime, Timetable, Window};
+pub use week::{Flow, LocalTime, Timetable, Window};
 
 /// A rate, a timetable or a window could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

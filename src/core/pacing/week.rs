@@ -41,9 +41,10 @@ impl FromStr for LocalTime {
     }
 }
 
-/// Which way data flows, seen from this side.
+/// Which way data flows, seen from this side: which of a timetable's
+/// two rates applies (not the protocol's push or pull of a session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub enum Flow {
     /// This side sends data (a client's push).
     Up,
     /// This side receives data (a client's pull).
@@ -81,12 +82,12 @@ impl Timetable {
         Timetable { changes: vec![Change { at: 0, up: rate, down: rate }] }
     }
 
-    /// The rate in force at `at` for data flowing in `direction`.
-    pub fn rate_at(&self, at: LocalTime, direction: Direction) -> Rate {
+    /// The rate in force at `at` for data flowing `flow`.
+    pub fn rate_at(&self, at: LocalTime, flow: Flow) -> Rate {
         let change = self.changes[self.index_at(at.minute_of_week())];
-        match direction {
-            Direction::Up => change.up,
-            Direction::Down => change.down,
+        match flow {
+            Flow::Up => change.up,
+            Flow::Down => change.down,
         }
     }
 
@@ -347,7 +348,7 @@ mod tests {
     }
 
     fn both(t: &Timetable, when: LocalTime) -> (Option<u64>, Option<u64>) {
-        (t.rate_at(when, Direction::Up).0, t.rate_at(when, Direction::Down).0)
+        (t.rate_at(when, Flow::Up).0, t.rate_at(when, Flow::Down).0)
     }
 
     #[test]
@@ -419,10 +420,10 @@ mod tests {
     #[test]
     fn timetable_up_down() {
         let t = table("08:00,1M:off 20:00,off:5M");
-        assert_eq!(t.rate_at(at(FRI, 9, 0), Direction::Up), Rate(Some(MIB)));
-        assert_eq!(t.rate_at(at(FRI, 9, 0), Direction::Down), Rate(None));
-        assert_eq!(t.rate_at(at(FRI, 21, 0), Direction::Up), Rate(None));
-        assert_eq!(t.rate_at(at(FRI, 21, 0), Direction::Down), Rate(Some(5 * MIB)));
+        assert_eq!(t.rate_at(at(FRI, 9, 0), Flow::Up), Rate(Some(MIB)));
+        assert_eq!(t.rate_at(at(FRI, 9, 0), Flow::Down), Rate(None));
+        assert_eq!(t.rate_at(at(FRI, 21, 0), Flow::Up), Rate(None));
+        assert_eq!(t.rate_at(at(FRI, 21, 0), Flow::Down), Rate(Some(5 * MIB)));
         assert_eq!(both(&t, at(FRI, 7, 0)), (None, Some(5 * MIB)));
     }
 

@@ -8,7 +8,7 @@ use super::ThrottleError;
 /// A transfer rate in bytes per second; `None` is unlimited.
 ///
 /// `Rate(Some(0))` is treated as unlimited too, as `0` is on the command line
-/// (like rsync's and rclone's `--bwlimit 0`): pausing is a [`Window`]'s job.
+/// (`--bwlimit 0`): pausing is a [`Window`](super::Window)'s job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Rate(pub Option<u64>);
 

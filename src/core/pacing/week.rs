@@ -59,7 +59,7 @@ struct Change {
     down: Rate,
 }
 
-/// A weekly bandwidth schedule, like rclone's `--bwlimit` timetable.
+/// A weekly bandwidth schedule: the rates a `--bwlimit` timetable sets.
 ///
 /// Parsed from entries separated by whitespace, each `[Day-]HH:MM,RATE` or
 /// `[Day-]HH:MM,UP:DOWN` (the push rate, then the pull rate), or from a lone

@@ -13,22 +13,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
 use crate::error::DecodeError;
+use crate::fields;
 use crate::limits::*;
 
 /// A BLAKE3-256 hash: a chunk id, a file hash or a tree digest.
 pub type Hash = [u8; 32];
 
-/// `ChunkData.codec`: the payload is the chunk's bytes.
-pub const CODEC_RAW: u8 = 0;
-/// `ChunkData.codec`: the payload is one zstd frame.
-pub const CODEC_ZSTD: u8 = 1;
-/// `ChunkData.codec`: the payload is one lz4 block without a length prefix.
-pub const CODEC_LZ4: u8 = 2;
-/// `ChunkData.codec`: the payload is a patch against the base the receiver
-/// described in `NeedChunk.signature` (format: `xfer::patch`).
-pub const CODEC_DELTA: u8 = 3;
+// The codec registry lives in `codec`; these names stay for `ChunkData` users.
+pub use crate::codec::{CODEC_DELTA, CODEC_LZ4, CODEC_RAW, CODEC_ZSTD};
 
 // ---------------------------------------------------------------------------
 // Shared field types
@@ -75,7 +68,7 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChildDigest {
     /// The child's name (one path component, raw bytes).
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub name: Vec<u8>,
     /// Merkle digest of the child: a file's content-and-metadata digest or a
     /// directory's tree digest.
@@ -88,7 +81,7 @@ pub struct ChildDigest {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FileInfo {
     /// The file's path.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Its length in bytes.
     pub size: u64,
@@ -97,7 +90,7 @@ pub struct FileInfo {
     /// Parameters its chunk list was cut with.
     pub params: ChunkParams,
     /// Its chunks, in order (this record's part of them).
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub chunks: Vec<ChunkRef>,
     /// The next record (in this message or the next `FileInfos`) is the same
     /// file and continues `chunks`; its other fields repeat this record's.
@@ -111,10 +104,10 @@ pub enum ChunkList {
     /// size (at most [`MAX_CHUNK_LEN`]).
     Implied,
     /// The whole list.
-    Full(#[serde(with = "codec::seq")] Vec<ChunkRef>),
+    Full(#[serde(with = "fields::seq")] Vec<ChunkRef>),
     /// Edits of the receiver's current list for the same path (as it
     /// reported in `FileInfos` or as the sender remembers it).
-    Edit(#[serde(with = "codec::seq")] Vec<ListEdit>),
+    Edit(#[serde(with = "fields::seq")] Vec<ListEdit>),
 }
 
 /// One step of rebuilding a chunk list from the receiver's old one.
@@ -128,7 +121,7 @@ pub enum ListEdit {
         count: u32,
     },
     /// New entries.
-    New(#[serde(with = "codec::seq")] Vec<ChunkRef>),
+    New(#[serde(with = "fields::seq")] Vec<ChunkRef>),
 }
 
 /// Owner, group and extended attributes of an entry (ACLs are the xattrs
@@ -142,14 +135,14 @@ pub struct Attrs {
     /// The owner's name on the sender, at most [`MAX_OWNER_NAME_LEN`]
     /// bytes; empty when it has none. A receiver maps by name when the name
     /// exists there, else by number.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub user: Vec<u8>,
     /// The group's name on the sender, as `user`.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub group: Vec<u8>,
     /// Extended attributes, sorted by name, names unique; at most
     /// [`MAX_XATTRS`], [`MAX_XATTR_BYTES`] of names and values together.
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub xattrs: Vec<Xattr>,
 }
 
@@ -157,10 +150,10 @@ pub struct Attrs {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Xattr {
     /// Non-empty, at most [`MAX_XATTR_NAME_LEN`] bytes, no NUL.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub name: Vec<u8>,
     /// At most [`MAX_XATTR_VALUE_LEN`] bytes.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub value: Vec<u8>,
 }
 
@@ -194,7 +187,7 @@ pub struct Open {
     /// Push (client sends) or pull (server sends).
     pub direction: Direction,
     /// Path of the tree on the server.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Delete receiver entries the sender does not have.
     pub delete: bool,
@@ -204,7 +197,7 @@ pub struct Open {
     pub remembered_root: Option<Hash>,
     /// Labels for the server's audit log (cost allocation), at most
     /// [`MAX_TAGS`]; they change nothing in the transfer.
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub tags: Vec<Tag>,
 }
 
@@ -250,7 +243,7 @@ pub struct Opened {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ListDir {
     /// The directory.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub dir: Vec<u8>,
 }
 
@@ -258,10 +251,10 @@ pub struct ListDir {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Listing {
     /// The directory, as in the `ListDir`.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub dir: Vec<u8>,
     /// Children, at most [`MAX_CHILDREN_PER_LISTING`].
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub children: Vec<ChildDigest>,
     /// More `Listing` messages for the same `dir` follow.
     pub more: bool,
@@ -271,7 +264,7 @@ pub struct Listing {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GetFiles {
     /// Paths, at most [`MAX_FILES_PER_MESSAGE`].
-    #[serde(with = "codec::byte_seq")]
+    #[serde(with = "fields::byte_seq")]
     pub paths: Vec<Vec<u8>>,
 }
 
@@ -280,7 +273,7 @@ pub struct GetFiles {
 pub struct FileInfos {
     /// Records, at most [`MAX_FILES_PER_MESSAGE`]; a requested path that is
     /// not a regular file on the receiver has no record.
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub files: Vec<FileInfo>,
     /// More `FileInfos` messages answer the same `GetFiles`.
     pub more: bool,
@@ -290,7 +283,7 @@ pub struct FileInfos {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HasChunks {
     /// Chunk ids, at most [`MAX_IDS_PER_BATCH`].
-    #[serde(with = "codec::seq")]
+    #[serde(with = "fields::seq")]
     pub ids: Vec<Hash>,
 }
 
@@ -299,7 +292,7 @@ pub struct HasChunks {
 pub struct Have {
     /// Bit `i` (byte `i / 8`, bit `i % 8`, LSB first) is set when the
     /// receiver has id `i`; exactly `ceil(ids / 8)` bytes, padding bits 0.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub bits: Vec<u8>,
 }
 
@@ -307,7 +300,7 @@ pub struct Have {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Mkdir {
     /// The directory.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Unix permission bits.
     pub mode: u32,
@@ -323,7 +316,7 @@ pub struct WriteFile {
     /// Session-local file number, named by `NeedChunk`/`ChunkData`.
     pub file: u32,
     /// The file.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Unix permission bits.
     pub mode: u32,
@@ -359,10 +352,10 @@ pub struct MoreChunks {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Symlink {
     /// The link.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Its target, raw bytes, not interpreted.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub target: Vec<u8>,
     /// Modification time of the link itself.
     pub mtime: Mtime,
@@ -375,10 +368,10 @@ pub struct Symlink {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Link {
     /// The new name.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// The existing file it shares, a path in the same tree.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub target: Vec<u8>,
     /// The target's length in bytes.
     pub size: u64,
@@ -390,7 +383,7 @@ pub struct Link {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SetMeta {
     /// The entry.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
     /// Unix permission bits.
     pub mode: u32,
@@ -404,7 +397,7 @@ pub struct SetMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Delete {
     /// The entry.
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub path: Vec<u8>,
 }
 
@@ -415,9 +408,9 @@ pub struct NeedChunk {
     pub file: u32,
     /// Index into that file's new chunk list.
     pub index: u32,
-    /// Encoded signature (`xfer::patch::Signature`) of old bytes the
+    /// Encoded signature ([`crate::patch::Signature`]) of old bytes the
     /// receiver holds, inviting a delta; `None`: send the chunk whole.
-    #[serde(with = "codec::opt_bytes")]
+    #[serde(with = "fields::opt_bytes")]
     pub signature: Option<Vec<u8>>,
 }
 
@@ -428,8 +421,8 @@ pub struct RefineRequest {
     pub file: u32,
     /// Chunk index, as in the `NeedChunk`.
     pub index: u32,
-    /// Encoded ranges (`xfer::patch::encode_ranges`).
-    #[serde(with = "codec::bytes")]
+    /// Encoded ranges ([`crate::patch::encode_ranges`]).
+    #[serde(with = "fields::bytes")]
     pub ranges: Vec<u8>,
 }
 
@@ -441,7 +434,7 @@ pub struct FineSignatures {
     /// Chunk index.
     pub index: u32,
     /// Encoded signatures, in range order.
-    #[serde(with = "codec::byte_seq")]
+    #[serde(with = "fields::byte_seq")]
     pub signatures: Vec<Vec<u8>>,
 }
 
@@ -458,7 +451,7 @@ pub struct ChunkData {
     /// Length of the chunk once decoded, at most [`MAX_CHUNK_LEN`].
     pub decoded_len: u32,
     /// The encoded bytes, at most [`MAX_PAYLOAD_LEN`].
-    #[serde(with = "codec::bytes")]
+    #[serde(with = "fields::bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -1039,7 +1032,7 @@ mod tests {
 
     #[test]
     fn byte_fields_encode_like_sequences() {
-        // The codec helpers must not change the wire form serde would give.
+        // The field helpers must not change the wire form serde would give.
         #[derive(Serialize)]
         struct Plain {
             a: Vec<u8>,
@@ -1048,11 +1041,11 @@ mod tests {
         }
         #[derive(Serialize, Deserialize, PartialEq, Debug)]
         struct Helped {
-            #[serde(with = "codec::bytes")]
+            #[serde(with = "fields::bytes")]
             a: Vec<u8>,
-            #[serde(with = "codec::byte_seq")]
+            #[serde(with = "fields::byte_seq")]
             b: Vec<Vec<u8>>,
-            #[serde(with = "codec::opt_bytes")]
+            #[serde(with = "fields::opt_bytes")]
             c: Option<Vec<u8>>,
         }
         let plain = Plain { a: vec![1, 2, 200], b: vec![vec![], vec![9; 130]], c: Some(vec![7]) };

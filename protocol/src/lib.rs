@@ -21,6 +21,7 @@ pub mod digest;
 pub mod error;
 mod fields;
 pub mod frame;
+pub mod keys;
 pub mod limits;
 pub mod msg;
 pub mod patch;

@@ -47,7 +47,6 @@ pub use xfer_protocol::patch::{
 
 mod apply;
 mod refine;
-mod rolling;
 mod search;
 mod signature;
 

@@ -1,9 +1,9 @@
 //! The sender's side: the ops that rebuild new bytes from a signed base.
 
-use super::rolling::{key_of, Roller};
 use super::{Op, Patch, Signature};
 #[cfg(doc)]
 use crate::chunk::MAX_CHUNK_LEN;
+use xfer_protocol::keys::{key_of, Roller};
 
 /// Bound on the probe length of the sender's key table, so a hostile
 /// signature full of colliding keys cannot make [`diff`] quadratic.

@@ -1,7 +1,7 @@
 //! The receiver's side: block length, key width and the signature of a base.
 
-use super::rolling::{key_of, Roller};
 use super::{Signature, MAX_BASE_LEN, MAX_BLOCK_LEN, MAX_KEY_BITS, MIN_BLOCK_LEN};
+use xfer_protocol::keys::{key_of, Roller};
 
 /// Ceil of log2, with `ceil_log2(0) == ceil_log2(1) == 0`.
 fn ceil_log2(x: u64) -> u32 {

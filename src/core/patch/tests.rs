@@ -1,6 +1,6 @@
-use super::rolling::{key_of, splitmix64, Roller};
 use super::*;
 use proptest::prelude::*;
+use xfer_protocol::keys::{key_of, splitmix64, Roller};
 use xfer_protocol::varint::{put as put_varint, zigzag};
 
 #[test]
@@ -494,3 +494,23 @@ proptest! {
         diff_roundtrip_impl(&base, &edits, &extra);
     }
 }
+
+/// The whole delta path pinned to bytes: the signature of a base, and the
+/// patch of a 10-byte overwrite against it (its literal block is random,
+/// so raw is the smallest mode and no zstd output is pinned).
+#[test]
+fn delta_bytes_are_pinned() {
+    let base = random_bytes(1024, 99);
+    let mut new = base.clone();
+    new[5 * 64 + 3..5 * 64 + 13].copy_from_slice(b"0123456789");
+    let sig = signature(&base);
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    assert_eq!(hex(&sig.encode()), PINNED_SIGNATURE);
+    let encoded = encode_patch(&diff(&sig, &new), &new);
+    assert_eq!(hex(&encoded), PINNED_PATCH);
+    assert_eq!(apply(&encoded, &base, new.len()).unwrap(), new);
+}
+
+const PINNED_SIGNATURE: &str =
+    "800806147cffdf05f53ddbc9c862f91022d50d3f2bf69a3ce34ec2c4c7d109d3178422d746a5b0cf23f4b668";
+const PINNED_PATCH: &str = "8008038105008001810a800100b4088730313233343536373839864fc15554477c31e39e5f6e9526aa7fa639a07f9899c671e3add0f4fb0d14e1ddf82323a511805deee122bb9b385714d70bab";

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::types::*;
 use crate::fields;
 use crate::limits::MAX_TAG_LEN;
+#[cfg(doc)]
+use crate::{codec::*, limits::*};
 
 /// Both ways, first: protocol version, optional features, software name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

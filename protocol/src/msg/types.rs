@@ -2,7 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(doc)]
+use super::bodies::*;
 use crate::fields;
+#[cfg(doc)]
+use crate::limits::*;
 
 /// A BLAKE3-256 hash: a chunk id, a file hash or a tree digest.
 pub type Hash = [u8; 32];

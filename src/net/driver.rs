@@ -45,7 +45,7 @@ const CHANNEL_DEPTH: usize = 64;
 pub const SERVER_STATE_DIR: &str = ".xfer";
 
 /// Sessions a server runs at once unless configured otherwise
-/// ([`ServeConfig::max_sessions`]).
+/// (`ServeConfig::max_sessions`).
 pub const DEFAULT_MAX_SESSIONS: usize = 64;
 
 /// Handshakes under way at once; past this a new connection is refused
@@ -80,6 +80,8 @@ pub struct ServeConfig {
     /// timeout alone does not do it: the client's stack answers keep-alives
     /// even when the client itself has stalled.
     pub idle_timeout: Duration,
+    /// Longest a handshake may take (or the idle timeout, if shorter).
+    pub handshake_timeout: Duration,
     /// Cancelling it shuts the server down: no new session is accepted,
     /// each running one stops at its next commit point and is closed with
     /// the reason, its record is written, and then [`serve`] returns.
@@ -111,6 +113,7 @@ impl ServeConfig {
             audit: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: super::IDLE_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             shutdown: CancellationToken::new(),
             metadata: MetaPolicy::Confined,
             failures: None,
@@ -1001,7 +1004,7 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
         };
         let (config, sessions) = (config.clone(), sessions.clone());
         tokio::spawn(async move {
-            let connection = handshake(incoming, config.idle_timeout.min(HANDSHAKE_TIMEOUT)).await;
+            let connection = handshake(incoming, config.idle_timeout.min(config.handshake_timeout)).await;
             drop(handshaking);
             let Some(connection) = connection else { return };
             if config.shutdown.is_cancelled() {

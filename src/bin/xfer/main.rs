@@ -1,5 +1,6 @@
 //! The `xfer` command line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -16,15 +17,11 @@ mod ui;
 use args::{Cli, Command, CompressArg, PushArgs};
 use config::{Config, Settings, Target};
 
-use xfer::codec::Compression;
-use xfer::engine::default_state_dir;
-use xfer::filter::Filter;
-use xfer::net;
-use xfer::net::access::Access;
-use xfer::net::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
-use xfer::net::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
-use xfer::plan::DeleteLimit;
-use xfer::throttle::{local_time_now, Direction, Limiter, LocalTime, Rate, Timetable, Window};
+use xfer::{
+    default_state_dir, local_time_now, Access, CancellationToken, Client, Compression, Congestion, DeleteLimit,
+    Excludes, FileDigest, Fingerprint, HostTrust, Identity, KnownHosts, LocalTime, PullOptions, PushOptions, Rate,
+    RemoteUrl, Report, Server, ServerOptions, Timetable, TransferError, Window,
+};
 
 /// Exit code of a usage error, and of a run refused before it changed
 /// anything (too many deletes), which is the user's call to make.
@@ -154,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config_dir = config_dir_or_default(config_dir)?;
             let configured = Config::load(&config_dir)?.serve.congestion;
             // Checked when the config was loaded.
-            let configured = configured.as_deref().map(str::parse::<net::Congestion>).transpose()?;
+            let configured = configured.as_deref().map(str::parse::<Congestion>).transpose()?;
             let limits = ServeLimits {
                 per_session,
                 total,
@@ -164,13 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             serve(root, listen, grants, config_dir, limits, audit_log)
         }
-        Command::Trust { authority, fingerprint, config_dir } => {
-            let fingerprint: Fingerprint = fingerprint.parse()?;
-            let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
-            hosts.pin(&authority, fingerprint)?;
-            eprintln!("xfer: pinned {authority} to {fingerprint}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Trust { authority, fingerprint, config_dir } => trust(&authority, &fingerprint, config_dir),
         Command::Digest { file } => digest(&file),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "xfer", &mut std::io::stdout());
@@ -188,10 +179,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `xfer trust`: pins `authority` to `fingerprint` in known hosts.
+fn trust(authority: &str, fingerprint: &str, config_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let fingerprint: Fingerprint = fingerprint.parse()?;
+    let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
+    hosts.pin(authority, fingerprint)?;
+    eprintln!("xfer: pinned {authority} to {fingerprint}");
+    Ok(ExitCode::SUCCESS)
+}
+
 const KNOWN_HOSTS: &str = "known_hosts";
 
 fn config_dir_or_default(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    match dir.or_else(xfer::net::identity::default_config_dir) {
+    match dir.or_else(xfer::default_config_dir) {
         Some(dir) => Ok(dir),
         None => bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR"),
     }
@@ -207,7 +207,7 @@ struct ServeLimits {
     total: Rate,
     max_sessions: usize,
     idle_timeout: Duration,
-    congestion: net::Congestion,
+    congestion: Congestion,
 }
 
 /// The clients `xfer serve` admits: `--allow` and `--authorized-clients`
@@ -239,40 +239,29 @@ fn serve(
     let access = serve_access(allow, authorized_clients)?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
-    let audit_log = audit_log.unwrap_or_else(|| root.join(net::driver::SERVER_STATE_DIR).join("audit.jsonl"));
-    let audit = xfer::net::audit::AuditLog::open(&audit_log).context("open the audit log (--audit-log FILE)")?;
+    let options = ServerOptions::new(root.clone(), access)
+        .bwlimit(limits.per_session)
+        .bwlimit_total(Timetable::constant(limits.total))
+        .max_sessions(limits.max_sessions)
+        .idle_timeout(limits.idle_timeout)
+        .congestion(limits.congestion);
+    let options = match audit_log {
+        Some(path) => options.audit_log(path),
+        None => options.audit_log_in_root(),
+    };
     // Session records on stderr, one line each, for the operator's log.
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
     let runtime = runtime()?;
     runtime.block_on(async {
-        let tuning = net::Tuning::with_congestion(limits.congestion);
-        let endpoint =
-            net::server_endpoint(listen, &identity, tuning).with_context(|| format!("listen on {listen}"))?;
-        eprintln!("xfer: serving {} on {} as {}", root.display(), endpoint.local_addr()?, identity.fingerprint());
-        let mut config = net::driver::ServeConfig::new(root, access);
-        config.per_session = limits.per_session;
-        config.total = Limiter::new(limits.total);
-        config.max_sessions = limits.max_sessions;
-        config.idle_timeout = limits.idle_timeout;
-        config.congestion = limits.congestion;
-        config.audit = Some(Arc::new(audit));
-        let shutdown = config.shutdown.clone();
-        let config = std::sync::Arc::new(config);
         let mut signals = StopSignals::install()?;
-        let serving = net::driver::serve(endpoint.clone(), config);
-        tokio::pin!(serving);
-        tokio::select! {
-            () = &mut serving => {}
-            code = signals.next() => {
-                let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
-                eprintln!("xfer: {name}: stopping each session at its next commit point");
-                shutdown.cancel();
-                if tokio::time::timeout(SHUTDOWN_GRACE, &mut serving).await.is_err() {
-                    tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "sessions still running after the grace period");
-                }
-                endpoint.close(0u32.into(), b"server shutting down");
-                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-            }
+        let server = Server::start(listen, &identity, options)
+            .with_context(|| format!("serve on {listen} (open the audit log with --audit-log FILE)"))?;
+        eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
+        let code = signals.next().await;
+        let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
+        eprintln!("xfer: {name}: stopping each session at its next commit point");
+        if !server.stop(SHUTDOWN_GRACE).await {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "sessions still running after the grace period");
         }
         Ok::<_, anyhow::Error>(())
     })?;
@@ -289,10 +278,10 @@ fn with_trust<T>(
     args: &PushArgs,
     url: &RemoteUrl,
     configured: Option<Fingerprint>,
-    session: impl Fn(&Identity, Option<Fingerprint>) -> Result<T, RemoteError>,
+    session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
 ) -> anyhow::Result<T> {
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
-    let identity = Identity::load_or_create(&config_dir)?;
+    let client = Client::new(Identity::load_or_create(&config_dir)?);
     let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
     let pin = match (&args.server_fingerprint, configured, hosts.check(&url.authority)) {
         (Some(fp), ..) => Some(fp.parse::<Fingerprint>()?),
@@ -300,15 +289,15 @@ fn with_trust<T>(
         (None, None, HostTrust::Unknown) => None,
     };
     let mut used = pin;
-    let mut result = session(&identity, pin);
-    if let Err(RemoteError::UntrustedServer { seen, .. }) = &result {
+    let mut result = session(&client, pin);
+    if let Err(TransferError::UntrustedServer { seen, .. }) = &result {
         if pin.is_none() && args.accept_new {
             eprintln!("xfer: trusting {} on first use: {seen}", url.authority);
             used = Some(*seen);
-            result = session(&identity, used);
+            result = session(&client, used);
         }
     }
-    let value = result?;
+    let value = result.map_err(with_hint)?;
     if let Some(fp) = used {
         if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
             hosts.pin(&url.authority, fp)?;
@@ -327,9 +316,17 @@ fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             args.src.display()
         ),
     };
-    transfer(&args, &config, false, quiet, |runtime, options| {
-        with_trust(&args, &url, configured, |identity, pin| {
-            runtime.block_on(client::pull(&url, &args.dest, identity, pin, options))
+    let settings = config.settings(false);
+    if !excludes(&args, &settings, false)?.is_empty() {
+        bail!(
+            "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
+             does not carry patterns); expected a pull without --exclude or --exclude-from"
+        );
+    }
+    transfer(&args, &settings, false, quiet, |runtime, common| {
+        let options = common_options!(PullOptions, common);
+        with_trust(&args, &url, configured, |client, pin| {
+            runtime.block_on(client.pull(&url, pin, &args.dest, &options))
         })
     })
 }
@@ -337,50 +334,104 @@ fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let target = config.target(&args.dest)?;
-    transfer(&args, &config, true, quiet, |runtime, options| match target {
-        Target::Remote(url, configured) => with_trust(&args, &url, configured, |identity, pin| {
-            runtime.block_on(client::push(&args.src, &url, identity, pin, options))
-        }),
-        Target::Local => runtime
-            .block_on(client::push_embedded(&args.src, &args.dest, options))
-            .with_context(|| format!("push {} -> {}", args.src.display(), args.dest.display())),
+    let settings = config.settings(true);
+    let excludes = excludes(&args, &settings, true)?;
+    transfer(&args, &settings, true, quiet, |runtime, common| {
+        let options = common_options!(PushOptions, common).exclude(excludes).dry_run(args.dry_run);
+        match target {
+            Target::Remote(url, configured) => with_trust(&args, &url, configured, |client, pin| {
+                runtime.block_on(client.push(&args.src, &url, pin, &options))
+            }),
+            Target::Local => runtime
+                .block_on(Client::push_local(&args.src, &args.dest, &options))
+                .map_err(|e| with_hint(e).context(format!("push {} -> {}", args.src.display(), args.dest.display()))),
+        }
     })
 }
+
+/// What the flags and the config file say for a push or a pull, before
+/// it becomes the library's options.
+struct Common {
+    state_dir: PathBuf,
+    busy_wait: Option<Duration>,
+    delete: bool,
+    checksum: bool,
+    delete_limit: DeleteLimit,
+    compression: Compression,
+    tags: BTreeMap<String, String>,
+    log: Option<PathBuf>,
+    congestion: Congestion,
+    cancel: CancellationToken,
+    progress: Option<Arc<ui::Console>>,
+    timetable: Option<Timetable>,
+    window: Option<Window>,
+    wait: bool,
+}
+
+/// Builds the library's push or pull options from [`Common`].
+macro_rules! common_options {
+    ($options:ty, $common:expr) => {{
+        let common: &Common = $common;
+        let mut options = <$options>::new(common.state_dir.clone())
+            .delete(common.delete)
+            .checksum(common.checksum)
+            .delete_limit(common.delete_limit)
+            .compression(common.compression)
+            .tags(common.tags.clone())
+            .congestion(common.congestion)
+            .cancel(common.cancel.clone())
+            .clock(Arc::new(|| now().ok()));
+        if let Some(wait) = common.busy_wait {
+            options = options.busy_wait(wait);
+        }
+        if let Some(log) = &common.log {
+            options = options.log(log.clone());
+        }
+        if let Some(progress) = &common.progress {
+            options = options.progress(progress.clone());
+        }
+        if let Some(timetable) = &common.timetable {
+            options = options.bwlimit_timetable(timetable.clone());
+        }
+        if let Some(window) = &common.window {
+            options = options.window(window.clone(), common.wait);
+        }
+        options
+    }};
+}
+use common_options;
 
 /// Runs a push or pull with the options of `args`: Ctrl-C cancels it at a
 /// commit point; the outcome is reported (as JSON with `--json`, errors
 /// included) and mapped to the exit code.
 fn transfer(
     args: &PushArgs,
-    config: &Config,
+    settings: &Settings,
     push: bool,
     quiet: bool,
-    run: impl FnOnce(&tokio::runtime::Runtime, &RemotePush) -> anyhow::Result<Report>,
+    run: impl FnOnce(&tokio::runtime::Runtime, &Common) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
-    let settings = config.settings(push);
-    let mut options = options(args, &settings, push)?;
-    let (window_text, window) = transfer_window(args, &settings)?;
+    let mut common = common(args, settings)?;
+    let (window_text, window) = transfer_window(args, settings)?;
     let bwlimit = args.bwlimit.as_deref().or(settings.bwlimit.as_deref());
-    let timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
-    let direction = if push { Direction::Up } else { Direction::Down };
+    common.timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
+    // An unreadable clock file stops the run before it starts.
     let started_at = now()?;
-    if let Some(timetable) = &timetable {
-        options.bwlimit = Limiter::new(timetable.rate_at(started_at, direction));
-    }
-    let runtime = runtime()?;
     if let Some(window) = &window {
-        if let Some(code) = wait_for_window(&runtime, window, window_text, started_at, args, quiet) {
-            return Ok(code);
+        if !window.is_open(started_at) && args.wait && !quiet {
+            eprintln!("xfer: waiting for the window {} to open", window_text);
         }
     }
+    (common.window, common.wait) = (window, args.wait);
+    let runtime = runtime()?;
     // Bars only for a person watching: not under cron, not with -q.
     let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(ui::Bars::new);
     let console = Arc::new(ui::Console { bars, itemize: args.itemize.then_some(args.json) });
     if console.bars.is_some() || console.itemize.is_some() {
-        options.progress = xfer::progress::ProgressSink::new(console.clone());
+        common.progress = Some(console.clone());
     }
-    let stop = watch_stops(&runtime, &options, timetable, window, direction)?;
-    let outcome = run(&runtime, &options);
+    let stop = watch_signals(&runtime, &common.cancel)?;
+    let outcome = run(&runtime, &common);
     console.finish();
     transfer_outcome(outcome, args, push, quiet, window_text, &stop)
 }
@@ -398,74 +449,31 @@ fn transfer_window<'a>(args: &'a PushArgs, settings: &'a Settings) -> anyhow::Re
     Ok((window_text, window))
 }
 
-/// Waits (with `--wait`) for a closed `window` to open; without it, the
-/// exit code of a run outside its window.
-fn wait_for_window(
-    runtime: &tokio::runtime::Runtime,
-    window: &Window,
-    window_text: &str,
-    started_at: LocalTime,
-    args: &PushArgs,
-    quiet: bool,
-) -> Option<ExitCode> {
-    if window.is_open(started_at) {
-        return None;
-    }
-    let wait = window.minutes_until_open(started_at);
-    if !args.wait {
-        let when = wait.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
-        let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
-        return Some(stopped(args.json, quiet, EXIT_WINDOW, &message));
-    }
-    if !quiet {
-        eprintln!("xfer: waiting for the window {} to open", window_text);
-    }
-    runtime.block_on(async {
-        // An unreadable clock file reads as closed until it is fixed.
-        while !now().is_ok_and(|at| window.is_open(at)) {
-            tokio::time::sleep(RECHECK).await;
-        }
-    });
-    None
-}
-
-/// Cancels the transfer on a stop signal or when the window closes, and
-/// keeps the rate to the timetable; the returned code says why it stopped.
-fn watch_stops(
-    runtime: &tokio::runtime::Runtime,
-    options: &RemotePush,
-    timetable: Option<Timetable>,
-    window: Option<Window>,
-    direction: Direction,
-) -> anyhow::Result<Arc<AtomicU8>> {
+/// Cancels the transfer on a stop signal; the returned code says which.
+fn watch_signals(runtime: &tokio::runtime::Runtime, cancel: &CancellationToken) -> anyhow::Result<Arc<AtomicU8>> {
     let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
     let mut signals = runtime.block_on(async { StopSignals::install() })?;
-    let (cancel, reason) = (options.cancel.clone(), stop.clone());
+    let (cancel, reason) = (cancel.clone(), stop.clone());
     runtime.spawn(async move {
         let code = signals.next().await;
-        // A window that closed first keeps its code.
-        let _ = reason.compare_exchange(EXIT_INTERRUPTED, code, Ordering::SeqCst, Ordering::SeqCst);
+        reason.store(code, Ordering::SeqCst);
         cancel.cancel();
     });
-    // The window closing stops the transfer at a commit point; a timetable
-    // is re-read as the clock moves.
-    let (cancel, limiter, reason) = (options.cancel.clone(), options.bwlimit.clone(), stop.clone());
-    runtime.spawn(async move {
-        loop {
-            tokio::time::sleep(RECHECK).await;
-            // An unreadable clock file (tests only) changes nothing.
-            let Ok(at) = now() else { continue };
-            if let Some(timetable) = &timetable {
-                limiter.set_rate(timetable.rate_at(at, direction));
-            }
-            if window.as_ref().is_some_and(|w| !w.is_open(at)) {
-                reason.store(EXIT_WINDOW, Ordering::SeqCst);
-                cancel.cancel();
-                return;
-            }
-        }
-    });
     Ok(stop)
+}
+
+/// The error with the command-line hint for it, if one helps.
+fn with_hint(e: TransferError) -> anyhow::Error {
+    let hint = match &e {
+        TransferError::UntrustedServer { authority, seen, .. } => format!(
+            ". If that is the server's key (run `xfer id` on the server), trust it with:\n    \
+             xfer trust {authority} {seen}\nor pass --server-fingerprint {seen}"
+        ),
+        TransferError::BadTag(_) => "; expected --tag KEY=VALUE".into(),
+        _ if matches!(e.local(), Some(xfer::Error::Busy { .. })) => " (or wait for it with --busy-wait SECONDS)".into(),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!("{e}{hint}")
 }
 
 /// Reports the transfer's outcome and picks its exit code.
@@ -477,67 +485,71 @@ fn transfer_outcome(
     window_text: &str,
     stop: &AtomicU8,
 ) -> anyhow::Result<ExitCode> {
-    match outcome {
-        Ok(report) => print_report(&report, args, push, quiet),
-        Err(e) if matches!(e.downcast_ref::<RemoteError>(), Some(RemoteError::Cancelled)) => {
-            let code = stop.load(Ordering::SeqCst);
-            let message = match code {
-                EXIT_WINDOW => format!("the window {} closed; {e:#}", window_text),
-                EXIT_TERMINATED => format!("stopped by SIGTERM; {e:#}"),
-                _ => format!("interrupted; {e:#}"),
-            };
-            Ok(stopped(args.json, quiet, code, &message))
+    let e = match outcome {
+        Ok(report) => return print_report(&report, args, push, quiet),
+        Err(e) => e,
+    };
+    let stopped_at = match e.downcast_ref::<TransferError>() {
+        Some(TransferError::OutsideWindow { opens_in_min }) => {
+            let when = opens_in_min.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
+            let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
+            return Ok(stopped(args.json, quiet, EXIT_WINDOW, &message));
         }
-        Err(e) => match delete_refused(&e) {
-            Some(refused) => {
-                let message = if args.dry_run {
-                    format!("dry run: the run would be refused: {refused}")
-                } else {
-                    format!("{refused}; nothing was changed")
-                };
-                if args.json {
-                    println!("{}", serde_json::json!({ "exit_code": EXIT_REFUSED, "error": message }));
-                }
-                eprintln!("xfer: error: {message}");
-                Ok(ExitCode::from(EXIT_REFUSED))
+        Some(TransferError::WindowClosed { .. }) => Some((EXIT_WINDOW, format!("the window {} closed", window_text))),
+        Some(TransferError::Cancelled { .. }) => Some(match stop.load(Ordering::SeqCst) {
+            EXIT_TERMINATED => (EXIT_TERMINATED, "stopped by SIGTERM".to_string()),
+            code => (code, "interrupted".to_string()),
+        }),
+        _ => None,
+    };
+    if let Some((code, why)) = stopped_at {
+        let message = format!("{why}; {KEPT}");
+        return Ok(stopped(args.json, quiet, code, &message));
+    }
+    match e.downcast_ref::<TransferError>().and_then(TransferError::delete_refused) {
+        Some(refused) => {
+            let message = if args.dry_run {
+                format!("dry run: the run would be refused: {refused}")
+            } else {
+                format!("{refused}; nothing was changed")
+            };
+            if args.json {
+                println!("{}", serde_json::json!({ "exit_code": EXIT_REFUSED, "error": message }));
             }
-            None => {
-                if args.json {
-                    println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
-                }
-                Err(e)
+            eprintln!("xfer: error: {message}");
+            Ok(ExitCode::from(EXIT_REFUSED))
+        }
+        None => {
+            if args.json {
+                println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
             }
-        },
+            Err(e)
+        }
     }
 }
 
-/// The delete limit's refusal, if that is what stopped the run.
-fn delete_refused(e: &anyhow::Error) -> Option<&xfer::plan::DeleteRefused> {
-    use xfer::session::SessionError;
-    match e.downcast_ref::<RemoteError>()? {
-        RemoteError::Session(SessionError::Local(xfer::Error::DeleteRefused(refused)))
-        | RemoteError::Local(xfer::Error::DeleteRefused(refused)) => Some(refused),
-        _ => None,
-    }
-}
+/// What a stopped run keeps.
+const KEPT: &str = "cancelled; the files already received whole were kept, and the next run goes on from there";
 
 /// The local time of the week, for windows and timetables.
-/// `XFER_CLOCK_FILE` names a file holding `DAY HH:MM` to use instead of the
-/// system clock: tests move it to open and close windows (write it by
-/// rename, so a reader never sees it half-written).
 fn now() -> anyhow::Result<LocalTime> {
-    let Some(file) = std::env::var_os("XFER_CLOCK_FILE") else {
-        return Ok(local_time_now());
-    };
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("read the clock file {} (XFER_CLOCK_FILE)", PathBuf::from(&file).display()))?;
-    Ok(text.parse()?)
+    #[cfg(feature = "fault-injection")]
+    if let Some(at) = clock_file()? {
+        return Ok(at);
+    }
+    Ok(local_time_now())
 }
 
-/// How often a running transfer re-reads the clock for its window and
-/// timetable: reading it is cheap, and a window that closes should stop the
-/// transfer within a second or so.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Test builds only: `XFER_CLOCK_FILE` names a file holding `DAY HH:MM`
+/// to use instead of the system clock; tests move it to open and close
+/// windows (write it by rename, so a reader never sees it half-written).
+#[cfg(feature = "fault-injection")]
+fn clock_file() -> anyhow::Result<Option<LocalTime>> {
+    let Some(file) = std::env::var_os("XFER_CLOCK_FILE") else { return Ok(None) };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("read the clock file {} (XFER_CLOCK_FILE)", PathBuf::from(&file).display()))?;
+    Ok(Some(text.parse()?))
+}
 
 /// Reports a run that stopped without failing (window, Ctrl-C). A closed
 /// window is routine under cron: with -q only the exit code tells.
@@ -556,23 +568,27 @@ fn flag(on: bool, off: bool) -> Option<bool> {
     (on || off).then_some(on)
 }
 
-/// The options shared by push and pull: flags first, then the config
-/// file's settings for this command, then built-in defaults.
-fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<RemotePush> {
-    // The source root's .xferignore, then --exclude-from, then --exclude:
-    // the last match wins, so the command line has the last word.
-    let mut filter = if push { xfer::fs::ignore::with_root_ignore(&args.src)? } else { Filter::new() };
-    // The config file's patterns come before the command line's.
+/// The exclusion patterns of a push: the source root's .xferignore, then
+/// the config file's, then --exclude-from, then --exclude (the last match
+/// wins, so the command line has the last word). A pull has only the
+/// config file's and the command line's, which it refuses.
+fn excludes(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<Excludes> {
+    let mut excludes = if push { Excludes::of_source(&args.src)? } else { Excludes::new() };
     for file in defaults.exclude_from.iter().chain(&args.exclude_from) {
-        xfer::fs::ignore::add_file(&mut filter, file)?;
+        excludes.add_file(file)?;
     }
     for pattern in &defaults.exclude {
-        filter.add_pattern(pattern, "exclude in the config file")?;
+        excludes.add_pattern(pattern, "exclude in the config file")?;
     }
     for pattern in &args.exclude {
-        filter.add_pattern(pattern, "--exclude")?;
+        excludes.add_pattern(pattern, "--exclude")?;
     }
-    let filter = (!filter.is_empty()).then(|| Arc::new(filter));
+    Ok(excludes)
+}
+
+/// The options shared by push and pull: flags first, then the config
+/// file's settings for this command, then the library's defaults.
+fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
     let compression = match args.compress {
         CompressArg::Auto => Compression::Auto,
         CompressArg::Zstd => Compression::Zstd { level: args.zstd_level },
@@ -583,27 +599,30 @@ fn options(args: &PushArgs, defaults: &Settings, push: bool) -> anyhow::Result<R
     let Some(state_dir) = state_dir else {
         bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
     };
-    // Built-in defaults come from the library's Options::new.
-    let mut options = RemotePush::new(state_dir);
-    if let Some(seconds) = args.busy_wait.or(defaults.busy_wait) {
-        options.busy_wait = std::time::Duration::from_secs(seconds);
-    }
-    options.delete = flag(args.delete, args.no_delete).or(defaults.delete).unwrap_or(false);
-    options.checksum = flag(args.checksum, args.no_checksum).or(defaults.checksum).unwrap_or(false);
-    options.delete_limit = DeleteLimit { max: args.max_delete.or(defaults.max_delete), guard: !args.force_delete };
-    options.compression = compression;
-    options.filter = filter;
-    options.dry_run = args.dry_run;
+    let mut tags = BTreeMap::new();
     for (key, value) in &args.tags {
-        if options.tags.insert(key.clone(), value.clone()).is_some() {
+        if tags.insert(key.clone(), value.clone()).is_some() {
             bail!("--tag {key}=... is given twice; give each key once");
         }
     }
-    options.log = args.log_json.clone();
     // The config's name was checked when it was loaded.
-    let configured = defaults.congestion.as_deref().map(str::parse::<net::Congestion>).transpose()?;
-    options.congestion = args.congestion.or(configured).unwrap_or_default();
-    Ok(options)
+    let configured = defaults.congestion.as_deref().map(str::parse::<Congestion>).transpose()?;
+    Ok(Common {
+        state_dir,
+        busy_wait: args.busy_wait.or(defaults.busy_wait).map(Duration::from_secs),
+        delete: flag(args.delete, args.no_delete).or(defaults.delete).unwrap_or(false),
+        checksum: flag(args.checksum, args.no_checksum).or(defaults.checksum).unwrap_or(false),
+        delete_limit: DeleteLimit { max: args.max_delete.or(defaults.max_delete), guard: !args.force_delete },
+        compression,
+        tags,
+        log: args.log_json.clone(),
+        congestion: args.congestion.or(configured).unwrap_or_default(),
+        cancel: CancellationToken::new(),
+        progress: None,
+        timetable: None,
+        window: None,
+        wait: false,
+    })
 }
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with
@@ -644,46 +663,41 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
         }
         println!("{value}");
     } else if !quiet {
-        if report.dry_run {
-            eprintln!(
-                "dry run: would write {} files, delete {}, send {} chunks in about {} bytes (before deltas)",
-                report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent
-            );
-        }
-        if let Some(cost) = cost {
-            eprintln!("egress: {data_bytes} bytes, about {cost:.4} USD");
-        }
-        eprintln!(
-            "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
-             wire {} B up, {} B down in {:.2} s",
-            report.files_changed,
-            report.files_deleted,
-            report.failed.len(),
-            report.chunks_sent,
-            report.bytes_sent,
-            report.chunks_delta,
-            report.chunks_reused,
-            report.wire_bytes_sent,
-            report.wire_bytes_received,
-            report.elapsed_s
-        );
+        print_summary(report, cost.map(|cost| (data_bytes, cost)));
     }
     Ok(ExitCode::from(code))
 }
 
+/// The human summary of a report on stderr, with the egress cost if asked.
+fn print_summary(report: &Report, cost: Option<(u64, f64)>) {
+    if report.dry_run {
+        eprintln!(
+            "dry run: would write {} files, delete {}, send {} chunks in about {} bytes (before deltas)",
+            report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent
+        );
+    }
+    if let Some((data_bytes, cost)) = cost {
+        eprintln!("egress: {data_bytes} bytes, about {cost:.4} USD");
+    }
+    eprintln!(
+        "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
+         wire {} B up, {} B down in {:.2} s",
+        report.files_changed,
+        report.files_deleted,
+        report.failed.len(),
+        report.chunks_sent,
+        report.bytes_sent,
+        report.chunks_delta,
+        report.chunks_reused,
+        report.wire_bytes_sent,
+        report.wire_bytes_received,
+        report.elapsed_s
+    );
+}
+
 fn digest(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let size = file.metadata().with_context(|| format!("stat {}", path.display()))?.len();
-    let params = xfer::chunk::ChunkParams::for_size(size);
-    let digest = xfer::chunk::digest_stream_sized(file, params, size, |_, _, _| Ok(()))
-        .with_context(|| format!("read {}", path.display()))?;
-    let report = serde_json::json!({
-        "size": digest.size,
-        "hash": blake3::Hash::from_bytes(digest.hash.0).to_hex().to_string(),
-        "chunk_params": [params.min(), params.avg(), params.max()],
-        "chunks": digest.chunks.len(),
-    });
-    println!("{report}");
+    let digest = FileDigest::of(path).with_context(|| format!("digest {}", path.display()))?;
+    println!("{}", serde_json::to_value(&digest)?);
     Ok(ExitCode::SUCCESS)
 }
 

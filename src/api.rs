@@ -19,7 +19,7 @@ pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
 pub use crate::plan::{DeleteLimit, DeleteRefused};
 pub use crate::progress::{Change, Event, Progress};
 pub use crate::throttle::{local_time_now, LocalTime, Rate, ThrottleError, Timetable, Window};
-pub use crate::usecase::{Clock, RemoteError as TransferError, RemoteUrl, Report, DEFAULT_PORT, ROOT_PATH};
+pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
 
 use crate::filter::Filter;

@@ -76,7 +76,7 @@
 
 mod api;
 mod crashpoint;
-pub mod error;
+mod error;
 
 pub use api::*;
 pub use error::{Error, Result};

@@ -174,3 +174,26 @@ async fn errors_carry_no_command_line_wording() {
     assert!(!e.to_string().contains("--tag"), "{e}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_pull_reports_the_files_it_kept() {
+    let tmp = TempDir::new().unwrap();
+    let client = Client::new(Identity::generate().unwrap());
+    let (server, root) = serve(&tmp, &client, |o| o);
+    tree(&root.join("tree"), 8, 256 << 10);
+    let cancel = CancellationToken::new();
+    let options = PullOptions::new(tmp.path().join("state")).bwlimit(Rate(Some(512 << 10))).cancel(cancel.clone());
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cancel.cancel();
+    });
+    let dest = tmp.path().join("restored");
+    let result = client.pull(&url(&server, "tree"), Some(server.fingerprint()), &dest, &options).await;
+    stopper.await.unwrap();
+    let Err(e @ TransferError::Cancelled { .. }) = result else { panic!("expected a cancel, got {result:?}") };
+    let report = e.report().expect("a cancel carries its report");
+    let kept = fs::read_dir(&dest).unwrap().filter(|e| e.as_ref().unwrap().path().is_file()).count() as u64;
+    assert!(report.files_changed >= 1 && report.files_changed <= kept, "{report:?}, {kept} files kept");
+    assert!(report.files_changed < 8, "{report:?}");
+    server.shutdown().await;
+}

@@ -265,7 +265,7 @@ fn a_link_to_the_wrong_content_fails_alone() {
 
     struct NoSupply;
     impl ChunkSupply for NoSupply {
-        fn fetch(&mut self, _: &ChunkRequest<'_>) -> xfer::error::Result<xfer::codec::EncodedChunk> {
+        fn fetch(&mut self, _: &ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
             unreachable!("no file is written")
         }
     }

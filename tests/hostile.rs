@@ -21,7 +21,7 @@ use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::{Fingerprint, Identity};
 use xfer::net::{server_endpoint, Tuning};
 use xfer::throttle::{Limiter, Rate};
-use xfer::usecase::{push::push, RemoteError, RemoteUrl, Report, TransferOptions};
+use xfer::usecase::{push::push, RemoteUrl, Report, TransferError, TransferOptions};
 use xfer_protocol::msg::{self, Direction};
 use xfer_protocol::{CloseCode, Message, MAX_FRAME_LEN};
 
@@ -155,7 +155,7 @@ impl Drop for ServeProcess {
 /// A well-behaved push, running while the hostile clients do their worst:
 /// throttled so that it lasts, and checked whole at the end.
 struct GoodPush {
-    task: tokio::task::JoinHandle<Result<Report, RemoteError>>,
+    task: tokio::task::JoinHandle<Result<Report, TransferError>>,
     model: Model,
     dest: PathBuf,
 }
@@ -892,7 +892,7 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
     std::fs::write(src.join("f"), b"data").unwrap();
     let options = TransferOptions { busy_wait: Duration::ZERO, ..TransferOptions::new(tmp.path().join("state")) };
     let at = |path: &str| RemoteUrl { authority: addr.to_string(), path: path.into() };
-    let refused = |result: Result<Report, RemoteError>| match result {
+    let refused = |result: Result<Report, TransferError>| match result {
         Ok(report) => panic!("not refused: {report:?}"),
         Err(e) => e.to_string(),
     };
@@ -926,7 +926,7 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
     // trust it: cli.rs); the server records the failed handshake.
     let wrong = Identity::generate().unwrap().fingerprint();
     match push(&src, &at("laptop"), &writer, Some(wrong), &options).await {
-        Err(e @ RemoteError::UntrustedServer { .. }) => {
+        Err(e @ TransferError::UntrustedServer { .. }) => {
             let message = e.to_string();
             assert!(message.contains(&fp.to_string()), "{message}");
             assert!(message.contains(&format!("{addr} presents {fp}")), "{message}");

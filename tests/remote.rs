@@ -13,7 +13,7 @@ use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
 use xfer::throttle::{Limiter, Rate};
-use xfer::usecase::{local::push_local, pull::pull, push::push, RemoteError, RemoteUrl, TransferOptions};
+use xfer::usecase::{local::push_local, pull::pull, push::push, RemoteUrl, TransferError, TransferOptions};
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::{assert_same_tree, materialize, read_tree, seeded};
@@ -103,7 +103,7 @@ async fn remote_refuses_untrusted_server_and_unknown_client() {
 
     let unpinned = push(&src, &url, &client, None, &options(&tmp)).await.unwrap_err();
     match &unpinned {
-        RemoteError::UntrustedServer { seen, .. } => assert_eq!(*seen, server.id.fingerprint()),
+        TransferError::UntrustedServer { seen, .. } => assert_eq!(*seen, server.id.fingerprint()),
         other => panic!("expected an untrusted-server error, got {other}"),
     }
     // The library names the key; the CLI adds how to trust it (cli.rs).
@@ -173,7 +173,7 @@ async fn embedded_push_honours_exclusions() {
     let url = RemoteUrl { authority: "127.0.0.1:9".into(), path: String::new() };
     let client = Identity::generate().unwrap();
     let refused = pull(&url, &tmp.path().join("pulled"), &client, None, &options).await;
-    assert!(matches!(refused, Err(RemoteError::PullFilter)), "{refused:?}");
+    assert!(matches!(refused, Err(TransferError::PullFilter)), "{refused:?}");
 }
 
 /// A UDP relay in front of `server` that forwards both ways and sets
@@ -267,7 +267,7 @@ async fn interrupted_push_resumes(cut_link: bool) {
     } else {
         cancel.cancel();
         let ended = first.await.unwrap();
-        assert!(matches!(ended, Err(RemoteError::Cancelled { .. })), "{ended:?}");
+        assert!(matches!(ended, Err(TransferError::Cancelled { .. })), "{ended:?}");
     }
     // The server gives up on the client and salvages what it has.
     while !temporaries(&dest).is_empty() {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::push::push_unlogged;
 use super::schedule::scheduled;
-use super::{logged, RemoteError, RemoteUrl, Report, TransferOptions};
+use super::{logged, TransferError, RemoteUrl, Report, TransferOptions};
 use crate::fs::store::{FailedEntry, MetaPolicy};
 use crate::net::access::Access;
 use crate::net::driver::{ServeConfig, ServerState};
@@ -26,16 +26,16 @@ use crate::throttle::Direction;
 /// # Errors
 /// As [`super::push::push`]; overlapping source and destination are
 /// refused before anything is written.
-pub async fn push_local(src: &Path, dest: &Path, options: &TransferOptions) -> Result<Report, RemoteError> {
+pub async fn push_local(src: &Path, dest: &Path, options: &TransferOptions) -> Result<Report, TransferError> {
     scheduled(options, Direction::Up, |options| async move { push_embedded(src, dest, &options).await }).await
 }
 
-async fn push_embedded(src: &Path, dest: &Path, options: &TransferOptions) -> Result<Report, RemoteError> {
+async fn push_embedded(src: &Path, dest: &Path, options: &TransferOptions) -> Result<Report, TransferError> {
     let (src, dest) = crate::engine::local_pair(src, dest)?;
     // The destination is made by the server's store once its lock is held:
     // made here, it could land inside a tree another push holds.
     let identity = Identity::load_or_create(&options.state_dir.join("embedded"))
-        .map_err(|e| RemoteError::Task { what: "loading the embedded server's identity", reason: e.to_string() })?;
+        .map_err(|e| TransferError::Task { what: "loading the embedded server's identity", reason: e.to_string() })?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
     let logged_path = dest.display().to_string();
     let access = Access::allow(&[identity.fingerprint()]);

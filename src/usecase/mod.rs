@@ -32,7 +32,7 @@ mod schedule;
 pub mod serve;
 mod url;
 
-pub use outcome::{RemoteError, Report};
+pub use outcome::{TransferError, Report};
 pub use schedule::{Clock, Schedule};
 pub use url::{RemoteUrl, DEFAULT_PORT, ROOT_PATH};
 
@@ -60,7 +60,7 @@ pub struct TransferOptions {
     pub busy_wait: Duration,
     /// Cancelling it stops the session: the receiver commits the files it
     /// has whole and verified, and the call returns
-    /// [`RemoteError::Cancelled`]. The next run goes on from there.
+    /// [`TransferError::Cancelled`]. The next run goes on from there.
     pub cancel: CancellationToken,
     /// Where progress events go.
     pub progress: ProgressSink,
@@ -112,14 +112,14 @@ impl TransferOptions {
     }
 
     /// The tags as the protocol carries them, checked.
-    fn wire_tags(&self) -> Result<Vec<Tag>, RemoteError> {
+    fn wire_tags(&self) -> Result<Vec<Tag>, TransferError> {
         if self.tags.len() > MAX_TAGS {
-            return Err(RemoteError::BadTag(format!("{} tags given; at most {MAX_TAGS} are allowed", self.tags.len())));
+            return Err(TransferError::BadTag(format!("{} tags given; at most {MAX_TAGS} are allowed", self.tags.len())));
         }
         let tags: Vec<Tag> =
             self.tags.iter().map(|(key, value)| Tag { key: key.clone(), value: value.clone() }).collect();
         for tag in &tags {
-            tag.check().map_err(RemoteError::BadTag)?;
+            tag.check().map_err(TransferError::BadTag)?;
         }
         Ok(tags)
     }
@@ -141,8 +141,8 @@ async fn logged(
     options: &TransferOptions,
     identity: &Identity,
     (url, pin, direction): LogTarget<'_>,
-    session: impl std::future::Future<Output = Result<Report, RemoteError>>,
-) -> Result<Report, RemoteError> {
+    session: impl std::future::Future<Output = Result<Report, TransferError>>,
+) -> Result<Report, TransferError> {
     let log = options.log.as_deref().map(AuditLog::open).transpose()?;
     let started = Instant::now();
     let outcome = session.await;
@@ -180,27 +180,27 @@ fn record_report(record: &mut AuditRecord, report: &Report) {
 }
 
 /// The close code a failed session's record names.
-fn close_code(e: &RemoteError) -> Option<CloseCode> {
+fn close_code(e: &TransferError) -> Option<CloseCode> {
     match e {
-        RemoteError::Cancelled { .. } | RemoteError::WindowClosed { .. } => Some(CloseCode::Cancelled),
-        RemoteError::Session(SessionError::Peer { code, .. }) => *code,
-        RemoteError::Session(e) => Some(e.close_code()),
+        TransferError::Cancelled { .. } | TransferError::WindowClosed { .. } => Some(CloseCode::Cancelled),
+        TransferError::Session(SessionError::Peer { code, .. }) => *code,
+        TransferError::Session(e) => Some(e.close_code()),
         // This side refused the server's key.
-        RemoteError::UntrustedServer { .. } => Some(CloseCode::Unauthorized),
+        TransferError::UntrustedServer { .. } => Some(CloseCode::Unauthorized),
         _ => None,
     }
 }
 
 /// Retries `attempt` while the server answers busy, for up to `wait`.
-async fn while_busy<T, F: std::future::Future<Output = Result<T, RemoteError>>>(
+async fn while_busy<T, F: std::future::Future<Output = Result<T, TransferError>>>(
     wait: Duration,
     mut attempt: impl FnMut() -> F,
-) -> Result<T, RemoteError> {
+) -> Result<T, TransferError> {
     let deadline = Instant::now() + wait;
     let mut pause = Duration::from_millis(200);
     loop {
         match attempt().await {
-            Err(RemoteError::Session(SessionError::Peer { code: Some(CloseCode::Busy), .. }))
+            Err(TransferError::Session(SessionError::Peer { code: Some(CloseCode::Busy), .. }))
                 if Instant::now() + pause < deadline =>
             {
                 tracing::info!(retry_in_s = pause.as_secs_f64(), "another session holds the destination; waiting");
@@ -216,9 +216,9 @@ async fn while_busy<T, F: std::future::Future<Output = Result<T, RemoteError>>>(
 /// failure named `what`.
 async fn blocking<T: Send + 'static>(
     what: &'static str,
-    work: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
-) -> Result<T, RemoteError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| RemoteError::Task { what, reason: e.to_string() })?
+    work: impl FnOnce() -> Result<T, TransferError> + Send + 'static,
+) -> Result<T, TransferError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| TransferError::Task { what, reason: e.to_string() })?
 }
 
 /// Where the sender remembers what it left on `server` at `path`.

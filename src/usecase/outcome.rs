@@ -1,4 +1,4 @@
-//! How a transfer ends: a [`Report`] of what it did, or a [`RemoteError`]
+//! How a transfer ends: a [`Report`] of what it did, or a [`TransferError`]
 //! saying why it stopped (with the report of what was done when it was
 //! stopped on purpose: cancelled, or its window closed).
 
@@ -17,7 +17,7 @@ use crate::session::SessionError;
 /// Why a push or pull failed or stopped.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum RemoteError {
+pub enum TransferError {
     /// The server's key is not the pinned one (or none is pinned): if it is
     /// the server's key, pin it and run again.
     #[error("{authority} presents {seen}, which is not the key pinned for it{pinned}")]
@@ -86,12 +86,12 @@ pub enum RemoteError {
     PullFilter,
 }
 
-impl RemoteError {
+impl TransferError {
     /// What the transfer did before it stopped, for a stop on purpose
     /// (cancelled, window closed).
     pub fn report(&self) -> Option<&Report> {
         match self {
-            RemoteError::Cancelled { report } | RemoteError::WindowClosed { report } => Some(report),
+            TransferError::Cancelled { report } | TransferError::WindowClosed { report } => Some(report),
             _ => None,
         }
     }
@@ -106,7 +106,7 @@ impl RemoteError {
     /// if that is what failed.
     pub fn local(&self) -> Option<&crate::Error> {
         match self {
-            RemoteError::Local(e) | RemoteError::Session(SessionError::Local(e)) => Some(e),
+            TransferError::Local(e) | TransferError::Session(SessionError::Local(e)) => Some(e),
             _ => None,
         }
     }
@@ -114,22 +114,22 @@ impl RemoteError {
     /// The delete limit's refusal, if that is what stopped the run.
     pub fn delete_refused(&self) -> Option<&crate::plan::DeleteRefused> {
         match self {
-            RemoteError::Session(SessionError::Local(crate::Error::DeleteRefused(refused)))
-            | RemoteError::Local(crate::Error::DeleteRefused(refused)) => Some(refused),
+            TransferError::Session(SessionError::Local(crate::Error::DeleteRefused(refused)))
+            | TransferError::Local(crate::Error::DeleteRefused(refused)) => Some(refused),
             _ => None,
         }
     }
 }
 
-impl From<ConnectError> for RemoteError {
+impl From<ConnectError> for TransferError {
     fn from(e: ConnectError) -> Self {
         match e {
             ConnectError::Untrusted { authority, seen, pinned } => {
-                RemoteError::UntrustedServer { authority, seen, pinned }
+                TransferError::UntrustedServer { authority, seen, pinned }
             }
-            ConnectError::Unreachable { authority, reason } => RemoteError::Connect { authority, reason },
-            ConnectError::Refused(e) => RemoteError::Session(e),
-            ConnectError::Local(e) => RemoteError::Local(e),
+            ConnectError::Unreachable { authority, reason } => TransferError::Connect { authority, reason },
+            ConnectError::Refused(e) => TransferError::Session(e),
+            ConnectError::Local(e) => TransferError::Local(e),
         }
     }
 }

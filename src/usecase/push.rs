@@ -10,7 +10,7 @@ use std::time::Instant;
 use xfer_protocol::msg::{Summary, Tag};
 
 use super::schedule::scheduled;
-use super::{blocking, logged, memory_file, while_busy, RemoteError, RemoteUrl, Report, TransferOptions};
+use super::{blocking, logged, memory_file, while_busy, TransferError, RemoteUrl, Report, TransferOptions};
 use crate::codec::{Compression, Encoder};
 use crate::fs::scan::{Scan, ScanSkip, StatKey};
 use crate::fs::store::FailedEntry;
@@ -26,7 +26,7 @@ use crate::throttle::Direction;
 /// Pushes the tree at `src` to `url`, whose server must present `pin`.
 ///
 /// # Errors
-/// [`RemoteError`]: an untrusted server, connection failures, session and
+/// [`TransferError`]: an untrusted server, connection failures, session and
 /// local errors; a cancel or a closing window with the report so far.
 pub async fn push(
     src: &Path,
@@ -34,7 +34,7 @@ pub async fn push(
     identity: &Identity,
     pin: Option<Fingerprint>,
     options: &TransferOptions,
-) -> Result<Report, RemoteError> {
+) -> Result<Report, TransferError> {
     scheduled(options, Direction::Up, |options| async move {
         logged(&options, identity, (url, pin, "push"), push_unlogged(src, url, identity, pin, &options)).await
     })
@@ -57,7 +57,7 @@ pub(super) async fn push_unlogged(
     identity: &Identity,
     pin: Option<Fingerprint>,
     options: &TransferOptions,
-) -> Result<Report, RemoteError> {
+) -> Result<Report, TransferError> {
     let started = Instant::now();
     let tags = options.wire_tags()?;
     let source = scan(src, options, started).await?;
@@ -68,7 +68,7 @@ pub(super) async fn push_unlogged(
             let mut report = Report::new(&Summary::default(), wire, Vec::new(), started);
             report.congestion = Some(options.congestion);
             source_figures(&mut report, &source.manifest);
-            return Err(RemoteError::Cancelled { report: Box::new(report) });
+            return Err(TransferError::Cancelled { report: Box::new(report) });
         }
     };
     let summary = sender.summary().copied().unwrap_or_default();
@@ -92,7 +92,7 @@ pub(super) async fn push_unlogged(
 }
 
 /// Scans `src` and announces its size.
-pub(super) async fn scan(src: &Path, options: &TransferOptions, started: Instant) -> Result<Source, RemoteError> {
+pub(super) async fn scan(src: &Path, options: &TransferOptions, started: Instant) -> Result<Source, TransferError> {
     let root = src.canonicalize().map_err(|e| crate::Error::io(src, e))?;
     let scanned = scan_for_push(&root, options).await?;
     let skipped = Arc::new(scanned.skipped_paths());
@@ -115,7 +115,7 @@ pub(super) async fn scan(src: &Path, options: &TransferOptions, started: Instant
 
 /// How one attempt to send ended.
 enum Sent {
-    Done(Sender<FileReader>, WireBytes, Fingerprint),
+    Done(Box<Sender<FileReader>>, WireBytes, Fingerprint),
     Cancelled(WireBytes),
 }
 
@@ -128,7 +128,7 @@ async fn send(
     pin: Option<Fingerprint>,
     options: &TransferOptions,
     tags: &[Tag],
-) -> Result<Sent, RemoteError> {
+) -> Result<Sent, TransferError> {
     let link = Link::connect(&url.authority, identity, pin, options.congestion).await?;
     let server = link.server;
     let memory = memory_file(&options.state_dir, &server, &url.path);
@@ -144,14 +144,14 @@ async fn send(
     };
     link.close(skipped_here).await;
     Ok(match ran? {
-        Ran::Done(sender) => Sent::Done(sender, wire, server),
+        Ran::Done(sender) => Sent::Done(Box::new(sender), wire, server),
         Ran::Cancelled => Sent::Cancelled(wire),
     })
 }
 
 /// Scans `src` for a push, recording into the source's state database;
 /// the push's cancel token stops the scan.
-async fn scan_for_push(src: &Path, options: &TransferOptions) -> Result<Scan, RemoteError> {
+async fn scan_for_push(src: &Path, options: &TransferOptions) -> Result<Scan, TransferError> {
     let state_dir = options.state_dir.clone();
     let src = src.to_path_buf();
     let scan_options = crate::fs::scan::ScanOptions {
@@ -164,7 +164,7 @@ async fn scan_for_push(src: &Path, options: &TransferOptions) -> Result<Scan, Re
     let stop = move || cancel.is_cancelled();
     blocking("scanning the source", move || {
         crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop).map_err(|e| match e {
-            crate::Error::Stopped => RemoteError::Cancelled { report: Box::default() },
+            crate::Error::Stopped => TransferError::Cancelled { report: Box::default() },
             other => other.into(),
         })
     })
@@ -181,7 +181,7 @@ fn new_sender(
     skipped: &Arc<HashSet<RelPath>>,
     tags: &[Tag],
     remembered: Option<Manifest>,
-) -> Result<Sender<FileReader>, RemoteError> {
+) -> Result<Sender<FileReader>, TransferError> {
     let encoder = Encoder::new(options.compression)
         .map_err(|e| crate::Error::Encoder(Box::new(e)))?
         .with_clock(std::time::Instant::now);
@@ -257,7 +257,7 @@ async fn dry_run_report(
     src: &Path,
     options: &TransferOptions,
     sender: &Sender<FileReader>,
-) -> Result<(), RemoteError> {
+) -> Result<(), TransferError> {
     let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
     let (root, compression) = (src.to_path_buf(), options.compression);
     let plan = blocking("estimating the dry run", move || Ok(dry_run_figures(&ops, &known, root, compression)?)).await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{RemoteError, TransferOptions};
+use super::{TransferError, TransferOptions};
 use crate::throttle::{local_time_now, Direction, Limiter, LocalTime, Timetable, Window};
 
 /// Reads the local time of the week; `None` when it cannot be read (the
@@ -26,7 +26,7 @@ pub struct Schedule {
     /// The window the transfer runs in; `None` is always open.
     pub window: Option<Window>,
     /// Outside the window, wait for it to open (else fail at once with
-    /// [`RemoteError::OutsideWindow`]).
+    /// [`TransferError::OutsideWindow`]).
     pub wait: bool,
     /// The bandwidth limit's timetable (it replaces the fixed limit).
     pub timetable: Option<Timetable>,
@@ -57,14 +57,14 @@ impl Schedule {
     }
 
     /// Waits (if asked) for the window to open.
-    async fn until_open(&self) -> Result<(), RemoteError> {
+    async fn until_open(&self) -> Result<(), TransferError> {
         let at = self.now();
         if self.is_open(at) {
             return Ok(());
         }
         if !self.wait {
             let opens_in_min = self.window.as_ref().zip(at).and_then(|(window, at)| window.minutes_until_open(at));
-            return Err(RemoteError::OutsideWindow { opens_in_min });
+            return Err(TransferError::OutsideWindow { opens_in_min });
         }
         while !self.is_open(self.now()) {
             tokio::time::sleep(RECHECK).await;
@@ -75,15 +75,15 @@ impl Schedule {
 
 /// Runs `transfer` within `options.schedule`: after its window opens, at
 /// the timetable's rate, and stopped when the window closes (then
-/// [`RemoteError::WindowClosed`] instead of [`RemoteError::Cancelled`]).
+/// [`TransferError::WindowClosed`] instead of [`TransferError::Cancelled`]).
 pub(super) async fn scheduled<F, Fut>(
     options: &TransferOptions,
     direction: Direction,
     transfer: F,
-) -> Result<super::Report, RemoteError>
+) -> Result<super::Report, TransferError>
 where
     F: FnOnce(TransferOptions) -> Fut,
-    Fut: std::future::Future<Output = Result<super::Report, RemoteError>>,
+    Fut: std::future::Future<Output = Result<super::Report, TransferError>>,
 {
     let schedule = &options.schedule;
     if schedule.window.is_none() && schedule.timetable.is_none() {
@@ -100,8 +100,8 @@ where
     let result = transfer(options).await;
     task.abort();
     match result {
-        Err(RemoteError::Cancelled { report }) if closed.load(Ordering::SeqCst) => {
-            Err(RemoteError::WindowClosed { report })
+        Err(TransferError::Cancelled { report }) if closed.load(Ordering::SeqCst) => {
+            Err(TransferError::WindowClosed { report })
         }
         other => other,
     }

@@ -1,6 +1,6 @@
 //! Server URLs: `xfer://HOST[:PORT]/PATH`.
 
-use super::RemoteError;
+use super::TransferError;
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,9 +27,9 @@ impl RemoteUrl {
     /// the server holds, so the root must be asked for explicitly.
     ///
     /// # Errors
-    /// [`RemoteError::BadUrl`], saying what to write instead.
-    pub fn parse_checked(text: &str) -> Result<RemoteUrl, RemoteError> {
-        let bad = |why: String| Err(RemoteError::BadUrl(format!("{text:?} {why}")));
+    /// [`TransferError::BadUrl`], saying what to write instead.
+    pub fn parse_checked(text: &str) -> Result<RemoteUrl, TransferError> {
+        let bad = |why: String| Err(TransferError::BadUrl(format!("{text:?} {why}")));
         let Some(rest) = text.strip_prefix("xfer://") else {
             return bad("is not a server URL; use xfer://HOST[:PORT]/PATH".into());
         };

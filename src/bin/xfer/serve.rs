@@ -64,7 +64,7 @@ pub(crate) fn serve(
     runtime.block_on(async {
         let mut signals = StopSignals::install()?;
         let server = Server::start(listen, &identity, options)
-            .with_context(|| format!("serve on {listen} (open the audit log with --audit-log FILE)"))?;
+            .with_context(|| format!("serve {} on {listen}", root.display()))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
         let code = signals.next().await;
         let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };

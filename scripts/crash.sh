@@ -12,4 +12,6 @@ cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then
   export XFER_CRASH_ONLY="$1"
 fi
+# `cargo test` builds the binary with the fault-injection feature (the
+# package's dev-dependency on itself turns it on); a plain build has no crash points.
 exec cargo test -j2 --test tests crash::crash_every_point -- --ignored --nocapture --test-threads 1

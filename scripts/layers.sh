@@ -27,6 +27,12 @@ if grep -rnE '\b(clap|anyhow|indicatif)::' src --include=*.rs | grep -v '^src/bi
   echo "layers: clap, anyhow and indicatif belong to src/bin only" >&2
   status=1
 fi
+# The CLI is built on the library's API alone (src/api.rs); the log
+# target string naming a module is not an import.
+if grep -rnE '\bxfer::(engine|fs|net|session|throttle|usecase|adapt|chunk|codec|congestion|filter|hash|manifest|patch|plan|progress|wire|error)::' src/bin --include=*.rs | grep -v 'with_target('; then
+  echo "layers: the CLI (src/bin) uses only the library's API, not its modules" >&2
+  status=1
+fi
 # (its tests, after #[cfg(test)], may read the clock)
 if sed '/#\[cfg(test)\]/q' scripts/bench/wanlink/src/link.rs | grep -nE '\b(std::fs|std::net|std::thread|libc|Instant::now)\b'; then
   echo "layers: the WAN router's link.rs is its pure core: no I/O, no clock" >&2

@@ -11,7 +11,7 @@ use crate::hash::ChunkId;
 use crate::manifest::{ManifestError, PathError};
 use crate::patch::PatchError;
 
-/// Result with xfer's [`Error`].
+/// Result with xfer's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the xfer library.
@@ -90,10 +90,10 @@ pub enum Error {
         source: Box<redb::Error>,
     },
     /// Another transfer is writing this tree, a directory above it or one
-    /// inside it (see [`crate::fs::store::TreeLock`]).
+    /// inside it (each transfer locks the tree it writes).
     #[error(
         "{path}: another xfer transfer is writing {holder} or a directory inside it; \
-         try again when it ends (or wait for it with --busy-wait SECONDS)"
+         try again when it ends"
     )]
     Busy {
         /// The tree that was to be written.
@@ -108,7 +108,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// A path with a name in the receiver's namespace for temporaries
-    /// ([`crate::fs::scan::TEMP_PREFIX`]): no scan reports such a name, so no
+    /// (`.xfer-tmp.`): no scan reports such a name, so no
     /// sender has one to send, and writing one could replace the temporary
     /// of a file being built.
     #[error("{path}: names starting with .xfer-tmp. are the receiver's temporaries; nothing may be written there")]

@@ -279,7 +279,7 @@ impl LossyRelay {
 /// packets, the client sends no more than the cap (plus 5%) on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bwlimit_holds_on_the_wire_when_packets_are_lost() {
-    use xfer::throttle::{Limiter, Rate};
+    use xfer::Rate;
     const CAP: u64 = 1 << 20;
 
     let tmp = TempDir::new().unwrap();
@@ -291,16 +291,17 @@ async fn bwlimit_holds_on_the_wire_when_packets_are_lost() {
     let root = tmp.path().join("served");
     fs::create_dir_all(&root).unwrap();
     let access = xfer::Access::allow(&[client.fingerprint()]);
-    let server = xfer::Server::start("127.0.0.1:0".parse().unwrap(), root.clone(), access, &server_id).unwrap();
+    let options = xfer::ServerOptions::new(root.clone(), access);
+    let server = xfer::Server::start("127.0.0.1:0".parse().unwrap(), &server_id, options).unwrap();
     let relay = LossyRelay::start(server.local_addr().unwrap(), 150, 0x5eed);
     let url = xfer::RemoteUrl { authority: relay.addr.to_string(), path: "t".into() };
-    let options = xfer::Options {
-        bwlimit: Limiter::new(Rate(Some(CAP))),
-        busy_wait: std::time::Duration::from_secs(10),
-        ..xfer::Options::new(tmp.path().join("state"))
-    };
-    let report =
-        xfer::Client::new(client).push(&src, &url, server_id.fingerprint(), &options).await.expect("push through loss");
+    let options = xfer::PushOptions::new(tmp.path().join("state"))
+        .bwlimit(Rate(Some(CAP)))
+        .busy_wait(std::time::Duration::from_secs(10));
+    let report = xfer::Client::new(client)
+        .push(&src, &url, Some(server_id.fingerprint()), &options)
+        .await
+        .expect("push through loss");
     assert_eq!(fs::read(root.join("t/blob")).unwrap(), seeded(6 << 20, 9));
     let rate = relay.steady_rate(0.2, 0.9);
     eprintln!("wire rate under 15% loss: {rate:.0} B/s, cap {CAP} B/s ({:+.1}%)", 100.0 * (rate / CAP as f64 - 1.0));

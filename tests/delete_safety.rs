@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use xfer::net::access::Access;
 use xfer::net::audit::AuditLog;
-use xfer::net::client::{push, RemotePush, RemoteUrl};
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
+use xfer::usecase::{push::push, RemoteUrl, TransferOptions};
 
 use crate::local_faults::{json, open_up, xfer};
 use crate::util::as_nobody;
@@ -171,8 +171,12 @@ fn start_server(tmp: &TempDir, client: &Identity) -> Server {
     Server { id, addr, root, audit }
 }
 
-fn remote_options(tmp: &TempDir, delete: bool) -> RemotePush {
-    RemotePush { delete, busy_wait: Duration::from_secs(10), ..RemotePush::new(tmp.path().join("client-state")) }
+fn remote_options(tmp: &TempDir, delete: bool) -> TransferOptions {
+    TransferOptions {
+        delete,
+        busy_wait: Duration::from_secs(10),
+        ..TransferOptions::new(tmp.path().join("client-state"))
+    }
 }
 
 /// The server's audit records, once it has written `count` of them.
@@ -352,7 +356,7 @@ async fn server_audit_says_partial_when_the_client_skipped() {
     // A pull whose source, the server's tree, holds an entry its scan skips.
     mkfifo(&server.root.join("site/served-pipe"));
     let restored = tmp.path().join("restored");
-    xfer::net::client::pull(&url, &restored, &client, pin, &remote_options(&tmp, false)).await.unwrap();
+    xfer::usecase::pull::pull(&url, &restored, &client, pin, &remote_options(&tmp, false)).await.unwrap();
     let records = audit_records(&server.audit, 3);
     assert_eq!(records.len(), 3, "{records:?}");
     assert_eq!(records[2]["result"], "partial", "a pull the server skipped entries of is logged as {}", records[2]);

@@ -13,10 +13,10 @@ use tempfile::TempDir;
 use xfer::codec::Compression;
 use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::net::access::Access;
-use xfer::net::client::{pull, push, RemotePush, RemoteUrl};
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
+use xfer::usecase::{pull::pull, push::push, RemoteUrl, TransferOptions};
 
 use crate::util::{assert_same_tree, read_tree, seeded};
 
@@ -212,11 +212,11 @@ async fn remote_push_and_pull_keep_link_groups() {
     let url = RemoteUrl { authority: server.addr.to_string(), path: "site".into() };
     let pin = Some(server.id.fingerprint());
     for delete in [false, true] {
-        let options = RemotePush {
+        let options = TransferOptions {
             delete,
             compression: Compression::Auto,
             busy_wait: std::time::Duration::from_secs(10),
-            ..RemotePush::new(tmp.path().join("client-state"))
+            ..TransferOptions::new(tmp.path().join("client-state"))
         };
         let dest = server.root.join("site");
         let first = push(&src, &url, &client, pin, &options).await.unwrap();
@@ -265,7 +265,7 @@ fn a_link_to_the_wrong_content_fails_alone() {
 
     struct NoSupply;
     impl ChunkSupply for NoSupply {
-        fn fetch(&mut self, _: &ChunkRequest<'_>) -> xfer::error::Result<xfer::codec::EncodedChunk> {
+        fn fetch(&mut self, _: &ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
             unreachable!("no file is written")
         }
     }

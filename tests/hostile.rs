@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use xfer::net::access::Access;
-use xfer::net::client::{push, RemoteError, RemotePush, RemoteUrl, Report};
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::{Fingerprint, Identity};
 use xfer::net::{server_endpoint, Tuning};
 use xfer::throttle::{Limiter, Rate};
+use xfer::usecase::{push::push, RemoteUrl, Report, TransferError, TransferOptions};
 use xfer_protocol::msg::{self, Direction};
 use xfer_protocol::{CloseCode, Message, MAX_FRAME_LEN};
 
@@ -155,7 +155,7 @@ impl Drop for ServeProcess {
 /// A well-behaved push, running while the hostile clients do their worst:
 /// throttled so that it lasts, and checked whole at the end.
 struct GoodPush {
-    task: tokio::task::JoinHandle<Result<Report, RemoteError>>,
+    task: tokio::task::JoinHandle<Result<Report, TransferError>>,
     model: Model,
     dest: PathBuf,
 }
@@ -179,10 +179,10 @@ fn good_push(tmp: &TempDir, addr: SocketAddr, server: Fingerprint, identity: Arc
         );
     }
     materialize(&model, &src);
-    let options = RemotePush {
+    let options = TransferOptions {
         busy_wait: Duration::from_secs(60),
         bwlimit: Limiter::new(Rate(Some(GOOD_RATE))),
-        ..RemotePush::new(tmp.path().join("good-state"))
+        ..TransferOptions::new(tmp.path().join("good-state"))
     };
     let url = RemoteUrl { authority: addr.to_string(), path: "good".into() };
     let task = tokio::spawn(async move { push(&src, &url, &identity, Some(server), &options).await });
@@ -890,9 +890,9 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"data").unwrap();
-    let options = RemotePush { busy_wait: Duration::ZERO, ..RemotePush::new(tmp.path().join("state")) };
+    let options = TransferOptions { busy_wait: Duration::ZERO, ..TransferOptions::new(tmp.path().join("state")) };
     let at = |path: &str| RemoteUrl { authority: addr.to_string(), path: path.into() };
-    let refused = |result: Result<Report, RemoteError>| match result {
+    let refused = |result: Result<Report, TransferError>| match result {
         Ok(report) => panic!("not refused: {report:?}"),
         Err(e) => e.to_string(),
     };
@@ -921,15 +921,15 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
     assert!(message.contains("is not allowed"), "{message}");
     server.record(&["session refused or failed", &revoked.fingerprint().to_string(), "code=3"]).await;
 
-    // A client that pinned another key: it refuses the server, names the
-    // key it saw and the command that would trust it; the server records
-    // the failed handshake.
+    // A client that pinned another key: it refuses the server and names
+    // the server and the key it saw (the CLI adds the command that would
+    // trust it: cli.rs); the server records the failed handshake.
     let wrong = Identity::generate().unwrap().fingerprint();
     match push(&src, &at("laptop"), &writer, Some(wrong), &options).await {
-        Err(e @ RemoteError::UntrustedServer { .. }) => {
+        Err(e @ TransferError::UntrustedServer { .. }) => {
             let message = e.to_string();
             assert!(message.contains(&fp.to_string()), "{message}");
-            assert!(message.contains(&format!("xfer trust {addr} {fp}")), "{message}");
+            assert!(message.contains(&format!("{addr} presents {fp}")), "{message}");
         }
         other => panic!("expected an untrusted server, got {other:?}"),
     }

@@ -19,11 +19,11 @@ use tempfile::TempDir;
 use xfer::fs::store::{ChunkSupply, MetaPolicy, MirrorStore, Store};
 use xfer::manifest::{Meta, Mtime, RelPath, Xattr};
 use xfer::net::access::Access;
-use xfer::net::client::{pull, push, push_embedded, RemotePush, RemoteUrl};
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
 use xfer::plan::{Op, Plan};
+use xfer::usecase::{local::push_local, pull::pull, push::push, RemoteUrl, TransferOptions};
 
 /// Why these tests cannot run here, if they cannot.
 fn unsupported(dir: &Path) -> Option<String> {
@@ -184,11 +184,11 @@ fn start_server(tmp: &TempDir, client: &Identity) -> Server {
     Server { id, addr, root }
 }
 
-fn options(tmp: &TempDir) -> RemotePush {
-    RemotePush {
+fn options(tmp: &TempDir) -> TransferOptions {
+    TransferOptions {
         delete: true,
         busy_wait: std::time::Duration::from_secs(10),
-        ..RemotePush::new(tmp.path().join("client-state"))
+        ..TransferOptions::new(tmp.path().join("client-state"))
     }
 }
 
@@ -268,12 +268,12 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
     let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
     metadata_tree(&src);
     let want = describe(&src);
-    let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    let report = push_local(&src, &dest, &options(&tmp)).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_same(&describe(&dest), &want);
     // As root everything was applied: nothing kept aside.
     assert_eq!(report.meta_kept, 0, "{report:?}");
-    let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    let again = push_local(&src, &dest, &options(&tmp)).await.unwrap();
     assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
     assert_same(&describe(&dest), &want);
 
@@ -285,7 +285,7 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
     chmod(&notes, 0o640);
     set_mtime(&notes, 1_600_000_002);
     let want = describe(&src);
-    let third = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    let third = push_local(&src, &dest, &options(&tmp)).await.unwrap();
     assert_eq!(third.chunks_sent, 0, "{third:?}");
     assert_same(&describe(&dest), &want);
 }
@@ -790,7 +790,7 @@ async fn local_push_as_the_tools_see_it() {
     }
     let want = tool_view(&src);
     let (src_apparent, src_allocated) = du(&src);
-    let report = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    let report = push_local(&src, &dest, &options(&tmp)).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.meta_kept, 0, "{report:?}");
     assert_same_view(&tool_view(&dest), &want, "local push");
@@ -798,7 +798,7 @@ async fn local_push_as_the_tools_see_it() {
     let (apparent, allocated) = du(&dest);
     assert_eq!(apparent, src_apparent, "du --apparent-size");
     assert!(allocated <= src_allocated + (256 << 10), "dest: {allocated} allocated, source {src_allocated}");
-    let again = push_embedded(&src, &dest, &options(&tmp)).await.unwrap();
+    let again = push_local(&src, &dest, &options(&tmp)).await.unwrap();
     assert_eq!((again.files_changed, again.files_deleted, again.chunks_sent), (0, 0, 0), "{again:?}");
     assert_same_view(&tool_view(&dest), &want, "second local push");
 }

@@ -14,10 +14,10 @@ use tempfile::TempDir;
 use xfer::codec::Compression;
 use xfer::engine::{push_local, PushOptions};
 use xfer::net::access::Access;
-use xfer::net::client::{push, RemotePush, RemoteUrl};
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
+use xfer::usecase::{push::push, RemoteUrl, TransferOptions};
 
 use crate::util::seeded;
 use crate::util::{as_nobody, is_root};
@@ -118,8 +118,10 @@ async fn sparse_file_stays_sparse_through_a_server_and_costs_little_wire() {
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), Access::allow(&[client.fingerprint()])))));
     let url = RemoteUrl { authority: addr.to_string(), path: "site".into() };
-    let options =
-        RemotePush { busy_wait: std::time::Duration::from_secs(10), ..RemotePush::new(tmp.path().join("cs")) };
+    let options = TransferOptions {
+        busy_wait: std::time::Duration::from_secs(10),
+        ..TransferOptions::new(tmp.path().join("cs"))
+    };
     let report = push(&src, &url, &client, Some(server_id.fingerprint()), &options).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     let copy = root.join("site/disk.img");

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod api;
 mod atomic_replace;
 mod cli;
 mod cli_schedule;

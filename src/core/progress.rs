@@ -41,6 +41,13 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+    /// A file received on this side (a pull) is written whole and
+    /// verified; it goes in place at the next commit point, which a
+    /// cancel still reaches. The per-file end of [`Event::FileStarted`].
+    FileDone {
+        /// Its path in the tree.
+        path: String,
+    },
     /// An entry changes on the receiver (one per entry, as `--itemize`
     /// lists them).
     Entry {

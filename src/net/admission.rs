@@ -50,7 +50,7 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
         };
         let (config, sessions) = (config.clone(), sessions.clone());
         tokio::spawn(async move {
-            let connection = handshake(incoming, config.idle_timeout.min(HANDSHAKE_TIMEOUT)).await;
+            let connection = handshake(incoming, config.idle_timeout.min(config.handshake_timeout)).await;
             drop(handshaking);
             let Some(connection) = connection else { return };
             if config.shutdown.is_cancelled() {

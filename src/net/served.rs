@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use xfer_protocol::CloseCode;
 
 use super::access::Access;
+use super::admission::HANDSHAKE_TIMEOUT;
 use super::caps::Caps;
 use crate::fs::store::{MetaPolicy, MirrorStore};
 use crate::manifest::RelPath;
@@ -23,7 +24,7 @@ use crate::throttle::{Limiter, Rate};
 pub const SERVER_STATE_DIR: &str = ".xfer";
 
 /// Sessions a server runs at once unless configured otherwise
-/// ([`ServeConfig::max_sessions`]).
+/// (`ServeConfig::max_sessions`).
 pub const DEFAULT_MAX_SESSIONS: usize = 64;
 
 /// What the server serves and to whom.
@@ -49,6 +50,8 @@ pub struct ServeConfig {
     /// timeout alone does not do it: the client's stack answers keep-alives
     /// even when the client itself has stalled.
     pub idle_timeout: Duration,
+    /// Longest a handshake may take (or the idle timeout, if shorter).
+    pub handshake_timeout: Duration,
     /// Cancelling it shuts the server down: no new session is accepted,
     /// each running one stops at its next commit point and is closed with
     /// the reason, its record is written, and then [`serve`](super::driver::serve) returns.
@@ -80,6 +83,7 @@ impl ServeConfig {
             audit: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
             idle_timeout: super::IDLE_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             shutdown: CancellationToken::new(),
             metadata: MetaPolicy::Confined,
             failures: None,

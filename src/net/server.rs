@@ -1,50 +1,31 @@
-//! A receiver to embed: serves a directory on a UDP port from inside an
-//! app's own tokio runtime.
+//! The server's network edge: an endpoint serving sessions on a UDP port
+//! from a task of the current tokio runtime.
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::access::Access;
 use super::driver::{serve, ServeConfig};
-use super::{server_endpoint, Congestion, Tuning};
-use crate::net::identity::{Fingerprint, Identity};
+use super::{server_endpoint, Tuning};
+use crate::net::identity::Identity;
 
-/// A receiver serving a directory on a UDP port, running on the current
-/// tokio runtime until [`Server::shutdown`].
-pub struct Server {
+/// An endpoint serving sessions until it is stopped.
+pub struct Listener {
     endpoint: quinn::Endpoint,
-    fingerprint: Fingerprint,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Server {
-    /// Serves `root` on `listen` as `identity`, to the clients `access`
-    /// admits. Must be called inside a tokio runtime.
+impl Listener {
+    /// Serves `config` on `listen` as `identity`. Must be called inside a
+    /// tokio runtime.
     ///
     /// # Errors
     /// The socket cannot be bound, or the TLS setup fails.
-    pub fn start(listen: SocketAddr, root: PathBuf, access: Access, identity: &Identity) -> io::Result<Server> {
-        Server::start_with(listen, root, access, identity, Congestion::default())
-    }
-
-    /// As [`Server::start`], with `congestion` pacing what the server sends
-    /// (the data of pulls).
-    ///
-    /// # Errors
-    /// As [`Server::start`].
-    pub fn start_with(
-        listen: SocketAddr,
-        root: PathBuf,
-        access: Access,
-        identity: &Identity,
-        congestion: Congestion,
-    ) -> io::Result<Server> {
-        let endpoint = server_endpoint(listen, identity, Tuning::with_congestion(congestion))?;
-        let config = Arc::new(ServeConfig { congestion, ..ServeConfig::new(root, access) });
-        let task = tokio::spawn(serve(endpoint.clone(), config));
-        Ok(Server { endpoint, fingerprint: identity.fingerprint(), task })
+    pub fn start(listen: SocketAddr, identity: &Identity, config: ServeConfig) -> io::Result<Listener> {
+        let endpoint = server_endpoint(listen, identity, Tuning::with_congestion(config.congestion))?;
+        let task = tokio::spawn(serve(endpoint.clone(), Arc::new(config)));
+        Ok(Listener { endpoint, task })
     }
 
     /// The address it listens on (the real port when `listen` asked for 0).
@@ -55,15 +36,34 @@ impl Server {
         self.endpoint.local_addr()
     }
 
-    /// The server's fingerprint, for clients to pin.
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
+    /// Waits until the serve loop returns (after its config's shutdown
+    /// token fired and every session was recorded), for at most `grace`;
+    /// `false` if sessions were still running then.
+    pub async fn drain(&mut self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, &mut self.task).await.is_ok()
     }
 
-    /// Stops accepting, closes open sessions (their receivers keep what
-    /// arrived whole) and waits for the endpoint to go quiet.
-    pub async fn shutdown(self) {
+    /// Waits until the serve loop returns (its shutdown token fired).
+    pub async fn finished(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    /// Closes the endpoint (open sessions end; their receivers keep what
+    /// arrived whole) and waits up to `wait` for it to go quiet.
+    pub async fn close(self, wait: Option<Duration>) {
         self.endpoint.close(0u32.into(), b"server shutting down");
+        match wait {
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait, self.endpoint.wait_idle()).await;
+            }
+            None => self.endpoint.wait_idle().await,
+        }
+        self.task.abort();
+    }
+
+    /// Closes the endpoint after a local session: the client is done.
+    pub async fn close_done(self) {
+        self.endpoint.close(0u32.into(), b"done");
         self.endpoint.wait_idle().await;
         self.task.abort();
     }

@@ -839,6 +839,7 @@ impl Receiver {
             Ok(()) => {
                 if let Some(f) = self.files.remove(&file) {
                     self.in_flight_refs -= f.refs;
+                    self.progress.emit(|| Event::FileDone { path: f.path.to_string() });
                 }
                 Ok(())
             }

@@ -97,7 +97,7 @@ xfer:bbbb...  ro              # pull anything")]
         /// Congestion controller for what the server sends (pulls' data):
         /// xfer (the default), cubic, newreno or bbr. [config: [serve] congestion]
         #[arg(long, value_name = "NAME")]
-        congestion: Option<xfer::net::Congestion>,
+        congestion: Option<xfer::Congestion>,
         /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
         #[arg(long, value_name = "FILE")]
         authorized_clients: Option<PathBuf>,
@@ -106,7 +106,7 @@ xfer:bbbb...  ro              # pull anything")]
         config_dir: Option<PathBuf>,
         /// Sessions served at once; more clients are told the server is
         /// busy and retry.
-        #[arg(long, value_name = "N", default_value_t = xfer::net::driver::DEFAULT_MAX_SESSIONS,
+        #[arg(long, value_name = "N", default_value_t = xfer::DEFAULT_MAX_SESSIONS,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
         max_sessions: usize,
         /// Close a session whose client sends nothing for this many seconds.
@@ -232,7 +232,7 @@ pub struct PushArgs {
     /// default: fills long, lossy links without overfilling their queues),
     /// cubic, newreno or bbr. [config: congestion]
     #[arg(long, value_name = "NAME")]
-    pub congestion: Option<xfer::net::Congestion>,
+    pub congestion: Option<xfer::Congestion>,
     /// Run only inside this window, e.g. 22:00-06:00 or Mon-Fri,22:00-06:00
     /// (local time): outside it exit 4 at once; when it closes mid-run stop
     /// at a commit point and exit 4 (the next run goes on from there).

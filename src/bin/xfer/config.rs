@@ -31,10 +31,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use xfer::net::client::RemoteUrl;
-use xfer::net::identity::Fingerprint;
-use xfer::net::Congestion;
-use xfer::throttle::{Timetable, Window};
+use xfer::Congestion;
+use xfer::Fingerprint;
+use xfer::RemoteUrl;
+use xfer::{Timetable, Window};
 
 /// The file's name in the config dir.
 pub const CONFIG_FILE: &str = "config.toml";

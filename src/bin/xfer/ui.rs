@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use xfer::progress::{Change, Event, Progress};
+use xfer::{Change, Event, Progress};
 
 /// What the terminal shows of a transfer: a bar, itemized changes, both.
 pub struct Console {

@@ -1,0 +1,140 @@
+//! Serving: a receiver for remote clients on a UDP port, with its grants,
+//! limits, audit log and timeouts, stopped gracefully at commit points.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::schedule::Clock;
+use crate::net::access::Access;
+use crate::net::audit::AuditLog;
+use crate::net::driver::{ServeConfig, SERVER_STATE_DIR};
+use crate::net::identity::{Fingerprint, Identity};
+use crate::net::server::Listener;
+use crate::net::Congestion;
+use crate::throttle::{local_time_now, Flow, Limiter, Rate, Timetable};
+
+/// Everything a server runs with: the use case's view of the options.
+#[derive(Clone)]
+pub struct ServeSettings {
+    /// The directory served (created if missing).
+    pub root: PathBuf,
+    /// Who may read and write where.
+    pub access: Access,
+    /// Cap on each session's data direction.
+    pub per_session: Rate,
+    /// Cap on all sessions together, by the time of the week (one rate
+    /// for both directions: a timetable's first, UP, rate).
+    pub total: Option<Timetable>,
+    /// The audit log; `None` keeps it in `ROOT/.xfer/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
+    /// Whether to keep an audit log at all.
+    pub audit: bool,
+    /// Sessions served at once.
+    pub max_sessions: usize,
+    /// A session whose client moves nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Longest a handshake may take.
+    pub handshake_timeout: Duration,
+    /// The congestion controller of the server's endpoint.
+    pub congestion: Congestion,
+    /// The clock the total's timetable is read against; `None` is the
+    /// system's local time.
+    pub clock: Option<Clock>,
+}
+
+/// A running server.
+pub struct Serving {
+    listener: Listener,
+    shutdown: CancellationToken,
+    fingerprint: Fingerprint,
+    _pacer: Option<Pacer>,
+}
+
+/// The task that keeps the total cap to its timetable; it ends with the
+/// server.
+struct Pacer(tokio::task::JoinHandle<()>);
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `settings.root` on `listen` as `identity`, inside the current
+/// tokio runtime.
+///
+/// # Errors
+/// The root cannot be made or opened, the audit log cannot be opened, or
+/// the socket cannot be bound.
+pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -> crate::Result<Serving> {
+    let root = &settings.root;
+    std::fs::create_dir_all(root).map_err(|e| crate::Error::io(root, e))?;
+    let root = root.canonicalize().map_err(|e| crate::Error::io(root, e))?;
+    let audit = match (settings.audit, &settings.audit_log) {
+        (false, _) => None,
+        (true, Some(path)) => Some(Arc::new(AuditLog::open(path)?)),
+        (true, None) => Some(Arc::new(AuditLog::open(&root.join(SERVER_STATE_DIR).join("audit.jsonl"))?)),
+    };
+    let mut config = ServeConfig::new(root, settings.access.clone());
+    config.per_session = settings.per_session;
+    config.max_sessions = settings.max_sessions;
+    config.idle_timeout = settings.idle_timeout;
+    config.handshake_timeout = settings.handshake_timeout;
+    config.congestion = settings.congestion;
+    config.audit = audit;
+    let pacer = settings.total.clone().map(|timetable| pace(&mut config, timetable, settings.clock.clone()));
+    let shutdown = config.shutdown.clone();
+    let listener = Listener::start(listen, identity, config).map_err(|e| crate::Error::io(listen.to_string(), e))?;
+    Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer })
+}
+
+/// Keeps the server's total cap to `timetable`, re-read every few seconds.
+fn pace(config: &mut ServeConfig, timetable: Timetable, clock: Option<Clock>) -> Pacer {
+    let now = move || clock.as_ref().map_or_else(|| Some(local_time_now()), |clock| clock());
+    let rate = |at| timetable.rate_at(at, Flow::Up);
+    config.total = Limiter::new(now().map_or(Rate(None), rate));
+    let limiter = config.total.clone();
+    Pacer(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if let Some(at) = now() {
+                limiter.set_rate(timetable.rate_at(at, Flow::Up));
+            }
+        }
+    }))
+}
+
+impl Serving {
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// The socket's address cannot be read.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The server's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Stops accepting, lets each session reach its next commit point for
+    /// up to `grace`, then closes what is left; `false` if some sessions
+    /// were still running after `grace`.
+    pub async fn stop(mut self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        let drained = self.listener.drain(grace).await;
+        self.listener.close(Some(Duration::from_secs(2))).await;
+        drained
+    }
+
+    /// Closes at once (open sessions end; their receivers keep what
+    /// arrived whole) and waits for the endpoint to go quiet.
+    pub async fn close(self) {
+        self.listener.close(None).await;
+    }
+}

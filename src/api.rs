@@ -15,16 +15,17 @@ pub use crate::fs::store::FailedEntry;
 pub use crate::net::access::{Access, AccessError, Grant, Refusal, Want};
 pub use crate::net::driver::{DEFAULT_MAX_SESSIONS, HANDSHAKE_TIMEOUT};
 pub use crate::net::identity::{default_config_dir, Fingerprint, HostTrust, Identity, IdentityError, KnownHosts};
+pub use crate::net::limiter::local_time_now;
 pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
+pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::plan::{DeleteLimit, DeleteRefused};
 pub use crate::progress::{Change, Event, Progress};
-pub use crate::throttle::{local_time_now, LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
 
 use crate::filter::Filter;
+use crate::net::limiter::Limiter;
 use crate::progress::ProgressSink;
-use crate::throttle::Limiter;
 use crate::usecase::{self, serve::ServeSettings, TransferOptions};
 
 /// Pushes and pulls as one identity.

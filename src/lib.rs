@@ -97,10 +97,10 @@ macro_rules! internal_modules {
     };
 }
 
-internal_modules!(engine, fs, net, session, throttle, usecase);
+internal_modules!(engine, fs, net, session, usecase);
 
 #[cfg(feature = "internals")]
 #[doc(hidden)]
-pub use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, patch, plan, progress, wire};
+pub use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, wire};
 #[cfg(not(feature = "internals"))]
-use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, patch, plan, progress, wire};
+use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, wire};

@@ -157,7 +157,7 @@ fn cli_outside_window_exits_4() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("a"), b"a").unwrap();
     // A one-hour window starting two hours from now.
-    let now = xfer::throttle::local_time_now();
+    let now = xfer::net::limiter::local_time_now();
     let at = |minutes: u16| format!("{:02}:{:02}", (minutes / 60) % 24, minutes % 60);
     let window = format!("{}-{}", at(now.minute + 120), at(now.minute + 180));
     let mut push = xfer(tmp.path());

@@ -19,9 +19,10 @@ use tempfile::TempDir;
 use xfer::net::access::Access;
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::{Fingerprint, Identity};
+use xfer::net::limiter::Limiter;
 use xfer::net::{server_endpoint, Tuning};
-use xfer::throttle::{Limiter, Rate};
 use xfer::usecase::{push::push, RemoteUrl, Report, TransferError, TransferOptions};
+use xfer_core::pacing::Rate;
 use xfer_protocol::msg::{self, Direction};
 use xfer_protocol::{CloseCode, Message, MAX_FRAME_LEN};
 

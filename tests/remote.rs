@@ -11,9 +11,10 @@ use tempfile::TempDir;
 use xfer::net::access::Access;
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
+use xfer::net::limiter::Limiter;
 use xfer::net::{server_endpoint, Tuning};
-use xfer::throttle::{Limiter, Rate};
 use xfer::usecase::{local::push_local, pull::pull, push::push, RemoteUrl, TransferError, TransferOptions};
+use xfer_core::pacing::Rate;
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::{assert_same_tree, materialize, read_tree, seeded};

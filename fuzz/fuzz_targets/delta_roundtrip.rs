@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer::patch::{self, Op, Signature};
+use xfer_core::patch::{self, Piece, Signature};
 
 /// Output limit for `apply`: small enough to keep executions fast, large
 /// enough to need multi-byte varints.
@@ -70,10 +70,10 @@ fuzz_target!(|data: &[u8]| {
             let block = sig.block_len();
             let mut at = 0usize;
             let mut true_matches = true;
-            for op in p.ops() {
+            for op in p.pieces() {
                 match op {
-                    Op::Literal(r) => at = r.end as usize,
-                    Op::Copy { offset, len } => {
+                    Piece::Literal(r) => at = r.end as usize,
+                    Piece::Copy { offset, len } => {
                         assert!(offset % block == 0 && len % block == 0 && *len > 0);
                         assert!(u64::from(*offset) + u64::from(*len) <= u64::from(sig.base_len()));
                         let (offset, len) = (*offset as usize, *len as usize);

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use xfer::throttle::{Bucket, Flow, Limiter, LocalTime, Rate, Timetable, Window};
+use xfer::net::limiter::Limiter;
+use xfer_core::pacing::{Bucket, Flow, LocalTime, Rate, Timetable, Window};
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
 const MINUTES_PER_WEEK: u32 = 7 * MINUTES_PER_DAY;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quinn::Connection;
 
-use crate::throttle::{acquire_all, Limiter};
+use crate::net::limiter::{acquire_all, Limiter};
 
 /// Bandwidth caps on a session's data direction: every limiter is charged
 /// for every byte (a per-session cap and a server-wide total, say).

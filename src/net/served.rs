@@ -17,7 +17,8 @@ use crate::fs::store::{MetaPolicy, MirrorStore};
 use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
 use crate::session::{OpenRequest, SessionError};
-use crate::throttle::{Limiter, Rate};
+use crate::net::limiter::Limiter;
+use crate::pacing::Rate;
 
 /// Name of the server's state directory inside its root; clients can never
 /// push to it.

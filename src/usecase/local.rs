@@ -16,7 +16,7 @@ use crate::net::access::Access;
 use crate::net::driver::{ServeConfig, ServerState};
 use crate::net::identity::Identity;
 use crate::net::server::Listener;
-use crate::throttle::Flow;
+use crate::pacing::Flow;
 
 /// Pushes the tree at `src` into the local directory `dest` through an
 /// in-process server on loopback. The embedded server's identity lives in

@@ -22,7 +22,7 @@ use crate::net::Congestion;
 use crate::plan::DeleteLimit;
 use crate::progress::ProgressSink;
 use crate::session::SessionError;
-use crate::throttle::Limiter;
+use crate::net::limiter::Limiter;
 
 pub mod local;
 mod outcome;

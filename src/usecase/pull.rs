@@ -14,7 +14,7 @@ use crate::net::client::{Link, Ran};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::progress::{Event, Progress, ProgressSink};
 use crate::session::Receiver;
-use crate::throttle::Flow;
+use crate::pacing::Flow;
 
 /// Pulls `url` into the local directory `dest`, whose server must present `pin`.
 ///

@@ -21,7 +21,7 @@ use crate::net::identity::{Fingerprint, Identity};
 use crate::plan::{Op, PlanOptions};
 use crate::progress::Event;
 use crate::session::{FileReader, Sender};
-use crate::throttle::Flow;
+use crate::pacing::Flow;
 
 /// Pushes the tree at `src` to `url`, whose server must present `pin`.
 ///

@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{TransferError, TransferOptions};
-use crate::throttle::{local_time_now, Flow, Limiter, LocalTime, Timetable, Window};
+use crate::net::limiter::{local_time_now, Limiter};
+use crate::pacing::{Flow, LocalTime, Timetable, Window};
 
 /// Reads the local time of the week; `None` when it cannot be read (the
 /// window then counts as closed, the timetable stays as it is).

@@ -15,7 +15,8 @@ use crate::net::driver::{ServeConfig, SERVER_STATE_DIR};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::net::server::Listener;
 use crate::net::Congestion;
-use crate::throttle::{local_time_now, Flow, Limiter, Rate, Timetable};
+use crate::net::limiter::{local_time_now, Limiter};
+use crate::pacing::{Flow, Rate, Timetable};
 
 /// Everything a server runs with: the use case's view of the options.
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use std::ops::Range;
 use xfer_protocol::codec::{LITERALS_RAW, LITERALS_ZSTD, LITERALS_ZSTD_COPIES, LITERAL_ZSTD_LEVEL, MIN_COMPRESS_LEN};
 use xfer_protocol::patch::{decode_patch, Literals, PatchOp};
 
-use super::{Op, Patch, PatchError};
+use super::{Patch, PatchError, Piece};
 
 /// The wire form of `patch`, literals compressed with zstd at
 /// [`LITERAL_ZSTD_LEVEL`] when that is smaller.
@@ -30,8 +30,8 @@ pub(crate) fn encode_patch_with(patch: &Patch, new: &[u8], zstd: Option<&mut zst
         .ops
         .iter()
         .map(|op| match op {
-            Op::Copy { offset, len } => PatchOp::Copy { offset: u64::from(*offset), len: *len },
-            Op::Literal(range) => {
+            Piece::Copy { offset, len } => PatchOp::Copy { offset: u64::from(*offset), len: *len },
+            Piece::Literal(range) => {
                 literals.extend_from_slice(&new[range.start as usize..range.end as usize]);
                 PatchOp::Literal { len: range.end - range.start }
             }
@@ -58,8 +58,8 @@ fn compress_literals(
     let plain = zstd.and_then(|zstd| zstd.compress(&literals).ok());
     let copies = copied_bytes(
         patch.ops.iter().filter_map(|op| match op {
-            Op::Copy { .. } => None,
-            Op::Literal(range) => Some(range.clone()),
+            Piece::Copy { .. } => None,
+            Piece::Literal(range) => Some(range.clone()),
         }),
         new,
     );

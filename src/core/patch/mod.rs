@@ -58,7 +58,7 @@ pub use signature::{block_len_for, key_bits_for, signature};
 
 /// One step of rebuilding the new bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+pub enum Piece {
     /// Copy `len` bytes of the base starting at `offset`.
     Copy {
         /// Start in the base.
@@ -70,16 +70,16 @@ pub enum Op {
     Literal(Range<u32>),
 }
 
-/// Ops that rebuild a new chunk from a base: what [`diff`] finds.
+/// Pieces that rebuild a new chunk from a base: what [`diff`] finds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Patch {
-    ops: Vec<Op>,
+    ops: Vec<Piece>,
     new_len: u32,
 }
 
 impl Patch {
     /// The ops, in output order; literal ranges tile the gaps between copies.
-    pub fn ops(&self) -> &[Op] {
+    pub fn pieces(&self) -> &[Piece] {
         &self.ops
     }
 
@@ -93,8 +93,8 @@ impl Patch {
         self.ops
             .iter()
             .map(|op| match op {
-                Op::Copy { len, .. } => u64::from(*len),
-                Op::Literal(_) => 0,
+                Piece::Copy { len, .. } => u64::from(*len),
+                Piece::Literal(_) => 0,
             })
             .sum()
     }

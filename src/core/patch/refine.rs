@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::search::{diff, OpSink};
 use super::signature::signature;
-use super::{Op, Patch, Signature, MAX_REFINE_RANGES, MIN_BLOCK_LEN};
+use super::{Patch, Piece, Signature, MAX_REFINE_RANGES, MIN_BLOCK_LEN};
 
 /// Shortest literal run worth a finer signature: below two of the smallest
 /// blocks, no finer block can match inside it.
@@ -35,20 +35,20 @@ pub struct Gap {
 /// neighbour is missing).
 pub fn gaps(patch: &Patch, sig: &Signature) -> Vec<Gap> {
     let block = sig.block_len();
-    let ops = patch.ops();
+    let ops = patch.pieces();
     let mut gaps = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        let Op::Literal(new) = op else { continue };
+        let Piece::Literal(new) = op else { continue };
         let len = new.end - new.start;
         if !(MIN_REFINE_LEN..=MAX_REFINE_LEN).contains(&len) {
             continue;
         }
         let prev_end = i.checked_sub(1).and_then(|j| match ops[j] {
-            Op::Copy { offset, len } => Some(offset + len),
-            Op::Literal(_) => None,
+            Piece::Copy { offset, len } => Some(offset + len),
+            Piece::Literal(_) => None,
         });
         let next_start = match ops.get(i + 1) {
-            Some(Op::Copy { offset, .. }) => Some(*offset),
+            Some(Piece::Copy { offset, .. }) => Some(*offset),
             _ => None,
         };
         let base = match (prev_end, next_start) {
@@ -95,21 +95,21 @@ pub fn refine(patch: &Patch, new: &[u8], gaps: &[Gap], fine: &[Signature]) -> Pa
     let mut pos = 0u32;
     for op in &patch.ops {
         match op {
-            Op::Copy { offset, len } => {
+            Piece::Copy { offset, len } => {
                 sink.copy(pos as usize, *offset as usize, *len as usize);
                 pos += len;
             }
-            Op::Literal(range) => {
+            Piece::Literal(range) => {
                 if let Some((gap, sig)) = pending.next_if(|(gap, _)| gap.new == *range) {
                     let sub = diff(sig, &new[range.start as usize..range.end as usize]);
                     let mut at = range.start;
-                    for sub_op in sub.ops() {
+                    for sub_op in sub.pieces() {
                         match sub_op {
-                            Op::Copy { offset, len } => {
+                            Piece::Copy { offset, len } => {
                                 sink.copy(at as usize, (gap.base.start + offset) as usize, *len as usize);
                                 at += len;
                             }
-                            Op::Literal(r) => at += r.end - r.start,
+                            Piece::Literal(r) => at += r.end - r.start,
                         }
                     }
                 }

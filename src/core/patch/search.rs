@@ -1,6 +1,6 @@
 //! The sender's side: the ops that rebuild new bytes from a signed base.
 
-use super::{Op, Patch, Signature};
+use super::{Patch, Piece, Signature};
 #[cfg(doc)]
 use crate::chunk::MAX_CHUNK_LEN;
 use xfer_protocol::keys::{key_of, Roller};
@@ -15,7 +15,7 @@ const MAX_SKIP: usize = 2;
 
 /// Collects ops, merging adjacent copies and filling gaps with literals.
 pub(super) struct OpSink {
-    pub(super) ops: Vec<Op>,
+    pub(super) ops: Vec<Piece>,
     /// End of the last op in the new bytes.
     pub(super) done: usize,
 }
@@ -23,21 +23,21 @@ pub(super) struct OpSink {
 impl OpSink {
     pub(super) fn copy(&mut self, new_start: usize, base_offset: usize, len: usize) {
         if new_start > self.done {
-            self.ops.push(Op::Literal(self.done as u32..new_start as u32));
-        } else if let Some(Op::Copy { offset, len: last_len }) = self.ops.last_mut() {
+            self.ops.push(Piece::Literal(self.done as u32..new_start as u32));
+        } else if let Some(Piece::Copy { offset, len: last_len }) = self.ops.last_mut() {
             if (*offset + *last_len) as usize == base_offset {
                 *last_len += len as u32;
                 self.done = new_start + len;
                 return;
             }
         }
-        self.ops.push(Op::Copy { offset: base_offset as u32, len: len as u32 });
+        self.ops.push(Piece::Copy { offset: base_offset as u32, len: len as u32 });
         self.done = new_start + len;
     }
 
     pub(super) fn finish(mut self, new_len: usize) -> Patch {
         if new_len > self.done {
-            self.ops.push(Op::Literal(self.done as u32..new_len as u32));
+            self.ops.push(Piece::Literal(self.done as u32..new_len as u32));
         }
         Patch { ops: self.ops, new_len: new_len as u32 }
     }
@@ -118,7 +118,7 @@ impl KeyTable {
     }
 }
 
-/// Ops that rebuild `new` from the base `sig` describes.
+/// Pieces that rebuild `new` from the base `sig` describes.
 ///
 /// Rolls a block-length window over `new`; where the window and the one a
 /// block earlier match two consecutive base blocks, starts a copy, then

@@ -12,7 +12,7 @@ fn refine_shrinks_small_overwrite() {
     let sig = signature(&base);
     let coarse = diff(&sig, &new);
     let gaps = gaps(&coarse, &sig);
-    assert_eq!(gaps.len(), 1, "{:?}", coarse.ops());
+    assert_eq!(gaps.len(), 1, "{:?}", coarse.pieces());
     let request = encode_ranges(&gaps);
     let ranges = decode_ranges(&request, sig.base_len()).unwrap();
     let fine = fine_signatures(&base, &ranges);
@@ -119,9 +119,9 @@ fn check_patch(patch: &Patch, base: &[u8], new: &[u8]) -> Vec<u8> {
     let block = sig.block_len() as usize;
     let key = |bytes: &[u8]| key_of(Roller::hash(bytes), sig.key_bits());
     let mut out = Vec::new();
-    for op in patch.ops() {
+    for op in patch.pieces() {
         match op {
-            Op::Copy { offset, len } => {
+            Piece::Copy { offset, len } => {
                 let (offset, len) = (*offset as usize, *len as usize);
                 assert_eq!((offset % block, len % block), (0, 0));
                 let copied = &base[offset..offset + len];
@@ -131,7 +131,7 @@ fn check_patch(patch: &Patch, base: &[u8], new: &[u8]) -> Vec<u8> {
                 }
                 out.extend_from_slice(copied);
             }
-            Op::Literal(range) => {
+            Piece::Literal(range) => {
                 assert_eq!(range.start as usize, out.len());
                 out.extend_from_slice(&new[range.start as usize..range.end as usize]);
             }
@@ -146,7 +146,7 @@ fn check_patch(patch: &Patch, base: &[u8], new: &[u8]) -> Vec<u8> {
 fn diff_identical_is_one_copy() {
     let base = random_bytes(16 * 1024, 1);
     let patch = diff(&signature(&base), &base);
-    assert_eq!(patch.ops(), &[Op::Copy { offset: 0, len: 16 * 1024 }]);
+    assert_eq!(patch.pieces(), &[Piece::Copy { offset: 0, len: 16 * 1024 }]);
     let (sig, enc) = roundtrip(&base, &base);
     assert!(enc < 16, "identical patch takes {enc} bytes");
     assert!(sig < 600, "signature takes {sig} bytes");

@@ -18,7 +18,7 @@ pub use crate::net::identity::{default_config_dir, Fingerprint, HostTrust, Ident
 pub use crate::net::limiter::local_time_now;
 pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
 pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
-pub use crate::plan::{DeleteLimit, DeleteRefused};
+pub use crate::plan::{DeleteLimit, DeleteRefused, DeleteRule};
 pub use crate::progress::{Change, Event, Progress};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;

@@ -288,17 +288,9 @@ impl std::fmt::Display for DeleteRefused {
         let DeleteRefused { deleted, total, rule } = *self;
         write!(f, "refused to delete {deleted} of the destination's {total} entries: ")?;
         match rule {
-            DeleteRule::Max(max) => write!(f, "more than --max-delete {max}; raise it if this is intended"),
-            DeleteRule::Half => write!(
-                f,
-                "more than half of it (is the source complete?); if this is intended, pass --force-delete \
-                 or --max-delete {deleted}"
-            ),
-            DeleteRule::EmptySource => write!(
-                f,
-                "the source is empty (is it mounted?); if emptying the destination is intended, pass \
-                 --force-delete"
-            ),
+            DeleteRule::Max(max) => write!(f, "more than the limit of {max}"),
+            DeleteRule::Half => write!(f, "more than half of it (is the source complete?)"),
+            DeleteRule::EmptySource => write!(f, "the source is empty (is it mounted?)"),
         }
     }
 }

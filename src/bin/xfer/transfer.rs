@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use xfer::{
-    default_state_dir, local_time_now, CancellationToken, Client, Compression, Congestion, DeleteLimit, Excludes,
-    Fingerprint, HostTrust, Identity, KnownHosts, LocalTime, PullOptions, PushOptions, RemoteUrl, Report, Timetable,
-    TransferError, Window,
+    default_state_dir, local_time_now, CancellationToken, Client, Compression, Congestion, DeleteLimit, DeleteRefused,
+    DeleteRule, Excludes, Fingerprint, HostTrust, Identity, KnownHosts, LocalTime, PullOptions, PushOptions, RemoteUrl,
+    Report, Timetable, TransferError, Window,
 };
 
 use crate::args::{CompressArg, PushArgs};
@@ -228,6 +228,15 @@ fn with_hint(e: TransferError) -> anyhow::Error {
     anyhow::anyhow!("{e}{hint}")
 }
 
+/// How to go ahead with deletes a guard refused, in the CLI's flags.
+fn delete_hint(refused: &DeleteRefused) -> String {
+    match refused.rule {
+        DeleteRule::Max(max) => format!("if this is intended, raise --max-delete {max}"),
+        DeleteRule::Half => format!("if this is intended, pass --force-delete or --max-delete {}", refused.deleted),
+        DeleteRule::EmptySource => "if emptying the destination is intended, pass --force-delete".into(),
+    }
+}
+
 /// Reports the transfer's outcome and picks its exit code.
 fn transfer_outcome(
     outcome: anyhow::Result<Report>,
@@ -261,9 +270,9 @@ fn transfer_outcome(
     match e.downcast_ref::<TransferError>().and_then(TransferError::delete_refused) {
         Some(refused) => {
             let message = if args.dry_run {
-                format!("dry run: the run would be refused: {refused}")
+                format!("dry run: the run would be refused: {refused}; {}", delete_hint(refused))
             } else {
-                format!("{refused}; nothing was changed")
+                format!("{refused}; nothing was changed; {}", delete_hint(refused))
             };
             if args.json {
                 println!("{}", serde_json::json!({ "exit_code": EXIT_REFUSED, "error": message }));

@@ -13,7 +13,9 @@ use xfer::fs::scan::{scan, ScanOptions};
 use xfer::fs::store::MirrorStore;
 use xfer::manifest::Manifest;
 use xfer::plan::PlanOptions;
-use xfer::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
+use xfer::session::{ChunkReader, FileReader, OpenRequest, Sender, SenderConfig, SessionError};
+
+use xfer::fs::store::MirrorReceiver as Receiver;
 use xfer_protocol::{frame, Kind, Message};
 
 use crate::plan_model::{random_edit, random_tree};
@@ -83,10 +85,14 @@ fn pair(sides: &Sides, remembered: Option<Manifest>) -> (Sender<FileReader>, Rec
     let reader = FileReader::new(sides.src.clone());
     let encoder = Encoder::new(Compression::Auto).unwrap();
     let options = PlanOptions { delete: true, protect: None, ..Default::default() };
-    let sender = Sender::new(source, reader, encoder, Vec::new(), options, false, remembered);
+    let mut config = SenderConfig::new(source, reader, encoder);
+    config.plan = options;
+    config.remembered = remembered;
+    let sender = Sender::new(config);
     let (dest, state) = (sides.dest.clone(), sides.state.clone());
-    let receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     (sender, receiver)
 }
 
@@ -215,7 +221,8 @@ fn session_refuses_paths_that_escape() {
 /// transport reads the client's Hello and Open before starting the sender.
 fn pull(sides: &Sides) -> Wire {
     let store = MirrorStore::open(&sides.dest, &sides.state).unwrap();
-    let mut receiver = Receiver::initiate(store, b"tree".to_vec(), true, false).unwrap();
+    let mut receiver =
+        Receiver::initiate(xfer::fs::store::Receiving::new(store), b"tree".to_vec(), true, false).unwrap();
     let mut wire = Wire::default();
     let hello = receiver.poll_transmit().unwrap();
     assert!(matches!(hello, xfer_protocol::Message::Hello(_)));
@@ -223,13 +230,9 @@ fn pull(sides: &Sides) -> Wire {
     assert_eq!(open.direction, xfer_protocol::msg::Direction::Pull);
     let source = source_manifest(&sides.src);
     let encoder = Encoder::new(Compression::Auto).unwrap();
-    let mut sender = Sender::respond(
-        source,
-        FileReader::new(sides.src.clone()),
-        encoder,
-        PlanOptions { delete: open.delete, protect: None, ..Default::default() },
-        open.remembered_root,
-    );
+    let mut config = SenderConfig::new(source, FileReader::new(sides.src.clone()), encoder);
+    config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
+    let mut sender = Sender::respond(config, open.remembered_root);
     // The pair as before, with the roles of the directions swapped.
     loop {
         let mut progressed = false;
@@ -776,8 +779,9 @@ fn session_source_change_under_reordering_completes() {
 fn opened_receiver(sides: &Sides) -> Receiver {
     use xfer_protocol::msg;
     let (dest, state) = (sides.dest.clone(), sides.state.clone());
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
     let open = msg::Open {

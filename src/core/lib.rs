@@ -23,4 +23,5 @@ pub mod manifest;
 pub mod patch;
 pub mod plan;
 pub mod progress;
+pub mod session;
 pub mod wire;

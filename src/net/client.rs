@@ -24,7 +24,7 @@ use crate::net::audit::{AuditLog, AuditRecord};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::plan::{DeleteLimit, PlanOptions};
 use crate::progress::{Event, ProgressSink};
-use crate::session::{FileReader, Sender, SessionError};
+use crate::session::{FileReader, Sender, SenderConfig, SessionError};
 use crate::throttle::Limiter;
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
@@ -493,20 +493,16 @@ fn new_sender(
     let encoder = Encoder::new(options.compression)
         .map_err(|e| crate::Error::Encoder(Box::new(e)))?
         .with_clock(std::time::Instant::now);
-    let mut sender = Sender::new(
-        std::sync::Arc::clone(source),
-        FileReader::new(src.to_path_buf()),
-        encoder,
-        url.path.as_bytes().to_vec(),
-        PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(skipped) },
-        options.checksum,
-        remembered,
-    );
-    sender.set_progress(options.progress.clone());
-    sender.set_dry_run(options.dry_run);
-    sender.set_delete_limit(options.delete_limit);
-    sender.set_tags(tags.to_vec());
-    Ok(sender)
+    let mut config = SenderConfig::new(Arc::clone(source), FileReader::new(src.to_path_buf()), encoder);
+    config.path = url.path.as_bytes().to_vec();
+    config.plan = PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(skipped) };
+    config.checksum = options.checksum;
+    config.remembered = remembered;
+    config.progress = options.progress.clone();
+    config.dry_run = options.dry_run;
+    config.delete_limit = options.delete_limit;
+    config.tags = tags.to_vec();
+    Ok(Sender::new(config))
 }
 
 /// Every entry the push left as it was: skipped by the scan or the
@@ -810,8 +806,8 @@ async fn pull_unlogged(
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
     let (path, delete, checksum) = (url.path.as_bytes().to_vec(), options.delete, options.checksum);
-    let receiver = tokio::task::spawn_blocking(move || -> Result<crate::session::Receiver, RemoteError> {
-        let store = crate::fs::store::MirrorStore::open(&dest, &state)?;
+    let receiver = tokio::task::spawn_blocking(move || -> Result<crate::fs::store::MirrorReceiver, RemoteError> {
+        let store = crate::fs::store::Receiving::new(crate::fs::store::MirrorStore::open(&dest, &state)?);
         Ok(crate::session::Receiver::initiate(store, path, delete, checksum)?)
     })
     .await

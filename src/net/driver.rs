@@ -17,11 +17,11 @@ use xfer_protocol::{frame, CloseCode, Kind, Message};
 use super::access::{Access, Refusal, Want};
 use super::peer_fingerprint;
 use crate::codec::LinkWindow;
-use crate::fs::store::{MetaPolicy, MirrorStore};
+use crate::fs::store::{MetaPolicy, MirrorReceiver as Receiver, MirrorStore, Receiving};
 use crate::manifest::RelPath;
 use crate::net::audit::{AuditLog, AuditRecord};
 use crate::net::identity::Fingerprint;
-use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError, WindowEstimate};
+use crate::session::{ChunkReader, FileReader, OpenRequest, Sender, SenderConfig, SessionError, WindowEstimate};
 use crate::throttle::{acquire_all, Limiter, Rate};
 
 /// Streams that carry chunk data, so one lost packet stalls only a share.
@@ -1157,9 +1157,9 @@ pub async fn serve_connection(
 /// its business, so the root becomes `/` (as the client names paths) and
 /// the state database is named as such.
 fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
-    let mut reason = match error {
-        SessionError::Local(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
-        other => other.to_string(),
+    let mut reason = match error.local_error::<crate::Error>() {
+        Some(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
+        _ => error.to_string(),
     };
     if let ServerState::Outside(dir) = &config.state {
         reason = reason.replace(&*dir.to_string_lossy(), "<server state>");
@@ -1352,7 +1352,7 @@ fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> Result<(), 
                     message: format!("{shown} does not exist on the server"),
                 })
             }
-            Err(e) => return Err(SessionError::Local(crate::Error::io(at, e))),
+            Err(e) => return Err(crate::Error::io(at, e).into()),
         }
     }
     Ok(())
@@ -1395,25 +1395,28 @@ async fn serve_pull(
     let scanned =
         scanned.map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))?.map_err(|e| busy_or(e, &path))?;
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
-        .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
+        .map_err(|e| SessionError::from(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options =
         crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::new(scanned.skipped_paths()) };
     let scan_skipped = scanned.skipped.len() as u64;
-    let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
+    let mut sender = SenderConfig::new(scanned.manifest, FileReader::new(abs), encoder);
+    sender.plan = options;
+    let sender = Sender::respond(sender, open.remembered_root);
     Ok((drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?, scan_skipped))
 }
 
 /// Opens the destination a client asked for, under the server's root.
-fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
+fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<Receiving, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
     config.check_reserved(&path)?;
     check_real_dirs(&config.root, &path, false)?;
     let (state, reserve) = config.state_file(&path);
     let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
     let store = store.with_policy(config.metadata);
-    Ok(if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
+    let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
+    Ok(Receiving::new(store))
 }
 
 /// `Busy` with what to do when another push holds the tree's state, else

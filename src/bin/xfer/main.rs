@@ -515,7 +515,7 @@ fn transfer_outcome(
 fn delete_refused(e: &anyhow::Error) -> Option<&xfer::plan::DeleteRefused> {
     use xfer::session::SessionError;
     match e.downcast_ref::<RemoteError>()? {
-        RemoteError::Session(SessionError::Local(xfer::Error::DeleteRefused(refused)))
+        RemoteError::Session(SessionError::DeleteRefused(refused))
         | RemoteError::Local(xfer::Error::DeleteRefused(refused)) => Some(refused),
         _ => None,
     }

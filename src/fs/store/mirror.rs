@@ -12,7 +12,6 @@
 //! it suffices: `MirrorStore::commit_batch`.
 
 use std::borrow::BorrowMut;
-use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -22,7 +21,6 @@ use filetime::FileTime;
 
 use super::lock::TreeLock;
 use super::state::{ChunkLoc, StateDb};
-use super::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, Store};
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, IoContext, Result};
@@ -30,7 +28,8 @@ use crate::fs::scan::{self, FileRecord, IdNames, MetaRecord, ScanOptions, StatKe
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Manifest, Meta, RelPath};
 use crate::patch;
-use crate::plan::{Op, Plan};
+use crate::plan::Op;
+use crate::session::{ApplyReport, Destination, FailedEntry, NeedInfo, Put};
 
 /// Files per commit point. Larger batches let more reused chunks be read
 /// before the files holding them are replaced; smaller ones commit sooner.
@@ -109,7 +108,7 @@ struct Unlocked {
 
 impl MirrorStore {
     /// Opens the tree at `root` (created if missing) with its state database
-    /// at `state_path`. Call [`Store::refresh`] before planning against it.
+    /// at `state_path`. Call [`MirrorStore::refresh`] before planning against it.
     ///
     /// The tree is locked first ([`TreeLock`]): the state database alone
     /// would let two writers of one tree with different state directories,
@@ -192,14 +191,15 @@ impl MirrorStore {
         Ok(())
     }
 
-    /// Makes the `step`-th fallible step of the next [`Store::apply`] fail, so
-    /// tests can check that every interruption leaves a consistent tree.
+    /// Makes the `step`-th fallible step of the next session on this store
+    /// ([`Receiving`]) fail, so tests can check that every interruption
+    /// leaves a consistent tree.
     #[doc(hidden)]
     pub fn fail_at_step(&mut self, step: Option<u32>) {
         self.fail_at = step;
     }
 
-    /// Steps taken by the last [`Store::apply`].
+    /// Steps taken by the last session on this store.
     #[doc(hidden)]
     pub fn steps_taken(&self) -> u32 {
         self.steps
@@ -285,8 +285,12 @@ fn open_up(dir: &Path, bits: u32) -> Option<Unlocked> {
     Some(Unlocked { mode, dev: meta.dev(), ino: meta.ino() })
 }
 
-impl Store for MirrorStore {
-    fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
+impl MirrorStore {
+    /// Re-reads what changed behind xfer's back and returns the current tree.
+    ///
+    /// # Errors
+    /// [`Error`] if the root or the state database cannot be read.
+    pub fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
         // No filter: the receiver's tree is seen whole, and the planner
         // decides which excluded entries it protects.
         let options = ScanOptions { checksum, remove_temps: true, reserved: self.reserved, ..ScanOptions::default() };
@@ -298,71 +302,18 @@ impl Store for MirrorStore {
         Ok(&self.manifest)
     }
 
-    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+    /// For each id, whether the store holds that chunk somewhere.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the index cannot be read.
+    pub fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         let index = self.db.chunks()?;
         ids.iter().map(|id| index.contains(id)).collect()
-    }
-
-    fn apply(&mut self, plan: &Plan, supply: &mut dyn ChunkSupply) -> Result<ApplyReport> {
-        let mut rx = self.receive();
-        for (n, op) in plan.ops.iter().enumerate() {
-            let Op::WriteFile { path, meta, digest } = op else {
-                match rx.apply_op(op) {
-                    // A link whose target failed fails alone, as a file does.
-                    Err(e) if matches!(op, Op::Link { .. }) && e.is_per_entry() => {
-                        rx.report.failed.push(FailedEntry { path: op.path().to_string(), error: e.to_string() });
-                    }
-                    result => result?,
-                }
-                continue;
-            };
-            // One file at a time, one chunk at a time: the simple driver.
-            let file = n as u32;
-            let received = rx.begin_file(file, path, meta, digest).and_then(|needs| {
-                for need in &needs {
-                    rx.fetch(file, need, supply)?;
-                }
-                rx.complete_file(file)
-            });
-            match received {
-                Ok(()) => {}
-                // One file at a time: no other file waits on its chunks.
-                Err(e) if e.is_per_entry() => drop(rx.abandon_file(file, &e)),
-                Err(e) => return Err(e),
-            }
-        }
-        rx.finish()
     }
 }
 
 fn need_info(n: usize, need: &Need) -> NeedInfo {
     NeedInfo { need: n, index: need.index, offset: need.offset, chunk: need.chunk, signature: need.signature.clone() }
-}
-
-/// A chunk a file being received lacks, as offered to the sender.
-#[derive(Debug)]
-pub struct NeedInfo {
-    /// The need's number within its file (what [`Receiving::put_chunk`] takes).
-    pub need: usize,
-    /// Position of the chunk in the file's chunk list.
-    pub index: usize,
-    /// Its byte offset in the file.
-    pub offset: u64,
-    /// Its id and length.
-    pub chunk: ChunkRef,
-    /// Signature of the receiver's old bytes resembling it, if any.
-    pub signature: Option<patch::Signature>,
-}
-
-/// What [`Receiving::put_chunk`] made of a chunk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Put {
-    /// Verified and written in place, and copied to other files in flight
-    /// that needed it; those of them that now have every chunk are listed.
-    Stored(Vec<u32>),
-    /// A delta that did not rebuild the chunk (a false signature match, or
-    /// old bytes that changed since): ask for it again without a base.
-    RetryWithoutBase,
 }
 
 struct InFlight {
@@ -416,45 +367,9 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         self.store.borrow()
     }
 
-    /// Whether the batch is due to commit: the next file begun once none is
-    /// in flight commits it first.
-    pub fn batch_full(&self) -> bool {
-        let store = self.store.borrow();
-        self.batch.files >= store.batch_files || self.batch.bytes >= store.batch_bytes
-    }
-
     /// Files begun and not yet completed or abandoned.
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()
-    }
-
-    /// Applies a step that carries no file data: mkdir, symlink, delete or
-    /// metadata. Deletes and metadata commit the files built so far first,
-    /// so none may be in flight then.
-    ///
-    /// # Errors
-    /// The step's failure; files committed before it stay committed.
-    ///
-    /// # Panics
-    /// On a `WriteFile` (use [`Receiving::begin_file`]).
-    pub fn apply_op(&mut self, op: &Op) -> Result<()> {
-        self.store.borrow().check_path(op.path())?;
-        match op {
-            Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
-            Op::Symlink { path, target, meta } => {
-                self.store.borrow_mut().build_symlink(path, target, meta, &mut self.batch)
-            }
-            Op::Mkdir { path, meta } => self.make_dir(path, meta),
-            Op::Delete { path } => self.delete(path),
-            Op::Link { path, target, size, hash } => {
-                // The target must be complete under its final name first.
-                if self.batch.files > 0 || self.batch.pending.len() >= self.store.borrow().batch_files {
-                    self.commit()?;
-                }
-                self.store.borrow_mut().build_link(path, target, *size, hash, &mut self.batch)
-            }
-            Op::SetMeta { path, meta } => self.set_meta(path, meta),
-        }
     }
 
     /// Creates directory `path` (owner-writable until its `SetMeta`), or
@@ -534,40 +449,6 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             }
         }
         Ok(())
-    }
-
-    /// Starts file number `file` (the session's name for it): copies in the
-    /// chunks the receiver holds and returns the ones it needs.
-    ///
-    /// # Errors
-    /// Failures creating the temporary or reading the state database.
-    pub fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
-        self.store.borrow().check_path(path)?;
-        if self.in_flight.is_empty() && self.batch_full() {
-            self.commit()?;
-        }
-        let mut build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
-        match self.share_needs(file, &build) {
-            Ok((stored, needs)) => {
-                if stored.contains(&false) {
-                    // Its chunks are a round trip away: no descriptor held
-                    // meanwhile (thousands of files may wait on a long link).
-                    build.file = None;
-                }
-                self.in_flight.insert(file, InFlight { build, meta: meta.clone(), digest: digest.clone(), stored });
-                Ok(needs)
-            }
-            Err(e) => {
-                // Half-built: out of the batch, so no commit renames it
-                // into place, and no other file waits for it.
-                self.homes.retain(|_, home| home.0 != file);
-                for waiting in self.followers.values_mut() {
-                    waiting.retain(|&(f, _)| f != file);
-                }
-                self.forget_temp(&build.temp);
-                Err(e)
-            }
-        }
     }
 
     /// Matches the needs of a new file with the files in flight: copies the
@@ -651,9 +532,114 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         asks
     }
 
+    /// Takes a temporary out of the batch and removes it.
+    fn forget_temp(&mut self, temp: &Path) {
+        self.batch.pending.retain(|p| p.temp != temp);
+        self.batch.received.retain(|_, (t, ..)| t != temp);
+        let _ = fs::remove_file(temp);
+    }
+
+    /// Renames what is built into place and records it: a commit point.
+    ///
+    /// # Errors
+    /// The first failure; the batch's temporaries are then removed.
+    ///
+    /// # Panics
+    /// If files are in flight (their temporaries would be renamed half-built).
+    pub fn commit(&mut self) -> Result<()> {
+        assert!(self.in_flight.is_empty(), "commit with files in flight");
+        self.store.borrow_mut().commit(&mut self.batch, &mut self.report)
+    }
+}
+
+impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
+    type Error = Error;
+
+    fn refresh(&mut self, checksum: bool) -> Result<&Manifest> {
+        self.store.borrow_mut().refresh(checksum)
+    }
+
+    fn manifest(&self) -> &Manifest {
+        self.store.borrow().manifest()
+    }
+
+    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.store.borrow().has_chunks(ids)
+    }
+
+    /// Applies a step that carries no file data: mkdir, symlink, delete or
+    /// metadata. Deletes and metadata commit the files built so far first,
+    /// so none may be in flight then.
+    ///
+    /// # Errors
+    /// The step's failure; files committed before it stay committed.
+    ///
+    /// # Panics
+    /// On a `WriteFile` (use [`Receiving::begin_file`]).
+    fn apply_op(&mut self, op: &Op) -> Result<()> {
+        self.store.borrow().check_path(op.path())?;
+        match op {
+            Op::WriteFile { .. } => panic!("apply_op takes no WriteFile: use begin_file"),
+            Op::Symlink { path, target, meta } => {
+                self.store.borrow_mut().build_symlink(path, target, meta, &mut self.batch)
+            }
+            Op::Mkdir { path, meta } => self.make_dir(path, meta),
+            Op::Delete { path } => self.delete(path),
+            Op::Link { path, target, size, hash } => {
+                // The target must be complete under its final name first.
+                if self.batch.files > 0 || self.batch.pending.len() >= self.store.borrow().batch_files {
+                    self.commit()?;
+                }
+                self.store.borrow_mut().build_link(path, target, *size, hash, &mut self.batch)
+            }
+            Op::SetMeta { path, meta } => self.set_meta(path, meta),
+        }
+    }
+
+    /// Whether the batch is due to commit: the next file begun once none is
+    /// in flight commits it first.
+    fn batch_full(&self) -> bool {
+        let store = self.store.borrow();
+        self.batch.files >= store.batch_files || self.batch.bytes >= store.batch_bytes
+    }
+
+    /// Starts file number `file` (the session's name for it): copies in the
+    /// chunks the receiver holds and returns the ones it needs.
+    ///
+    /// # Errors
+    /// Failures creating the temporary or reading the state database.
+    fn begin_file(&mut self, file: u32, path: &RelPath, meta: &Meta, digest: &FileDigest) -> Result<Vec<NeedInfo>> {
+        self.store.borrow().check_path(path)?;
+        if self.in_flight.is_empty() && self.batch_full() {
+            self.commit()?;
+        }
+        let mut build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        match self.share_needs(file, &build) {
+            Ok((stored, needs)) => {
+                if stored.contains(&false) {
+                    // Its chunks are a round trip away: no descriptor held
+                    // meanwhile (thousands of files may wait on a long link).
+                    build.file = None;
+                }
+                self.in_flight.insert(file, InFlight { build, meta: meta.clone(), digest: digest.clone(), stored });
+                Ok(needs)
+            }
+            Err(e) => {
+                // Half-built: out of the batch, so no commit renames it
+                // into place, and no other file waits for it.
+                self.homes.retain(|_, home| home.0 != file);
+                for waiting in self.followers.values_mut() {
+                    waiting.retain(|&(f, _)| f != file);
+                }
+                self.forget_temp(&build.temp);
+                Err(e)
+            }
+        }
+    }
+
     /// Finer signatures of the base of need `need` of `file`, answering an
     /// encoded refinement request; `None` if the request or need is unknown.
-    pub fn fine_signatures(&self, file: u32, need: usize, request: &[u8]) -> Option<Vec<patch::Signature>> {
+    fn fine_signatures(&self, file: u32, need: usize, request: &[u8]) -> Option<Vec<patch::Signature>> {
         let need = self.in_flight.get(&file)?.build.needs.get(need)?;
         let base = self.store.borrow().base_bytes(need)?;
         let ranges = patch::decode_ranges(request, base.len() as u32).ok()?;
@@ -666,7 +652,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Errors
     /// [`Error::Chunk`] for a chunk that does not decode to its id (the
     /// file can then be abandoned), I/O errors writing it.
-    pub fn put_chunk(&mut self, file: u32, need: usize, encoded: &EncodedChunk, with_base: bool) -> Result<Put> {
+    fn put_chunk(&mut self, file: u32, need: usize, encoded: &EncodedChunk, with_base: bool) -> Result<Put> {
         let Some(flight) = self.in_flight.get_mut(&file) else {
             return Err(Error::UnknownTransfer { file, need });
         };
@@ -684,7 +670,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     }
 
     /// Whether every need of `file` has been stored.
-    pub fn file_ready(&self, file: u32) -> bool {
+    fn file_ready(&self, file: u32) -> bool {
         self.in_flight.get(&file).is_some_and(|f| f.stored.iter().all(|&s| s))
     }
 
@@ -694,7 +680,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// # Errors
     /// [`Error::FileMismatch`] if the content does not hash to what was
     /// promised, [`Error::UnknownTransfer`] if needs are missing.
-    pub fn complete_file(&mut self, file: u32) -> Result<()> {
+    fn complete_file(&mut self, file: u32) -> Result<()> {
         if !self.file_ready(file) {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         }
@@ -714,44 +700,25 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         Ok(())
     }
 
-    /// Takes a temporary out of the batch and removes it.
-    fn forget_temp(&mut self, temp: &Path) {
-        self.batch.pending.retain(|p| p.temp != temp);
-        self.batch.received.retain(|_, (t, ..)| t != temp);
-        let _ = fs::remove_file(temp);
-    }
-
     /// Gives up on `file` (its source changed, a chunk did not verify): the
     /// old version stays, the reason is reported, the rest goes on.
     ///
     /// Returns the needs of other files that were waiting for this one's
     /// chunks: they must now be asked for themselves.
-    pub fn abandon_file(&mut self, file: u32, reason: &Error) -> Vec<(u32, NeedInfo)> {
+    fn abandon_file(&mut self, file: u32, reason: &str) -> Vec<(u32, NeedInfo)> {
         let Some(flight) = self.in_flight.remove(&file) else { return Vec::new() };
         self.forget_temp(&flight.build.temp);
         self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error: reason.to_string() });
         self.release_homes(file)
     }
 
-    /// Renames what is built into place and records it: a commit point.
-    ///
-    /// # Errors
-    /// The first failure; the batch's temporaries are then removed.
-    ///
-    /// # Panics
-    /// If files are in flight (their temporaries would be renamed half-built).
-    pub fn commit(&mut self) -> Result<()> {
-        assert!(self.in_flight.is_empty(), "commit with files in flight");
-        self.store.borrow_mut().commit(&mut self.batch, &mut self.report)
-    }
-
     /// Commits the rest and drops the state of deleted entries.
     ///
     /// # Errors
     /// As [`Receiving::commit`], or the state database update failing.
-    pub fn finish(mut self) -> Result<ApplyReport> {
+    fn finish(mut self) -> Result<ApplyReport> {
         for file in self.in_flight.keys().copied().collect::<Vec<_>>() {
-            self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX });
+            self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX }.to_string());
         }
         self.commit()?;
         if !self.removals.is_empty() {
@@ -766,43 +733,6 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
             })?;
         }
         Ok(std::mem::take(&mut self.report))
-    }
-
-    /// Fetches need `need` of `file` from `supply`, offering its base; a
-    /// delta that does not rebuild the chunk is fetched again without one:
-    /// it costs bytes, never data.
-    fn fetch(&mut self, file: u32, need: &NeedInfo, supply: &mut dyn ChunkSupply) -> Result<()> {
-        let Some(path) = self.in_flight.get(&file).map(|f| f.build.path.clone()) else {
-            return Err(Error::UnknownTransfer { file, need: need.need });
-        };
-        let mut offer = need.signature.as_ref();
-        loop {
-            let refined = Cell::new((0u64, 0u64));
-            let refine = |request: &[u8]| {
-                let fine = self.fine_signatures(file, need.need, request)?;
-                let answer: usize = fine.iter().map(|sig| sig.encode().len()).sum();
-                refined.set((request.len() as u64, answer as u64));
-                Some(fine)
-            };
-            let request = ChunkRequest {
-                path: &path,
-                index: need.index,
-                offset: need.offset,
-                chunk: need.chunk,
-                base: offer,
-                refine: &refine,
-            };
-            let encoded = supply.fetch(&request)?;
-            let (asked, answered) = refined.get();
-            let offered = offer.map_or(0, |sig| sig.encode().len() as u64);
-            self.report.signature_bytes += offered + answered;
-            self.report.refine_request_bytes += asked;
-            match self.put_chunk(file, need.need, &encoded, offer.is_some())? {
-                Put::Stored(_) => return Ok(()),
-                // put_chunk asks for a retry only when a base was offered.
-                Put::RetryWithoutBase => offer = None,
-            }
-        }
     }
 }
 

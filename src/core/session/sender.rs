@@ -2,63 +2,71 @@
 //! what it is remembered to hold) and serves the chunks it asks for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, MAX_FILES_PER_MESSAGE, PROTOCOL_VERSION};
 
+use super::destination::{ChunkReader, EntryError, FailedEntry};
 use super::{protocol, SessionError};
 use crate::adapt::Step;
-use crate::chunk::{ChunkRef, FileDigest};
+use crate::chunk::FileDigest;
 use crate::codec::{DeltaStep, EncodedChunk, Encoder, LinkWindow, PendingDelta};
-use crate::error::{Error, IoContext, Result};
-use crate::hash::ChunkId;
 use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
 use crate::patch::Signature;
 use crate::plan::{plan, DeleteLimit, Op, PlanOptions, Skipped};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
 
-/// Reads source chunk bytes for the sender.
-pub trait ChunkReader {
-    /// The bytes of `chunk` at `offset` of the source file `path`, verified
-    /// against the chunk's id.
-    ///
-    /// # Errors
-    /// [`Error::SourceChanged`] when the file no longer holds the chunk.
-    fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> Result<Vec<u8>>;
+/// What a [`Sender`] sends and how: [`SenderConfig::new`] takes what every
+/// session needs, the fields say the rest.
+#[non_exhaustive]
+pub struct SenderConfig<R> {
+    /// The source tree. Shared with the caller, which keeps it after the
+    /// session (to remember it): one copy of the tree, not two.
+    pub source: Arc<Manifest>,
+    /// Reads the source's chunks.
+    pub reader: R,
+    /// Encodes them.
+    pub encoder: Encoder,
+    /// How to plan (deletes, protected entries, skipped ones).
+    pub plan: PlanOptions,
+    /// A push: the destination path on the receiver (root: empty).
+    pub path: Vec<u8>,
+    /// A push: whether the receiver re-reads every file.
+    pub checksum: bool,
+    /// A push: the receiver's tree as this sender last left it, used only
+    /// if the receiver's root hash confirms it.
+    pub remembered: Option<Manifest>,
+    /// Plan only: send `Done` right after the comparison (`--dry-run`);
+    /// [`Sender::ops`] holds the plan.
+    pub dry_run: bool,
+    /// Refuses the session, before any change is sent, when the plan
+    /// deletes more than this allows (on a dry run too, after listing the
+    /// plan).
+    pub delete_limit: DeleteLimit,
+    /// A push: labels for the server's audit log.
+    pub tags: Vec<msg::Tag>,
+    /// Where progress goes.
+    pub progress: ProgressSink,
 }
 
-/// Reads chunks from a source tree on disk, keeping the last file open.
-pub struct FileReader {
-    root: PathBuf,
-    open: Option<(RelPath, File)>,
-}
-
-impl FileReader {
-    /// A reader of the tree at `root`.
-    pub fn new(root: PathBuf) -> Self {
-        FileReader { root, open: None }
-    }
-}
-
-impl ChunkReader for FileReader {
-    fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
-        let abs = path.to_path(&self.root);
-        if self.open.as_ref().is_none_or(|(p, _)| p != path) {
-            self.open = Some((path.clone(), File::open(&abs).at(&abs)?));
-        }
-        let (_, file) = self.open.as_ref().expect("invariant: opened just above");
-        let mut bytes = vec![0u8; chunk.len as usize];
-        crate::crashpoint::hit("sender.chunk");
-        match file.read_exact_at(&mut bytes, offset) {
-            Ok(()) if ChunkId::of(&bytes) == chunk.id => Ok(bytes),
-            Ok(()) => Err(Error::SourceChanged { path: abs }),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::SourceChanged { path: abs }),
-            Err(e) => Err(Error::io(abs, e)),
+impl<R> SenderConfig<R> {
+    /// A push of `source` into the receiver's root, reading chunks with
+    /// `reader` and encoding them with `encoder`; everything else default.
+    pub fn new(source: impl Into<Arc<Manifest>>, reader: R, encoder: Encoder) -> Self {
+        SenderConfig {
+            source: source.into(),
+            reader,
+            encoder,
+            plan: PlanOptions::default(),
+            path: Vec::new(),
+            checksum: false,
+            remembered: None,
+            dry_run: false,
+            delete_limit: DeleteLimit::UNLIMITED,
+            tags: Vec::new(),
+            progress: ProgressSink::default(),
         }
     }
 }
@@ -134,7 +142,7 @@ pub struct Sender<R> {
     deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
     summary: Option<msg::Summary>,
     /// Files this side gave up on (their source changed while read).
-    failed: Vec<crate::fs::store::FailedEntry>,
+    failed: Vec<FailedEntry>,
     /// Source entries the plan could not apply, and why.
     skipped: Vec<Skipped>,
     progress: ProgressSink,
@@ -147,37 +155,21 @@ pub struct Sender<R> {
 }
 
 impl<R: ChunkReader> Sender<R> {
-    /// A push of `source` into `path` on the receiver, reading chunks with
-    /// `reader`. `remembered` is the receiver's tree as this sender last left
-    /// it, used only if the receiver's root hash confirms it.
-    pub fn new(
-        source: impl Into<Arc<Manifest>>,
-        reader: R,
-        encoder: Encoder,
-        path: Vec<u8>,
-        options: PlanOptions,
-        checksum: bool,
-        remembered: Option<Manifest>,
-    ) -> Self {
+    /// A push as `config` says, into `config.path` on the receiver.
+    pub fn new(mut config: SenderConfig<R>) -> Self {
         let open = Message::Open(msg::Open {
             direction: msg::Direction::Push,
-            path,
-            delete: options.delete,
-            checksum,
-            remembered_root: remembered.as_ref().map(|m| m.tree().root().0),
-            tags: Vec::new(),
+            path: std::mem::take(&mut config.path),
+            delete: config.plan.delete,
+            checksum: config.checksum,
+            remembered_root: config.remembered.as_ref().map(|m| m.tree().root().0),
+            tags: std::mem::take(&mut config.tags),
         });
-        Sender::with_outbox(source.into(), reader, encoder, options, remembered, VecDeque::from([hello(), open]))
+        Sender::with_outbox(config, VecDeque::from([hello(), open]))
     }
 
-    fn with_outbox(
-        source: Arc<Manifest>,
-        reader: R,
-        encoder: Encoder,
-        options: PlanOptions,
-        remembered: Option<Manifest>,
-        outbox: VecDeque<Message>,
-    ) -> Self {
+    fn with_outbox(config: SenderConfig<R>, outbox: VecDeque<Message>) -> Self {
+        let SenderConfig { source, reader, encoder, plan, remembered, dry_run, delete_limit, progress, .. } = config;
         let tree = source.tree();
         Sender {
             state: State::Opening,
@@ -185,7 +177,7 @@ impl<R: ChunkReader> Sender<R> {
             tree,
             reader,
             encoder,
-            options,
+            options: plan,
             remembered,
             outbox,
             data: VecDeque::new(),
@@ -203,28 +195,24 @@ impl<R: ChunkReader> Sender<R> {
             summary: None,
             failed: Vec::new(),
             skipped: Vec::new(),
-            progress: ProgressSink::default(),
-            dry_run: false,
-            delete_limit: DeleteLimit::UNLIMITED,
+            progress,
+            dry_run,
+            delete_limit,
             deletions: 0,
         }
     }
 
     /// The sender of a pull, on the server: answers the client's `Hello` and
-    /// `Open` (already read by the transport) for `source`. `receiver_root`
-    /// is the client's root from `Open`: equal trees end the session at once,
-    /// otherwise the sender compares top-down.
-    pub fn respond(
-        source: impl Into<Arc<Manifest>>,
-        reader: R,
-        encoder: Encoder,
-        options: PlanOptions,
-        receiver_root: Option<[u8; 32]>,
-    ) -> Self {
-        let source = source.into();
-        let root = source.tree().root().0;
+    /// `Open` (already read by the transport) for `config.source` (its
+    /// path, checksum, tags and remembered tree are the client's business
+    /// and unused). `receiver_root` is the client's root from `Open`: equal
+    /// trees end the session at once, otherwise the sender compares
+    /// top-down.
+    pub fn respond(mut config: SenderConfig<R>, receiver_root: Option<[u8; 32]>) -> Self {
+        config.remembered = None;
+        let root = config.source.tree().root().0;
         let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
-        let mut sender = Sender::with_outbox(source, reader, encoder, options, None, VecDeque::from([hello(), opened]));
+        let mut sender = Sender::with_outbox(config, VecDeque::from([hello(), opened]));
         // The same decision as a push client's on `Opened`, with the
         // receiver's root from its `Open` (no root: compare top-down).
         let receiver = msg::Opened { root: receiver_root.unwrap_or_default(), remembered: false };
@@ -273,29 +261,6 @@ impl<R: ChunkReader> Sender<R> {
         self.state == State::Finished
     }
 
-    /// Labels the session for the server's audit log; call before the
-    /// first poll, while `Open` waits in the outbox.
-    pub fn set_tags(&mut self, tags: Vec<msg::Tag>) {
-        for message in &mut self.outbox {
-            if let Message::Open(open) = message {
-                open.tags.clone_from(&tags);
-            }
-        }
-    }
-
-    /// Compares and plans, then ends the session without sending any entry
-    /// change or chunk (`--dry-run`): [`Sender::ops`] holds the plan.
-    pub fn set_dry_run(&mut self, dry_run: bool) {
-        self.dry_run = dry_run;
-    }
-
-    /// Refuses the session, before any change is sent, when the plan
-    /// deletes more than `limit` allows (on a dry run too, after listing
-    /// the plan). Call before the first poll.
-    pub fn set_delete_limit(&mut self, limit: DeleteLimit) {
-        self.delete_limit = limit;
-    }
-
     /// Receiver entries the plan deletes, a directory's subtree included
     /// (after the comparison).
     pub fn deletions(&self) -> u64 {
@@ -308,14 +273,9 @@ impl<R: ChunkReader> Sender<R> {
         &self.dest
     }
 
-    /// Reports progress to `progress` from now on.
-    pub fn set_progress(&mut self, progress: ProgressSink) {
-        self.progress = progress;
-    }
-
     /// Files this side could not send (the receiver kept their old
     /// version), with the reason.
-    pub fn failed(&self) -> &[crate::fs::store::FailedEntry] {
+    pub fn failed(&self) -> &[FailedEntry] {
         &self.failed
     }
 
@@ -553,7 +513,7 @@ impl<R: ChunkReader> Sender<R> {
             // Nothing of the plan may leave: the session ends here.
             self.next_op = self.ops.len();
             self.state = State::Finished;
-            return Err(SessionError::Local(refused.into()));
+            return Err(refused.into());
         }
         Ok(())
     }
@@ -651,7 +611,7 @@ impl<R: ChunkReader> Sender<R> {
         let bytes = match self.reader.read(&path, offset, chunk) {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {
-                self.failed.push(crate::fs::store::FailedEntry { path: path.to_string(), error: e.to_string() });
+                self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
                 self.data.push_back(Message::FileFailed(msg::FileFailed {
                     file: need.file,
                     code: xfer_protocol::CloseCode::ChunkMismatch as u32,
@@ -659,7 +619,7 @@ impl<R: ChunkReader> Sender<R> {
                 }));
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(SessionError::local(e)),
         };
         let encoded = match need.signature.as_deref().map(Signature::decode).transpose().map_err(protocol)? {
             None => self.encoder.encode(&bytes),
@@ -705,11 +665,7 @@ impl<R: ChunkReader> Sender<R> {
 
 /// This side's `Hello`.
 pub(super) fn hello() -> Message {
-    Message::Hello(msg::Hello {
-        version: PROTOCOL_VERSION,
-        features: 0,
-        agent: concat!("xfer/", env!("CARGO_PKG_VERSION")).into(),
-    })
+    Message::Hello(msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: super::AGENT.into() })
 }
 
 /// Entries an edit list puts in one message (edits plus new references).

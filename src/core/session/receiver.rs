@@ -7,11 +7,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE};
 
+use super::destination::{Destination, EntryError, FailedEntry, NeedInfo, Put};
 use super::window::Limits;
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
 use crate::codec::{Codec, EncodedChunk};
-use crate::fs::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::hash::FileHash;
 use crate::manifest::{EntryKind, Manifest, Meta, RelPath, Tree};
 use crate::plan::{deleted_entries, DeleteLimit, Op};
@@ -56,7 +56,8 @@ pub struct OpenRequest {
     pub checksum: bool,
 }
 
-type Opener = Box<dyn FnMut(&OpenRequest) -> Result<MirrorStore, SessionError> + Send>;
+/// Opens the destination a client asks for, deciding what it may write.
+pub type Opener<D> = Box<dyn FnMut(&OpenRequest) -> Result<D, SessionError> + Send>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -112,13 +113,13 @@ struct OpenNeed {
     len: u64,
 }
 
-/// The receiver of a push.
-pub struct Receiver {
+/// The receiver of a push, rebuilding files in a [`Destination`].
+pub struct Receiver<D> {
     state: State,
-    opener: Opener,
-    /// The store being written; its manifest (the tree as refreshed) is
-    /// the one this side compares and plans with, never copied.
-    rx: Option<Receiving<MirrorStore>>,
+    opener: Opener<D>,
+    /// The destination being written; its manifest (the tree as refreshed)
+    /// is the one this side compares and plans with, never copied.
+    rx: Option<D>,
     tree: Tree,
     outbox: VecDeque<Message>,
     queued: VecDeque<Queued>,
@@ -169,10 +170,10 @@ struct Counts {
     metas: u64,
 }
 
-impl Receiver {
-    /// A receiver that opens the store a client asks for with `opener`
-    /// (which decides what the client may write).
-    pub fn new(opener: Opener) -> Self {
+impl<D: Destination> Receiver<D> {
+    /// A receiver that opens the destination a client asks for with
+    /// `opener` (which decides what the client may write).
+    pub fn new(opener: Opener<D>) -> Self {
         Receiver {
             state: State::Greeting,
             opener,
@@ -211,10 +212,10 @@ impl Receiver {
     ///
     /// # Errors
     /// A store that cannot be scanned.
-    pub fn initiate(mut store: MirrorStore, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
+    pub fn initiate(mut store: D, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
         let mut receiver =
             Receiver::new(Box::new(|_: &OpenRequest| Err(protocol("this side asked; it opens nothing"))));
-        receiver.tree = store.refresh(checksum)?.tree();
+        receiver.tree = store.refresh(checksum).map_err(SessionError::local)?.tree();
         let root = receiver.tree.root().0;
         receiver.outbox.push_back(super::sender::hello());
         receiver.outbox.push_back(Message::Open(msg::Open {
@@ -226,7 +227,7 @@ impl Receiver {
             remembered_root: Some(root),
             tags: Vec::new(),
         }));
-        receiver.rx = Some(Receiving::new(store));
+        receiver.rx = Some(store);
         receiver.state = State::Asking;
         Ok(receiver)
     }
@@ -247,7 +248,7 @@ impl Receiver {
         let total = self.manifest().len() as u64;
         let charged = self.deletes_charged.saturating_add(deleted_entries(self.manifest(), [path]));
         let source_entries = u64::from(!self.source_empty);
-        limit.check(charged, total, source_entries).map_err(|refused| SessionError::Local(refused.into()))?;
+        limit.check(charged, total, source_entries)?;
         self.deletes_charged = charged;
         Ok(())
     }
@@ -458,7 +459,9 @@ impl Receiver {
     }
 
     fn file_failed(&mut self, failed: msg::FileFailed) -> Result<(), SessionError> {
-        let reason = crate::Error::SourceChanged { path: failed.message.into() };
+        // The sender's message names the file and why; said as the
+        // sender's own source-changed failure reads.
+        let reason = format!("{}: changed while being read; it was not sent", failed.message);
         self.abandon(failed.file, &reason);
         self.pump()
     }
@@ -483,10 +486,10 @@ impl Receiver {
         };
         let request = OpenRequest { path, delete: open.delete, checksum: open.checksum };
         let mut store = (self.opener)(&request)?;
-        self.tree = store.refresh(open.checksum)?.tree();
+        self.tree = store.refresh(open.checksum).map_err(SessionError::local)?.tree();
         let root = self.tree.root().0;
         self.outbox.push_back(Message::Opened(msg::Opened { root, remembered: open.remembered_root == Some(root) }));
-        self.rx = Some(Receiving::new(store));
+        self.rx = Some(store);
         self.state = State::Open;
         Ok(())
     }
@@ -494,7 +497,7 @@ impl Receiver {
     /// The receiving tree as refreshed (empty before `Open`).
     fn manifest(&self) -> &Manifest {
         static EMPTY: Manifest = Manifest::EMPTY;
-        self.rx.as_ref().map_or(&EMPTY, |rx| rx.store().manifest())
+        self.rx.as_ref().map_or(&EMPTY, |rx| rx.manifest())
     }
 
     fn list_dir(&mut self, list: msg::ListDir) -> Result<(), SessionError> {
@@ -624,7 +627,7 @@ impl Receiver {
         self.pump()
     }
 
-    fn receiving(&mut self) -> Result<&mut Receiving<MirrorStore>, SessionError> {
+    fn receiving(&mut self) -> Result<&mut D, SessionError> {
         self.rx.as_mut().ok_or_else(|| protocol("no destination is open"))
     }
 
@@ -683,7 +686,7 @@ impl Receiver {
                     match self.receiving()?.apply_op(&op) {
                         Ok(()) => {}
                         Err(e) if e.is_per_entry() => self.record_failure(op.path().to_string(), e.to_string()),
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(SessionError::local(e)),
                     }
                 }
                 None => break,
@@ -731,7 +734,7 @@ impl Receiver {
                 self.record_failure(path.to_string(), e.to_string());
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(SessionError::local(e)),
         };
         let refs = digest.chunks.len();
         self.in_flight_refs += refs;
@@ -785,8 +788,8 @@ impl Receiver {
                     signature: None,
                 }));
             }
-            Err(e) if e.is_per_entry() => self.abandon(data.file, &e),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_per_entry() => self.abandon(data.file, &e.to_string()),
+            Err(e) => return Err(SessionError::local(e)),
         }
         self.pump()
     }
@@ -843,14 +846,14 @@ impl Receiver {
                 Ok(())
             }
             Err(e) if e.is_per_entry() => {
-                self.abandon(file, &e);
+                self.abandon(file, &e.to_string());
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(SessionError::local(e)),
         }
     }
 
-    fn abandon(&mut self, file: u32, reason: &crate::Error) {
+    fn abandon(&mut self, file: u32, reason: &str) {
         if let Some(f) = self.files.remove(&file) {
             self.outstanding -= f.outstanding;
             self.outstanding_bytes -= f.outstanding_bytes;
@@ -872,7 +875,7 @@ impl Receiver {
         let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
         // The store's failures are files abandoned here, each already in
         // `failed` (it has none in flight: every file here is done).
-        let report = rx.finish()?;
+        let report = rx.finish().map_err(SessionError::local)?;
         let summary = msg::Summary {
             files_written: report.files_written,
             dirs_created: self.counts.dirs,

@@ -18,6 +18,8 @@ mod destination;
 pub mod pair;
 mod receiver;
 mod sender;
+#[cfg(test)]
+mod tests;
 mod window;
 
 pub use destination::{ApplyReport, ChunkReader, Destination, EntryError, FailedEntry, NeedInfo, Put};

@@ -1,22 +1,24 @@
 //! The sending side of a push: plans against what the receiver reports (or
 //! what it is remembered to hold) and serves the chunks it asks for.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, MAX_FILES_PER_MESSAGE, PROTOCOL_VERSION};
+use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION};
 
-use super::destination::{ChunkReader, EntryError, FailedEntry};
-use super::{protocol, SessionError};
+use super::destination::{ChunkReader, FailedEntry};
+use super::SessionError;
 use crate::adapt::Step;
 use crate::chunk::FileDigest;
-use crate::codec::{DeltaStep, EncodedChunk, Encoder, LinkWindow, PendingDelta};
-use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, Meta, Mtime, RelPath, Tree};
-use crate::patch::Signature;
+use crate::codec::{Encoder, LinkWindow, PendingDelta};
+use crate::manifest::{ChildDigest, Manifest, RelPath, Tree};
 use crate::plan::{plan, DeleteLimit, Op, PlanOptions, Skipped};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
+
+mod chunks;
+mod compare;
 
 /// What a [`Sender`] sends and how: [`SenderConfig::new`] takes what every
 /// session needs, the fields say the rest.
@@ -91,18 +93,6 @@ impl State {
         }
     }
 }
-
-/// Metadata the receiver did not report: never equal to a real entry's, so
-/// the plan restores the source's.
-const UNKNOWN_META: Meta = Meta {
-    mode: u32::MAX,
-    mtime: Mtime { secs: i64::MIN, nanos: 0 },
-    uid: u32::MAX,
-    gid: u32::MAX,
-    user: Vec::new(),
-    group: Vec::new(),
-    xattrs: Vec::new(),
-};
 
 /// The sender of a push.
 pub struct Sender<R> {
@@ -351,144 +341,6 @@ impl<R: ChunkReader> Sender<R> {
         Ok(())
     }
 
-    fn ask_listing(&mut self, dir: RelPath) {
-        self.lists_pending += 1;
-        self.outbox.push_back(Message::ListDir(msg::ListDir { dir: dir.as_bytes().to_vec() }));
-    }
-
-    fn listing(&mut self, listing: msg::Listing) -> Result<(), SessionError> {
-        let dir = match listing.dir.as_slice() {
-            [] => RelPath::root(),
-            bytes => RelPath::new(bytes.to_vec()).map_err(protocol)?,
-        };
-        let part = self.partial_listings.entry(dir.clone()).or_default();
-        part.extend(listing.children.iter().map(wire::child_from_wire));
-        if listing.more {
-            return Ok(());
-        }
-        let theirs = self.partial_listings.remove(&dir).unwrap_or_default();
-        self.lists_pending = self.lists_pending.checked_sub(1).ok_or_else(|| protocol("listing not asked for"))?;
-        let ours: HashMap<&[u8], &ChildDigest> =
-            self.tree.listing(&dir).iter().map(|c| (c.name.as_slice(), c)).collect();
-        let mut subdirs = Vec::new();
-        for child in &theirs {
-            let path = dir.join(&child.name).map_err(protocol)?;
-            let same = ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest);
-            if same {
-                continue;
-            }
-            if child.is_dir {
-                // An excluded directory is kept whole, whatever it holds:
-                // listing it would cost round trips and change no plan.
-                if !self.options.protect.as_ref().is_some_and(|f| f.excludes_entry(&path, true)) {
-                    subdirs.push(path);
-                }
-            } else if self.source.get(&path).is_some_and(|e| e.file().is_some()) {
-                self.files_wanted.push(path);
-            }
-        }
-        self.listed.insert(dir, theirs);
-        for subdir in subdirs {
-            self.ask_listing(subdir);
-        }
-        if self.lists_pending == 0 {
-            self.ask_files()?;
-        }
-        Ok(())
-    }
-
-    fn ask_files(&mut self) -> Result<(), SessionError> {
-        let wanted = std::mem::take(&mut self.files_wanted);
-        for batch in wanted.chunks(MAX_FILES_PER_MESSAGE) {
-            self.files_pending += 1;
-            let paths = batch.iter().map(|p| p.as_bytes().to_vec()).collect();
-            self.outbox.push_back(Message::GetFiles(msg::GetFiles { paths }));
-        }
-        if self.files_pending == 0 {
-            return self.finish_comparing();
-        }
-        Ok(())
-    }
-
-    fn file_infos(&mut self, infos: msg::FileInfos) -> Result<(), SessionError> {
-        for info in infos.files {
-            let path = RelPath::new(info.path.clone()).map_err(protocol)?;
-            let params = wire::params_from_wire(info.params).map_err(protocol)?;
-            let entry = self.infos.entry(path).or_insert_with(|| FileDigest {
-                size: info.size,
-                hash: crate::hash::FileHash(info.hash),
-                params,
-                chunks: Vec::new(),
-            });
-            entry.chunks.extend(info.chunks.iter().map(wire::chunk_from_wire));
-        }
-        if !infos.more {
-            self.files_pending = self.files_pending.checked_sub(1).ok_or_else(|| protocol("files not asked for"))?;
-            if self.files_pending == 0 {
-                self.finish_comparing()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Builds the receiver's tree as far as it matters (identical subtrees
-    /// are taken from the source) and plans against it.
-    fn finish_comparing(&mut self) -> Result<(), SessionError> {
-        let mut identical: HashSet<RelPath> = HashSet::new();
-        let mut entries: Vec<Entry> = Vec::new();
-        for (dir, theirs) in &self.listed {
-            let ours: HashMap<&[u8], &ChildDigest> =
-                self.tree.listing(dir).iter().map(|c| (c.name.as_slice(), c)).collect();
-            for child in theirs {
-                let Ok(path) = dir.join(&child.name) else { continue };
-                if ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest) {
-                    identical.insert(path);
-                    continue;
-                }
-                let kind = if child.is_dir {
-                    EntryKind::Dir
-                } else if let Some(digest) =
-                    self.infos.get(&path).filter(|d| d.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() == d.size)
-                {
-                    EntryKind::File(digest.clone())
-                } else {
-                    // Kind unknown and not needed: any non-directory is
-                    // replaced by a rename or removed by a delete.
-                    EntryKind::Symlink { target: Vec::new() }
-                };
-                entries.push(Entry { path, meta: UNKNOWN_META, kind });
-            }
-        }
-        for entry in self.source.entries() {
-            let mut at = Some(entry.path.clone());
-            while let Some(path) = at {
-                if identical.contains(&path) {
-                    entries.push(entry.clone());
-                    break;
-                }
-                at = (!path.parent().is_root()).then(|| path.parent());
-            }
-        }
-        // A hard link taken from an identical subtree whose target lies where
-        // the view holds no file: what the receiver has there is unknown.
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let unknown: Vec<usize> = (0..entries.len())
-            .filter(|&i| match &entries[i].kind {
-                EntryKind::HardLink { target, .. } => {
-                    !entries.binary_search_by(|e| e.path.cmp(target)).is_ok_and(|k| entries[k].file().is_some())
-                }
-                _ => false,
-            })
-            .collect();
-        for i in unknown {
-            entries[i].kind = EntryKind::Symlink { target: Vec::new() };
-        }
-        // A malformed view (a hostile listing) plans against nothing: the
-        // receiver then gets everything, which is safe.
-        self.dest = Arc::new(Manifest::new(entries).unwrap_or_default());
-        self.start_sending()
-    }
-
     fn start_sending(&mut self) -> Result<(), SessionError> {
         let planned = plan(&self.source, &self.dest, |_| false, self.options.clone());
         self.deletions = planned.deletions(&self.dest);
@@ -575,91 +427,6 @@ impl<R: ChunkReader> Sender<R> {
             }
         };
         self.outbox.push_back(message);
-    }
-
-    fn write_op(&self, file: u32) -> Result<(&RelPath, &FileDigest), SessionError> {
-        match self.ops.get(file as usize) {
-            Some(Op::WriteFile { path, digest, .. }) => Ok((path, digest)),
-            _ => Err(protocol(format!("chunk asked for file {file}, which is not a file being written"))),
-        }
-    }
-
-    /// Checks a chunk request and queues it for [`Sender::poll_data`].
-    fn need_chunk(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
-        let (_, digest) = self.write_op(need.file)?;
-        if need.index as usize >= digest.chunks.len() {
-            return Err(protocol("chunk index out of range"));
-        }
-        // An honest receiver never has more asked for than its ceiling.
-        if self.needs.len() >= super::window::MAX_OUTSTANDING_CHUNKS {
-            return Err(protocol(format!(
-                "more than {} chunks asked for and not answered",
-                super::window::MAX_OUTSTANDING_CHUNKS
-            )));
-        }
-        self.needs.push_back(need);
-        Ok(())
-    }
-
-    /// Reads and encodes the chunk `need` asks for (checked on arrival).
-    fn answer(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
-        let (path, digest) = self.write_op(need.file)?;
-        let index = need.index as usize;
-        let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;
-        let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
-        let path = path.clone();
-        let bytes = match self.reader.read(&path, offset, chunk) {
-            Ok(bytes) => bytes,
-            Err(e) if e.is_per_entry() => {
-                self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
-                self.data.push_back(Message::FileFailed(msg::FileFailed {
-                    file: need.file,
-                    code: xfer_protocol::CloseCode::ChunkMismatch as u32,
-                    message: e.to_string(),
-                }));
-                return Ok(());
-            }
-            Err(e) => return Err(SessionError::local(e)),
-        };
-        let encoded = match need.signature.as_deref().map(Signature::decode).transpose().map_err(protocol)? {
-            None => self.encoder.encode(&bytes),
-            Some(sig) => match self.encoder.start_delta(&bytes, &sig) {
-                DeltaStep::Done(encoded) => encoded,
-                DeltaStep::Refine { request, pending } => {
-                    self.data.push_back(Message::RefineRequest(msg::RefineRequest {
-                        file: need.file,
-                        index: need.index,
-                        ranges: request,
-                    }));
-                    self.deltas.insert((need.file, need.index), (pending, bytes));
-                    return Ok(());
-                }
-            },
-        };
-        self.send_chunk(need.file, need.index, encoded);
-        Ok(())
-    }
-
-    fn fine_signatures(&mut self, fine: msg::FineSignatures) -> Result<(), SessionError> {
-        let Some((pending, bytes)) = self.deltas.remove(&(fine.file, fine.index)) else {
-            return Err(protocol("fine signatures nobody asked for"));
-        };
-        let signatures: Option<Vec<Signature>> = fine.signatures.iter().map(|s| Signature::decode(s).ok()).collect();
-        let encoded = self.encoder.finish_delta(&bytes, pending, signatures.as_deref());
-        self.send_chunk(fine.file, fine.index, encoded);
-        Ok(())
-    }
-
-    fn send_chunk(&mut self, file: u32, index: u32, encoded: EncodedChunk) {
-        self.progress
-            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
-        self.data.push_back(Message::ChunkData(msg::ChunkData {
-            file,
-            index,
-            codec: encoded.codec as u8,
-            decoded_len: encoded.decoded_len,
-            payload: encoded.payload,
-        }));
     }
 }
 

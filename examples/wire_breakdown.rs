@@ -14,6 +14,7 @@ use xfer::codec::{Compression, Encoder};
 use xfer::fs::scan::{scan, ScanOptions};
 use xfer::fs::store::{MirrorReceiver as Receiver, MirrorStore, Receiving};
 use xfer::plan::PlanOptions;
+use xfer::session::pair::{self, Toward};
 use xfer::session::{FileReader, OpenRequest, Sender, SenderConfig, SessionError};
 use xfer_protocol::{frame, Message};
 
@@ -50,28 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         MirrorStore::open(&dest, &state).map(Receiving::new).map_err(SessionError::from)
     }));
     let mut tally = Tally::new();
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data()? {
-            count(&mut tally, "up", &message);
-            receiver.handle(message)?;
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            count(&mut tally, "up", &message);
-            receiver.handle(message)?;
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            count(&mut tally, "down", &message);
-            sender.handle(message)?;
-            progressed = true;
-        }
-        if !progressed {
-            break;
-        }
-    }
+    pair::run_with(&mut sender, &mut receiver, |toward, message| {
+        count(&mut tally, if toward == Toward::Receiver { "up" } else { "down" }, &message);
+        message
+    })?;
     std::fs::write(&memory, source.encode())?;
     let mut totals = (0, 0);
     for ((direction, kind), (messages, bytes)) in &tally {

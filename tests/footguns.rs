@@ -417,25 +417,7 @@ pub(crate) mod held_deletes {
         let mut config = SenderConfig::new(source, FileReader::new(src.to_path_buf()), encoder);
         config.plan = options;
         let mut sender = Sender::respond(config, open.remembered_root);
-        loop {
-            let mut progressed = false;
-            while let Some(message) = sender.poll_data().unwrap() {
-                receiver.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            while receiver.wants_input() {
-                let Some(message) = sender.poll_transmit() else { break };
-                receiver.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            while let Some(message) = receiver.poll_transmit() {
-                sender.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            if !progressed {
-                break;
-            }
-        }
+        xfer::session::pair::run_with(&mut sender, &mut receiver, |_, message| roundtrip(message))?;
         assert!(sender.is_finished() && receiver.is_finished(), "pull stalled");
         Ok(())
     }

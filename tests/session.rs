@@ -36,28 +36,25 @@ fn roundtrip(message: xfer_protocol::Message, counter: &mut u64) -> xfer_protoco
     decoded
 }
 
-/// Runs the pair until neither side has anything to say.
-fn drive(sender: &mut Sender<FileReader>, receiver: &mut Receiver) -> Result<Wire, SessionError> {
+/// Runs the pair until neither side has anything to say, every message
+/// through the frame codec; `push` says which side is the client.
+fn drive_counted<R: ChunkReader>(
+    sender: &mut Sender<R>,
+    receiver: &mut Receiver,
+    push: bool,
+) -> Result<Wire, SessionError> {
     let mut wire = Wire::default();
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data()? {
-            receiver.handle(roundtrip(message, &mut wire.client_to_server))?;
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            receiver.handle(roundtrip(message, &mut wire.client_to_server))?;
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            sender.handle(roundtrip(message, &mut wire.server_to_client))?;
-            progressed = true;
-        }
-        if !progressed {
-            return Ok(wire);
-        }
-    }
+    xfer::session::pair::run_with(sender, receiver, |toward, message| {
+        let client_to_server = (toward == xfer::session::pair::Toward::Receiver) == push;
+        let counter = if client_to_server { &mut wire.client_to_server } else { &mut wire.server_to_client };
+        roundtrip(message, counter)
+    })?;
+    Ok(wire)
+}
+
+/// A push over the pair (the sender is the client).
+fn drive(sender: &mut Sender<FileReader>, receiver: &mut Receiver) -> Result<Wire, SessionError> {
+    drive_counted(sender, receiver, true)
 }
 
 struct Sides {
@@ -223,7 +220,6 @@ fn pull(sides: &Sides) -> Wire {
     let store = MirrorStore::open(&sides.dest, &sides.state).unwrap();
     let mut receiver =
         Receiver::initiate(xfer::fs::store::Receiving::new(store), b"tree".to_vec(), true, false).unwrap();
-    let mut wire = Wire::default();
     let hello = receiver.poll_transmit().unwrap();
     assert!(matches!(hello, xfer_protocol::Message::Hello(_)));
     let Some(xfer_protocol::Message::Open(open)) = receiver.poll_transmit() else { panic!("Open expected") };
@@ -234,25 +230,7 @@ fn pull(sides: &Sides) -> Wire {
     config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
     let mut sender = Sender::respond(config, open.remembered_root);
     // The pair as before, with the roles of the directions swapped.
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data().unwrap() {
-            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            sender.handle(roundtrip(message, &mut wire.client_to_server)).unwrap();
-            progressed = true;
-        }
-        if !progressed {
-            break;
-        }
-    }
+    let wire = drive_counted(&mut sender, &mut receiver, false).unwrap();
     assert!(sender.is_finished() && receiver.is_finished(), "pull stalled: {wire:?}");
     wire
 }

@@ -24,6 +24,12 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    fn hand_to<D: Destination>(&mut self, receiver: &mut Receiver<D>, message: Message) -> Result<(), SessionError> {
+        self.count(&message);
+        self.to_receiver += 1;
+        receiver.handle(message)
+    }
+
     fn count(&mut self, message: &Message) {
         match message {
             Message::NeedChunk(need) => {
@@ -38,6 +44,15 @@ impl Traffic {
     }
 }
 
+/// The side a message is handed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Toward {
+    /// From the sender to the receiver.
+    Receiver,
+    /// From the receiver to the sender.
+    Sender,
+}
+
 /// Runs the session between `sender` and `receiver` until neither has
 /// anything left to say. The session completed if both are then finished
 /// ([`Sender::is_finished`], [`Receiver::is_finished`]).
@@ -49,20 +64,34 @@ pub fn run<R: ChunkReader, D: Destination>(
     sender: &mut Sender<R>,
     receiver: &mut Receiver<D>,
 ) -> Result<Traffic, SessionError> {
+    run_with(sender, receiver, |_, message| message)
+}
+
+/// [`run`], with each message passed through `carry` on its way (to encode
+/// and decode it as the wire would, count it, or tamper with it).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with<R: ChunkReader, D: Destination>(
+    sender: &mut Sender<R>,
+    receiver: &mut Receiver<D>,
+    mut carry: impl FnMut(Toward, Message) -> Message,
+) -> Result<Traffic, SessionError> {
     let mut traffic = Traffic::default();
     loop {
         let mut progressed = false;
         // Chunk answers never wait behind entry changes, as on the wire.
         while let Some(message) = sender.poll_data()? {
-            to_receiver(&mut traffic, receiver, message)?;
+            traffic.hand_to(receiver, carry(Toward::Receiver, message))?;
             progressed = true;
         }
         while receiver.wants_input() {
             let Some(message) = sender.poll_transmit() else { break };
-            to_receiver(&mut traffic, receiver, message)?;
+            traffic.hand_to(receiver, carry(Toward::Receiver, message))?;
             progressed = true;
         }
         while let Some(message) = receiver.poll_transmit() {
+            let message = carry(Toward::Sender, message);
             traffic.count(&message);
             traffic.to_sender += 1;
             sender.handle(message)?;
@@ -72,14 +101,4 @@ pub fn run<R: ChunkReader, D: Destination>(
             return Ok(traffic);
         }
     }
-}
-
-fn to_receiver<D: Destination>(
-    traffic: &mut Traffic,
-    receiver: &mut Receiver<D>,
-    message: Message,
-) -> Result<(), SessionError> {
-    traffic.count(&message);
-    traffic.to_receiver += 1;
-    receiver.handle(message)
 }

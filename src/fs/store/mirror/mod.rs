@@ -44,8 +44,9 @@ pub const DEFAULT_BATCH_FILES: usize = 4096;
 pub const DEFAULT_BATCH_BYTES: u64 = 1 << 30;
 
 /// What a receiver applies of the metadata it is sent; what it does not
-/// apply as sent it keeps in its records ([`MetaRecord`]) and reports as
-/// the entry's metadata, so a pull gives the originals back.
+/// apply as sent it keeps in its records
+/// ([`MetaRecord`](crate::fs::scan::MetaRecord)) and reports as the entry's
+/// metadata, so a pull gives the originals back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MetaPolicy {
     /// Everything this process may: owners and groups (by name when the

@@ -8,7 +8,6 @@
 //! differing files); then it streams the plan's entry changes and `Done`,
 //! answering the receiver's `NeedChunk` (and `RefineRequest`) with
 //! `ChunkData`; the receiver ends with `Summary`.
-
 //!
 //! Both sides are generic over where the data lives: the receiver drives a
 //! [`Destination`] (the mirror tree, later other stores), the sender reads

@@ -5,21 +5,16 @@ use std::io::Write;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fastcdc::v2020::FastCDC;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use xfer::chunk::{digest_bytes, digest_stream_sized, ChunkParams};
 
 const LEN: usize = 64 << 20;
 
 fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    let mut data = vec![0; len];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
 }
 
 fn chunking(c: &mut Criterion) {

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of both fuzz crates for SECONDS each, one
 # after another, and prints the executions of each:
-#   protocol/fuzz  decoders (frame, message bodies, manifest, chunk codec, patch)
-#   fuzz           the push session driven by arbitrary schedules, and the
-#                  bandwidth settings (rates, timetables, windows, pacing)
+#   protocol/fuzz  the wire decoders (frame, message bodies, delta formats)
+#   fuzz           the push session driven by arbitrary schedules, the
+#                  bandwidth settings (rates, timetables, windows, pacing),
+#                  the manifest, chunk codec and delta algorithms
 #
 #   scripts/fuzz.sh [SECONDS]    (default 60)
 #

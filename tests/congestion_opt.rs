@@ -211,6 +211,9 @@ impl LossyRelay {
         use std::sync::{Arc, Mutex};
         use std::time::{Duration, Instant};
 
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+
         let front = UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = UdpSocket::bind("127.0.0.1:0").unwrap();
         back.connect(server).unwrap();
@@ -225,16 +228,13 @@ impl LossyRelay {
         let upstream = {
             let (client, sent, stop) = (client.clone(), sent.clone(), stop.clone());
             std::thread::spawn(move || {
-                let (mut buf, mut total, mut x) = (vec![0; 65536], 0u64, seed | 1);
+                let (mut buf, mut total, mut rng) = (vec![0; 65536], 0u64, SmallRng::seed_from_u64(seed));
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((len, from)) = front.recv_from(&mut buf) else { continue };
                     *client.lock().unwrap() = Some(from);
                     total += len as u64;
                     sent.lock().unwrap().push((Instant::now(), total));
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    if x % 1000 >= loss_permille {
+                    if rng.random_range(0..1000) >= loss_permille {
                         let _ = back.send(&buf[..len]);
                     }
                 }

@@ -45,6 +45,8 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use xfer::chunk::{digest_bytes, ChunkRef};
+// Fuzz inputs must mean the same data in every version.
+use xfer_core::fixture::seeded;
 use xfer::codec::{Compression, Encoder};
 use xfer::hash::ChunkId;
 use xfer::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
@@ -325,19 +327,6 @@ fn blocks() -> &'static [Vec<u8>] {
             })
             .collect()
     })
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
 }
 
 impl ContentSpec {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use xfer::throttle::{Bucket, Direction, Limiter, LocalTime, Rate, Timetable, Window};
+use xfer::throttle::{Bucket, Flow, Limiter, LocalTime, Rate, Timetable, Window};
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
 const MINUTES_PER_WEEK: u32 = 7 * MINUTES_PER_DAY;
@@ -102,12 +102,12 @@ fn check_timetable(text: &str, times: &[(u8, u16)]) {
         }
     };
     let week: Vec<(Rate, Rate)> = (0..MINUTES_PER_WEEK)
-        .map(|m| (table.rate_at(at_minute(m), Direction::Up), table.rate_at(at_minute(m), Direction::Down)))
+        .map(|m| (table.rate_at(at_minute(m), Flow::Up), table.rate_at(at_minute(m), Flow::Down)))
         .collect();
     for &(weekday, minute) in times.iter().take(MAX_TIMES) {
         let at = LocalTime { weekday, minute };
         let now = minute_of_week(at);
-        let rates = (table.rate_at(at, Direction::Up), table.rate_at(at, Direction::Down));
+        let rates = (table.rate_at(at, Flow::Up), table.rate_at(at, Flow::Down));
         assert_eq!(rates, week[now as usize], "{text:?} at {at:?}: folding differs");
         match table.next_change_after(at) {
             None => assert!(week.iter().all(|r| *r == rates), "{text:?}: rates change, but no change is announced"),

@@ -1,4 +1,5 @@
-//! Wire format of xfer: frames, messages, limits and close codes.
+//! Wire format of xfer: frames, messages, limits, close codes, the codec
+//! registry, the delta formats and the digests both ends compute.
 //! `SPEC.md` beside this crate is normative; this crate implements it.
 //!
 //! The crate is pure: no I/O, no async. A reader feeds its buffer to
@@ -15,11 +16,16 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
-mod codec;
+pub mod codec;
+pub mod digest;
 pub mod error;
+mod fields;
 pub mod frame;
+pub mod keys;
 pub mod limits;
 pub mod msg;
+pub mod patch;
+pub mod varint;
 
 pub use error::{check_version, CloseCode, DecodeError};
 pub use limits::*;

@@ -47,7 +47,8 @@ pub const MAX_CHUNK_REFS_PER_MESSAGE: usize = 65536;
 /// with 32-bit keys (512 KiB) plus a header.
 pub const MAX_SIGNATURE_LEN: usize = 512 * 1024 + 16;
 
-/// Most fine signatures in one `FineSignatures` (as `xfer::patch::MAX_REFINE_RANGES`).
+/// Most fine signatures in one `FineSignatures` (one per refinement range,
+/// [`patch::MAX_REFINE_RANGES`](crate::patch::MAX_REFINE_RANGES)).
 pub const MAX_FINE_SIGNATURES: usize = 64;
 
 /// Largest encoded range list in one `RefineRequest` (64 ranges of two

@@ -5,7 +5,7 @@
 # elsewhere on the machine hits them all alike. Run as root after suite.sh
 # has generated the data:
 #
-#   sudo scripts/bench/sweep.sh src/net/driver.rs DATA_STREAMS "1 2 4 8"
+#   sudo scripts/bench/sweep.sh src/net/frames.rs DATA_STREAMS "1 2 4 8"
 #   sudo scripts/bench/sweep.sh src/core/adapt.rs MAX_LEVEL "1 6"
 #
 # Settings (environment): BENCH_DIR (/var/tmp/xfer-bench), SWEEP_RATES

@@ -308,15 +308,10 @@ mod tests {
 
     /// Smoothed round trips of a 150 ms path with 1% loss and no queue:
     /// loss recovery and delayed ACKs lift each window's by 0-35 ms
-    /// (a seeded xorshift walk, so the sequence is fixed).
+    /// (spread evenly over that range in a scrambled order, so every run
+    /// sees the same swings and the same share above the queue floor).
     fn lossy_rtt(window: usize) -> Duration {
-        let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ window as u64;
-        for _ in 0..4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-        }
-        BASE_150 + Duration::from_micros(x % 35_000)
+        BASE_150 + Duration::from_micros((window as u64 * 7919) % 35_000)
     }
 
     /// A 150 ms path with a standing queue of 60-150 ms at its bottleneck.

@@ -369,19 +369,8 @@ pub fn digest_bytes(data: &[u8]) -> FileDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seeded(len: usize, seed: u64) -> Vec<u8> {
-        // xorshift64*: stable across platforms and crate versions.
-        let mut state = seed.max(1);
-        (0..len)
-            .map(|_| {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
-    }
+    // Golden cut points need bytes that never change.
+    use crate::fixture::seeded;
 
     #[test]
     fn params_reject_invalid() {

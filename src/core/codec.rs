@@ -11,6 +11,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use xfer_protocol::codec::{CODEC_DELTA, CODEC_LZ4, CODEC_RAW, CODEC_ZSTD};
 
 use crate::adapt::{LevelController, Observation, Step};
 use crate::chunk::MAX_CHUNK_LEN;
@@ -30,18 +31,19 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// nothing, so the chunk is stored raw.
 pub const MIN_SAVING_PERCENT: usize = 3;
 
-/// How a chunk's payload is encoded; the tag is part of the wire format.
+/// How a chunk's payload is encoded; the tag is the protocol's codec
+/// number ([`xfer_protocol::codec`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Codec {
     /// The bytes as they are.
-    Raw = 0,
+    Raw = CODEC_RAW,
     /// One zstd frame.
-    Zstd = 1,
+    Zstd = CODEC_ZSTD,
     /// One lz4 block, without a length prefix (the length travels beside it).
-    Lz4 = 2,
+    Lz4 = CODEC_LZ4,
     /// A [`patch`] against old bytes the receiver holds.
-    Delta = 3,
+    Delta = CODEC_DELTA,
 }
 
 impl TryFrom<u8> for Codec {
@@ -49,10 +51,10 @@ impl TryFrom<u8> for Codec {
 
     fn try_from(tag: u8) -> Result<Self, CodecError> {
         match tag {
-            0 => Ok(Codec::Raw),
-            1 => Ok(Codec::Zstd),
-            2 => Ok(Codec::Lz4),
-            3 => Ok(Codec::Delta),
+            CODEC_RAW => Ok(Codec::Raw),
+            CODEC_ZSTD => Ok(Codec::Zstd),
+            CODEC_LZ4 => Ok(Codec::Lz4),
+            CODEC_DELTA => Ok(Codec::Delta),
             _ => Err(CodecError::UnknownCodec(tag)),
         }
     }
@@ -412,7 +414,7 @@ impl Encoder {
         }
         if self.patch_zstd.is_none() {
             // Without a context the literals go raw; still a valid delta.
-            self.patch_zstd = zstd::bulk::Compressor::new(patch::LITERAL_ZSTD_LEVEL).ok();
+            self.patch_zstd = zstd::bulk::Compressor::new(xfer_protocol::codec::LITERAL_ZSTD_LEVEL).ok();
         }
         let delta = patch::encode_patch_with(&patch, data, self.patch_zstd.as_mut());
         if delta.len() < plain.payload.len() {
@@ -532,16 +534,10 @@ mod tests {
     use super::*;
 
     fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed ^ 0x243f_6a88_85a3_08d3;
-        (0..len)
-            .map(|_| {
-                // xorshift64*: plenty for incompressible test data.
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-            })
-            .collect()
+        use rand::{rngs::SmallRng, RngCore, SeedableRng};
+        let mut data = vec![0; len];
+        SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
     }
 
     fn text_bytes(len: usize) -> Vec<u8> {

@@ -11,9 +11,9 @@ macro_rules! digest_newtype {
         pub struct $name(pub [u8; 32]);
 
         impl $name {
-            /// The digest of `bytes`.
+            /// The digest of `bytes` (SPEC.md, "Digests": plain BLAKE3-256).
             pub fn of(bytes: &[u8]) -> Self {
-                Self(*blake3::hash(bytes).as_bytes())
+                Self(xfer_protocol::digest::content_hash(bytes))
             }
 
             /// The raw 32 digest bytes.

@@ -6,9 +6,11 @@
 //! them, [`manifest`] describes trees, [`filter`] decides what a transfer
 //! leaves out, [`plan`] computes what a receiver needs, [`patch`] and
 //! [`codec`] encode the chunks it lacks, [`adapt`] picks a compression
-//! level from what the link shows, [`congestion`] paces the sender, and
-//! [`wire`] and [`progress`] are the messages and events the sessions
-//! exchange.
+//! level from what the link shows, [`congestion`] paces the sender,
+//! [`pacing`] holds bandwidth limits (rates, timetables, windows, a token
+//! bucket) with times passed in, and [`wire`] and [`progress`] are the
+//! messages and events the sessions exchange. [`fixture`] makes the
+//! deterministic bytes of golden fixtures and fuzz inputs.
 #![warn(missing_docs, unreachable_pub)]
 // Tests may read files and the clock (see clippy.toml).
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
@@ -18,8 +20,10 @@ pub mod chunk;
 pub mod codec;
 pub mod congestion;
 pub mod filter;
+pub mod fixture;
 pub mod hash;
 pub mod manifest;
+pub mod pacing;
 pub mod patch;
 pub mod plan;
 pub mod progress;

@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::chunk::FileDigest;
 use crate::hash::{FileHash, TreeHash};
+use xfer_protocol::digest::{entry_digest, listing_digest, EntryContent, EntryMeta};
 
 /// Version of the manifest encoding and of the chunking rules behind it
 /// (`ChunkParams::for_size`, FastCDC 2020 normalization level 1, BLAKE3 ids).
@@ -465,42 +466,33 @@ impl Tree {
         let mut listings: HashMap<RelPath, Vec<ChildDigest>> = HashMap::new();
         // Reverse sorted order visits every subtree before its directory.
         for entry in manifest.entries.iter().rev() {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update(&(entry.path.name().len() as u64).to_le_bytes());
-            hasher.update(entry.path.name());
-            hasher.update(&entry.meta.mode.to_le_bytes());
-            hasher.update(&entry.meta.mtime.secs.to_le_bytes());
-            hasher.update(&entry.meta.mtime.nanos.to_le_bytes());
-            hash_owner_and_xattrs(&mut hasher, &entry.meta);
-            match &entry.kind {
+            let meta = &entry.meta;
+            let wire_meta = EntryMeta {
+                mode: meta.mode,
+                mtime: xfer_protocol::msg::Mtime { secs: meta.mtime.secs, nanos: meta.mtime.nanos },
+                uid: meta.uid,
+                gid: meta.gid,
+                user: &meta.user,
+                group: &meta.group,
+            };
+            let xattrs = meta.xattrs.iter().map(|x| (x.name.as_slice(), x.value.as_slice()));
+            let listing;
+            let content = match &entry.kind {
                 EntryKind::Dir => {
                     let children = listings.entry(entry.path.clone()).or_default();
                     children.reverse();
-                    hasher.update(b"d");
-                    hasher.update(listing_hash(children).as_bytes());
+                    listing = listing_hash(children);
+                    EntryContent::Dir { listing: &listing.0 }
                 }
-                EntryKind::Symlink { target } => {
-                    hasher.update(b"l");
-                    hasher.update(target);
-                }
-                EntryKind::File(digest) => {
-                    hasher.update(b"f");
-                    hasher.update(&digest.size.to_le_bytes());
-                    hasher.update(digest.hash.as_bytes());
-                }
+                EntryKind::Symlink { target } => EntryContent::Symlink { target },
+                EntryKind::File(digest) => EntryContent::File { size: digest.size, hash: &digest.hash.0 },
                 EntryKind::HardLink { target, size, hash } => {
-                    hasher.update(b"h");
-                    hasher.update(&(target.as_bytes().len() as u64).to_le_bytes());
-                    hasher.update(target.as_bytes());
-                    hasher.update(&size.to_le_bytes());
-                    hasher.update(hash.as_bytes());
+                    EntryContent::HardLink { target: target.as_bytes(), size: *size, hash: &hash.0 }
                 }
-            }
-            let child = ChildDigest {
-                name: entry.path.name().to_vec(),
-                digest: hasher.finalize().into(),
-                is_dir: matches!(entry.kind, EntryKind::Dir),
             };
+            let digest = TreeHash(entry_digest(entry.path.name(), &wire_meta, xattrs, content));
+            let child =
+                ChildDigest { name: entry.path.name().to_vec(), digest, is_dir: matches!(entry.kind, EntryKind::Dir) };
             listings.entry(entry.path.parent()).or_default().push(child);
         }
         let root_children = listings.entry(RelPath::root()).or_default();
@@ -520,32 +512,8 @@ impl Tree {
     }
 }
 
-/// Owner, group, their names and the xattrs, each length-prefixed so no
-/// two metadata hash alike.
-fn hash_owner_and_xattrs(hasher: &mut blake3::Hasher, meta: &Meta) {
-    hasher.update(&meta.uid.to_le_bytes());
-    hasher.update(&meta.gid.to_le_bytes());
-    for bytes in [&meta.user, &meta.group] {
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    }
-    hasher.update(&(meta.xattrs.len() as u64).to_le_bytes());
-    for xattr in &meta.xattrs {
-        for bytes in [&xattr.name, &xattr.value] {
-            hasher.update(&(bytes.len() as u64).to_le_bytes());
-            hasher.update(bytes);
-        }
-    }
-}
-
 fn listing_hash(children: &[ChildDigest]) -> TreeHash {
-    let mut hasher = blake3::Hasher::new();
-    for child in children {
-        hasher.update(&(child.name.len() as u64).to_le_bytes());
-        hasher.update(&child.name);
-        hasher.update(child.digest.as_bytes());
-    }
-    hasher.finalize().into()
+    TreeHash(listing_digest(children.iter().map(|child| (child.name.as_slice(), &child.digest.0))))
 }
 
 /// Where two trees differ, found top-down.

@@ -3,13 +3,20 @@
 //! for fast and long links. The only module that names quinn.
 
 pub mod access;
+mod admission;
 pub mod audit;
+mod caps;
 pub mod client;
 mod controller;
 pub mod driver;
+mod frames;
 pub mod identity;
+pub mod limiter;
+mod link;
+mod served;
 pub mod server;
 mod tls;
+mod watch;
 
 use std::fmt;
 use std::io;

@@ -11,20 +11,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use xfer::chunk::digest_bytes;
 use xfer::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
 
-/// Deterministic pseudo-random bytes (xorshift64*).
+/// Pseudo-random bytes, the same for the same seed; a shorter run is a
+/// prefix of a longer one.
 pub fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
+    let mut data = vec![0; len];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut data);
+    data
 }
 
 /// One node of a model tree.

@@ -24,7 +24,7 @@ use xfer::net::access::Access;
 use xfer::net::client::{self, RemoteError, RemotePush, RemoteUrl, Report};
 use xfer::net::identity::{Fingerprint, HostTrust, Identity, KnownHosts};
 use xfer::plan::DeleteLimit;
-use xfer::throttle::{local_time_now, Direction, Limiter, LocalTime, Rate, Timetable, Window};
+use xfer::throttle::{local_time_now, Flow, Limiter, LocalTime, Rate, Timetable, Window};
 
 /// Exit code of a usage error, and of a run refused before it changed
 /// anything (too many deletes), which is the user's call to make.
@@ -362,7 +362,7 @@ fn transfer(
     let (window_text, window) = transfer_window(args, &settings)?;
     let bwlimit = args.bwlimit.as_deref().or(settings.bwlimit.as_deref());
     let timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
-    let direction = if push { Direction::Up } else { Direction::Down };
+    let direction = if push { Flow::Up } else { Flow::Down };
     let started_at = now()?;
     if let Some(timetable) = &timetable {
         options.bwlimit = Limiter::new(timetable.rate_at(started_at, direction));
@@ -436,7 +436,7 @@ fn watch_stops(
     options: &RemotePush,
     timetable: Option<Timetable>,
     window: Option<Window>,
-    direction: Direction,
+    direction: Flow,
 ) -> anyhow::Result<Arc<AtomicU8>> {
     let stop = Arc::new(AtomicU8::new(EXIT_INTERRUPTED));
     let mut signals = runtime.block_on(async { StopSignals::install() })?;

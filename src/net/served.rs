@@ -1,0 +1,191 @@
+//! What a server serves: its configuration, where the state of each tree
+//! lives, and the filesystem rules a client's path must pass before a
+//! store opens.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use xfer_protocol::CloseCode;
+
+use super::access::Access;
+use super::caps::Caps;
+use crate::fs::store::{MetaPolicy, MirrorStore, Receiving};
+use crate::manifest::RelPath;
+use crate::net::audit::AuditLog;
+use crate::session::{OpenRequest, SessionError};
+use crate::throttle::{Limiter, Rate};
+
+/// Name of the server's state directory inside its root; clients can never
+/// push to it.
+pub const SERVER_STATE_DIR: &str = ".xfer";
+
+/// Sessions a server runs at once unless configured otherwise
+/// ([`ServeConfig::max_sessions`]).
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+
+/// What the server serves and to whom.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The directory whose subdirectories clients push into.
+    pub root: PathBuf,
+    /// Who may read and write where.
+    pub access: Access,
+    /// Where the state of each served tree is kept.
+    pub state: ServerState,
+    /// Cap on each session's data direction (`serve --bwlimit`).
+    pub per_session: Rate,
+    /// Cap on all sessions together (`serve --bwlimit-total`).
+    pub total: Limiter,
+    /// Where each session leaves its record (`serve --audit-log`).
+    pub audit: Option<Arc<AuditLog>>,
+    /// Sessions served at once; a connection over the limit is closed with
+    /// `Busy` and a reason (clients retry).
+    pub max_sessions: usize,
+    /// A session whose client moves no stream bytes for this long, while
+    /// the server waits on it, is closed with `Timeout`. QUIC's idle
+    /// timeout alone does not do it: the client's stack answers keep-alives
+    /// even when the client itself has stalled.
+    pub idle_timeout: Duration,
+    /// Cancelling it shuts the server down: no new session is accepted,
+    /// each running one stops at its next commit point and is closed with
+    /// the reason, its record is written, and then [`serve`](super::driver::serve) returns.
+    pub shutdown: CancellationToken,
+    /// What of a pushed entry's metadata is applied: a remote client's
+    /// setuid bits, owners, ACLs and privileged xattrs never reach the
+    /// disk ([`MetaPolicy::Confined`], the default) and are kept in the
+    /// tree's records, to be given back on pull. The embedded server of a
+    /// local push, whose client is the user at hand, applies them all.
+    pub metadata: MetaPolicy,
+    /// Where an in-process caller gets the entries each push session could
+    /// not write, by path: the embedded server of a local push, whose user
+    /// sees no server log (the wire carries only their count).
+    pub failures: Option<tokio::sync::mpsc::UnboundedSender<Vec<crate::fs::store::FailedEntry>>>,
+    /// The congestion controller of the server's endpoint, for the audit
+    /// log (the endpoint's [`super::Tuning`] sets it).
+    pub congestion: super::Congestion,
+}
+
+impl ServeConfig {
+    /// Serves `root` as `access` allows, keeping state in `ROOT/.xfer`.
+    pub fn new(root: PathBuf, access: Access) -> Self {
+        ServeConfig {
+            root,
+            access,
+            state: ServerState::InRoot,
+            per_session: Rate(None),
+            total: Limiter::unlimited(),
+            audit: None,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            idle_timeout: super::IDLE_TIMEOUT,
+            shutdown: CancellationToken::new(),
+            metadata: MetaPolicy::Confined,
+            failures: None,
+            congestion: super::Congestion::default(),
+        }
+    }
+
+    /// The caps of a new session: its own, and the server's total.
+    pub(super) fn caps(&self) -> Caps {
+        Caps(vec![Limiter::new(self.per_session), self.total.clone()])
+    }
+
+    /// The state database of the tree at `path`, and whether the root's
+    /// first component [`SERVER_STATE_DIR`] is reserved for it.
+    pub(super) fn state_file(&self, path: &RelPath) -> (PathBuf, bool) {
+        let key = blake3::hash(path.as_bytes()).to_hex();
+        match &self.state {
+            ServerState::InRoot => {
+                (self.root.join(SERVER_STATE_DIR).join("trees").join(format!("{}.redb", &key[..32])), true)
+            }
+            ServerState::Outside(dir) => (dir.join(format!("{}.redb", &key[..32])), false),
+        }
+    }
+
+    /// Refuses `path` when it lies in the server's own state.
+    pub(super) fn check_reserved(&self, path: &RelPath) -> Result<(), SessionError> {
+        let first = path.as_bytes().split(|&b| b == b'/').next();
+        if self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
+            return Err(SessionError::Peer {
+                code: Some(CloseCode::OutsideAllowedPath),
+                message: format!("/{SERVER_STATE_DIR} is the server's own state; use another path"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a server keeps the state (chunk index, file records) of the trees
+/// it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// In `ROOT/.xfer`, which clients can then never read or write: a
+    /// server's state travels with its root.
+    InRoot,
+    /// In this directory outside the root, which is then served whole: the
+    /// embedded server of a local push, whose destination is the user's own
+    /// directory.
+    Outside(PathBuf),
+}
+
+/// Refuses a destination reached through a symlink or a file, and a pull
+/// of a path that is not there. An earlier push may have left `site/link
+/// -> /etc`: opening `site/link` must not lead out of the served root.
+pub(super) fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> Result<(), SessionError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut at = root.to_path_buf();
+    let mut shown = String::new();
+    for component in path.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        at.push(std::ffi::OsStr::from_bytes(component));
+        shown.push('/');
+        shown.push_str(&String::from_utf8_lossy(component));
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) => {
+                let what = if meta.file_type().is_symlink() { "a symlink" } else { "not a directory" };
+                return Err(SessionError::Peer {
+                    code: Some(CloseCode::OutsideAllowedPath),
+                    message: format!("{shown} is {what} on the server; use a path through real directories only"),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SessionError::Peer {
+                    code: Some(CloseCode::NotFound),
+                    message: format!("{shown} does not exist on the server"),
+                })
+            }
+            Err(e) => return Err(crate::Error::io(at, e).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Opens the destination a client asked for, under the server's root.
+pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<Receiving, SessionError> {
+    let path = request.path.clone().unwrap_or_else(RelPath::root);
+    config.check_reserved(&path)?;
+    check_real_dirs(&config.root, &path, false)?;
+    let (state, reserve) = config.state_file(&path);
+    let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
+    let store = store.with_policy(config.metadata);
+    let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
+    Ok(Receiving::new(store))
+}
+
+/// `Busy` with what to do when another push holds the tree's state, else
+/// the error itself.
+pub(super) fn busy_or(e: crate::Error, path: &RelPath) -> SessionError {
+    if e.is_busy() {
+        return SessionError::Peer {
+            code: Some(CloseCode::Busy),
+            message: format!(
+                "another transfer is writing /{path}, a directory above it or one inside it; \
+                 try again when it ends"
+            ),
+        };
+    }
+    e.into()
+}

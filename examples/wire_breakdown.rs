@@ -12,9 +12,10 @@ use std::path::PathBuf;
 
 use xfer::codec::{Compression, Encoder};
 use xfer::fs::scan::{scan, ScanOptions};
-use xfer::fs::store::MirrorStore;
+use xfer::fs::store::{MirrorReceiver as Receiver, MirrorStore, Receiving};
 use xfer::plan::PlanOptions;
-use xfer::session::{FileReader, OpenRequest, Receiver, Sender, SessionError};
+use xfer::session::pair::{self, Toward};
+use xfer::session::{FileReader, OpenRequest, Sender, SenderConfig, SessionError};
 use xfer_protocol::{frame, Message};
 
 type Tally = BTreeMap<(&'static str, String), (u64, u64)>;
@@ -42,40 +43,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let encoder = Encoder::new(Compression::Auto)?;
-    let mut sender = Sender::new(
-        source.clone(),
-        FileReader::new(src.clone()),
-        encoder,
-        Vec::new(),
-        PlanOptions { delete: true, protect: None, ..Default::default() },
-        false,
-        remembered,
-    );
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let mut config = SenderConfig::new(source.clone(), FileReader::new(src.clone()), encoder);
+    config.plan = PlanOptions { delete: true, protect: None, ..Default::default() };
+    config.remembered = remembered;
+    let mut sender = Sender::new(config);
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(Receiving::new).map_err(SessionError::from)
+    }));
     let mut tally = Tally::new();
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data()? {
-            count(&mut tally, "up", &message);
-            receiver.handle(message)?;
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            count(&mut tally, "up", &message);
-            receiver.handle(message)?;
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            count(&mut tally, "down", &message);
-            sender.handle(message)?;
-            progressed = true;
-        }
-        if !progressed {
-            break;
-        }
-    }
+    pair::run_with(&mut sender, &mut receiver, |toward, message| {
+        count(&mut tally, if toward == Toward::Receiver { "up" } else { "down" }, &message);
+        message
+    })?;
     std::fs::write(&memory, source.encode())?;
     let mut totals = (0, 0);
     for ((direction, kind), (messages, bytes)) in &tally {

@@ -15,7 +15,7 @@ if grep -rnE '\bxfer::' src/core --include=*.rs; then
   echo "layers: the core crate must not name the xfer crate" >&2
   status=1
 fi
-if grep -rnE '\b(tokio|quinn|std::net|Instant::now)\b' src/session; then
+if grep -rnE '\b(tokio|quinn|std::net|Instant::now)\b' src/core/session; then
   echo "layers: sessions are sans-IO: no sockets, no runtime, no clock" >&2
   status=1
 fi

@@ -1,24 +1,25 @@
-//! The local push: scan the source, refresh the receiving store, plan, and
-//! apply, with chunks encoded exactly as they would travel on the wire.
+//! The local push: scan the source and run a push session in memory into
+//! the receiving store, with chunks encoded exactly as they would travel on
+//! the wire; and the state files both sides keep.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+use xfer_protocol::msg::Summary;
 
-use crate::chunk::ChunkRef;
-use crate::codec::{Compression, EncodedChunk, Encoder};
+use crate::codec::{Compression, Encoder};
 use crate::error::{Error, IoContext, Result};
 use crate::filter::Filter;
+use crate::fs::reader::FileReader;
 use crate::fs::scan::{scan_with, Records, Scan, ScanOptions};
 use crate::fs::store::state::StateDb;
-use crate::fs::store::{ApplyReport, ChunkRequest, ChunkSupply, FailedEntry, MirrorStore, Store};
-use crate::hash::ChunkId;
+use crate::fs::store::{FailedEntry, MirrorStore, Receiving};
 use crate::manifest::{EntryKind, Manifest, RelPath};
-use crate::plan::{plan, PlanOptions};
+use crate::plan::PlanOptions;
+use crate::session::pair::{self, Traffic};
+use crate::session::{OpenRequest, Receiver, Sender, SenderConfig, SessionError};
 
 /// What a push should do.
 #[derive(Clone, Debug)]
@@ -83,7 +84,10 @@ impl Stats {
     }
 }
 
-/// Pushes the tree at `src` into the local directory `dest`.
+/// Pushes the tree at `src` into the local directory `dest`: a push
+/// session whose sender and receiver run here, in memory
+/// ([`crate::session::pair`]), with chunks encoded exactly as they would
+/// travel on the wire.
 ///
 /// # Errors
 /// [`Error`] when the push cannot go on: unreadable roots, state database
@@ -96,25 +100,24 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
     let scan_options =
         ScanOptions { checksum: options.checksum, filter: options.filter.clone(), ..ScanOptions::default() };
     let scanned = scan_source(&src, &options.state_dir, scan_options)?;
+    let store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
 
-    let mut store = MirrorStore::open(&dest, &state_file(&options.state_dir, "dests", &dest))?;
-    store.refresh(options.checksum)?;
-    let source = &scanned.manifest;
-    let present = present_chunks(source, store.manifest(), &store)?;
-    let plan_options = PlanOptions {
+    let source = Arc::new(scanned.manifest.clone());
+    let encoder = Encoder::new(options.compression).map_err(|e| Error::Encoder(Box::new(e)))?;
+    let mut config = SenderConfig::new(Arc::clone(&source), FileReader::new(src), encoder);
+    config.plan = PlanOptions {
         delete: options.delete,
         protect: options.filter.clone(),
         skipped: Arc::new(scanned.skipped_paths()),
     };
-    let plan = plan(source, store.manifest(), |id| present.contains(id), plan_options);
-
-    let mut supply = LocalSupply {
-        root: src.clone(),
-        encoder: Encoder::new(options.compression).map_err(|e| Error::Encoder(Box::new(e)))?,
-        open: None,
-    };
-    let metadata_bytes = metadata_bytes(&plan, store.manifest());
-    let report = store.apply(&plan, &mut supply)?;
+    config.checksum = options.checksum;
+    let mut sender = Sender::new(config);
+    let mut store = Some(Receiving::new(store));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        store.take().ok_or_else(|| SessionError::Protocol("the destination was opened twice".into()))
+    }));
+    let traffic = pair::run(&mut sender, &mut receiver).map_err(|e| local_error(e, &dest))?;
+    let summary = receiver.summary().copied().ok_or_else(|| local_error(stalled(), &dest))?;
 
     let mut stats = Stats::default();
     for entry in source.entries() {
@@ -125,13 +128,37 @@ pub fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Stat
         }
     }
     stats.files_read = scanned.files_read;
-    stats.metadata_bytes = metadata_bytes;
-    absorb(&mut stats, &report);
+    stats.metadata_bytes = metadata_bytes(sender.ops(), sender.planned_against());
+    absorb(&mut stats, &summary, &traffic);
+    // The receiver's failures include the files the sender gave up on.
+    stats.skipped.extend(receiver.failed().iter().cloned());
     stats
         .skipped
         .extend(scanned.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.clone() }));
-    stats.skipped.extend(plan.skipped.iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.into() }));
+    stats
+        .skipped
+        .extend(sender.skipped().iter().map(|s| FailedEntry { path: s.path.to_string(), error: s.reason.into() }));
     Ok(stats)
+}
+
+/// A session run in memory that ended with neither side failing nor both
+/// finished: a fault of the sessions themselves.
+fn stalled() -> SessionError {
+    SessionError::Protocol("the local session stopped before the receiver's summary".into())
+}
+
+/// A local session's failure as this crate's error: the sides' own errors
+/// as they were; a session fault (no peer is involved) named with the
+/// destination.
+fn local_error(e: SessionError, dest: &Path) -> Error {
+    match e {
+        SessionError::DeleteRefused(refused) => Error::DeleteRefused(refused),
+        SessionError::Local(e) => match e.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(e) => Error::io(dest, std::io::Error::other(e)),
+        },
+        e => Error::io(dest, std::io::Error::other(e)),
+    }
 }
 
 /// The canonical forms of a local source and destination (which need not
@@ -209,25 +236,24 @@ pub fn source_records(src: &Path, state_dir: &Path) -> Result<StateDb> {
     StateDb::open(&state_file(state_dir, "sources", src))
 }
 
-fn absorb(stats: &mut Stats, report: &ApplyReport) {
-    stats.files_changed = report.files_written;
-    stats.chunks_sent = report.chunks_fetched;
-    stats.bytes_sent = report.bytes_fetched;
-    stats.chunks_delta = report.chunks_delta;
-    stats.signature_bytes = report.signature_bytes;
-    stats.refine_request_bytes = report.refine_request_bytes;
-    stats.chunks_reused = report.chunks_reused;
-    stats.entries_deleted = report.entries_deleted;
-    stats.skipped.extend(report.failed.iter().cloned());
+fn absorb(stats: &mut Stats, summary: &Summary, traffic: &Traffic) {
+    stats.files_changed = summary.files_written;
+    stats.chunks_sent = summary.chunks_received;
+    stats.bytes_sent = summary.bytes_received;
+    stats.chunks_delta = summary.chunks_delta;
+    stats.signature_bytes = traffic.signature_bytes;
+    stats.refine_request_bytes = traffic.refine_request_bytes;
+    stats.chunks_reused = summary.chunks_reused;
+    stats.entries_deleted = summary.deleted;
 }
 
-/// Encoded size of `plan`'s entry changes against the receiver's tree `dest`.
-fn metadata_bytes(plan: &crate::plan::Plan, dest: &Manifest) -> u64 {
+/// Encoded size of the plan's entry changes against the receiver's tree `dest`.
+fn metadata_bytes(ops: &[crate::plan::Op], dest: &Manifest) -> u64 {
     use crate::plan::{wire_chunk_list, Op};
     let held: HashSet<_> = dest.entries().iter().filter_map(|e| e.file()).map(|f| f.hash).collect();
     let size = |value: &dyn erased::Encode| value.encoded_len();
     let mut total = 0;
-    for op in &plan.ops {
+    for op in ops {
         total += match op {
             Op::WriteFile { path, meta, digest } if held.contains(&digest.hash) => size(&(path, meta, digest.hash)),
             Op::WriteFile { path, meta, digest } => {
@@ -257,22 +283,6 @@ mod erased {
     }
 }
 
-/// Which chunks of source files that differ from the destination the
-/// receiver already holds (asked in one batch, as the wire will).
-fn present_chunks(source: &Manifest, dest: &Manifest, store: &impl Store) -> Result<HashSet<ChunkId>> {
-    let mut wanted: Vec<ChunkId> = Vec::new();
-    let mut seen = HashSet::new();
-    for entry in source.entries() {
-        let Some(digest) = entry.file() else { continue };
-        if dest.get(&entry.path).and_then(|d| d.file()).is_some_and(|d| d.hash == digest.hash) {
-            continue;
-        }
-        wanted.extend(digest.chunks.iter().map(|c| c.id).filter(|id| seen.insert(*id)));
-    }
-    let has = store.has_chunks(&wanted)?;
-    Ok(wanted.into_iter().zip(has).filter_map(|(id, has)| has.then_some(id)).collect())
-}
-
 /// The state file for `tree` under `state_dir/kind/`, named by a hash of
 /// the tree's canonical path.
 pub fn state_file(state_dir: &Path, kind: &str, tree: &Path) -> PathBuf {
@@ -288,39 +298,4 @@ pub fn default_state_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("xfer"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/xfer"))
-}
-
-/// Serves chunks straight from the source tree, encoded as for the wire.
-struct LocalSupply {
-    root: PathBuf,
-    encoder: Encoder,
-    open: Option<(RelPath, File)>,
-}
-
-impl ChunkSupply for LocalSupply {
-    fn fetch(&mut self, request: &ChunkRequest<'_>) -> Result<EncodedChunk> {
-        let abs = request.path.to_path(&self.root);
-        if self.open.as_ref().is_none_or(|(p, _)| p != request.path) {
-            let file = File::open(&abs).at(&abs)?;
-            self.open = Some((request.path.clone(), file));
-        }
-        let (_, file) = self.open.as_ref().expect("invariant: opened just above");
-        let bytes = read_exact_at(file, request.offset, request.chunk, &abs)?;
-        Ok(match request.base {
-            Some(sig) => self.encoder.encode_with_base_refined(&bytes, sig, request.refine),
-            None => self.encoder.encode(&bytes),
-        })
-    }
-}
-
-fn read_exact_at(file: &File, offset: u64, chunk: ChunkRef, abs: &Path) -> Result<Vec<u8>> {
-    let mut bytes = vec![0u8; chunk.len as usize];
-    match file.read_exact_at(&mut bytes, offset) {
-        Ok(()) if ChunkId::of(&bytes) == chunk.id => Ok(bytes),
-        Ok(()) => Err(Error::SourceChanged { path: abs.to_path_buf() }),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(Error::SourceChanged { path: abs.to_path_buf() })
-        }
-        Err(e) => Err(Error::io(abs, e)),
-    }
 }

@@ -99,8 +99,8 @@ macro_rules! internal_modules {
 
 internal_modules!(engine, fs, net, session, usecase);
 
+#[cfg(not(feature = "internals"))]
+use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, wire};
-#[cfg(not(feature = "internals"))]
-use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, wire};

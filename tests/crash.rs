@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
 use xfer::fs::scan::{StatKey, TEMP_PREFIX};
 use xfer::fs::store::state::StateDb;
-use xfer::fs::store::{MirrorStore, Store};
+use xfer::fs::store::MirrorStore;
 use xfer::hash::{ChunkId, FileHash};
 use xfer::manifest::RelPath;
 

@@ -385,7 +385,9 @@ pub(crate) mod held_deletes {
     use xfer::fs::scan::{scan, ScanOptions};
     use xfer::fs::store::MirrorStore;
     use xfer::plan::{DeleteLimit, PlanOptions};
-    use xfer::session::{FileReader, Receiver, Sender, SessionError};
+    use xfer::session::{FileReader, Sender, SenderConfig, SessionError};
+
+    use xfer::fs::store::MirrorReceiver as Receiver;
     use xfer_protocol::frame;
 
     use crate::plan_model::random_tree;
@@ -405,34 +407,17 @@ pub(crate) mod held_deletes {
         limit: DeleteLimit,
     ) -> Result<(), SessionError> {
         let store = MirrorStore::open(dest, state).unwrap();
-        let mut receiver = Receiver::initiate(store, Vec::new(), true, false).unwrap();
+        let mut receiver = Receiver::initiate(xfer::fs::store::Receiving::new(store), Vec::new(), true, false).unwrap();
         receiver.set_delete_limit(limit);
         let _hello = receiver.poll_transmit().unwrap();
         let Some(xfer_protocol::Message::Open(open)) = receiver.poll_transmit() else { panic!("Open expected") };
         let source = scan(src, &HashMap::new(), ScanOptions::default()).unwrap().manifest;
         let encoder = Encoder::new(Compression::Raw).unwrap();
         let options = PlanOptions { delete: true, protect: None, ..Default::default() };
-        let mut sender =
-            Sender::respond(source, FileReader::new(src.to_path_buf()), encoder, options, open.remembered_root);
-        loop {
-            let mut progressed = false;
-            while let Some(message) = sender.poll_data().unwrap() {
-                receiver.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            while receiver.wants_input() {
-                let Some(message) = sender.poll_transmit() else { break };
-                receiver.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            while let Some(message) = receiver.poll_transmit() {
-                sender.handle(roundtrip(message))?;
-                progressed = true;
-            }
-            if !progressed {
-                break;
-            }
-        }
+        let mut config = SenderConfig::new(source, FileReader::new(src.to_path_buf()), encoder);
+        config.plan = options;
+        let mut sender = Sender::respond(config, open.remembered_root);
+        xfer::session::pair::run_with(&mut sender, &mut receiver, |_, message| roundtrip(message))?;
         assert!(sender.is_finished() && receiver.is_finished(), "pull stalled");
         Ok(())
     }

@@ -11,7 +11,9 @@ use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
 use xfer::fs::scan::TEMP_PREFIX;
 use xfer::fs::store::MirrorStore;
-use xfer::session::{OpenRequest, Receiver, SessionError};
+use xfer::session::{OpenRequest, SessionError};
+
+use xfer::fs::store::MirrorReceiver as Receiver;
 use xfer_protocol::{msg, Message, PROTOCOL_VERSION};
 
 use crate::util::seeded;
@@ -20,8 +22,9 @@ use crate::util::seeded;
 /// sent so far drained.
 fn opened(dest: &Path, state: &Path) -> Receiver {
     let (dest, state) = (dest.to_path_buf(), state.to_path_buf());
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     let hello = msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
     let open = msg::Open {

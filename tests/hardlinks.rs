@@ -260,36 +260,48 @@ async fn remote_push_and_pull_keep_link_groups() {
 #[test]
 fn a_link_to_the_wrong_content_fails_alone() {
     use xfer::chunk::digest_bytes;
-    use xfer::fs::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
-    use xfer::plan::{Op, Plan};
+    use xfer::fs::store::MirrorStore;
+    use xfer_protocol::{msg, Message};
 
-    struct NoSupply;
-    impl ChunkSupply for NoSupply {
-        fn fetch(&mut self, _: &ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
-            unreachable!("no file is written")
-        }
-    }
     let tmp = TempDir::new().unwrap();
     let dest = tmp.path().join("dest");
     fs::create_dir(&dest).unwrap();
     fs::write(dest.join("t"), b"target").unwrap();
     fs::write(dest.join("l"), b"old l").unwrap();
-    let mut store = MirrorStore::open(&dest, &tmp.path().join("state.redb")).unwrap();
-    store.refresh(false).unwrap();
+    let state = tmp.path().join("state.redb");
+    let mut receiver = crate::util::pair::receiver_into(MirrorStore::open(&dest, &state).unwrap());
     let (right, wrong) = (digest_bytes(b"target"), digest_bytes(b"other"));
-    let link = |path: &str, target: &str, digest: &xfer::chunk::FileDigest| Op::Link {
-        path: crate::util::rel(path.as_bytes()),
-        target: crate::util::rel(target.as_bytes()),
-        size: digest.size,
-        hash: digest.hash,
+    let link = |path: &str, target: &str, digest: &xfer::chunk::FileDigest| {
+        Message::Link(msg::Link {
+            path: path.as_bytes().to_vec(),
+            target: target.as_bytes().to_vec(),
+            size: digest.size,
+            hash: digest.hash.0,
+        })
     };
-    let plan = Plan {
-        ops: vec![link("l", "t", &wrong), link("m", "missing", &right), link("ok", "t", &right)],
-        ..Plan::default()
+    let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
+    let open = msg::Open {
+        direction: msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: Vec::new(),
     };
-    let report = store.apply(&plan, &mut NoSupply).unwrap();
-    let failed: Vec<&str> = report.failed.iter().map(|f| f.path.as_str()).collect();
-    assert_eq!(failed, ["l", "m"], "{:?}", report.failed);
+    for message in [
+        Message::Hello(hello),
+        Message::Open(open),
+        link("l", "t", &wrong),
+        link("m", "missing", &right),
+        link("ok", "t", &right),
+        Message::Done(msg::Done),
+    ] {
+        receiver.handle(message).unwrap();
+    }
+    assert!(receiver.is_finished());
+    let failed: Vec<&str> = receiver.failed().iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(failed, ["l", "m"], "{:?}", receiver.failed());
+    drop(receiver);
     assert_eq!(fs::read(dest.join("l")).unwrap(), b"old l");
     assert!(!dest.join("m").exists());
     assert_eq!(ino(&dest.join("ok")), ino(&dest.join("t")));
@@ -297,6 +309,7 @@ fn a_link_to_the_wrong_content_fails_alone() {
     let names: Vec<String> =
         fs::read_dir(&dest).unwrap().map(|d| d.unwrap().file_name().into_string().unwrap()).collect();
     assert!(names.iter().all(|n| !n.starts_with(".xfer-tmp")), "{names:?}");
+    let mut store = MirrorStore::open(&dest, &state).unwrap();
     let manifest = store.refresh(false).unwrap();
     // `ok` sorts first, so it is the file and `t` its other name.
     let kind = &manifest.get(&crate::util::rel(b"t")).unwrap().kind;

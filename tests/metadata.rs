@@ -16,13 +16,14 @@ use std::sync::Arc;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tempfile::TempDir;
-use xfer::fs::store::{ChunkSupply, MetaPolicy, MirrorStore, Store};
+use xfer::fs::store::{MetaPolicy, MirrorStore};
 use xfer::manifest::{Meta, Mtime, RelPath, Xattr};
 use xfer::net::access::Access;
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
-use xfer::plan::{Op, Plan};
+use xfer::plan::Op;
+use xfer::session::Destination;
 use xfer::usecase::{local::push_local, pull::pull, push::push, RemoteUrl, TransferOptions};
 
 /// Why these tests cannot run here, if they cannot.
@@ -293,12 +294,6 @@ async fn local_push_keeps_owners_xattrs_and_acls() {
 /// Applies `meta` to a directory and a file of a store with `policy`, then
 /// returns what a refresh reports for them.
 fn apply_to_store(root: &Path, policy: MetaPolicy, dir_meta: &Meta, file_meta: &Meta) -> (Meta, Meta) {
-    struct NoChunks;
-    impl ChunkSupply for NoChunks {
-        fn fetch(&mut self, _: &xfer::fs::store::ChunkRequest<'_>) -> xfer::Result<xfer::codec::EncodedChunk> {
-            unreachable!("metadata only")
-        }
-    }
     let tree = root.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("f"), b"content").unwrap();
@@ -310,7 +305,11 @@ fn apply_to_store(root: &Path, policy: MetaPolicy, dir_meta: &Meta, file_meta: &
         Op::SetMeta { path: f.clone(), meta: file_meta.clone() },
         Op::SetMeta { path: d.clone(), meta: dir_meta.clone() },
     ];
-    store.apply(&Plan { ops, ..Plan::default() }, &mut NoChunks).unwrap();
+    let mut rx = store.receive();
+    for op in &ops {
+        rx.apply_op(op).unwrap();
+    }
+    rx.finish().unwrap();
     let manifest = store.refresh(false).unwrap();
     (manifest.get(&d).unwrap().meta.clone(), manifest.get(&f).unwrap().meta.clone())
 }
@@ -384,13 +383,16 @@ proptest! {
 /// sender cannot make it hold a gigabyte of xattrs.
 #[test]
 fn queued_xattrs_are_bounded_in_bytes() {
-    use xfer::session::{OpenRequest, Receiver, SessionError, MAX_QUEUED_META_BYTES, MAX_QUEUED_OPS};
+    use xfer::session::{OpenRequest, SessionError, MAX_QUEUED_META_BYTES, MAX_QUEUED_OPS};
+
+    use xfer::fs::store::MirrorReceiver as Receiver;
     use xfer_protocol::{msg, Message};
     let tmp = TempDir::new().unwrap();
     let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
     std::fs::create_dir(&dest).unwrap();
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
     let open = msg::Open {

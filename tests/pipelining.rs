@@ -16,9 +16,11 @@ use xfer::fs::scan::{scan, ScanOptions, TEMP_PREFIX};
 use xfer::fs::store::MirrorStore;
 use xfer::plan::PlanOptions;
 use xfer::session::{
-    FileReader, Limits, OpenRequest, Receiver, Sender, SessionError, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES,
+    FileReader, Limits, OpenRequest, Sender, SenderConfig, SessionError, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES,
     MAX_OUTSTANDING_CHUNKS, MIN_FILES_IN_FLIGHT,
 };
+
+use xfer::fs::store::MirrorReceiver as Receiver;
 use xfer_protocol::Message;
 
 use crate::util::{read_tree, seeded};
@@ -64,10 +66,13 @@ fn push_in_rounds(window: Option<u64>) -> Seen {
     let manifest = scan(&src, &HashMap::new(), ScanOptions::default()).unwrap().manifest;
     let encoder = Encoder::new(Compression::Auto).unwrap();
     let options = PlanOptions { delete: true, protect: None, ..Default::default() };
-    let mut sender = Sender::new(manifest, FileReader::new(src.clone()), encoder, Vec::new(), options, false, None);
+    let mut config = SenderConfig::new(manifest, FileReader::new(src.clone()), encoder);
+    config.plan = options;
+    let mut sender = Sender::new(config);
     let (d, s) = (dest.clone(), state.clone());
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&d, &s).map_err(SessionError::from)));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&d, &s).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     if let Some(window) = window {
         receiver.set_request_window(window);
     }

@@ -9,16 +9,18 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tempfile::TempDir;
-use xfer::codec::{Compression, EncodedChunk, Encoder};
+use xfer::codec::{Compression, Encoder};
 use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::filter::Filter;
 use xfer::fs::scan::{scan, ScanOptions, StatKey};
 use xfer::fs::store::state::StateDb;
-use xfer::fs::store::{ChunkRequest, ChunkSupply, MirrorStore, Store};
+use xfer::fs::store::MirrorStore;
 use xfer::manifest::{EntryKind, RelPath};
-use xfer::plan::{plan, wire_chunk_list, ListEdit, PlanOptions};
+use xfer::plan::{wire_chunk_list, ListEdit};
+use xfer::session::Destination;
 
 use crate::plan_model::{random_edit, random_tree};
+use crate::util::pair::{push_into, ModelReader};
 use crate::util::{assert_same_tree, materialize, read_tree, rel, seeded, Model, Node};
 
 struct Dirs {
@@ -213,25 +215,7 @@ fn push_keeps_state_out_of_destination() {
     assert!(fs::read_dir(&d.state).unwrap().count() > 0);
 }
 
-/// Serves chunks from an in-memory source tree, like the engine does from disk.
-struct ModelSupply {
-    files: HashMap<RelPath, Vec<u8>>,
-    encoder: Encoder,
-}
-
-impl ChunkSupply for ModelSupply {
-    fn fetch(&mut self, request: &ChunkRequest<'_>) -> xfer::Result<EncodedChunk> {
-        let data = &self.files[request.path];
-        let start = request.offset as usize;
-        let bytes = &data[start..start + request.chunk.len as usize];
-        Ok(match request.base {
-            Some(sig) => self.encoder.encode_with_base_refined(bytes, sig, request.refine),
-            None => self.encoder.encode(bytes),
-        })
-    }
-}
-
-/// Interrupts the application of a plan at every step in turn. Each time,
+/// Interrupts a push session at every step of the store in turn. Each time,
 /// every destination file must be wholly its old or its new version, the
 /// state database must not claim anything the disk does not hold, and a
 /// re-run must complete the transfer.
@@ -268,26 +252,14 @@ fn apply_interrupted_at_every_step_is_atomic() {
         fs::create_dir(&dest).unwrap();
         materialize(&v1, &dest);
         let mut store = MirrorStore::open(&dest, &state_path).unwrap().with_batch_limits(2, u64::MAX);
-        let dest_manifest = store.refresh(false).unwrap().clone();
         let source = crate::util::manifest_of(&v2);
-        let ids: Vec<_> =
-            source.entries().iter().filter_map(|e| e.file()).flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
-        let present: std::collections::HashSet<_> =
-            ids.iter().zip(store.has_chunks(&ids).unwrap()).filter_map(|(id, has)| has.then_some(*id)).collect();
-        let first = plan(
-            &source,
-            &dest_manifest,
-            |id| present.contains(id),
-            PlanOptions { delete: true, protect: None, ..Default::default() },
-        );
-        let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
         store.fail_at_step(Some(step));
-        let result = store.apply(&first, &mut supply);
+        let (result, receiver) = push_into(source.clone(), ModelReader(new_files.clone()), store);
         let finished = result.is_ok();
-        if !finished {
-            assert!(matches!(result, Err(xfer::Error::Injected { .. })), "{result:?}");
+        if let Err(e) = &result {
+            assert!(matches!(e.local_error::<xfer::Error>(), Some(xfer::Error::Injected { .. })), "{e:?}");
         }
-        drop(store);
+        drop(receiver);
 
         // Every final name holds a complete old or new version; no temporaries.
         let on_disk = read_tree(&dest);
@@ -311,12 +283,8 @@ fn apply_interrupted_at_every_step_is_atomic() {
         }
         drop(db);
         // A re-run completes the transfer.
-        let mut store = MirrorStore::open(&dest, &state_path).unwrap();
-        let dest_manifest = store.refresh(false).unwrap().clone();
-        let rerun =
-            plan(&source, &dest_manifest, |_| false, PlanOptions { delete: true, protect: None, ..Default::default() });
-        let mut supply = ModelSupply { files: new_files.clone(), encoder: Encoder::new(Compression::Auto).unwrap() };
-        store.apply(&rerun, &mut supply).unwrap();
+        let store = MirrorStore::open(&dest, &state_path).unwrap();
+        push_into(source, ModelReader(new_files.clone()), store).0.unwrap();
         assert_same_tree(&read_tree(&dest), &v2);
         if finished {
             assert!(step > 10, "only {step} steps: the test covers too little");
@@ -457,7 +425,7 @@ fn receiving_shares_chunks_between_files_in_flight() {
         };
         let mut more = Vec::new();
         if abandon_first {
-            more = rx.abandon_file(0, &xfer::Error::UnknownTransfer { file: 0, need: 0 });
+            more = rx.abandon_file(0, &xfer::Error::UnknownTransfer { file: 0, need: 0 }.to_string());
             assert_eq!(more.len(), common, "orphaned needs are handed back");
         } else {
             let mut ready = Vec::new();

@@ -13,7 +13,9 @@ use xfer::fs::scan::{scan, ScanOptions};
 use xfer::fs::store::MirrorStore;
 use xfer::manifest::Manifest;
 use xfer::plan::PlanOptions;
-use xfer::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
+use xfer::session::{ChunkReader, FileReader, OpenRequest, Sender, SenderConfig, SessionError};
+
+use xfer::fs::store::MirrorReceiver as Receiver;
 use xfer_protocol::{frame, Kind, Message};
 
 use crate::plan_model::{random_edit, random_tree};
@@ -34,28 +36,25 @@ fn roundtrip(message: xfer_protocol::Message, counter: &mut u64) -> xfer_protoco
     decoded
 }
 
-/// Runs the pair until neither side has anything to say.
-fn drive(sender: &mut Sender<FileReader>, receiver: &mut Receiver) -> Result<Wire, SessionError> {
+/// Runs the pair until neither side has anything to say, every message
+/// through the frame codec; `push` says which side is the client.
+fn drive_counted<R: ChunkReader>(
+    sender: &mut Sender<R>,
+    receiver: &mut Receiver,
+    push: bool,
+) -> Result<Wire, SessionError> {
     let mut wire = Wire::default();
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data()? {
-            receiver.handle(roundtrip(message, &mut wire.client_to_server))?;
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            receiver.handle(roundtrip(message, &mut wire.client_to_server))?;
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            sender.handle(roundtrip(message, &mut wire.server_to_client))?;
-            progressed = true;
-        }
-        if !progressed {
-            return Ok(wire);
-        }
-    }
+    xfer::session::pair::run_with(sender, receiver, |toward, message| {
+        let client_to_server = (toward == xfer::session::pair::Toward::Receiver) == push;
+        let counter = if client_to_server { &mut wire.client_to_server } else { &mut wire.server_to_client };
+        roundtrip(message, counter)
+    })?;
+    Ok(wire)
+}
+
+/// A push over the pair (the sender is the client).
+fn drive(sender: &mut Sender<FileReader>, receiver: &mut Receiver) -> Result<Wire, SessionError> {
+    drive_counted(sender, receiver, true)
 }
 
 struct Sides {
@@ -83,10 +82,14 @@ fn pair(sides: &Sides, remembered: Option<Manifest>) -> (Sender<FileReader>, Rec
     let reader = FileReader::new(sides.src.clone());
     let encoder = Encoder::new(Compression::Auto).unwrap();
     let options = PlanOptions { delete: true, protect: None, ..Default::default() };
-    let sender = Sender::new(source, reader, encoder, Vec::new(), options, false, remembered);
+    let mut config = SenderConfig::new(source, reader, encoder);
+    config.plan = options;
+    config.remembered = remembered;
+    let sender = Sender::new(config);
     let (dest, state) = (sides.dest.clone(), sides.state.clone());
-    let receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     (sender, receiver)
 }
 
@@ -215,41 +218,19 @@ fn session_refuses_paths_that_escape() {
 /// transport reads the client's Hello and Open before starting the sender.
 fn pull(sides: &Sides) -> Wire {
     let store = MirrorStore::open(&sides.dest, &sides.state).unwrap();
-    let mut receiver = Receiver::initiate(store, b"tree".to_vec(), true, false).unwrap();
-    let mut wire = Wire::default();
+    let mut receiver =
+        Receiver::initiate(xfer::fs::store::Receiving::new(store), b"tree".to_vec(), true, false).unwrap();
     let hello = receiver.poll_transmit().unwrap();
     assert!(matches!(hello, xfer_protocol::Message::Hello(_)));
     let Some(xfer_protocol::Message::Open(open)) = receiver.poll_transmit() else { panic!("Open expected") };
     assert_eq!(open.direction, xfer_protocol::msg::Direction::Pull);
     let source = source_manifest(&sides.src);
     let encoder = Encoder::new(Compression::Auto).unwrap();
-    let mut sender = Sender::respond(
-        source,
-        FileReader::new(sides.src.clone()),
-        encoder,
-        PlanOptions { delete: open.delete, protect: None, ..Default::default() },
-        open.remembered_root,
-    );
+    let mut config = SenderConfig::new(source, FileReader::new(sides.src.clone()), encoder);
+    config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
+    let mut sender = Sender::respond(config, open.remembered_root);
     // The pair as before, with the roles of the directions swapped.
-    loop {
-        let mut progressed = false;
-        while let Some(message) = sender.poll_data().unwrap() {
-            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
-            progressed = true;
-        }
-        while receiver.wants_input() {
-            let Some(message) = sender.poll_transmit() else { break };
-            receiver.handle(roundtrip(message, &mut wire.server_to_client)).unwrap();
-            progressed = true;
-        }
-        while let Some(message) = receiver.poll_transmit() {
-            sender.handle(roundtrip(message, &mut wire.client_to_server)).unwrap();
-            progressed = true;
-        }
-        if !progressed {
-            break;
-        }
-    }
+    let wire = drive_counted(&mut sender, &mut receiver, false).unwrap();
     assert!(sender.is_finished() && receiver.is_finished(), "pull stalled: {wire:?}");
     wire
 }
@@ -776,8 +757,9 @@ fn session_source_change_under_reordering_completes() {
 fn opened_receiver(sides: &Sides) -> Receiver {
     use xfer_protocol::msg;
     let (dest, state) = (sides.dest.clone(), sides.state.clone());
-    let mut receiver =
-        Receiver::new(Box::new(move |_: &OpenRequest| MirrorStore::open(&dest, &state).map_err(SessionError::from)));
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        MirrorStore::open(&dest, &state).map(xfer::fs::store::Receiving::new).map_err(SessionError::from)
+    }));
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
     let open = msg::Open {

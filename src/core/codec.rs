@@ -369,35 +369,17 @@ impl Encoder {
     ///
     /// If `data` is longer than [`MAX_CHUNK_LEN`].
     pub fn encode_with_base(&mut self, data: &[u8], sig: &Signature) -> EncodedChunk {
-        self.encode_with_base_refined(data, sig, &|_| None)
-    }
-
-    /// Like [`Encoder::encode_with_base`], with a second, finer signature
-    /// round: `refine` carries an encoded request for the base ranges the
-    /// first diff could not match ([`patch::encode_ranges`]) to the receiver
-    /// and returns its finer signatures of them, or `None` if it has none.
-    ///
-    /// # Panics
-    ///
-    /// If `data` is longer than [`MAX_CHUNK_LEN`].
-    pub fn encode_with_base_refined(
-        &mut self,
-        data: &[u8],
-        sig: &Signature,
-        refine: &dyn Fn(&[u8]) -> Option<Vec<Signature>>,
-    ) -> EncodedChunk {
         match self.start_delta(data, sig) {
             DeltaStep::Done(chunk) => chunk,
-            DeltaStep::Refine { request, pending } => {
-                let fine = refine(&request);
-                self.finish_delta(data, pending, fine.as_deref())
-            }
+            // No refinement round: the first diff as it stands.
+            DeltaStep::Refine { pending, .. } => self.finish_delta(data, pending, None),
         }
     }
 
-    /// The first half of [`Encoder::encode_with_base_refined`], for a sender
-    /// that exchanges the refinement round as messages: diffs `data` against
-    /// `sig` and either finishes or asks for finer signatures.
+    /// [`Encoder::encode_with_base`] with a second, finer signature round,
+    /// which the sender exchanges with the receiver as messages; this first
+    /// half diffs `data` against `sig` and either finishes or asks for finer
+    /// signatures of the base ranges the diff could not match.
     ///
     /// # Panics
     ///
@@ -640,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn delta_in_two_steps_matches_callback_form() {
+    fn delta_in_two_steps_refines() {
         let old = random_bytes(64 * 1024, 8);
         let mut new = old.clone();
         new[20_000..20_100].copy_from_slice(&random_bytes(100, 9));
@@ -650,13 +632,19 @@ mod tests {
             Some(patch::fine_signatures(&old, &ranges))
         };
         let mut encoder = Encoder::new(Compression::Auto).unwrap();
-        let one_call = encoder.encode_with_base_refined(&new, &sig, &refine);
+        let unrefined = encoder.encode_with_base(&new, &sig);
         let DeltaStep::Refine { request, pending } = encoder.start_delta(&new, &sig) else {
             panic!("a 100-byte overwrite leaves a gap to refine");
         };
         let fine = refine(&request).unwrap();
         let two_steps = encoder.finish_delta(&new, pending, Some(&fine));
-        assert_eq!(two_steps, one_call);
+        assert_eq!(two_steps.codec, Codec::Delta);
+        assert!(
+            two_steps.payload.len() < unrefined.payload.len(),
+            "{} vs {}",
+            two_steps.payload.len(),
+            unrefined.payload.len()
+        );
         assert_eq!(decode(&two_steps, &ChunkId::of(&new), Some(&old)).unwrap(), new);
     }
 

@@ -27,4 +27,5 @@ pub mod pacing;
 pub mod patch;
 pub mod plan;
 pub mod progress;
+pub mod session;
 pub mod wire;

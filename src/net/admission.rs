@@ -206,9 +206,9 @@ pub async fn serve_connection(
 /// its business, so the root becomes `/` (as the client names paths) and
 /// the state database is named as such.
 fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
-    let mut reason = match error {
-        SessionError::Local(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
-        other => other.to_string(),
+    let mut reason = match error.local_error::<crate::Error>() {
+        Some(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
+        _ => error.to_string(),
     };
     if let ServerState::Outside(dir) = &config.state {
         reason = reason.replace(&*dir.to_string_lossy(), "<server state>");

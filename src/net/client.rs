@@ -14,7 +14,8 @@ use xfer_protocol::CloseCode;
 use super::driver::{close_reason, run_pull, run_sender, wire_bytes, Caps, WireBytes};
 use super::{client_config, client_endpoint, Congestion, ServerPin, Tuning};
 use crate::net::identity::{Fingerprint, Identity};
-use crate::session::{ChunkReader, Receiver, Sender, SessionError};
+use crate::fs::store::MirrorReceiver;
+use crate::session::{ChunkReader, Sender, SessionError};
 
 /// Why a connection to a server could not be made.
 #[derive(Debug, Error)]
@@ -128,10 +129,10 @@ impl Link {
     /// As [`Link::push`].
     pub async fn pull(
         &self,
-        receiver: Receiver,
+        receiver: MirrorReceiver,
         caps: Caps,
         cancel: &CancellationToken,
-    ) -> Result<Ran<Receiver>, SessionError> {
+    ) -> Result<Ran<MirrorReceiver>, SessionError> {
         self.cancellable(cancel, run_pull(&self.connection, receiver, caps)).await
     }
 

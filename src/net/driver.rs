@@ -32,9 +32,10 @@ use super::frames::{
 use super::link::{adapt_level, Backlog, LinkClock, WindowFeed};
 use super::served::{busy_or, check_real_dirs, open_store};
 use super::watch::{Activity, Watch};
+use crate::fs::store::MirrorReceiver as Receiver;
 use crate::manifest::RelPath;
 use crate::net::identity::Fingerprint;
-use crate::session::{ChunkReader, FileReader, OpenRequest, Receiver, Sender, SessionError};
+use crate::session::{ChunkReader, FileReader, OpenRequest, Sender, SenderConfig, SessionError};
 
 /// Pushes with `sender` over `connection` (the client side).
 ///
@@ -298,12 +299,14 @@ pub(super) async fn serve_pull(
     let scanned =
         scanned.map_err(|e| SessionError::Protocol(format!("scan failed: {e}")))?.map_err(|e| busy_or(e, &path))?;
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
-        .map_err(|e| SessionError::Local(crate::Error::Encoder(Box::new(e))))?
+        .map_err(|e| SessionError::from(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
     // The protocol carries no patterns: a pull sends the served tree whole.
     let options =
         crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::new(scanned.skipped_paths()) };
     let scan_skipped = scanned.skipped.len() as u64;
-    let sender = Sender::respond(scanned.manifest, FileReader::new(abs), encoder, options, open.remembered_root);
+    let mut sender = SenderConfig::new(scanned.manifest, FileReader::new(abs), encoder);
+    sender.plan = options;
+    let sender = Sender::respond(sender, open.remembered_root);
     Ok((drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?, scan_skipped))
 }

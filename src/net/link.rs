@@ -9,7 +9,8 @@ use quinn::{Connection, VarInt};
 
 use super::caps::{Caps, WIRE_OVERHEAD_PERMILLE};
 use crate::codec::LinkWindow;
-use crate::session::{ChunkReader, Receiver, Sender, WindowEstimate};
+use crate::fs::store::MirrorReceiver as Receiver;
+use crate::session::{ChunkReader, Sender, WindowEstimate};
 
 /// What a connection did, for reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use xfer_protocol::CloseCode;
 use super::access::Access;
 use super::admission::HANDSHAKE_TIMEOUT;
 use super::caps::Caps;
-use crate::fs::store::{MetaPolicy, MirrorStore};
+use crate::fs::store::{MetaPolicy, MirrorStore, Receiving};
 use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
 use crate::session::{OpenRequest, SessionError};
@@ -162,21 +162,22 @@ pub(super) fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> 
                     message: format!("{shown} does not exist on the server"),
                 })
             }
-            Err(e) => return Err(SessionError::Local(crate::Error::io(at, e))),
+            Err(e) => return Err(crate::Error::io(at, e).into()),
         }
     }
     Ok(())
 }
 
 /// Opens the destination a client asked for, under the server's root.
-pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<MirrorStore, SessionError> {
+pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<Receiving, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
     config.check_reserved(&path)?;
     check_real_dirs(&config.root, &path, false)?;
     let (state, reserve) = config.state_file(&path);
     let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
     let store = store.with_policy(config.metadata);
-    Ok(if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store })
+    let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
+    Ok(Receiving::new(store))
 }
 
 /// `Busy` with what to do when another push holds the tree's state, else

@@ -106,7 +106,8 @@ impl TransferError {
     /// if that is what failed.
     pub fn local(&self) -> Option<&crate::Error> {
         match self {
-            TransferError::Local(e) | TransferError::Session(SessionError::Local(e)) => Some(e),
+            TransferError::Local(e) => Some(e),
+            TransferError::Session(e) => e.local_error::<crate::Error>(),
             _ => None,
         }
     }
@@ -114,7 +115,7 @@ impl TransferError {
     /// The delete limit's refusal, if that is what stopped the run.
     pub fn delete_refused(&self) -> Option<&crate::plan::DeleteRefused> {
         match self {
-            TransferError::Session(SessionError::Local(crate::Error::DeleteRefused(refused)))
+            TransferError::Session(SessionError::DeleteRefused(refused))
             | TransferError::Local(crate::Error::DeleteRefused(refused)) => Some(refused),
             _ => None,
         }

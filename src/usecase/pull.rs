@@ -13,6 +13,7 @@ use super::{blocking, logged, TransferError, RemoteUrl, Report, TransferOptions}
 use crate::net::client::{Link, Ran};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::progress::{Event, Progress, ProgressSink};
+use crate::fs::store::{MirrorReceiver, MirrorStore, Receiving};
 use crate::session::Receiver;
 use crate::pacing::Flow;
 
@@ -65,7 +66,7 @@ async fn pull_unlogged(
 }
 
 /// Checks the options and opens the local tree for a pull of `url`.
-async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) -> Result<Receiver, TransferError> {
+async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) -> Result<MirrorReceiver, TransferError> {
     let tags = options.wire_tags()?;
     if options.filter.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(TransferError::PullFilter);
@@ -78,7 +79,7 @@ async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) 
     let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
     let (path, delete, checksum) = (url.path.as_bytes().to_vec(), options.delete, options.checksum);
     let mut receiver = blocking("opening the destination", move || {
-        let store = crate::fs::store::MirrorStore::open(&dest, &state)?;
+        let store = Receiving::new(MirrorStore::open(&dest, &state)?);
         Ok(Receiver::initiate(store, path, delete, checksum)?)
     })
     .await?;

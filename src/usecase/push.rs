@@ -20,7 +20,7 @@ use crate::net::driver::WireBytes;
 use crate::net::identity::{Fingerprint, Identity};
 use crate::plan::{Op, PlanOptions};
 use crate::progress::Event;
-use crate::session::{FileReader, Sender};
+use crate::session::{FileReader, Sender, SenderConfig};
 use crate::pacing::Flow;
 
 /// Pushes the tree at `src` to `url`, whose server must present `pin`.
@@ -185,20 +185,16 @@ fn new_sender(
     let encoder = Encoder::new(options.compression)
         .map_err(|e| crate::Error::Encoder(Box::new(e)))?
         .with_clock(std::time::Instant::now);
-    let mut sender = Sender::new(
-        Arc::clone(source),
-        FileReader::new(src.to_path_buf()),
-        encoder,
-        url.path.as_bytes().to_vec(),
-        PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(skipped) },
-        options.checksum,
-        remembered,
-    );
-    sender.set_progress(options.progress.clone());
-    sender.set_dry_run(options.dry_run);
-    sender.set_delete_limit(options.delete_limit);
-    sender.set_tags(tags.to_vec());
-    Ok(sender)
+    let mut config = SenderConfig::new(Arc::clone(source), FileReader::new(src.to_path_buf()), encoder);
+    config.path = url.path.as_bytes().to_vec();
+    config.plan = PlanOptions { delete: options.delete, protect: options.filter.clone(), skipped: Arc::clone(skipped) };
+    config.checksum = options.checksum;
+    config.remembered = remembered;
+    config.progress = options.progress.clone();
+    config.dry_run = options.dry_run;
+    config.delete_limit = options.delete_limit;
+    config.tags = tags.to_vec();
+    Ok(Sender::new(config))
 }
 
 /// Every entry the push left as it was: skipped by the scan or the

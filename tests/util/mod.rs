@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod pair;
 pub mod raw;
 
 use std::collections::BTreeMap;

@@ -5,18 +5,20 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::{CloseCode, MAX_CHILDREN_PER_LISTING, MAX_CHUNK_REFS_PER_MESSAGE};
+use xfer_protocol::CloseCode;
 
+use super::destination::{Destination, FailedEntry, NeedInfo};
 use super::window::Limits;
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
-use crate::codec::{Codec, EncodedChunk};
-use crate::fs::store::{FailedEntry, MirrorStore, NeedInfo, Put, Receiving, Store};
 use crate::hash::FileHash;
-use crate::manifest::{EntryKind, Manifest, Meta, RelPath, Tree};
+use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::{deleted_entries, DeleteLimit, Op};
-use crate::progress::{Change, Event, ProgressSink};
+use crate::progress::ProgressSink;
 use crate::wire::{self, WireError};
+
+mod answers;
+mod flow;
 
 /// Entry changes buffered ahead of the one being applied; past this the
 /// transport should stop reading (see [`Receiver::wants_input`]).
@@ -56,7 +58,8 @@ pub struct OpenRequest {
     pub checksum: bool,
 }
 
-type Opener = Box<dyn FnMut(&OpenRequest) -> Result<MirrorStore, SessionError> + Send>;
+/// Opens the destination a client asks for, deciding what it may write.
+pub type Opener<D> = Box<dyn FnMut(&OpenRequest) -> Result<D, SessionError> + Send>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -112,13 +115,13 @@ struct OpenNeed {
     len: u64,
 }
 
-/// The receiver of a push.
-pub struct Receiver {
+/// The receiver of a push, rebuilding files in a [`Destination`].
+pub struct Receiver<D> {
     state: State,
-    opener: Opener,
-    /// The store being written; its manifest (the tree as refreshed) is
-    /// the one this side compares and plans with, never copied.
-    rx: Option<Receiving<MirrorStore>>,
+    opener: Opener<D>,
+    /// The destination being written; its manifest (the tree as refreshed)
+    /// is the one this side compares and plans with, never copied.
+    rx: Option<D>,
     tree: Tree,
     outbox: VecDeque<Message>,
     queued: VecDeque<Queued>,
@@ -169,10 +172,10 @@ struct Counts {
     metas: u64,
 }
 
-impl Receiver {
-    /// A receiver that opens the store a client asks for with `opener`
-    /// (which decides what the client may write).
-    pub fn new(opener: Opener) -> Self {
+impl<D: Destination> Receiver<D> {
+    /// A receiver that opens the destination a client asks for with
+    /// `opener` (which decides what the client may write).
+    pub fn new(opener: Opener<D>) -> Self {
         Receiver {
             state: State::Greeting,
             opener,
@@ -211,10 +214,10 @@ impl Receiver {
     ///
     /// # Errors
     /// A store that cannot be scanned.
-    pub fn initiate(mut store: MirrorStore, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
+    pub fn initiate(mut store: D, path: Vec<u8>, delete: bool, checksum: bool) -> Result<Self, SessionError> {
         let mut receiver =
             Receiver::new(Box::new(|_: &OpenRequest| Err(protocol("this side asked; it opens nothing"))));
-        receiver.tree = store.refresh(checksum)?.tree();
+        receiver.tree = store.refresh(checksum).map_err(SessionError::local)?.tree();
         let root = receiver.tree.root().0;
         receiver.outbox.push_back(super::sender::hello());
         receiver.outbox.push_back(Message::Open(msg::Open {
@@ -226,7 +229,7 @@ impl Receiver {
             remembered_root: Some(root),
             tags: Vec::new(),
         }));
-        receiver.rx = Some(Receiving::new(store));
+        receiver.rx = Some(store);
         receiver.state = State::Asking;
         Ok(receiver)
     }
@@ -247,7 +250,7 @@ impl Receiver {
         let total = self.manifest().len() as u64;
         let charged = self.deletes_charged.saturating_add(deleted_entries(self.manifest(), [path]));
         let source_entries = u64::from(!self.source_empty);
-        limit.check(charged, total, source_entries).map_err(|refused| SessionError::Local(refused.into()))?;
+        limit.check(charged, total, source_entries)?;
         self.deletes_charged = charged;
         Ok(())
     }
@@ -458,7 +461,9 @@ impl Receiver {
     }
 
     fn file_failed(&mut self, failed: msg::FileFailed) -> Result<(), SessionError> {
-        let reason = crate::Error::SourceChanged { path: failed.message.into() };
+        // The sender's message names the file and why; said as the
+        // sender's own source-changed failure reads.
+        let reason = format!("{}: changed while being read; it was not sent", failed.message);
         self.abandon(failed.file, &reason);
         self.pump()
     }
@@ -483,10 +488,10 @@ impl Receiver {
         };
         let request = OpenRequest { path, delete: open.delete, checksum: open.checksum };
         let mut store = (self.opener)(&request)?;
-        self.tree = store.refresh(open.checksum)?.tree();
+        self.tree = store.refresh(open.checksum).map_err(SessionError::local)?.tree();
         let root = self.tree.root().0;
         self.outbox.push_back(Message::Opened(msg::Opened { root, remembered: open.remembered_root == Some(root) }));
-        self.rx = Some(Receiving::new(store));
+        self.rx = Some(store);
         self.state = State::Open;
         Ok(())
     }
@@ -494,64 +499,7 @@ impl Receiver {
     /// The receiving tree as refreshed (empty before `Open`).
     fn manifest(&self) -> &Manifest {
         static EMPTY: Manifest = Manifest::EMPTY;
-        self.rx.as_ref().map_or(&EMPTY, |rx| rx.store().manifest())
-    }
-
-    fn list_dir(&mut self, list: msg::ListDir) -> Result<(), SessionError> {
-        let dir = match list.dir.as_slice() {
-            [] => RelPath::root(),
-            bytes => path(bytes.to_vec())?,
-        };
-        let children = self.tree.listing(&dir);
-        let parts: Vec<_> = children.chunks(MAX_CHILDREN_PER_LISTING).collect();
-        if parts.is_empty() {
-            self.outbox.push_back(Message::Listing(msg::Listing {
-                dir: list.dir.clone(),
-                children: Vec::new(),
-                more: false,
-            }));
-        }
-        for (i, part) in parts.iter().enumerate() {
-            self.outbox.push_back(Message::Listing(msg::Listing {
-                dir: list.dir.clone(),
-                children: part.iter().map(wire::child_to_wire).collect(),
-                more: i + 1 < parts.len(),
-            }));
-        }
-        Ok(())
-    }
-
-    fn get_files(&mut self, get: msg::GetFiles) -> Result<(), SessionError> {
-        let mut files = Vec::new();
-        for raw in get.paths {
-            let Some(digest) = self.manifest().get(&path(raw.clone())?).and_then(|e| e.file()) else { continue };
-            let parts: Vec<_> = digest.chunks.chunks(MAX_CHUNK_REFS_PER_MESSAGE).collect();
-            let count = parts.len().max(1);
-            for i in 0..count {
-                files.push(msg::FileInfo {
-                    path: raw.clone(),
-                    size: digest.size,
-                    hash: digest.hash.0,
-                    params: wire::params_to_wire(digest.params),
-                    chunks: parts.get(i).map_or(Vec::new(), |p| p.iter().map(wire::chunk_to_wire).collect()),
-                    continued: i + 1 < count,
-                });
-            }
-        }
-        // One message unless a huge chunk list needs several.
-        let mut message = Vec::new();
-        let mut refs = 0;
-        for info in files {
-            if refs + info.chunks.len() > MAX_CHUNK_REFS_PER_MESSAGE && !message.is_empty() {
-                self.outbox
-                    .push_back(Message::FileInfos(msg::FileInfos { files: std::mem::take(&mut message), more: true }));
-                refs = 0;
-            }
-            refs += info.chunks.len();
-            message.push(info);
-        }
-        self.outbox.push_back(Message::FileInfos(msg::FileInfos { files: message, more: false }));
-        Ok(())
+        self.rx.as_ref().map_or(&EMPTY, |rx| rx.manifest())
     }
 
     fn write_file(&mut self, w: msg::WriteFile) -> Result<(), SessionError> {
@@ -560,338 +508,6 @@ impl Receiver {
         let digest = wire::digest_from_wire(w.size, w.hash, w.params, &w.list, old).map_err(wire_error)?;
         let meta = wire::meta_from_wire(w.mode, w.mtime, w.attrs).map_err(protocol)?;
         self.enqueue(Queued::Write { file: w.file, path, meta, digest })
-    }
-
-    fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
-        if self.delete_limit.is_some() {
-            // A type change replaces the entry in one step, with no
-            // `Delete`: what it removes is charged all the same.
-            let replaces = match &queued {
-                Queued::Op(op) => op.removes(self.manifest()).then(|| op.path().clone()),
-                Queued::Write { path, .. } => {
-                    self.manifest().get(path).is_some_and(|e| matches!(e.kind, EntryKind::Dir)).then(|| path.clone())
-                }
-            };
-            if let Some(path) = replaces {
-                self.charge_delete(&path)?;
-            }
-        }
-        if self.delete_limit.is_some() {
-            match &queued {
-                Queued::Op(Op::Delete { path }) => {
-                    self.held_parents.insert(path.parent());
-                    return self.hold(queued);
-                }
-                // A parent's metadata is set after its deletes.
-                Queued::Op(Op::SetMeta { path, .. }) if self.held_parents.contains(path) => return self.hold(queued),
-                Queued::Op(Op::SetMeta { .. }) => {}
-                // A new entry after deletes: they were replacements, which
-                // must happen first.
-                _ => self.release_held()?,
-            }
-        }
-        self.push_queued(queued)
-    }
-
-    /// Holds back a delete (or the metadata that follows it); a sender
-    /// cannot make this grow past what the receiving tree holds.
-    fn hold(&mut self, queued: Queued) -> Result<(), SessionError> {
-        if self.held.len() > 2 * (self.manifest().len() + 1) {
-            return Err(protocol("more deletes than the receiving tree has entries"));
-        }
-        self.held.push(queued);
-        Ok(())
-    }
-
-    fn release_held(&mut self) -> Result<(), SessionError> {
-        self.held_parents.clear();
-        for queued in std::mem::take(&mut self.held) {
-            self.push_queued(queued)?;
-        }
-        Ok(())
-    }
-
-    fn push_queued(&mut self, queued: Queued) -> Result<(), SessionError> {
-        self.progress.emit(|| match &queued {
-            Queued::Op(op) => Event::Entry { change: Change::of(op), path: op.path().to_string() },
-            Queued::Write { path, .. } => Event::Entry { change: Change::Write, path: path.to_string() },
-        });
-        if let Queued::Write { digest, .. } = &queued {
-            self.queued_refs += digest.chunks.len();
-        }
-        self.queued_meta_bytes += queued.meta_bytes();
-        self.queued.push_back(queued);
-        self.pump()
-    }
-
-    fn receiving(&mut self) -> Result<&mut Receiving<MirrorStore>, SessionError> {
-        self.rx.as_mut().ok_or_else(|| protocol("no destination is open"))
-    }
-
-    /// Applies queued changes as far as the limits allow, asks for chunks,
-    /// and finishes once everything is in.
-    fn pump(&mut self) -> Result<(), SessionError> {
-        self.start_queued()?;
-        self.ask_needs();
-        if self.done && self.queued.is_empty() && self.files.is_empty() && self.partial.is_none() {
-            self.finish()?;
-        }
-        Ok(())
-    }
-
-    /// Starts queued writes and applies queued ops while the limits allow.
-    fn start_queued(&mut self) -> Result<(), SessionError> {
-        loop {
-            match self.queued.front() {
-                Some(Queued::Write { .. }) if self.files.len() >= self.limits.files => break,
-                Some(Queued::Write { digest, .. })
-                    if !self.files.is_empty() && self.in_flight_refs + digest.chunks.len() > MAX_HELD_CHUNK_REFS =>
-                {
-                    break
-                }
-                // A full batch commits once the files in flight complete
-                // (never with some half-built); starting more meanwhile
-                // would let it grow with the whole tree.
-                Some(Queued::Write { .. })
-                    if !self.files.is_empty() && self.rx.as_ref().is_some_and(|rx| rx.batch_full()) =>
-                {
-                    break
-                }
-                // A link waits for its target to be complete and committed.
-                Some(Queued::Op(Op::Delete { .. } | Op::SetMeta { .. } | Op::Link { .. }))
-                    if !self.files.is_empty() =>
-                {
-                    break
-                }
-                None => break,
-                _ => {}
-            }
-            let next = self.queued.pop_front();
-            self.queued_meta_bytes -= next.as_ref().map_or(0, Queued::meta_bytes);
-            match next {
-                Some(Queued::Write { file, path, meta, digest }) => {
-                    self.queued_refs -= digest.chunks.len();
-                    self.begin(file, path, meta, digest)?
-                }
-                Some(Queued::Op(op)) => {
-                    match &op {
-                        Op::Mkdir { .. } => self.counts.dirs += 1,
-                        Op::Symlink { .. } => self.counts.symlinks += 1,
-                        Op::SetMeta { .. } => self.counts.metas += 1,
-                        _ => {}
-                    }
-                    match self.receiving()?.apply_op(&op) {
-                        Ok(()) => {}
-                        Err(e) if e.is_per_entry() => self.record_failure(op.path().to_string(), e.to_string()),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    /// Asks for needed chunks while the outstanding limits allow.
-    fn ask_needs(&mut self) {
-        while self.outstanding < self.limits.chunks
-            && (self.outstanding == 0 || self.outstanding_bytes < self.limits.bytes)
-        {
-            let Some((file, need)) = self.to_ask.pop_front() else { break };
-            if self.abandoned.contains(&file) {
-                continue;
-            }
-            let offered = need.signature.is_some();
-            let len = u64::from(need.chunk.len);
-            if let Some(f) = self.files.get_mut(&file) {
-                f.open.insert(need.index as u32, OpenNeed { need: need.need, offered, refined: false, len });
-                f.outstanding += 1;
-                f.outstanding_bytes += len;
-                f.unasked -= 1;
-            }
-            self.outstanding += 1;
-            self.outstanding_bytes += len;
-            self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
-                file,
-                index: need.index as u32,
-                signature: need.signature.map(|s| s.encode()),
-            }));
-        }
-    }
-
-    fn begin(&mut self, file: u32, path: RelPath, meta: Meta, digest: FileDigest) -> Result<(), SessionError> {
-        if self.files.contains_key(&file) || self.abandoned.contains(&file) {
-            return Err(protocol(format!("file number {file} used twice")));
-        }
-        self.progress.emit(|| Event::FileStarted { path: path.to_string(), size: digest.size });
-        let begun = self.receiving()?.begin_file(file, &path, &meta, &digest);
-        let needs = match begun {
-            Ok(needs) => needs,
-            Err(e) if e.is_per_entry() => {
-                self.record_failure(path.to_string(), e.to_string());
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let refs = digest.chunks.len();
-        self.in_flight_refs += refs;
-        self.files.insert(
-            file,
-            FileNeeds { path, open: HashMap::new(), refs, outstanding: 0, outstanding_bytes: 0, unasked: needs.len() },
-        );
-        self.to_ask.extend(needs.into_iter().map(|need| (file, need)));
-        self.complete_if_ready(file)
-    }
-
-    fn chunk_data(&mut self, data: msg::ChunkData) -> Result<(), SessionError> {
-        if self.abandoned.contains(&data.file) {
-            return Ok(());
-        }
-        let Some(f) = self.files.get_mut(&data.file) else {
-            return Err(protocol(format!("chunk for file {} that is not being received", data.file)));
-        };
-        let Some(&OpenNeed { need, offered, len, .. }) = f.open.get(&data.index) else {
-            return Err(protocol(format!("chunk {} of file {} was not asked for", data.index, data.file)));
-        };
-        let codec = Codec::try_from(data.codec).map_err(protocol)?;
-        let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
-        let (chunks, wire, decoded) = self.seen;
-        self.seen = (chunks + 1, wire + encoded.payload.len() as u64, decoded + len);
-        self.relimit();
-        self.progress
-            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
-        let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);
-        match put {
-            Ok(Put::Stored(also_ready)) => {
-                let f = self.files.get_mut(&data.file).expect("invariant: looked up above");
-                f.open.remove(&data.index);
-                f.outstanding -= 1;
-                f.outstanding_bytes -= len;
-                self.outstanding -= 1;
-                self.outstanding_bytes -= len;
-                self.complete_if_ready(data.file)?;
-                // Files that were waiting for this chunk's bytes.
-                for file in also_ready {
-                    self.complete_if_ready(file)?;
-                }
-            }
-            Ok(Put::RetryWithoutBase) => {
-                if let Some(entry) = self.files.get_mut(&data.file).and_then(|f| f.open.get_mut(&data.index)) {
-                    entry.offered = false;
-                }
-                self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
-                    file: data.file,
-                    index: data.index,
-                    signature: None,
-                }));
-            }
-            Err(e) if e.is_per_entry() => self.abandon(data.file, &e),
-            Err(e) => return Err(e.into()),
-        }
-        self.pump()
-    }
-
-    fn refine(&mut self, refine: msg::RefineRequest) -> Result<(), SessionError> {
-        // Refinements travel on data streams like FileFailed: a FileFailed
-        // for another chunk of the file may have overtaken this one, and the
-        // file is then abandoned (as its chunks are, in `chunk_data`).
-        if self.abandoned.contains(&refine.file) {
-            return Ok(());
-        }
-        let open = self
-            .files
-            .get_mut(&refine.file)
-            .and_then(|f| f.open.get_mut(&refine.index))
-            .ok_or_else(|| protocol("refinement for a chunk not asked for"))?;
-        // One refinement per request with a base: each answer can be half a
-        // megabyte, and a peer must not be able to ask for them endlessly.
-        if !open.offered || open.refined {
-            return Err(protocol(format!(
-                "refinement of chunk {} of file {} that offered no base or was refined already",
-                refine.index, refine.file
-            )));
-        }
-        open.refined = true;
-        let need = open.need;
-        let fine = self.receiving()?.fine_signatures(refine.file, need, &refine.ranges).unwrap_or_default();
-        self.outbox.push_back(Message::FineSignatures(msg::FineSignatures {
-            file: refine.file,
-            index: refine.index,
-            signatures: fine.iter().map(|s| s.encode()).collect(),
-        }));
-        Ok(())
-    }
-
-    /// Completes `file` once nothing is left to ask or receive for it, and
-    /// no chunk it waits for from another file in flight is missing.
-    fn complete_if_ready(&mut self, file: u32) -> Result<(), SessionError> {
-        // Counted, not searched: to_ask can hold many thousands.
-        let asked_all = self.files.get(&file).is_some_and(|f| f.open.is_empty() && f.unasked == 0);
-        if asked_all && self.receiving()?.file_ready(file) {
-            self.complete(file)?;
-        }
-        Ok(())
-    }
-
-    fn complete(&mut self, file: u32) -> Result<(), SessionError> {
-        let completed = self.receiving()?.complete_file(file);
-        match completed {
-            Ok(()) => {
-                if let Some(f) = self.files.remove(&file) {
-                    self.in_flight_refs -= f.refs;
-                    self.progress.emit(|| Event::FileDone { path: f.path.to_string() });
-                }
-                Ok(())
-            }
-            Err(e) if e.is_per_entry() => {
-                self.abandon(file, &e);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn abandon(&mut self, file: u32, reason: &crate::Error) {
-        if let Some(f) = self.files.remove(&file) {
-            self.outstanding -= f.outstanding;
-            self.outstanding_bytes -= f.outstanding_bytes;
-            self.in_flight_refs -= f.refs;
-            self.record_failure(f.path.to_string(), reason.to_string());
-        }
-        self.abandoned.insert(file);
-        let Some(rx) = self.rx.as_mut() else { return };
-        // Needs of other files that waited for this one's chunks.
-        for (other, need) in rx.abandon_file(file, reason) {
-            if let Some(f) = self.files.get_mut(&other) {
-                f.unasked += 1;
-                self.to_ask.push_front((other, need));
-            }
-        }
-    }
-
-    fn finish(&mut self) -> Result<(), SessionError> {
-        let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
-        // The store's failures are files abandoned here, each already in
-        // `failed` (it has none in flight: every file here is done).
-        let report = rx.finish()?;
-        let summary = msg::Summary {
-            files_written: report.files_written,
-            dirs_created: self.counts.dirs,
-            symlinks_written: self.counts.symlinks,
-            meta_updated: self.counts.metas,
-            deleted: report.entries_deleted,
-            failed: self.failed_count,
-            bytes_written: report.bytes_reused + report.bytes_fetched,
-            bytes_received: report.bytes_fetched,
-            chunks_received: report.chunks_fetched,
-            chunks_reused: report.chunks_reused,
-            chunks_delta: report.chunks_delta,
-            meta_kept: report.meta_kept,
-        };
-        self.summary = Some(summary);
-        self.outbox.push_back(Message::Summary(summary));
-        self.state = State::Finished;
-        Ok(())
     }
 }
 

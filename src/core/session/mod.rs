@@ -8,16 +8,25 @@
 //! differing files); then it streams the plan's entry changes and `Done`,
 //! answering the receiver's `NeedChunk` (and `RefineRequest`) with
 //! `ChunkData`; the receiver ends with `Summary`.
+//!
+//! Both sides are generic over where the data lives: the receiver drives a
+//! [`Destination`] (the mirror tree, later other stores), the sender reads
+//! through a [`ChunkReader`]. [`pair`] runs both in memory.
 
+mod destination;
+pub mod pair;
 mod receiver;
 mod sender;
+#[cfg(test)]
+mod tests;
 mod window;
 
+pub use destination::{ApplyReport, ChunkReader, Destination, EntryError, FailedEntry, NeedInfo, Put};
 pub use receiver::{
-    OpenRequest, Receiver, MAX_FAILED_KEPT, MAX_HELD_CHUNK_REFS, MAX_QUEUED_ANSWERS, MAX_QUEUED_META_BYTES,
+    OpenRequest, Opener, Receiver, MAX_FAILED_KEPT, MAX_HELD_CHUNK_REFS, MAX_QUEUED_ANSWERS, MAX_QUEUED_META_BYTES,
     MAX_QUEUED_OPS,
 };
-pub use sender::{ChunkReader, FileReader, Sender};
+pub use sender::{Sender, SenderConfig};
 pub use window::{
     Limits, WindowEstimate, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES, MAX_OUTSTANDING_CHUNKS, MAX_REQUEST_WINDOW,
     MIN_FILES_IN_FLIGHT, MIN_OUTSTANDING_BYTES, MIN_OUTSTANDING_CHUNKS, MIN_REQUEST_WINDOW,
@@ -50,9 +59,14 @@ pub enum SessionError {
         /// The peer's explanation.
         message: String,
     },
-    /// A local failure (disk, state database).
+    /// The run would delete more than its limit allows; nothing of it was
+    /// changed.
     #[error(transparent)]
-    Local(#[from] crate::Error),
+    DeleteRefused(#[from] crate::plan::DeleteRefused),
+    /// A local failure (disk, state database): the store's or reader's own
+    /// error, which the edge that made it can downcast.
+    #[error(transparent)]
+    Local(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl SessionError {
@@ -61,7 +75,20 @@ impl SessionError {
         match self {
             SessionError::Unexpected { .. } | SessionError::Protocol(_) => CloseCode::ProtocolError,
             SessionError::Peer { code, .. } => code.unwrap_or(CloseCode::Internal),
-            SessionError::Local(_) => CloseCode::Internal,
+            SessionError::DeleteRefused(_) | SessionError::Local(_) => CloseCode::Internal,
+        }
+    }
+
+    /// A local failure from a store or reader.
+    pub fn local(error: impl std::error::Error + Send + Sync + 'static) -> SessionError {
+        SessionError::Local(Box::new(error))
+    }
+
+    /// The local failure, if it is one of type `E`.
+    pub fn local_error<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            SessionError::Local(e) => e.downcast_ref(),
+            _ => None,
         }
     }
 }
@@ -70,8 +97,12 @@ fn protocol(what: impl std::fmt::Display) -> SessionError {
     SessionError::Protocol(what.to_string())
 }
 
+/// This side's agent string in `Hello`. The core crate and the `xfer`
+/// crate share one version number.
+const AGENT: &str = concat!("xfer/", env!("CARGO_PKG_VERSION"));
+
 /// A peer's `Hello` with another version: `VersionMismatch`, as SPEC.md
 /// says, so the peer can tell an old client from a broken one.
-pub(crate) fn version_mismatch(e: DecodeError) -> SessionError {
+pub fn version_mismatch(e: DecodeError) -> SessionError {
     SessionError::Peer { code: Some(e.close_code()), message: e.to_string() }
 }

@@ -1,0 +1,102 @@
+//! The sender's answers to chunk requests: read, encoded (as a delta
+//! when the receiver offers a base, refined once if it helps), sent.
+
+use xfer_protocol::msg::{self, Message};
+
+use crate::chunk::FileDigest;
+use crate::codec::{DeltaStep, EncodedChunk};
+use crate::manifest::RelPath;
+use crate::patch::Signature;
+use crate::plan::Op;
+use crate::progress::Event;
+use crate::session::destination::{ChunkReader, EntryError, FailedEntry};
+use crate::session::{protocol, SessionError};
+
+use super::Sender;
+
+impl<R: ChunkReader> Sender<R> {
+    pub(super) fn write_op(&self, file: u32) -> Result<(&RelPath, &FileDigest), SessionError> {
+        match self.ops.get(file as usize) {
+            Some(Op::WriteFile { path, digest, .. }) => Ok((path, digest)),
+            _ => Err(protocol(format!("chunk asked for file {file}, which is not a file being written"))),
+        }
+    }
+
+    /// Checks a chunk request and queues it for [`Sender::poll_data`].
+    pub(super) fn need_chunk(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
+        let (_, digest) = self.write_op(need.file)?;
+        if need.index as usize >= digest.chunks.len() {
+            return Err(protocol("chunk index out of range"));
+        }
+        // An honest receiver never has more asked for than its ceiling.
+        if self.needs.len() >= crate::session::MAX_OUTSTANDING_CHUNKS {
+            return Err(protocol(format!(
+                "more than {} chunks asked for and not answered",
+                crate::session::MAX_OUTSTANDING_CHUNKS
+            )));
+        }
+        self.needs.push_back(need);
+        Ok(())
+    }
+
+    /// Reads and encodes the chunk `need` asks for (checked on arrival).
+    pub(super) fn answer(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
+        let (path, digest) = self.write_op(need.file)?;
+        let index = need.index as usize;
+        let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;
+        let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
+        let path = path.clone();
+        let bytes = match self.reader.read(&path, offset, chunk) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_per_entry() => {
+                self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
+                self.data.push_back(Message::FileFailed(msg::FileFailed {
+                    file: need.file,
+                    code: xfer_protocol::CloseCode::ChunkMismatch as u32,
+                    message: e.to_string(),
+                }));
+                return Ok(());
+            }
+            Err(e) => return Err(SessionError::local(e)),
+        };
+        let encoded = match need.signature.as_deref().map(Signature::decode).transpose().map_err(protocol)? {
+            None => self.encoder.encode(&bytes),
+            Some(sig) => match self.encoder.start_delta(&bytes, &sig) {
+                DeltaStep::Done(encoded) => encoded,
+                DeltaStep::Refine { request, pending } => {
+                    self.data.push_back(Message::RefineRequest(msg::RefineRequest {
+                        file: need.file,
+                        index: need.index,
+                        ranges: request,
+                    }));
+                    self.deltas.insert((need.file, need.index), (pending, bytes));
+                    return Ok(());
+                }
+            },
+        };
+        self.send_chunk(need.file, need.index, encoded);
+        Ok(())
+    }
+
+    pub(super) fn fine_signatures(&mut self, fine: msg::FineSignatures) -> Result<(), SessionError> {
+        let Some((pending, bytes)) = self.deltas.remove(&(fine.file, fine.index)) else {
+            return Err(protocol("fine signatures nobody asked for"));
+        };
+        let signatures: Option<Vec<Signature>> = fine.signatures.iter().map(|s| Signature::decode(s).ok()).collect();
+        let encoded = self.encoder.finish_delta(&bytes, pending, signatures.as_deref());
+        self.send_chunk(fine.file, fine.index, encoded);
+        Ok(())
+    }
+
+    pub(super) fn send_chunk(&mut self, file: u32, index: u32, encoded: EncodedChunk) {
+        self.progress
+            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
+        self.data.push_back(Message::ChunkData(msg::ChunkData {
+            file,
+            index,
+            codec: encoded.codec as u8,
+            decoded_len: encoded.decoded_len,
+            payload: encoded.payload,
+        }));
+    }
+}

@@ -1,0 +1,463 @@
+//! The sending side of a push: plans against what the receiver reports (or
+//! what it is remembered to hold) and serves the chunks it asks for.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use xfer_protocol::msg::{self, Message};
+use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION};
+
+use super::destination::{ChunkReader, FailedEntry};
+use super::SessionError;
+use crate::adapt::Step;
+use crate::chunk::FileDigest;
+use crate::codec::{Encoder, LinkWindow, PendingDelta};
+use crate::manifest::{ChildDigest, Manifest, RelPath, Tree};
+use crate::plan::{plan, DeleteLimit, Op, PlanOptions, Skipped};
+use crate::progress::{Change, Event, ProgressSink};
+use crate::wire;
+
+mod chunks;
+mod compare;
+
+/// What a [`Sender`] sends and how: [`SenderConfig::new`] takes what every
+/// session needs, the fields say the rest.
+#[non_exhaustive]
+pub struct SenderConfig<R> {
+    /// The source tree. Shared with the caller, which keeps it after the
+    /// session (to remember it): one copy of the tree, not two.
+    pub source: Arc<Manifest>,
+    /// Reads the source's chunks.
+    pub reader: R,
+    /// Encodes them.
+    pub encoder: Encoder,
+    /// How to plan (deletes, protected entries, skipped ones).
+    pub plan: PlanOptions,
+    /// A push: the destination path on the receiver (root: empty).
+    pub path: Vec<u8>,
+    /// A push: whether the receiver re-reads every file.
+    pub checksum: bool,
+    /// A push: the receiver's tree as this sender last left it, used only
+    /// if the receiver's root hash confirms it.
+    pub remembered: Option<Manifest>,
+    /// Plan only: send `Done` right after the comparison (`--dry-run`);
+    /// [`Sender::ops`] holds the plan.
+    pub dry_run: bool,
+    /// Refuses the session, before any change is sent, when the plan
+    /// deletes more than this allows (on a dry run too, after listing the
+    /// plan).
+    pub delete_limit: DeleteLimit,
+    /// A push: labels for the server's audit log.
+    pub tags: Vec<msg::Tag>,
+    /// Where progress goes.
+    pub progress: ProgressSink,
+}
+
+impl<R> SenderConfig<R> {
+    /// A push of `source` into the receiver's root, reading chunks with
+    /// `reader` and encoding them with `encoder`; everything else default.
+    pub fn new(source: impl Into<Arc<Manifest>>, reader: R, encoder: Encoder) -> Self {
+        SenderConfig {
+            source: source.into(),
+            reader,
+            encoder,
+            plan: PlanOptions::default(),
+            path: Vec::new(),
+            checksum: false,
+            remembered: None,
+            dry_run: false,
+            delete_limit: DeleteLimit::UNLIMITED,
+            tags: Vec::new(),
+            progress: ProgressSink::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Opening,
+    Comparing,
+    Sending,
+    AwaitingSummary,
+    Finished,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Opening => "opening",
+            State::Comparing => "comparing trees",
+            State::Sending => "sending",
+            State::AwaitingSummary => "waiting for the summary",
+            State::Finished => "finished",
+        }
+    }
+}
+
+/// The sender of a push.
+pub struct Sender<R> {
+    state: State,
+    /// Shared with the caller, which keeps it after the session (to
+    /// remember it): one copy of the tree, not two.
+    source: Arc<Manifest>,
+    tree: Tree,
+    reader: R,
+    encoder: Encoder,
+    options: PlanOptions,
+    remembered: Option<Manifest>,
+    outbox: VecDeque<Message>,
+    /// ChunkData and what else answers a NeedChunk (RefineRequest,
+    /// FileFailed), which travel on data streams: they must never wait
+    /// behind entry changes the receiver is not reading yet.
+    data: VecDeque<Message>,
+    /// Chunk requests not yet answered. They are read and encoded only as
+    /// the transport takes answers ([`Sender::poll_data`]), so the encoder
+    /// runs just ahead of the link whatever the receiver's request window
+    /// (the adaptive level then applies to what is still to be sent), and
+    /// what waits here is a few bytes a request, not encoded chunks.
+    needs: VecDeque<msg::NeedChunk>,
+    // Comparing: directories asked for, listings received, files asked for.
+    lists_pending: usize,
+    partial_listings: HashMap<RelPath, Vec<ChildDigest>>,
+    listed: HashMap<RelPath, Vec<ChildDigest>>,
+    files_wanted: Vec<RelPath>,
+    files_pending: usize,
+    infos: HashMap<RelPath, FileDigest>,
+    // Sending: the plan, the receiver's tree as planned against, progress.
+    ops: Vec<Op>,
+    next_op: usize,
+    /// The receiver's tree as planned against: the source itself when the
+    /// roots are equal, so no copy is made then either.
+    dest: Arc<Manifest>,
+    deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
+    summary: Option<msg::Summary>,
+    /// Files this side gave up on (their source changed while read).
+    failed: Vec<FailedEntry>,
+    /// Source entries the plan could not apply, and why.
+    skipped: Vec<Skipped>,
+    progress: ProgressSink,
+    /// Plan only: send `Done` right after the comparison.
+    dry_run: bool,
+    /// How much the plan may delete; checked before any change is sent.
+    delete_limit: DeleteLimit,
+    /// Receiver entries the plan deletes, subtrees included.
+    deletions: u64,
+}
+
+impl<R: ChunkReader> Sender<R> {
+    /// A push as `config` says, into `config.path` on the receiver.
+    pub fn new(mut config: SenderConfig<R>) -> Self {
+        let open = Message::Open(msg::Open {
+            direction: msg::Direction::Push,
+            path: std::mem::take(&mut config.path),
+            delete: config.plan.delete,
+            checksum: config.checksum,
+            remembered_root: config.remembered.as_ref().map(|m| m.tree().root().0),
+            tags: std::mem::take(&mut config.tags),
+        });
+        Sender::with_outbox(config, VecDeque::from([hello(), open]))
+    }
+
+    fn with_outbox(config: SenderConfig<R>, outbox: VecDeque<Message>) -> Self {
+        let SenderConfig { source, reader, encoder, plan, remembered, dry_run, delete_limit, progress, .. } = config;
+        let tree = source.tree();
+        Sender {
+            state: State::Opening,
+            source,
+            tree,
+            reader,
+            encoder,
+            options: plan,
+            remembered,
+            outbox,
+            data: VecDeque::new(),
+            needs: VecDeque::new(),
+            lists_pending: 0,
+            partial_listings: HashMap::new(),
+            listed: HashMap::new(),
+            files_wanted: Vec::new(),
+            files_pending: 0,
+            infos: HashMap::new(),
+            ops: Vec::new(),
+            next_op: 0,
+            dest: Arc::default(),
+            deltas: HashMap::new(),
+            summary: None,
+            failed: Vec::new(),
+            skipped: Vec::new(),
+            progress,
+            dry_run,
+            delete_limit,
+            deletions: 0,
+        }
+    }
+
+    /// The sender of a pull, on the server: answers the client's `Hello` and
+    /// `Open` (already read by the transport) for `config.source` (its
+    /// path, checksum, tags and remembered tree are the client's business
+    /// and unused). `receiver_root` is the client's root from `Open`: equal
+    /// trees end the session at once, otherwise the sender compares
+    /// top-down.
+    pub fn respond(mut config: SenderConfig<R>, receiver_root: Option<[u8; 32]>) -> Self {
+        config.remembered = None;
+        let root = config.source.tree().root().0;
+        let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
+        let mut sender = Sender::with_outbox(config, VecDeque::from([hello(), opened]));
+        // The same decision as a push client's on `Opened`, with the
+        // receiver's root from its `Open` (no root: compare top-down).
+        let receiver = msg::Opened { root: receiver_root.unwrap_or_default(), remembered: false };
+        sender.opened(receiver).expect("invariant: planning against known trees cannot fail");
+        sender
+    }
+
+    /// The next answer to a chunk request (ChunkData, RefineRequest or
+    /// FileFailed), to send on a data stream, if any: the chunk is read and
+    /// encoded now, at the current level.
+    ///
+    /// # Errors
+    /// Reading the source failed for a reason that ends the session.
+    pub fn poll_data(&mut self) -> Result<Option<Message>, SessionError> {
+        loop {
+            if let Some(message) = self.data.pop_front() {
+                return Ok(Some(message));
+            }
+            let Some(need) = self.needs.pop_front() else { return Ok(None) };
+            self.answer(need)?;
+        }
+    }
+
+    /// The next message to send on the control stream, if any.
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        if let Some(message) = self.outbox.pop_front() {
+            return Some(message);
+        }
+        if self.state != State::Sending {
+            return None;
+        }
+        // Chunk answers go first (above); entry changes fill the rest.
+        if self.next_op < self.ops.len() {
+            let n = self.next_op;
+            self.next_op += 1;
+            self.queue_op(n);
+        } else {
+            self.outbox.push_back(Message::Done(msg::Done));
+            self.state = State::AwaitingSummary;
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Whether the receiver reported its summary.
+    pub fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// Receiver entries the plan deletes, a directory's subtree included
+    /// (after the comparison).
+    pub fn deletions(&self) -> u64 {
+        self.deletions
+    }
+
+    /// The receiver's tree as this sender planned against it (files that
+    /// compared equal may lack their chunk lists).
+    pub fn planned_against(&self) -> &Manifest {
+        &self.dest
+    }
+
+    /// Files this side could not send (the receiver kept their old
+    /// version), with the reason.
+    pub fn failed(&self) -> &[FailedEntry] {
+        &self.failed
+    }
+
+    /// Source entries the plan left alone, with the reason (after the
+    /// comparison); the receiver keeps what it holds there.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// The chunk encoder, whose level tells what [`Sender::adapt`] chose.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Adapts the compression level to what the transport saw of the link
+    /// over the last window ([`Encoder::adapt`]).
+    pub fn adapt(&mut self, link: LinkWindow) -> Option<Step> {
+        self.encoder.adapt(link)
+    }
+
+    /// The receiver's summary, once finished.
+    pub fn summary(&self) -> Option<&msg::Summary> {
+        self.summary.as_ref()
+    }
+
+    /// The plan's steps (after the comparison).
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    /// Takes one message from the receiver.
+    ///
+    /// # Errors
+    /// [`SessionError`] for messages out of place, malformed content, an
+    /// error from the peer, or local failures; the session is then over.
+    pub fn handle(&mut self, message: Message) -> Result<(), SessionError> {
+        match (self.state, message) {
+            (_, Message::Error(e)) => {
+                Err(SessionError::Peer { code: xfer_protocol::CloseCode::from_u32(e.code), message: e.message })
+            }
+            (State::Opening, Message::Hello(hello)) => {
+                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
+                Ok(())
+            }
+            (State::Opening, Message::Opened(opened)) => self.opened(opened),
+            (State::Comparing, Message::Listing(listing)) => self.listing(listing),
+            (State::Comparing, Message::FileInfos(infos)) => self.file_infos(infos),
+            (State::Sending | State::AwaitingSummary, Message::NeedChunk(need)) => self.need_chunk(need),
+            (State::Sending | State::AwaitingSummary, Message::FineSignatures(fine)) => self.fine_signatures(fine),
+            (State::AwaitingSummary, Message::Summary(summary)) => {
+                self.summary = Some(summary);
+                self.state = State::Finished;
+                Ok(())
+            }
+            (state, message) => Err(SessionError::Unexpected { kind: message.kind(), state: state.name() }),
+        }
+    }
+
+    fn opened(&mut self, opened: msg::Opened) -> Result<(), SessionError> {
+        if opened.root == self.tree.root().0 {
+            // Equal trees: nothing to send at all.
+            self.dest = Arc::clone(&self.source);
+            return self.start_sending();
+        }
+        if opened.remembered {
+            if let Some(remembered) = self.remembered.take() {
+                self.dest = Arc::new(remembered);
+                return self.start_sending();
+            }
+        }
+        self.state = State::Comparing;
+        self.ask_listing(RelPath::root());
+        Ok(())
+    }
+
+    fn start_sending(&mut self) -> Result<(), SessionError> {
+        let planned = plan(&self.source, &self.dest, |_| false, self.options.clone());
+        self.deletions = planned.deletions(&self.dest);
+        self.ops = planned.ops;
+        self.skipped = planned.skipped;
+        let verdict = self.delete_limit.check(self.deletions, self.dest.len() as u64, self.source.len() as u64);
+        self.progress.emit(|| {
+            let sizes = self.ops.iter().filter_map(|op| match op {
+                Op::WriteFile { digest, .. } => Some(digest.size),
+                _ => None,
+            });
+            Event::Planned { files: sizes.clone().count() as u64, bytes: sizes.sum() }
+        });
+        self.state = State::Sending;
+        if self.dry_run {
+            for op in &self.ops {
+                self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
+            }
+            self.next_op = self.ops.len();
+        }
+        if let Err(refused) = verdict {
+            // Nothing of the plan may leave: the session ends here.
+            self.next_op = self.ops.len();
+            self.state = State::Finished;
+            return Err(refused.into());
+        }
+        Ok(())
+    }
+
+    fn queue_op(&mut self, n: usize) {
+        let file = n as u32;
+        self.progress.emit(|| Event::Entry { change: Change::of(&self.ops[n]), path: self.ops[n].path().to_string() });
+        let message = match &self.ops[n] {
+            Op::Mkdir { path, meta } => Message::Mkdir(msg::Mkdir {
+                path: path.as_bytes().to_vec(),
+                mode: meta.mode,
+                mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
+            }),
+            Op::Symlink { path, target, meta } => Message::Symlink(msg::Symlink {
+                path: path.as_bytes().to_vec(),
+                target: target.clone(),
+                mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
+            }),
+            Op::SetMeta { path, meta } => Message::SetMeta(msg::SetMeta {
+                path: path.as_bytes().to_vec(),
+                mode: meta.mode,
+                mtime: wire::mtime_to_wire(meta.mtime),
+                attrs: wire::attrs_to_wire(meta),
+            }),
+            Op::Delete { path } => Message::Delete(msg::Delete { path: path.as_bytes().to_vec() }),
+            Op::Link { path, target, size, hash } => Message::Link(msg::Link {
+                path: path.as_bytes().to_vec(),
+                target: target.as_bytes().to_vec(),
+                size: *size,
+                hash: hash.0,
+            }),
+            Op::WriteFile { path, meta, digest } => {
+                let old = self.dest.get(path).and_then(|e| e.file()).map_or(&[][..], |f| &f.chunks[..]);
+                let mut list = wire::chunk_list_to_wire(old, digest);
+                if edit_refs(&list) > MAX_CHUNK_REFS_PER_MESSAGE {
+                    list = wire::chunk_list_to_wire(&[], digest);
+                }
+                let (first, rest) = split_list(list);
+                self.progress.emit(|| Event::FileStarted { path: path.to_string(), size: digest.size });
+                self.outbox.push_back(Message::WriteFile(msg::WriteFile {
+                    file,
+                    path: path.as_bytes().to_vec(),
+                    mode: meta.mode,
+                    mtime: wire::mtime_to_wire(meta.mtime),
+                    size: digest.size,
+                    hash: digest.hash.0,
+                    params: wire::params_to_wire(digest.params),
+                    list: first,
+                    more: !rest.is_empty(),
+                    attrs: wire::attrs_to_wire(meta),
+                }));
+                let parts = rest.len();
+                for (i, list) in rest.into_iter().enumerate() {
+                    self.outbox.push_back(Message::MoreChunks(msg::MoreChunks { file, list, more: i + 1 < parts }));
+                }
+                return;
+            }
+        };
+        self.outbox.push_back(message);
+    }
+}
+
+/// This side's `Hello`.
+pub(super) fn hello() -> Message {
+    Message::Hello(msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: super::AGENT.into() })
+}
+
+/// Entries an edit list puts in one message (edits plus new references).
+fn edit_refs(list: &msg::ChunkList) -> usize {
+    match list {
+        msg::ChunkList::Edit(edits) => edits
+            .iter()
+            .map(|edit| match edit {
+                msg::ListEdit::Keep { .. } => 1,
+                msg::ListEdit::New(chunks) => 1 + chunks.len(),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Splits a chunk list into message-sized parts.
+fn split_list(list: msg::ChunkList) -> (msg::ChunkList, Vec<msg::ChunkList>) {
+    match list {
+        msg::ChunkList::Full(chunks) if chunks.len() > MAX_CHUNK_REFS_PER_MESSAGE => {
+            let mut parts = chunks.chunks(MAX_CHUNK_REFS_PER_MESSAGE).map(|p| msg::ChunkList::Full(p.to_vec()));
+            let first = parts.next().unwrap_or(msg::ChunkList::Full(Vec::new()));
+            (first, parts.collect())
+        }
+        // Edit lists over the limit were replaced by full lists above.
+        other => (other, Vec::new()),
+    }
+}

@@ -33,6 +33,13 @@ if grep -rnE '\bxfer::(engine|fs|net|session|throttle|usecase|adapt|chunk|codec|
   echo "layers: the CLI (src/bin) uses only the library's API, not its modules" >&2
   status=1
 fi
+# Imports only go down: core < fs < net < usecase < the API < the CLI.
+down() { # LAYER_DIR FORBIDDEN_PATTERN WHAT
+  if grep -rnE "$2" "$1" --include=*.rs | grep -vE '^[^:]+:[0-9]+:\s*//'; then echo "layers: $3" >&2; status=1; fi
+}
+down src/fs '\bcrate::(net|usecase|api)\b' "the filesystem edge (src/fs) must not import net, usecase or the API"
+down src/net '\bcrate::(usecase|api)\b' "the network edge (src/net) must not import the use cases or the API"
+down src/usecase '\bcrate::api\b' "the use cases must not import the API"
 # (its tests, after #[cfg(test)], may read the clock)
 if sed '/#\[cfg(test)\]/q' scripts/bench/wanlink/src/link.rs | grep -nE '\b(std::fs|std::net|std::thread|libc|Instant::now)\b'; then
   echo "layers: the WAN router's link.rs is its pure core: no I/O, no clock" >&2

@@ -438,5 +438,5 @@ impl FileDigest {
 /// Where this host keeps its transfer state by default (scan caches,
 /// memory of receivers): `$XDG_STATE_HOME/xfer` or `~/.local/state/xfer`.
 pub fn default_state_dir() -> Option<PathBuf> {
-    crate::engine::default_state_dir()
+    crate::fs::state_dir::default_state_dir()
 }

@@ -97,7 +97,7 @@ macro_rules! internal_modules {
     };
 }
 
-internal_modules!(engine, fs, net, session, usecase);
+internal_modules!(fs, net, session, usecase);
 
 #[cfg(not(feature = "internals"))]
 use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress};

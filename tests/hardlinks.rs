@@ -11,11 +11,11 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use tempfile::TempDir;
 use xfer::codec::Compression;
-use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::net::access::Access;
 use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
 use xfer::net::{server_endpoint, Tuning};
+use xfer::usecase::memory::{push_local, PushOptions, Stats};
 use xfer::usecase::{pull::pull, push::push, RemoteUrl, TransferOptions};
 
 use crate::util::{assert_same_tree, read_tree, seeded};

@@ -1,4 +1,4 @@
-//! Local pushes through the engine and the mirror store, on real files.
+//! Local pushes run in memory (usecase::memory) into the mirror store, on real files.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,7 +10,6 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tempfile::TempDir;
 use xfer::codec::{Compression, Encoder};
-use xfer::engine::{push_local, PushOptions, Stats};
 use xfer::filter::Filter;
 use xfer::fs::scan::{scan, ScanOptions, StatKey};
 use xfer::fs::store::state::StateDb;
@@ -18,6 +17,7 @@ use xfer::fs::store::MirrorStore;
 use xfer::manifest::{EntryKind, RelPath};
 use xfer::plan::{wire_chunk_list, ListEdit};
 use xfer::session::Destination;
+use xfer::usecase::memory::{push_local, PushOptions, Stats};
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::pair::{push_into, ModelReader};

@@ -4,4 +4,5 @@
 pub mod ignore;
 pub mod reader;
 pub mod scan;
+pub mod state_dir;
 pub mod store;

@@ -1,7 +1,7 @@
 //! The client's network edge: a pinned connection to a server, a session
 //! run over it until it ends or is cancelled, and a short linger on close.
 //! What is pushed or pulled, and why, is the use cases' business
-//! (`crate::usecase`).
+//! (the use-case layer above).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -31,12 +31,12 @@ pub async fn push_local(src: &Path, dest: &Path, options: &TransferOptions) -> R
 }
 
 async fn push_embedded(src: &Path, dest: &Path, options: &TransferOptions) -> Result<Report, TransferError> {
-    let (src, dest) = crate::engine::local_pair(src, dest)?;
+    let (src, dest) = crate::fs::state_dir::local_pair(src, dest)?;
     // The destination is made by the server's store once its lock is held:
     // made here, it could land inside a tree another push holds.
     let identity = Identity::load_or_create(&options.state_dir.join("embedded"))
         .map_err(|e| TransferError::Task { what: "loading the embedded server's identity", reason: e.to_string() })?;
-    let state = crate::engine::state_file(&options.state_dir, "dests", &dest).with_extension("d");
+    let state = crate::fs::state_dir::state_file(&options.state_dir, "dests", &dest).with_extension("d");
     let logged_path = dest.display().to_string();
     let access = Access::allow(&[identity.fingerprint()]);
     let (failures, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -25,6 +25,7 @@ use crate::session::SessionError;
 use crate::net::limiter::Limiter;
 
 pub mod local;
+pub mod memory;
 mod outcome;
 pub mod pull;
 pub mod push;

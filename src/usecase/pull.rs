@@ -76,7 +76,7 @@ async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) 
     }
     std::fs::create_dir_all(dest).map_err(|e| crate::Error::io(dest, e))?;
     let dest = dest.canonicalize().map_err(|e| crate::Error::io(dest, e))?;
-    let state = crate::engine::state_file(&options.state_dir, "dests", &dest);
+    let state = crate::fs::state_dir::state_file(&options.state_dir, "dests", &dest);
     let (path, delete, checksum) = (url.path.as_bytes().to_vec(), options.delete, options.checksum);
     let mut receiver = blocking("opening the destination", move || {
         let store = Receiving::new(MirrorStore::open(&dest, &state)?);

@@ -163,7 +163,7 @@ async fn scan_for_push(src: &Path, options: &TransferOptions) -> Result<Scan, Tr
     let cancel = options.cancel.clone();
     let stop = move || cancel.is_cancelled();
     blocking("scanning the source", move || {
-        crate::engine::scan_source_until(&src, &state_dir, scan_options, &stop).map_err(|e| match e {
+        crate::fs::state_dir::scan_source_until(&src, &state_dir, scan_options, &stop).map_err(|e| match e {
             crate::Error::Stopped => TransferError::Cancelled { report: Box::default() },
             other => other.into(),
         })
@@ -221,7 +221,7 @@ fn push_failures(
     if !options.dry_run {
         // The scan's records are in the source's state database, not in
         // memory. Without them the check is skipped: the push itself is done.
-        match crate::engine::source_records(src, &options.state_dir).and_then(|db| {
+        match crate::fs::state_dir::source_records(src, &options.state_dir).and_then(|db| {
             let records = db.records()?;
             let recorded = |path: &RelPath| records.get(path).ok().flatten().map(|r| r.stat);
             Ok(changed_since_scan(src, sender.ops(), recorded, sender.failed()))

@@ -2,6 +2,7 @@
 //! one on the receiving side ([`store`]), with the state each keeps.
 
 pub mod ignore;
+pub mod meta;
 pub mod reader;
 pub mod scan;
 pub mod state_dir;

@@ -86,7 +86,7 @@ pub const STARTUP_GAIN: f64 = 2.0;
 pub const STARTUP_ACK_GAIN: u64 = 2;
 
 /// Acknowledgements of a round needed before its round trips can show a
-/// queue (see [`Controller::queue_forming`]).
+/// queue (see `Controller::queue_forming`).
 pub const QUEUE_SAMPLES: u32 = 8;
 
 /// Startup ends when the delivery rate grew less than this factor...

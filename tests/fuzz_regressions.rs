@@ -27,14 +27,7 @@ fn opened(dest: &Path, state: &Path) -> Receiver {
     }));
     let hello = msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
-    let open = msg::Open {
-        direction: msg::Direction::Push,
-        path: Vec::new(),
-        delete: false,
-        checksum: false,
-        remembered_root: None,
-        tags: Vec::new(),
-    };
+    let open = crate::util::pair::open_root_push();
     receiver.handle(Message::Open(open)).unwrap();
     sent(&mut receiver);
     receiver

@@ -280,14 +280,7 @@ fn a_link_to_the_wrong_content_fails_alone() {
         })
     };
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
-    let open = msg::Open {
-        direction: msg::Direction::Push,
-        path: Vec::new(),
-        delete: false,
-        checksum: false,
-        remembered_root: None,
-        tags: Vec::new(),
-    };
+    let open = crate::util::pair::open_root_push();
     for message in [
         Message::Hello(hello),
         Message::Open(open),

@@ -395,14 +395,7 @@ fn queued_xattrs_are_bounded_in_bytes() {
     }));
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
-    let open = msg::Open {
-        direction: msg::Direction::Push,
-        path: Vec::new(),
-        delete: false,
-        checksum: false,
-        remembered_root: None,
-        tags: Vec::new(),
-    };
+    let open = crate::util::pair::open_root_push();
     receiver.handle(Message::Open(open)).unwrap();
     // A file whose chunk never comes: metadata changes wait behind it.
     let data = b"payload";

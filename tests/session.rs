@@ -762,14 +762,7 @@ fn opened_receiver(sides: &Sides) -> Receiver {
     }));
     let hello = msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "test".into() };
     receiver.handle(Message::Hello(hello)).unwrap();
-    let open = msg::Open {
-        direction: msg::Direction::Push,
-        path: Vec::new(),
-        delete: false,
-        checksum: false,
-        remembered_root: None,
-        tags: Vec::new(),
-    };
+    let open = crate::util::pair::open_root_push();
     receiver.handle(Message::Open(open)).unwrap();
     receiver
 }

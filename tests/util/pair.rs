@@ -49,3 +49,16 @@ pub fn push_into<R: ChunkReader>(
     }
     (result, receiver)
 }
+
+/// The `Open` of a plain push into the receiver's root: no deletes, the
+/// quick check, nothing remembered, no tags.
+pub fn open_root_push() -> xfer_protocol::msg::Open {
+    xfer_protocol::msg::Open {
+        direction: xfer_protocol::msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: Vec::new(),
+    }
+}

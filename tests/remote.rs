@@ -372,7 +372,7 @@ async fn remote_concurrent_pushes_to_one_path_serialize() {
 /// Text-like bytes: this crate's own source, each line numbered and
 /// tagged with `seed` (so no two files share a chunk), repeated to `len`.
 fn wordy(len: usize, seed: u64) -> Vec<u8> {
-    let mut sources: Vec<_> = ["src/core/codec.rs", "src/core/plan.rs", "src/core/patch/tests.rs", "src/net/driver.rs"]
+    let mut sources: Vec<_> = ["src/core/codec.rs", "src/core/plan/mod.rs", "src/core/patch/tests.rs", "src/net/driver.rs"]
         .iter()
         .map(|p| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap())
         .collect();

@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target of both fuzz crates for SECONDS each, one
 # after another, and prints the executions of each:
 #   protocol/fuzz  the wire decoders (frame, message bodies, delta formats)
-#   fuzz           the push session driven by arbitrary schedules, the
+#   tests/fuzz     the push session driven by arbitrary schedules, the
 #                  bandwidth settings (rates, timetables, windows, pacing),
 #                  the manifest, chunk codec and delta algorithms
 #
@@ -10,7 +10,7 @@
 #
 # Needs a nightly toolchain; installs cargo-fuzz if missing. Targets build
 # with debug assertions and overflow checks (-a), into one target dir shared
-# by both crates (fuzz/target). Corpora grow in CRATE/corpus/TARGET, crashes
+# by both crates (tests/fuzz/target). Corpora grow in CRATE/corpus/TARGET, crashes
 # land in CRATE/artifacts/TARGET and each run's log in
 # CRATE/artifacts/TARGET.log (all ignored by git); a CRATE/TARGET.dict is
 # passed to libFuzzer as its dictionary, and the words of a
@@ -34,11 +34,12 @@ fi
 # builds from the environment would mix those builds, so both crates use
 # their own.
 unset CARGO_TARGET_DIR
-flags=(-O -a --target-dir "$root/fuzz/target")
+flags=(-O -a --target-dir "$root/tests/fuzz/target")
 failed=()
 summary=()
-for crate in protocol/fuzz fuzz; do
-  # cargo fuzz works from the directory that holds the fuzz crate.
+for crate in protocol/fuzz tests/fuzz; do
+  # cargo fuzz works from the directory that holds the crate's `fuzz`
+  # folder (protocol/, tests/).
   cd "$root/${crate%fuzz}"
   cargo +nightly fuzz build "${flags[@]}"
   mkdir -p fuzz/artifacts

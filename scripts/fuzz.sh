@@ -2,7 +2,7 @@
 # Runs every cargo-fuzz target of both fuzz crates for SECONDS each, one
 # after another, and prints the executions of each:
 #   protocol/fuzz  the wire decoders (frame, message bodies, delta formats)
-#   fuzz           the push session driven by arbitrary schedules, the
+#   tests/fuzz     the push session driven by arbitrary schedules, the
 #                  bandwidth settings (rates, timetables, windows, pacing),
 #                  the manifest, chunk codec and delta algorithms
 #
@@ -10,7 +10,7 @@
 #
 # Needs a nightly toolchain; installs cargo-fuzz if missing. Targets build
 # with debug assertions and overflow checks (-a), into one target dir shared
-# by both crates (fuzz/target). Corpora grow in CRATE/corpus/TARGET, crashes
+# by both crates (tests/fuzz/target). Corpora grow in CRATE/corpus/TARGET, crashes
 # land in CRATE/artifacts/TARGET and each run's log in
 # CRATE/artifacts/TARGET.log (all ignored by git); a CRATE/TARGET.dict is
 # passed to libFuzzer as its dictionary, and the words of a
@@ -34,28 +34,30 @@ fi
 # builds from the environment would mix those builds, so both crates use
 # their own.
 unset CARGO_TARGET_DIR
-flags=(-O -a --target-dir "$root/fuzz/target")
+flags=(-O -a --target-dir "$root/tests/fuzz/target")
 failed=()
 summary=()
-for crate in protocol/fuzz fuzz; do
-  # cargo fuzz works from the directory that holds the fuzz crate.
-  cd "$root/${crate%fuzz}"
-  cargo +nightly fuzz build "${flags[@]}"
-  mkdir -p fuzz/artifacts
-  for target in $(cargo +nightly fuzz list); do
-    log=fuzz/artifacts/$target.log
+cd "$root"
+for crate in protocol/fuzz tests/fuzz; do
+  # cargo fuzz looks for `fuzz/` next to the workspace's Cargo.toml unless
+  # told where the crate is.
+  dir=(--fuzz-dir "$crate")
+  cargo +nightly fuzz build "${dir[@]}" "${flags[@]}"
+  mkdir -p "$crate/artifacts"
+  for target in $(cargo +nightly fuzz list "${dir[@]}"); do
+    log=$crate/artifacts/$target.log
     extra=()
-    if [ -f "fuzz/$target.dict" ]; then
-      extra+=("-dict=fuzz/$target.dict")
+    if [ -f "$crate/$target.dict" ]; then
+      extra+=("-dict=$crate/$target.dict")
     fi
-    if [ -f "fuzz/$target.options" ]; then
-      read -ra options <"fuzz/$target.options"
+    if [ -f "$crate/$target.options" ]; then
+      read -ra options <"$crate/$target.options"
       extra+=("${options[@]}")
     fi
     echo "== $crate $target: ${seconds}s"
     start=$(date +%s)
     status=0
-    cargo +nightly fuzz run "${flags[@]}" "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
+    cargo +nightly fuzz run "${dir[@]}" "${flags[@]}" "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 \
       -print_final_stats=1 "${extra[@]}" >"$log" 2>&1 || status=$?
     elapsed=$(($(date +%s) - start))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -64,7 +66,7 @@ for crate in protocol/fuzz fuzz; do
     fi
     line="$target: ${execs:-?} executions in ${elapsed}s"
     if [ "$status" -ne 0 ]; then
-      line="$line, FAILED (exit $status, see $PWD/$log)"
+      line="$line, FAILED (exit $status, see $root/$log)"
       failed+=("$target")
       grep -E '^(==[0-9]+== ?ERROR|thread .* panicked|SUMMARY|artifact_prefix|Test unit written)' "$log" | head -20 || true
     fi

@@ -1,4 +1,4 @@
-//! What the fuzz targets (`fuzz/`, `protocol/fuzz/`, run by
+//! What the fuzz targets (`tests/fuzz/`, `protocol/fuzz/`, run by
 //! `scripts/fuzz.sh`) found in the receiving session, each replayed as the
 //! message sequence that showed it, against a receiver writing into a real
 //! destination. (Parser findings are unit tests next to the parsers.)

@@ -14,8 +14,8 @@
 //!
 //! Input: `mode: u8`, `len: u32 LE` (base length; for mode 0 the output
 //! limit is its low 16 bits), then the bytes to decode.
-//! The core's algorithms (diff, apply) are fuzzed by the top-level fuzz
-//! crate (`delta_roundtrip`, `decode_chunk`).
+//! The core's algorithms (diff, apply) are fuzzed by the fuzz crate in
+//! tests/fuzz (`delta_roundtrip`, `decode_chunk`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

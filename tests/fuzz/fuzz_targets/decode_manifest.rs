@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer::manifest::Manifest;
+use xfer_core::manifest::Manifest;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Manifest::decode(data) {

@@ -44,16 +44,20 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use xfer::chunk::{digest_bytes, ChunkRef};
+// The edges under test: the mirror tree (the receiver's destination),
+// the temporaries' names and the transport's data streams.
+use xfer::fs::scan::TEMP_PREFIX;
+use xfer::fs::store::{MirrorReceiver, MirrorStore, Receiving};
+use xfer::net::driver::DATA_STREAMS;
+use xfer_core::chunk::{digest_bytes, ChunkRef};
+use xfer_core::codec::{Compression, Encoder};
 // Fuzz inputs must mean the same data in every version.
 use xfer_core::fixture::seeded;
-use xfer::codec::{Compression, Encoder};
-use xfer::hash::ChunkId;
-use xfer::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
-use xfer::plan::PlanOptions;
-use xfer::scan::TEMP_PREFIX;
-use xfer::session::{ChunkReader, OpenRequest, Receiver, Sender, SessionError};
-use xfer::store::{MirrorStore, Store};
+use xfer_core::hash::ChunkId;
+use xfer_core::manifest::{Entry, EntryKind, Manifest, Meta, Mtime, RelPath};
+use xfer_core::plan::PlanOptions;
+use xfer_core::session::{ChunkReader, OpenRequest, Receiver, Sender, SenderConfig, SessionError};
+use xfer_core::wire;
 use xfer_protocol::{frame, msg, Message, MAX_CHUNK_REFS_PER_MESSAGE};
 
 // ---------------------------------------------------------------------------
@@ -510,6 +514,9 @@ fn read_tree(root: &Path) -> Model {
 struct Source(Rc<RefCell<HashMap<RelPath, Vec<u8>>>>);
 
 impl ChunkReader for Source {
+    // The mirror's error type: `SourceChanged` concerns one file alone.
+    type Error = xfer::Error;
+
     fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> xfer::Result<Vec<u8>> {
         let changed = || xfer::Error::SourceChanged { path: PathBuf::from(path.to_string()) };
         let files = self.0.borrow();
@@ -527,7 +534,7 @@ impl ChunkReader for Source {
 // ---------------------------------------------------------------------------
 // Lanes
 
-const DATA_LANES: usize = xfer::transport::driver::DATA_STREAMS;
+const DATA_LANES: usize = DATA_STREAMS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lane {
@@ -584,7 +591,7 @@ enum End {
 
 struct Run {
     sender: Sender<Source>,
-    receiver: Receiver,
+    receiver: MirrorReceiver,
     source: Source,
     lanes: Lanes,
     encoder: Encoder,
@@ -616,7 +623,16 @@ fn over_the_wire(message: &Message) -> Option<Message> {
 impl Run {
     /// Moves everything both sides have to say onto the lanes.
     fn collect(&mut self) {
-        while let Some(message) = self.sender.poll_data() {
+        loop {
+            let message = match self.sender.poll_data() {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                // Only a read failing beyond one file ends the sender.
+                Err(e) => {
+                    self.end.get_or_insert(End::SenderFailed(e));
+                    break;
+                }
+            };
             let lane = self.lanes.next_data % DATA_LANES;
             self.lanes.next_data += 1;
             self.lanes.data[lane].push_back(message);
@@ -898,7 +914,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
     match forged {
         Forged::WriteFile { file, path, content, list: list_form, mode, more } => {
             let digest = digest_bytes(&content.bytes());
-            let chunks: Vec<msg::ChunkRef> = digest.chunks.iter().map(xfer::wire::chunk_to_wire).collect();
+            let chunks: Vec<msg::ChunkRef> = digest.chunks.iter().map(wire::chunk_to_wire).collect();
             let at = |n: u8| usize::from(n) % chunks.len().max(1);
             let list = match list_form {
                 ListForm::Implied => msg::ChunkList::Implied,
@@ -950,7 +966,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
                 mtime: mtime(),
                 size,
                 hash: digest.hash.0,
-                params: xfer::wire::params_to_wire(digest.params),
+                params: wire::params_to_wire(digest.params),
                 list,
                 more: *more,
                 attrs: Default::default(),
@@ -958,7 +974,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
         }
         Forged::MoreChunks { file, content, from, more } => {
             let digest = digest_bytes(&content.bytes());
-            let chunks = digest.chunks.iter().skip(usize::from(*from) % 4).map(xfer::wire::chunk_to_wire).collect();
+            let chunks = digest.chunks.iter().skip(usize::from(*from) % 4).map(wire::chunk_to_wire).collect();
             Message::MoreChunks(msg::MoreChunks {
                 file: file_number(*file),
                 list: msg::ChunkList::Full(chunks),
@@ -1054,7 +1070,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
 fn signature(form: &SigForm) -> Option<Vec<u8>> {
     match form {
         SigForm::None => None,
-        SigForm::Of(content) => Some(xfer::patch::signature(&content.bytes()).encode()),
+        SigForm::Of(content) => Some(xfer_core::patch::signature(&content.bytes()).encode()),
         SigForm::Junk(bytes) => Some(bytes.clone()),
     }
 }
@@ -1094,8 +1110,8 @@ fn answer_with(answer: &Answer) -> Message {
                         path: forged_path(*path),
                         size: digest.size,
                         hash: digest.hash.0,
-                        params: xfer::wire::params_to_wire(digest.params),
-                        chunks: digest.chunks.iter().map(xfer::wire::chunk_to_wire).collect(),
+                        params: wire::params_to_wire(digest.params),
+                        chunks: digest.chunks.iter().map(wire::chunk_to_wire).collect(),
                         continued: *continued,
                     }
                 })
@@ -1170,26 +1186,30 @@ fuzz_target!(|input: Input| {
 
     let (sender, receiver) = if input.pull {
         let store = MirrorStore::open(&dest, &state).expect("open the destination store");
-        let mut receiver = Receiver::initiate(store, Vec::new(), input.delete, input.checksum)
+        let mut receiver = Receiver::initiate(Receiving::new(store), Vec::new(), input.delete, input.checksum)
             .expect("a pull's receiver scans its destination");
         // The transport reads the client's Hello and Open before it starts
         // the sender.
         let hello = receiver.poll_transmit();
         assert!(matches!(hello, Some(Message::Hello(_))), "{hello:?}");
         let Some(Message::Open(open)) = receiver.poll_transmit() else { panic!("a pull opens with Open") };
-        let options = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
-        let sender = Sender::respond(source_manifest, source.clone(), encoder(), options, open.remembered_root);
+        let mut config = SenderConfig::new(source_manifest, source.clone(), encoder());
+        config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
+        let sender = Sender::respond(config, open.remembered_root);
         (sender, receiver)
     } else {
         let remembered = input.remembered.then(|| {
             let mut store = MirrorStore::open(&dest, &state).expect("open the destination store");
             store.refresh(false).expect("scan the destination").clone()
         });
-        let sender =
-            Sender::new(source_manifest, source.clone(), encoder(), Vec::new(), options, input.checksum, remembered);
+        let mut config = SenderConfig::new(source_manifest, source.clone(), encoder());
+        config.plan = options;
+        config.checksum = input.checksum;
+        config.remembered = remembered;
+        let sender = Sender::new(config);
         let (dest, state) = (dest.clone(), state.clone());
         let receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
-            MirrorStore::open(&dest, &state).map_err(SessionError::from)
+            MirrorStore::open(&dest, &state).map(Receiving::new).map_err(SessionError::from)
         }));
         (sender, receiver)
     };

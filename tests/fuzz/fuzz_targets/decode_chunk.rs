@@ -1,4 +1,4 @@
-//! Fuzz target: `xfer::codec::decode` as the receiver calls it on a
+//! Fuzz target: `xfer_core::codec::decode` as the receiver calls it on a
 //! `ChunkData` (src/session/receiver.rs, src/fs/store/mirror.rs): the codec tag
 //! checked with `Codec::try_from`, the declared length as sent, a fixed
 //! chunk id, and for a delta the receiver's base bytes (or none).
@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer::codec::{self, Codec, CodecError, EncodedChunk};
-use xfer::hash::ChunkId;
+use xfer_core::codec::{self, Codec, CodecError, EncodedChunk};
+use xfer_core::hash::ChunkId;
 
 const NO_BASE: u16 = u16::MAX;
 

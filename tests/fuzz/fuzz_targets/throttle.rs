@@ -1,5 +1,6 @@
-//! Fuzz target: the bandwidth settings of `xfer::throttle`, as a user types
-//! them (`--bwlimit`, timetables, `--window`), and the pacing behind them.
+//! Fuzz target: the bandwidth settings (`xfer_core::pacing`), as a user
+//! types them (`--bwlimit`, timetables, `--window`), and the pacing behind
+//! them (the network edge's `Limiter`).
 //!
 //! - `Rate`: a parsed rate prints as text that parses back to the same rate.
 //! - `Timetable`: at any time of the week, `next_change_after` agrees with

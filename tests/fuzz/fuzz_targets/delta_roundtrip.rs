@@ -1,4 +1,4 @@
-//! Fuzz target: the core's delta algorithms (`xfer::patch`) behind the
+//! Fuzz target: the core's delta algorithms (`xfer_core::patch`) behind the
 //! protocol's delta formats, each fed hostile bytes the way a peer could:
 //!
 //! - mode 0: `patch::apply` (receiver, delta payload) against a base from

@@ -372,10 +372,11 @@ async fn remote_concurrent_pushes_to_one_path_serialize() {
 /// Text-like bytes: this crate's own source, each line numbered and
 /// tagged with `seed` (so no two files share a chunk), repeated to `len`.
 fn wordy(len: usize, seed: u64) -> Vec<u8> {
-    let mut sources: Vec<_> = ["src/core/codec.rs", "src/core/plan/mod.rs", "src/core/patch/tests.rs", "src/net/driver.rs"]
-        .iter()
-        .map(|p| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap())
-        .collect();
+    let mut sources: Vec<_> =
+        ["src/core/codec.rs", "src/core/plan/mod.rs", "src/core/patch/tests.rs", "src/net/driver.rs"]
+            .iter()
+            .map(|p| std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap())
+            .collect();
     sources.rotate_left(seed as usize % 4);
     let mut out = Vec::with_capacity(len + 256);
     for (n, line) in sources.iter().flat_map(|s| s.lines()).cycle().enumerate() {

@@ -495,6 +495,18 @@ proptest! {
     }
 }
 
+/// A case the property test once shrank to (a text base, one insert past
+/// its middle), kept as a plain test so it needs no seed file.
+#[test]
+fn diff_roundtrip_regression_text_insert() {
+    let base: Vec<u8> = random_bytes(11354, 4550199585623899105).iter().map(|b| b"ab \n"[usize::from(b & 3)]).collect();
+    let bytes = vec![
+        209, 12, 209, 238, 190, 115, 116, 253, 165, 65, 105, 49, 107, 87, 23, 46, 121, 170, 70, 198, 149, 212, 20, 21,
+        237, 81, 224, 131, 157, 112, 213, 189, 221, 32, 2, 55, 56,
+    ];
+    diff_roundtrip_impl(&base, &[Edit::Insert { at: 0.7106119198733923, bytes }], &[]);
+}
+
 /// The whole delta path pinned to bytes: the signature of a base, and the
 /// patch of a 10-byte overwrite against it (its literal block is random,
 /// so raw is the smallest mode and no zstd output is pinned).

@@ -1,5 +1,5 @@
 //! Fuzz target: `xfer_core::codec::decode` as the receiver calls it on a
-//! `ChunkData` (src/session/receiver.rs, src/fs/store/mirror.rs): the codec tag
+//! `ChunkData` (src/core/session/receiver, src/fs/store/mirror): the codec tag
 //! checked with `Codec::try_from`, the declared length as sent, a fixed
 //! chunk id, and for a delta the receiver's base bytes (or none).
 //!

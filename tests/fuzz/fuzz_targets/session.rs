@@ -1,4 +1,4 @@
-//! Fuzz target: the sans-IO push session (src/session) between a real
+//! Fuzz target: the sans-IO push session (src/core/session) between a real
 //! `Sender` and a real `Receiver` writing into a `MirrorStore` on a
 //! temporary directory, as the transport drives them, with the messages
 //! between them delivered, dropped, duplicated, reordered, corrupted or

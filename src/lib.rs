@@ -83,7 +83,9 @@ pub use error::{Error, Result};
 
 /// Declares the edge modules: private to the library, or public and
 /// hidden from its documentation with the test-only `internals` feature
-/// (integration tests, benches and tools drive them directly).
+/// (integration tests, benches and tools drive them directly). Without it
+/// their `pub` re-exports for those callers go unused; dead code is still
+/// linted, and what only tests and tools use sits behind the feature.
 macro_rules! internal_modules {
     ($($module:ident),+) => {
         $(
@@ -91,7 +93,7 @@ macro_rules! internal_modules {
             #[doc(hidden)]
             pub mod $module;
             #[cfg(not(feature = "internals"))]
-            #[allow(dead_code, unreachable_pub, unused_imports)]
+            #[allow(unreachable_pub, unused_imports)]
             mod $module;
         )+
     };

@@ -108,6 +108,7 @@ pub struct Scan {
     pub manifest: Manifest,
     /// Records of every file, for the next quick check; filled by [`scan`]
     /// only ([`scan_with`] hands them to its [`Records`]).
+    #[cfg(feature = "internals")]
     pub records: HashMap<RelPath, FileRecord>,
     /// Entries left out: special files, unreadable or changing files (not
     /// those the filter excludes: the user asked for that); and entries
@@ -167,12 +168,14 @@ impl Records for Unrecorded {
     }
 }
 
+#[cfg(feature = "internals")]
 /// Records in memory: the last scan's, and this one's collected whole.
 struct Collect<'a> {
     previous: &'a HashMap<RelPath, FileRecord>,
     records: HashMap<RelPath, FileRecord>,
 }
 
+#[cfg(feature = "internals")]
 impl Records for Collect<'_> {
     fn previous(&mut self, path: &RelPath) -> Result<Option<FileRecord>> {
         Ok(self.previous.get(path).cloned())
@@ -184,6 +187,7 @@ impl Records for Collect<'_> {
     }
 }
 
+#[cfg(feature = "internals")]
 /// Scans the tree at `root`; `previous` gives the record of each file from
 /// the last scan, so unchanged files are not read. Every file's record is
 /// returned in [`Scan::records`].

@@ -30,6 +30,7 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((src, dest))
 }
 
+#[cfg(feature = "internals")]
 /// Scans the source tree at `src` (canonical) as `options` say,
 /// quick-checking against the records of its last scan kept in
 /// `state_dir`, and records this one there ([`source_records`]); the

@@ -71,6 +71,7 @@ impl Limiter {
         self.shared.rate_changed.notify_waiters();
     }
 
+    #[cfg(feature = "internals")]
     /// Waits until `bytes` may be sent.
     ///
     /// The bytes count from the call on: dropping the future before it

@@ -176,6 +176,7 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    #[cfg(feature = "internals")]
     /// quinn's and the kernel's defaults, for comparison.
     pub fn stock() -> Self {
         Tuning { socket_buffer: None, large_windows: false, idle_timeout: IDLE_TIMEOUT, congestion: Congestion::Cubic }

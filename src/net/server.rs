@@ -43,6 +43,7 @@ impl Listener {
         tokio::time::timeout(grace, &mut self.task).await.is_ok()
     }
 
+    #[cfg(feature = "internals")]
     /// Waits until the serve loop returns (its shutdown token fired).
     pub async fn finished(&mut self) {
         let _ = (&mut self.task).await;

@@ -25,6 +25,7 @@ use crate::session::SessionError;
 use crate::net::limiter::Limiter;
 
 pub mod local;
+#[cfg(feature = "internals")]
 pub mod memory;
 mod outcome;
 pub mod pull;

@@ -150,6 +150,7 @@ impl StateDb {
         Error::state(&self.path, e)
     }
 
+    #[cfg(feature = "internals")]
     /// Every file record. A record that no longer decodes is dropped, which
     /// only costs a re-read of that file.
     ///

@@ -151,6 +151,7 @@ impl MirrorStore {
         self
     }
 
+    #[cfg(feature = "internals")]
     /// Sets the commit batch limits (at least one file per batch).
     pub fn with_batch_limits(mut self, files: usize, bytes: u64) -> Self {
         self.batch_files = files.max(1);
@@ -197,6 +198,7 @@ impl MirrorStore {
         Ok(())
     }
 
+    #[cfg(feature = "internals")]
     /// Makes the `step`-th fallible step of the next session on this store
     /// ([`Receiving`]) fail, so tests can check that every interruption
     /// leaves a consistent tree.
@@ -205,6 +207,7 @@ impl MirrorStore {
         self.fail_at = step;
     }
 
+    #[cfg(feature = "internals")]
     /// Steps taken by the last session on this store.
     #[doc(hidden)]
     pub fn steps_taken(&self) -> u32 {
@@ -319,6 +322,7 @@ impl MirrorStore {
 }
 
 impl MirrorStore {
+    #[cfg(feature = "internals")]
     /// Starts applying a plan step by step on this store.
     pub fn receive(&mut self) -> Receiving<&mut MirrorStore> {
         Receiving::new(self)

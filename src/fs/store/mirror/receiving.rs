@@ -64,11 +64,13 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         }
     }
 
+    #[cfg(feature = "internals")]
     /// The store being written.
     pub fn store(&self) -> &MirrorStore {
         self.store.borrow()
     }
 
+    #[cfg(feature = "internals")]
     /// Files begun and not yet completed or abandoned.
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()

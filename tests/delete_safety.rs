@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use xfer::net::access::Access;
+use xfer::net::admission::serve;
 use xfer::net::audit::AuditLog;
-use xfer::net::driver::{serve, ServeConfig};
 use xfer::net::identity::Identity;
+use xfer::net::served::ServeConfig;
 use xfer::net::{server_endpoint, Tuning};
 use xfer::usecase::{push::push, RemoteUrl, TransferOptions};
 

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use xfer::net::access::Access;
-use xfer::net::driver::{serve, ServeConfig};
+use xfer::net::admission::serve;
 use xfer::net::identity::{Fingerprint, Identity};
 use xfer::net::limiter::Limiter;
+use xfer::net::served::ServeConfig;
 use xfer::net::{server_endpoint, Tuning};
 use xfer::usecase::{push::push, RemoteUrl, Report, TransferError, TransferOptions};
 use xfer_core::pacing::Rate;
@@ -943,7 +944,7 @@ async fn hostile_access_refusals_are_clear_and_recorded() {
 }
 
 /// The flood at scale: 200 abandoned handshakes, more than the server
-/// runs at once ([`xfer::net::driver::MAX_HANDSHAKES`]), and 2,000
+/// runs at once ([`xfer::net::admission::MAX_HANDSHAKES`]), and 2,000
 /// connections in waves. New connections are refused before their
 /// handshake until the abandoned ones time out; the good client retries
 /// and gets through; memory stays bounded.

@@ -261,7 +261,7 @@ fn session_pull_restores_and_updates() {
 // lane, picked by an `Order`: lanes race each other, each stays in order.
 
 /// One FIFO lane per data stream the transport opens.
-const LANES: usize = xfer::net::driver::DATA_STREAMS;
+const LANES: usize = xfer::net::frames::DATA_STREAMS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lane {

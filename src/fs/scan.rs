@@ -168,8 +168,8 @@ impl Records for Unrecorded {
     }
 }
 
-#[cfg(feature = "internals")]
 /// Records in memory: the last scan's, and this one's collected whole.
+#[cfg(feature = "internals")]
 struct Collect<'a> {
     previous: &'a HashMap<RelPath, FileRecord>,
     records: HashMap<RelPath, FileRecord>,
@@ -187,7 +187,6 @@ impl Records for Collect<'_> {
     }
 }
 
-#[cfg(feature = "internals")]
 /// Scans the tree at `root`; `previous` gives the record of each file from
 /// the last scan, so unchanged files are not read. Every file's record is
 /// returned in [`Scan::records`].
@@ -195,6 +194,7 @@ impl Records for Collect<'_> {
 /// # Errors
 /// Only when `root` itself cannot be read; problems with single entries are
 /// listed in [`Scan::skipped`].
+#[cfg(feature = "internals")]
 pub fn scan(root: &Path, previous: &HashMap<RelPath, FileRecord>, options: ScanOptions) -> Result<Scan> {
     let mut collect = Collect { previous, records: HashMap::new() };
     let mut scan = scan_with(root, &mut collect, options)?;

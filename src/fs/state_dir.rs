@@ -30,7 +30,6 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((src, dest))
 }
 
-#[cfg(feature = "internals")]
 /// Scans the source tree at `src` (canonical) as `options` say,
 /// quick-checking against the records of its last scan kept in
 /// `state_dir`, and records this one there ([`source_records`]); the
@@ -38,6 +37,7 @@ pub fn local_pair(src: &Path, dest: &Path) -> Result<(PathBuf, PathBuf)> {
 ///
 /// # Errors
 /// An unreadable root or state database.
+#[cfg(feature = "internals")]
 pub fn scan_source(src: &Path, state_dir: &Path, options: ScanOptions) -> Result<Scan> {
     scan_source_until(src, state_dir, options, &|| false)
 }

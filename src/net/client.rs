@@ -11,7 +11,13 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use xfer_protocol::CloseCode;
 
-use super::driver::{close_reason, run_pull, run_sender, wire_bytes, Caps, WireBytes};
+use super::admission::close_reason;
+
+use super::caps::Caps;
+
+use super::driver::{run_pull, run_sender};
+
+use super::link::{wire_bytes, WireBytes};
 use super::{client_config, client_endpoint, Congestion, ServerPin, Tuning};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::fs::store::MirrorReceiver;
@@ -160,7 +166,7 @@ impl Link {
         tokio::select! {
             result = &mut session => match result {
                 Ok(value) => Ok(Ran::Done(value)),
-                Err(e) => Err(super::driver::with_peer_reason(&self.connection, e).await),
+                Err(e) => Err(super::frames::with_peer_reason(&self.connection, e).await),
             },
             () = cancel.cancelled() => {
                 self.connection.close(VarInt::from_u32(CloseCode::Cancelled as u32), b"cancelled by the client");

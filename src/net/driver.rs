@@ -6,15 +6,7 @@
 //! Its parts live beside it: stream pumps in `frames`, liveness in `watch`,
 //! bandwidth caps in `caps`, link measurements in `link`, the server's
 //! accept loop and admission in `admission`, and the served root's rules in
-//! `served`. The names other code uses are re-exported here.
-
-pub(crate) use super::admission::close_reason;
-pub use super::admission::{serve, serve_connection, HANDSHAKE_TIMEOUT, MAX_HANDSHAKES};
-pub use super::caps::Caps;
-pub(crate) use super::frames::with_peer_reason;
-pub use super::frames::DATA_STREAMS;
-pub use super::link::{wire_bytes, WireBytes};
-pub use super::served::{ServeConfig, ServerState, DEFAULT_MAX_SESSIONS, SERVER_STATE_DIR};
+//! `served`.
 
 use std::io;
 use std::sync::Arc;
@@ -24,13 +16,13 @@ use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use xfer_protocol::Message;
 
-use super::caps::charge_resent;
+use super::caps::{charge_resent, Caps};
 use super::frames::{
-    check_lane, ended, inbound, open_control, read_data_streams, read_frames, write_data, write_frames, Inbound, Lane,
+    check_lane, ended, inbound, DATA_STREAMS, open_control, read_data_streams, read_frames, write_data, write_frames, Inbound, Lane,
     Outgoing, Reading, CHANNEL_DEPTH, CONTROL_BUDGET, DATA_BUDGET,
 };
 use super::link::{adapt_level, Backlog, LinkClock, WindowFeed};
-use super::served::{busy_or, check_real_dirs, open_store};
+use super::served::{busy_or, check_real_dirs, open_store, ServeConfig, ServerState, SERVER_STATE_DIR};
 use super::watch::{Activity, Watch};
 use crate::fs::store::MirrorReceiver as Receiver;
 use crate::manifest::RelPath;

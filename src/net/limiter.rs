@@ -71,11 +71,11 @@ impl Limiter {
         self.shared.rate_changed.notify_waiters();
     }
 
-    #[cfg(feature = "internals")]
     /// Waits until `bytes` may be sent.
     ///
     /// The bytes count from the call on: dropping the future before it
     /// completes does not give them back.
+    #[cfg(feature = "internals")]
     pub async fn acquire(&self, bytes: u64) {
         let ticket = self.reserve(bytes);
         self.wait(ticket).await;

@@ -3,17 +3,17 @@
 //! for fast and long links. The only module that names quinn.
 
 pub mod access;
-mod admission;
+pub mod admission;
 pub mod audit;
-mod caps;
+pub mod caps;
 pub mod client;
 mod controller;
 pub mod driver;
-mod frames;
+pub mod frames;
 pub mod identity;
 pub mod limiter;
-mod link;
-mod served;
+pub mod link;
+pub mod served;
 pub mod server;
 mod tls;
 mod watch;
@@ -176,8 +176,8 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    #[cfg(feature = "internals")]
     /// quinn's and the kernel's defaults, for comparison.
+    #[cfg(feature = "internals")]
     pub fn stock() -> Self {
         Tuning { socket_buffer: None, large_windows: false, idle_timeout: IDLE_TIMEOUT, congestion: Congestion::Cubic }
     }
@@ -205,7 +205,7 @@ impl Tuning {
         // a frame's buffer (4 MiB) on this side, so it may open no more.
         config
             .max_concurrent_bidi_streams(VarInt::from_u32(1))
-            .max_concurrent_uni_streams(VarInt::from_u32(driver::DATA_STREAMS as u32));
+            .max_concurrent_uni_streams(VarInt::from_u32(frames::DATA_STREAMS as u32));
         // Durations beyond a QUIC varint's range fall back to the default.
         let idle_timeout = crate::crashpoint::idle_timeout().unwrap_or(self.idle_timeout);
         let idle = IdleTimeout::try_from(idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));

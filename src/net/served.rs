@@ -55,7 +55,7 @@ pub struct ServeConfig {
     pub handshake_timeout: Duration,
     /// Cancelling it shuts the server down: no new session is accepted,
     /// each running one stops at its next commit point and is closed with
-    /// the reason, its record is written, and then [`serve`](super::driver::serve) returns.
+    /// the reason, its record is written, and then [`serve`](super::admission::serve) returns.
     pub shutdown: CancellationToken,
     /// What of a pushed entry's metadata is applied: a remote client's
     /// setuid bits, owners, ACLs and privileged xattrs never reach the

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::driver::{serve, ServeConfig};
+use super::admission::serve;
+
+use super::served::ServeConfig;
 use super::{server_endpoint, Tuning};
 use crate::net::identity::Identity;
 
@@ -43,8 +45,8 @@ impl Listener {
         tokio::time::timeout(grace, &mut self.task).await.is_ok()
     }
 
-    #[cfg(feature = "internals")]
     /// Waits until the serve loop returns (its shutdown token fired).
+    #[cfg(feature = "internals")]
     pub async fn finished(&mut self) {
         let _ = (&mut self.task).await;
     }

@@ -13,7 +13,7 @@ use super::schedule::scheduled;
 use super::{logged, TransferError, RemoteUrl, Report, TransferOptions};
 use crate::fs::store::{FailedEntry, MetaPolicy};
 use crate::net::access::Access;
-use crate::net::driver::{ServeConfig, ServerState};
+use crate::net::served::{ServeConfig, ServerState};
 use crate::net::identity::Identity;
 use crate::net::server::Listener;
 use crate::pacing::Flow;

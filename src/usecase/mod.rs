@@ -127,8 +127,8 @@ impl TransferOptions {
     }
 
     /// The caps on the data direction.
-    fn caps(&self) -> crate::net::driver::Caps {
-        crate::net::driver::Caps(vec![self.bwlimit.clone()])
+    fn caps(&self) -> crate::net::caps::Caps {
+        crate::net::caps::Caps(vec![self.bwlimit.clone()])
     }
 }
 

@@ -9,7 +9,7 @@ use xfer_protocol::msg::Summary;
 
 use crate::fs::store::FailedEntry;
 use crate::net::client::ConnectError;
-use crate::net::driver::WireBytes;
+use crate::net::link::WireBytes;
 use crate::net::identity::Fingerprint;
 use crate::net::Congestion;
 use crate::session::SessionError;

@@ -16,7 +16,7 @@ use crate::fs::scan::{Scan, ScanSkip, StatKey};
 use crate::fs::store::FailedEntry;
 use crate::manifest::{Manifest, RelPath};
 use crate::net::client::{Link, Ran};
-use crate::net::driver::WireBytes;
+use crate::net::link::WireBytes;
 use crate::net::identity::{Fingerprint, Identity};
 use crate::plan::{Op, PlanOptions};
 use crate::progress::Event;

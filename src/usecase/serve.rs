@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::schedule::Clock;
 use crate::net::access::Access;
 use crate::net::audit::AuditLog;
-use crate::net::driver::{ServeConfig, SERVER_STATE_DIR};
+use crate::net::served::{ServeConfig, SERVER_STATE_DIR};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::net::server::Listener;
 use crate::net::Congestion;

@@ -1,9 +1,11 @@
 //! What a plan deletes: counting it, the guard that refuses too much,
 //! and the receiver entries that must stay (excluded, or above a kept one).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use super::*;
+use super::under_any;
+use crate::filter::Filter;
+use crate::manifest::{Entry, EntryKind, Manifest, RelPath};
 
 /// Entries of `dest` at or below `paths` (each counted once, even when one
 /// path lies inside another).

@@ -1,6 +1,7 @@
 //! A changed file's chunk list as an edit of the receiver's old one.
 
-use super::*;
+use crate::chunk::{ChunkRef, FileDigest};
+use crate::hash::ChunkId;
 
 /// A file's new chunk list described against the receiver's old one: runs
 /// of old chunks to keep and the new chunks between them. This is what a

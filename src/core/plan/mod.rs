@@ -2,7 +2,7 @@
 //! operations that turn the receiver's tree into the source's, and the chunks
 //! it lacks. Pure functions: no I/O, so they are tested exhaustively.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::chunk::{ChunkRef, FileDigest};

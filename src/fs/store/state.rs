@@ -150,12 +150,12 @@ impl StateDb {
         Error::state(&self.path, e)
     }
 
-    #[cfg(feature = "internals")]
     /// Every file record. A record that no longer decodes is dropped, which
     /// only costs a re-read of that file.
     ///
     /// # Errors
     /// [`Error::State`] if the database cannot be read.
+    #[cfg(feature = "internals")]
     pub fn files(&self) -> Result<HashMap<RelPath, FileRecord>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(FILES).map_err(|e| self.err(e))?;

@@ -48,7 +48,7 @@ use libfuzzer_sys::fuzz_target;
 // the temporaries' names and the transport's data streams.
 use xfer::fs::scan::TEMP_PREFIX;
 use xfer::fs::store::{MirrorReceiver, MirrorStore, Receiving};
-use xfer::net::driver::DATA_STREAMS;
+use xfer::net::frames::DATA_STREAMS;
 use xfer_core::chunk::{digest_bytes, ChunkRef};
 use xfer_core::codec::{Compression, Encoder};
 // Fuzz inputs must mean the same data in every version.

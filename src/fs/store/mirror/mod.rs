@@ -151,8 +151,8 @@ impl MirrorStore {
         self
     }
 
-    #[cfg(feature = "internals")]
     /// Sets the commit batch limits (at least one file per batch).
+    #[cfg(feature = "internals")]
     pub fn with_batch_limits(mut self, files: usize, bytes: u64) -> Self {
         self.batch_files = files.max(1);
         self.batch_bytes = bytes.max(1);
@@ -198,17 +198,17 @@ impl MirrorStore {
         Ok(())
     }
 
-    #[cfg(feature = "internals")]
     /// Makes the `step`-th fallible step of the next session on this store
     /// ([`Receiving`]) fail, so tests can check that every interruption
     /// leaves a consistent tree.
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub fn fail_at_step(&mut self, step: Option<u32>) {
         self.fail_at = step;
     }
 
-    #[cfg(feature = "internals")]
     /// Steps taken by the last session on this store.
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub fn steps_taken(&self) -> u32 {
         self.steps
@@ -322,8 +322,8 @@ impl MirrorStore {
 }
 
 impl MirrorStore {
-    #[cfg(feature = "internals")]
     /// Starts applying a plan step by step on this store.
+    #[cfg(feature = "internals")]
     pub fn receive(&mut self) -> Receiving<&mut MirrorStore> {
         Receiving::new(self)
     }

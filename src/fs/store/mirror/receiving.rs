@@ -64,14 +64,14 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         }
     }
 
-    #[cfg(feature = "internals")]
     /// The store being written.
+    #[cfg(feature = "internals")]
     pub fn store(&self) -> &MirrorStore {
         self.store.borrow()
     }
 
-    #[cfg(feature = "internals")]
     /// Files begun and not yet completed or abandoned.
+    #[cfg(feature = "internals")]
     pub fn files_in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -27,5 +27,6 @@ pub mod pacing;
 pub mod patch;
 pub mod plan;
 pub mod progress;
+pub mod retention;
 pub mod session;
 pub mod wire;

@@ -310,7 +310,7 @@ fn apply_to_store(root: &Path, policy: MetaPolicy, dir_meta: &Meta, file_meta: &
     for op in &ops {
         rx.apply_op(op).unwrap();
     }
-    rx.finish().unwrap();
+    rx.finish(true).unwrap();
     let manifest = store.refresh(false).unwrap();
     (manifest.get(&d).unwrap().meta.clone(), manifest.get(&f).unwrap().meta.clone())
 }

@@ -390,7 +390,7 @@ fn receiving_accepts_chunks_in_any_order() {
     assert!(rx.put_chunk(9, 0, &pending[0].2, false).is_err());
     rx.complete_file(0).unwrap();
     rx.complete_file(1).unwrap();
-    let report = rx.finish().unwrap();
+    let report = rx.finish(true).unwrap();
     assert_eq!(report.files_written, 2);
     for (path, data) in &files {
         assert_eq!(&fs::read(path.to_path(&dest)).unwrap(), data);
@@ -448,7 +448,7 @@ fn receiving_shares_chunks_between_files_in_flight() {
         }
         assert!(rx.file_ready(1));
         rx.complete_file(1).unwrap();
-        rx.finish().unwrap();
+        rx.finish(true).unwrap();
         assert_eq!(fs::read(dest.join("b")).unwrap(), second);
         assert_eq!(fs::read(dest.join("a")).is_ok(), !abandon_first);
     }

@@ -230,7 +230,9 @@ pub(super) async fn serve_push(
 ) -> Result<Option<xfer_protocol::msg::Summary>, SessionError> {
     let Opened { send, ctrl_in, reader, hello, open } = opened;
     let opener = config.clone();
-    let mut receiver = Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request)));
+    let client_hex = client.to_string();
+    let mut receiver =
+        Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request, &client_hex)));
     receiver.handle(hello)?;
     receiver.handle(Message::Open(open))?;
     let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;

@@ -13,6 +13,7 @@ use xfer_protocol::CloseCode;
 use super::access::Access;
 use super::admission::HANDSHAKE_TIMEOUT;
 use super::caps::Caps;
+use crate::fs::history::{History, SnapshotInfo};
 use crate::fs::store::{MetaPolicy, MirrorStore, Receiving};
 use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
@@ -70,6 +71,10 @@ pub struct ServeConfig {
     /// The congestion controller of the server's endpoint, for the audit
     /// log (the endpoint's [`super::Tuning`] sets it).
     pub congestion: super::Congestion,
+    /// Whether pushes keep history: old versions of what they overwrite
+    /// or delete, and a snapshot of each tree they leave
+    /// ([`ServeConfig::history_dir`]).
+    pub history: bool,
 }
 
 impl ServeConfig {
@@ -89,6 +94,16 @@ impl ServeConfig {
             metadata: MetaPolicy::Confined,
             failures: None,
             congestion: super::Congestion::default(),
+            history: true,
+        }
+    }
+
+    /// Where the history of every tree served is kept: one store per
+    /// server, so a chunk kept once serves every tree's snapshots.
+    pub fn history_dir(&self) -> PathBuf {
+        match &self.state {
+            ServerState::InRoot => self.root.join(SERVER_STATE_DIR).join("history"),
+            ServerState::Outside(dir) => dir.join("history"),
         }
     }
 
@@ -168,8 +183,8 @@ pub(super) fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> 
     Ok(())
 }
 
-/// Opens the destination a client asked for, under the server's root.
-pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<Receiving, SessionError> {
+/// Opens the destination client `client` asked for, under the server's root.
+pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &str) -> Result<Receiving, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
     config.check_reserved(&path)?;
     check_real_dirs(&config.root, &path, false)?;
@@ -177,6 +192,13 @@ pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest) -> Result<
     let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
     let store = store.with_policy(config.metadata);
     let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
+    let store = if config.history {
+        let history = History::open(&config.history_dir())?;
+        let info = SnapshotInfo { tree: format!("/{path}"), client: client.to_string(), ..SnapshotInfo::default() };
+        store.with_history(history, info)
+    } else {
+        store
+    };
     Ok(Receiving::new(store))
 }
 

@@ -119,10 +119,13 @@ pub trait Destination {
     fn abandon_file(&mut self, file: u32, reason: &str) -> Vec<(u32, NeedInfo)>;
 
     /// Commits the rest (files still in flight are abandoned) and reports.
+    /// `complete` says whether the sender said it was done (false after a
+    /// cut connection, a cancel or a closing window): a store that keeps
+    /// history marks what it records of such a run as partial.
     ///
     /// # Errors
     /// The first failure committing; what was committed before stays.
-    fn finish(self) -> Result<ApplyReport, Self::Error>;
+    fn finish(self, complete: bool) -> Result<ApplyReport, Self::Error>;
 }
 
 /// A chunk a file being received lacks, as offered to the sender.

@@ -198,7 +198,7 @@ impl Destination for MemTree {
         Vec::new()
     }
 
-    fn finish(self) -> Result<ApplyReport, MemError> {
+    fn finish(self, _complete: bool) -> Result<ApplyReport, MemError> {
         if let Some(done) = &self.done {
             let _ = done.send(self.model.clone());
         }

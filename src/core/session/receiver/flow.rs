@@ -333,7 +333,7 @@ impl<D: Destination> Receiver<D> {
         let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
         // The store's failures are files abandoned here, each already in
         // `failed` (it has none in flight: every file here is done).
-        let report = rx.finish().map_err(SessionError::local)?;
+        let report = rx.finish(true).map_err(SessionError::local)?;
         let summary = msg::Summary {
             files_written: report.files_written,
             dirs_created: self.counts.dirs,

@@ -321,7 +321,7 @@ impl<D: Destination> Receiver<D> {
     /// checked; nothing half-built reaches a final name.
     pub fn salvage(&mut self) {
         if let Some(rx) = self.rx.take() {
-            let _ = rx.finish();
+            let _ = rx.finish(false);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Commit points: temporaries waiting in a batch, renamed into place
 //! together after one sync of their filesystems, then recorded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -102,6 +102,7 @@ impl MirrorStore {
             return Ok(());
         }
         let filesystems = distinct_filesystems(batch.pending.iter().filter_map(|p| p.temp.parent()));
+        self.preserve_replaced(batch)?;
         self.step()?;
         sync_filesystems(&filesystems)?;
         crate::crashpoint::hit("commit.synced");
@@ -130,6 +131,14 @@ impl MirrorStore {
         batch.bytes = 0;
         report.batches_committed += 1;
         Ok(())
+    }
+
+    /// Hands to history what the batch's renames are about to replace.
+    fn preserve_replaced(&mut self, batch: &Batch) -> Result<()> {
+        let paths: Vec<RelPath> = batch.pending.iter().map(|p| p.path.clone()).collect();
+        let staying: HashSet<ChunkId> =
+            batch.pending.iter().filter_map(|p| p.digest.as_ref()).flat_map(|d| d.chunks.iter().map(|c| c.id)).collect();
+        self.preserve(&paths, &staying, false)
     }
 
     /// Renames the batch's temporaries to their final names and notes the

@@ -30,6 +30,7 @@ use crate::manifest::{Manifest, RelPath};
 
 mod batch;
 mod build;
+mod keep;
 mod meta;
 mod receiving;
 mod sparse;
@@ -102,6 +103,8 @@ pub struct MirrorStore {
     steps: u32,
     /// Directories made writable for this run, with the mode to give back.
     unlocked: HashMap<PathBuf, Unlocked>,
+    /// Where old versions and snapshots go, if this tree keeps history.
+    keeper: Option<keep::Keeper>,
 }
 
 /// A directory opened up for writing: the mode it had, and which directory
@@ -141,6 +144,7 @@ impl MirrorStore {
             fail_at: None,
             steps: 0,
             unlocked: HashMap::new(),
+            keeper: None,
         })
     }
 

@@ -91,6 +91,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
                 if !fs::symlink_metadata(&abs).at(&abs)?.is_dir() {
                     // A file or symlink the source made a directory:
                     // replaced in one step, never absent meanwhile.
+                    store.preserve(std::slice::from_ref(path), &Default::default(), true)?;
                     store.replace_with_dir(path, meta)?;
                     self.report.entries_deleted += 1;
                     // Its record goes at the end, with the deletes'.
@@ -113,6 +114,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
         let store = self.store.borrow_mut();
         store.step()?;
         store.unlock_parent(path);
+        store.preserve(std::slice::from_ref(path), &Default::default(), true)?;
         crate::crashpoint::hit("store.delete");
         remove_entry(&store.abs(path))?;
         crate::crashpoint::hit("store.deleted");
@@ -420,7 +422,7 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
     ///
     /// # Errors
     /// As [`Receiving::commit`], or the state database update failing.
-    fn finish(mut self) -> Result<ApplyReport> {
+    fn finish(mut self, complete: bool) -> Result<ApplyReport> {
         for file in self.in_flight.keys().copied().collect::<Vec<_>>() {
             self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX }.to_string());
         }
@@ -436,6 +438,8 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
                 fs::symlink_metadata(path.to_path(&root)).is_ok_and(|m| m.is_file() && StatKey::of(&m) == record.stat)
             })?;
         }
+        let partial = !complete || !self.report.failed.is_empty();
+        self.store.borrow_mut().record_snapshot(partial)?;
         Ok(std::mem::take(&mut self.report))
     }
 }

@@ -1,0 +1,165 @@
+//! History as a property: random trees edited night after night (files
+//! rewritten, grown, moved, copied, deleted, turned into directories and
+//! back), each night pushed with deletes into a mirror that keeps history;
+//! afterwards every night's snapshot restores exactly that night's tree,
+//! though the mirror holds only the last one.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tempfile::TempDir;
+use xfer::fs::history::restore::SnapshotReader;
+use xfer::fs::history::{History, SnapshotInfo};
+use xfer::fs::store::MirrorStore;
+use xfer::manifest::{EntryKind, RelPath};
+use xfer::session::ChunkReader;
+
+use crate::util::pair::{push_into, ModelReader};
+use crate::util::{assert_same_tree, manifest_of, rel, seeded, Model, Node};
+
+/// File bodies share pieces, so chunks recur across files and nights.
+fn body(rng: &mut SmallRng) -> Vec<u8> {
+    let pieces = rng.gen_range(1..4);
+    let mut data = Vec::new();
+    for _ in 0..pieces {
+        let len = rng.gen_range(0..40_000);
+        data.extend(seeded(len, rng.gen_range(0..6)));
+    }
+    data
+}
+
+fn files(model: &Model) -> Vec<RelPath> {
+    model.iter().filter(|(_, n)| matches!(n, Node::File { .. })).map(|(p, _)| p.clone()).collect()
+}
+
+fn remove_subtree(model: &mut Model, path: &RelPath) {
+    model.retain(|p, _| p != path && !p.is_inside(path));
+}
+
+fn add_file(model: &mut Model, rng: &mut SmallRng, night: i64) {
+    let dir = ["a", "b", "a/c"][rng.gen_range(0..3)];
+    let mut at = RelPath::root();
+    for part in dir.split('/') {
+        at = at.join(part.as_bytes()).unwrap();
+        if !matches!(model.get(&at), Some(Node::Dir { .. })) {
+            remove_subtree(model, &at);
+            model.insert(at.clone(), Node::Dir { mode: 0o755, mtime: 1_600_000_000 });
+        }
+    }
+    let path = at.join(format!("f{}", rng.gen_range(0..12)).as_bytes()).unwrap();
+    remove_subtree(model, &path);
+    model.insert(path, Node::File { data: body(rng), mode: 0o644, mtime: 1_600_000_000 + night });
+}
+
+/// One night's edits.
+fn edit(model: &mut Model, rng: &mut SmallRng, night: i64) {
+    for _ in 0..rng.gen_range(1..6) {
+        let files = files(model);
+        let pick = |rng: &mut SmallRng| files.get(rng.gen_range(0..files.len().max(1))).cloned();
+        match rng.gen_range(0..6) {
+            0 | 1 => add_file(model, rng, night),
+            2 => {
+                if let Some(path) = pick(rng) {
+                    if let Some(Node::File { data, mtime, .. }) = model.get_mut(&path) {
+                        data.extend(seeded(rng.gen_range(1..20_000), night as u64));
+                        *mtime += 1;
+                    }
+                }
+            }
+            3 => {
+                if let Some(path) = pick(rng) {
+                    remove_subtree(model, &path);
+                }
+            }
+            4 => {
+                // A move (or a copy when the old name stays).
+                if let (Some(from), true) = (pick(rng), rng.gen_bool(0.5)) {
+                    let node = model[&from].clone();
+                    let to = rel(format!("moved{}", rng.gen_range(0..4)).as_bytes());
+                    remove_subtree(model, &to);
+                    model.insert(to, node);
+                    if rng.gen_bool(0.5) {
+                        model.remove(&from);
+                    }
+                }
+            }
+            _ => {
+                // A directory deleted whole, or a file turned into one.
+                let dir = rel(["a", "b"][rng.gen_range(0..2)].as_bytes());
+                remove_subtree(model, &dir);
+                if rng.gen_bool(0.5) {
+                    model.insert(dir, Node::Dir { mode: 0o700, mtime: 1_600_000_000 });
+                }
+            }
+        }
+    }
+}
+
+fn contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
+    model
+        .iter()
+        .filter_map(|(p, n)| match n {
+            Node::File { data, .. } => Some((p.clone(), data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The snapshot's tree as a model, every file read through the restore
+/// reader (history first, then the mirror).
+fn restored(history: History, dest: &std::path::Path, state: &std::path::Path, night: usize) -> Model {
+    let snapshot = history.snapshots().unwrap()[night].clone();
+    let manifest = history.load_tree(&snapshot, &RelPath::root()).unwrap();
+    let mut reader = SnapshotReader::new(history, dest.to_path_buf(), state.to_path_buf());
+    let mut model = Model::new();
+    for entry in manifest.entries() {
+        let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);
+        let node = match &entry.kind {
+            EntryKind::Dir => Node::Dir { mode, mtime },
+            EntryKind::Symlink { target } => Node::Symlink { target: target.clone(), mtime },
+            EntryKind::File(digest) => {
+                let mut data = Vec::new();
+                let mut offset = 0;
+                for chunk in &digest.chunks {
+                    data.extend(reader.read(&entry.path, offset, *chunk).unwrap());
+                    offset += u64::from(chunk.len);
+                }
+                Node::File { data, mode, mtime }
+            }
+            EntryKind::HardLink { .. } => panic!("models hold no hard links"),
+        };
+        model.insert(entry.path.clone(), node);
+    }
+    model
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_night_restores_exactly(seed in any::<u64>(), nights in 3usize..7) {
+        let scratch = TempDir::new().unwrap();
+        let dest = scratch.path().join("dest");
+        let state = scratch.path().join("state.redb");
+        let hist = scratch.path().join("history");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut model = Model::new();
+        let mut kept = Vec::new();
+        for night in 0..nights {
+            edit(&mut model, &mut rng, night as i64);
+            let store = MirrorStore::open(&dest, &state).unwrap();
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000 + 86_400 * night as u64);
+            let info = SnapshotInfo { tree: "/".into(), time: Some(time), ..SnapshotInfo::default() };
+            let store = store.with_history(History::open(&hist).unwrap(), info);
+            let (result, _) = push_into(manifest_of(&model), ModelReader(contents(&model)), store);
+            result.unwrap();
+            kept.push(model.clone());
+        }
+        for (night, expected) in kept.iter().enumerate() {
+            let got = restored(History::open(&hist).unwrap(), &dest, &state, night);
+            assert_same_tree(&got, expected);
+        }
+    }
+}

@@ -11,7 +11,7 @@
 //! named the bytes edited away can no longer restore them.
 
 use std::collections::HashSet;
-use std::fs::File;
+use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 
 use super::MirrorStore;
@@ -68,7 +68,10 @@ impl MirrorStore {
         let mut added = false;
         for path in paths {
             let mut files = vec![path.clone()];
-            files.extend(self.db.paths_inside(path)?);
+            // Only a directory has records inside (one lookup per new file).
+            if fs::symlink_metadata(path.to_path(&self.root)).is_ok_and(|m| m.is_dir()) {
+                files.extend(self.db.paths_inside(path)?);
+            }
             for file in files {
                 let Some(record) = self.db.file(&file)? else { continue };
                 let abs = file.to_path(&self.root);

@@ -302,17 +302,26 @@ def zstd_size(path):
     return total
 
 
-def file_hash(path):
+BLOCK = 4 * KiB
+
+
+def file_hash(path, blocks=None):
+    """sha256 of the file; with a list given, also appends an 8-byte digest
+    of each BLOCK-sized piece to it."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while piece := f.read(wl.PIECE):
             h.update(piece)
+            if blocks is not None:
+                for at in range(0, len(piece), BLOCK):
+                    blocks.append(hashlib.blake2b(piece[at:at + BLOCK], digest_size=8).digest())
     return h.hexdigest()
 
 
 def listing(root, previous):
-    """path -> (size, mtime_ns, sha256, zstd size) of every regular file;
-    entries whose size and mtime did not change are taken from previous."""
+    """path -> (size, mtime_ns, sha256, zstd size, block digests) of every
+    regular file; entries whose size and mtime did not change are taken
+    from previous."""
     out = {}
     for dirpath, _, files in os.walk(root):
         for name in files:
@@ -325,25 +334,47 @@ def listing(root, previous):
             if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
                 out[rel] = old
             else:
-                out[rel] = (st.st_size, st.st_mtime_ns, file_hash(p), zstd_size(p))
+                blocks = []
+                digest = file_hash(p, blocks)
+                out[rel] = (st.st_size, st.st_mtime_ns, digest, zstd_size(p), b"".join(blocks))
     return out
 
 
+def changed_blocks(old, new):
+    """Bytes of old's BLOCK-sized pieces that new lacks at the same offset."""
+    old_blocks, new_blocks = old[4], new[4] if new else b""
+    lost = 0
+    for i in range(0, len(old_blocks), 8):
+        if old_blocks[i:i + 8] != new_blocks[i:i + 8]:
+            lost += min(BLOCK, old[0] - i // 8 * BLOCK)
+    return lost
+
+
 def changed_bytes(before, after):
-    """What the previous night's tree loses: its files whose content is gone."""
+    """What the previous night's tree loses: its files whose content is gone,
+    whole (`raw`, `z`) and as the blocks that differ at the same offset in
+    the file now at that path (`blocks_raw`; `blocks_z` estimates them
+    compressed at the ratio of the whole old file)."""
     kept = {entry[2] for entry in after.values()}
     gone = {}
     by_path = {"files": 0, "raw": 0, "z": 0}
     for rel, entry in before.items():
-        if after.get(rel, (None, None, None))[2] == entry[2]:
+        now = after.get(rel)
+        if now and now[2] == entry[2]:
             continue
         by_path["files"] += 1
         by_path["raw"] += entry[0]
         by_path["z"] += entry[3]
         if entry[2] not in kept:
-            gone[entry[2]] = entry  # the same content twice is kept once
-    return {"files": len(gone), "raw": sum(e[0] for e in gone.values()),
-            "z": sum(e[3] for e in gone.values()), "by_path": by_path}
+            gone[entry[2]] = (entry, now)  # the same content twice is kept once
+    blocks_raw = blocks_z = 0
+    for entry, now in gone.values():
+        lost = changed_blocks(entry, now)
+        blocks_raw += lost
+        blocks_z += lost * entry[3] // entry[0] if entry[0] else 0
+    return {"files": len(gone), "raw": sum(e[0] for e, _ in gone.values()),
+            "z": sum(e[3] for e, _ in gone.values()), "blocks_raw": blocks_raw, "blocks_z": blocks_z,
+            "by_path": by_path}
 
 
 # ---------------------------------------------------------------- the tools
@@ -464,7 +495,7 @@ def mib(n):
     return f"{n / MiB:,.1f}"
 
 
-def table(sizes, walls, tools, change_z, source_b, nights, snapshots):
+def table(sizes, walls, tools, change, source_b, nights, snapshots):
     peers = [t for t in PEERS if t in tools]
     best = min((sizes[t]["du_b"] for t in peers), default=None)
     label = {"xfer": "xfer (dest + state)", "restic": "restic (repo, --compression auto)",
@@ -475,14 +506,19 @@ def table(sizes, walls, tools, change_z, source_b, nights, snapshots):
     for t in tools:
         ratio = f"{sizes[t]['du_b'] / best:.2f}x" if best else "-"
         lines.append(f"| {label[t]} | {mib(sizes[t]['du_b'])} | {mib(sizes[t]['du_k'])} | {ratio} | {walls[t]:.1f} |")
-    lines += ["", f"Compressed changed bytes (zstd -3, {nights - 1} nights): {mib(change_z)} MiB."]
-    summary = {"best_peer_du_b": best, "change_z": change_z}
+    change_z = change["z"]
+    lines += ["", f"Compressed changed bytes (zstd -3, whole files, {nights - 1} nights): {mib(change_z)} MiB; "
+              f"as changed 4 KiB blocks (estimated): {mib(change['blocks_z'])} MiB."]
+    summary = {"best_peer_du_b": best, "change_z": change_z, "change_blocks_z": change["blocks_z"]}
     if "xfer" in tools:
         extra = sizes["xfer"]["du_b"] - source_b
         ratio = extra / change_z if change_z else None
-        summary |= {"xfer_extra_b": extra, "xfer_extra_ratio": ratio, "xfer_snapshots": snapshots}
+        by_blocks = extra / change["blocks_z"] if change["blocks_z"] else None
+        summary |= {"xfer_extra_b": extra, "xfer_extra_ratio": ratio, "xfer_extra_ratio_blocks": by_blocks,
+                    "xfer_snapshots": snapshots}
         lines.append(f"xfer history extra cost: {mib(extra)} MiB = "
-                     + (f"{ratio:.2f}x" if ratio is not None else "-") + " the compressed changed bytes"
+                     + (f"{ratio:.2f}x" if ratio is not None else "-") + " the compressed changed bytes, "
+                     + (f"{by_blocks:.2f}x" if by_blocks is not None else "-") + " the changed blocks"
                      + f" ({snapshots} snapshot records found).")
         if best:
             ok_size = sizes["xfer"]["du_b"] <= best
@@ -510,7 +546,7 @@ def check_free(base, scale, nights, tools):
 
 def night_loop(series, tools_, tools, nights, out, run_id):
     walls = {t: 0.0 for t in tools}
-    change_total = {"files": 0, "raw": 0, "z": 0}
+    change_total = {"files": 0, "raw": 0, "z": 0, "blocks_raw": 0, "blocks_z": 0}
     before = {}
     for night in range(1, nights + 1):
         t0 = time.monotonic()
@@ -579,7 +615,7 @@ def main(argv=None):
                                       "scale": args.scale, "wall_s": round(walls[t], 2),
                                       "correct": correct.get(t)} | sizes[t]) + "\n")
             snapshots = snapshot_count(tools_.paths["xfer"]) if "xfer" in tools else 0
-            text, summary = table(sizes, walls, tools, change["z"], source_b, args.nights, snapshots)
+            text, summary = table(sizes, walls, tools, change, source_b, args.nights, snapshots)
             out.write(json.dumps({"run": run_id, "kind": "summary", "nights": args.nights, "scale": args.scale,
                                   "seed": args.seed, "source_du_b": source_b, "change": change,
                                   "zstd": "python-zstandard" if zstandard else "zstd CLI",

@@ -429,7 +429,7 @@ class Tools:
         stamp = datetime.datetime.fromtimestamp(night_time(night), datetime.timezone.utc)
         if tool == "restic":
             return run(["restic", "backup", "--quiet", "--host", "bench", "--compression", "auto",
-                        "--time", stamp.strftime("%Y-%m-%d %H:%M:%S"), "."], env=self.env["restic"], cwd=self.src)
+                        "--time", stamp.strftime("%Y-%m-%d %H:%M:%S"), self.src], env=self.env["restic"])
         if tool == "borg":
             return run(["borg", "create", "--compression", "zstd,3", "--timestamp",
                         stamp.strftime("%Y-%m-%dT%H:%M:%S"), f"::night-{night:02d}", "."],
@@ -444,11 +444,20 @@ class Tools:
                    env=self.env["xfer"])
 
     def final_tree(self, tool, nights):
+        """Where the last night's backup can be read as a tree; restic and
+        borg restore it into scratch first."""
         if tool == "rsync":
             return os.path.join(self.paths["rsync"][0], f"night-{nights:02d}")
         if tool == "xfer":
             return self.paths["xfer"][0]
-        return None
+        target = os.path.join(self.scratch, f"{tool}-restore")
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        if tool == "restic":
+            run(["restic", "restore", "latest", "--target", target], env=self.env["restic"])
+            return target + self.src
+        run(["borg", "extract", f"::night-{nights:02d}"], env=self.env["borg"], cwd=target)
+        return target
 
 
 def snapshot_count(paths):
@@ -495,17 +504,18 @@ def mib(n):
     return f"{n / MiB:,.1f}"
 
 
-def table(sizes, walls, tools, change, source_b, nights, snapshots):
+def table(sizes, walls, tools, change, source_b, nights, snapshots, correct):
     peers = [t for t in PEERS if t in tools]
     best = min((sizes[t]["du_b"] for t in peers), default=None)
     label = {"xfer": "xfer (dest + state)", "restic": "restic (repo, --compression auto)",
              "borg": "borg (repo, none, zstd,3)", "rsync": "rsync --link-dest rotation"}
     lines = [f"History of {nights} nights, source {mib(source_b)} MiB at the end (du -sb).", "",
-             "| tool | du -sb MiB | du -sk MiB | vs best peer | total backup wall s |",
-             "|---|---|---|---|---|"]
+             "| tool | du -sb MiB | du -sk MiB | vs best peer | total backup wall s | last night restored |",
+             "|---|---|---|---|---|---|"]
     for t in tools:
         ratio = f"{sizes[t]['du_b'] / best:.2f}x" if best else "-"
-        lines.append(f"| {label[t]} | {mib(sizes[t]['du_b'])} | {mib(sizes[t]['du_k'])} | {ratio} | {walls[t]:.1f} |")
+        lines.append(f"| {label[t]} | {mib(sizes[t]['du_b'])} | {mib(sizes[t]['du_k'])} | {ratio} | {walls[t]:.1f} | "
+                     f"{'same as source' if correct[t] else '**wrong**'} |")
     change_z = change["z"]
     lines += ["", f"Compressed changed bytes (zstd -3, whole files, {nights - 1} nights): {mib(change_z)} MiB; "
               f"as changed 4 KiB blocks (estimated): {mib(change['blocks_z'])} MiB."]
@@ -610,14 +620,16 @@ def main(argv=None):
             walls, change = night_loop(series, tools_, tools, args.nights, out, run_id)
             source_b = du([src], "-sb")
             sizes = {t: {"du_b": du(tools_.paths[t], "-sb"), "du_k": du(tools_.paths[t], "-sk")} for t in tools}
-            correct = {t: same_tree(src, tools_.final_tree(t, args.nights)) for t in tools
-                       if tools_.final_tree(t, args.nights)}
+            # After du, so the restores in scratch are not measured.
+            correct = {t: same_tree(src, tools_.final_tree(t, args.nights)) for t in tools}
+            shutil.rmtree(tools_.scratch + "/restic-restore", ignore_errors=True)
+            shutil.rmtree(tools_.scratch + "/borg-restore", ignore_errors=True)
             for t in tools:
                 out.write(json.dumps({"run": run_id, "kind": "size", "tool": t, "nights": args.nights,
                                       "scale": args.scale, "wall_s": round(walls[t], 2),
                                       "correct": correct.get(t)} | sizes[t]) + "\n")
             snapshots = snapshot_count(tools_.paths["xfer"]) if "xfer" in tools else 0
-            text, summary = table(sizes, walls, tools, change, source_b, args.nights, snapshots)
+            text, summary = table(sizes, walls, tools, change, source_b, args.nights, snapshots, correct)
             out.write(json.dumps({"run": run_id, "kind": "summary", "nights": args.nights, "scale": args.scale,
                                   "seed": args.seed, "source_du_b": source_b, "change": change,
                                   "zstd": "python-zstandard" if zstandard else "zstd CLI",

@@ -1,4 +1,17 @@
 //! Which snapshots a retention policy keeps.
+//!
+//! The rules are those of a `forget --keep-*` command: `last` keeps the
+//! newest N snapshots; each calendar rule (hourly, daily, weekly, monthly,
+//! yearly) walks the snapshots newest first and keeps the newest one of
+//! each distinct period until it has kept N periods; `within` keeps every
+//! snapshot at most that long before the newest snapshot. A snapshot that
+//! any rule keeps stays.
+//!
+//! Periods are UTC. `within` counts back from the newest snapshot, not
+//! from the clock: the core has no clock, and a backup set whose backups
+//! stopped must not be wiped because time went on.
+
+use thiserror::Error;
 
 /// How many snapshots to keep, per rule; a snapshot kept by any rule stays.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,9 +49,166 @@ pub struct Decision {
     pub reasons: Vec<&'static str>,
 }
 
+/// A retention setting could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RetentionError {
+    /// Not a duration.
+    #[error(
+        "\"{0}\" is not a duration: use a number and a unit, y (years), m (months), w (weeks), d (days) or h \
+         (hours), e.g. 30d, 2w, 12h or 1y6m"
+    )]
+    Within(String),
+    /// A duration too long to count in seconds.
+    #[error("\"{0}\" is too long a duration: the longest is 500000000000y (in seconds, a u64)")]
+    WithinTooLarge(String),
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Seconds per unit of a `--keep-within` duration. A month counts as 31
+/// days and a year as 366: a duration in seconds cannot follow the
+/// calendar, and taking the longest month and year means `within` never
+/// keeps less than the calendar reading of the same words would.
+fn unit_secs(unit: char) -> Option<u64> {
+    match unit {
+        'h' => Some(HOUR),
+        'd' => Some(DAY),
+        'w' => Some(7 * DAY),
+        'm' => Some(31 * DAY),
+        'y' => Some(366 * DAY),
+        _ => None,
+    }
+}
+
+/// Parses a `--keep-within` duration such as `30d`, `2w`, `6m`, `1y`,
+/// `12h` or `1y6m` (terms add up) into seconds.
+pub fn parse_within(text: &str) -> Result<u64, RetentionError> {
+    let bad = || RetentionError::Within(text.to_owned());
+    let too_large = || RetentionError::WithinTooLarge(text.to_owned());
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let (number, tail) = rest.split_at(digits);
+        let unit = tail.chars().next().ok_or_else(bad)?;
+        let per = unit_secs(unit).ok_or_else(bad)?;
+        // Digits only, so the one failure left is a number too big for u64.
+        let count: u64 = number.parse().map_err(|_| too_large())?;
+        let secs = count.checked_mul(per).ok_or_else(too_large)?;
+        total = total.checked_add(secs).ok_or_else(too_large)?;
+        rest = &tail[unit.len_utf8()..];
+    }
+    Ok(total)
+}
+
+/// A calendar period a rule keeps one snapshot of.
+#[derive(Clone, Copy, Debug)]
+enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+impl Period {
+    /// A number that two times share exactly when they fall in the same
+    /// period; later periods have larger numbers.
+    fn key(self, time: i64) -> i64 {
+        let days = time.div_euclid(DAY as i64);
+        match self {
+            Period::Hour => time.div_euclid(HOUR as i64),
+            Period::Day => days,
+            // ISO weeks run Monday to Sunday; day 0 (1970-01-01) was a
+            // Thursday, so shifting by 3 puts each Monday at a multiple of 7.
+            Period::Week => (days + 3).div_euclid(7),
+            Period::Month => {
+                let (year, month) = year_month(days);
+                year * 12 + i64::from(month) - 1
+            }
+            Period::Year => year_month(days).0,
+        }
+    }
+}
+
+/// The proleptic Gregorian year and month (1-12) of a day counted from
+/// 1970-01-01. Works in 400-year cycles of 146,097 days, each starting on
+/// a 1 March so that the leap day falls at the end of its year.
+fn year_month(days: i64) -> (i64, u32) {
+    // Day 0 of the cycles is 0000-03-01, 719,468 days before 1970-01-01.
+    let shifted = days + 719_468;
+    let cycle = shifted.div_euclid(146_097);
+    let day_of_cycle = shifted - cycle * 146_097; // 0..=146_096
+                                                  // Years of 365 days, plus the leap days of each 4, 100 and 400 years.
+    let year_of_cycle = (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
+    let day_of_year = day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
+    // Months from March: 31,30,31,30,31 repeat, so 153 days per 5 months.
+    let month_from_march = (5 * day_of_year + 2) / 153; // 0..=11
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_cycle + cycle * 400 + i64::from(month <= 2);
+    let month = u32::try_from(month).expect("invariant: a month number is 1 to 12");
+    (year, month)
+}
+
 /// Decides for each snapshot time (seconds since the Unix epoch, UTC, in
 /// any order) whether `policy` keeps it; the answer is in input order.
 pub fn decide(times: &[i64], policy: &KeepPolicy) -> Vec<Decision> {
-    let _ = policy;
-    vec![Decision::default(); times.len()]
+    let mut out = vec![Decision::default(); times.len()];
+    // Newest first; equal times in input order, so the answer is the same
+    // on every call with the same input.
+    let mut order: Vec<usize> = (0..times.len()).collect();
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(a.cmp(&b)));
+
+    for &i in order.iter().take(policy.last as usize) {
+        keep(&mut out[i], "last");
+    }
+    let calendar = [
+        ("hourly", policy.hourly, Period::Hour),
+        ("daily", policy.daily, Period::Day),
+        ("weekly", policy.weekly, Period::Week),
+        ("monthly", policy.monthly, Period::Month),
+        ("yearly", policy.yearly, Period::Year),
+    ];
+    for (rule, count, period) in calendar {
+        let mut left = count;
+        let mut previous = None;
+        for &i in &order {
+            if left == 0 {
+                break;
+            }
+            let key = period.key(times[i]);
+            // Newest first, so the first time of a new period is its newest.
+            if previous != Some(key) {
+                previous = Some(key);
+                left -= 1;
+                keep(&mut out[i], rule);
+            }
+        }
+    }
+    if let (Some(within), Some(&newest)) = (policy.within_secs, order.first()) {
+        let newest = i128::from(times[newest]);
+        for &i in &order {
+            if newest - i128::from(times[i]) > i128::from(within) {
+                break;
+            }
+            keep(&mut out[i], "within");
+        }
+    }
+    out
 }
+
+fn keep(decision: &mut Decision, rule: &'static str) {
+    decision.keep = true;
+    decision.reasons.push(rule);
+}
+
+#[cfg(test)]
+mod tests;

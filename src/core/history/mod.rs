@@ -78,3 +78,8 @@ pub fn unhex32(text: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// [`FormatError::Malformed`], for the store's own checks.
+pub fn malformed_error(what: &'static str, reason: impl Into<String>) -> FormatError {
+    malformed(what, reason)
+}

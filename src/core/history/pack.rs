@@ -162,7 +162,7 @@ impl PackBuilder {
     ///
     /// # Errors
     /// A blob larger than [`MAX_BLOB`].
-    pub fn add(&mut self, kind: BlobKind, id: ChunkId, raw: &[u8]) -> Result<&PackEntry, FormatError> {
+    pub fn add(&mut self, kind: BlobKind, id: ChunkId, raw: &[u8]) -> Result<PackEntry, FormatError> {
         let raw_len =
             u32::try_from(raw.len()).ok().filter(|&n| n <= MAX_BLOB).ok_or(FormatError::TooLarge(raw.len()))?;
         let offset = self.body.len() as u64;
@@ -179,7 +179,7 @@ impl PackBuilder {
         };
         let stored = u32::try_from(stored).map_err(|_| FormatError::TooLarge(stored))?;
         self.entries.push(PackEntry { kind, id, offset, stored, raw: raw_len, compression });
-        Ok(self.entries.last().expect("invariant: just pushed"))
+        Ok(*self.entries.last().expect("invariant: just pushed"))
     }
 
     /// The blob `id`'s entry and body, if this pack holds it.

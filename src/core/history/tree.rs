@@ -69,6 +69,9 @@ pub struct TreeStats {
     pub dirs: u64,
     /// Bytes of the regular files.
     pub bytes: u64,
+    /// The most encoded tree bytes held at once while building (one part
+    /// per open directory level): what memory the tree costs.
+    pub peak_held: usize,
 }
 
 /// One directory being encoded.
@@ -155,6 +158,7 @@ pub fn build<E>(
         };
         let node = Node { name: entry.path.name().to_vec(), meta: entry.meta.clone(), kind };
         stack.last_mut().expect("invariant: the root frame stays").add(&node, part_target, &mut put)?;
+        stats.peak_held = stats.peak_held.max(stack.iter().map(|f| f.part.len() + 32 * f.parts.len()).sum());
     }
     close_until(&mut stack, &RelPath::root(), part_target, &mut put)?;
     let root = stack.pop().expect("invariant: the root frame stays");
@@ -283,8 +287,21 @@ pub fn find<E: From<FormatError>>(
 pub fn load<E: From<FormatError>>(
     root: ChunkId,
     sub: &RelPath,
-    mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
 ) -> Result<Manifest, E> {
+    load_measured(root, sub, fetch).map(|(manifest, _)| manifest)
+}
+
+/// As [`load`], with the most tree blob bytes held at once (one blob per
+/// directory level on the current path, never the whole tree).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_measured<E: From<FormatError>>(
+    root: ChunkId,
+    sub: &RelPath,
+    mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+) -> Result<(Manifest, usize), E> {
     if sub.is_root() {
         return walk(root, root, sub, &mut fetch);
     }
@@ -297,7 +314,7 @@ pub fn load<E: From<FormatError>>(
     };
     let path = RelPath::new(sub.name()).map_err(|e| malformed("tree blob", e.to_string()))?;
     let entries = vec![Entry { path, meta: node.meta, kind }];
-    Ok(Manifest::new(entries).map_err(FormatError::from)?)
+    Ok((Manifest::new(entries).map_err(FormatError::from)?, 0))
 }
 
 fn file_at<E: From<FormatError>>(
@@ -318,8 +335,9 @@ fn walk<E: From<FormatError>>(
     dir: ChunkId,
     sub: &RelPath,
     fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
-) -> Result<Manifest, E> {
+) -> Result<(Manifest, usize), E> {
     let mut entries = Vec::new();
+    let mut peak = 0;
     // Hard link targets outside `sub`, and where their first name inside went.
     let mut moved: HashMap<RelPath, RelPath> = HashMap::new();
     let mut stack = vec![(RelPath::root(), DirCursor::open(dir, fetch)?)];
@@ -329,6 +347,7 @@ fn walk<E: From<FormatError>>(
             continue;
         };
         let path = parent.join(&node.name).map_err(|e| malformed("tree blob", e.to_string()))?;
+        peak = peak.max(stack.iter().map(|(_, c)| c.bytes.len() + 32 * c.parts.len()).sum());
         let kind = match node.kind {
             NodeKind::Dir { tree } => {
                 stack.push((path.clone(), DirCursor::open(tree, fetch)?));
@@ -354,7 +373,7 @@ fn walk<E: From<FormatError>>(
         };
         entries.push(Entry { path, meta: node.meta, kind });
     }
-    Ok(Manifest::new(entries).map_err(FormatError::from)?)
+    Ok((Manifest::new(entries).map_err(FormatError::from)?, peak))
 }
 
 /// Adds to `blobs` every blob id the tree `root` references, tree blobs

@@ -427,6 +427,17 @@ impl History {
         tree::load(root, sub, |id| self.tree_blob(id)).map_err(|e| self.load_error(e))
     }
 
+    /// As [`History::load_tree`], with the most tree blob bytes held at
+    /// once while loading (tests check it stays one directory's worth).
+    ///
+    /// # Errors
+    /// As [`History::load_tree`].
+    #[cfg(feature = "internals")]
+    pub fn load_tree_measured(&self, snapshot: &SnapshotRecord, sub: &RelPath) -> Result<(Manifest, usize)> {
+        let root = self.snapshot_root(snapshot)?;
+        tree::load_measured(root, sub, |id| self.tree_blob(id)).map_err(|e| self.load_error(e))
+    }
+
     fn snapshot_root(&self, snapshot: &SnapshotRecord) -> Result<ChunkId> {
         unhex32(&snapshot.root).map(ChunkId).ok_or_else(|| Error::HistoryConfig {
             path: self.dir.join("snapshots").join(&snapshot.id),

@@ -73,45 +73,80 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes an index file, checking its checksum and that every count fits
-/// the bytes present before anything is allocated for it.
+/// What [`visit`] hands out, in file order: a pack, then its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A pack, with the number of entries that follow.
+    Pack {
+        /// Its id.
+        id: [u8; 32],
+        /// Its length.
+        len: u64,
+        /// Entries that follow.
+        entries: usize,
+    },
+    /// One blob of the last pack.
+    Entry(PackEntry),
+}
+
+/// Decodes an index file without building it in memory, handing each
+/// item to `each`: the checksum is checked first, every count against
+/// the bytes present, every entry against its pack's length.
 ///
 /// # Errors
-/// A wrong magic or checksum, counts or entries that do not fit.
-pub fn decode(bytes: &[u8]) -> Result<Vec<IndexedPack>, FormatError> {
+/// A wrong magic or checksum, counts or entries that do not fit; what
+/// `each` returns.
+pub fn visit<E: From<FormatError>>(bytes: &[u8], mut each: impl FnMut(Item) -> Result<(), E>) -> Result<(), E> {
     let body_len = bytes.len().checked_sub(32).ok_or_else(|| malformed("index", "shorter than its checksum"))?;
     let (body, sum) = bytes.split_at(body_len);
     if blake3::hash(body).as_bytes() != sum {
-        return Err(malformed("index", "checksum does not match (damaged)"));
+        return Err(malformed("index", "checksum does not match (damaged)").into());
     }
     let mut cursor = Cursor { bytes: body };
     if cursor.take(8)? != INDEX_MAGIC {
-        return Err(malformed("index", "no index magic"));
+        return Err(malformed("index", "no index magic").into());
     }
     let count = cursor.u32()? as usize;
     if count > cursor.bytes.len() / 44 {
-        return Err(malformed("index", format!("{count} packs cannot fit")));
+        return Err(malformed("index", format!("{count} packs cannot fit")).into());
     }
-    let mut packs = Vec::with_capacity(count);
     for _ in 0..count {
         let mut id = [0u8; 32];
         id.copy_from_slice(cursor.take(32)?);
         let len = cursor.u64()?;
         let entries = cursor.u32()? as usize;
         if entries > cursor.bytes.len() / ENTRY_LEN {
-            return Err(malformed("index", format!("{entries} entries cannot fit")));
+            return Err(malformed("index", format!("{entries} entries cannot fit")).into());
         }
+        each(Item::Pack { id, len, entries })?;
         let bodies = len.saturating_sub(TRAILER_LEN as u64 + (entries * ENTRY_LEN) as u64);
-        let entries = cursor
-            .take(entries * ENTRY_LEN)?
-            .chunks_exact(ENTRY_LEN)
-            .map(|e| check_entry(PackEntry::decode(e, "index")?, bodies, "index"))
-            .collect::<Result<Vec<_>, _>>()?;
-        packs.push(IndexedPack { id, len, entries });
+        for raw in cursor.take(entries * ENTRY_LEN)?.chunks_exact(ENTRY_LEN) {
+            each(Item::Entry(check_entry(PackEntry::decode(raw, "index")?, bodies, "index")?))?;
+        }
     }
     if !cursor.bytes.is_empty() {
-        return Err(malformed("index", "trailing bytes"));
+        return Err(malformed("index", "trailing bytes").into());
     }
+    Ok(())
+}
+
+/// Decodes a whole index file (see [`visit`]).
+///
+/// # Errors
+/// As [`visit`].
+pub fn decode(bytes: &[u8]) -> Result<Vec<IndexedPack>, FormatError> {
+    let mut packs: Vec<IndexedPack> = Vec::new();
+    visit(bytes, |item| {
+        match item {
+            Item::Pack { id, len, entries } => {
+                packs.push(IndexedPack { id, len, entries: Vec::with_capacity(entries) })
+            }
+            Item::Entry(entry) => {
+                packs.last_mut().expect("invariant: a pack comes before its entries").entries.push(entry)
+            }
+        }
+        Ok::<(), FormatError>(())
+    })?;
     Ok(packs)
 }
 

@@ -60,6 +60,8 @@ pub use restore::SnapshotReader;
 
 /// The layout version `config` names.
 pub const FORMAT: u32 = 1;
+/// Largest snapshot record read (they are a few hundred bytes).
+const MAX_RECORD: u64 = 1 << 20;
 /// A pack is written once its bodies pass this size.
 pub const PACK_TARGET: usize = 16 << 20;
 
@@ -381,7 +383,7 @@ impl History {
         let mut records = Vec::new();
         for name in disk::list(&dir)? {
             let path = dir.join(&name);
-            let bytes = match std::fs::read(&path) {
+            let bytes = match read_bounded(&path, MAX_RECORD) {
                 Ok(bytes) => bytes,
                 // Forgotten since the listing.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -502,9 +504,21 @@ impl From<FormatError> for LoadError {
     }
 }
 
+/// The bytes of `path`, unless it is larger than `max` (a stray or
+/// damaged file must not make a listing allocate without bound).
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
 fn read_or_write_config(dir: &Path) -> Result<()> {
     let path = dir.join("config");
-    match std::fs::read(&path) {
+    match read_bounded(&path, MAX_RECORD) {
         Ok(bytes) => {
             let bad = |reason: String| Error::HistoryConfig { path: path.clone(), reason };
             let config: Config = serde_json::from_slice(&bytes)

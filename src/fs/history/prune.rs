@@ -35,23 +35,32 @@ struct DoomRecord {
 
 pub(super) fn run(h: &mut History) -> Result<PruneReport> {
     h.flush()?;
-    // Other writers may have added packs and snapshots since this one opened.
-    h.index = Index::load(&h.dir.join("index"))?;
-    let doomed = read_doom_records(h)?;
-    // Tree blobs of snapshots a writer recorded against a doomed pack are
-    // only there: read them from it while finding what is referenced.
-    let mut fallback = Index::default();
-    for (_, record) in &doomed {
-        for pack in &record.packs {
-            if let Some(pack) = doomed_pack(h, pack)? {
-                fallback.add_pack(&pack).map_err(|e| h.format_error(e))?;
+    let mut attempts = 0;
+    let (doomed, referenced) = loop {
+        // Other writers may have added packs and snapshots since this one opened.
+        h.index = Index::load(&h.dir.join("index"))?;
+        let doomed = read_doom_records(h)?;
+        // Tree blobs of snapshots a writer recorded against a doomed pack
+        // are only there: read them from it while finding what is referenced.
+        let mut fallback = Index::default();
+        for (_, record) in &doomed {
+            for pack in &record.packs {
+                if let Some(pack) = doomed_pack(h, pack)? {
+                    fallback.add_pack(&pack).map_err(|e| h.format_error(e))?;
+                }
             }
         }
-    }
-    let referenced = referenced(h, &fallback)?;
+        match referenced(h, &fallback) {
+            Ok(referenced) => break (doomed, referenced),
+            // A snapshot recorded since the index was read may name blobs
+            // of an index file written after it: read the index again.
+            Err(_) if attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let mut report = PruneReport::default();
-    let kept_records = phase_two(h, doomed, &referenced, &mut report)?;
-    phase_one(h, &referenced, &kept_records, &mut report)?;
+    let (kept_records, reinstated) = phase_two(h, doomed, &referenced, &mut report)?;
+    phase_one(h, &referenced, &kept_records, reinstated, &mut report)?;
     report.bytes_after = pack_bytes(&h.dir.join("packs"))?;
     Ok(report)
 }
@@ -120,15 +129,16 @@ fn read_pack(path: &Path, id: [u8; 32]) -> Result<IndexedPack> {
 }
 
 /// Deletes or puts back the packs of earlier doom records no older writer
-/// may need; returns the records left for a later run.
+/// may need; returns the records left for a later run and the index files
+/// written for the packs put back.
 fn phase_two(
     h: &mut History,
     doomed: Vec<(String, DoomRecord)>,
     referenced: &HashSet<ChunkId>,
     report: &mut PruneReport,
-) -> Result<Vec<DoomRecord>> {
+) -> Result<(Vec<DoomRecord>, Vec<String>)> {
     let writers = disk::other_writers(&h.dir.join("locks"), &h.lock.path)?;
-    let mut left = Vec::new();
+    let (mut left, mut written) = (Vec::new(), Vec::new());
     for (name, record) in doomed {
         if writers.iter().any(|&start| start <= record.time_ms) {
             left.push(record);
@@ -138,7 +148,7 @@ fn phase_two(
             let Some(pack) = doomed_pack(h, pack)? else { continue };
             let needed = pack.entries.iter().any(|e| referenced.contains(&e.id) && h.index.get(&e.id).is_none());
             if needed {
-                h.write_index(std::slice::from_ref(&pack))?;
+                written.push(h.write_index(std::slice::from_ref(&pack))?);
                 h.index.add_pack(&pack).map_err(|e| h.format_error(e))?;
                 report.packs_reinstated += 1;
             } else {
@@ -150,7 +160,7 @@ fn phase_two(
         }
         disk::remove(&h.dir.join("doomed"), &name)?;
     }
-    Ok(left)
+    Ok((left, written))
 }
 
 /// Plans, repacks, writes the new index, removes the old ones, and dooms
@@ -159,10 +169,13 @@ fn phase_one(
     h: &mut History,
     referenced: &HashSet<ChunkId>,
     kept_records: &[DoomRecord],
+    reinstated: Vec<String>,
     report: &mut PruneReport,
 ) -> Result<()> {
-    h.index = Index::load(&h.dir.join("index"))?;
+    // The view `referenced` was computed against: packs indexed since are
+    // another writer's, left alone.
     let mut old_files = h.index.files.clone();
+    old_files.extend(reinstated);
     let packs = h.index.packs_with_entries();
     let plan = prune::plan(&packs, referenced, h.min_repack_gain);
     let mut new_packs = repack(h, &packs, &plan.repack, referenced, &mut old_files)?;
@@ -236,11 +249,13 @@ fn doom_orphans(
         .chain(kept_records.iter().flat_map(|r| r.packs.iter().cloned()))
         .chain(dropped.iter().cloned())
         .collect();
+    // Index files other writers wrote during this run name their packs.
+    let current = Index::load(&h.dir.join("index"))?;
     let packs = h.dir.join("packs");
     for sub in std::fs::read_dir(&packs).at(&packs)? {
         let sub = sub.at(&packs)?.path();
         for name in disk::list(&sub)? {
-            if !known.contains(&name) && !h.index.has_pack(&unhex32(&name).unwrap_or_default()) {
+            if !known.contains(&name) && !current.has_pack(&unhex32(&name).unwrap_or_default()) {
                 report.packs_doomed += 1;
                 dropped.push(name);
             }

@@ -58,9 +58,12 @@ impl ChunkReader for SnapshotReader<'_> {
     fn read(&mut self, path: &RelPath, _offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
         let found = match self.history.read_chunk(&chunk.id) {
             Ok(Some(bytes)) if bytes.len() == chunk.len as usize => Some(bytes),
-            // A damaged copy here may still be whole in the mirror.
-            Ok(_) | Err(Error::History { .. }) => None,
-            Err(e) => return Err(e),
+            Ok(_) => None,
+            // A damaged or missing pack: the mirror may still hold the chunk.
+            Err(e) => {
+                tracing::warn!(file = %path, chunk = %chunk.id, error = %e, "history store read failed; trying the mirror");
+                None
+            }
         };
         match found {
             Some(bytes) => Ok(bytes),

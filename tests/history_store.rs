@@ -550,3 +550,93 @@ fn crash_points_lose_nothing() {
         }
     }
 }
+
+/// One step of the model test.
+#[derive(Clone, Debug)]
+enum Op {
+    /// Record a tree built from these seeds (one per file, 0 means absent).
+    Record(Vec<u8>),
+    /// Forget the snapshot at this position among those listed.
+    Forget(usize),
+    /// Prune.
+    Prune,
+    /// Close and reopen the store.
+    Reopen,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => prop::collection::vec(0u8..6, 6).prop_map(Op::Record),
+        1 => any::<usize>().prop_map(Op::Forget),
+        2 => Just(Op::Prune),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+/// A tree of up to six files whose contents come from `seeds` (shared
+/// seeds share data between snapshots).
+fn seeded_tree(seeds: &[u8]) -> Tree {
+    let mut tree = Tree::new(0, 0, 0, |_, _| 0);
+    let mut entries = vec![Entry { path: rel(b"d"), meta: Meta::default(), kind: EntryKind::Dir }];
+    for (i, &seed) in seeds.iter().enumerate().filter(|(_, &s)| s != 0) {
+        let path = rel(format!("d/f{i}").as_bytes());
+        let bytes = seeded(20_000 + usize::from(seed) * 1000, u64::from(seed));
+        entries.push(Entry { path: path.clone(), meta: Meta::default(), kind: EntryKind::File(digest_bytes(&bytes)) });
+        tree.data.insert(path, bytes);
+    }
+    tree.manifest = Manifest::new(entries).unwrap();
+    tree
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any sequence of records, forgets, prunes and reopens leaves every
+    /// snapshot still listed restoring exactly, and a final forget of all
+    /// and two prunes leave no pack behind.
+    #[test]
+    fn any_history_keeps_every_listed_snapshot(ops in proptest::collection::vec(op(), 1..14)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("history");
+        let mut history = History::open(&dir).unwrap();
+        history.set_pack_target(50_000);
+        history.set_min_repack_gain(1);
+        let mut live: Vec<(String, Vec<u8>)> = Vec::new();
+        for (step, op) in ops.iter().enumerate() {
+            match op {
+                Op::Record(seeds) => {
+                    let tree = seeded_tree(seeds);
+                    tree.store_in(&mut history);
+                    let record = history.record_snapshot(&tree.manifest, &info("/site", step as u64)).unwrap();
+                    live.push((record.id, seeds.clone()));
+                }
+                Op::Forget(at) if !live.is_empty() => {
+                    let (id, _) = live.remove(at % live.len());
+                    history.forget(&[id]).unwrap();
+                }
+                Op::Forget(_) => {}
+                Op::Prune => {
+                    history.prune().unwrap();
+                }
+                Op::Reopen => {
+                    drop(history);
+                    history = History::open(&dir).unwrap();
+                    history.set_pack_target(50_000);
+                    history.set_min_repack_gain(1);
+                }
+            }
+            let listed = history.snapshots().unwrap();
+            proptest::prop_assert_eq!(listed.len(), live.len());
+            for (id, seeds) in &live {
+                let record = listed.iter().find(|r| &r.id == id).unwrap();
+                assert_restores(&history, record, &seeded_tree(seeds));
+            }
+        }
+        let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
+        history.forget(&ids).unwrap();
+        history.prune().unwrap();
+        history.prune().unwrap();
+        proptest::prop_assert_eq!(pack_bytes(&dir), 0);
+    }
+}

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,10 @@ const TEMP_PREFIX: &str = ".tmp-";
 
 /// Writes `bytes` as `dir/name`: whole or absent after a crash.
 pub(super) fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let temp = dir.join(format!("{TEMP_PREFIX}{name}.{}", std::process::id()));
+    // Unique per write: two writers in one process may write the same object.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let temp = dir.join(format!("{TEMP_PREFIX}{name}.{}.{n}", std::process::id()));
     let path = dir.join(name);
     let written = File::create(&temp).and_then(|mut file| {
         file.write_all(bytes)?;

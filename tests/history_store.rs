@@ -640,3 +640,23 @@ proptest::proptest! {
         proptest::prop_assert_eq!(pack_bytes(&dir), 0);
     }
 }
+
+/// A restore reads the mirror's state database read-only: while a push
+/// holds it, opening the reader says so (busy: try again), and it never
+/// creates a database that is not there.
+#[test]
+fn the_reader_opens_the_state_database_read_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, db) = (tmp.path().join("history"), tmp.path().join("state.redb"));
+    let history = History::open(&dir).unwrap();
+    drop(SnapshotReader::new(&history, tmp.path(), &db).unwrap());
+    assert!(!db.exists(), "a missing state database was created");
+    let held = StateDb::open(&db).unwrap();
+    let err = SnapshotReader::new(&history, tmp.path(), &db).err().expect("opened a database a writer holds");
+    assert!(err.is_busy(), "{err}");
+    drop(held);
+    let reader = SnapshotReader::new(&history, tmp.path(), &db).unwrap();
+    // Once the reader is gone, a push opens the database again.
+    drop(reader);
+    drop(StateDb::open(&db).unwrap());
+}

@@ -26,8 +26,13 @@ impl<'a> SnapshotReader<'a> {
     /// its state database `state_db` (opened read-only; a missing one means
     /// every chunk must be in the history store).
     ///
+    /// The database is shared with pushes to the mirror: while one holds
+    /// it the reader cannot open, and while the reader is open a push
+    /// waits; keep readers for the length of one restore.
+    ///
     /// # Errors
-    /// A state database that cannot be opened.
+    /// A state database that cannot be opened; busy ([`Error::is_busy`])
+    /// while a push holds it: try again when the push ends.
     pub fn new(history: &'a History, mirror: &Path, state_db: &Path) -> Result<SnapshotReader<'a>> {
         Ok(SnapshotReader { history, mirror: mirror.to_path_buf(), chunks: ChunkLookup::open(state_db)? })
     }

@@ -144,6 +144,55 @@ pub enum Error {
     /// The caller asked to stop (a signal) before the work was done.
     #[error("stopped on request")]
     Stopped,
+    /// A history store object (pack, index, tree blob) is malformed or damaged.
+    #[error("history store {path}: {source}")]
+    History {
+        /// The store's directory or the object's file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<crate::history::FormatError>,
+    },
+    /// A history store of a format this build does not read, or whose
+    /// config or snapshot record does not parse.
+    #[error("history store {path}: {reason}")]
+    HistoryConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// A snapshot selector that names no single snapshot.
+    #[error("history store {path}, tree {tree}: {source}")]
+    SnapshotSelect {
+        /// The store's directory.
+        path: PathBuf,
+        /// The tree whose snapshots were searched.
+        tree: String,
+        /// Why.
+        #[source]
+        source: crate::history::select::SelectError,
+    },
+    /// A snapshot id to forget that names no snapshot, or several.
+    #[error("history store {path}: {id} names no single snapshot; list the snapshots to see their ids")]
+    UnknownSnapshot {
+        /// The store's directory.
+        path: PathBuf,
+        /// The id given.
+        id: String,
+    },
+    /// A chunk of a snapshot's file that neither the history store nor the
+    /// mirror holds: the file cannot be restored.
+    #[error(
+        "{path}: chunk {chunk} is neither in the history store nor in the mirror; \
+         the history is damaged and this file cannot be restored from this snapshot"
+    )]
+    HistoryDamaged {
+        /// The file being restored.
+        path: PathBuf,
+        /// The missing chunk.
+        chunk: ChunkId,
+    },
     /// A failure injected by a test at a numbered step.
     #[error("injected failure at step {step}")]
     Injected {
@@ -179,7 +228,8 @@ impl Error {
             | Error::Reserved { .. }
             | Error::TempName { .. }
             | Error::Escape { .. }
-            | Error::LinkTarget { .. } => true,
+            | Error::LinkTarget { .. }
+            | Error::HistoryDamaged { .. } => true,
             Error::Io { source, .. } => {
                 source.kind() == io::ErrorKind::PermissionDenied
                     || matches!(source.raw_os_error(), Some(ENOTDIR | EISDIR | ENAMETOOLONG))

@@ -102,9 +102,9 @@ macro_rules! internal_modules {
 internal_modules!(fs, net, session, usecase);
 
 #[cfg(not(feature = "internals"))]
-use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress};
+use xfer_core::{adapt, chunk, codec, congestion, filter, hash, history, manifest, pacing, patch, plan, progress};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub use xfer_core::{
-    adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, retention, wire,
+    adapt, chunk, codec, congestion, filter, hash, history, manifest, pacing, patch, plan, progress, retention, wire,
 };

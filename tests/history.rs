@@ -21,11 +21,11 @@ use crate::util::{assert_same_tree, manifest_of, rel, seeded, Model, Node};
 
 /// File bodies share pieces, so chunks recur across files and nights.
 fn body(rng: &mut SmallRng) -> Vec<u8> {
-    let pieces = rng.gen_range(1..4);
+    let pieces = rng.random_range(1..4);
     let mut data = Vec::new();
     for _ in 0..pieces {
-        let len = rng.gen_range(0..40_000);
-        data.extend(seeded(len, rng.gen_range(0..6)));
+        let len = rng.random_range(0..40_000);
+        data.extend(seeded(len, rng.random_range(0..6)));
     }
     data
 }
@@ -39,7 +39,7 @@ fn remove_subtree(model: &mut Model, path: &RelPath) {
 }
 
 fn add_file(model: &mut Model, rng: &mut SmallRng, night: i64) {
-    let dir = ["a", "b", "a/c"][rng.gen_range(0..3)];
+    let dir = ["a", "b", "a/c"][rng.random_range(0..3)];
     let mut at = RelPath::root();
     for part in dir.split('/') {
         at = at.join(part.as_bytes()).unwrap();
@@ -48,22 +48,22 @@ fn add_file(model: &mut Model, rng: &mut SmallRng, night: i64) {
             model.insert(at.clone(), Node::Dir { mode: 0o755, mtime: 1_600_000_000 });
         }
     }
-    let path = at.join(format!("f{}", rng.gen_range(0..12)).as_bytes()).unwrap();
+    let path = at.join(format!("f{}", rng.random_range(0..12)).as_bytes()).unwrap();
     remove_subtree(model, &path);
     model.insert(path, Node::File { data: body(rng), mode: 0o644, mtime: 1_600_000_000 + night });
 }
 
 /// One night's edits.
 fn edit(model: &mut Model, rng: &mut SmallRng, night: i64) {
-    for _ in 0..rng.gen_range(1..6) {
+    for _ in 0..rng.random_range(1..6) {
         let files = files(model);
-        let pick = |rng: &mut SmallRng| files.get(rng.gen_range(0..files.len().max(1))).cloned();
-        match rng.gen_range(0..6) {
+        let pick = |rng: &mut SmallRng| files.get(rng.random_range(0..files.len().max(1))).cloned();
+        match rng.random_range(0..6) {
             0 | 1 => add_file(model, rng, night),
             2 => {
                 if let Some(path) = pick(rng) {
                     if let Some(Node::File { data, mtime, .. }) = model.get_mut(&path) {
-                        data.extend(seeded(rng.gen_range(1..20_000), night as u64));
+                        data.extend(seeded(rng.random_range(1..20_000), night as u64));
                         *mtime += 1;
                     }
                 }
@@ -75,21 +75,21 @@ fn edit(model: &mut Model, rng: &mut SmallRng, night: i64) {
             }
             4 => {
                 // A move (or a copy when the old name stays).
-                if let (Some(from), true) = (pick(rng), rng.gen_bool(0.5)) {
+                if let (Some(from), true) = (pick(rng), rng.random_bool(0.5)) {
                     let node = model[&from].clone();
-                    let to = rel(format!("moved{}", rng.gen_range(0..4)).as_bytes());
+                    let to = rel(format!("moved{}", rng.random_range(0..4)).as_bytes());
                     remove_subtree(model, &to);
                     model.insert(to, node);
-                    if rng.gen_bool(0.5) {
+                    if rng.random_bool(0.5) {
                         model.remove(&from);
                     }
                 }
             }
             _ => {
                 // A directory deleted whole, or a file turned into one.
-                let dir = rel(["a", "b"][rng.gen_range(0..2)].as_bytes());
+                let dir = rel(["a", "b"][rng.random_range(0..2)].as_bytes());
                 remove_subtree(model, &dir);
-                if rng.gen_bool(0.5) {
+                if rng.random_bool(0.5) {
                     model.insert(dir, Node::Dir { mode: 0o700, mtime: 1_600_000_000 });
                 }
             }
@@ -112,7 +112,7 @@ fn contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
 fn restored(history: History, dest: &std::path::Path, state: &std::path::Path, night: usize) -> Model {
     let snapshot = history.snapshots().unwrap()[night].clone();
     let manifest = history.load_tree(&snapshot, &RelPath::root()).unwrap();
-    let mut reader = SnapshotReader::new(history, dest.to_path_buf(), state.to_path_buf());
+    let mut reader = SnapshotReader::new(&history, dest, state).unwrap();
     let mut model = Model::new();
     for entry in manifest.entries() {
         let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);
@@ -162,4 +162,36 @@ proptest! {
             assert_same_tree(&got, expected);
         }
     }
+}
+
+fn push_night(scratch: &std::path::Path, model: &Model, night: u64) {
+    let store = MirrorStore::open(&scratch.join("dest"), &scratch.join("state.redb")).unwrap();
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000 + 86_400 * night);
+    let info = SnapshotInfo { tree: "/".into(), time: Some(time), ..SnapshotInfo::default() };
+    let store = store.with_history(History::open(&scratch.join("history")).unwrap(), info);
+    let (result, _) = push_into(manifest_of(model), ModelReader(contents(model)), store);
+    result.unwrap();
+}
+
+/// Two copies of the same bytes deleted in one push: each delete sees the
+/// other copy's record, which lingers until the push ends; the second must
+/// not count the first (already gone) as still holding the chunks.
+#[test]
+fn copies_deleted_together_stay_in_history() {
+    let scratch = TempDir::new().unwrap();
+    let data = seeded(300_000, 7);
+    let mut night1 = Model::new();
+    for name in ["x", "y"] {
+        night1.insert(rel(name.as_bytes()), Node::File { data: data.clone(), mode: 0o644, mtime: 1_600_000_000 });
+    }
+    night1.insert(rel(b"z"), Node::File { data: b"small".to_vec(), mode: 0o644, mtime: 1_600_000_000 });
+    push_night(scratch.path(), &night1, 0);
+    let mut night2 = night1.clone();
+    night2.remove(&rel(b"x"));
+    night2.remove(&rel(b"y"));
+    push_night(scratch.path(), &night2, 1);
+    let dest = scratch.path().join("dest");
+    let state = scratch.path().join("state.redb");
+    let history = History::open(&scratch.path().join("history")).unwrap();
+    assert_same_tree(&restored(history, &dest, &state, 0), &night1);
 }

@@ -12,6 +12,8 @@ mod delete_safety;
 mod footguns;
 mod fuzz_regressions;
 mod hardlinks;
+mod history;
+mod history_store;
 mod hostile;
 mod local_faults;
 mod locks_signals;

@@ -22,6 +22,7 @@ pub mod congestion;
 pub mod filter;
 pub mod fixture;
 pub mod hash;
+pub mod history;
 pub mod manifest;
 pub mod pacing;
 pub mod patch;

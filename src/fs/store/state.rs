@@ -526,3 +526,46 @@ impl ChunkIndex<'_> {
         Ok(values.next().is_some())
     }
 }
+
+/// The chunk index of a tree's state database, opened read-only: a
+/// restore reads chunks from the mirror without taking the database from
+/// the writer that owns it.
+pub struct ChunkLookup {
+    db: redb::ReadOnlyDatabase,
+    path: PathBuf,
+}
+
+impl ChunkLookup {
+    /// Opens the database at `path` read-only, if there is one.
+    ///
+    /// # Errors
+    /// [`Error::State`] if it cannot be opened (damaged, or held by a writer
+    /// that shares no reads).
+    pub fn open(path: &Path) -> Result<Option<ChunkLookup>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = Builder::new().set_cache_size(CACHE_BYTES).open_read_only(path).map_err(|e| Error::state(path, e))?;
+        Ok(Some(ChunkLookup { db, path: path.to_path_buf() }))
+    }
+
+    /// Every recorded location of `id`.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn locations(&self, id: &ChunkId) -> Result<Vec<ChunkLoc>> {
+        let err = |e: redb::Error| Error::state(&self.path, e);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = match txn.open_multimap_table(CHUNKS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e.into())),
+        };
+        let mut locs = Vec::new();
+        for value in table.get(&id.0).map_err(|e| err(e.into()))? {
+            let value = value.map_err(|e| err(e.into()))?;
+            locs.extend(ChunkLoc::decode(value.value()));
+        }
+        Ok(locs)
+    }
+}

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
+use xfer::fs::history::History;
 use xfer::fs::scan::{StatKey, TEMP_PREFIX};
 use xfer::fs::store::state::StateDb;
 use xfer::fs::store::MirrorStore;
@@ -164,6 +165,12 @@ const CASES: &[(Side, &str, u64)] = &[
     (Side::Server, "store.setmeta", 3),
     (Side::Server, "store.removals", 1),
     (Side::Server, "receiver.finished", 1),
+    // History: old versions saved before the renames and deletes, the
+    // push's snapshot at its end.
+    (Side::Server, "history.pack_written", 1),
+    (Side::Server, "history.index_written", 1),
+    (Side::Server, "store.preserved", 1),
+    (Side::Server, "history.snapshot_written", 1),
     (Side::Server, "wire.piece", 5),
 ];
 
@@ -650,6 +657,15 @@ fn crash_case(side: Side, point: &str, nth: u64) -> Outcome {
         (Some(0), Some(0), Some(0)),
         "{third}"
     );
+    // Whatever the crash did to the v2 push, the v1 snapshot restores.
+    let history = History::open(&setup.root.join(".xfer/history")).unwrap();
+    let snapshots = history.snapshots().unwrap();
+    let first = snapshots.iter().find(|s| s.tree == "/site").expect("the v1 push left a snapshot");
+    assert!(!first.partial, "the v1 push ran to its end: {first:?}");
+    assert_same_tree(&crate::history::snapshot_model(&history, first, &setup.site, &db_path), &old);
+    let last = snapshots.last().expect("snapshots");
+    assert!(!last.partial, "the third push ran to its end: {last:?}");
+    assert_same_tree(&crate::history::snapshot_model(&history, last, &setup.site, &db_path), &new);
     Outcome { survivor, committed, temps, state, resent, bound: missing.len(), reads }
 }
 

@@ -11,7 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use xfer::fs::history::restore::SnapshotReader;
-use xfer::fs::history::{History, SnapshotInfo};
+use xfer::fs::history::{History, SnapshotInfo, SnapshotRecord};
 use xfer::fs::store::MirrorStore;
 use xfer::manifest::{EntryKind, RelPath};
 use xfer::session::ChunkReader;
@@ -107,12 +107,22 @@ fn contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
         .collect()
 }
 
-/// The snapshot's tree as a model, every file read through the restore
-/// reader (history first, then the mirror).
+/// Snapshot number `night` (oldest first) as a model.
 fn restored(history: History, dest: &std::path::Path, state: &std::path::Path, night: usize) -> Model {
     let snapshot = history.snapshots().unwrap()[night].clone();
-    let manifest = history.load_tree(&snapshot, &RelPath::root()).unwrap();
-    let mut reader = SnapshotReader::new(&history, dest, state).unwrap();
+    snapshot_model(&history, &snapshot, dest, state)
+}
+
+/// The snapshot's tree as a model, every file read through the restore
+/// reader (history first, then the mirror at `dest` with its state `state`).
+pub fn snapshot_model(
+    history: &History,
+    snapshot: &SnapshotRecord,
+    dest: &std::path::Path,
+    state: &std::path::Path,
+) -> Model {
+    let manifest = history.load_tree(snapshot, &RelPath::root()).unwrap();
+    let mut reader = SnapshotReader::new(history, dest, state).unwrap();
     let mut model = Model::new();
     for entry in manifest.entries() {
         let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);

@@ -660,3 +660,29 @@ fn the_reader_opens_the_state_database_read_only() {
     drop(reader);
     drop(StateDb::open(&db).unwrap());
 }
+
+/// Prune tidies temporaries and locks a crashed writer left, and only those.
+#[test]
+fn prune_tidies_what_crashed_writers_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    let mut history = History::open(&dir).unwrap();
+    let dead = u32::MAX - 1;
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    let stale = dir.join(format!("index/.tmp-{}.{dead}.0", "a".repeat(64)));
+    let fresh = dir.join(format!("snapshots/.tmp-{}.{dead}.1", "b".repeat(64)));
+    let ours = dir.join(format!("index/.tmp-{}.{}.2", "c".repeat(64), std::process::id()));
+    for path in [&stale, &fresh, &ours] {
+        std::fs::write(path, b"half").unwrap();
+    }
+    filetime::set_file_mtime(&stale, old).unwrap();
+    filetime::set_file_mtime(&ours, old).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let lock = dir.join("locks/dead");
+    std::fs::write(&lock, serde_json::json!({"pid": dead, "host": host.trim(), "start_ms": 0}).to_string()).unwrap();
+    history.prune().unwrap();
+    assert!(!stale.exists() && !lock.exists());
+    assert!(fresh.exists() && ours.exists());
+    // Temporaries are never listed as objects.
+    assert!(history.snapshots().unwrap().is_empty());
+}

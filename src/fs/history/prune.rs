@@ -61,8 +61,22 @@ pub(super) fn run(h: &mut History) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let (kept_records, reinstated) = phase_two(h, doomed, &referenced, &mut report)?;
     phase_one(h, &referenced, &kept_records, reinstated, &mut report)?;
+    remove_stale_temps(&h.dir)?;
     report.bytes_after = pack_bytes(&h.dir.join("packs"))?;
     Ok(report)
+}
+
+/// Tidies temporaries crashed writers left in every directory of the store.
+fn remove_stale_temps(dir: &Path) -> Result<()> {
+    for sub in ["index", "snapshots", "doomed", "locks"] {
+        disk::remove_stale_temps(&dir.join(sub))?;
+    }
+    disk::remove_stale_temps(dir)?;
+    let packs = dir.join("packs");
+    for sub in std::fs::read_dir(&packs).at(&packs)? {
+        disk::remove_stale_temps(&sub.at(&packs)?.path())?;
+    }
+    Ok(())
 }
 
 /// Every blob a snapshot references: tree blobs and file chunks (most of

@@ -124,6 +124,12 @@ fn doomed_pack(h: &History, pack: &str) -> Result<Option<IndexedPack>> {
     match read_pack(&path, id) {
         Ok(pack) => Ok(Some(pack)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // Its blobs cannot be known, so it is never deleted (every prune
+        // dooms it again as a pack no index names).
+        Err(e @ Error::History { .. }) => {
+            tracing::warn!(error = %e, "a doomed pack is damaged; it stays on disk");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }

@@ -204,6 +204,16 @@ fn one_percent_changed_costs_one_percent() {
     let second = pack_bytes(&dir) - first;
     let changed_bytes = 10 * 65_536;
     println!("1% changed: first snapshot {first} bytes on disk, second adds {second} bytes ({changed_bytes} bytes of changed files)");
+    // As a mirror's history holds them: file data in the mirror, only the
+    // old versions of changed files' chunks and the tree blobs here.
+    let trees_dir = tmp.path().join("trees-only");
+    let mut trees_only = History::open(&trees_dir).unwrap();
+    trees_only.record_snapshot(&before.manifest, &info("/site", 1000)).unwrap();
+    let first_trees = pack_bytes(&trees_dir);
+    trees_only.record_snapshot(&after.manifest, &info("/site", 2000)).unwrap();
+    let second_trees = pack_bytes(&trees_dir) - first_trees;
+    println!("1% changed, tree blobs only: first {first_trees} bytes, second adds {second_trees} bytes");
+    assert!(second_trees * 5 < first_trees, "unchanged directories were stored again");
     // Random data does not compress: the second costs the changed files and a few tree blobs.
     assert!(second >= changed_bytes && second < changed_bytes + 40_000, "second snapshot cost {second}");
     // Headers (50 bytes a chunk) and tree blobs: under 1% over the data.

@@ -696,3 +696,45 @@ fn prune_tidies_what_crashed_writers_left() {
     // Temporaries are never listed as objects.
     assert!(history.snapshots().unwrap().is_empty());
 }
+
+/// An index of 1,000,000 blobs (as many index files as a store that
+/// never pruned would have) takes well under 100 MiB in memory.
+#[test]
+fn a_million_blobs_index_compactly() {
+    use xfer::history::index::{encode, IndexedPack};
+    use xfer::history::pack::{BlobKind, Compression, PackEntry};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    drop(History::open(&dir).unwrap());
+    let id_of = |n: u64| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes());
+    // 4,000 packs of 250 blobs of 64 KiB, in 4 index files.
+    for file in 0..4u64 {
+        let packs: Vec<IndexedPack> = (0..1000u64)
+            .map(|p| {
+                let entries = (0..250u64)
+                    .map(|b| PackEntry {
+                        kind: BlobKind::Data,
+                        id: id_of((file * 1000 + p) * 250 + b),
+                        offset: b * 65_536,
+                        stored: 65_536,
+                        raw: 65_536,
+                        compression: Compression::None,
+                    })
+                    .collect();
+                IndexedPack {
+                    id: *id_of(u64::MAX - file * 1000 - p).as_bytes(),
+                    len: 250 * 65_536 + 12 + 250 * 50,
+                    entries,
+                }
+            })
+            .collect();
+        let bytes = encode(&packs);
+        std::fs::write(dir.join("index").join(xfer::history::hex(blake3::hash(&bytes).as_bytes())), bytes).unwrap();
+    }
+    let history = History::open(&dir).unwrap();
+    let (blobs, bytes) = history.index_size();
+    println!("1,000,000 blobs: {bytes} bytes of index in memory");
+    assert_eq!(blobs, 1_000_000);
+    assert!(bytes < 60 << 20, "{bytes} bytes");
+    assert!(history.contains(&id_of(0)) && history.contains(&id_of(999_999)) && !history.contains(&id_of(1_000_000)));
+}

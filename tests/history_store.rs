@@ -737,4 +737,27 @@ fn a_million_blobs_index_compactly() {
     assert_eq!(blobs, 1_000_000);
     assert!(bytes < 60 << 20, "{bytes} bytes");
     assert!(history.contains(&id_of(0)) && history.contains(&id_of(999_999)) && !history.contains(&id_of(1_000_000)));
+
+    // A snapshot that uses them all: prune keeps every pack and rewrites
+    // the index as files of bounded size, read one at a time on open.
+    let params = xfer::chunk::ChunkParams::new(16_384, 65_536, 262_144).unwrap();
+    let mut entries = Vec::new();
+    for p in 0..4000u64 {
+        let chunks = (0..250).map(|b| xfer::chunk::ChunkRef { id: id_of(p * 250 + b), len: 65_536 }).collect();
+        let digest = xfer::chunk::FileDigest { size: 250 * 65_536, hash: FileHash([1; 32]), params, chunks };
+        entries.push(Entry {
+            path: rel(format!("f{p:04}").as_bytes()),
+            meta: Meta::default(),
+            kind: EntryKind::File(digest),
+        });
+    }
+    let mut history = history;
+    history.record_snapshot(&Manifest::new(entries).unwrap(), &info("/big", 1)).unwrap();
+    let report = history.prune().unwrap();
+    assert_eq!((report.packs_doomed, report.packs_repacked), (0, 0));
+    let files: Vec<u64> =
+        std::fs::read_dir(dir.join("index")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).collect();
+    assert!(files.len() >= 7 && files.iter().all(|&len| len < 9 << 20), "{files:?}");
+    drop(history);
+    assert!(History::open(&dir).unwrap().index_size().0 > 1_000_000);
 }

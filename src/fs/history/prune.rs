@@ -207,9 +207,9 @@ fn phase_one(
         // Nothing leaves the index: leave it as it is.
         return doom_orphans(h, &kept, kept_records, Vec::new(), report);
     }
-    let new_index = h.write_index(&kept)?;
+    let new_index = write_index_files(h, &kept)?;
     crate::crashpoint::hit("history.prune.new_index");
-    for name in old_files.iter().filter(|&name| *name != new_index) {
+    for name in old_files.iter().filter(|&name| !new_index.contains(name)) {
         disk::remove(&h.dir.join("index"), name)?;
     }
     let dropped = plan.doom.iter().chain(&plan.repack).map(|id| hex(id)).collect();
@@ -217,6 +217,28 @@ fn phase_one(
     doom_orphans(h, &kept, kept_records, dropped, report)?;
     h.index = Index::load(&h.dir.join("index"))?;
     Ok(())
+}
+
+/// Blobs one index file names at most: opening a store then reads at most
+/// ~8 MiB of index at a time, however many blobs it holds.
+const INDEX_FILE_BLOBS: usize = 160_000;
+
+/// Writes `packs` as index files of at most [`INDEX_FILE_BLOBS`] blobs
+/// each (a pack's entries stay in one file); returns their names.
+fn write_index_files(h: &History, packs: &[IndexedPack]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let (mut start, mut blobs) = (0, 0);
+    for (i, pack) in packs.iter().enumerate() {
+        if blobs > 0 && blobs + pack.entries.len() > INDEX_FILE_BLOBS {
+            names.push(h.write_index(&packs[start..i])?);
+            (start, blobs) = (i, 0);
+        }
+        blobs += pack.entries.len();
+    }
+    if start < packs.len() || names.is_empty() {
+        names.push(h.write_index(&packs[start..])?);
+    }
+    Ok(names)
 }
 
 /// Copies the referenced blobs of the packs `ids` into new packs; their

@@ -204,6 +204,16 @@ fn one_percent_changed_costs_one_percent() {
     let second = pack_bytes(&dir) - first;
     let changed_bytes = 10 * 65_536;
     println!("1% changed: first snapshot {first} bytes on disk, second adds {second} bytes ({changed_bytes} bytes of changed files)");
+    // As a mirror's history holds them: file data in the mirror, only the
+    // old versions of changed files' chunks and the tree blobs here.
+    let trees_dir = tmp.path().join("trees-only");
+    let mut trees_only = History::open(&trees_dir).unwrap();
+    trees_only.record_snapshot(&before.manifest, &info("/site", 1000)).unwrap();
+    let first_trees = pack_bytes(&trees_dir);
+    trees_only.record_snapshot(&after.manifest, &info("/site", 2000)).unwrap();
+    let second_trees = pack_bytes(&trees_dir) - first_trees;
+    println!("1% changed, tree blobs only: first {first_trees} bytes, second adds {second_trees} bytes");
+    assert!(second_trees * 5 < first_trees, "unchanged directories were stored again");
     // Random data does not compress: the second costs the changed files and a few tree blobs.
     assert!(second >= changed_bytes && second < changed_bytes + 40_000, "second snapshot cost {second}");
     // Headers (50 bytes a chunk) and tree blobs: under 1% over the data.
@@ -659,4 +669,95 @@ fn the_reader_opens_the_state_database_read_only() {
     // Once the reader is gone, a push opens the database again.
     drop(reader);
     drop(StateDb::open(&db).unwrap());
+}
+
+/// Prune tidies temporaries and locks a crashed writer left, and only those.
+#[test]
+fn prune_tidies_what_crashed_writers_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    let mut history = History::open(&dir).unwrap();
+    let dead = u32::MAX - 1;
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    let stale = dir.join(format!("index/.tmp-{}.{dead}.0", "a".repeat(64)));
+    let fresh = dir.join(format!("snapshots/.tmp-{}.{dead}.1", "b".repeat(64)));
+    let ours = dir.join(format!("index/.tmp-{}.{}.2", "c".repeat(64), std::process::id()));
+    for path in [&stale, &fresh, &ours] {
+        std::fs::write(path, b"half").unwrap();
+    }
+    filetime::set_file_mtime(&stale, old).unwrap();
+    filetime::set_file_mtime(&ours, old).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let lock = dir.join("locks/dead");
+    std::fs::write(&lock, serde_json::json!({"pid": dead, "host": host.trim(), "start_ms": 0}).to_string()).unwrap();
+    history.prune().unwrap();
+    assert!(!stale.exists() && !lock.exists());
+    assert!(fresh.exists() && ours.exists());
+    // Temporaries are never listed as objects.
+    assert!(history.snapshots().unwrap().is_empty());
+}
+
+/// An index of 1,000,000 blobs (as many index files as a store that
+/// never pruned would have) takes well under 100 MiB in memory.
+#[test]
+fn a_million_blobs_index_compactly() {
+    use xfer::history::index::{encode, IndexedPack};
+    use xfer::history::pack::{BlobKind, Compression, PackEntry};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    drop(History::open(&dir).unwrap());
+    let id_of = |n: u64| ChunkId(*blake3::hash(&n.to_le_bytes()).as_bytes());
+    // 4,000 packs of 250 blobs of 64 KiB, in 4 index files.
+    for file in 0..4u64 {
+        let packs: Vec<IndexedPack> = (0..1000u64)
+            .map(|p| {
+                let entries = (0..250u64)
+                    .map(|b| PackEntry {
+                        kind: BlobKind::Data,
+                        id: id_of((file * 1000 + p) * 250 + b),
+                        offset: b * 65_536,
+                        stored: 65_536,
+                        raw: 65_536,
+                        compression: Compression::None,
+                    })
+                    .collect();
+                IndexedPack {
+                    id: *id_of(u64::MAX - file * 1000 - p).as_bytes(),
+                    len: 250 * 65_536 + 12 + 250 * 50,
+                    entries,
+                }
+            })
+            .collect();
+        let bytes = encode(&packs);
+        std::fs::write(dir.join("index").join(xfer::history::hex(blake3::hash(&bytes).as_bytes())), bytes).unwrap();
+    }
+    let history = History::open(&dir).unwrap();
+    let (blobs, bytes) = history.index_size();
+    println!("1,000,000 blobs: {bytes} bytes of index in memory");
+    assert_eq!(blobs, 1_000_000);
+    assert!(bytes < 60 << 20, "{bytes} bytes");
+    assert!(history.contains(&id_of(0)) && history.contains(&id_of(999_999)) && !history.contains(&id_of(1_000_000)));
+
+    // A snapshot that uses them all: prune keeps every pack and rewrites
+    // the index as files of bounded size, read one at a time on open.
+    let params = xfer::chunk::ChunkParams::new(16_384, 65_536, 262_144).unwrap();
+    let mut entries = Vec::new();
+    for p in 0..4000u64 {
+        let chunks = (0..250).map(|b| xfer::chunk::ChunkRef { id: id_of(p * 250 + b), len: 65_536 }).collect();
+        let digest = xfer::chunk::FileDigest { size: 250 * 65_536, hash: FileHash([1; 32]), params, chunks };
+        entries.push(Entry {
+            path: rel(format!("f{p:04}").as_bytes()),
+            meta: Meta::default(),
+            kind: EntryKind::File(digest),
+        });
+    }
+    let mut history = history;
+    history.record_snapshot(&Manifest::new(entries).unwrap(), &info("/big", 1)).unwrap();
+    let report = history.prune().unwrap();
+    assert_eq!((report.packs_doomed, report.packs_repacked), (0, 0));
+    let files: Vec<u64> =
+        std::fs::read_dir(dir.join("index")).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).collect();
+    assert!(files.len() >= 7 && files.iter().all(|&len| len < 9 << 20), "{files:?}");
+    drop(history);
+    assert!(History::open(&dir).unwrap().index_size().0 > 1_000_000);
 }

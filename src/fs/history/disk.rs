@@ -154,10 +154,46 @@ pub(super) fn other_writers(locks: &Path, own: &Path) -> Result<Vec<u64>> {
         }
         let Ok(bytes) = std::fs::read(&path) else { continue };
         match serde_json::from_slice::<LockRecord>(&bytes) {
-            Ok(lock) if lock.host == this_host && !Path::new("/proc").join(lock.pid.to_string()).exists() => {}
+            // Its process died without removing it: tidy it away.
+            Ok(lock) if lock.host == this_host && !alive(lock.pid) => {
+                let _ = std::fs::remove_file(&path);
+            }
             Ok(lock) => starts.push(lock.start_ms),
             Err(_) => starts.push(0),
         }
     }
     Ok(starts)
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Temporaries older than this whose writer is gone are removed.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes from `dir` the temporaries a crashed writer left: its process
+/// gone and the file an hour old (another host's writer, whose process
+/// this one cannot see, has long renamed or dropped it by then). Returns
+/// how many went.
+pub(super) fn remove_stale_temps(dir: &Path) -> Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).at(dir),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.starts_with(TEMP_PREFIX)) else { continue };
+        // `.tmp-NAME.PID.N`
+        let pid = name.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if pid.is_some_and(|pid| !alive(pid)) && old.is_some_and(|age| age > STALE_TEMP) {
+            let _ = std::fs::remove_file(entry.path());
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -158,6 +158,12 @@ impl Index {
     pub(super) fn len(&self) -> usize {
         self.base.len() + self.added.len()
     }
+
+    /// Bytes the blob rows take (the map's per-slot overhead counted).
+    pub(super) fn heap_bytes(&self) -> usize {
+        let row = std::mem::size_of::<(ChunkId, Loc)>();
+        self.base.capacity() * row + self.added.capacity() * (row + 8) + self.packs.capacity() * 80
+    }
 }
 
 #[cfg(test)]

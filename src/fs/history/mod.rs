@@ -205,6 +205,12 @@ impl History {
         self.pack_target = bytes.max(1);
     }
 
+    /// Blobs indexed, and the bytes the in-memory index takes for them.
+    #[cfg(feature = "internals")]
+    pub fn index_size(&self) -> (usize, usize) {
+        (self.index.len(), self.index.heap_bytes())
+    }
+
     /// Sets the least a repack must free (tests use small packs).
     #[cfg(feature = "internals")]
     pub fn set_min_repack_gain(&mut self, bytes: u64) {

@@ -61,8 +61,22 @@ pub(super) fn run(h: &mut History) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let (kept_records, reinstated) = phase_two(h, doomed, &referenced, &mut report)?;
     phase_one(h, &referenced, &kept_records, reinstated, &mut report)?;
+    remove_stale_temps(&h.dir)?;
     report.bytes_after = pack_bytes(&h.dir.join("packs"))?;
     Ok(report)
+}
+
+/// Tidies temporaries crashed writers left in every directory of the store.
+fn remove_stale_temps(dir: &Path) -> Result<()> {
+    for sub in ["index", "snapshots", "doomed", "locks"] {
+        disk::remove_stale_temps(&dir.join(sub))?;
+    }
+    disk::remove_stale_temps(dir)?;
+    let packs = dir.join("packs");
+    for sub in std::fs::read_dir(&packs).at(&packs)? {
+        disk::remove_stale_temps(&sub.at(&packs)?.path())?;
+    }
+    Ok(())
 }
 
 /// Every blob a snapshot references: tree blobs and file chunks (most of
@@ -110,6 +124,12 @@ fn doomed_pack(h: &History, pack: &str) -> Result<Option<IndexedPack>> {
     match read_pack(&path, id) {
         Ok(pack) => Ok(Some(pack)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // Its blobs cannot be known, so it is never deleted (every prune
+        // dooms it again as a pack no index names).
+        Err(e @ Error::History { .. }) => {
+            tracing::warn!(error = %e, "a doomed pack is damaged; it stays on disk");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -187,9 +207,9 @@ fn phase_one(
         // Nothing leaves the index: leave it as it is.
         return doom_orphans(h, &kept, kept_records, Vec::new(), report);
     }
-    let new_index = h.write_index(&kept)?;
+    let new_index = write_index_files(h, &kept)?;
     crate::crashpoint::hit("history.prune.new_index");
-    for name in old_files.iter().filter(|&name| *name != new_index) {
+    for name in old_files.iter().filter(|&name| !new_index.contains(name)) {
         disk::remove(&h.dir.join("index"), name)?;
     }
     let dropped = plan.doom.iter().chain(&plan.repack).map(|id| hex(id)).collect();
@@ -197,6 +217,28 @@ fn phase_one(
     doom_orphans(h, &kept, kept_records, dropped, report)?;
     h.index = Index::load(&h.dir.join("index"))?;
     Ok(())
+}
+
+/// Blobs one index file names at most: opening a store then reads at most
+/// ~8 MiB of index at a time, however many blobs it holds.
+const INDEX_FILE_BLOBS: usize = 160_000;
+
+/// Writes `packs` as index files of at most [`INDEX_FILE_BLOBS`] blobs
+/// each (a pack's entries stay in one file); returns their names.
+fn write_index_files(h: &History, packs: &[IndexedPack]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let (mut start, mut blobs) = (0, 0);
+    for (i, pack) in packs.iter().enumerate() {
+        if blobs > 0 && blobs + pack.entries.len() > INDEX_FILE_BLOBS {
+            names.push(h.write_index(&packs[start..i])?);
+            (start, blobs) = (i, 0);
+        }
+        blobs += pack.entries.len();
+    }
+    if start < packs.len() || names.is_empty() {
+        names.push(h.write_index(&packs[start..])?);
+    }
+    Ok(names)
 }
 
 /// Copies the referenced blobs of the packs `ids` into new packs; their

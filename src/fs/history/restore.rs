@@ -28,7 +28,7 @@ impl<'a> SnapshotReader<'a> {
     ///
     /// The database is shared with pushes to the mirror: while one holds
     /// it the reader cannot open, and while the reader is open a push
-    /// waits; keep readers for the length of one restore.
+    /// finds it busy; keep readers for the length of one restore.
     ///
     /// # Errors
     /// A state database that cannot be opened; busy ([`Error::is_busy`])

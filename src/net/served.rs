@@ -92,6 +92,15 @@ impl ServeConfig {
         }
     }
 
+    /// Where the history of the served trees is kept: `ROOT/.xfer/history`,
+    /// or `DIR/history` when the state is outside the root.
+    pub fn history_dir(&self) -> PathBuf {
+        match &self.state {
+            ServerState::InRoot => self.root.join(SERVER_STATE_DIR).join("history"),
+            ServerState::Outside(dir) => dir.join("history"),
+        }
+    }
+
     /// The caps of a new session: its own, and the server's total.
     pub(super) fn caps(&self) -> Caps {
         Caps(vec![Limiter::new(self.per_session), self.total.clone()])

@@ -341,7 +341,7 @@ mod tests {
             files: 3,
             dirs: 1,
             bytes: 300,
-            root: blake3::Hash::from_bytes([n + 100; 32]).to_hex().to_string(),
+            root: blake3::Hash::from_bytes([n.wrapping_add(100); 32]).to_hex().to_string(),
         }
     }
 

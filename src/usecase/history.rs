@@ -13,7 +13,7 @@ use super::{blocking, RemoteUrl, TransferError};
 use crate::fs::history::{History, PruneReport, SnapshotRecord};
 use crate::net::client::Link;
 use crate::net::identity::{Fingerprint, Identity};
-use crate::net::manage::{tree_name, tree_within, Answer};
+use crate::net::manage::Answer;
 use crate::net::Congestion;
 
 /// Whose history a request is about.
@@ -275,16 +275,6 @@ pub fn check_selector(selector: &str) -> Result<(), TransferError> {
         )));
     }
     Ok(())
-}
-
-/// The tree a target's snapshots are listed under, for messages.
-pub fn shown_tree(url: &RemoteUrl) -> String {
-    tree_name(url.path.as_bytes())
-}
-
-/// Whether `record` is of the tree `url` names or one below it.
-pub fn belongs(record: &SnapshotRecord, url: &RemoteUrl) -> bool {
-    tree_within(&record.tree, &shown_tree(url))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod delete_safety;
 mod footguns;
 mod fuzz_regressions;
 mod hardlinks;
+mod history_wire;
 mod hostile;
 mod local_faults;
 mod locks_signals;

@@ -13,7 +13,7 @@ use crate::{codec::*, limits::*};
 pub struct Hello {
     /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the sender.
     pub version: u32,
-    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 2
+    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 3
     /// defines none: send 0, ignore bits you do not know.
     pub features: u64,
     /// Software name and version, for logs (e.g. `xfer/0.1.0`).

@@ -335,3 +335,76 @@ async fn pull_at_restores_a_tree_a_subtree_and_one_file() {
     assert!(!latest.join("b.txt").exists());
     server.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// The command line.
+
+fn xfer(tmp: &TempDir) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("xfer").unwrap();
+    cmd.env("XFER_STATE_DIR", tmp.path().join("state")).env("XFER_CONFIG_DIR", tmp.path().join("config"));
+    cmd
+}
+
+#[test]
+fn cli_history_commands_refuse_what_they_cannot_do() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    source(&src, 30);
+    fs::create_dir_all(&dest).unwrap();
+    let stderr = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // A policy without rules would forget everything.
+    let out = xfer(&tmp).arg("forget").arg(&dest).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(out).contains("a policy without rules would forget every snapshot"));
+    let out = xfer(&tmp).args(["forget", "--keep-within", "3x"]).arg(&dest).output().unwrap();
+    assert!(stderr(out).contains("is not a duration"));
+    let out = xfer(&tmp).args(["forget", "--keep-last", "1", "abcd"]).arg(&dest).output().unwrap();
+    assert!(stderr(out).contains("not both"));
+    // --at restores: a push refuses it.
+    let out = xfer(&tmp).args(["push", "--at", "latest"]).arg(&src).arg(&dest).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(out).contains("works on pulls only"));
+    // A destination without history lists nothing, and says so.
+    let out = xfer(&tmp).args(["snapshots", "--json"]).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(out.clone()));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
+    let out = xfer(&tmp).arg("prune").arg(&dest).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(out).contains("has no history"));
+}
+
+#[test]
+fn cli_serve_help_explains_append() {
+    let out = assert_cmd::Command::cargo_bin("xfer").unwrap().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("rw|append|ro"), "{help}");
+    assert!(help.contains("never forget or prune"), "{help}");
+}
+
+/// Needs the history store: snapshots of local pushes, listed and
+/// forgotten by policy from the command line.
+#[test]
+fn cli_local_snapshots_and_forget_by_policy() {
+    let tmp = TempDir::new().unwrap();
+    let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+    source(&src, 40);
+    for n in 0..3u8 {
+        fs::write(src.join("a.txt"), [n; 100]).unwrap();
+        let out = xfer(&tmp).arg("push").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = xfer(&tmp).args(["snapshots", "--json"]).arg(&dest).output().unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 3);
+    let out = xfer(&tmp).args(["forget", "--keep-last", "1", "--dry-run"]).arg(&dest).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.starts_with("forget")).count(), 2, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("keep") && l.contains("(last)")), "{text}");
+    let out = xfer(&tmp).args(["forget", "--keep-last", "1", "--json"]).arg(&dest).output().unwrap();
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["forgotten"], 2);
+    let out = xfer(&tmp).args(["snapshots", "--json"]).arg(&dest).output().unwrap();
+    let left: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(left, listed[2..]);
+}

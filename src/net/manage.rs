@@ -254,6 +254,9 @@ impl ChunkReader for SnapshotReader {
         if let Some(bytes) = self.history.read_chunk(&chunk.id)? {
             return Ok(bytes);
         }
+        // The mirror may have changed since (a symlink where a directory
+        // was, say): what it holds there is sent only if it hashes to the
+        // snapshot's chunk, so nothing but the snapshot's bytes leaves.
         self.mirror.read(path, offset, chunk)
     }
 }

@@ -408,3 +408,31 @@ fn cli_local_snapshots_and_forget_by_policy() {
     let left: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(left, listed[2..]);
 }
+
+/// What a push says of its source reaches the store opener, which records
+/// it in the snapshot.
+#[test]
+fn push_open_carries_source_and_tags_to_the_store_opener() {
+    use std::sync::{Arc, Mutex};
+    use xfer::session::{OpenRequest, SessionError};
+    let seen: Arc<Mutex<Option<OpenRequest>>> = Arc::default();
+    let keep = seen.clone();
+    let mut receiver = xfer::fs::store::MirrorReceiver::new(Box::new(move |request: &OpenRequest| {
+        *keep.lock().unwrap() = Some(request.clone());
+        Err(SessionError::Protocol("captured".into()))
+    }));
+    let hello = xfer_protocol::msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features: 0, agent: "t".into() };
+    receiver.handle(hello.into()).unwrap();
+    let tag = xfer_protocol::msg::Tag { key: "project".into(), value: "web".into() };
+    let open = Open {
+        source_host: "laptop".into(),
+        source_path: "/home/a/site".into(),
+        tags: vec![tag.clone()],
+        ..open(Direction::Push, "site", vec![])
+    };
+    assert!(receiver.handle(open.into()).is_err());
+    let request = seen.lock().unwrap().take().unwrap();
+    assert_eq!((request.source_host.as_str(), request.source_path.as_str()), ("laptop", "/home/a/site"));
+    assert_eq!(request.tags, vec![tag]);
+    assert_eq!(request.path.unwrap().as_bytes(), b"site");
+}

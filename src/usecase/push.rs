@@ -363,6 +363,25 @@ fn remember(memory: &Path, tree: Option<&Manifest>) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_opens_with_its_source_host_and_path() {
+        let url = RemoteUrl { authority: "h:1".into(), path: "site".into() };
+        let options = TransferOptions::new("/nonexistent-state");
+        let source = Arc::new(Manifest::new(Vec::new()).unwrap());
+        let src = Path::new("/home/a/site\u{7}");
+        let mut sender = new_sender(src, &url, &options, &source, &Arc::default(), &[], None).unwrap();
+        let opened = std::iter::from_fn(|| sender.poll_transmit()).find_map(|m| match m {
+            xfer_protocol::Message::Open(open) => Some(open),
+            _ => None,
+        });
+        let open = opened.unwrap();
+        assert_eq!(open.source_path, "/home/a/site?");
+        assert_eq!(open.source_host, host_name());
+        assert_eq!(open.path, b"site");
+    }
+
     #[test]
     fn labels_are_bounded_and_printable() {
         assert_eq!(super::label("a\nb\tc", 100), "a?b?c");

@@ -77,16 +77,6 @@ pub enum Want {
     Manage,
 }
 
-impl Want {
-    /// What the request is, for messages and the audit log.
-    pub fn name(self) -> &'static str {
-        match self {
-            Want::Read => "read",
-            Want::Write => "write",
-            Want::Manage => "manage",
-        }
-    }
-}
 
 /// One client's permission on one subtree of the served root.
 #[derive(Clone, Debug, PartialEq, Eq)]

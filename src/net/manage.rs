@@ -211,7 +211,7 @@ pub(super) fn open_snapshot(
     };
     let tree_shown = tree_name(tree.as_bytes());
     let record = history.find(&tree_shown, selector).map_err(|e| {
-        not_found(format!("{e} (snapshots of {tree_shown}; `xfer snapshots` lists them)"))
+        not_found(format!("{e} (snapshots of {tree_shown}: `xfer snapshots xfer://HOST{tree_shown}` lists them)"))
     })?;
     // `tree` is `path` or an ancestor of it: the rest is the part below.
     let rest = path.as_bytes().get(tree.as_bytes().len()..).unwrap_or_default();

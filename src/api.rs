@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub use crate::codec::Compression;
 pub use crate::filter::FilterError;
+pub use crate::fs::history::{PruneReport, SnapshotRecord};
 pub use crate::fs::store::FailedEntry;
 pub use crate::net::access::{Access, AccessError, Grant, Refusal, Want};
 pub use crate::net::admission::HANDSHAKE_TIMEOUT;
@@ -21,12 +22,15 @@ pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
 pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::plan::{DeleteLimit, DeleteRefused, DeleteRule};
 pub use crate::progress::{Change, Event, Progress};
+pub use crate::usecase::history::{Forgetting, Verdict};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
+pub use xfer_core::retention::KeepPolicy;
 
 use crate::filter::Filter;
 use crate::net::limiter::Limiter;
 use crate::progress::ProgressSink;
+use crate::usecase::history::Target;
 use crate::usecase::{self, serve::ServeSettings, TransferOptions};
 
 /// Pushes and pulls as one identity.
@@ -86,6 +90,102 @@ impl Client {
     /// before anything is written.
     pub async fn push_local(src: &Path, dest: &Path, options: &PushOptions) -> Result<Report, TransferError> {
         usecase::local::push_local(src, dest, &options.0).await
+    }
+
+    fn remote<'a>(&'a self, url: &'a RemoteUrl, server: Option<Fingerprint>) -> Target<'a> {
+        Target::Remote { url, identity: &self.identity, pin: server }
+    }
+
+    /// The snapshots of the tree at `url` and the trees below it, oldest
+    /// first (any grant on the path may list them).
+    ///
+    /// # Errors
+    /// As [`Client::push`]: the server's refusal, connection failures.
+    pub async fn snapshots(
+        &self,
+        url: &RemoteUrl,
+        server: Option<Fingerprint>,
+    ) -> Result<Vec<SnapshotRecord>, TransferError> {
+        usecase::history::snapshots(self.remote(url, server)).await
+    }
+
+    /// Forgets the snapshots `ids` name (whole ids or unique prefixes of at
+    /// least 4 hex digits) at `url`; their data goes at the next prune.
+    /// Only an `rw` grant may.
+    ///
+    /// # Errors
+    /// [`TransferError::History`] for an id that names none or several;
+    /// the server's refusal.
+    pub async fn forget(
+        &self,
+        url: &RemoteUrl,
+        server: Option<Fingerprint>,
+        ids: &[String],
+    ) -> Result<Forgetting, TransferError> {
+        usecase::history::forget(self.remote(url, server), ids).await
+    }
+
+    /// Forgets the snapshots at `url` that `policy` does not keep (each
+    /// tree's apart); with `dry_run`, only says which.
+    ///
+    /// # Errors
+    /// [`TransferError::History`] for an empty policy; as [`Client::forget`].
+    pub async fn forget_by_policy(
+        &self,
+        url: &RemoteUrl,
+        server: Option<Fingerprint>,
+        policy: &KeepPolicy,
+        dry_run: bool,
+    ) -> Result<Forgetting, TransferError> {
+        usecase::history::forget_by_policy(self.remote(url, server), policy, dry_run).await
+    }
+
+    /// Deletes the history data no snapshot references any more on the
+    /// server of `url`. Only an `rw` grant may.
+    ///
+    /// # Errors
+    /// The server's refusal; its failures reading or writing the history.
+    pub async fn prune(&self, url: &RemoteUrl, server: Option<Fingerprint>) -> Result<PruneReport, TransferError> {
+        usecase::history::prune(self.remote(url, server)).await
+    }
+
+    /// The snapshots local pushes left of `dest` (their history is kept
+    /// with their state, in `state_dir`), oldest first; none if it has no
+    /// history.
+    ///
+    /// # Errors
+    /// A history that cannot be read.
+    pub async fn snapshots_local(dest: &Path, state_dir: &Path) -> Result<Vec<SnapshotRecord>, TransferError> {
+        usecase::history::snapshots(Target::Local { dest, state_dir }).await
+    }
+
+    /// [`Client::forget`] for a local push destination.
+    ///
+    /// # Errors
+    /// As [`Client::forget`]; a destination without history.
+    pub async fn forget_local(dest: &Path, state_dir: &Path, ids: &[String]) -> Result<Forgetting, TransferError> {
+        usecase::history::forget(Target::Local { dest, state_dir }, ids).await
+    }
+
+    /// [`Client::forget_by_policy`] for a local push destination.
+    ///
+    /// # Errors
+    /// As [`Client::forget_by_policy`]; a destination without history.
+    pub async fn forget_by_policy_local(
+        dest: &Path,
+        state_dir: &Path,
+        policy: &KeepPolicy,
+        dry_run: bool,
+    ) -> Result<Forgetting, TransferError> {
+        usecase::history::forget_by_policy(Target::Local { dest, state_dir }, policy, dry_run).await
+    }
+
+    /// [`Client::prune`] for a local push destination.
+    ///
+    /// # Errors
+    /// A destination without history; failures reading or writing it.
+    pub async fn prune_local(dest: &Path, state_dir: &Path) -> Result<PruneReport, TransferError> {
+        usecase::history::prune(Target::Local { dest, state_dir }).await
     }
 }
 
@@ -216,6 +316,18 @@ macro_rules! transfer_options {
 
 transfer_options!(PushOptions);
 transfer_options!(PullOptions);
+
+impl PullOptions {
+    /// Restores the server's snapshot `selector` names instead of its
+    /// current tree: `latest`, an id (or a unique prefix of at least 4 hex
+    /// digits), or a time (RFC 3339 or `YYYY-MM-DD[ HH:MM[:SS]]`, UTC: the
+    /// last snapshot at or before it). The URL may name a tree, a
+    /// directory inside one, or one file.
+    pub fn at(mut self, selector: impl Into<String>) -> Self {
+        self.0.at = Some(selector.into());
+        self
+    }
+}
 
 impl PushOptions {
     /// Leaves out the source entries `excludes` match, and never deletes

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
-use xfer::fs::history::restore::SnapshotReader;
+use xfer::fs::history::SnapshotReader;
 use xfer::fs::history::{History, SnapshotInfo, SnapshotRecord};
 use xfer::fs::store::MirrorStore;
 use xfer::manifest::{EntryKind, RelPath};

@@ -105,7 +105,7 @@ fn restore(manifest: &Manifest, reader: &mut impl ChunkReader<Error = xfer::Erro
 }
 
 /// A reader over the history store alone (no mirror).
-fn store_reader(history: &History) -> SnapshotReader<'_> {
+fn store_reader(history: &History) -> SnapshotReader<&History> {
     SnapshotReader::new(history, Path::new("/nonexistent-mirror"), Path::new("/nonexistent-mirror/state.redb")).unwrap()
 }
 

@@ -366,7 +366,7 @@ async fn hostile_messages_out_of_order_are_refused() {
         |steps: Vec<Step>| -> Vec<Step> { [Control(hello()), Control(push())].into_iter().chain(steps).collect() };
     let cases: Vec<(&str, Vec<Step>, CloseCode, &str)> = vec![
         ("Open first", vec![Control(push())], CloseCode::ProtocolError, "waiting for Hello"),
-        ("another version", vec![Control(old_hello)], CloseCode::VersionMismatch, "theirs 3"),
+        ("another version", vec![Control(old_hello)], CloseCode::VersionMismatch, "theirs 4"),
         ("Hello twice", after_open(vec![Control(hello())]), CloseCode::ProtocolError, "Hello"),
         ("MoreChunks alone", after_open(vec![Control(more)]), CloseCode::ProtocolError, "MoreChunks"),
         ("a receiver's Summary", after_open(vec![Control(summary)]), CloseCode::ProtocolError, "Summary"),

@@ -14,6 +14,7 @@ mod fuzz_regressions;
 mod hardlinks;
 mod history;
 mod history_store;
+mod history_wire;
 mod hostile;
 mod local_faults;
 mod locks_signals;

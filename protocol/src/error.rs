@@ -214,8 +214,8 @@ mod tests {
     #[test]
     fn check_version_refuses_other_versions() {
         assert!(check_version(crate::PROTOCOL_VERSION).is_ok());
-        let err = check_version(1).unwrap_err();
-        assert!(matches!(err, DecodeError::Version { ours: 2, theirs: 1 }));
+        let err = check_version(2).unwrap_err();
+        assert!(matches!(err, DecodeError::Version { ours: 3, theirs: 2 }));
         assert_eq!(err.close_code(), CloseCode::VersionMismatch);
     }
 }

@@ -32,10 +32,10 @@ pub use limits::*;
 pub use msg::{Kind, Message};
 
 /// The protocol version this crate speaks; also carried in the QUIC ALPN.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
-/// ALPN identifier of protocol version 2.
-pub const ALPN: &[u8] = b"xfer/2";
+/// ALPN identifier of protocol version 3.
+pub const ALPN: &[u8] = b"xfer/3";
 
 /// `Hello.features` bits defined by this version: none yet.
 pub const KNOWN_FEATURES: u64 = 0;

@@ -61,6 +61,20 @@ pub const MAX_TAGS: usize = 16;
 /// Longest tag key or value.
 pub const MAX_TAG_LEN: usize = 128;
 
+/// Longest snapshot selector in `Open.at` (`latest`, an id or its
+/// prefix, a time).
+pub const MAX_SELECTOR_LEN: usize = 128;
+
+/// Longest source host name in `Open.source_host` and in a snapshot
+/// record; also bounds a record's `client`.
+pub const MAX_HOST_LEN: usize = 255;
+
+/// Most snapshot ids one `Open` may forget.
+pub const MAX_FORGET_IDS: usize = 1024;
+
+/// Most snapshot records in one `SnapshotList`.
+pub const MAX_SNAPSHOTS_PER_MESSAGE: usize = 64;
+
 /// Longest user or group name carried with an entry.
 pub const MAX_OWNER_NAME_LEN: usize = 255;
 
@@ -132,5 +146,12 @@ mod tests {
         assert!(has <= max, "has {has}");
         let symlink = HEADER + 2 * PATH + MTIME + ATTRS;
         assert!(symlink <= max, "symlink {symlink}");
+        let tags = VAR32 + MAX_TAGS * 2 * (VAR32 + MAX_TAG_LEN);
+        let open =
+            HEADER + 1 + PATH + 2 + 33 + tags + 1 + VAR32 + MAX_SELECTOR_LEN + 2 * PATH + VAR32 + MAX_FORGET_IDS * 32;
+        assert!(open <= max, "open {open}");
+        let record = 32 + VAR64 + VAR32 + 2 * PATH + 2 * (VAR32 + MAX_HOST_LEN) + tags + 1 + 3 * VAR64 + 32;
+        let list = HEADER + VAR32 + MAX_SNAPSHOTS_PER_MESSAGE * record + 1;
+        assert!(list <= max, "snapshot list {list}");
     }
 }

@@ -46,6 +46,10 @@ fn samples() -> Vec<Message> {
             checksum: false,
             remembered_root: Some(id(0xaa)),
             tags: vec![Tag { key: "project".into(), value: "web".into() }],
+            at: None,
+            source_host: "laptop".into(),
+            source_path: "/home/a".into(),
+            forget: vec![],
         }
         .into(),
         Opened { root: id(0x11), remembered: false }.into(),
@@ -119,6 +123,35 @@ fn samples() -> Vec<Message> {
             meta_kept: 12,
         }
         .into(),
+        SnapshotList {
+            snapshots: vec![SnapshotEntry {
+                id: id(0x21),
+                time: 1_700_000_000,
+                nanos: 7,
+                tree: "/site".into(),
+                client: "xfer:ab".into(),
+                host: "laptop".into(),
+                source: "/home/a".into(),
+                tags: vec![Tag { key: "k".into(), value: "v".into() }],
+                partial: false,
+                files: 3,
+                dirs: 1,
+                bytes: 300,
+                root: id(0x22),
+            }],
+            more: false,
+        }
+        .into(),
+        Forgotten { count: 2 }.into(),
+        Pruned {
+            packs_deleted: 1,
+            bytes_freed: 2,
+            packs_doomed: 3,
+            packs_repacked: 4,
+            packs_reinstated: 5,
+            bytes_after: 6,
+        }
+        .into(),
     ]
 }
 
@@ -127,7 +160,7 @@ fn samples() -> Vec<Message> {
 const GOLDEN: &[(Kind, &str)] = &[
     (Kind::Hello, "0e0000000102000a786665722f302e312e30"),
     (Kind::Error, "0f00000002040c6e6f20737563682074726565"),
-    (Kind::Open, "3b0000000800087372762f64617461010001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa010770726f6a65637403776562"),
+    (Kind::Open, "4c0000000800087372762f64617461010001aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa010770726f6a6563740377656200066c6170746f70072f686f6d652f6100"),
     (Kind::Opened, "2200000009111111111111111111111111111111111111111111111111111111111111111100"),
     (Kind::ListDir, "050000001003737263"),
     (Kind::Listing, "54000000110373726302066c69622e72730101010101010101010101010101010101010101010101010101010101010101000362696e02020202020202020202020202020202020202020202020202020202020202020100"),
@@ -151,6 +184,9 @@ const GOLDEN: &[(Kind, &str)] = &[
     (Kind::FileFailed, "0d000000420308096469736b2066756c6c"),
     (Kind::Done, "0100000043"),
     (Kind::Summary, "0d000000440102030405060708090a0b0c"),
+    (Kind::SnapshotList, "700000004801212121212121212121212121212121212121212121212121212121212121212180c49fd50c07052f7369746507786665723a6162066c6170746f70072f686f6d652f6101016b0176000301ac02222222222222222222222222222222222222222222222222222222222222222200"),
+    (Kind::Forgotten, "020000004902"),
+    (Kind::Pruned, "070000004a010203040506"),
 ];
 
 #[test]
@@ -328,8 +364,81 @@ fn bad_xattrs_refused() {
 }
 
 fn open_tagged(tags: Vec<Tag>) -> Message {
-    Open { direction: Direction::Push, path: vec![], delete: false, checksum: false, remembered_root: None, tags }
-        .into()
+    Open { tags, ..open_push() }.into()
+}
+
+fn open_push() -> Open {
+    Open {
+        direction: Direction::Push,
+        path: vec![],
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: vec![],
+        at: None,
+        source_host: String::new(),
+        source_path: String::new(),
+        forget: vec![],
+    }
+}
+
+/// The history fields of `Open` are bounded, free of control characters,
+/// and only where their direction uses them.
+#[test]
+fn bad_open_history_fields_refused() {
+    let pull = |at: &str| Open { direction: Direction::Pull, at: Some(at.into()), ..open_push() };
+    assert!(Message::from(pull("latest")).validate().is_ok());
+    let forget = Open { direction: Direction::Forget, forget: vec![id(1); MAX_FORGET_IDS], ..open_push() };
+    assert!(Message::from(forget.clone()).validate().is_ok());
+    let bad = [
+        pull(&"x".repeat(MAX_SELECTOR_LEN + 1)),
+        pull("2026-01-01\n"),
+        Open { at: Some("latest".into()), ..open_push() },
+        Open { source_host: "h".repeat(MAX_HOST_LEN + 1), ..open_push() },
+        Open { source_host: "a\tb".into(), ..open_push() },
+        Open { source_path: "p".repeat(MAX_PATH_LEN + 1), ..open_push() },
+        Open { forget: vec![id(1)], ..open_push() },
+        Open { forget: vec![id(1); MAX_FORGET_IDS + 1], ..forget },
+    ];
+    for open in bad {
+        let m = Message::from(open.clone());
+        assert!(m.validate().is_err(), "{open:?} accepted");
+        assert!(frame::parse(&raw_frame(&m)).is_err(), "{open:?} decoded");
+    }
+}
+
+/// A snapshot list over its count or with a control character in a label
+/// is refused.
+#[test]
+fn bad_snapshot_lists_refused() {
+    let entry = SnapshotEntry {
+        id: id(1),
+        time: 0,
+        nanos: 999_999_999,
+        tree: "/".into(),
+        client: String::new(),
+        host: "h".into(),
+        source: "/s".into(),
+        tags: vec![],
+        partial: true,
+        files: 0,
+        dirs: 1,
+        bytes: 0,
+        root: id(2),
+    };
+    let list = |snapshots: Vec<SnapshotEntry>| Message::from(SnapshotList { snapshots, more: false });
+    assert!(list(vec![entry.clone(); MAX_SNAPSHOTS_PER_MESSAGE]).validate().is_ok());
+    let bad = [
+        list(vec![entry.clone(); MAX_SNAPSHOTS_PER_MESSAGE + 1]),
+        list(vec![SnapshotEntry { host: "a\u{7}".into(), ..entry.clone() }]),
+        list(vec![SnapshotEntry { tree: "t".repeat(MAX_PATH_LEN + 1), ..entry.clone() }]),
+        list(vec![SnapshotEntry { nanos: 1_000_000_000, ..entry.clone() }]),
+        list(vec![SnapshotEntry { tags: vec![Tag { key: "=".into(), value: String::new() }], ..entry }]),
+    ];
+    for m in bad {
+        assert!(m.validate().is_err());
+        assert!(frame::parse(&raw_frame(&m)).is_err());
+    }
 }
 
 /// A tag with `=` in its key, an empty key, a control character or an
@@ -360,6 +469,7 @@ fn raw_frame(m: &Message) -> Vec<u8> {
         Message::Open(b) => postcard_body(b),
         Message::SetMeta(b) => postcard_body(b),
         Message::Link(b) => postcard_body(b),
+        Message::SnapshotList(b) => postcard_body(b),
         other => panic!("add {:?} to raw_frame", other.kind()),
     };
     let mut out = Vec::new();
@@ -410,6 +520,11 @@ fn hash() -> impl Strategy<Value = Hash> {
 
 fn text() -> impl Strategy<Value = String> {
     ".{0,40}"
+}
+
+/// Text without control characters, as labels must be.
+fn label() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{0,40}"
 }
 
 fn mtime_s() -> impl Strategy<Value = Mtime> {
@@ -498,17 +613,61 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u32>(), any::<u64>(), text())
             .prop_map(|(version, features, agent)| Hello { version, features, agent }.into()),
         (any::<u32>(), text()).prop_map(|(code, message)| ErrorMsg { code, message }.into()),
-        (any::<bool>(), bytes(16), any::<bool>(), any::<bool>(), proptest::option::of(hash())).prop_map(
-            |(push, path, delete, checksum, remembered_root)| Open {
+        (any::<bool>(), bytes(16), any::<bool>(), any::<bool>(), proptest::option::of(hash()), label(), label())
+            .prop_map(|(push, path, delete, checksum, remembered_root, source_host, at)| Open {
                 direction: if push { Direction::Push } else { Direction::Pull },
                 path,
                 delete,
                 checksum,
                 remembered_root,
-                tags: Vec::new()
+                tags: Vec::new(),
+                at: (!push).then_some(at),
+                source_host,
+                source_path: String::new(),
+                forget: Vec::new(),
+            }
+            .into()),
+        (bytes(16), vec(hash(), 0..4)).prop_map(|(path, forget)| Open {
+            direction: Direction::Forget,
+            forget,
+            path,
+            ..open_push()
+        }
+        .into()),
+        (vec((hash(), any::<i64>(), label(), any::<bool>(), any::<[u64; 3]>()), 0..4), any::<bool>()).prop_map(
+            |(records, more)| SnapshotList {
+                snapshots: records
+                    .into_iter()
+                    .map(|(id, time, host, partial, [files, dirs, bytes])| SnapshotEntry {
+                        id,
+                        time,
+                        nanos: (files % 1_000_000_000) as u32,
+                        tree: "/t".into(),
+                        client: String::new(),
+                        host,
+                        source: "/s".into(),
+                        tags: vec![],
+                        partial,
+                        files,
+                        dirs,
+                        bytes,
+                        root: id,
+                    })
+                    .collect(),
+                more
             }
             .into()
         ),
+        any::<u64>().prop_map(|count| Forgotten { count }.into()),
+        any::<[u64; 6]>().prop_map(|c| Pruned {
+            packs_deleted: c[0],
+            bytes_freed: c[1],
+            packs_doomed: c[2],
+            packs_repacked: c[3],
+            packs_reinstated: c[4],
+            bytes_after: c[5],
+        }
+        .into()),
         (hash(), any::<bool>()).prop_map(|(root, remembered)| Opened { root, remembered }.into()),
         bytes(16).prop_map(|dir| ListDir { dir }.into()),
         (bytes(16), vec((bytes(12), hash(), any::<bool>()), 0..5), any::<bool>()).prop_map(|(dir, c, more)| Listing {

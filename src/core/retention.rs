@@ -160,12 +160,14 @@ fn year_month(days: i64) -> (i64, u32) {
 
 /// Decides for each snapshot time (seconds since the Unix epoch, UTC, in
 /// any order) whether `policy` keeps it; the answer is in input order.
+/// Of snapshots within the same second, the later in the input counts as
+/// the newer (callers list snapshots oldest first).
 pub fn decide(times: &[i64], policy: &KeepPolicy) -> Vec<Decision> {
     let mut out = vec![Decision::default(); times.len()];
-    // Newest first; equal times in input order, so the answer is the same
-    // on every call with the same input.
+    // Newest first; equal times later-in-input first, so the answer is the
+    // same on every call with the same input.
     let mut order: Vec<usize> = (0..times.len()).collect();
-    order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(b.cmp(&a)));
 
     for &i in order.iter().take(policy.last as usize) {
         keep(&mut out[i], "last");

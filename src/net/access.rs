@@ -10,9 +10,15 @@
 //!
 //! ```text
 //! # laptop backs up into /laptop, the monitor may only read
-//! xfer:aaaa...  rw  /laptop
-//! xfer:bbbb...  ro            # whole root
+//! xfer:aaaa...  rw      /laptop
+//! xfer:cccc...  append  /phone  # may add, never erase history
+//! xfer:bbbb...  ro              # whole root
 //! ```
+//!
+//! `ro` reads (pull, list snapshots, restore); `append` also pushes, and a
+//! push that overwrites or deletes moves the old data to the history, so
+//! a stolen `append` key cannot destroy what was backed up; `rw` may also
+//! manage the history (forget snapshots, prune).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,9 +33,12 @@ use crate::net::identity::Fingerprint;
 /// What a grant lets a client do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Permission {
-    /// Pull only.
+    /// Pull, list snapshots and restore only.
     ReadOnly,
-    /// Pull and push.
+    /// Read and push, never forget snapshots or prune: what a push
+    /// overwrites or deletes stays in the history.
+    Append,
+    /// Read, push and manage the history (forget, prune).
     ReadWrite,
 }
 
@@ -38,6 +47,7 @@ impl Permission {
     pub fn covers(self, want: Want) -> bool {
         match self {
             Permission::ReadWrite => true,
+            Permission::Append => want != Want::Manage,
             Permission::ReadOnly => want == Want::Read,
         }
     }
@@ -48,19 +58,25 @@ impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Permission::ReadOnly => "ro",
+            Permission::Append => "append",
             Permission::ReadWrite => "rw",
         })
     }
 }
 
-/// What a request needs: a pull reads, a push writes.
+/// What a request needs: a pull reads, a push writes, forgetting
+/// snapshots and pruning manage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Want {
-    /// Pull from the server.
+    /// Pull from the server, list its snapshots, restore one.
     Read,
     /// Push to the server.
     Write,
+    /// Forget snapshots or prune the history: the only requests that can
+    /// lose backed-up data.
+    Manage,
 }
+
 
 /// One client's permission on one subtree of the served root.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +218,20 @@ pub enum Refusal {
         /// The requested path, with a leading `/`.
         path: String,
     },
+    /// The client may push (or only read) but asked to forget snapshots or
+    /// prune.
+    #[error(
+        "client {client} may not forget snapshots or prune under {path}: its grant is {permission}; \
+         only an rw grant may manage the history"
+    )]
+    CannotManage {
+        /// The client's fingerprint.
+        client: Fingerprint,
+        /// The requested path, with a leading `/`.
+        path: String,
+        /// The best grant it holds there (`append` or `ro`).
+        permission: Permission,
+    },
     /// The path is outside every prefix granted to the client.
     #[error("client {client} may not use {path}; it may use: {}", allowed.join(", "))]
     OutsidePrefix {
@@ -220,6 +250,7 @@ impl Refusal {
         match self {
             Refusal::UnknownClient { .. } => CloseCode::Unauthorized,
             Refusal::ReadOnly { .. } => CloseCode::ReadOnly,
+            Refusal::CannotManage { .. } => CloseCode::Unauthorized,
             Refusal::OutsidePrefix { .. } => CloseCode::OutsideAllowedPath,
         }
     }
@@ -255,10 +286,10 @@ pub enum AccessError {
 #[non_exhaustive]
 pub enum LineError {
     /// Only a fingerprint.
-    #[error("missing permission: expected FINGERPRINT rw|ro [PREFIX]")]
+    #[error("missing permission: expected FINGERPRINT rw|append|ro [PREFIX]")]
     MissingPermission,
     /// A word after the prefix.
-    #[error("unexpected {word:?} after the prefix: expected FINGERPRINT rw|ro [PREFIX] (prefixes cannot hold spaces)")]
+    #[error("unexpected {word:?} after the prefix: expected FINGERPRINT rw|append|ro [PREFIX] (prefixes cannot hold spaces)")]
     Extra {
         /// The first extra word.
         word: String,
@@ -270,7 +301,7 @@ pub enum LineError {
         text: String,
     },
     /// The second word is not a permission.
-    #[error("unknown permission {word:?}: use rw or ro")]
+    #[error("unknown permission {word:?}: use rw, append or ro")]
     Permission {
         /// The word.
         word: String,
@@ -407,9 +438,15 @@ impl Access {
         }
         let shown = slashed(path);
         // Inside a prefix yet refused: only the permission can be short.
-        let read_only = || Refusal::ReadOnly { client: *client, path: shown.clone() };
-        if mine.iter().any(|g| g.contains(path)) {
-            return Err(read_only());
+        let best = mine.iter().filter(|g| g.contains(path)).map(|g| g.permission).max_by_key(|p| rank(*p));
+        let short = |best: Option<Permission>| match (want, best) {
+            (Want::Manage, Some(permission)) => {
+                Refusal::CannotManage { client: *client, path: shown.clone(), permission }
+            }
+            _ => Refusal::ReadOnly { client: *client, path: shown.clone() },
+        };
+        if best.is_some() {
+            return Err(short(best));
         }
         let mut allowed: Vec<String> = Vec::new();
         for grant in mine.iter().filter(|g| g.permission.covers(want)) {
@@ -421,9 +458,19 @@ impl Access {
         // No grant would allow a write anywhere: pointing at prefixes that
         // are read-only as well would only mislead.
         if allowed.is_empty() {
-            return Err(read_only());
+            let anywhere = mine.iter().map(|g| g.permission).max_by_key(|p| rank(*p));
+            return Err(short(anywhere));
         }
         Err(Refusal::OutsidePrefix { client: *client, path: shown, allowed })
+    }
+}
+
+/// How much a permission allows, for naming the best one a client holds.
+fn rank(permission: Permission) -> u8 {
+    match permission {
+        Permission::ReadOnly => 0,
+        Permission::Append => 1,
+        Permission::ReadWrite => 2,
     }
 }
 
@@ -445,6 +492,7 @@ fn parse_line(line: &str) -> Result<Option<Grant>, LineError> {
         None => return Err(LineError::MissingPermission),
         Some("rw" | "read-write") => Permission::ReadWrite,
         Some("ro" | "read-only") => Permission::ReadOnly,
+        Some("append" | "append-only") => Permission::Append,
         Some(word) => return Err(LineError::Permission { word: word.to_string() }),
     };
     let prefix = match words.next() {
@@ -563,7 +611,7 @@ mod tests {
     fn parse_error_message_says_what_is_expected() {
         let text = format!("# clients\n\n{} rx\n", fp(1));
         let err = Access::parse(&text, "/etc/xfer/clients").unwrap_err().to_string();
-        assert_eq!(err, "authorized clients /etc/xfer/clients line 3: unknown permission \"rx\": use rw or ro");
+        assert_eq!(err, "authorized clients /etc/xfer/clients line 3: unknown permission \"rx\": use rw, append or ro");
     }
 
     #[test]
@@ -681,11 +729,56 @@ mod tests {
     }
 
     #[test]
+    fn append_may_read_and_push_but_never_manage() {
+        let text = format!("{a} append /phone\n{b} rw /site\n{c} ro\n", a = fp(1), b = fp(2), c = fp(3));
+        let access = Access::parse(&text, "x").unwrap();
+        assert_eq!(access.grants()[0].permission, Permission::Append);
+        assert_eq!(access.grants()[0].permission.to_string(), "append");
+        for want in [Want::Read, Want::Write] {
+            assert_eq!(access.check(&fp(1), want, b"phone/dcim"), Ok(()), "{want:?}");
+        }
+        let refusal = access.check(&fp(1), Want::Manage, b"phone").unwrap_err();
+        let expected = Refusal::CannotManage { client: fp(1), path: "/phone".into(), permission: Permission::Append };
+        assert_eq!(refusal, expected);
+        assert_eq!(refusal.close_code(), CloseCode::Unauthorized);
+        let message = refusal.to_string();
+        assert!(message.contains("may not forget snapshots or prune under /phone"), "{message}");
+        assert!(message.contains("its grant is append") && message.contains("only an rw grant"), "{message}");
+        // Outside its prefix, an append client is still told what it lacks.
+        let refusal = access.check(&fp(1), Want::Manage, b"etc").unwrap_err();
+        assert!(matches!(refusal, Refusal::CannotManage { permission: Permission::Append, .. }), "{refusal:?}");
+        // rw manages its own paths only; ro manages nothing and pushes nothing.
+        assert_eq!(access.check(&fp(2), Want::Manage, b"site/a"), Ok(()));
+        let refusal = access.check(&fp(2), Want::Manage, b"other").unwrap_err();
+        assert!(matches!(refusal, Refusal::OutsidePrefix { .. }), "{refusal:?}");
+        let refusal = access.check(&fp(3), Want::Manage, b"site").unwrap_err();
+        assert!(matches!(refusal, Refusal::CannotManage { permission: Permission::ReadOnly, .. }), "{refusal:?}");
+        assert!(matches!(access.check(&fp(3), Want::Write, b"site"), Err(Refusal::ReadOnly { .. })));
+        assert_eq!(access.check(&fp(3), Want::Read, b"site"), Ok(()));
+    }
+
+    #[test]
+    fn permissions_cover_exactly_their_requests() {
+        use Permission::*;
+        let table = [
+            (ReadOnly, [true, false, false]),
+            (Append, [true, true, false]),
+            (ReadWrite, [true, true, true]),
+        ];
+        for (permission, expected) in table {
+            let covered = [Want::Read, Want::Write, Want::Manage].map(|w| permission.covers(w));
+            assert_eq!(covered, expected, "{permission}");
+        }
+        let spelled = Access::parse(&format!("{} append-only /x\n", fp(1)), "x").unwrap();
+        assert_eq!(spelled.grants()[0].permission, Append);
+    }
+
+    #[test]
     fn allow_admits_everything_for_listed_fingerprints() {
         let access = Access::allow(&[fp(1), fp(2)]);
         assert!(!access.is_empty() && access.knows(&fp(1)) && access.knows(&fp(2)));
         for client in [fp(1), fp(2)] {
-            for want in [Want::Read, Want::Write] {
+            for want in [Want::Read, Want::Write, Want::Manage] {
                 for path in ["", "a", "a/b/c", "..hidden"] {
                     assert_eq!(access.check(&client, want, path.as_bytes()), Ok(()), "{client} {want:?} {path}");
                 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, VarInt};
 use tokio::sync::Semaphore;
+use xfer_protocol::msg::Direction;
 use xfer_protocol::CloseCode;
 
 use super::access::{Refusal, Want};
-use super::driver::{open_session, serve_pull, serve_push, Opened};
+use super::driver::{open_session, serve_pull, serve_pull_at, serve_push, Opened};
+use super::manage::serve_history;
 use super::link::wire_bytes;
 use super::peer_fingerprint;
 use super::served::{ServeConfig, ServerState};
@@ -272,26 +274,68 @@ async fn serve_session(
     let opened = opened.map_err(|_| timed_out(config.idle_timeout))??;
     let open = &opened.open;
     let want = match open.direction {
-        xfer_protocol::msg::Direction::Pull => Want::Read,
-        xfer_protocol::msg::Direction::Push => Want::Write,
+        Direction::Pull | Direction::Snapshots => Want::Read,
+        Direction::Push => Want::Write,
+        Direction::Forget | Direction::Prune => Want::Manage,
     };
     record.path = Some(format!("/{}", String::from_utf8_lossy(&open.path)));
-    record.direction = Some(if want == Want::Read { "pull" } else { "push" });
+    record.direction = Some(direction_name(open.direction));
+    record.at.clone_from(&open.at);
     record.tag(&open.tags);
     if let Err(refusal) = access.check(&client, want, &open.path) {
         return Err(SessionError::Peer { code: Some(refusal.close_code()), message: refusal.to_string() });
     }
+    run_opened(connection, opened, config, &client, watch, record).await
+}
+
+/// What the audit log calls a session's request.
+fn direction_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Push => "push",
+        Direction::Pull => "pull",
+        Direction::Snapshots => "snapshots",
+        Direction::Forget => "forget",
+        Direction::Prune => "prune",
+    }
+}
+
+/// Runs the session `opened` asks for, its access checked, and counts what
+/// it did into `record`.
+async fn run_opened(
+    connection: &Connection,
+    opened: Opened,
+    config: &Arc<ServeConfig>,
+    client: &Fingerprint,
+    watch: Watch,
+    record: &mut AuditRecord,
+) -> Result<(), SessionError> {
     let mut skipped_here = 0;
-    let summary = if want == Want::Read {
-        let Opened { send, ctrl_in, reader, open, .. } = opened;
-        let pulled = serve_pull(connection, send, ctrl_in, config, open, watch).await;
-        drop(reader);
-        pulled.map(|(sender, scan_skipped)| {
-            skipped_here = scan_skipped + sender.skipped().len() as u64;
-            sender.summary().copied()
-        })
-    } else {
-        serve_push(connection, opened, config, &client, watch).await
+    let summary = match opened.open.direction {
+        Direction::Push => serve_push(connection, opened, config, client, watch).await,
+        Direction::Pull if opened.open.at.is_some() => {
+            let Opened { send, ctrl_in, reader, open, .. } = opened;
+            let pulled = serve_pull_at(connection, send, ctrl_in, config, open, watch).await;
+            drop(reader);
+            pulled.map(|(summary, skipped)| {
+                skipped_here = skipped;
+                summary
+            })
+        }
+        Direction::Pull => {
+            let Opened { send, ctrl_in, reader, open, .. } = opened;
+            let pulled = serve_pull(connection, send, ctrl_in, config, open, watch).await;
+            drop(reader);
+            pulled.map(|(sender, scan_skipped)| {
+                skipped_here = scan_skipped + sender.skipped().len() as u64;
+                sender.summary().copied()
+            })
+        }
+        Direction::Snapshots | Direction::Forget | Direction::Prune => {
+            let Opened { send, reader, open, .. } = opened;
+            let answered = serve_history(connection, send, open, config).await;
+            drop(reader);
+            return answered.map(|count| record.snapshots = Some(count));
+        }
     };
     summary.map(|summary| {
         record.count(&summary.unwrap_or_default());

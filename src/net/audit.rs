@@ -30,8 +30,15 @@ pub struct AuditRecord {
     pub peer: String,
     /// The tree's path on the server; absent when refused before `Open`.
     pub path: Option<String>,
-    /// `push` or `pull`, as the client sees it.
+    /// `push` or `pull`, as the client sees it, or the history request:
+    /// `snapshots`, `forget` or `prune`.
     pub direction: Option<&'static str>,
+    /// The snapshot a pull restored from, as the client selected it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Snapshots a `snapshots` request listed or a `forget` forgot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<u64>,
     /// The client's `key=value` labels.
     pub tags: BTreeMap<String, String>,
     /// `ok`, `partial` (some entries failed, the rest committed),

@@ -142,6 +142,17 @@ impl Link {
         self.cancellable(cancel, run_pull(&self.connection, receiver, caps)).await
     }
 
+    /// Sends a history request (list, forget, prune) and reads the answer.
+    ///
+    /// # Errors
+    /// The server's refusal, with its reason, or a broken answer.
+    pub async fn history(&self, open: xfer_protocol::msg::Open) -> Result<super::manage::Answer, SessionError> {
+        match super::manage::request(&self.connection, open).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(super::frames::with_peer_reason(&self.connection, e).await),
+        }
+    }
+
     /// The wire bytes of the connection so far.
     pub fn wire(&self) -> WireBytes {
         wire_bytes(&self.connection)

@@ -22,6 +22,7 @@ use super::frames::{
     Outgoing, Reading, CHANNEL_DEPTH, CONTROL_BUDGET, DATA_BUDGET,
 };
 use super::link::{adapt_level, Backlog, LinkClock, WindowFeed};
+use super::manage::open_snapshot;
 use super::served::{busy_or, check_real_dirs, open_store, ServeConfig, ServerState, SERVER_STATE_DIR};
 use super::watch::{Activity, Watch};
 use crate::fs::store::MirrorReceiver as Receiver;
@@ -254,6 +255,39 @@ fn log_failures(client: &Fingerprint, failed: &[crate::fs::store::FailedEntry], 
     if count > logged {
         tracing::warn!(%client, more = count - logged, "more entries not written");
     }
+}
+
+/// Serves a pull of a snapshot (`Open.at`): the part of it at the
+/// requested path, its chunks read from the history or the mirror; the
+/// client's summary and the entries the sender skipped.
+pub(super) async fn serve_pull_at(
+    connection: &Connection,
+    send: SendStream,
+    ctrl_in: mpsc::Receiver<Inbound>,
+    config: &Arc<ServeConfig>,
+    open: xfer_protocol::msg::Open,
+    watch: Watch,
+) -> Result<(Option<xfer_protocol::msg::Summary>, u64), SessionError> {
+    let path = match open.path.as_slice() {
+        [] => RelPath::root(),
+        bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
+    };
+    config.check_reserved(&path)?;
+    let selector = open.at.clone().unwrap_or_default();
+    let served = config.clone();
+    let opening = tokio::task::spawn_blocking(move || open_snapshot(&served, &path, &selector));
+    let (manifest, reader) = tokio::select! {
+        opened = opening => opened.map_err(|e| SessionError::Protocol(format!("opening the snapshot failed: {e}")))??,
+        e = watch.stopped() => return Err(e),
+    };
+    let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
+        .map_err(|e| SessionError::from(crate::Error::Encoder(Box::new(e))))?
+        .with_clock(std::time::Instant::now);
+    let mut sender = SenderConfig::new(manifest, reader, encoder);
+    sender.plan = crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::default() };
+    let sender = Sender::respond(sender, open.remembered_root);
+    let sender = drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?;
+    Ok((sender.summary().copied(), sender.skipped().len() as u64))
 }
 
 /// Serves a pull: scans the requested tree and sends it.

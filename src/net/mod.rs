@@ -13,6 +13,7 @@ pub mod frames;
 pub mod identity;
 pub mod limiter;
 pub mod link;
+pub mod manage;
 pub mod served;
 pub mod server;
 mod tls;

@@ -98,7 +98,8 @@ impl ServeConfig {
         }
     }
 
-    /// Where the history of every tree served is kept: one store per
+    /// Where the history of every tree served is kept: `ROOT/.xfer/history`,
+    /// or `DIR/history` when the state is outside the root. One store per
     /// server, so a chunk kept once serves every tree's snapshots.
     pub fn history_dir(&self) -> PathBuf {
         match &self.state {
@@ -194,7 +195,14 @@ pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &s
     let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
     let store = if config.history {
         let history = History::open(&config.history_dir())?;
-        let info = SnapshotInfo { tree: format!("/{path}"), client: client.to_string(), ..SnapshotInfo::default() };
+        let info = SnapshotInfo {
+            tree: super::manage::tree_name(path.as_bytes()),
+            client: client.to_string(),
+            host: request.source_host.clone(),
+            source: request.source_path.clone(),
+            tags: request.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+            ..SnapshotInfo::default()
+        };
         store.with_history(history, info)
     } else {
         store

@@ -27,6 +27,7 @@ use crate::net::limiter::Limiter;
 pub mod local;
 #[cfg(feature = "internals")]
 pub mod memory;
+pub mod history;
 mod outcome;
 pub mod pull;
 pub mod push;
@@ -87,6 +88,9 @@ pub struct TransferOptions {
     pub congestion: Congestion,
     /// The window the transfer runs in and the timetable of its rate.
     pub schedule: Schedule,
+    /// A pull: the server's snapshot to restore instead of its current
+    /// tree (`latest`, an id prefix, a time).
+    pub at: Option<String>,
 }
 
 impl TransferOptions {
@@ -110,6 +114,7 @@ impl TransferOptions {
             log: None,
             congestion: Congestion::default(),
             schedule: Schedule::default(),
+            at: None,
         }
     }
 

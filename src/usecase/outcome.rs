@@ -84,6 +84,10 @@ pub enum TransferError {
          does not carry patterns)"
     )]
     PullFilter,
+    /// A history request that cannot be done as asked: no snapshot
+    /// matches, an id names several, an empty retention policy.
+    #[error("{0}")]
+    History(String),
 }
 
 impl TransferError {

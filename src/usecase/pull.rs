@@ -68,6 +68,9 @@ async fn pull_unlogged(
 /// Checks the options and opens the local tree for a pull of `url`.
 async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) -> Result<MirrorReceiver, TransferError> {
     let tags = options.wire_tags()?;
+    if let Some(at) = &options.at {
+        super::history::check_selector(at)?;
+    }
     if options.filter.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(TransferError::PullFilter);
     }
@@ -85,6 +88,7 @@ async fn open_receiver(url: &RemoteUrl, dest: &Path, options: &TransferOptions) 
     .await?;
     receiver.set_delete_limit(options.delete_limit);
     receiver.set_tags(tags);
+    receiver.set_snapshot(options.at.clone());
     Ok(receiver)
 }
 

@@ -194,7 +194,27 @@ fn new_sender(
     config.dry_run = options.dry_run;
     config.delete_limit = options.delete_limit;
     config.tags = tags.to_vec();
+    config.source_host = label(&host_name(), xfer_protocol::MAX_HOST_LEN);
+    config.source_path = label(&src.to_string_lossy(), xfer_protocol::MAX_PATH_LEN);
     Ok(Sender::new(config))
+}
+
+/// This host's name, as the receiver's snapshot records it.
+pub(super) fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// `text` as a snapshot label may hold it: control characters become `?`,
+/// and it is cut to at most `max` bytes on a character boundary.
+pub(super) fn label(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars().map(|c| if c.is_control() { '?' } else { c }) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Every entry the push left as it was: skipped by the scan or the
@@ -340,3 +360,33 @@ fn remember(memory: &Path, tree: Option<&Manifest>) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_opens_with_its_source_host_and_path() {
+        let url = RemoteUrl { authority: "h:1".into(), path: "site".into() };
+        let options = TransferOptions::new("/nonexistent-state");
+        let source = Arc::new(Manifest::new(Vec::new()).unwrap());
+        let src = Path::new("/home/a/site\u{7}");
+        let mut sender = new_sender(src, &url, &options, &source, &Arc::default(), &[], None).unwrap();
+        let opened = std::iter::from_fn(|| sender.poll_transmit()).find_map(|m| match m {
+            xfer_protocol::Message::Open(open) => Some(open),
+            _ => None,
+        });
+        let open = opened.unwrap();
+        assert_eq!(open.source_path, "/home/a/site?");
+        assert_eq!(open.source_host, host_name());
+        assert_eq!(open.path, b"site");
+    }
+
+    #[test]
+    fn labels_are_bounded_and_printable() {
+        assert_eq!(super::label("a\nb\tc", 100), "a?b?c");
+        assert_eq!(super::label("ééé", 5), "éé");
+        assert_eq!(super::label("", 5), "");
+        assert!(!super::host_name().is_empty());
+    }
+}

@@ -60,5 +60,9 @@ pub fn open_root_push() -> xfer_protocol::msg::Open {
         checksum: false,
         remembered_root: None,
         tags: Vec::new(),
+        at: None,
+        source_host: String::new(),
+        source_path: String::new(),
+        forget: Vec::new(),
     }
 }

@@ -173,6 +173,10 @@ pub fn open(direction: msg::Direction, path: &[u8]) -> Message {
         checksum: false,
         remembered_root: None,
         tags: Vec::new(),
+        at: None,
+        source_host: String::new(),
+        source_path: String::new(),
+        forget: Vec::new(),
     })
 }
 

@@ -13,7 +13,7 @@ use crate::{codec::*, limits::*};
 pub struct Hello {
     /// [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION) of the sender.
     pub version: u32,
-    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 2
+    /// Feature bits the sender supports (SPEC.md, "Versioning"). Version 3
     /// defines none: send 0, ignore bits you do not know.
     pub features: u64,
     /// Software name and version, for logs (e.g. `xfer/0.1.0`).
@@ -44,9 +44,23 @@ pub struct Open {
     /// The receiver's tree root as the client remembers it from last time.
     pub remembered_root: Option<Hash>,
     /// Labels for the server's audit log (cost allocation), at most
-    /// [`MAX_TAGS`]; they change nothing in the transfer.
+    /// [`MAX_TAGS`]; they change nothing in the transfer, and a push's
+    /// snapshot records them.
     #[serde(with = "fields::seq")]
     pub tags: Vec<Tag>,
+    /// Pull only: the snapshot to send instead of the current tree
+    /// (`latest`, an id prefix, a time), at most [`MAX_SELECTOR_LEN`]
+    /// bytes without control characters.
+    pub at: Option<String>,
+    /// Push: the source host, for the snapshot record; at most
+    /// [`MAX_HOST_LEN`] bytes without control characters.
+    pub source_host: String,
+    /// Push: the source path on that host, for the snapshot record; at
+    /// most [`MAX_PATH_LEN`] bytes without control characters.
+    pub source_path: String,
+    /// Forget only: the snapshots to forget, at most [`MAX_FORGET_IDS`].
+    #[serde(with = "fields::seq")]
+    pub forget: Vec<Hash>,
 }
 
 /// A `key=value` label of a session.
@@ -75,6 +89,43 @@ impl Tag {
         }
         Ok(())
     }
+}
+
+/// Server to client, answering `Open { direction: Snapshots }`: (part of)
+/// the snapshots of the trees at or below `Open.path`, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotList {
+    /// Records, at most [`MAX_SNAPSHOTS_PER_MESSAGE`].
+    #[serde(with = "fields::seq")]
+    pub snapshots: Vec<SnapshotEntry>,
+    /// More `SnapshotList` messages follow.
+    pub more: bool,
+}
+
+/// Server to client, answering `Open { direction: Forget }`: the records
+/// are gone (their data goes at the next prune).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Forgotten {
+    /// Snapshots forgotten.
+    pub count: u64,
+}
+
+/// Server to client, answering `Open { direction: Prune }`: what the
+/// garbage collection did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Pruned {
+    /// Packs deleted (doomed by an earlier prune, still unreferenced).
+    pub packs_deleted: u64,
+    /// Bytes freed by them.
+    pub bytes_freed: u64,
+    /// Packs taken out of the index this run, deleted by a later one.
+    pub packs_doomed: u64,
+    /// Packs rewritten without their unreferenced blobs.
+    pub packs_repacked: u64,
+    /// Doomed packs a newer snapshot referenced again, put back.
+    pub packs_reinstated: u64,
+    /// Bytes the history holds after the run.
+    pub bytes_after: u64,
 }
 
 /// Server to client: the receiver's tree root.

@@ -192,6 +192,13 @@ messages! {
     67 Done(Done),
     /// `Summary`: receiver's final report.
     68 Summary(Summary),
+    // 72..=79: the server's history.
+    /// `SnapshotList`: server's snapshot records.
+    72 SnapshotList(SnapshotList),
+    /// `Forgotten`: server forgot snapshots.
+    73 Forgotten(Forgotten),
+    /// `Pruned`: server pruned its history.
+    74 Pruned(Pruned),
 }
 
 impl std::fmt::Display for Kind {
@@ -217,7 +224,7 @@ mod tests {
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(3), None);
         assert_eq!(Kind::from_u8(128), None);
-        assert_eq!(Kind::ALL.len(), 26);
+        assert_eq!(Kind::ALL.len(), 29);
     }
 
     #[test]

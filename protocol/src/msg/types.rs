@@ -11,13 +11,30 @@ use crate::limits::*;
 /// A BLAKE3-256 hash: a chunk id, a file hash or a tree digest.
 pub type Hash = [u8; 32];
 
-/// Which way file data flows in a session.
+/// What a session does: which way file data flows, or which request about
+/// the server's history it makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Direction {
     /// Client sends, server receives.
     Push,
-    /// Server sends, client receives.
+    /// Server sends, client receives (from the mirror, or from a snapshot
+    /// with `Open.at`).
     Pull,
+    /// The server lists the snapshots of the trees at or below `path`
+    /// ([`SnapshotList`]).
+    Snapshots,
+    /// The server forgets the snapshots `Open.forget` names
+    /// ([`Forgotten`]).
+    Forget,
+    /// The server garbage-collects its history ([`Pruned`]).
+    Prune,
+}
+
+impl Direction {
+    /// Whether this is a request about the history rather than a transfer.
+    pub fn is_history(self) -> bool {
+        matches!(self, Direction::Snapshots | Direction::Forget | Direction::Prune)
+    }
 }
 
 /// A modification time: seconds since the Unix epoch and nanoseconds.
@@ -107,6 +124,40 @@ pub enum ListEdit {
     },
     /// New entries.
     New(#[serde(with = "fields::seq")] Vec<ChunkRef>),
+}
+
+/// One snapshot as a [`SnapshotList`] carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// The snapshot's id (BLAKE3 of its record).
+    pub id: Hash,
+    /// When the push that left it committed, seconds since the Unix epoch.
+    pub time: i64,
+    /// Nanoseconds past `time`, below 1,000,000,000.
+    pub nanos: u32,
+    /// The served tree it is of (`/site`; `/` for the root), at most
+    /// [`MAX_PATH_LEN`] bytes.
+    pub tree: String,
+    /// The pushing client's fingerprint (empty for a local push), at most
+    /// [`MAX_HOST_LEN`] bytes.
+    pub client: String,
+    /// The source host as the client named it, at most [`MAX_HOST_LEN`].
+    pub host: String,
+    /// The source path on that host, at most [`MAX_PATH_LEN`].
+    pub source: String,
+    /// The push's tags, as in `Open`.
+    #[serde(with = "fields::seq")]
+    pub tags: Vec<super::bodies::Tag>,
+    /// The push did not complete.
+    pub partial: bool,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Bytes of the regular files.
+    pub bytes: u64,
+    /// The snapshot's root tree blob.
+    pub root: Hash,
 }
 
 /// Owner, group and extended attributes of an entry (ACLs are the xattrs

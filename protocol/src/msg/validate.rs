@@ -125,13 +125,68 @@ impl Validate for ErrorMsg {
     }
 }
 
+/// A string of at most `max` bytes without control characters.
+fn label(what: &'static str, s: &str, max: usize) -> Checked {
+    limit(what, s.len(), max)?;
+    if s.chars().any(char::is_control) {
+        return Err(Violation::Invalid("a control character in a label"));
+    }
+    Ok(())
+}
+
+fn tags(tags: &[Tag]) -> Checked {
+    limit("tags", tags.len(), MAX_TAGS)?;
+    if tags.iter().any(|t| t.check().is_err()) {
+        return Err(Violation::Invalid("a tag breaks the tag rules"));
+    }
+    Ok(())
+}
+
 impl Validate for Open {
     fn validate(&self) -> Checked {
         path("path", &self.path)?;
-        limit("tags", self.tags.len(), MAX_TAGS)?;
-        if self.tags.iter().any(|t| t.check().is_err()) {
-            return Err(Violation::Invalid("a tag breaks the tag rules"));
+        tags(&self.tags)?;
+        if let Some(at) = &self.at {
+            label("at", at, MAX_SELECTOR_LEN)?;
+            if self.direction != Direction::Pull {
+                return Err(Violation::Invalid("a snapshot selector outside a pull"));
+            }
         }
+        label("source_host", &self.source_host, MAX_HOST_LEN)?;
+        label("source_path", &self.source_path, MAX_PATH_LEN)?;
+        limit("forget ids", self.forget.len(), MAX_FORGET_IDS)?;
+        if !self.forget.is_empty() && self.direction != Direction::Forget {
+            return Err(Violation::Invalid("snapshot ids to forget outside a forget"));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for SnapshotList {
+    fn validate(&self) -> Checked {
+        limit("snapshots", self.snapshots.len(), MAX_SNAPSHOTS_PER_MESSAGE)?;
+        for s in &self.snapshots {
+            if s.nanos >= 1_000_000_000 {
+                return Err(Violation::Invalid("snapshot time nanoseconds of 1e9 or more"));
+            }
+            label("tree", &s.tree, MAX_PATH_LEN)?;
+            label("client", &s.client, MAX_HOST_LEN)?;
+            label("host", &s.host, MAX_HOST_LEN)?;
+            label("source", &s.source, MAX_PATH_LEN)?;
+            tags(&s.tags)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Forgotten {
+    fn validate(&self) -> Checked {
+        Ok(())
+    }
+}
+
+impl Validate for Pruned {
+    fn validate(&self) -> Checked {
         Ok(())
     }
 }

@@ -62,7 +62,13 @@ Each on/off flag has a --no- form that undoes it (and the config file's value).\
     /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
     #[command(after_help = concat!(
         "Examples:\n  xfer pull xfer://backup.example/site ./restored\n  \
-xfer pull --delete xfer://backup.example/site ./mirror\n\n\
+xfer pull --delete xfer://backup.example/site ./mirror\n  \
+xfer pull --at latest xfer://backup.example/site ./restored\n  \
+xfer pull --at '2026-03-01 12:00' xfer://backup.example/site/docs/a.txt ./restored\n\n\
+--at restores a snapshot of the server's history instead of its current tree: latest,\n\
+an id (4 or more hex digits) or a time (RFC 3339 or YYYY-MM-DD[ HH:MM[:SS]], UTC: the\n\
+last snapshot at or before it). The URL may name a tree, a directory in it or one file;\n\
+`xfer snapshots URL` lists the snapshots.\n\n\
 Settings come from the config file's [pull] and [defaults] sections, never [push].\n\
 --delete is limited as on a push; a pull holds its deletes back until the server is\n\
 done, and a refused pull (exit 2) deletes nothing.\n\n",
@@ -75,8 +81,10 @@ The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FIN
 Its state lives in ROOT/.xfer, which clients can never write.\n\
 CONFIG_DIR/config.toml's [serve] section may set congestion = \"NAME\".\n\n\
 An authorized-clients file grants per client and path prefix:\n  \
-xfer:aaaa...  rw  /laptop     # push and pull below /laptop\n  \
-xfer:bbbb...  ro              # pull anything")]
+xfer:aaaa...  rw      /laptop   # push, pull, forget snapshots and prune below /laptop\n  \
+xfer:cccc...  append  /phone    # push and pull, never forget or prune: what a push\n  \
+                                # overwrites or deletes stays in the history\n  \
+xfer:bbbb...  ro                # pull and list snapshots anywhere")]
     Serve {
         /// The directory to serve.
         #[arg(long)]
@@ -98,7 +106,8 @@ xfer:bbbb...  ro              # pull anything")]
         /// xfer (the default), cubic, newreno or bbr. [config: [serve] congestion]
         #[arg(long, value_name = "NAME")]
         congestion: Option<xfer::Congestion>,
-        /// A file of grants, one per line: FINGERPRINT rw|ro [PATH-PREFIX].
+        /// A file of grants, one per line: FINGERPRINT rw|append|ro
+        /// [PATH-PREFIX]; append may push but never forget or prune.
         #[arg(long, value_name = "FILE")]
         authorized_clients: Option<PathBuf>,
         /// Where the server's identity is kept.
@@ -118,6 +127,25 @@ xfer:bbbb...  ro              # pull anything")]
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
     },
+    /// List the snapshots of a server's tree (xfer://HOST/PATH) or of a local push destination.
+    #[command(after_help = "Examples:\n  xfer snapshots xfer://backup.example/site\n  \
+xfer snapshots --json /backup/site\n\n\
+Each push that commits leaves a snapshot of the tree it left; what it overwrote or\n\
+deleted stays in the history. Restore one with xfer pull --at ID|TIME|latest.")]
+    Snapshots(HistoryArgs),
+    /// Forget snapshots, by id or by a retention policy (their data goes at the next prune).
+    #[command(after_help = "Examples:\n  xfer forget xfer://backup.example/site 3f2a9c01\n  \
+xfer forget --keep-last 7 --keep-daily 14 --keep-monthly 12 --dry-run xfer://backup.example/site\n  \
+xfer forget --keep-within 30d /backup/site\n\n\
+A policy keeps a snapshot when any rule keeps it, each tree's snapshots apart; a\n\
+policy without any rule is refused (it would forget everything). Only an rw grant\n\
+may forget on a server; an append client is refused.")]
+    Forget(ForgetArgs),
+    /// Delete history data that no snapshot references any more.
+    #[command(after_help = "Examples:\n  xfer prune xfer://backup.example/site\n  xfer prune /backup/site\n\n\
+Prune works in two phases so a push running meanwhile never loses data: what it\n\
+frees now was set aside by an earlier prune. Only an rw grant may prune.")]
+    Prune(HistoryArgs),
     /// Pin a server's fingerprint in known hosts.
     Trust {
         /// The server, as HOST:PORT.
@@ -151,6 +179,64 @@ $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
         /// The file to read.
         file: PathBuf,
     },
+}
+
+/// Where a history command looks, and how it reports.
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// A server URL (xfer://HOST[:PORT]/PATH), a remote of the config file,
+    /// or a local push destination.
+    pub target: PathBuf,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where xfer keeps its state (a local destination's history lives
+    /// there) [default: $XDG_STATE_HOME/xfer].
+    #[arg(long, env = "XFER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the identity and known hosts are kept.
+    #[arg(long, env = "XFER_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Accept the server only with this fingerprint (and pin it).
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub server_fingerprint: Option<String>,
+    /// Trust an unknown server on first use and pin it.
+    #[arg(long)]
+    pub accept_new: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub target: HistoryArgs,
+    /// Snapshot ids to forget (4 or more hex digits of each).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot at most this much older than the newest, e.g.
+    /// 36h, 30d, 8w, 1y (suffixes s, m for minutes, h, d, w, y = 365d).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Say what would be kept and forgotten, forget nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -265,6 +351,11 @@ pub struct PushArgs {
     /// FILE as one JSON line, whether it succeeds or not.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
+    /// Pull only: restore the server's snapshot SEL instead of its current
+    /// tree: latest, an id (4+ hex digits) or a time (RFC 3339 or
+    /// YYYY-MM-DD[ HH:MM[:SS]], UTC); see `xfer snapshots`.
+    #[arg(long, value_name = "SEL")]
+    pub at: Option<String>,
     /// Outside the window, sleep until it opens instead of exiting 4.
     #[arg(long, overrides_with = "no_wait")]
     pub wait: bool,

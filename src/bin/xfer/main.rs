@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser};
 
 mod args;
 mod config;
+mod history;
 mod serve;
 mod transfer;
 mod ui;
@@ -158,6 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             serve(root, listen, grants, config_dir, limits, audit_log)
         }
+        Command::Snapshots(args) => history::snapshots(&args),
+        Command::Forget(args) => history::forget(&args),
+        Command::Prune(args) => history::prune(&args),
         Command::Trust { authority, fingerprint, config_dir } => trust(&authority, &fingerprint, config_dir),
         Command::Digest { file } => digest(&file),
         Command::Completions { shell } => {

@@ -32,6 +32,39 @@ fn with_trust<T>(
     configured: Option<Fingerprint>,
     session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
 ) -> anyhow::Result<T> {
+    let trust = Trust {
+        config_dir: args.config_dir.clone(),
+        server_fingerprint: args.server_fingerprint.clone(),
+        accept_new: args.accept_new,
+    };
+    trust.run(url, configured, session)
+}
+
+/// How a command finds and trusts a server's key.
+pub(crate) struct Trust {
+    pub(crate) config_dir: Option<PathBuf>,
+    pub(crate) server_fingerprint: Option<String>,
+    pub(crate) accept_new: bool,
+}
+
+impl Trust {
+    /// See [`with_trust`].
+    pub(crate) fn run<T>(
+        &self,
+        url: &RemoteUrl,
+        configured: Option<Fingerprint>,
+        session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
+    ) -> anyhow::Result<T> {
+        trusted(self, url, configured, session)
+    }
+}
+
+fn trusted<T>(
+    args: &Trust,
+    url: &RemoteUrl,
+    configured: Option<Fingerprint>,
+    session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
+) -> anyhow::Result<T> {
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
     let client = Client::new(Identity::load_or_create(&config_dir)?);
     let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
@@ -76,7 +109,10 @@ pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         );
     }
     transfer(&args, &settings, false, quiet, |runtime, common| {
-        let options = common_options!(PullOptions, common);
+        let mut options = common_options!(PullOptions, common);
+        if let Some(at) = &args.at {
+            options = options.at(at.clone());
+        }
         with_trust(&args, &url, configured, |client, pin| {
             runtime.block_on(client.pull(&url, pin, &args.dest, &options))
         })
@@ -86,6 +122,9 @@ pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 pub(crate) fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let target = config.target(&args.dest)?;
+    if args.at.is_some() {
+        bail!("--at names a snapshot to restore: it works on pulls only (xfer pull --at SEL URL DEST)");
+    }
     let settings = config.settings(true);
     let excludes = excludes(&args, &settings, true)?;
     transfer(&args, &settings, true, quiet, |runtime, common| {
@@ -215,7 +254,7 @@ fn watch_signals(runtime: &tokio::runtime::Runtime, cancel: &CancellationToken) 
 }
 
 /// The error with the command-line hint for it, if one helps.
-fn with_hint(e: TransferError) -> anyhow::Error {
+pub(crate) fn with_hint(e: TransferError) -> anyhow::Error {
     let hint = match &e {
         TransferError::UntrustedServer { authority, seen, .. } => format!(
             ". If that is the server's key (run `xfer id` on the server), trust it with:\n    \

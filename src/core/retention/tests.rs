@@ -81,8 +81,9 @@ fn last_keeps_the_newest_of_unsorted_input() {
     let times = [30, 10, 50, 20, 40];
     assert_eq!(only(KeepPolicy { last: 2, ..KeepPolicy::default() }, &times), vec![2, 4]);
     assert_eq!(only(KeepPolicy { last: 9, ..KeepPolicy::default() }, &times), vec![0, 1, 2, 3, 4]);
-    // Equal times: exactly N kept, the first ones given.
-    assert_eq!(only(KeepPolicy { last: 2, ..KeepPolicy::default() }, &[5, 5, 5]), vec![0, 1]);
+    // Equal times: exactly N kept, the last ones given (callers list
+    // oldest first).
+    assert_eq!(only(KeepPolicy { last: 2, ..KeepPolicy::default() }, &[5, 5, 5]), vec![1, 2]);
 }
 
 #[test]

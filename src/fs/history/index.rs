@@ -160,6 +160,7 @@ impl Index {
     }
 
     /// Bytes the blob rows take (the map's per-slot overhead counted).
+    #[cfg(feature = "internals")]
     pub(super) fn heap_bytes(&self) -> usize {
         let row = std::mem::size_of::<(ChunkId, Loc)>();
         self.base.capacity() * row + self.added.capacity() * (row + 8) + self.packs.capacity() * 80

@@ -30,9 +30,6 @@
 //! a prune's new index and the removal of the old ones): any is right.
 //! Prune never deletes in the run that decides: see [`History::prune`].
 
-// Nothing in the default build calls the store until pushes record
-// snapshots; the allowance goes when they do.
-#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 mod disk;
 mod index;
@@ -65,10 +62,6 @@ const MAX_RECORD: u64 = 1 << 20;
 /// A pack is written once its bodies pass this size.
 pub const PACK_TARGET: usize = 16 << 20;
 
-/// A snapshot's name: BLAKE3 of its record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SnapshotId(pub [u8; 32]);
-
 /// What a push says about the snapshot it leaves, beside the tree itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotInfo {
@@ -92,7 +85,7 @@ pub struct SnapshotInfo {
 /// A snapshot as listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
-    /// Its id (hex of [`SnapshotId`] in JSON).
+    /// Its id: hex of the BLAKE3 of its record, which is also its file name.
     pub id: String,
     /// Seconds since the Unix epoch, UTC.
     pub time: i64,
@@ -191,11 +184,6 @@ impl History {
             min_repack_gain: crate::history::prune::MIN_REPACK_GAIN,
             lock,
         })
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Sets the size at which packs are written (tests use small packs to

@@ -1045,7 +1045,7 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
         Forged::Delete { path } => Message::Delete(msg::Delete { path: forged_path(*path) }),
         Forged::Done => Message::Done(msg::Done),
         Forged::Hello { version } => {
-            Message::Hello(msg::Hello { version: *version % 3, features: 0, agent: "forged".into() })
+            Message::Hello(msg::Hello { version: *version % 4, features: 0, agent: "forged".into() })
         }
         Forged::Open { path, push, remembered } => Message::Open(msg::Open {
             direction: if *push { msg::Direction::Push } else { msg::Direction::Pull },
@@ -1054,6 +1054,10 @@ fn forge(forged: &Forged, encoder: &mut Encoder) -> Message {
             checksum: false,
             remembered_root: remembered.map(|r| [r; 32]),
             tags: Vec::new(),
+            at: None,
+            source_host: String::new(),
+            source_path: String::new(),
+            forget: Vec::new(),
         }),
         Forged::ListDir { dir } => Message::ListDir(msg::ListDir { dir: forged_path(*dir) }),
         Forged::GetFiles { paths } => {
@@ -1124,7 +1128,7 @@ fn answer_with(answer: &Answer) -> Message {
         Answer::Summary => Message::Summary(msg::Summary::default()),
         Answer::Have { bits } => Message::Have(msg::Have { bits: bits.iter().take(8).copied().collect() }),
         Answer::Hello { version } => {
-            Message::Hello(msg::Hello { version: *version % 3, features: 0, agent: "forged".into() })
+            Message::Hello(msg::Hello { version: *version % 4, features: 0, agent: "forged".into() })
         }
         Answer::Error { code } => Message::Error(msg::ErrorMsg { code: *code, message: "forged".into() }),
     }

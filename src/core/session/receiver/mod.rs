@@ -56,6 +56,12 @@ pub struct OpenRequest {
     pub delete: bool,
     /// Whether every file must be re-read instead of quick-checked.
     pub checksum: bool,
+    /// The source host as the client names it, for the snapshot record.
+    pub source_host: String,
+    /// The source path on that host, for the snapshot record.
+    pub source_path: String,
+    /// The session's `key=value` labels, for the snapshot record.
+    pub tags: Vec<msg::Tag>,
 }
 
 /// Opens the destination a client asks for, deciding what it may write.
@@ -228,6 +234,10 @@ impl<D: Destination> Receiver<D> {
             // In a pull the client sends its own root: equal roots, nothing to do.
             remembered_root: Some(root),
             tags: Vec::new(),
+            at: None,
+            source_host: String::new(),
+            source_path: String::new(),
+            forget: Vec::new(),
         }));
         receiver.rx = Some(store);
         receiver.state = State::Asking;
@@ -331,6 +341,17 @@ impl<D: Destination> Receiver<D> {
         for message in &mut self.outbox {
             if let Message::Open(open) = message {
                 open.tags.clone_from(&tags);
+            }
+        }
+    }
+
+    /// Asks for the snapshot `selector` names instead of the server's
+    /// current tree; call before the first poll, while `Open` waits in the
+    /// outbox.
+    pub fn set_snapshot(&mut self, selector: Option<String>) {
+        for message in &mut self.outbox {
+            if let Message::Open(open) = message {
+                open.at.clone_from(&selector);
             }
         }
     }
@@ -486,7 +507,14 @@ impl<D: Destination> Receiver<D> {
             [] => None,
             bytes => Some(path(bytes.to_vec())?),
         };
-        let request = OpenRequest { path, delete: open.delete, checksum: open.checksum };
+        let request = OpenRequest {
+            path,
+            delete: open.delete,
+            checksum: open.checksum,
+            source_host: open.source_host,
+            source_path: open.source_path,
+            tags: open.tags,
+        };
         let mut store = (self.opener)(&request)?;
         self.tree = store.refresh(open.checksum).map_err(SessionError::local)?.tree();
         let root = self.tree.root().0;

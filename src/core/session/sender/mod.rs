@@ -47,8 +47,12 @@ pub struct SenderConfig<R> {
     /// deletes more than this allows (on a dry run too, after listing the
     /// plan).
     pub delete_limit: DeleteLimit,
-    /// A push: labels for the server's audit log.
+    /// A push: labels for the server's audit log and snapshot record.
     pub tags: Vec<msg::Tag>,
+    /// A push: the source host, for the receiver's snapshot record.
+    pub source_host: String,
+    /// A push: the source path on that host, for the snapshot record.
+    pub source_path: String,
     /// Where progress goes.
     pub progress: ProgressSink,
 }
@@ -68,6 +72,8 @@ impl<R> SenderConfig<R> {
             dry_run: false,
             delete_limit: DeleteLimit::UNLIMITED,
             tags: Vec::new(),
+            source_host: String::new(),
+            source_path: String::new(),
             progress: ProgressSink::default(),
         }
     }
@@ -154,6 +160,10 @@ impl<R: ChunkReader> Sender<R> {
             checksum: config.checksum,
             remembered_root: config.remembered.as_ref().map(|m| m.tree().root().0),
             tags: std::mem::take(&mut config.tags),
+            at: None,
+            source_host: std::mem::take(&mut config.source_host),
+            source_path: std::mem::take(&mut config.source_path),
+            forget: Vec::new(),
         });
         Sender::with_outbox(config, VecDeque::from([hello(), open]))
     }
@@ -431,7 +441,7 @@ impl<R: ChunkReader> Sender<R> {
 }
 
 /// This side's `Hello`.
-pub(super) fn hello() -> Message {
+pub fn hello() -> Message {
     Message::Hello(msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: super::AGENT.into() })
 }
 

@@ -23,6 +23,7 @@ mod never_lose;
 mod pipelining;
 mod plan_model;
 mod push;
+mod ransomware;
 mod remote;
 mod session;
 mod sparse_readonly;

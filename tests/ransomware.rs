@@ -122,7 +122,7 @@ async fn night_seven_survives_the_ransomware_night() {
     assert_same_tree(&read_tree(&restored), &trees[&7]);
 
     // The client tries to cover its tracks: every way is refused.
-    let err = laptop.forget(&target, pin, &[night7.id.clone()]).await.unwrap_err();
+    let err = laptop.forget(&target, pin, std::slice::from_ref(&night7.id)).await.unwrap_err();
     assert_eq!(close_code(&err), Some(CloseCode::Unauthorized), "{err}");
     let err = laptop.prune(&target, pin).await.unwrap_err();
     assert_eq!(close_code(&err), Some(CloseCode::Unauthorized), "{err}");

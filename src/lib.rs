@@ -105,4 +105,6 @@ internal_modules!(fs, net, session, usecase);
 use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress};
 #[cfg(feature = "internals")]
 #[doc(hidden)]
-pub use xfer_core::{adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, retention, wire};
+pub use xfer_core::{
+    adapt, chunk, codec, congestion, filter, hash, manifest, pacing, patch, plan, progress, retention, wire,
+};

@@ -24,13 +24,14 @@ use std::path::{Path, PathBuf};
 use super::lock::TreeLock;
 use super::state::StateDb;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::scan::{self, IdNames, ScanOptions, TEMP_PREFIX};
+use crate::fs::scan::{self, is_reserved_name, IdNames, ScanOptions, TEMP_PREFIX};
 use crate::hash::ChunkId;
 use crate::manifest::{Manifest, RelPath};
 
 mod batch;
 mod build;
 mod meta;
+mod partial;
 mod receiving;
 mod sparse;
 
@@ -181,7 +182,7 @@ impl MirrorStore {
         // temporary of another file of the same batch, which would then be
         // renamed into place holding the wrong content; a directory there
         // would be hidden from every scan for good.
-        if path.as_bytes().split(|&b| b == b'/').any(|name| name.starts_with(TEMP_PREFIX)) {
+        if path.as_bytes().split(|&b| b == b'/').any(is_reserved_name) {
             return Err(Error::TempName { path: self.abs(path) });
         }
         let mut dir = path.parent();
@@ -307,6 +308,7 @@ impl MirrorStore {
         let scan = scan::scan_with(&self.root, &mut recorder, options)?;
         crate::crashpoint::hit("store.refresh");
         recorder.finish(&scan.manifest)?;
+        self.settle_partials(scan.partials)?;
         self.manifest = scan.manifest;
         Ok(&self.manifest)
     }

@@ -21,6 +21,7 @@ mod pipelining;
 mod plan_model;
 mod push;
 mod remote;
+mod resume;
 mod session;
 mod sparse_readonly;
 mod transport;

@@ -92,8 +92,9 @@ pub struct MetaRecord {
 pub struct ScanOptions {
     /// Read every file even when its stat key is unchanged (`--checksum`).
     pub checksum: bool,
-    /// Remove xfer temporary files found in the tree (left by a crash); only
-    /// a receiver does this, a sender just skips them.
+    /// Remove xfer temporary files found in the tree (left by a crash), and
+    /// list partial files in [`Scan::partials`]; only a receiver does this,
+    /// a sender just skips both.
     pub remove_temps: bool,
     /// Skip a top-level entry of this name (a server's reserved state dir).
     pub reserved: Option<&'static [u8]>,

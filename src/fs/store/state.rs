@@ -365,19 +365,9 @@ impl StateDb {
                 }
             }
         }
-        {
-            // A file committed or removed needs no partial any more; a
-            // partial file left without its record is removed at the
-            // next refresh.
-            let mut partials = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
-            let mut digests = txn.open_table(PARTIAL_DIGESTS).map_err(|e| self.err(e))?;
-            if !partials.is_empty().map_err(|e| self.err(e))? {
-                for path in upserts.iter().map(|(path, _)| path).chain(removals) {
-                    partials.remove(path.as_bytes()).map_err(|e| self.err(e))?;
-                    digests.remove(path.as_bytes()).map_err(|e| self.err(e))?;
-                }
-            }
-        }
+        // A file committed or removed needs no partial any more; a partial
+        // file left without its record is removed at the next refresh.
+        self.drop_partial_records(&txn, upserts.iter().map(|(path, _)| path).chain(removals))?;
         crate::crashpoint::hit("state.txn");
         txn.commit().map_err(|e| self.err(e))
     }
@@ -465,6 +455,23 @@ impl StateDb {
         txn.commit().map_err(|e| self.err(e))
     }
 
+    fn drop_partial_records<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        paths: impl Iterator<Item = &'a RelPath>,
+    ) -> Result<()> {
+        let mut partials = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
+        let mut digests = txn.open_table(PARTIAL_DIGESTS).map_err(|e| self.err(e))?;
+        if partials.is_empty().map_err(|e| self.err(e))? {
+            return Ok(());
+        }
+        for path in paths {
+            partials.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+            digests.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Drops the partial records of `paths`.
     ///
     /// # Errors
@@ -474,14 +481,7 @@ impl StateDb {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
-            let mut digests = txn.open_table(PARTIAL_DIGESTS).map_err(|e| self.err(e))?;
-            for path in paths {
-                table.remove(path.as_bytes()).map_err(|e| self.err(e))?;
-                digests.remove(path.as_bytes()).map_err(|e| self.err(e))?;
-            }
-        }
+        self.drop_partial_records(&txn, paths.iter())?;
         txn.commit().map_err(|e| self.err(e))
     }
 }

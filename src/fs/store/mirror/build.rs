@@ -66,6 +66,13 @@ impl FileBuild {
     }
 }
 
+/// Whether chunk `i`, at `offset` of the partial being built on, was
+/// verified by an earlier run and still hashes right: it is already where
+/// it belongs.
+fn held_in_place(prior: &Prior, file: &File, i: usize, offset: u64, chunk: &ChunkRef) -> bool {
+    matches!(prior, Prior::InPlace(held) if held.get(i) == Some(&true)) && verify_at(file, offset, chunk.len, &chunk.id)
+}
+
 /// Opens the temporary at `temp` again, never through a symlink, and only
 /// if it is still the file created there (`id`: device and inode): bytes
 /// for a file in flight never land anywhere else.
@@ -149,20 +156,13 @@ impl MirrorStore {
                 repeats.push((here, need, i));
                 continue;
             }
-            if let Prior::InPlace(held) = prior {
-                // Already where it belongs, verified by an earlier run:
-                // trusted once it hashes right again.
-                if held.get(i) == Some(&true) && verify_at(&file, here, chunk.len, &chunk.id) {
-                    own.entry(chunk.id).or_insert((temp.to_path_buf(), here, chunk.len));
-                    reused.chunks += 1;
-                    reused.bytes += u64::from(chunk.len);
-                    continue;
-                }
+            if held_in_place(prior, &file, i, here, chunk) {
+                own.entry(chunk.id).or_insert((temp.to_path_buf(), here, chunk.len));
+                reused.chunks += 1;
+                reused.bytes += u64::from(chunk.len);
+                continue;
             }
-            let lent = match prior {
-                Prior::Lender(chunks) => chunks.get(&chunk.id),
-                _ => None,
-            };
+            let lent = if let Prior::Lender(chunks) = prior { chunks.get(&chunk.id) } else { None };
             let local = match own.get(&chunk.id).or(lent).or(batch.received.get(&chunk.id)) {
                 Some((from, at, len)) => reader.read_verified(from, *at, *len, &chunk.id),
                 None => self.read_local(&index, chunk, &mut reader).map(|(bytes, loc)| {
@@ -177,30 +177,33 @@ impl MirrorStore {
                     reused.bytes += u64::from(chunk.len);
                 }
                 None => {
-                    let base = self.base_region(path, here, chunk.len, anchor.as_ref());
-                    let signature = base
-                        .as_ref()
-                        .and_then(|(file, at, len)| reader.read_range(file, *at, *len))
-                        .filter(|bytes| !bytes.is_empty())
-                        .map(|bytes| patch::signature(&bytes));
                     needed.insert(chunk.id, needs.len());
-                    needs.push(Need { index: i, offset: here, chunk: *chunk, base, signature });
+                    needs.push(self.need(path, (i, here, chunk), anchor.as_ref(), &mut reader));
                 }
             }
         }
-        let stat = file.metadata().at(temp)?;
-        let id = (stat.dev(), stat.ino());
-        let build = FileBuild {
-            path: path.clone(),
-            temp: temp.to_path_buf(),
-            file: Some(file),
-            id,
-            needs,
-            repeats,
-            digest_recorded: false,
-            unsynced: 0,
-        };
+        let id = file.metadata().map(|stat| (stat.dev(), stat.ino())).at(temp)?;
+        let (path, temp, file) = (path.clone(), temp.to_path_buf(), Some(file));
+        let build = FileBuild { path, temp, file, id, needs, repeats, digest_recorded: false, unsynced: 0 };
         Ok((build, reused))
+    }
+
+    /// A need for chunk number `i` at offset `here`, with a signature of
+    /// the old bytes that most likely resemble it.
+    fn need(
+        &self,
+        path: &RelPath,
+        (i, here, chunk): (usize, u64, &ChunkRef),
+        anchor: Option<&(ChunkLoc, u64)>,
+        reader: &mut SourceReader,
+    ) -> Need {
+        let base = self.base_region(path, here, chunk.len, anchor);
+        let signature = base
+            .as_ref()
+            .and_then(|(file, at, len)| reader.read_range(file, *at, *len))
+            .filter(|bytes| !bytes.is_empty())
+            .map(|bytes| patch::signature(&bytes));
+        Need { index: i, offset: here, chunk: *chunk, base, signature }
     }
 
     /// The old bytes a need's signature describes, read again (they are not

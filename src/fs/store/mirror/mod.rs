@@ -2,7 +2,8 @@
 //! with any tool; xfer's state lives elsewhere (see [`super::state`]).
 //!
 //! Durability order, so that the state is never ahead of the data: each file
-//! is built in a temporary file beside its final name; the filesystems of the
+//! is built in a temporary file beside its final name (its partial, kept
+//! across runs when the transfer is cut: see `partial`); the filesystems of the
 //! batch are synced (`syncfs`, once per batch, not per file); then the
 //! temporaries are renamed into place and the filesystems synced again; only
 //! then does the state database commit the batch. A crash at any point
@@ -13,8 +14,9 @@
 //!
 //! Here: the store, its paths and the modes it opens up and restores; in
 //! `receiving` a session's steps and the chunks files in flight share;
-//! in `build` one file's temporary; in `batch` the commit points; in
-//! `meta` metadata; in `sparse` hole-keeping I/O.
+//! in `build` one file's temporary; in `partial` what an interrupted file
+//! leaves for the next run; in `batch` the commit points; in `meta`
+//! metadata; in `sparse` hole-keeping I/O.
 
 use std::collections::HashMap;
 use std::fs::{self, File};

@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::build::FileBuild;
-use super::MirrorStore;
+use super::{remove_entry, MirrorStore};
 use crate::chunk::FileDigest;
 use crate::error::{IoContext, Result};
 use crate::fs::scan::PARTIAL_PREFIX;
@@ -136,14 +136,12 @@ impl MirrorStore {
                 return Ok((temp, file, Prior::Lender(lent_chunks(&partial, record, &old)), false));
             }
         }
-        // Nothing usable: whatever stands at the name goes.
+        // Nothing usable: whatever stands at the name goes (a directory
+        // too: an old one exchanged out for a file, not yet removed).
         if record.is_some() {
             self.db.remove_partials(std::slice::from_ref(path))?;
         }
-        match fs::remove_file(&partial) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(crate::error::Error::io(partial, e)),
-            _ => {}
-        }
+        remove_entry(&partial)?;
         let file = File::create_new(&partial).at(&partial)?;
         Ok((partial, file, Prior::Fresh, false))
     }
@@ -233,8 +231,10 @@ impl MirrorStore {
                 _ => gone.push(path),
             }
         }
+        // A directory here is an old one a file replaced by an exchange,
+        // left by a crash before its removal.
         for abs in found.into_iter().filter(|abs| !valid.contains(abs)) {
-            let _ = fs::remove_file(abs);
+            let _ = remove_entry(&abs);
         }
         self.db.remove_partials(&gone)?;
         self.trim_partials()

@@ -45,7 +45,7 @@ start_server() { # the listener is up once its start line is logged
     --idle-timeout 3 2>>"$W/serve.log" >/dev/null &
   SPID=$!
   STARTS=$((STARTS + 1))
-  until [ "$(grep -c serving "$W/serve.log" 2>/dev/null)" -ge "$STARTS" ]; do
+  until [ "$(grep -c serving "$W/serve.log" 2>/dev/null || true)" -ge "$STARTS" ] 2>/dev/null; do
     kill -0 "$SPID" 2>/dev/null || { echo "xfer serve did not start: $(cat "$W/serve.log")" >&2; exit 1; }
     sleep 0.1
   done

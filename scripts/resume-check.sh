@@ -23,7 +23,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}
 RATE=${2:-50M}
-PORT=${RESUME_PORT:-47871}
+# A free UDP port, kept across the server's restarts.
+PORT=${RESUME_PORT:-$(python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 cargo build --release --quiet --bin xfer
 X=$PWD/target/release/xfer
 W=$(mktemp -d /tmp/xfer-resume.XXXXXX)
@@ -89,6 +90,7 @@ report() { # CASE: re-push and print the figures
   printf '%-13s held %6d MiB  missing %6d MiB  re-push bytes_sent %6d MiB (%.3f x missing)  exact copy: %s\n' \
     "$case" $((kept / 1048576)) $((missing / 1048576)) $((sent / 1048576)) \
     "$(python3 -c "print($sent / max($missing, 1))")" "$intact"
+  rm -rf "${W:?}/root/$case" # keeps disk use near two copies of the file
 }
 
 echo "resume-check: ${MIB} MiB random file, --bwlimit $RATE, release build"

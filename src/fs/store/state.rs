@@ -430,6 +430,9 @@ impl StateDb {
     /// # Errors
     /// [`Error::State`] if the transaction fails; the database is then as before.
     pub fn record_partials(&self, partials: &mut [(RelPath, PartialRecord, Option<&FileDigest>)]) -> Result<()> {
+        if partials.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;

@@ -435,9 +435,14 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
     /// # Errors
     /// As [`Receiving::commit`], or the state database update failing.
     fn finish(mut self) -> Result<ApplyReport> {
-        for file in self.in_flight.keys().copied().collect::<Vec<_>>() {
-            self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX }.to_string());
+        // Unfinished files are reported, and kept as partials together
+        // (one transaction).
+        let files: Vec<u32> = self.in_flight.keys().copied().collect();
+        for (&file, flight) in &self.in_flight {
+            let error = Error::UnknownTransfer { file, need: usize::MAX }.to_string();
+            self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error });
         }
+        self.keep_in_flight(&files);
         self.commit()?;
         self.store.borrow().trim_partials()?;
         if !self.removals.is_empty() {

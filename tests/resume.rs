@@ -24,7 +24,7 @@ use crate::util::{meta, rel, seeded};
 
 const PARTIAL: &[u8] = b".xfer-partial.";
 /// Below this many verified bytes an unfinished file is not kept.
-const MIN_KEPT: u64 = 1 << 20;
+const MIN_KEPT: u64 = 4 << 20;
 
 /// How the first run ends with the file unfinished.
 #[derive(Clone, Copy, Debug)]
@@ -138,7 +138,7 @@ proptest! {
     /// shows in a scan and is gone once the file is complete.
     #[test]
     fn resumed_run_fetches_only_missing_chunks(
-        size in (1usize << 20)..(5usize << 20),
+        size in (3usize << 20)..(9usize << 20),
         seed in any::<u64>(),
         percent in 0u64..=100,
         cut in prop_oneof![Just(Cut::Drop), Just(Cut::Finish), Just(Cut::Abandon)],
@@ -182,7 +182,7 @@ fn resume_rehashes_partial_chunks() {
     let tmp = TempDir::new().unwrap();
     let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
     let path = rel(b"f");
-    let data = seeded(3 << 20, 11);
+    let data = seeded(6 << 20, 11);
     let digest = digest_bytes(&data);
     let mut store = open(&dest, &state);
     let put = interrupted(&mut store, &path, &data, |_| true, Cut::Drop);
@@ -206,18 +206,18 @@ fn resume_rehashes_partial_chunks() {
 fn resume_never_writes_through_a_replaced_partial() {
     let tmp = TempDir::new().unwrap();
     let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
-    let data = seeded(2 << 20, 12);
+    let data = seeded(8 << 20, 12);
     let mut store = open(&dest, &state);
     interrupted(&mut store, &rel(b"f"), &data, |i| i % 4 != 0, Cut::Finish);
     drop(store);
     let partial = partials_in(&dest).pop().expect("a partial kept");
     let other = tmp.path().join("other");
-    fs::write(&other, seeded(2 << 20, 13)).unwrap();
+    fs::write(&other, seeded(8 << 20, 13)).unwrap();
     fs::remove_file(&partial).unwrap();
     fs::hard_link(&other, &partial).unwrap();
     let mut store = open(&dest, &state);
     complete(&mut store, &rel(b"f"), &data);
-    assert_eq!(fs::read(&other).unwrap(), seeded(2 << 20, 13));
+    assert_eq!(fs::read(&other).unwrap(), seeded(8 << 20, 13));
     assert_eq!(fs::read(dest.join("f")).unwrap(), data);
 }
 
@@ -230,7 +230,7 @@ fn partial_goes_with_its_path_and_its_names_are_refused() {
     fs::create_dir(&dest).unwrap();
     fs::write(dest.join("f"), b"old").unwrap();
     let mut store = open(&dest, &state);
-    interrupted(&mut store, &rel(b"f"), &seeded(2 << 20, 14), |_| true, Cut::Drop);
+    interrupted(&mut store, &rel(b"f"), &seeded(6 << 20, 14), |_| true, Cut::Drop);
     assert_eq!(partials_in(&dest).len(), 1);
     let mut rx = store.receive();
     rx.apply_op(&Op::Delete { path: rel(b"f") }).unwrap();
@@ -249,11 +249,11 @@ fn partial_goes_with_its_path_and_its_names_are_refused() {
 fn partials_are_bounded() {
     let tmp = TempDir::new().unwrap();
     let (dest, state) = (tmp.path().join("dest"), tmp.path().join("state.redb"));
-    let bound = 4u64 << 20;
+    let bound = 16u64 << 20;
     let mut store = MirrorStore::open(&dest, &state).unwrap().with_batch_limits(100, bound / 4);
     store.refresh(false).unwrap();
     for (n, name) in [b"a", b"b", b"c"].iter().enumerate() {
-        interrupted(&mut store, &rel(*name), &seeded(2 << 20, 20 + n as u64), |_| true, Cut::Finish);
+        interrupted(&mut store, &rel(*name), &seeded(6 << 20, 20 + n as u64), |_| true, Cut::Finish);
     }
     drop(store);
     let db = StateDb::open(&state).unwrap();
@@ -263,9 +263,9 @@ fn partials_are_bounded() {
     assert_eq!(records.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), vec![rel(b"b"), rel(b"c")]);
     assert_eq!(partials_in(&dest).len(), 2);
     drop(db);
-    let mut store = MirrorStore::open(&dest, &state).unwrap().with_batch_limits(100, 1 << 20);
+    let mut store = MirrorStore::open(&dest, &state).unwrap().with_batch_limits(100, bound / 4);
     store.refresh(false).unwrap();
-    interrupted(&mut store, &rel(b"huge"), &seeded(6 << 20, 30), |_| true, Cut::Finish);
+    interrupted(&mut store, &rel(b"huge"), &seeded(20 << 20, 30), |_| true, Cut::Finish);
     drop(store);
     let records = StateDb::open(&state).unwrap().partials().unwrap();
     assert_eq!(records.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(), vec![rel(b"huge")]);

@@ -107,7 +107,7 @@ impl MirrorStore {
         crate::crashpoint::hit("store.temp");
         let filled = self.fill_temp(path, digest, batch, file, &temp, &prior).and_then(|(mut build, reused)| {
             build.digest_recorded = recorded;
-            self.adopt_build(&mut build)?;
+            self.retire_lender(&build, &prior)?;
             Ok((build, reused))
         });
         let (build, reused) = match filled {

@@ -2,14 +2,14 @@
 //! (a closing window, a lost connection, either side killed) survive, so
 //! the next run fetches only the chunks still missing.
 //!
-//! Each file is built under one name beside its final name,
-//! `.xfer-partial.<hash of the name>`: at most one partial per path. Every
+//! A file is built in a temporary beside its final name. Every
 //! [`CHECKPOINT_BYTES`] of verified chunks, and when the session ends with
-//! the file unfinished, the partial is fdatasynced and then its verified
-//! chunk ranges are recorded in the state database
-//! ([`PartialRecord`]), so a `kill -9` loses at most that much. A record
-//! is trusted only for the same file (device, inode, one link), and every
-//! chunk is re-hashed when read, as everywhere else.
+//! the file unfinished, the temporary takes the one partial name of its
+//! path, `.xfer-partial.<hash of the name>` (at most one partial per
+//! path), is fdatasynced, and then its verified chunk ranges are recorded
+//! in the state database ([`PartialRecord`]), so a `kill -9` loses at most
+//! that much. A record is trusted only for the same file (device, inode,
+//! one link), and every chunk is re-hashed when read, as everywhere else.
 //!
 //! On the next run, a partial built to the same content is built on in
 //! place; one built to other content (the source changed) lends its
@@ -39,8 +39,9 @@ use crate::manifest::RelPath;
 pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 /// An unfinished file holding fewer verified bytes is not kept: sending
-/// them again costs less than a sync and a record.
-pub(super) const MIN_PARTIAL_BYTES: u64 = 1 << 20;
+/// them again costs less than a sync and a record for each of the many
+/// small files a long link keeps in flight.
+pub(super) const MIN_PARTIAL_BYTES: u64 = 4 << 20;
 
 /// Partials together hold at most this many times the batch byte limit.
 pub(super) const PARTIAL_BOUND_BATCHES: u64 = 4;
@@ -117,9 +118,10 @@ impl MirrorStore {
 
     /// Opens the file `path` is to be built in, to content `digest`:
     /// where to build it, the open file, what an earlier run left there,
-    /// and whether that partial's chunk list is recorded already. A
-    /// lender's chunks are copied into a new temporary, which takes the
-    /// partial's name once filled ([`MirrorStore::adopt_build`]).
+    /// and whether that partial's chunk list is recorded already. A new
+    /// file is built in a temporary, which takes the partial's name when
+    /// first recorded; so is one whose partial only lends it chunks
+    /// (removed once they are copied: [`MirrorStore::retire_lender`]).
     pub(super) fn open_build(&mut self, path: &RelPath, digest: &FileDigest) -> Result<(PathBuf, File, Prior, bool)> {
         let partial = self.partial_beside(path);
         let record = self.db.partial(path)?;
@@ -142,21 +144,29 @@ impl MirrorStore {
             self.db.remove_partials(std::slice::from_ref(path))?;
         }
         remove_entry(&partial)?;
-        let file = File::create_new(&partial).at(&partial)?;
-        Ok((partial, file, Prior::Fresh, false))
+        let temp = self.temp_beside(path);
+        let file = File::create_new(&temp).at(&temp)?;
+        Ok((temp, file, Prior::Fresh, false))
     }
 
-    /// A build filled in a temporary from a lender: the temporary replaces
-    /// the lender at the partial's name (its chunks are in the new build
-    /// now), and the lender's record goes.
-    pub(super) fn adopt_build(&self, build: &mut FileBuild) -> Result<()> {
-        let partial = self.partial_beside(&build.path);
-        if build.temp == partial {
+    /// After a build was filled from a lender: the lender goes, its
+    /// chunks are in the new build now.
+    pub(super) fn retire_lender(&self, build: &FileBuild, prior: &Prior) -> Result<()> {
+        if !matches!(prior, Prior::Lender(_)) {
             return Ok(());
         }
-        fs::rename(&build.temp, &partial).at(&partial)?;
-        build.temp = partial;
-        self.db.remove_partials(std::slice::from_ref(&build.path))
+        self.db.remove_partials(std::slice::from_ref(&build.path))?;
+        remove_entry(&self.partial_beside(&build.path))
+    }
+
+    /// Gives a build's temporary its partial name, if it has not got it.
+    fn name_partial(&self, path: &RelPath, temp: &mut PathBuf) -> Result<()> {
+        let partial = self.partial_beside(path);
+        if *temp != partial {
+            fs::rename(&*temp, &partial).at(&partial)?;
+            *temp = partial;
+        }
+        Ok(())
     }
 
     /// Syncs each build's partial and records what it holds verified
@@ -170,6 +180,7 @@ impl MirrorStore {
             if bytes < MIN_PARTIAL_BYTES {
                 continue;
             }
+            self.name_partial(&build.path, &mut build.temp)?;
             build.with_file(|f| f.sync_data())?;
             let (dev, ino) = build.id;
             let record =
@@ -189,10 +200,11 @@ impl MirrorStore {
 
     /// Keeps a file that was complete but not yet committed (its session
     /// ended before the commit point) as a partial holding every chunk.
-    pub(super) fn record_complete(&self, path: &RelPath, temp: &Path, digest: &FileDigest) -> Result<()> {
-        let file = File::open(temp).at(temp)?;
-        file.sync_data().at(temp)?;
-        let stat = file.metadata().at(temp)?;
+    pub(super) fn record_complete(&self, path: &RelPath, temp: &mut PathBuf, digest: &FileDigest) -> Result<()> {
+        self.name_partial(path, temp)?;
+        let file = File::open(&*temp).at(&*temp)?;
+        file.sync_data().at(&*temp)?;
+        let stat = file.metadata().at(&*temp)?;
         let count = u32::try_from(digest.chunks.len()).unwrap_or(u32::MAX);
         let record = PartialRecord {
             dev: stat.dev(),

@@ -495,9 +495,9 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     /// the batch's discard removes the rest.
     fn keep_complete(&mut self) {
         let store = self.store.borrow();
-        self.batch.pending.retain(|pending| match &pending.digest {
-            Some(digest) if digest.size >= MIN_PARTIAL_BYTES && pending.temp == store.partial_beside(&pending.path) => {
-                store.record_complete(&pending.path, &pending.temp, digest).is_err()
+        self.batch.pending.retain_mut(|pending| match &pending.digest {
+            Some(digest) if digest.size >= MIN_PARTIAL_BYTES => {
+                store.record_complete(&pending.path, &mut pending.temp, digest).is_err()
             }
             _ => true,
         });

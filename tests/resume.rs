@@ -323,6 +323,11 @@ fn killed_push_resumes_inside_the_file() {
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let report: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
     let sent = report["bytes_sent"].as_u64().unwrap();
+    eprintln!(
+        "killed after {} of {} bytes were checkpointed; re-push sent {sent} for {missing} missing",
+        record.bytes,
+        data.len()
+    );
     assert!(sent <= missing + missing / 20, "sent {sent} bytes for {missing} missing");
     assert_eq!(fs::read(dest.join("big.img")).unwrap(), data);
     assert!(partials_in(&dest).is_empty());

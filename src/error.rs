@@ -108,10 +108,10 @@ pub enum Error {
         path: PathBuf,
     },
     /// A path with a name in the receiver's namespace for temporaries
-    /// (`.xfer-tmp.`): no scan reports such a name, so no
+    /// (`.xfer-tmp.`, `.xfer-partial.`): no scan reports such a name, so no
     /// sender has one to send, and writing one could replace the temporary
     /// of a file being built.
-    #[error("{path}: names starting with .xfer-tmp. are the receiver's temporaries; nothing may be written there")]
+    #[error("{path}: names starting with .xfer-tmp. or .xfer-partial. are the receiver's temporaries; nothing may be written there")]
     TempName {
         /// The refused path.
         path: PathBuf,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use xfer::chunk::digest_bytes;
 use xfer::fs::history::History;
-use xfer::fs::scan::{StatKey, TEMP_PREFIX};
+use xfer::fs::scan::{is_reserved_name, StatKey, TEMP_PREFIX};
 use xfer::fs::store::state::StateDb;
 use xfer::fs::store::MirrorStore;
 use xfer::hash::{ChunkId, FileHash};
@@ -443,7 +443,7 @@ fn poll(
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
-        if entry.file_name().as_encoded_bytes().starts_with(TEMP_PREFIX) {
+        if is_reserved_name(entry.file_name().as_encoded_bytes()) {
             continue;
         }
         let Ok(meta) = fs::symlink_metadata(&path) else { continue };
@@ -484,7 +484,7 @@ fn files_of(site: &Path) -> (HashMap<RelPath, Vec<u8>>, usize) {
         for entry in fs::read_dir(&dir).unwrap() {
             let entry = entry.unwrap();
             let meta = fs::symlink_metadata(entry.path()).unwrap();
-            if entry.file_name().as_encoded_bytes().starts_with(TEMP_PREFIX) {
+            if is_reserved_name(entry.file_name().as_encoded_bytes()) {
                 temps += 1;
             } else if meta.is_dir() {
                 stack.push(entry.path());

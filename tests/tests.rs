@@ -25,6 +25,7 @@ mod plan_model;
 mod push;
 mod ransomware;
 mod remote;
+mod resume;
 mod session;
 mod sparse_readonly;
 mod transport;

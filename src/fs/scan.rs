@@ -23,6 +23,18 @@ pub use crate::fs::meta::{meta_of, read_xattrs, IdNames};
 /// Prefix of xfer's temporary files; a scan never reports them as entries.
 pub const TEMP_PREFIX: &[u8] = b".xfer-tmp.";
 
+/// Prefix of the partial files a receiver keeps for files whose transfer
+/// was interrupted (see `store::mirror`): no scan reports them as entries,
+/// and a receiver's scan lists them in [`Scan::partials`] instead of
+/// removing them, so the store can keep those it still has records of.
+pub const PARTIAL_PREFIX: &[u8] = b".xfer-partial.";
+
+/// Whether `name` is in xfer's namespace (a temporary or a partial file),
+/// which no sender lists and no receiver writes as an entry.
+pub fn is_reserved_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX) || name.starts_with(PARTIAL_PREFIX)
+}
+
 /// What identifies an unchanged file without reading it.
 ///
 /// ctime and inode are included because a rename or a write behind our back
@@ -80,8 +92,9 @@ pub struct MetaRecord {
 pub struct ScanOptions {
     /// Read every file even when its stat key is unchanged (`--checksum`).
     pub checksum: bool,
-    /// Remove xfer temporary files found in the tree (left by a crash); only
-    /// a receiver does this, a sender just skips them.
+    /// Remove xfer temporary files found in the tree (left by a crash), and
+    /// list partial files in [`Scan::partials`]; only a receiver does this,
+    /// a sender just skips both.
     pub remove_temps: bool,
     /// Skip a top-level entry of this name (a server's reserved state dir).
     pub reserved: Option<&'static [u8]>,
@@ -118,6 +131,9 @@ pub struct Scan {
     pub files_read: u64,
     /// Bytes read from those files.
     pub bytes_read: u64,
+    /// Partial files found (with `remove_temps` only), for the store to
+    /// keep or remove by its records.
+    pub partials: Vec<PathBuf>,
 }
 
 impl Scan {
@@ -427,6 +443,12 @@ fn list_dir(
         let name = dirent.file_name();
         let bytes = name.as_bytes();
         if rel.is_root() && options.reserved == Some(bytes) {
+            continue;
+        }
+        if bytes.starts_with(PARTIAL_PREFIX) {
+            if options.remove_temps {
+                scan.partials.push(dirent.path());
+            }
             continue;
         }
         if bytes.starts_with(TEMP_PREFIX) {

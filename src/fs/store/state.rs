@@ -17,8 +17,10 @@ use redb::{
 
 use crate::error::{Error, IoContext, Result};
 use crate::fs::scan::{FileRecord, MetaRecord, Records};
-use crate::hash::ChunkId;
+use crate::chunk::FileDigest;
+use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Manifest, Meta, RelPath};
+use serde::{Deserialize, Serialize};
 
 /// redb's page cache (read cache and write buffer). Its default, 1 GiB,
 /// let a scan of 200,000 files keep every page it read in memory; records
@@ -31,6 +33,33 @@ const SCAN_FLUSH_RECORDS: usize = 4096;
 const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
 const CHUNKS: MultimapTableDefinition<&[u8; 32], &[u8]> = MultimapTableDefinition::new("chunks");
 const METAS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("metas");
+/// Partial files of interrupted transfers, by the path they are for
+/// ([`PartialRecord`]), and the chunk list each was built to
+/// (written once per partial, not at every checkpoint).
+const PARTIALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partials");
+const PARTIAL_DIGESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partial_digests");
+
+/// What a partial file of an interrupted transfer holds: which chunks of
+/// the file it is built to were verified when written. Trusted only for
+/// the file with this device and inode, and even then every chunk is
+/// re-hashed when read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRecord {
+    /// The partial file's device.
+    pub dev: u64,
+    /// The partial file's inode.
+    pub ino: u64,
+    /// Size of the file it is built to.
+    pub size: u64,
+    /// Whole-file hash of the file it is built to.
+    pub hash: FileHash,
+    /// Verified chunks, as half-open ranges of chunk indices.
+    pub verified: Vec<(u32, u32)>,
+    /// Bytes of those chunks (what the partial holds; the rest are holes).
+    pub bytes: u64,
+    /// Order of recording: the oldest partials are dropped first.
+    pub serial: u64,
+}
 
 /// Where a chunk's bytes can be read in the tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +138,8 @@ impl StateDb {
         txn.open_table(FILES).map_err(|e| state.err(e))?;
         txn.open_multimap_table(CHUNKS).map_err(|e| state.err(e))?;
         txn.open_table(METAS).map_err(|e| state.err(e))?;
+        txn.open_table(PARTIALS).map_err(|e| state.err(e))?;
+        txn.open_table(PARTIAL_DIGESTS).map_err(|e| state.err(e))?;
         txn.commit().map_err(|e| state.err(e))?;
         Ok(state)
     }
@@ -334,7 +365,126 @@ impl StateDb {
                 }
             }
         }
+        // A file committed or removed needs no partial any more; a partial
+        // file left without its record is removed at the next refresh.
+        self.drop_partial_records(&txn, upserts.iter().map(|(path, _)| path).chain(removals))?;
         crate::crashpoint::hit("state.txn");
+        txn.commit().map_err(|e| self.err(e))
+    }
+}
+
+impl StateDb {
+    /// The record of the partial file for `path`, if any (one that no
+    /// longer decodes counts as none).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn partial(&self, path: &RelPath) -> Result<Option<PartialRecord>> {
+        self.partial_value(PARTIALS, path)
+    }
+
+    /// The chunk list the partial file for `path` is built to.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn partial_digest(&self, path: &RelPath) -> Result<Option<FileDigest>> {
+        self.partial_value(PARTIAL_DIGESTS, path)
+    }
+
+    fn partial_value<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        path: &RelPath,
+    ) -> Result<Option<T>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(table).map_err(|e| self.err(e))?;
+        let value = table.get(path.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(value.and_then(|v| postcard::from_bytes(v.value()).ok()))
+    }
+
+    /// Every partial record, oldest first (undecodable ones are skipped:
+    /// their files are then removed as unrecorded).
+    ///
+    /// # Errors
+    /// [`Error::State`] if the database cannot be read.
+    pub fn partials(&self) -> Result<Vec<(RelPath, PartialRecord)>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
+        let mut all = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (key, value) = row.map_err(|e| self.err(e))?;
+            if let (Ok(path), Ok(record)) =
+                (RelPath::new(key.value().to_vec()), postcard::from_bytes::<PartialRecord>(value.value()))
+            {
+                all.push((path, record));
+            }
+        }
+        all.sort_by_key(|(_, record)| record.serial);
+        Ok(all)
+    }
+
+    /// Records partial files (their data already synced), in one
+    /// transaction, each newer than every one before; a digest given is
+    /// stored as the chunk list of that partial.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the transaction fails; the database is then as before.
+    pub fn record_partials(&self, partials: &mut [(RelPath, PartialRecord, Option<&FileDigest>)]) -> Result<()> {
+        if partials.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut table = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
+            let mut digests = txn.open_table(PARTIAL_DIGESTS).map_err(|e| self.err(e))?;
+            let mut serial = 0;
+            for row in table.iter().map_err(|e| self.err(e))? {
+                let (_, value) = row.map_err(|e| self.err(e))?;
+                if let Ok(record) = postcard::from_bytes::<PartialRecord>(value.value()) {
+                    serial = serial.max(record.serial);
+                }
+            }
+            for (path, record, digest) in partials.iter_mut() {
+                serial += 1;
+                record.serial = serial;
+                let value = postcard::to_allocvec(record).expect("invariant: encoding into a Vec cannot fail");
+                table.insert(path.as_bytes(), value.as_slice()).map_err(|e| self.err(e))?;
+                if let Some(digest) = digest {
+                    let value = postcard::to_allocvec(digest).expect("invariant: encoding into a Vec cannot fail");
+                    digests.insert(path.as_bytes(), value.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn drop_partial_records<'a>(
+        &self,
+        txn: &redb::WriteTransaction,
+        paths: impl Iterator<Item = &'a RelPath>,
+    ) -> Result<()> {
+        let mut partials = txn.open_table(PARTIALS).map_err(|e| self.err(e))?;
+        let mut digests = txn.open_table(PARTIAL_DIGESTS).map_err(|e| self.err(e))?;
+        if partials.is_empty().map_err(|e| self.err(e))? {
+            return Ok(());
+        }
+        for path in paths {
+            partials.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+            digests.remove(path.as_bytes()).map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops the partial records of `paths`.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the transaction fails; the database is then as before.
+    pub fn remove_partials(&self, paths: &[RelPath]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        self.drop_partial_records(&txn, paths.iter())?;
         txn.commit().map_err(|e| self.err(e))
     }
 }

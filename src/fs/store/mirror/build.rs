@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use filetime::FileTime;
 
 use super::batch::{exchange, Batch, Pending, Reused};
+use super::partial::{verify_at, Prior};
 use super::sparse::{copy_sparse, write_sparse, SourceReader};
 use super::{remove_entry, MirrorStore};
 use crate::chunk::{ChunkRef, FileDigest};
@@ -45,8 +46,13 @@ pub(super) struct FileBuild {
     pub(super) id: (u64, u64),
     pub(super) needs: Vec<Need>,
     /// Later occurrences of a needed chunk in the same file: (offset, the
-    /// need whose bytes they copy). Each missing chunk is fetched once.
-    pub(super) repeats: Vec<(u64, usize)>,
+    /// need whose bytes they copy, chunk index). Each missing chunk is
+    /// fetched once.
+    pub(super) repeats: Vec<(u64, usize, usize)>,
+    /// Whether the state database holds this partial's chunk list.
+    pub(super) digest_recorded: bool,
+    /// Bytes verified since the last checkpoint.
+    pub(super) unsynced: u64,
 }
 
 impl FileBuild {
@@ -58,6 +64,13 @@ impl FileBuild {
             None => f(&reopen_temp(&self.temp, self.id).at(&self.temp)?).at(&self.temp),
         }
     }
+}
+
+/// Whether chunk `i`, at `offset` of the partial being built on, was
+/// verified by an earlier run and still hashes right: it is already where
+/// it belongs.
+fn held_in_place(prior: &Prior, file: &File, i: usize, offset: u64, chunk: &ChunkRef) -> bool {
+    matches!(prior, Prior::InPlace(held) if held.get(i) == Some(&true)) && verify_at(file, offset, chunk.len, &chunk.id)
 }
 
 /// Opens the temporary at `temp` again, never through a symlink, and only
@@ -75,39 +88,45 @@ pub(super) fn reopen_temp(temp: &Path, id: (u64, u64)) -> std::io::Result<File> 
 }
 
 impl MirrorStore {
-    /// Starts rebuilding `path`: creates its temporary, copies in every chunk
-    /// found locally (re-hashed on read), and lists the others with
-    /// signatures of the old bytes found by content next to them.
+    /// Starts rebuilding `path`: opens its partial (what an earlier run left,
+    /// see `partial`), copies in every chunk found locally (re-hashed on
+    /// read), and lists the others with signatures of the old bytes found by
+    /// content next to them. The file joins the batch when it is complete
+    /// ([`MirrorStore::finish_file`]): until then an interrupted session
+    /// keeps it as a partial.
     pub(super) fn begin_file(
         &mut self,
         path: &RelPath,
         digest: &FileDigest,
-        batch: &mut Batch,
+        batch: &Batch,
         report: &mut ApplyReport,
     ) -> Result<FileBuild> {
         self.step()?;
         self.unlock_parent(path);
-        let temp = self.temp_beside(path);
-        let file = File::create_new(&temp).at(&temp)?;
+        let (temp, file, prior, recorded) = self.open_build(path, digest)?;
         crate::crashpoint::hit("store.temp");
-        let (build, reused) = match self.fill_temp(path, digest, batch, file, &temp) {
+        let filled = self.fill_temp(path, digest, batch, file, &temp, &prior).and_then(|(mut build, reused)| {
+            build.digest_recorded = recorded;
+            self.retire_lender(&build, &prior)?;
+            Ok((build, reused))
+        });
+        let (build, reused) = match filled {
             Ok(filled) => filled,
             Err(e) => {
-                // Half-built: it must never join the batch, whose commit
-                // would rename it into place (a failed session is salvaged
-                // by committing the batch).
+                // Half-built and unrecorded: it never joins the batch, whose
+                // commit would rename it into place.
                 let _ = fs::remove_file(&temp);
                 return Err(e);
             }
         };
-        batch.pending.push(Pending { temp, target: self.abs(path), path: path.clone(), digest: Some(digest.clone()) });
         report.chunks_reused += reused.chunks;
         report.bytes_reused += reused.bytes;
         Ok(build)
     }
 
-    /// Sizes the new temporary `file` and copies in the chunks found
-    /// locally (counted in the returned [`Reused`]); the rest become needs.
+    /// Sizes the temporary `file` and copies in the chunks found locally
+    /// (counted in the returned [`Reused`]): those `prior` holds verified,
+    /// then the batch's and the tree's; the rest become needs.
     pub(super) fn fill_temp(
         &self,
         path: &RelPath,
@@ -115,6 +134,7 @@ impl MirrorStore {
         batch: &Batch,
         file: File,
         temp: &Path,
+        prior: &Prior,
     ) -> Result<(FileBuild, Reused)> {
         let mut reused = Reused::default();
         file.set_len(digest.size).at(temp)?;
@@ -123,6 +143,8 @@ impl MirrorStore {
         let mut needs: Vec<Need> = Vec::new();
         let mut needed: HashMap<ChunkId, usize> = HashMap::new();
         let mut repeats = Vec::new();
+        // Chunks this file holds verified already, to copy to later places.
+        let mut own: HashMap<ChunkId, (PathBuf, u64, u32)> = HashMap::new();
         // The last chunk found locally: anchors where the old bytes of the
         // next missing chunk are, even after insertions shifted everything.
         let mut anchor: Option<(ChunkLoc, u64)> = None;
@@ -131,11 +153,18 @@ impl MirrorStore {
             let here = offset;
             offset += u64::from(chunk.len);
             if let Some(&need) = needed.get(&chunk.id) {
-                repeats.push((here, need));
+                repeats.push((here, need, i));
                 continue;
             }
-            let local = match batch.received.get(&chunk.id) {
-                Some((temp_path, at, len)) => reader.read_verified(temp_path, *at, *len, &chunk.id),
+            if held_in_place(prior, &file, i, here, chunk) {
+                own.entry(chunk.id).or_insert((temp.to_path_buf(), here, chunk.len));
+                reused.chunks += 1;
+                reused.bytes += u64::from(chunk.len);
+                continue;
+            }
+            let lent = if let Prior::Lender(chunks) = prior { chunks.get(&chunk.id) } else { None };
+            let local = match own.get(&chunk.id).or(lent).or(batch.received.get(&chunk.id)) {
+                Some((from, at, len)) => reader.read_verified(from, *at, *len, &chunk.id),
                 None => self.read_local(&index, chunk, &mut reader).map(|(bytes, loc)| {
                     anchor = Some((loc, offset));
                     bytes
@@ -148,20 +177,33 @@ impl MirrorStore {
                     reused.bytes += u64::from(chunk.len);
                 }
                 None => {
-                    let base = self.base_region(path, here, chunk.len, anchor.as_ref());
-                    let signature = base
-                        .as_ref()
-                        .and_then(|(file, at, len)| reader.read_range(file, *at, *len))
-                        .filter(|bytes| !bytes.is_empty())
-                        .map(|bytes| patch::signature(&bytes));
                     needed.insert(chunk.id, needs.len());
-                    needs.push(Need { index: i, offset: here, chunk: *chunk, base, signature });
+                    needs.push(self.need(path, (i, here, chunk), anchor.as_ref(), &mut reader));
                 }
             }
         }
-        let stat = file.metadata().at(temp)?;
-        let id = (stat.dev(), stat.ino());
-        Ok((FileBuild { path: path.clone(), temp: temp.to_path_buf(), file: Some(file), id, needs, repeats }, reused))
+        let id = file.metadata().map(|stat| (stat.dev(), stat.ino())).at(temp)?;
+        let (path, temp, file) = (path.clone(), temp.to_path_buf(), Some(file));
+        let build = FileBuild { path, temp, file, id, needs, repeats, digest_recorded: false, unsynced: 0 };
+        Ok((build, reused))
+    }
+
+    /// A need for chunk number `i` at offset `here`, with a signature of
+    /// the old bytes that most likely resemble it.
+    fn need(
+        &self,
+        path: &RelPath,
+        (i, here, chunk): (usize, u64, &ChunkRef),
+        anchor: Option<&(ChunkLoc, u64)>,
+        reader: &mut SourceReader,
+    ) -> Need {
+        let base = self.base_region(path, here, chunk.len, anchor);
+        let signature = base
+            .as_ref()
+            .and_then(|(file, at, len)| reader.read_range(file, *at, *len))
+            .filter(|bytes| !bytes.is_empty())
+            .map(|bytes| patch::signature(&bytes));
+        Need { index: i, offset: here, chunk: *chunk, base, signature }
     }
 
     /// The old bytes a need's signature describes, read again (they are not
@@ -217,7 +259,7 @@ impl MirrorStore {
                 &reopened
             }
         };
-        for &(offset, n) in &build.repeats {
+        for &(offset, n, _) in &build.repeats {
             let need = &build.needs[n];
             let mut bytes = vec![0u8; need.chunk.len as usize];
             file.read_exact_at(&mut bytes, need.offset).at(&build.temp)?;
@@ -243,6 +285,8 @@ impl MirrorStore {
         for need in &build.needs {
             batch.received.insert(need.chunk.id, (build.temp.clone(), need.offset, need.chunk.len));
         }
+        let target = self.abs(&build.path);
+        batch.pending.push(Pending { temp: build.temp, target, path: build.path, digest: Some(digest.clone()) });
         batch.files += 1;
         batch.bytes += digest.size;
         crate::crashpoint::hit("store.sealed");

@@ -2,7 +2,8 @@
 //! with any tool; xfer's state lives elsewhere (see [`super::state`]).
 //!
 //! Durability order, so that the state is never ahead of the data: each file
-//! is built in a temporary file beside its final name; the filesystems of the
+//! is built in a temporary file beside its final name (its partial, kept
+//! across runs when the transfer is cut: see `partial`); the filesystems of the
 //! batch are synced (`syncfs`, once per batch, not per file); then the
 //! temporaries are renamed into place and the filesystems synced again; only
 //! then does the state database commit the batch. A crash at any point
@@ -13,8 +14,9 @@
 //!
 //! Here: the store, its paths and the modes it opens up and restores; in
 //! `receiving` a session's steps and the chunks files in flight share;
-//! in `build` one file's temporary; in `batch` the commit points; in
-//! `meta` metadata; in `sparse` hole-keeping I/O.
+//! in `build` one file's temporary; in `partial` what an interrupted file
+//! leaves for the next run; in `batch` the commit points; in `meta`
+//! metadata; in `sparse` hole-keeping I/O.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use super::lock::TreeLock;
 use super::state::StateDb;
 use crate::error::{Error, IoContext, Result};
-use crate::fs::scan::{self, IdNames, ScanOptions, TEMP_PREFIX};
+use crate::fs::scan::{self, is_reserved_name, IdNames, ScanOptions, TEMP_PREFIX};
 use crate::hash::ChunkId;
 use crate::manifest::{Manifest, RelPath};
 
@@ -32,6 +34,7 @@ mod batch;
 mod build;
 mod keep;
 mod meta;
+mod partial;
 mod receiving;
 mod sparse;
 
@@ -185,7 +188,7 @@ impl MirrorStore {
         // temporary of another file of the same batch, which would then be
         // renamed into place holding the wrong content; a directory there
         // would be hidden from every scan for good.
-        if path.as_bytes().split(|&b| b == b'/').any(|name| name.starts_with(TEMP_PREFIX)) {
+        if path.as_bytes().split(|&b| b == b'/').any(is_reserved_name) {
             return Err(Error::TempName { path: self.abs(path) });
         }
         let mut dir = path.parent();
@@ -311,6 +314,7 @@ impl MirrorStore {
         let scan = scan::scan_with(&self.root, &mut recorder, options)?;
         crate::crashpoint::hit("store.refresh");
         recorder.finish(&scan.manifest)?;
+        self.settle_partials(scan.partials)?;
         self.manifest = scan.manifest;
         Ok(&self.manifest)
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use super::batch::Batch;
 use super::build::{FileBuild, Need};
+use super::partial::{CHECKPOINT_BYTES, MIN_PARTIAL_BYTES};
 use super::sparse::write_sparse;
 use super::{remove_entry, MirrorStore};
 use crate::chunk::FileDigest;
@@ -34,7 +35,9 @@ struct InFlight {
 
 /// A plan applied step by step as it arrives, with several files in flight
 /// whose chunks arrive in any order: what a wire session drives. Dropping it
-/// unfinished removes the temporaries of what was not committed.
+/// unfinished keeps the verified chunks of files in flight as partials
+/// (see `partial`) and removes the other temporaries of what was not
+/// committed.
 pub struct Receiving<S: BorrowMut<MirrorStore> = MirrorStore> {
     store: S,
     batch: Batch,
@@ -290,7 +293,11 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
                 self.store.borrow_mut().build_symlink(path, target, meta, &mut self.batch)
             }
             Op::Mkdir { path, meta } => self.make_dir(path, meta),
-            Op::Delete { path } => self.delete(path),
+            Op::Delete { path } => {
+                self.delete(path)?;
+                // A partial of a deleted path (or inside it) is not needed.
+                self.store.borrow().drop_partials(path)
+            }
             Op::Link { path, target, size, hash } => {
                 // The target must be complete under its final name first.
                 if self.batch.files > 0 || self.batch.pending.len() >= self.store.borrow().batch_files {
@@ -319,7 +326,7 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
         if self.in_flight.is_empty() && self.batch_full() {
             self.commit()?;
         }
-        let mut build = self.store.borrow_mut().begin_file(path, digest, &mut self.batch, &mut self.report)?;
+        let mut build = self.store.borrow_mut().begin_file(path, digest, &self.batch, &mut self.report)?;
         match self.share_needs(file, &build) {
             Ok((stored, needs)) => {
                 if stored.contains(&false) {
@@ -371,6 +378,10 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
             return Ok(Put::RetryWithoutBase);
         }
         flight.stored[need] = true;
+        flight.build.unsynced += u64::from(flight.build.needs[need].chunk.len);
+        if flight.build.unsynced >= CHECKPOINT_BYTES {
+            self.checkpoint(file);
+        }
         self.report.chunks_delta += u64::from(encoded.codec == codec::Codec::Delta);
         Ok(Put::Stored(self.feed_followers((file, need))?))
     }
@@ -397,9 +408,12 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
         // batch from now on.
         self.homes.retain(|_, home| home.0 != file);
         let temp = flight.build.temp.clone();
+        let path = flight.build.path.clone();
         if let Err(e) = self.store.borrow().finish_file(flight.build, &flight.meta, &flight.digest, &mut self.batch) {
-            // Never renamed into place: the old version stays.
+            // Never renamed into place: the old version stays, and no
+            // record of earlier checkpoints vouches for the partial.
             self.forget_temp(&temp);
+            let _ = self.store.borrow().db.remove_partials(&[path]);
             return Err(e);
         }
         self.report.files_written += 1;
@@ -412,10 +426,10 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
     /// Returns the needs of other files that were waiting for this one's
     /// chunks: they must now be asked for themselves.
     fn abandon_file(&mut self, file: u32, reason: &str) -> Vec<(u32, NeedInfo)> {
-        let Some(flight) = self.in_flight.remove(&file) else { return Vec::new() };
-        self.forget_temp(&flight.build.temp);
+        let Some(flight) = self.in_flight.get(&file) else { return Vec::new() };
         self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error: reason.to_string() });
-        self.release_homes(file)
+        // Its verified chunks stay valid whatever the file becomes.
+        self.keep_in_flight(&[file])
     }
 
     /// Commits the rest and drops the state of deleted entries.
@@ -423,10 +437,16 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
     /// # Errors
     /// As [`Receiving::commit`], or the state database update failing.
     fn finish(mut self, complete: bool) -> Result<ApplyReport> {
-        for file in self.in_flight.keys().copied().collect::<Vec<_>>() {
-            self.abandon_file(file, &Error::UnknownTransfer { file, need: usize::MAX }.to_string());
+        // Unfinished files are reported, and kept as partials together
+        // (one transaction).
+        let files: Vec<u32> = self.in_flight.keys().copied().collect();
+        for (&file, flight) in &self.in_flight {
+            let error = Error::UnknownTransfer { file, need: usize::MAX }.to_string();
+            self.report.failed.push(FailedEntry { path: flight.build.path.to_string(), error });
         }
+        self.keep_in_flight(&files);
         self.commit()?;
+        self.store.borrow().trim_partials()?;
         if !self.removals.is_empty() {
             let store = self.store.borrow_mut();
             store.step()?;
@@ -444,10 +464,59 @@ impl<S: BorrowMut<MirrorStore>> Destination for Receiving<S> {
     }
 }
 
+impl<S: BorrowMut<MirrorStore>> Receiving<S> {
+    /// Records what a file in flight holds verified so far (a checkpoint:
+    /// a crash after it loses only the chunks that arrive later).
+    fn checkpoint(&mut self, file: u32) {
+        let Some(flight) = self.in_flight.get_mut(&file) else { return };
+        let store = self.store.borrow();
+        if let Err(e) = store.record_builds(&mut [(&mut flight.build, &flight.stored, &flight.digest)]) {
+            tracing::warn!(error = %e, "could not record a checkpoint of a file in flight");
+        }
+    }
+
+    /// Takes `files` out of flight, keeping each that holds enough verified
+    /// chunks as a partial for the next run and removing the others.
+    /// Returns the needs of other files that waited for their chunks.
+    fn keep_in_flight(&mut self, files: &[u32]) -> Vec<(u32, NeedInfo)> {
+        let mut flights: Vec<InFlight> = files.iter().filter_map(|f| self.in_flight.remove(f)).collect();
+        let mut builds: Vec<_> =
+            flights.iter_mut().map(|f| (&mut f.build, f.stored.as_slice(), &f.digest)).collect();
+        let kept = self.store.borrow().record_builds(&mut builds).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not keep the partial files of an interrupted session");
+            Vec::new()
+        });
+        for flight in &flights {
+            if !kept.contains(&flight.build.path) {
+                self.forget_temp(&flight.build.temp);
+            }
+        }
+        files.iter().flat_map(|&file| self.release_homes(file)).collect()
+    }
+
+    /// Keeps files that were complete but not committed as partials
+    /// holding every chunk (the session ended before their commit point);
+    /// the batch's discard removes the rest.
+    fn keep_complete(&mut self) {
+        let store = self.store.borrow();
+        self.batch.pending.retain_mut(|pending| match &pending.digest {
+            Some(digest) if digest.size >= MIN_PARTIAL_BYTES => {
+                store.record_complete(&pending.path, &mut pending.temp, digest).is_err()
+            }
+            _ => true,
+        });
+    }
+}
+
 impl<S: BorrowMut<MirrorStore>> Drop for Receiving<S> {
     fn drop(&mut self) {
-        // Unfinished: leave final names as they were.
+        // Unfinished: leave final names as they were, and keep what
+        // arrived verified for the next run.
+        let files: Vec<u32> = self.in_flight.keys().copied().collect();
+        self.keep_in_flight(&files);
+        self.keep_complete();
         self.store.borrow_mut().discard(&mut self.batch);
+        let _ = self.store.borrow().trim_partials();
         // Finished or not, opened-up directories get their modes back.
         self.store.borrow_mut().relock();
     }

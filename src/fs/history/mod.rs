@@ -95,17 +95,19 @@ pub struct SnapshotRecord {
     pub nanos: u32,
     /// RFC 3339 of `time`.
     pub time_text: String,
-    /// As in [`SnapshotInfo`].
+    /// The served tree it is of (`/site`; `/` for the root).
     pub tree: String,
-    /// As in [`SnapshotInfo`].
+    /// The pushing client's fingerprint (empty for a local push).
     pub client: String,
-    /// As in [`SnapshotInfo`].
+    /// The source host as the client named it.
     pub host: String,
-    /// As in [`SnapshotInfo`].
+    /// The source path on that host.
     pub source: String,
-    /// As in [`SnapshotInfo`].
+    /// The push's `key=value` tags.
     pub tags: Vec<(String, String)>,
-    /// As in [`SnapshotInfo`].
+    /// The push did not run to its end (window stop, cancel, cut
+    /// connection, failed entries): the snapshot holds what the tree held
+    /// when it stopped.
     pub partial: bool,
     /// Regular files (hard links count once).
     pub files: u64,
@@ -117,7 +119,7 @@ pub struct SnapshotRecord {
     pub root: String,
 }
 
-/// What [`History::prune`] did.
+/// What a prune did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
     /// Packs deleted (doomed by an earlier prune, still unreferenced).

@@ -25,7 +25,7 @@ pub use crate::progress::{Change, Event, Progress};
 pub use crate::usecase::history::{Forgetting, Verdict};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
-pub use xfer_core::retention::KeepPolicy;
+pub use xfer_core::retention::{parse_within, KeepPolicy, RetentionError};
 
 use crate::filter::Filter;
 use crate::net::limiter::Limiter;

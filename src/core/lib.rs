@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::disallowed_methods, clippy::disallowed_types))]
 
 pub mod adapt;
+pub mod calendar;
 pub mod chunk;
 pub mod codec;
 pub mod congestion;

@@ -139,23 +139,10 @@ impl Period {
     }
 }
 
-/// The proleptic Gregorian year and month (1-12) of a day counted from
-/// 1970-01-01. Works in 400-year cycles of 146,097 days, each starting on
-/// a 1 March so that the leap day falls at the end of its year.
+/// The year and month (1-12) of a day counted from 1970-01-01.
 fn year_month(days: i64) -> (i64, u32) {
-    // Day 0 of the cycles is 0000-03-01, 719,468 days before 1970-01-01.
-    let shifted = days + 719_468;
-    let cycle = shifted.div_euclid(146_097);
-    let day_of_cycle = shifted - cycle * 146_097; // 0..=146_096
-                                                  // Years of 365 days, plus the leap days of each 4, 100 and 400 years.
-    let year_of_cycle = (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
-    let day_of_year = day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
-    // Months from March: 31,30,31,30,31 repeat, so 153 days per 5 months.
-    let month_from_march = (5 * day_of_year + 2) / 153; // 0..=11
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = year_of_cycle + cycle * 400 + i64::from(month <= 2);
-    let month = u32::try_from(month).expect("invariant: a month number is 1 to 12");
-    (year, month)
+    let (year, month, _) = crate::calendar::civil_from_days(days);
+    (year, u32::try_from(month).expect("invariant: a month number is 1 to 12"))
 }
 
 /// Decides for each snapshot time (seconds since the Unix epoch, UTC, in

@@ -231,7 +231,8 @@ pub struct ForgetArgs {
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot at most this much older than the newest, e.g.
-    /// 36h, 30d, 8w, 1y (suffixes s, m for minutes, h, d, w, y = 365d).
+    /// 36h, 30d, 8w, 6m, 1y6m (h hours, d days, w weeks, m months of 31
+    /// days, y years of 366 days; terms add up).
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<String>,
     /// Say what would be kept and forgotten, forget nothing.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use xfer::{default_state_dir, Client, Forgetting, KeepPolicy, PruneReport, SnapshotRecord, TransferError};
 
 use crate::args::{ForgetArgs, HistoryArgs};
@@ -141,7 +141,7 @@ fn report_forget(done: &Forgetting, args: &ForgetArgs) {
 
 /// The retention policy the `--keep-*` flags give.
 fn policy(args: &ForgetArgs) -> anyhow::Result<KeepPolicy> {
-    let within_secs = args.keep_within.as_deref().map(duration_secs).transpose()?;
+    let within_secs = args.keep_within.as_deref().map(xfer::parse_within).transpose()?;
     Ok(KeepPolicy {
         last: args.keep_last.unwrap_or(0),
         hourly: args.keep_hourly.unwrap_or(0),
@@ -151,24 +151,6 @@ fn policy(args: &ForgetArgs) -> anyhow::Result<KeepPolicy> {
         yearly: args.keep_yearly.unwrap_or(0),
         within_secs,
     })
-}
-
-/// `36h`, `30d`, `8w`, `1y` in seconds.
-fn duration_secs(text: &str) -> anyhow::Result<u64> {
-    let bad = || format!("{text:?} is not a duration: use a number and s, m, h, d, w or y, e.g. 30d");
-    let split = text.find(|c: char| !c.is_ascii_digit()).with_context(bad)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok().with_context(bad)?;
-    let unit: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        "y" => 365 * 86_400,
-        _ => bail!(bad()),
-    };
-    number.checked_mul(unit).with_context(|| format!("{text:?} is too long a duration"))
 }
 
 /// `xfer prune TARGET`.
@@ -194,20 +176,4 @@ pub(crate) fn prune(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::duration_secs;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(duration_secs("36h").unwrap(), 36 * 3600);
-        assert_eq!(duration_secs("30d").unwrap(), 30 * 86_400);
-        assert_eq!(duration_secs("90m").unwrap(), 5400);
-        for bad in ["", "30", "d", "3x", "-1d", "1.5d"] {
-            assert!(duration_secs(bad).is_err(), "{bad}");
-        }
-        assert!(duration_secs("99999999999999999y").is_err());
-    }
 }

@@ -23,9 +23,10 @@ pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::plan::{DeleteLimit, DeleteRefused, DeleteRule};
 pub use crate::progress::{Change, Event, Progress};
 pub use crate::usecase::history::{Forgetting, Verdict};
+pub use crate::usecase::retention::{Retention, RetentionRun, DEFAULT_PRUNE_EVERY};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
-pub use xfer_core::retention::KeepPolicy;
+pub use xfer_core::retention::{parse_rules, parse_within, KeepPolicy, RetentionError, RetentionTable};
 
 use crate::filter::Filter;
 use crate::net::limiter::Limiter;
@@ -408,7 +409,16 @@ impl ServerOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             congestion: Congestion::default(),
             clock: None,
+            retention: Retention::default(),
         })
+    }
+
+    /// The trees' retention policies and how often the server applies
+    /// them (forget what a tree's policy does not keep, then prune the
+    /// history; the first run one interval after start).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.0.retention = retention;
+        self
     }
 
     /// A cap on each session's data direction.

@@ -25,6 +25,7 @@ mod plan_model;
 mod push;
 mod ransomware;
 mod remote;
+mod retention_schedule;
 mod session;
 mod sparse_readonly;
 mod transport;

@@ -188,6 +188,47 @@ impl Client {
     pub async fn prune_local(dest: &Path, state_dir: &Path) -> Result<PruneReport, TransferError> {
         usecase::history::prune(Target::Local { dest, state_dir }).await
     }
+
+    /// The snapshots of `tree`, a directory inside the root `root` that a
+    /// server on this machine serves, and of the trees below it, read from
+    /// the server's history on disk (for its operator; no network).
+    ///
+    /// # Errors
+    /// `tree` outside `root`; a root without history; a history that
+    /// cannot be read.
+    pub async fn snapshots_served(root: &Path, tree: &Path) -> Result<Vec<SnapshotRecord>, TransferError> {
+        usecase::history::snapshots(Target::Served { root, tree }).await
+    }
+
+    /// [`Client::forget`] on a served root's tree, on disk.
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`] and [`Client::forget`].
+    pub async fn forget_served(root: &Path, tree: &Path, ids: &[String]) -> Result<Forgetting, TransferError> {
+        usecase::history::forget(Target::Served { root, tree }, ids).await
+    }
+
+    /// [`Client::forget_by_policy`] on a served root's tree, on disk.
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`] and [`Client::forget_by_policy`].
+    pub async fn forget_by_policy_served(
+        root: &Path,
+        tree: &Path,
+        policy: &KeepPolicy,
+        dry_run: bool,
+    ) -> Result<Forgetting, TransferError> {
+        usecase::history::forget_by_policy(Target::Served { root, tree }, policy, dry_run).await
+    }
+
+    /// [`Client::prune`] on a served root's history, on disk (the history
+    /// is shared by every tree of the root: all of it is pruned).
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`]; failures writing the history.
+    pub async fn prune_served(root: &Path, tree: &Path) -> Result<PruneReport, TransferError> {
+        usecase::history::prune(Target::Served { root, tree }).await
+    }
 }
 
 /// Options of a push ([`Client::push`], [`Client::push_local`]).

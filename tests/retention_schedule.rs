@@ -76,8 +76,10 @@ async fn push_versions(
     fs::write(src.join("docs/readme"), b"the same in every snapshot").unwrap();
     let push = PushOptions::new(tmp.join("state")).delete(true);
     let mut models = Vec::new();
+    // Each tree's versions its own: none shares data with another tree.
+    let seed = tree.bytes().map(u64::from).sum::<u64>() * 1000;
     for n in 0..versions {
-        fs::write(src.join("big"), seeded(BIG, 1000 + n)).unwrap();
+        fs::write(src.join("big"), seeded(BIG, seed + n)).unwrap();
         fs::write(src.join("docs/version"), format!("{n}")).unwrap();
         served.client.push(&src, &url(addr, tree), pin, &push).await.unwrap();
         models.push(read_tree(&src));
@@ -276,4 +278,61 @@ fn serve_names_a_bad_retention_line_and_what_to_write() {
         let want = if bad[1] == "5m" { "use a number and s, min, h or d" } else { "needs a policy" };
         assert!(err.contains(want), "{bad:?}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_forgets_and_prunes_a_served_tree_on_disk() {
+    let tmp = TempDir::new().unwrap();
+    let served = Served::new(tmp.path());
+    let (server, pin, addr) = served.start(Retention::default());
+    let site = push_versions(&served, tmp.path(), &addr, pin, "/site", 3).await;
+    push_versions(&served, tmp.path(), &addr, pin, "/other", 2).await;
+    server.shutdown().await;
+    let before = pack_bytes(&served.root);
+
+    let xfer = |args: &[&str]| {
+        let out = assert_cmd::Command::cargo_bin("xfer")
+            .unwrap()
+            .env("XFER_CONFIG_DIR", tmp.path().join("config"))
+            .env("XFER_STATE_DIR", tmp.path().join("cli-state"))
+            .args(args)
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (root, tree) = (served.root.to_str().unwrap(), served.root.join("site"));
+    let tree = tree.to_str().unwrap();
+    // Without --root the tree alone is a plain directory: the error says what to add.
+    let (code, _, err) = xfer(&["prune", tree]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--root ROOT"), "{err}");
+
+    let (code, out, err) = xfer(&["forget", "--json", "--keep-last", "1", "--root", root, tree]);
+    assert_eq!(code, Some(0), "{err}");
+    let forgot: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(forgot["forgotten"], 2, "{out}");
+    for _ in 0..2 {
+        let (code, out, err) = xfer(&["prune", "--json", "--root", root, tree]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let freed = before - pack_bytes(&served.root);
+    assert!(freed + (64 << 10) >= 2 * BIG as u64, "freed {freed}");
+    let (code, out, err) = xfer(&["snapshots", "--json", "--root", root, tree]);
+    assert_eq!(code, Some(0), "{err}");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 1, "{out}");
+
+    // /other was not touched, and /site's last snapshot still restores.
+    let (server, pin, addr) = served.start(Retention::default());
+    assert_eq!(served.client.snapshots(&url(&addr, "/other"), pin).await.unwrap().len(), 2);
+    let out = tmp.path().join("restored");
+    let pull = PullOptions::new(tmp.path().join("restore-state")).at(list[0]["id"].as_str().unwrap());
+    served.client.pull(&url(&addr, "/site"), pin, &out, &pull).await.unwrap();
+    assert_same_tree(&read_tree(&out), &site[2]);
+    server.shutdown().await;
 }

@@ -252,6 +252,11 @@ pub struct HistoryArgs {
     /// Trust an unknown server on first use and pin it.
     #[arg(long)]
     pub accept_new: bool,
+    /// On the server's machine: TARGET is a tree inside ROOT, a root that
+    /// `xfer serve --root ROOT` serves; its history is read and changed on
+    /// disk, without the network.
+    #[arg(long, value_name = "ROOT")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -342,3 +342,25 @@ async fn the_operator_forgets_and_prunes_a_served_tree_on_disk() {
     assert_same_tree(&read_tree(&out), &site[2]);
     server.shutdown().await;
 }
+
+/// A scheduled prune, a client's and the operator's may meet: they run one
+/// at a time (two with different plans could each index a pack the other
+/// doomed).
+#[test]
+fn prunes_of_one_history_run_one_at_a_time() {
+    use xfer::fs::history::History;
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("history");
+    drop(History::open(&dir).unwrap());
+    let held = fs::OpenOptions::new().write(true).create(true).truncate(false).open(dir.join("prune.lock")).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = {
+        let dir = dir.clone();
+        std::thread::spawn(move || tx.send(History::open(&dir).unwrap().prune().map(|_| ())).unwrap())
+    };
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "a prune ran while another held the history");
+    drop(held);
+    rx.recv_timeout(Duration::from_secs(30)).unwrap().unwrap();
+    worker.join().unwrap();
+}

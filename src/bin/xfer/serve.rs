@@ -54,6 +54,12 @@ pub(crate) fn serve(
     let access = serve_access(allow, authorized_clients)?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    let schedule = retention.every;
+    let policies = match (&retention.default, retention.table.entries.len()) {
+        (Some(_), 0) => "one policy for every tree".to_string(),
+        (Some(_), n) => format!("{n} per-tree policies, the --keep-* flags elsewhere"),
+        (None, n) => format!("{n} per-tree policies, other trees keep everything"),
+    };
     let options = ServerOptions::new(root.clone(), access)
         .bwlimit(limits.per_session)
         .bwlimit_total(Timetable::constant(limits.total))
@@ -73,6 +79,9 @@ pub(crate) fn serve(
         let server = Server::start(listen, &identity, options)
             .with_context(|| format!("serve {} on {listen}", root.display()))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
+        if let Some(every) = schedule {
+            eprintln!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
+        }
         let code = signals.next().await;
         let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
         eprintln!("xfer: {name}: stopping each session at its next commit point");

@@ -23,9 +23,10 @@ pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::plan::{DeleteLimit, DeleteRefused, DeleteRule};
 pub use crate::progress::{Change, Event, Progress};
 pub use crate::usecase::history::{Forgetting, Verdict};
+pub use crate::usecase::retention::{Retention, RetentionRun, DEFAULT_PRUNE_EVERY};
 pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
-pub use xfer_core::retention::{parse_within, KeepPolicy, RetentionError};
+pub use xfer_core::retention::{parse_rules, parse_within, KeepPolicy, RetentionError, RetentionTable};
 
 use crate::filter::Filter;
 use crate::net::limiter::Limiter;
@@ -186,6 +187,47 @@ impl Client {
     /// A destination without history; failures reading or writing it.
     pub async fn prune_local(dest: &Path, state_dir: &Path) -> Result<PruneReport, TransferError> {
         usecase::history::prune(Target::Local { dest, state_dir }).await
+    }
+
+    /// The snapshots of `tree`, a directory inside the root `root` that a
+    /// server on this machine serves, and of the trees below it, read from
+    /// the server's history on disk (for its operator; no network).
+    ///
+    /// # Errors
+    /// `tree` outside `root`; a root without history; a history that
+    /// cannot be read.
+    pub async fn snapshots_served(root: &Path, tree: &Path) -> Result<Vec<SnapshotRecord>, TransferError> {
+        usecase::history::snapshots(Target::Served { root, tree }).await
+    }
+
+    /// [`Client::forget`] on a served root's tree, on disk.
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`] and [`Client::forget`].
+    pub async fn forget_served(root: &Path, tree: &Path, ids: &[String]) -> Result<Forgetting, TransferError> {
+        usecase::history::forget(Target::Served { root, tree }, ids).await
+    }
+
+    /// [`Client::forget_by_policy`] on a served root's tree, on disk.
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`] and [`Client::forget_by_policy`].
+    pub async fn forget_by_policy_served(
+        root: &Path,
+        tree: &Path,
+        policy: &KeepPolicy,
+        dry_run: bool,
+    ) -> Result<Forgetting, TransferError> {
+        usecase::history::forget_by_policy(Target::Served { root, tree }, policy, dry_run).await
+    }
+
+    /// [`Client::prune`] on a served root's history, on disk (the history
+    /// is shared by every tree of the root: all of it is pruned).
+    ///
+    /// # Errors
+    /// As [`Client::snapshots_served`]; failures writing the history.
+    pub async fn prune_served(root: &Path, tree: &Path) -> Result<PruneReport, TransferError> {
+        usecase::history::prune(Target::Served { root, tree }).await
     }
 }
 
@@ -408,7 +450,16 @@ impl ServerOptions {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             congestion: Congestion::default(),
             clock: None,
+            retention: Retention::default(),
         })
+    }
+
+    /// The trees' retention policies and how often the server applies
+    /// them (forget what a tree's policy does not keep, then prune the
+    /// history; the first run one interval after start).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.0.retention = retention;
+        self
     }
 
     /// A cap on each session's data direction.

@@ -26,6 +26,7 @@ mod push;
 mod ransomware;
 mod remote;
 mod resume;
+mod retention_schedule;
 mod session;
 mod sparse_readonly;
 mod transport;

@@ -62,6 +62,20 @@ pub enum RetentionError {
     /// A duration too long to count in seconds.
     #[error("\"{0}\" is too long a duration: the longest is 500000000000y (in seconds, a u64)")]
     WithinTooLarge(String),
+    /// A `rule=value` list that does not parse.
+    #[error(
+        "{0}: write rules as RULE=VALUE separated by spaces, RULE one of last, hourly, daily, weekly, monthly, \
+         yearly (a count) or within (a duration such as 30d), e.g. `daily=7 weekly=4 within=30d`"
+    )]
+    Rules(String),
+    /// A line of a retention file that does not parse.
+    #[error("line {line}: {reason}")]
+    Line {
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong and what to write.
+        reason: String,
+    },
 }
 
 const HOUR: u64 = 3600;
@@ -107,6 +121,91 @@ pub fn parse_within(text: &str) -> Result<u64, RetentionError> {
         rest = &tail[unit.len_utf8()..];
     }
     Ok(total)
+}
+
+/// Parses a policy written as `rule=value` words (`daily=7 weekly=4
+/// within=30d`); a rule given twice, an unknown rule or an empty list is
+/// refused.
+pub fn parse_rules(text: &str) -> Result<KeepPolicy, RetentionError> {
+    let mut policy = KeepPolicy::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for word in text.split_whitespace() {
+        let rules = |why: String| RetentionError::Rules(why);
+        let (rule, value) = word.split_once('=').ok_or_else(|| rules(format!("{word:?} has no `=`")))?;
+        if seen.contains(&rule) {
+            return Err(rules(format!("{rule} is given twice")));
+        }
+        seen.push(rule);
+        if rule == "within" {
+            policy.within_secs = Some(parse_within(value)?);
+            continue;
+        }
+        let slot = match rule {
+            "last" => &mut policy.last,
+            "hourly" => &mut policy.hourly,
+            "daily" => &mut policy.daily,
+            "weekly" => &mut policy.weekly,
+            "monthly" => &mut policy.monthly,
+            "yearly" => &mut policy.yearly,
+            _ => return Err(rules(format!("{rule:?} is not a rule"))),
+        };
+        *slot = value.parse().map_err(|_| rules(format!("{value:?} is not a count for {rule}")))?;
+    }
+    if policy.is_empty() {
+        return Err(RetentionError::Rules(
+            "no rule keeps anything (a policy keeping nothing would forget every snapshot)".into(),
+        ));
+    }
+    Ok(policy)
+}
+
+/// Per-tree policies: each line a tree prefix and its rules
+/// (`/laptop daily=7 weekly=4`), `#` starting a comment. The longest
+/// prefix that covers a tree gives its policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionTable {
+    /// Prefixes and their policies, in file order.
+    pub entries: Vec<(String, KeepPolicy)>,
+}
+
+impl RetentionTable {
+    /// Parses a retention file's text.
+    ///
+    /// # Errors
+    /// The first bad line, by number, saying what to write.
+    pub fn parse(text: &str) -> Result<RetentionTable, RetentionError> {
+        let mut entries: Vec<(String, KeepPolicy)> = Vec::new();
+        for (at, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| RetentionError::Line { line: at + 1, reason };
+            let (prefix, rules) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            if !prefix.starts_with('/') || prefix.contains("//") || prefix.split('/').any(|c| c == ".." || c == ".") {
+                return Err(bad(format!(
+                    "{prefix:?} is not a tree prefix: start the line with a path below the served root, e.g. \
+                     `/laptop daily=7 weekly=4` (or `/` for every tree)"
+                )));
+            }
+            let prefix = if prefix.len() > 1 { prefix.trim_end_matches('/') } else { prefix };
+            if entries.iter().any(|(p, _)| p == prefix) {
+                return Err(bad(format!("{prefix} already has a line; give each prefix one line")));
+            }
+            let policy = parse_rules(rules).map_err(|e| bad(e.to_string()))?;
+            entries.push((prefix.to_owned(), policy));
+        }
+        Ok(RetentionTable { entries })
+    }
+
+    /// The policy of the longest prefix covering `tree` (a tree name such
+    /// as `/laptop/home`), if any.
+    pub fn policy_for(&self, tree: &str) -> Option<&KeepPolicy> {
+        let covers = |prefix: &str| {
+            prefix == "/" || tree == prefix || tree.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        };
+        self.entries.iter().filter(|(p, _)| covers(p)).max_by_key(|(p, _)| p.len()).map(|(_, policy)| policy)
+    }
 }
 
 /// A calendar period a rule keeps one snapshot of.

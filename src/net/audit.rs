@@ -31,7 +31,8 @@ pub struct AuditRecord {
     /// The tree's path on the server; absent when refused before `Open`.
     pub path: Option<String>,
     /// `push` or `pull`, as the client sees it, or the history request:
-    /// `snapshots`, `forget` or `prune`.
+    /// `snapshots`, `forget` or `prune`; `retention` for the server's own
+    /// scheduled forget and prune.
     pub direction: Option<&'static str>,
     /// The snapshot a pull restored from, as the client selected it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,15 @@ pub struct AuditRecord {
     /// Snapshots a `snapshots` request listed or a `forget` forgot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<u64>,
+    /// Trees a `retention` run applied a policy to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trees: Option<u64>,
+    /// History packs a `retention` run's prune deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packs_deleted: Option<u64>,
+    /// Bytes those packs held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
     /// The client's `key=value` labels.
     pub tags: BTreeMap<String, String>,
     /// `ok`, `partial` (some entries failed, the rest committed),

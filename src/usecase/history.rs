@@ -36,6 +36,15 @@ pub enum Target<'a> {
         /// The pushes' state directory.
         state_dir: &'a Path,
     },
+    /// A tree inside a root this machine serves, read and changed on disk
+    /// by the server's operator (no network): the server's history is
+    /// `ROOT/.xfer/history`, shared by every tree it serves.
+    Served {
+        /// The served root.
+        root: &'a Path,
+        /// The tree, a directory inside `root` (or `root` itself).
+        tree: &'a Path,
+    },
 }
 
 /// One snapshot and what a forget decided for it.
@@ -78,11 +87,39 @@ fn open_local(dest: &Path, state_dir: &Path) -> Result<History, TransferError> {
     match local_history(dest, state_dir)? {
         Some(dir) => Ok(History::open(&dir)?),
         None => Err(bad(format!(
-            "{} has no history: no local push into it kept one (with this state directory, {})",
+            "{} has no history: no local push into it kept one (with this state directory, {}); for a tree a \
+             server on this machine serves, add --root ROOT (the root `xfer serve --root` names)",
             dest.display(),
             state_dir.display()
         ))),
     }
+}
+
+/// The history directory of the served root `root` and the name snapshot
+/// records give the tree at `tree` inside it.
+fn served(root: &Path, tree: &Path) -> Result<(PathBuf, String), TransferError> {
+    let open = |path: &Path| path.canonicalize().map_err(|e| crate::Error::io(path, e));
+    let (root, tree) = (open(root)?, open(tree)?);
+    let Ok(rel) = tree.strip_prefix(&root) else {
+        return Err(bad(format!(
+            "{} is not inside {}: name a tree below the served root given with --root",
+            tree.display(),
+            root.display()
+        )));
+    };
+    let parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    if parts.first().map(String::as_str) == Some(crate::net::served::SERVER_STATE_DIR) {
+        return Err(bad(format!("{} is the server's own state, not a tree it serves", tree.display())));
+    }
+    let history = root.join(crate::net::served::SERVER_STATE_DIR).join("history");
+    if !history.is_dir() {
+        return Err(bad(format!(
+            "{} has no history ({} is missing): is it the root `xfer serve --root` serves?",
+            root.display(),
+            history.display()
+        )));
+    }
+    Ok((history, format!("/{}", parts.join("/"))))
 }
 
 /// Sends a history request about `url` and returns the answer.
@@ -123,6 +160,11 @@ pub async fn snapshots(target: Target<'_>) -> Result<Vec<SnapshotRecord>, Transf
         Target::Local { dest, state_dir } => {
             let Some(dir) = local_history(dest, state_dir)? else { return Ok(Vec::new()) };
             blocking("reading the history", move || Ok(History::open(&dir)?.snapshots()?)).await
+        }
+        Target::Served { root, tree } => {
+            let (dir, tree) = served(root, tree)?;
+            let records = blocking("reading the history", move || Ok(History::open(&dir)?.snapshots()?)).await?;
+            Ok(records.into_iter().filter(|r| crate::net::manage::tree_within(&r.tree, &tree)).collect())
         }
     }
 }
@@ -235,6 +277,12 @@ async fn apply(target: Target<'_>, verdicts: Vec<Verdict>, dry_run: bool) -> Res
             blocking("forgetting snapshots", move || Ok(open_local(&dest, &state_dir)?.forget(&doomed)?)).await?;
             count
         }
+        Target::Served { root, tree } => {
+            let (dir, _) = served(root, tree)?;
+            let count = doomed.len() as u64;
+            blocking("forgetting snapshots", move || Ok(History::open(&dir)?.forget(&doomed)?)).await?;
+            count
+        }
     };
     Ok(Forgetting { snapshots: verdicts, forgotten, dry_run })
 }
@@ -258,6 +306,10 @@ pub async fn prune(target: Target<'_>) -> Result<PruneReport, TransferError> {
         Target::Local { dest, state_dir } => {
             let (dest, state_dir) = (dest.to_path_buf(), state_dir.to_path_buf());
             blocking("pruning the history", move || Ok(open_local(&dest, &state_dir)?.prune()?)).await
+        }
+        Target::Served { root, tree } => {
+            let (dir, _) = served(root, tree)?;
+            blocking("pruning the history", move || Ok(History::open(&dir)?.prune()?)).await
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod history;
 mod outcome;
 pub mod pull;
 pub mod push;
+pub mod retention;
 mod schedule;
 pub mod serve;
 mod url;

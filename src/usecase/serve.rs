@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::retention::{apply, Retention, RetentionRun};
 use super::schedule::Clock;
+use super::TransferError;
 use crate::net::access::Access;
-use crate::net::audit::AuditLog;
+use crate::net::audit::{AuditLog, AuditRecord};
 use crate::net::served::{ServeConfig, SERVER_STATE_DIR};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::net::server::Listener;
@@ -45,6 +47,8 @@ pub struct ServeSettings {
     /// The clock the total's timetable is read against; `None` is the
     /// system's local time.
     pub clock: Option<Clock>,
+    /// The trees' retention policies, applied on their schedule.
+    pub retention: Retention,
 }
 
 /// A running server.
@@ -53,6 +57,23 @@ pub struct Serving {
     shutdown: CancellationToken,
     fingerprint: Fingerprint,
     _pacer: Option<Pacer>,
+    pruner: Option<Pruner>,
+}
+
+/// The task that applies retention on its schedule. Dropped, it tells a
+/// run under way to stop at its next step and ends the schedule.
+struct Pruner {
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 /// The task that keeps the total cap to its timetable; it ends with the
@@ -89,8 +110,15 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
     config.audit = audit;
     let pacer = settings.total.clone().map(|timetable| pace(&mut config, timetable, settings.clock.clone()));
     let shutdown = config.shutdown.clone();
-    let listener = Listener::start(listen, identity, config).map_err(|e| crate::Error::io(listen.to_string(), e))?;
-    Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer })
+    let pruner = schedule_retention(&config, settings.retention);
+    let listener = match Listener::start(listen, identity, config) {
+        Ok(listener) => listener,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(crate::Error::io(listen.to_string(), e));
+        }
+    };
+    Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer, pruner })
 }
 
 /// Keeps the server's total cap to `timetable`, re-read every few seconds.
@@ -107,6 +135,73 @@ fn pace(config: &mut ServeConfig, timetable: Timetable, clock: Option<Clock>) ->
             }
         }
     }))
+}
+
+/// Applies `retention` every interval (the first one interval after
+/// start) until the server shuts down; `None` when there is nothing to
+/// schedule.
+fn schedule_retention(config: &ServeConfig, retention: Retention) -> Option<Pruner> {
+    let every = retention.every.filter(|_| retention.is_set())?;
+    let stop = config.shutdown.child_token();
+    let (dir, audit, token) = (config.history_dir(), config.audit.clone(), stop.clone());
+    let retention = Arc::new(retention);
+    let task = tokio::spawn(async move {
+        let stop = token;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let started = std::time::Instant::now();
+            let (dir, retention, token) = (dir.clone(), retention.clone(), stop.clone());
+            let outcome = tokio::task::spawn_blocking(move || apply(&dir, &retention, &token))
+                .await
+                .map_err(|e| TransferError::Task { what: "applying retention", reason: e.to_string() })
+                .and_then(|result| result);
+            report_retention(audit.as_deref(), &outcome, started.elapsed());
+        }
+    });
+    Some(Pruner { task: Some(task), stop })
+}
+
+/// Logs one retention run and writes its audit line.
+fn report_retention(audit: Option<&AuditLog>, outcome: &Result<RetentionRun, TransferError>, took: Duration) {
+    let mut record = AuditRecord {
+        client: "server".into(),
+        path: Some("/".into()),
+        direction: Some("retention"),
+        duration_s: took.as_secs_f64(),
+        ..AuditRecord::now()
+    };
+    match outcome {
+        Ok(run) => {
+            let prune = run.prune.clone().unwrap_or_default();
+            tracing::info!(
+                trees = run.trees,
+                forgotten = run.forgotten,
+                packs_deleted = prune.packs_deleted,
+                packs_doomed = prune.packs_doomed,
+                bytes_freed = prune.bytes_freed,
+                bytes_after = prune.bytes_after,
+                stopped = run.stopped,
+                "retention applied"
+            );
+            record.result = if run.stopped { "cancelled" } else { "ok" };
+            record.snapshots = Some(run.forgotten);
+            record.trees = Some(run.trees);
+            record.packs_deleted = Some(prune.packs_deleted);
+            record.bytes_freed = Some(prune.bytes_freed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "retention failed");
+            record.fail(None, e.to_string());
+        }
+    }
+    if let Some(log) = audit {
+        if let Err(e) = log.append(&record) {
+            tracing::error!(log = %log.path().display(), error = %e, "cannot write the audit log");
+        }
+    }
 }
 
 impl Serving {
@@ -129,6 +224,13 @@ impl Serving {
     pub async fn stop(mut self, grace: Duration) -> bool {
         self.shutdown.cancel();
         let drained = self.listener.drain(grace).await;
+        if let Some(mut pruner) = self.pruner.take() {
+            // A run under way stops at its next step; its prune is two-phase,
+            // so one cut short leaves nothing half-done.
+            if let Some(task) = pruner.task.take() {
+                let _ = tokio::time::timeout(grace, task).await;
+            }
+        }
         self.listener.close(Some(Duration::from_secs(2))).await;
         drained
     }

@@ -84,7 +84,17 @@ An authorized-clients file grants per client and path prefix:\n  \
 xfer:aaaa...  rw      /laptop   # push, pull, forget snapshots and prune below /laptop\n  \
 xfer:cccc...  append  /phone    # push and pull, never forget or prune: what a push\n  \
                                 # overwrites or deletes stays in the history\n  \
-xfer:bbbb...  ro                # pull and list snapshots anywhere")]
+xfer:bbbb...  ro                # pull and list snapshots anywhere\n\n\
+Retention: the --keep-* flags set every tree's policy; --retention FILE sets policies\n\
+per tree prefix, the longest matching prefix winning over the flags:\n  \
+/laptop      daily=7 weekly=4 within=30d\n  \
+/laptop/tmp  last=1          # comments start with #\n\
+(rules: last, hourly, daily, weekly, monthly, yearly = N; within = a duration). A tree\n\
+neither covers keeps every snapshot. With any policy the server forgets what it does\n\
+not keep and prunes its history every --prune-every (default 24h; the first run one\n\
+interval after start), without blocking pushes or pulls, and writes an audit line with\n\
+direction \"retention\". On the server machine, `xfer forget` and `xfer prune` take the\n\
+tree's path and --root ROOT.")]
     Serve {
         /// The directory to serve.
         #[arg(long)]
@@ -126,6 +136,8 @@ xfer:bbbb...  ro                # pull and list snapshots anywhere")]
         /// [default: ROOT/.xfer/audit.jsonl]
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
+        #[command(flatten)]
+        retention: ServeRetention,
     },
     /// List the snapshots of a server's tree (xfer://HOST/PATH) or of a local push destination.
     #[command(after_help = "Examples:\n  xfer snapshots xfer://backup.example/site\n  \
@@ -181,6 +193,43 @@ $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
     },
 }
 
+/// `xfer serve`'s retention: the default policy, per-tree policies and
+/// how often they are applied.
+#[derive(clap::Args)]
+pub struct ServeRetention {
+    /// Every tree keeps its newest N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Every tree keeps the newest snapshot of each of its last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Likewise per day (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Likewise per ISO week.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Likewise per month.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Likewise per year.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Every tree keeps each snapshot at most this much older than its
+    /// newest: h, d, w, m (months), y, e.g. 30d or 1y6m.
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Per-tree policies, one line per tree prefix:
+    /// `/laptop daily=7 weekly=4 within=30d` (`#` comments; the longest
+    /// matching prefix wins over the --keep-* flags).
+    #[arg(long, value_name = "FILE")]
+    pub retention: Option<PathBuf>,
+    /// How often to apply the policies and prune: N followed by s, min, h
+    /// or d (e.g. 6h), or off. [default: 24h when a policy is set]
+    #[arg(long, value_name = "DURATION")]
+    pub prune_every: Option<String>,
+}
+
 /// Where a history command looks, and how it reports.
 #[derive(clap::Args)]
 pub struct HistoryArgs {
@@ -203,6 +252,11 @@ pub struct HistoryArgs {
     /// Trust an unknown server on first use and pin it.
     #[arg(long)]
     pub accept_new: bool,
+    /// On the server's machine: TARGET is a tree inside ROOT, a root that
+    /// `xfer serve --root ROOT` serves; its history is read and changed on
+    /// disk, without the network.
+    #[arg(long, value_name = "ROOT")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -12,13 +12,26 @@ use crate::config::{Config, Target};
 use crate::transfer::{with_hint, Trust};
 use crate::{config_dir_or_default, runtime};
 
-/// Runs `remote` against a server target, or `local` against a local
-/// destination with its state directory.
+/// A target on this machine: a local push destination with its state
+/// directory, or a tree inside a root this machine serves (`--root`).
+enum Here<'a> {
+    Dest(&'a std::path::Path, &'a std::path::Path),
+    Served(&'a std::path::Path, &'a std::path::Path),
+}
+
+/// Runs `remote` against a server target, or `local` against a target on
+/// this machine.
 fn on_target<T>(
     args: &HistoryArgs,
     remote: impl Fn(&Client, &xfer::RemoteUrl, Option<xfer::Fingerprint>) -> Result<T, TransferError>,
-    local: impl FnOnce(&std::path::Path, &std::path::Path) -> Result<T, TransferError>,
+    local: impl FnOnce(Here<'_>) -> Result<T, TransferError>,
 ) -> anyhow::Result<T> {
+    if let Some(root) = &args.root {
+        if !args.target.is_dir() {
+            bail!("{} is not a directory: with --root, name a tree inside {}", args.target.display(), root.display());
+        }
+        return local(Here::Served(root, &args.target)).map_err(with_hint);
+    }
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     match config.target(&args.target)? {
         Target::Remote(url, configured) => {
@@ -34,7 +47,7 @@ fn on_target<T>(
                 bail!("{} is not a directory: name a local push destination or a server URL", args.target.display());
             }
             let state_dir = state_dir(args)?;
-            local(&args.target, &state_dir).map_err(with_hint)
+            local(Here::Dest(&args.target, &state_dir)).map_err(with_hint)
         }
     }
 }
@@ -53,7 +66,10 @@ pub(crate) fn snapshots(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let records = on_target(
         args,
         |client, url, pin| runtime.block_on(client.snapshots(url, pin)),
-        |dest, state| runtime.block_on(Client::snapshots_local(dest, state)),
+        |here| match here {
+            Here::Dest(dest, state) => runtime.block_on(Client::snapshots_local(dest, state)),
+            Here::Served(root, tree) => runtime.block_on(Client::snapshots_served(root, tree)),
+        },
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
@@ -104,12 +120,22 @@ pub(crate) fn forget(args: &ForgetArgs) -> anyhow::Result<ExitCode> {
         (false, true) => on_target(
             &args.target,
             |client, url, pin| runtime.block_on(client.forget(url, pin, &args.ids)),
-            |dest, state| runtime.block_on(Client::forget_local(dest, state, &args.ids)),
+            |here| match here {
+                Here::Dest(dest, state) => runtime.block_on(Client::forget_local(dest, state, &args.ids)),
+                Here::Served(root, tree) => runtime.block_on(Client::forget_served(root, tree, &args.ids)),
+            },
         )?,
         (true, false) => on_target(
             &args.target,
             |client, url, pin| runtime.block_on(client.forget_by_policy(url, pin, &policy, args.dry_run)),
-            |dest, state| runtime.block_on(Client::forget_by_policy_local(dest, state, &policy, args.dry_run)),
+            |here| match here {
+                Here::Dest(dest, state) => {
+                    runtime.block_on(Client::forget_by_policy_local(dest, state, &policy, args.dry_run))
+                }
+                Here::Served(root, tree) => {
+                    runtime.block_on(Client::forget_by_policy_served(root, tree, &policy, args.dry_run))
+                }
+            },
         )?,
     };
     report_forget(&done, args);
@@ -159,7 +185,10 @@ pub(crate) fn prune(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let report: PruneReport = on_target(
         args,
         |client, url, pin| runtime.block_on(client.prune(url, pin)),
-        |dest, state| runtime.block_on(Client::prune_local(dest, state)),
+        |here| match here {
+            Here::Dest(dest, state) => runtime.block_on(Client::prune_local(dest, state)),
+            Here::Served(root, tree) => runtime.block_on(Client::prune_served(root, tree)),
+        },
     )?;
     if args.json {
         println!("{}", serde_json::json!(report));

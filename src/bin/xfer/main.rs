@@ -142,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audit_log,
             max_sessions,
             idle_timeout,
+            retention,
         } => {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
@@ -157,7 +158,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 congestion: congestion.or(configured).unwrap_or_default(),
             };
-            serve(root, listen, grants, config_dir, limits, audit_log)
+            let retention = serve::retention(&retention)?;
+            serve(root, listen, grants, config_dir, limits, audit_log, retention)
         }
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),

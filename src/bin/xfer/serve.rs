@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use xfer::{Access, Congestion, Fingerprint, Identity, Rate, Server, ServerOptions, Timetable};
+use xfer::{
+    parse_within, Access, Congestion, Fingerprint, Identity, KeepPolicy, Rate, Retention, RetentionTable, Server,
+    ServerOptions, Timetable, DEFAULT_PRUNE_EVERY,
+};
+
+use crate::args::ServeRetention;
 
 use crate::{runtime, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
 
@@ -43,17 +48,25 @@ pub(crate) fn serve(
     config_dir: PathBuf,
     limits: ServeLimits,
     audit_log: Option<PathBuf>,
+    retention: Retention,
 ) -> anyhow::Result<ExitCode> {
     let identity = Identity::load_or_create(&config_dir)?;
     let access = serve_access(allow, authorized_clients)?;
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
     let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    let schedule = retention.every;
+    let policies = match (&retention.default, retention.table.entries.len()) {
+        (Some(_), 0) => "one policy for every tree".to_string(),
+        (Some(_), n) => format!("{n} per-tree policies, the --keep-* flags elsewhere"),
+        (None, n) => format!("{n} per-tree policies, other trees keep everything"),
+    };
     let options = ServerOptions::new(root.clone(), access)
         .bwlimit(limits.per_session)
         .bwlimit_total(Timetable::constant(limits.total))
         .max_sessions(limits.max_sessions)
         .idle_timeout(limits.idle_timeout)
-        .congestion(limits.congestion);
+        .congestion(limits.congestion)
+        .retention(retention);
     let options = match audit_log {
         Some(path) => options.audit_log(path),
         None => options.audit_log_in_root(),
@@ -66,6 +79,9 @@ pub(crate) fn serve(
         let server = Server::start(listen, &identity, options)
             .with_context(|| format!("serve {} on {listen}", root.display()))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
+        if let Some(every) = schedule {
+            eprintln!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
+        }
         let code = signals.next().await;
         let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
         eprintln!("xfer: {name}: stopping each session at its next commit point");
@@ -77,4 +93,53 @@ pub(crate) fn serve(
     // A pull's scan left running reads only: not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The retention `xfer serve`'s flags and `--retention` file give.
+pub(crate) fn retention(args: &ServeRetention) -> anyhow::Result<Retention> {
+    let within_secs = args.keep_within.as_deref().map(parse_within).transpose().context("--keep-within")?;
+    let flags = KeepPolicy {
+        last: args.keep_last.unwrap_or(0),
+        hourly: args.keep_hourly.unwrap_or(0),
+        daily: args.keep_daily.unwrap_or(0),
+        weekly: args.keep_weekly.unwrap_or(0),
+        monthly: args.keep_monthly.unwrap_or(0),
+        yearly: args.keep_yearly.unwrap_or(0),
+        within_secs,
+    };
+    let table = match &args.retention {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+            RetentionTable::parse(&text).with_context(|| format!("{}", file.display()))?
+        }
+        None => RetentionTable::default(),
+    };
+    let default = (!flags.is_empty()).then_some(flags);
+    let mut retention = Retention { default, table, every: None };
+    retention.every = match args.prune_every.as_deref() {
+        Some("off") => None,
+        Some(text) => Some(interval(text)?),
+        None => retention.is_set().then_some(DEFAULT_PRUNE_EVERY),
+    };
+    if retention.every.is_some() && !retention.is_set() {
+        bail!("--prune-every needs a policy: give --keep-* flags or --retention FILE");
+    }
+    Ok(retention)
+}
+
+/// `--prune-every`: a count and s, min, h or d.
+fn interval(text: &str) -> anyhow::Result<Duration> {
+    let bad = || format!("--prune-every {text:?}: use a number and s, min, h or d (e.g. 30min, 6h, 1d), or off");
+    let split = text.find(|c: char| !c.is_ascii_digit()).with_context(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok().with_context(bad)?;
+    let unit = match unit {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!(bad()),
+    };
+    let secs = number.checked_mul(unit).filter(|&s| s > 0).with_context(bad)?;
+    Ok(Duration::from_secs(secs))
 }

@@ -349,3 +349,53 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rules_parse_into_a_policy() {
+    let policy = parse_rules("daily=7 weekly=4  within=30d last=2").unwrap();
+    let want = KeepPolicy { last: 2, daily: 7, weekly: 4, within_secs: Some(30 * DAY), ..KeepPolicy::default() };
+    assert_eq!(policy, want);
+    for (text, needle) in [
+        ("", "no rule keeps anything"),
+        ("daily", "has no `=`"),
+        ("daily=x", "not a count for daily"),
+        ("dayly=3", "\"dayly\" is not a rule"),
+        ("daily=3 daily=4", "given twice"),
+        ("daily=-1", "not a count"),
+    ] {
+        let err = parse_rules(text).unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains("RULE=VALUE"), "{text:?}: {err}");
+    }
+    assert!(matches!(parse_rules("within=3q"), Err(RetentionError::Within(_))));
+}
+
+#[test]
+fn table_picks_the_longest_prefix() {
+    let text = "# retention\n/laptop daily=7 weekly=4 within=30d\n\n/laptop/tmp last=1   # scratch\n/ last=10\n";
+    let table = RetentionTable::parse(text).unwrap();
+    assert_eq!(table.entries.len(), 3);
+    let last = |tree: &str| table.policy_for(tree).map(|p| (p.last, p.daily));
+    assert_eq!(last("/laptop"), Some((0, 7)));
+    assert_eq!(last("/laptop/home"), Some((0, 7)));
+    assert_eq!(last("/laptop/tmp/x"), Some((1, 0)));
+    assert_eq!(last("/laptopx"), Some((10, 0)), "a prefix covers whole components only");
+    let only = RetentionTable::parse("/laptop/ last=3").unwrap();
+    assert_eq!(only.policy_for("/laptop/a").map(|p| p.last), Some(3));
+    assert_eq!(only.policy_for("/phone"), None, "no line covers it: kept whole");
+}
+
+#[test]
+fn table_errors_name_the_line_and_what_to_write() {
+    for (text, line, needle) in [
+        ("/a last=1\nlaptop daily=7", 2, "not a tree prefix"),
+        ("\n\n/a daily=seven", 3, "not a count for daily"),
+        ("/a", 1, "no rule keeps anything"),
+        ("/a last=1\n/a/ last=2", 2, "already has a line"),
+        ("/a/../b last=1", 1, "not a tree prefix"),
+    ] {
+        let err = RetentionTable::parse(text).unwrap_err();
+        assert!(matches!(err, RetentionError::Line { line: l, .. } if l == line), "{text:?}: {err:?}");
+        let message = err.to_string();
+        assert!(message.starts_with(&format!("line {line}: ")) && message.contains(needle), "{message}");
+    }
+}

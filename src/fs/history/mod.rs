@@ -489,6 +489,14 @@ impl History {
     /// # Errors
     /// Failures reading or writing.
     pub fn prune(&mut self) -> Result<PruneReport> {
+        // One prune at a time, whoever runs it (a server's schedule, a
+        // client's request, the operator by hand): two whose plans differ
+        // could each keep in its new index a pack the other doomed. The
+        // lock goes with the file, closed when this returns.
+        let path = self.dir.join("prune.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(&path, std::io::Error::from(e)))?;
         prune::run(self)
     }
 }

@@ -27,5 +27,6 @@ mod ransomware;
 mod remote;
 mod resume;
 mod session;
+mod shared_index;
 mod sparse_readonly;
 mod transport;

@@ -125,16 +125,16 @@ impl SharedIndex {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    /// Whether this client's index names a place holding `id` (not read:
-    /// a stale entry makes the chunk a need when its file is built).
+    /// For each of `ids`, whether this client's index names a place
+    /// holding it (not read: a stale entry makes the chunk a need when its
+    /// file is built). One read transaction.
     ///
     /// # Errors
     /// [`Error::State`] if the index cannot be read.
-    pub fn contains(&self, id: &ChunkId) -> Result<bool> {
+    pub fn contains_all(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
-        let mut values = table.get(&id.0).map_err(|e| self.err(e))?;
-        Ok(values.next().is_some())
+        ids.iter().map(|id| Ok(!table.get(&id.0).map_err(|e| self.err(e))?.is_empty())).collect()
     }
 
     fn locations(&self, id: &ChunkId) -> Result<Vec<SharedLoc>> {
@@ -249,7 +249,7 @@ mod tests {
             index.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
         }
         let first = digest.chunks[0];
-        assert!(index.contains(&first.id).expect("contains"));
+        assert_eq!(index.contains_all(&[first.id]).expect("contains"), vec![true]);
         assert_eq!(index.locations(&first.id).expect("locations").len(), MAX_LOCATIONS);
         assert_eq!(index.read(&first).as_deref(), data.get(..first.len as usize));
         // Changed behind the index's back: the read no longer verifies.

@@ -332,17 +332,23 @@ impl MirrorStore {
         Ok(&self.manifest)
     }
 
-    /// For each id, whether the store holds that chunk somewhere.
+    /// For each id, whether the store holds that chunk somewhere (or, on a
+    /// server, another tree of the same client is recorded to).
     ///
     /// # Errors
     /// [`Error::State`] if the index cannot be read.
     pub fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         let index = self.db.chunks()?;
-        let elsewhere = |id: &ChunkId| match &self.shared {
-            Some((shared, _)) => shared.contains(id),
-            None => Ok(false),
-        };
-        ids.iter().map(|id| Ok(index.contains(id)? || elsewhere(id)?)).collect()
+        let mut held = ids.iter().map(|id| index.contains(id)).collect::<Result<Vec<bool>>>()?;
+        // What this tree lacks may be in another tree of the same client.
+        if let Some((shared, _)) = &self.shared {
+            let missing: Vec<ChunkId> = ids.iter().zip(&held).filter(|(_, &h)| !h).map(|(id, _)| *id).collect();
+            let mut elsewhere = shared.contains_all(&missing)?.into_iter();
+            for h in held.iter_mut().filter(|h| !**h) {
+                *h = elsewhere.next().unwrap_or(false);
+            }
+        }
+        Ok(held)
     }
 }
 

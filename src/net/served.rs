@@ -211,9 +211,14 @@ pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &s
     let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
     let store = store.with_policy(config.metadata);
     let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
-    let store = match config.shared_index(client)? {
-        Some(index) => store.with_shared(index, path.clone()),
-        None => store,
+    // Without its index a push only sends more: never a reason to refuse it.
+    let store = match config.shared_index(client) {
+        Ok(Some(index)) => store.with_shared(index, path.clone()),
+        Ok(None) => store,
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "the client's chunk index is unavailable; sending everything");
+            store
+        }
     };
     let store = if config.history {
         let history = History::open(&config.history_dir())?;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use redb::{Builder, Database, MultimapTableDefinition, ReadableDatabase, ReadableMultimapTable};
 
@@ -90,6 +90,22 @@ impl SharedIndex {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).at(dir)?;
         }
+        match SharedIndex::open_as_is(path, root) {
+            // It holds only what later pushes save: a damaged one is moved
+            // aside and started afresh, as a tree's state database is.
+            Err(e) if super::state::is_damage(&e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".corrupt");
+                std::fs::rename(path, &aside).at(path)?;
+                tracing::warn!(database = %path.display(), error = %e,
+                    "a client's chunk index was damaged: moved it aside and starting a new one");
+                SharedIndex::open_as_is(path, root)
+            }
+            other => other,
+        }
+    }
+
+    fn open_as_is(path: &Path, root: &Path) -> Result<SharedIndex> {
         let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| Error::state(path, e))?;
         let index = SharedIndex { db, path: path.to_path_buf(), root: root.to_path_buf() };
         let txn = index.db.begin_write().map_err(|e| index.err(e))?;
@@ -182,25 +198,29 @@ fn open_beneath(root: &Path, tree: &RelPath, path: &RelPath) -> Option<File> {
     file.metadata().ok()?.is_file().then_some(file)
 }
 
-/// The index of each client, opened once per server process and shared by
-/// its sessions (a database file is opened once per process).
+/// The index of each client, shared by the sessions of a server process
+/// (a database file is opened once per process) while any of them runs:
+/// closed when the last one ends, so a damaged file is found at the next
+/// opening.
 #[derive(Clone, Debug, Default)]
 pub struct SharedIndexes {
-    open: Arc<Mutex<HashMap<PathBuf, Arc<SharedIndex>>>>,
+    open: Arc<Mutex<HashMap<PathBuf, Weak<SharedIndex>>>>,
 }
 
 impl SharedIndexes {
-    /// The index at `path` (for trees under `root`), opened on first use.
+    /// The index at `path` (for trees under `root`), opened if no session
+    /// holds it.
     ///
     /// # Errors
     /// As [`SharedIndex::open`].
     pub fn get(&self, path: &Path, root: &Path) -> Result<Arc<SharedIndex>> {
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(index) = open.get(path) {
-            return Ok(index.clone());
+        open.retain(|_, index| index.strong_count() > 0);
+        if let Some(index) = open.get(path).and_then(Weak::upgrade) {
+            return Ok(index);
         }
         let index = Arc::new(SharedIndex::open(path, root)?);
-        open.insert(path.to_path_buf(), index.clone());
+        open.insert(path.to_path_buf(), Arc::downgrade(&index));
         Ok(index)
     }
 }

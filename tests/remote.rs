@@ -397,8 +397,10 @@ fn wordy(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_compression_climbs_on_a_slow_link() {
     let tmp = TempDir::new().unwrap();
-    let client = Identity::generate().unwrap();
-    let server = start_server(&tmp, vec![client.fingerprint()]);
+    // One client per push: a client's tree already on the server is not
+    // sent again to another path, and each push here must send it all.
+    let clients: Vec<Identity> = (0..3).map(|_| Identity::generate().unwrap()).collect();
+    let server = start_server(&tmp, clients.iter().map(Identity::fingerprint).collect());
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     for i in 0..8 {
@@ -406,10 +408,10 @@ async fn auto_compression_climbs_on_a_slow_link() {
     }
     let pin = Some(server.id.fingerprint());
     let mut reports = Vec::new();
-    for (path, limit) in [("fast", None), ("slow", Some(512u64 << 10))] {
+    for (client, (path, limit)) in clients.iter().zip([("fast", None), ("slow", Some(512u64 << 10))]) {
         let url = RemoteUrl { authority: server.addr.to_string(), path: path.into() };
         let options = TransferOptions { bwlimit: Limiter::new(Rate(limit)), ..options(&tmp) };
-        let report = push(&src, &url, &client, pin, &options).await.unwrap();
+        let report = push(&src, &url, client, pin, &options).await.unwrap();
         assert_eq!(report.files_changed, 8);
         assert_eq!(std::fs::read(server.root.join(path).join("f3.txt")).unwrap(), wordy(1 << 20, 3));
         reports.push(report);
@@ -425,6 +427,6 @@ async fn auto_compression_climbs_on_a_slow_link() {
         compression: xfer::codec::Compression::Zstd { level: 2 },
         ..options(&tmp)
     };
-    let fixed = push(&src, &url, &client, pin, &options).await.unwrap();
+    let fixed = push(&src, &url, &clients[2], pin, &options).await.unwrap();
     assert_eq!((fixed.zstd_level_last, fixed.zstd_level_max), (Some(2), Some(2)));
 }

@@ -28,5 +28,6 @@ mod remote;
 mod resume;
 mod retention_schedule;
 mod session;
+mod shared_index;
 mod sparse_readonly;
 mod transport;

@@ -14,6 +14,7 @@ use super::access::Access;
 use super::admission::HANDSHAKE_TIMEOUT;
 use super::caps::Caps;
 use crate::fs::history::{History, SnapshotInfo};
+use crate::fs::store::shared::{SharedIndex, SharedIndexes};
 use crate::fs::store::{MetaPolicy, MirrorStore, Receiving};
 use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
@@ -75,6 +76,10 @@ pub struct ServeConfig {
     /// or delete, and a snapshot of each tree they leave
     /// ([`ServeConfig::history_dir`]).
     pub history: bool,
+    /// Each client's index of the chunks it pushed to any tree here, so a
+    /// tree pushed again elsewhere is not sent again; never consulted for
+    /// another client. Opened once per process, shared by its sessions.
+    pub shared: SharedIndexes,
 }
 
 impl ServeConfig {
@@ -95,6 +100,7 @@ impl ServeConfig {
             failures: None,
             congestion: super::Congestion::default(),
             history: true,
+            shared: SharedIndexes::default(),
         }
     }
 
@@ -123,6 +129,18 @@ impl ServeConfig {
             }
             ServerState::Outside(dir) => (dir.join(format!("{}.redb", &key[..32])), false),
         }
+    }
+
+    /// The chunk index of the client with fingerprint `client` (hex), in
+    /// `ROOT/.xfer/clients`; none for state kept outside the root (the
+    /// embedded server of a local push serves one tree).
+    pub(super) fn shared_index(&self, client: &str) -> crate::Result<Option<Arc<SharedIndex>>> {
+        if self.state != ServerState::InRoot {
+            return Ok(None);
+        }
+        let key = blake3::hash(client.as_bytes()).to_hex();
+        let path = self.root.join(SERVER_STATE_DIR).join("clients").join(format!("{}.redb", &key[..32]));
+        self.shared.get(&path, &self.root).map(Some)
     }
 
     /// Refuses `path` when it lies in the server's own state.
@@ -193,6 +211,15 @@ pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &s
     let store = MirrorStore::open(&path.to_path(&config.root), &state).map_err(|e| busy_or(e, &path))?;
     let store = store.with_policy(config.metadata);
     let store = if path.is_root() && reserve { store.with_reserved(SERVER_STATE_DIR.as_bytes()) } else { store };
+    // Without its index a push only sends more: never a reason to refuse it.
+    let store = match config.shared_index(client) {
+        Ok(Some(index)) => store.with_shared(index, path.clone()),
+        Ok(None) => store,
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "the client's chunk index is unavailable; sending everything");
+            store
+        }
+    };
     let store = if config.history {
         let history = History::open(&config.history_dir())?;
         let info = SnapshotInfo {

@@ -7,6 +7,7 @@
 
 mod lock;
 mod mirror;
+pub mod shared;
 pub mod state;
 
 pub(crate) use lock::canonical_missing;

@@ -492,7 +492,7 @@ impl StateDb {
 /// Whether `error` says the database file is damaged or no database at
 /// all (redb reports a file without its magic number as invalid data),
 /// rather than held, unreadable or on a failing disk.
-fn is_damage(error: &Error) -> bool {
+pub(crate) fn is_damage(error: &Error) -> bool {
     let Error::State { source, .. } = error else { return false };
     match &**source {
         redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,

@@ -122,6 +122,7 @@ impl MirrorStore {
         self.step()?;
         self.db.update_with_metas(&batch.upserts, &batch.removals, &batch.metas)?;
         crate::crashpoint::hit("commit.recorded");
+        self.share_batch(batch);
         report.meta_kept += batch.metas.iter().filter(|(_, record)| record.is_some()).count() as u64;
         batch.upserts.clear();
         batch.removals.clear();
@@ -277,5 +278,17 @@ pub(super) fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e == Errno::INVAL || e == Errno::NOSYS || e == Errno::OPNOTSUPP => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+impl MirrorStore {
+    /// Records the batch's files in the client's index of its trees. Its
+    /// failure costs only later savings, never this push: it is logged.
+    fn share_batch(&self, batch: &Batch) {
+        let Some((shared, tree)) = &self.shared else { return };
+        let files = batch.upserts.iter().map(|(path, record)| (path, &record.digest));
+        if let Err(e) = shared.record(tree, files) {
+            tracing::warn!(error = %e, "the client's chunk index was not updated; later pushes may resend chunks");
+        }
     }
 }

@@ -166,7 +166,7 @@ impl MirrorStore {
             let local = match own.get(&chunk.id).or(lent).or(batch.received.get(&chunk.id)) {
                 Some((from, at, len)) => reader.read_verified(from, *at, *len, &chunk.id),
                 None => self.read_local(&index, chunk, &mut reader).map(|(bytes, loc)| {
-                    anchor = Some((loc, offset));
+                    anchor = loc.map(|loc| (loc, offset)).or(anchor.take());
                     bytes
                 }),
             };
@@ -420,23 +420,27 @@ impl MirrorStore {
         Ok(())
     }
 
-    /// Reads `chunk` from some file that holds it, verifying its hash.
+    /// Reads `chunk` from some file that holds it, verifying its hash: in
+    /// this tree (with where), else in another tree of the same client.
     pub(super) fn read_local(
         &self,
         index: &crate::fs::store::state::ChunkIndex<'_>,
         chunk: &ChunkRef,
         reader: &mut SourceReader,
-    ) -> Option<(Vec<u8>, ChunkLoc)> {
+    ) -> Option<(Vec<u8>, Option<ChunkLoc>)> {
         let locations = index.locations(&chunk.id).ok()?;
         for loc in locations {
             if loc.len != chunk.len {
                 continue;
             }
             if let Some(bytes) = reader.read_verified(&self.abs(&loc.path), loc.offset, loc.len, &chunk.id) {
-                return Some((bytes, loc));
+                return Some((bytes, Some(loc)));
             }
         }
-        None
+        // Not in this tree: perhaps in another of the same client's. No
+        // anchor from there (deltas draw on this tree's old bytes only).
+        let (shared, _) = self.shared.as_ref()?;
+        shared.read(chunk).map(|bytes| (bytes, None))
     }
 
     /// Where the receiver's old bytes most likely to resemble a missing

@@ -22,8 +22,10 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::lock::TreeLock;
+use super::shared::SharedIndex;
 use super::state::StateDb;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::scan::{self, is_reserved_name, IdNames, ScanOptions, TEMP_PREFIX};
@@ -108,6 +110,9 @@ pub struct MirrorStore {
     unlocked: HashMap<PathBuf, Unlocked>,
     /// Where old versions and snapshots go, if this tree keeps history.
     keeper: Option<keep::Keeper>,
+    /// The pushing client's index of its other trees, and this tree's
+    /// path among them.
+    shared: Option<(Arc<SharedIndex>, RelPath)>,
 }
 
 /// A directory opened up for writing: the mode it had, and which directory
@@ -148,6 +153,7 @@ impl MirrorStore {
             steps: 0,
             unlocked: HashMap::new(),
             keeper: None,
+            shared: None,
         })
     }
 
@@ -155,6 +161,13 @@ impl MirrorStore {
     /// [`MetaPolicy::Faithful`]).
     pub fn with_policy(mut self, policy: MetaPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Consults `index` (its client's chunks in other trees) for chunks this
+    /// tree lacks, and records there what each batch commits, as `tree`.
+    pub fn with_shared(mut self, index: Arc<SharedIndex>, tree: RelPath) -> Self {
+        self.shared = Some((index, tree));
         self
     }
 
@@ -319,13 +332,24 @@ impl MirrorStore {
         Ok(&self.manifest)
     }
 
-    /// For each id, whether the store holds that chunk somewhere.
+    /// For each id, whether the store holds that chunk somewhere (or, on a
+    /// server, another tree of the same client is recorded to).
     ///
     /// # Errors
     /// [`Error::State`] if the index cannot be read.
     pub fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
         let index = self.db.chunks()?;
-        ids.iter().map(|id| index.contains(id)).collect()
+        let mut held = ids.iter().map(|id| index.contains(id)).collect::<Result<Vec<bool>>>()?;
+        // What this tree lacks may be in another tree of the same client.
+        if let Some((shared, _)) = &self.shared {
+            let missing: Vec<ChunkId> = ids.iter().zip(&held).filter(|(_, &h)| !h).map(|(id, _)| *id).collect();
+            // Unreadable, it saves nothing this time; the push goes on.
+            let mut elsewhere = shared.contains_all(&missing).unwrap_or_default().into_iter();
+            for h in held.iter_mut().filter(|h| !**h) {
+                *h = elsewhere.next().unwrap_or(false);
+            }
+        }
+        Ok(held)
     }
 }
 

@@ -1,0 +1,115 @@
+//! One chunk index per client on a server: a tree a client pushed once is
+//! not sent again when the same client pushes it to another path, while
+//! another client learns nothing of it and sends everything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use xfer::net::access::Access;
+use xfer::net::admission::serve;
+use xfer::net::identity::{Fingerprint, Identity};
+use xfer::net::served::ServeConfig;
+use xfer::net::{server_endpoint, Tuning};
+use xfer::usecase::{push::push, RemoteUrl, Report, TransferOptions};
+
+use crate::util::{assert_same_tree, read_tree, seeded};
+
+/// Files of the tree: (path, size); 5 MiB in all, random, two directories.
+const FILES: [(&str, usize); 5] =
+    [("f0", 1 << 20), ("f1", 1 << 20), ("sub/f2", 1 << 20), ("sub/f3", 1 << 20), ("sub/deeper/f4", 1 << 20)];
+const TOTAL: u64 = 5 << 20;
+
+struct Server {
+    id: Fingerprint,
+    addr: std::net::SocketAddr,
+    root: PathBuf,
+}
+
+fn start_server(tmp: &TempDir, clients: &[Fingerprint]) -> Server {
+    let id = Identity::generate().unwrap();
+    let root = tmp.path().join("served");
+    std::fs::create_dir(&root).unwrap();
+    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), Access::allow(clients)))));
+    Server { id: id.fingerprint(), addr, root }
+}
+
+fn source(tmp: &TempDir) -> PathBuf {
+    let src = tmp.path().join("src");
+    for (n, (path, len)) in FILES.iter().enumerate() {
+        let file = src.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, seeded(*len, 100 + n as u64)).unwrap();
+    }
+    src
+}
+
+async fn push_to(tmp: &TempDir, server: &Server, client: &Identity, src: &Path, path: &str) -> Report {
+    let url = RemoteUrl { authority: server.addr.to_string(), path: path.into() };
+    let state = tmp.path().join(format!("client-state-{}", &client.fingerprint().to_string()[..8]));
+    let options = TransferOptions { delete: true, ..TransferOptions::new(state) };
+    let report = push(src, &url, client, Some(server.id), &options).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_same_tree(&read_tree(&server.root.join(path)), &read_tree(src));
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_client_second_path_sends_no_chunks_other_client_sends_all() {
+    let tmp = TempDir::new().unwrap();
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server = start_server(&tmp, &[alice.fingerprint(), bob.fingerprint()]);
+    let src = source(&tmp);
+
+    let first = push_to(&tmp, &server, &alice, &src, "a").await;
+    assert!(first.bytes_sent >= TOTAL, "first push sent {} of {TOTAL}", first.bytes_sent);
+
+    let second = push_to(&tmp, &server, &alice, &src, "b").await;
+    println!(
+        "shared_index: /a sent {} bytes, /b sent {} bytes ({} chunks), {} chunks reused",
+        first.bytes_sent, second.bytes_sent, second.chunks_sent, second.chunks_reused
+    );
+    assert_eq!(second.chunks_sent, 0, "the same client's tree on /a held every chunk");
+    assert!(second.bytes_sent < TOTAL / 100, "{} bytes sent again", second.bytes_sent);
+    assert!(second.wire_bytes_sent < TOTAL / 10, "{} bytes on the wire", second.wire_bytes_sent);
+
+    // Another client: nothing of alice's trees counts, nothing is reused.
+    let other = push_to(&tmp, &server, &bob, &src, "c").await;
+    assert!(other.bytes_sent >= TOTAL, "bob sent {} of {TOTAL}", other.bytes_sent);
+    assert_eq!(other.chunks_reused, 0, "bob's push drew on alice's chunks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_file_changed_behind_our_back_is_sent_again() {
+    let tmp = TempDir::new().unwrap();
+    let alice = Identity::generate().unwrap();
+    let server = start_server(&tmp, &[alice.fingerprint()]);
+    let src = source(&tmp);
+    push_to(&tmp, &server, &alice, &src, "a").await;
+
+    // Same size, other bytes: every chunk recorded for /a/f1 is stale.
+    std::fs::write(server.root.join("a/f1"), seeded(1 << 20, 999)).unwrap();
+    let second = push_to(&tmp, &server, &alice, &src, "b").await;
+    assert!(second.bytes_sent >= 1 << 20, "f1 was not sent again: {} bytes", second.bytes_sent);
+    assert!(second.bytes_sent < 2 << 20, "more than f1 was sent: {} bytes", second.bytes_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_never_reads_through_a_symlink_out_of_the_root() {
+    let tmp = TempDir::new().unwrap();
+    let alice = Identity::generate().unwrap();
+    let server = start_server(&tmp, &[alice.fingerprint()]);
+    let src = source(&tmp);
+    push_to(&tmp, &server, &alice, &src, "a").await;
+
+    // /a/sub becomes a link to a copy outside the root holding the very
+    // same bytes: they are there, but must not be read through the link.
+    let outside = tmp.path().join("outside-sub");
+    std::fs::rename(server.root.join("a/sub"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, server.root.join("a/sub")).unwrap();
+    let second = push_to(&tmp, &server, &alice, &src, "b").await;
+    assert!(second.bytes_sent >= 3 << 20, "chunks were read through a/sub: {} bytes sent", second.bytes_sent);
+    assert!(second.bytes_sent < 4 << 20, "f0 and f1 were sent again: {} bytes", second.bytes_sent);
+}

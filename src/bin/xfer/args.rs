@@ -193,32 +193,57 @@ $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
     },
 }
 
+/// A retention policy, as `xfer forget` and `xfer serve` take it.
+#[derive(clap::Args)]
+pub struct KeepFlags {
+    /// Keep the newest N snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days (UTC).
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot at most this much older than the newest, e.g.
+    /// 36h, 30d, 8w, 6m, 1y6m (h hours, d days, w weeks, m months of 31
+    /// days, y years of 366 days; terms add up).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+impl KeepFlags {
+    /// The policy these flags give (an empty one when none is set).
+    pub fn policy(&self) -> anyhow::Result<xfer::KeepPolicy> {
+        let within_secs = self.keep_within.as_deref().map(xfer::parse_within).transpose()?;
+        Ok(xfer::KeepPolicy {
+            last: self.keep_last.unwrap_or(0),
+            hourly: self.keep_hourly.unwrap_or(0),
+            daily: self.keep_daily.unwrap_or(0),
+            weekly: self.keep_weekly.unwrap_or(0),
+            monthly: self.keep_monthly.unwrap_or(0),
+            yearly: self.keep_yearly.unwrap_or(0),
+            within_secs,
+        })
+    }
+}
+
 /// `xfer serve`'s retention: the default policy, per-tree policies and
 /// how often they are applied.
 #[derive(clap::Args)]
 pub struct ServeRetention {
-    /// Every tree keeps its newest N snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<u32>,
-    /// Every tree keeps the newest snapshot of each of its last N hours.
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<u32>,
-    /// Likewise per day (UTC).
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Likewise per ISO week.
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<u32>,
-    /// Likewise per month.
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<u32>,
-    /// Likewise per year.
-    #[arg(long, value_name = "N")]
-    pub keep_yearly: Option<u32>,
-    /// Every tree keeps each snapshot at most this much older than its
-    /// newest: h, d, w, m (months), y, e.g. 30d or 1y6m.
-    #[arg(long, value_name = "DURATION")]
-    pub keep_within: Option<String>,
+    /// The policy of every tree no `--retention` line covers.
+    #[command(flatten)]
+    pub keep: KeepFlags,
     /// Per-tree policies, one line per tree prefix:
     /// `/laptop daily=7 weekly=4 within=30d` (`#` comments; the longest
     /// matching prefix wins over the --keep-* flags).
@@ -266,29 +291,8 @@ pub struct ForgetArgs {
     /// Snapshot ids to forget (4 or more hex digits of each).
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
-    /// Keep the newest N snapshots.
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<u32>,
-    /// Keep the newest snapshot of each of the last N hours that have one.
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N days (UTC).
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest snapshot of each of the last N ISO weeks.
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N months.
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest snapshot of each of the last N years.
-    #[arg(long, value_name = "N")]
-    pub keep_yearly: Option<u32>,
-    /// Keep every snapshot at most this much older than the newest, e.g.
-    /// 36h, 30d, 8w, 6m, 1y6m (h hours, d days, w weeks, m months of 31
-    /// days, y years of 366 days; terms add up).
-    #[arg(long, value_name = "DURATION")]
-    pub keep_within: Option<String>,
+    #[command(flatten)]
+    pub keep: KeepFlags,
     /// Say what would be kept and forgotten, forget nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::bail;
-use xfer::{default_state_dir, Client, Forgetting, KeepPolicy, PruneReport, SnapshotRecord, TransferError};
+use xfer::{default_state_dir, Client, Forgetting, PruneReport, SnapshotRecord, TransferError};
 
 use crate::args::{ForgetArgs, HistoryArgs};
 use crate::config::{Config, Target};
@@ -107,7 +107,7 @@ fn line(r: &SnapshotRecord) -> String {
 
 /// `xfer forget TARGET [ID...] [--keep-* ...]`.
 pub(crate) fn forget(args: &ForgetArgs) -> anyhow::Result<ExitCode> {
-    let policy = policy(args)?;
+    let policy = args.keep.policy()?;
     let runtime = runtime()?;
     let done = match (args.ids.is_empty(), policy.is_empty()) {
         (false, false) => bail!("give snapshot ids or a --keep-* policy, not both"),
@@ -163,20 +163,6 @@ fn report_forget(done: &Forgetting, args: &ForgetArgs) {
             args.target.target.display()
         );
     }
-}
-
-/// The retention policy the `--keep-*` flags give.
-fn policy(args: &ForgetArgs) -> anyhow::Result<KeepPolicy> {
-    let within_secs = args.keep_within.as_deref().map(xfer::parse_within).transpose()?;
-    Ok(KeepPolicy {
-        last: args.keep_last.unwrap_or(0),
-        hourly: args.keep_hourly.unwrap_or(0),
-        daily: args.keep_daily.unwrap_or(0),
-        weekly: args.keep_weekly.unwrap_or(0),
-        monthly: args.keep_monthly.unwrap_or(0),
-        yearly: args.keep_yearly.unwrap_or(0),
-        within_secs,
-    })
 }
 
 /// `xfer prune TARGET`.

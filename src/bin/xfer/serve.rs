@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use xfer::{
-    parse_within, Access, Congestion, Fingerprint, Identity, KeepPolicy, Rate, Retention, RetentionTable, Server,
-    ServerOptions, Timetable, DEFAULT_PRUNE_EVERY,
+    Access, Congestion, Fingerprint, Identity, Rate, Retention, RetentionTable, Server, ServerOptions, Timetable,
+    DEFAULT_PRUNE_EVERY,
 };
 
 use crate::args::ServeRetention;
@@ -97,16 +97,7 @@ pub(crate) fn serve(
 
 /// The retention `xfer serve`'s flags and `--retention` file give.
 pub(crate) fn retention(args: &ServeRetention) -> anyhow::Result<Retention> {
-    let within_secs = args.keep_within.as_deref().map(parse_within).transpose().context("--keep-within")?;
-    let flags = KeepPolicy {
-        last: args.keep_last.unwrap_or(0),
-        hourly: args.keep_hourly.unwrap_or(0),
-        daily: args.keep_daily.unwrap_or(0),
-        weekly: args.keep_weekly.unwrap_or(0),
-        monthly: args.keep_monthly.unwrap_or(0),
-        yearly: args.keep_yearly.unwrap_or(0),
-        within_secs,
-    };
+    let flags = args.keep.policy().context("--keep-within")?;
     let table = match &args.retention {
         Some(file) => {
             let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;

@@ -330,10 +330,11 @@ pub fn check_selector(selector: &str) -> Result<(), TransferError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record(id: &str, tree: &str, time: i64) -> SnapshotRecord {
+    /// A snapshot record with only what the judging reads.
+    pub(in crate::usecase) fn record(id: &str, tree: &str, time: i64) -> SnapshotRecord {
         SnapshotRecord {
             id: id.into(),
             time,

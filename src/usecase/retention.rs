@@ -117,24 +117,7 @@ pub fn apply(dir: &Path, retention: &Retention, stop: &CancellationToken) -> Res
 mod tests {
     use super::*;
 
-    fn record(id: &str, tree: &str, time: i64) -> SnapshotRecord {
-        SnapshotRecord {
-            id: id.into(),
-            time,
-            nanos: 0,
-            time_text: String::new(),
-            tree: tree.into(),
-            client: String::new(),
-            host: String::new(),
-            source: String::new(),
-            tags: vec![],
-            partial: false,
-            files: 0,
-            dirs: 0,
-            bytes: 0,
-            root: String::new(),
-        }
-    }
+    use crate::usecase::history::tests::record;
 
     #[test]
     fn each_tree_follows_its_own_policy_and_uncovered_trees_keep_all() {

@@ -451,7 +451,18 @@ impl ServerOptions {
             congestion: Congestion::default(),
             clock: None,
             retention: Retention::default(),
+            dedup_across_clients: false,
         })
+    }
+
+    /// Dedups across clients: a push is not sent the chunks any client
+    /// already stored on this server (off by default, each client's own
+    /// only). A client can then learn that the server holds a chunk it
+    /// never sent, i.e. that another client stored the same content: for
+    /// clients that trust each other, such as one organisation's machines.
+    pub fn dedup_across_clients(mut self, on: bool) -> Self {
+        self.0.dedup_across_clients = on;
+        self
     }
 
     /// The trees' retention policies and how often the server applies

@@ -1,6 +1,7 @@
 //! One chunk index per client on a server: a tree a client pushed once is
 //! not sent again when the same client pushes it to another path, while
-//! another client learns nothing of it and sends everything.
+//! another client learns nothing of it and sends everything, unless the
+//! server dedups across clients (`serve --dedup-across-clients`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,12 +28,18 @@ struct Server {
 }
 
 fn start_server(tmp: &TempDir, clients: &[Fingerprint]) -> Server {
+    start_server_with(tmp, clients, false)
+}
+
+fn start_server_with(tmp: &TempDir, clients: &[Fingerprint], across_clients: bool) -> Server {
     let id = Identity::generate().unwrap();
     let root = tmp.path().join("served");
     std::fs::create_dir(&root).unwrap();
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    tokio::spawn(serve(endpoint, Arc::new(ServeConfig::new(root.clone(), Access::allow(clients)))));
+    let config =
+        ServeConfig { dedup_across_clients: across_clients, ..ServeConfig::new(root.clone(), Access::allow(clients)) };
+    tokio::spawn(serve(endpoint, Arc::new(config)));
     Server { id: id.fingerprint(), addr, root }
 }
 
@@ -112,4 +119,54 @@ async fn index_never_reads_through_a_symlink_out_of_the_root() {
     let second = push_to(&tmp, &server, &alice, &src, "b").await;
     assert!(second.bytes_sent >= 3 << 20, "chunks were read through a/sub: {} bytes sent", second.bytes_sent);
     assert!(second.bytes_sent < 4 << 20, "f0 and f1 were sent again: {} bytes", second.bytes_sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_clients_another_client_sends_no_chunks() {
+    let tmp = TempDir::new().unwrap();
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], true);
+    let src = source(&tmp);
+
+    let first = push_to(&tmp, &server, &alice, &src, "a").await;
+    assert!(first.bytes_sent >= TOTAL, "first push sent {} of {TOTAL}", first.bytes_sent);
+
+    // Bob never sent any of it; the server-wide index holds alice's /a.
+    let other = push_to(&tmp, &server, &bob, &src, "b").await;
+    println!(
+        "shared_index across clients: alice /a sent {} bytes, bob /b sent {} bytes ({} chunks, {} wire), {} chunks reused",
+        first.bytes_sent, other.bytes_sent, other.chunks_sent, other.wire_bytes_sent, other.chunks_reused
+    );
+    assert_eq!(other.chunks_sent, 0, "alice's tree on /a held every chunk");
+    assert!(other.chunks_reused > 0, "bob's push reused nothing");
+    assert!(other.bytes_sent < TOTAL / 100, "{} bytes sent again", other.bytes_sent);
+    assert!(other.wire_bytes_sent < TOTAL / 10, "{} bytes on the wire", other.wire_bytes_sent);
+    assert!(server.root.join(".xfer/clients/all.redb").is_file(), "no server-wide index");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_clients_file_changed_behind_our_back_is_sent_again_and_its_places_dropped() {
+    let tmp = TempDir::new().unwrap();
+    let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], true);
+    let src = source(&tmp);
+    // Four copies: every chunk of f1 has as many places as the index keeps.
+    let copies = ["a1", "a2", "a3", "a4"];
+    for copy in copies {
+        push_to(&tmp, &server, &alice, &src, copy).await;
+    }
+
+    // Same size, other bytes: every place of f1's chunks is stale, and
+    // bob's push must not trust them.
+    for copy in copies {
+        std::fs::write(server.root.join(copy).join("f1"), seeded(1 << 20, 999)).unwrap();
+    }
+    let second = push_to(&tmp, &server, &bob, &src, "b").await;
+    assert!(second.bytes_sent >= 1 << 20, "f1 was not sent again: {} bytes", second.bytes_sent);
+    assert!(second.bytes_sent < 2 << 20, "more than f1 was sent: {} bytes", second.bytes_sent);
+
+    // The stale places were dropped when found, which made room for /b's:
+    // kept, they would fill every slot and /c would need f1 sent again.
+    let third = push_to(&tmp, &server, &alice, &src, "c").await;
+    assert_eq!(third.chunks_sent, 0, "{} chunks sent for /c: /b's f1 was not recorded", third.chunks_sent);
 }

@@ -78,8 +78,14 @@ pub struct ServeConfig {
     pub history: bool,
     /// Each client's index of the chunks it pushed to any tree here, so a
     /// tree pushed again elsewhere is not sent again; never consulted for
-    /// another client. Opened once per process, shared by its sessions.
+    /// another client unless [`ServeConfig::dedup_across_clients`]. Opened
+    /// once per process, shared by its sessions.
     pub shared: SharedIndexes,
+    /// One chunk index for every client (`serve --dedup-across-clients`):
+    /// a push is not sent what any client stored here. Off by default: a
+    /// client then learns that the server holds a chunk it never sent,
+    /// i.e. that another client stored the same content.
+    pub dedup_across_clients: bool,
 }
 
 impl ServeConfig {
@@ -101,6 +107,7 @@ impl ServeConfig {
             congestion: super::Congestion::default(),
             history: true,
             shared: SharedIndexes::default(),
+            dedup_across_clients: false,
         }
     }
 
@@ -132,15 +139,26 @@ impl ServeConfig {
     }
 
     /// The chunk index of the client with fingerprint `client` (hex), in
-    /// `ROOT/.xfer/clients`; none for state kept outside the root (the
+    /// `ROOT/.xfer/clients`, or the server-wide `all.redb` there when
+    /// dedup is across clients; none for state kept outside the root (the
     /// embedded server of a local push serves one tree).
     pub(super) fn shared_index(&self, client: &str) -> crate::Result<Option<Arc<SharedIndex>>> {
         if self.state != ServerState::InRoot {
             return Ok(None);
         }
-        let key = blake3::hash(client.as_bytes()).to_hex();
-        let path = self.root.join(SERVER_STATE_DIR).join("clients").join(format!("{}.redb", &key[..32]));
-        self.shared.get(&path, &self.root).map(Some)
+        let clients = self.root.join(SERVER_STATE_DIR).join("clients");
+        // One server-wide index rather than consulting every client's: one
+        // lookup and one write per batch whatever the number of clients,
+        // and no database per client held open by each session. As safe:
+        // reads are verified and confined to real directories either way.
+        // The per-client files are left as they are (used again if the
+        // option goes off); "all" never collides with their hex names.
+        let name = if self.dedup_across_clients {
+            "all.redb".to_string()
+        } else {
+            format!("{}.redb", &blake3::hash(client.as_bytes()).to_hex()[..32])
+        };
+        self.shared.get(&clients.join(name), &self.root).map(Some)
     }
 
     /// Refuses `path` when it lies in the server's own state.

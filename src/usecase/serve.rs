@@ -49,6 +49,8 @@ pub struct ServeSettings {
     pub clock: Option<Clock>,
     /// The trees' retention policies, applied on their schedule.
     pub retention: Retention,
+    /// One chunk index for all clients ([`ServeConfig::dedup_across_clients`]).
+    pub dedup_across_clients: bool,
 }
 
 /// A running server.
@@ -108,6 +110,7 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
     config.handshake_timeout = settings.handshake_timeout;
     config.congestion = settings.congestion;
     config.audit = audit;
+    config.dedup_across_clients = settings.dedup_across_clients;
     let pacer = settings.total.clone().map(|timetable| pace(&mut config, timetable, settings.clock.clone()));
     let shutdown = config.shutdown.clone();
     let pruner = schedule_retention(&config, settings.retention);

@@ -136,6 +136,14 @@ tree's path and --root ROOT.")]
         /// [default: ROOT/.xfer/audit.jsonl]
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
+        /// Dedup across clients: a push is not sent chunks any client
+        /// already stored here (by default only the pushing client's own
+        /// count). It costs privacy: a client can learn that the server holds
+        /// a chunk it never sent, i.e. that another client stored the same
+        /// content. Use it only when clients trust each other (one
+        /// organisation's machines).
+        #[arg(long)]
+        dedup_across_clients: bool,
         #[command(flatten)]
         retention: ServeRetention,
     },

@@ -142,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             audit_log,
             max_sessions,
             idle_timeout,
+            dedup_across_clients,
             retention,
         } => {
             let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
@@ -157,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_sessions,
                 idle_timeout: Duration::from_secs(idle_timeout),
                 congestion: congestion.or(configured).unwrap_or_default(),
+                dedup_across_clients,
             };
             let retention = serve::retention(&retention)?;
             serve(root, listen, grants, config_dir, limits, audit_log, retention)

@@ -22,6 +22,8 @@ pub(crate) struct ServeLimits {
     pub(crate) max_sessions: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) congestion: Congestion,
+    /// Whether a push draws on every client's chunks, not only its own.
+    pub(crate) dedup_across_clients: bool,
 }
 
 /// The clients `xfer serve` admits: `--allow` and `--authorized-clients`
@@ -66,6 +68,7 @@ pub(crate) fn serve(
         .max_sessions(limits.max_sessions)
         .idle_timeout(limits.idle_timeout)
         .congestion(limits.congestion)
+        .dedup_across_clients(limits.dedup_across_clients)
         .retention(retention);
     let options = match audit_log {
         Some(path) => options.audit_log(path),
@@ -79,6 +82,9 @@ pub(crate) fn serve(
         let server = Server::start(listen, &identity, options)
             .with_context(|| format!("serve {} on {listen}", root.display()))?;
         eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
+        if limits.dedup_across_clients {
+            eprintln!("xfer: dedup across clients: a client can learn that another stored the same content");
+        }
         if let Some(every) = schedule {
             eprintln!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
         }

@@ -2,10 +2,19 @@
 //! tree pushed again to a new path is built from the chunks this client
 //! already sent to another, without sending them again.
 //!
-//! Per client on purpose: "the server holds this chunk" answered from
-//! another client's trees would tell a client what others stored. Entries
-//! may be stale (files change or go behind its back): every read is
-//! re-hashed, and a chunk that does not verify is simply missing.
+//! Per client by default: "the server holds this chunk" answered from
+//! another client's trees would tell a client what others stored. A server
+//! whose clients trust each other may keep one index for all of them
+//! (`serve --dedup-across-clients`); the index itself is the same.
+//!
+//! Entries may be stale (files change or go behind its back): every read is
+//! re-hashed, and a chunk that does not verify is simply missing. A place a
+//! read finds stale is removed (batched, at the next record or when the
+//! last session lets the index go), so stale places do not hold the few
+//! slots a chunk has. Deleted trees and files are not looked up: their
+//! entries go when a push next asks for one of their chunks. The index is
+//! thus bounded by [`MAX_LOCATIONS`] places per distinct chunk ever
+//! recorded, whatever the number of pushes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -30,11 +39,27 @@ const MAX_LOCATIONS: usize = 4;
 /// Cache of a client's index database (it is read chunk by chunk).
 const CACHE_BYTES: usize = 16 << 20;
 
+/// Stale places held for removal before a read removes them itself: the
+/// batch stays small in memory, and one write transaction serves many.
+const MAX_STALE: usize = 4096;
+
 /// A client's chunk index on a server whose trees live under `root`.
 pub struct SharedIndex {
     db: Database,
     path: PathBuf,
     root: PathBuf,
+    /// Places reads found stale (chunk id, encoded place), removed by the
+    /// next write transaction rather than one per chunk.
+    stale: Mutex<Vec<([u8; 32], Vec<u8>)>>,
+}
+
+/// Why a recorded place gave no chunk.
+enum Miss {
+    /// It no longer holds it (gone, changed, shorter, or reached only
+    /// through something other than real directories): drop the place.
+    Stale,
+    /// It could not be read now (permissions, out of file handles): keep it.
+    Unreadable,
 }
 
 impl std::fmt::Debug for SharedIndex {
@@ -107,7 +132,8 @@ impl SharedIndex {
 
     fn open_as_is(path: &Path, root: &Path) -> Result<SharedIndex> {
         let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| Error::state(path, e))?;
-        let index = SharedIndex { db, path: path.to_path_buf(), root: root.to_path_buf() };
+        let index =
+            SharedIndex { db, path: path.to_path_buf(), root: root.to_path_buf(), stale: Mutex::new(Vec::new()) };
         let txn = index.db.begin_write().map_err(|e| index.err(e))?;
         txn.open_multimap_table(CHUNKS).map_err(|e| index.err(e))?;
         txn.commit().map_err(|e| index.err(e))?;
@@ -118,14 +144,23 @@ impl SharedIndex {
         Error::state(&self.path, e)
     }
 
-    /// Records where the chunks of `files`, just committed to `tree`, are.
+    /// Records where the chunks of `files`, just committed to `tree`, are,
+    /// and removes the places reads found stale since the last write.
     ///
     /// # Errors
-    /// [`Error::State`] if the transaction fails; the index is then as before.
+    /// [`Error::State`] if the transaction fails; the index is then as
+    /// before (stale places not removed are found again by a later read).
     pub fn record<'a>(&self, tree: &RelPath, files: impl Iterator<Item = (&'a RelPath, &'a FileDigest)>) -> Result<()> {
+        let stale = self.take_stale();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
+            // Removed first: a place this very batch records again stays.
+            // One another session recorded again since the read is lost
+            // (a missed saving, never a wrong byte: reads verify).
+            for (id, loc) in &stale {
+                table.remove(id, loc.as_slice()).map_err(|e| self.err(e))?;
+            }
             for (path, digest) in files {
                 let mut offset = 0u64;
                 for chunk in &digest.chunks {
@@ -153,36 +188,130 @@ impl SharedIndex {
         ids.iter().map(|id| Ok(!table.get(&id.0).map_err(|e| self.err(e))?.is_empty())).collect()
     }
 
-    fn locations(&self, id: &ChunkId) -> Result<Vec<SharedLoc>> {
+    /// The places recorded for `id`, as stored (to remove one) and decoded
+    /// (`None`: damaged).
+    fn locations(&self, id: &ChunkId) -> Result<Vec<(Vec<u8>, Option<SharedLoc>)>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
         let mut locs = Vec::new();
         for value in table.get(&id.0).map_err(|e| self.err(e))? {
-            locs.extend(SharedLoc::decode(value.map_err(|e| self.err(e))?.value()));
+            let raw = value.map_err(|e| self.err(e))?.value().to_vec();
+            let loc = SharedLoc::decode(&raw);
+            locs.push((raw, loc));
         }
         Ok(locs)
     }
 
     /// The bytes of `chunk` from one of the recorded places, only if they
     /// hash to its id; `None` otherwise (stale, unreadable, or a path that
-    /// does not lead through real directories under the root).
+    /// does not lead through real directories under the root). The stale
+    /// places tried are removed later, in one write with others.
     pub fn read(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
         let locs = self.locations(&chunk.id).ok()?;
-        locs.iter().filter(|loc| loc.len == chunk.len).find_map(|loc| {
-            let file = open_beneath(&self.root, &loc.tree, &loc.path)?;
-            let mut bytes = vec![0u8; loc.len as usize];
-            file.read_exact_at(&mut bytes, loc.offset).ok()?;
-            (ChunkId::of(&bytes) == chunk.id).then_some(bytes)
-        })
+        let mut stale = Vec::new();
+        let mut found = None;
+        for (raw, loc) in locs {
+            // Another length is not this chunk's place: left as it is.
+            let result = match &loc {
+                None => Err(Miss::Stale),
+                Some(loc) if loc.len != chunk.len => continue,
+                Some(loc) => self.read_at(loc, &chunk.id),
+            };
+            match result {
+                Ok(bytes) => {
+                    found = Some(bytes);
+                    break;
+                }
+                Err(Miss::Stale) => stale.push((chunk.id.0, raw)),
+                Err(Miss::Unreadable) => {}
+            }
+        }
+        if !stale.is_empty() {
+            self.drop_later(stale);
+        }
+        found
+    }
+
+    /// The chunk `id` at `loc`, verified.
+    fn read_at(&self, loc: &SharedLoc, id: &ChunkId) -> std::result::Result<Vec<u8>, Miss> {
+        let file = open_beneath(&self.root, &loc.tree, &loc.path)?;
+        let mut bytes = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut bytes, loc.offset).map_err(|e| miss(&e))?;
+        if ChunkId::of(&bytes) == *id {
+            Ok(bytes)
+        } else {
+            Err(Miss::Stale)
+        }
+    }
+
+    /// Holds `stale` places for the next write; past [`MAX_STALE`] held,
+    /// removes them all now.
+    fn drop_later(&self, stale: Vec<([u8; 32], Vec<u8>)>) {
+        let full = {
+            let mut held = self.stale.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.extend(stale);
+            held.len() >= MAX_STALE
+        };
+        if full {
+            self.remove_stale();
+        }
+    }
+
+    fn take_stale(&self) -> Vec<([u8; 32], Vec<u8>)> {
+        std::mem::take(&mut *self.stale.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Removes the stale places held, in one write. A failure only leaves
+    /// them to be found again: logged, never a session's error.
+    pub fn remove_stale(&self) {
+        let stale = self.take_stale();
+        if stale.is_empty() {
+            return;
+        }
+        let removed = (|| -> Result<()> {
+            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
+                for (id, loc) in &stale {
+                    table.remove(id, loc.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.err(e))
+        })();
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "stale places were not removed from a chunk index; later reads find them again");
+        }
+    }
+}
+
+impl Drop for SharedIndex {
+    /// The last session has let the index go: what its reads found stale
+    /// is removed now rather than never.
+    fn drop(&mut self) {
+        self.remove_stale();
+    }
+}
+
+/// Whether the read error `e` says the place no longer holds the chunk
+/// (gone, not a directory on the way, a symlink, shorter than recorded).
+fn miss(e: &std::io::Error) -> Miss {
+    use rustix::io::Errno;
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return Miss::Stale;
+    }
+    match Errno::from_io_error(e) {
+        Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Miss::Stale,
+        _ => Miss::Unreadable,
     }
 }
 
 /// Opens `ROOT/tree/path` for reading only if every directory on the way
 /// is a real directory and the file itself is a regular file, never a
 /// symlink: a link planted in a tree must not lead a read out of the root.
-fn open_beneath(root: &Path, tree: &RelPath, path: &RelPath) -> Option<File> {
+fn open_beneath(root: &Path, tree: &RelPath, path: &RelPath) -> std::result::Result<File, Miss> {
     use rustix::fs::OFlags;
-    let full = path.as_bytes().split(|&b| b == b'/').try_fold(tree.clone(), |at, name| at.join(name).ok())?;
+    let full = path.as_bytes().split(|&b| b == b'/').try_fold(tree.clone(), |at, name| at.join(name).ok());
+    let full = full.ok_or(Miss::Stale)?;
     let mut dir = full.parent();
     let mut dirs = Vec::new();
     while !dir.is_root() {
@@ -190,12 +319,17 @@ fn open_beneath(root: &Path, tree: &RelPath, path: &RelPath) -> Option<File> {
         dir = dir.parent();
     }
     for dir in dirs.iter().rev() {
-        if !std::fs::symlink_metadata(dir.to_path(root)).ok()?.is_dir() {
-            return None;
+        if !std::fs::symlink_metadata(dir.to_path(root)).map_err(|e| miss(&e))?.is_dir() {
+            return Err(Miss::Stale);
         }
     }
-    let file = File::options().read(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(full.to_path(root)).ok()?;
-    file.metadata().ok()?.is_file().then_some(file)
+    let flags = OFlags::NOFOLLOW.bits() as i32;
+    let file = File::options().read(true).custom_flags(flags).open(full.to_path(root)).map_err(|e| miss(&e))?;
+    if file.metadata().map_err(|e| miss(&e))?.is_file() {
+        Ok(file)
+    } else {
+        Err(Miss::Stale)
+    }
 }
 
 /// The index of each client, shared by the sessions of a server process
@@ -275,5 +409,64 @@ mod tests {
         // Changed behind the index's back: the read no longer verifies.
         std::fs::write(root.join("t/d/f"), vec![0u8; data.len()]).expect("rewrite");
         assert_eq!(index.read(&first), None);
+    }
+
+    #[test]
+    fn stale_places_are_dropped_once_found_in_one_write() {
+        let tmp = tempfile::TempDir::new().expect("temp dir");
+        let root = tmp.path().join("root");
+        let data: Vec<u8> = (0..200_000u32).flat_map(|n| n.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+        for tree in ["t", "u"] {
+            std::fs::create_dir_all(root.join(tree)).expect("mkdir");
+            std::fs::write(root.join(tree).join("f"), &data).expect("write");
+        }
+        let db = tmp.path().join("clients/x.redb");
+        let index = SharedIndex::open(&db, &root).expect("open");
+        let digest = digest_bytes(&data);
+        let path = rel("f");
+        for tree in ["t", "u"] {
+            index.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
+        }
+        let trees = |index: &SharedIndex, chunk: &ChunkRef| -> Vec<String> {
+            let locs = index.locations(&chunk.id).expect("locations");
+            let mut trees: Vec<String> =
+                locs.into_iter().filter_map(|(_, loc)| Some(String::from_utf8_lossy(loc?.tree.as_bytes()).into()))
+                    .collect();
+            trees.sort();
+            trees
+        };
+        let (first, second) = (digest.chunks[0], digest.chunks[1]);
+        assert_eq!(trees(&index, &first), ["t", "u"]);
+
+        // t/f goes: whichever place is tried first, reads find u's copy.
+        std::fs::remove_file(root.join("t/f")).expect("remove");
+        for chunk in [first, second] {
+            let bytes = index.read(&chunk).expect("u still holds it");
+            assert_eq!(ChunkId::of(&bytes), chunk.id);
+        }
+        // With u/f moved away too, a read meets every place, all stale;
+        // they are held for the next write, not written chunk by chunk.
+        std::fs::rename(root.join("u/f"), root.join("u/g")).expect("rename");
+        assert_eq!(index.read(&first), None);
+        assert_eq!(index.read(&second), None);
+        assert_eq!(trees(&index, &first), ["t", "u"], "removed before the batch's write");
+
+        // The next record removes them in its own transaction, before it
+        // records u/f (back in place) again: t's go, u's stay.
+        std::fs::rename(root.join("u/g"), root.join("u/f")).expect("rename back");
+        index.record(&rel("u"), std::iter::once((&path, &digest))).expect("record");
+        for chunk in [first, second] {
+            assert_eq!(trees(&index, &chunk), ["u"], "t's stale place kept or u's place recorded again lost");
+        }
+        assert_eq!(index.read(&first).map(|b| ChunkId::of(&b)), Some(first.id));
+
+        // Found stale with no later record: removed when the index closes.
+        std::fs::remove_file(root.join("u/f")).expect("remove");
+        assert_eq!(index.read(&first), None);
+        drop(index);
+        let index = SharedIndex::open(&db, &root).expect("reopen");
+        assert!(trees(&index, &first).is_empty(), "stale places survived the index closing");
+        assert_eq!(trees(&index, &second), ["u"], "a place never read was removed");
+        assert_eq!(index.contains_all(&[first.id, second.id]).expect("contains"), vec![false, true]);
     }
 }

@@ -149,8 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
             let grants = (allow.as_slice(), authorized_clients.as_deref());
             let config_dir = config_dir_or_default(config_dir)?;
-            let configured = Config::load(&config_dir)?.serve.congestion;
-            // Checked when the config was loaded.
+            let configured = Config::load(&config_dir)?.serve.congestion; // checked when loaded
             let configured = configured.as_deref().map(str::parse::<Congestion>).transpose()?;
             let limits = ServeLimits {
                 per_session,
@@ -160,8 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 congestion: congestion.or(configured).unwrap_or_default(),
                 dedup_across_clients,
             };
-            let retention = serve::retention(&retention)?;
-            serve(root, listen, grants, config_dir, limits, audit_log, retention)
+            serve(root, listen, grants, config_dir, limits, audit_log, serve::retention(&retention)?)
         }
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),

@@ -4,15 +4,12 @@
 //! server dedups across clients (`serve --dedup-across-clients`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tempfile::TempDir;
 use xfer::net::access::Access;
-use xfer::net::admission::serve;
 use xfer::net::identity::{Fingerprint, Identity};
-use xfer::net::served::ServeConfig;
-use xfer::net::{server_endpoint, Tuning};
 use xfer::usecase::{push::push, RemoteUrl, Report, TransferOptions};
+use xfer::ServerOptions;
 
 use crate::util::{assert_same_tree, read_tree, seeded};
 
@@ -25,22 +22,27 @@ struct Server {
     id: Fingerprint,
     addr: std::net::SocketAddr,
     root: PathBuf,
+    _running: xfer::Server,
 }
 
+/// A server as `xfer serve` starts one: per-client indexes unless
+/// `across_clients` (`--dedup-across-clients`).
 fn start_server(tmp: &TempDir, clients: &[Fingerprint]) -> Server {
-    start_server_with(tmp, clients, false)
+    start_server_with(tmp, clients, |options| options)
 }
 
-fn start_server_with(tmp: &TempDir, clients: &[Fingerprint], across_clients: bool) -> Server {
+fn start_server_with(
+    tmp: &TempDir,
+    clients: &[Fingerprint],
+    options: impl FnOnce(ServerOptions) -> ServerOptions,
+) -> Server {
     let id = Identity::generate().unwrap();
     let root = tmp.path().join("served");
     std::fs::create_dir(&root).unwrap();
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &id, Tuning::default()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let config =
-        ServeConfig { dedup_across_clients: across_clients, ..ServeConfig::new(root.clone(), Access::allow(clients)) };
-    tokio::spawn(serve(endpoint, Arc::new(config)));
-    Server { id: id.fingerprint(), addr, root }
+    let root = root.canonicalize().unwrap();
+    let options = options(ServerOptions::new(&root, Access::allow(clients)));
+    let running = xfer::Server::start("127.0.0.1:0".parse().unwrap(), &id, options).unwrap();
+    Server { id: id.fingerprint(), addr: running.local_addr().unwrap(), root, _running: running }
 }
 
 fn source(tmp: &TempDir) -> PathBuf {
@@ -125,7 +127,7 @@ async fn index_never_reads_through_a_symlink_out_of_the_root() {
 async fn across_clients_another_client_sends_no_chunks() {
     let tmp = TempDir::new().unwrap();
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], true);
+    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], |o| o.dedup_across_clients(true));
     let src = source(&tmp);
 
     let first = push_to(&tmp, &server, &alice, &src, "a").await;
@@ -148,7 +150,7 @@ async fn across_clients_another_client_sends_no_chunks() {
 async fn across_clients_file_changed_behind_our_back_is_sent_again_and_its_places_dropped() {
     let tmp = TempDir::new().unwrap();
     let (alice, bob) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], true);
+    let server = start_server_with(&tmp, &[alice.fingerprint(), bob.fingerprint()], |o| o.dedup_across_clients(true));
     let src = source(&tmp);
     // Four copies: every chunk of f1 has as many places as the index keeps.
     let copies = ["a1", "a2", "a3", "a4"];

@@ -9,8 +9,8 @@
 //!
 //! Entries may be stale (files change or go behind its back): every read is
 //! re-hashed, and a chunk that does not verify is simply missing. A place a
-//! read finds stale is removed (batched, at the next record or when the
-//! last session lets the index go), so stale places do not hold the few
+//! read finds stale is removed (batched: with the session's next record, or
+//! when the session ends), so stale places do not hold the few
 //! slots a chunk has. Deleted trees and files are not looked up: their
 //! entries go when a push next asks for one of their chunks. The index is
 //! thus bounded by [`MAX_LOCATIONS`] places per distinct chunk ever
@@ -39,18 +39,18 @@ const MAX_LOCATIONS: usize = 4;
 /// Cache of a client's index database (it is read chunk by chunk).
 const CACHE_BYTES: usize = 16 << 20;
 
-/// Stale places held for removal before a read removes them itself: the
-/// batch stays small in memory, and one write transaction serves many.
+/// Stale places a session holds for removal before a read removes them
+/// itself: the batch stays small in memory, one write serves many.
 const MAX_STALE: usize = 4096;
+
+/// A place found stale: chunk id, place as stored.
+type Stale = ([u8; 32], Vec<u8>);
 
 /// A client's chunk index on a server whose trees live under `root`.
 pub struct SharedIndex {
     db: Database,
     path: PathBuf,
     root: PathBuf,
-    /// Places reads found stale (chunk id, encoded place), removed by the
-    /// next write transaction rather than one per chunk.
-    stale: Mutex<Vec<([u8; 32], Vec<u8>)>>,
 }
 
 /// Why a recorded place gave no chunk.
@@ -132,8 +132,7 @@ impl SharedIndex {
 
     fn open_as_is(path: &Path, root: &Path) -> Result<SharedIndex> {
         let db = Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| Error::state(path, e))?;
-        let index =
-            SharedIndex { db, path: path.to_path_buf(), root: root.to_path_buf(), stale: Mutex::new(Vec::new()) };
+        let index = SharedIndex { db, path: path.to_path_buf(), root: root.to_path_buf() };
         let txn = index.db.begin_write().map_err(|e| index.err(e))?;
         txn.open_multimap_table(CHUNKS).map_err(|e| index.err(e))?;
         txn.commit().map_err(|e| index.err(e))?;
@@ -144,21 +143,18 @@ impl SharedIndex {
         Error::state(&self.path, e)
     }
 
-    /// Records where the chunks of `files`, just committed to `tree`, are,
-    /// and removes the places reads found stale since the last write.
-    ///
-    /// # Errors
-    /// [`Error::State`] if the transaction fails; the index is then as
-    /// before (stale places not removed are found again by a later read).
-    pub fn record<'a>(&self, tree: &RelPath, files: impl Iterator<Item = (&'a RelPath, &'a FileDigest)>) -> Result<()> {
-        let stale = self.take_stale();
+    /// Removes the `stale` places, then records where the chunks of
+    /// `files`, just committed to `tree`, are: one transaction.
+    fn write<'a>(
+        &self,
+        stale: &[Stale],
+        tree: &RelPath,
+        files: impl Iterator<Item = (&'a RelPath, &'a FileDigest)>,
+    ) -> Result<()> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
-            // Removed first: a place this very batch records again stays.
-            // One another session recorded again since the read is lost
-            // (a missed saving, never a wrong byte: reads verify).
-            for (id, loc) in &stale {
+            for (id, loc) in stale {
                 table.remove(id, loc.as_slice()).map_err(|e| self.err(e))?;
             }
             for (path, digest) in files {
@@ -204,11 +200,10 @@ impl SharedIndex {
 
     /// The bytes of `chunk` from one of the recorded places, only if they
     /// hash to its id; `None` otherwise (stale, unreadable, or a path that
-    /// does not lead through real directories under the root). The stale
-    /// places tried are removed later, in one write with others.
-    pub fn read(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
+    /// does not lead through real directories under the root). The places
+    /// tried and found stale are added to `stale`.
+    fn read(&self, chunk: &ChunkRef, stale: &mut Vec<Stale>) -> Option<Vec<u8>> {
         let locs = self.locations(&chunk.id).ok()?;
-        let mut stale = Vec::new();
         let mut found = None;
         for (raw, loc) in locs {
             // Another length is not this chunk's place: left as it is.
@@ -226,9 +221,6 @@ impl SharedIndex {
                 Err(Miss::Unreadable) => {}
             }
         }
-        if !stale.is_empty() {
-            self.drop_later(stale);
-        }
         found
     }
 
@@ -244,48 +236,88 @@ impl SharedIndex {
         }
     }
 
-    /// Holds `stale` places for the next write; past [`MAX_STALE`] held,
-    /// removes them all now.
-    fn drop_later(&self, stale: Vec<([u8; 32], Vec<u8>)>) {
-        let full = {
-            let mut held = self.stale.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            held.extend(stale);
-            held.len() >= MAX_STALE
-        };
-        if full {
-            self.remove_stale();
-        }
+}
+
+/// One session's use of an index: the places its reads find stale are
+/// removed with its next record, or when it ends, not one write per chunk.
+/// It holds the index open meanwhile, so that last write never races a new
+/// session opening the file.
+pub struct SharedSession {
+    index: Arc<SharedIndex>,
+    stale: Mutex<Vec<Stale>>,
+}
+
+impl std::fmt::Debug for SharedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSession").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl SharedSession {
+    /// A session drawing on and feeding `index`.
+    pub fn new(index: Arc<SharedIndex>) -> SharedSession {
+        SharedSession { index, stale: Mutex::new(Vec::new()) }
     }
 
-    fn take_stale(&self) -> Vec<([u8; 32], Vec<u8>)> {
+    /// Records where the chunks of `files`, just committed to `tree`, are,
+    /// and removes the places this session found stale, in one write.
+    ///
+    /// # Errors
+    /// [`Error::State`] if the transaction fails; the index is then as
+    /// before (stale places not removed are found again by a later read).
+    pub fn record<'a>(&self, tree: &RelPath, files: impl Iterator<Item = (&'a RelPath, &'a FileDigest)>) -> Result<()> {
+        // Removed before the inserts: a place this very batch records
+        // again stays. One another session recorded again since the read
+        // is lost: a missed saving, never a wrong byte (reads verify).
+        self.index.write(&self.take_stale(), tree, files)
+    }
+
+    /// As [`SharedIndex::contains_all`].
+    ///
+    /// # Errors
+    /// [`Error::State`] if the index cannot be read.
+    pub fn contains_all(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.index.contains_all(ids)
+    }
+
+    /// The bytes of `chunk` from one of the recorded places, verified;
+    /// `None` if none holds it. Places found stale are held for removal
+    /// (past [`MAX_STALE`] held, removed now).
+    pub fn read(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
+        let mut stale = Vec::new();
+        let found = self.index.read(chunk, &mut stale);
+        if !stale.is_empty() {
+            let full = {
+                let mut held = self.stale.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                held.extend(stale);
+                held.len() >= MAX_STALE
+            };
+            if full {
+                self.remove_stale();
+            }
+        }
+        found
+    }
+
+    fn take_stale(&self) -> Vec<Stale> {
         std::mem::take(&mut *self.stale.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Removes the stale places held, in one write. A failure only leaves
-    /// them to be found again: logged, never a session's error.
-    pub fn remove_stale(&self) {
+    /// them to be found again: logged, never the session's error.
+    fn remove_stale(&self) {
         let stale = self.take_stale();
         if stale.is_empty() {
             return;
         }
-        let removed = (|| -> Result<()> {
-            let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-            {
-                let mut table = txn.open_multimap_table(CHUNKS).map_err(|e| self.err(e))?;
-                for (id, loc) in &stale {
-                    table.remove(id, loc.as_slice()).map_err(|e| self.err(e))?;
-                }
-            }
-            txn.commit().map_err(|e| self.err(e))
-        })();
-        if let Err(e) = removed {
+        if let Err(e) = self.index.write(&stale, &RelPath::root(), std::iter::empty()) {
             tracing::warn!(error = %e, "stale places were not removed from a chunk index; later reads find them again");
         }
     }
 }
 
-impl Drop for SharedIndex {
-    /// The last session has let the index go: what its reads found stale
+impl Drop for SharedSession {
+    /// The session ends: what its reads found stale since its last record
     /// is removed now rather than never.
     fn drop(&mut self) {
         self.remove_stale();
@@ -396,19 +428,20 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).flat_map(|n| n.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
         std::fs::create_dir_all(root.join("t/d")).expect("mkdir");
         std::fs::write(root.join("t/d/f"), &data).expect("write");
-        let index = SharedIndex::open(&tmp.path().join("clients/x.redb"), &root).expect("open");
+        let index = Arc::new(SharedIndex::open(&tmp.path().join("clients/x.redb"), &root).expect("open"));
+        let session = SharedSession::new(index.clone());
         let digest = digest_bytes(&data);
         let path = rel("d/f");
         for tree in ["t", "t1", "t2", "t3", "t4", "t5", "t6"] {
-            index.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
+            session.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
         }
         let first = digest.chunks[0];
-        assert_eq!(index.contains_all(&[first.id]).expect("contains"), vec![true]);
+        assert_eq!(session.contains_all(&[first.id]).expect("contains"), vec![true]);
         assert_eq!(index.locations(&first.id).expect("locations").len(), MAX_LOCATIONS);
-        assert_eq!(index.read(&first).as_deref(), data.get(..first.len as usize));
+        assert_eq!(session.read(&first).as_deref(), data.get(..first.len as usize));
         // Changed behind the index's back: the read no longer verifies.
         std::fs::write(root.join("t/d/f"), vec![0u8; data.len()]).expect("rewrite");
-        assert_eq!(index.read(&first), None);
+        assert_eq!(session.read(&first), None);
     }
 
     #[test]
@@ -420,12 +453,12 @@ mod tests {
             std::fs::create_dir_all(root.join(tree)).expect("mkdir");
             std::fs::write(root.join(tree).join("f"), &data).expect("write");
         }
-        let db = tmp.path().join("clients/x.redb");
-        let index = SharedIndex::open(&db, &root).expect("open");
+        let index = Arc::new(SharedIndex::open(&tmp.path().join("clients/x.redb"), &root).expect("open"));
+        let session = SharedSession::new(index.clone());
         let digest = digest_bytes(&data);
         let path = rel("f");
         for tree in ["t", "u"] {
-            index.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
+            session.record(&rel(tree), std::iter::once((&path, &digest))).expect("record");
         }
         let trees = |index: &SharedIndex, chunk: &ChunkRef| -> Vec<String> {
             let locs = index.locations(&chunk.id).expect("locations");
@@ -441,31 +474,31 @@ mod tests {
         // t/f goes: whichever place is tried first, reads find u's copy.
         std::fs::remove_file(root.join("t/f")).expect("remove");
         for chunk in [first, second] {
-            let bytes = index.read(&chunk).expect("u still holds it");
+            let bytes = session.read(&chunk).expect("u still holds it");
             assert_eq!(ChunkId::of(&bytes), chunk.id);
         }
         // With u/f moved away too, a read meets every place, all stale;
         // they are held for the next write, not written chunk by chunk.
         std::fs::rename(root.join("u/f"), root.join("u/g")).expect("rename");
-        assert_eq!(index.read(&first), None);
-        assert_eq!(index.read(&second), None);
+        assert_eq!(session.read(&first), None);
+        assert_eq!(session.read(&second), None);
         assert_eq!(trees(&index, &first), ["t", "u"], "removed before the batch's write");
 
         // The next record removes them in its own transaction, before it
         // records u/f (back in place) again: t's go, u's stay.
         std::fs::rename(root.join("u/g"), root.join("u/f")).expect("rename back");
-        index.record(&rel("u"), std::iter::once((&path, &digest))).expect("record");
+        session.record(&rel("u"), std::iter::once((&path, &digest))).expect("record");
         for chunk in [first, second] {
             assert_eq!(trees(&index, &chunk), ["u"], "t's stale place kept or u's place recorded again lost");
         }
-        assert_eq!(index.read(&first).map(|b| ChunkId::of(&b)), Some(first.id));
+        assert_eq!(session.read(&first).map(|b| ChunkId::of(&b)), Some(first.id));
 
-        // Found stale with no later record: removed when the index closes.
+        // Found stale with no later record: removed when the session ends.
         std::fs::remove_file(root.join("u/f")).expect("remove");
-        assert_eq!(index.read(&first), None);
-        drop(index);
-        let index = SharedIndex::open(&db, &root).expect("reopen");
-        assert!(trees(&index, &first).is_empty(), "stale places survived the index closing");
+        assert_eq!(session.read(&first), None);
+        assert_eq!(trees(&index, &first), ["u"]);
+        drop(session);
+        assert!(trees(&index, &first).is_empty(), "stale places survived the session's end");
         assert_eq!(trees(&index, &second), ["u"], "a place never read was removed");
         assert_eq!(index.contains_all(&[first.id, second.id]).expect("contains"), vec![false, true]);
     }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::lock::TreeLock;
-use super::shared::SharedIndex;
+use super::shared::{SharedIndex, SharedSession};
 use super::state::StateDb;
 use crate::error::{Error, IoContext, Result};
 use crate::fs::scan::{self, is_reserved_name, IdNames, ScanOptions, TEMP_PREFIX};
@@ -112,7 +112,7 @@ pub struct MirrorStore {
     keeper: Option<keep::Keeper>,
     /// The pushing client's index of its other trees, and this tree's
     /// path among them.
-    shared: Option<(Arc<SharedIndex>, RelPath)>,
+    shared: Option<(SharedSession, RelPath)>,
 }
 
 /// A directory opened up for writing: the mode it had, and which directory
@@ -167,7 +167,7 @@ impl MirrorStore {
     /// Consults `index` (its client's chunks in other trees) for chunks this
     /// tree lacks, and records there what each batch commits, as `tree`.
     pub fn with_shared(mut self, index: Arc<SharedIndex>, tree: RelPath) -> Self {
-        self.shared = Some((index, tree));
+        self.shared = Some((SharedSession::new(index), tree));
         self
     }
 

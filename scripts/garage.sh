@@ -100,7 +100,7 @@ node_pid() { # the pid of node N if it runs, else nothing
   pid=$(cat "$f")
   # The pid must still be our garage on this node's config, not a reused pid.
   local cmdline
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
   if [[ "$cmdline" == *"$DIR/n$1/garage.toml"* ]]; then
     echo "$pid"
   else
@@ -170,7 +170,12 @@ spawn_node() { # start node N's server in the background, record its pid
 }
 
 node_id() { # full id@addr of node N (its key exists once the server started)
-  retry 30 "node $1 id" g "$1" node id -q
+  local end=$((SECONDS + 30))
+  until g "$1" node id -q >/dev/null 2>&1; do
+    node_pid "$1" >/dev/null || die "node $1 exited on start (log: $DIR/n$1/log)"
+    [ "$SECONDS" -lt "$end" ] || die "node $1 has no id after 30 s (log: $DIR/n$1/log)"
+    sleep 0.2
+  done
   g "$1" node id -q 2>/dev/null
 }
 
@@ -581,6 +586,8 @@ cmd_selftest() {
 }
 
 main() {
+  [[ "$PORT_BASE" =~ ^[0-9]+$ ]] && [ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65500 ] ||
+    die "GARAGE_PORT_BASE must be a number from 1024 to 65500 (got '$PORT_BASE')"
   local cmd=${1:-}
   [ $# -gt 0 ] && shift
   case "$cmd" in

@@ -2,7 +2,7 @@
 # A real 3-node Garage cluster on loopback, for the object-store tests.
 #
 #   scripts/garage.sh install        build the pinned Garage once per machine
-#                                    (cargo install, about 20 min on 2 cores)
+#                                    (cargo install, 20 to 30 min on 2 cores)
 #   scripts/garage.sh installed      exit 0 iff that build is cached
 #   eval "$(scripts/garage.sh start [DIR])"
 #                                    3 nodes, replication factor 3, one bucket
@@ -79,7 +79,7 @@ cmd_install() {
     say "garage $GARAGE_VERSION already in $GARAGE_BIN"
     return 0
   fi
-  say "building garage $GARAGE_VERSION into $GARAGE_ROOT (about 20 min on 2 cores)"
+  say "building garage $GARAGE_VERSION into $GARAGE_ROOT (20 to 30 min on 2 cores)"
   cargo install --locked "garage@$GARAGE_VERSION" --root "$GARAGE_ROOT"
   cmd_installed || die "$GARAGE_BIN does not report version $GARAGE_VERSION after the build"
 }
@@ -205,7 +205,8 @@ curl_has_sigv4() {
 }
 
 s3_ready() { # node N's S3 endpoint answers a signed listing of the bucket
-  local url="http://127.0.0.1:$(s3_port "$1")"
+  local url
+  url="http://127.0.0.1:$(s3_port "$1")"
   if curl_has_sigv4; then
     s3 GET "$url/$BUCKET?list-type=2" >/dev/null
   else
@@ -307,10 +308,10 @@ start_failed() {
 }
 
 stop_node() { # SIGTERM, then SIGKILL after 10 s
-  local n=$1 pid i
+  local n=$1 pid
   pid=$(node_pid "$n") || { rm -f "$DIR/n$n/pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     alive "$pid" || break
     sleep 0.1
   done
@@ -366,9 +367,21 @@ join_node() {
   wait_rpc "$n"
   id=$(node_id "$n")
   for other in $NODES; do
-    [ "$other" != "$n" ] && node_pid "$other" >/dev/null || continue
-    retry 30 "connect node $n" g "$other" node connect "$id"
+    if [ "$other" != "$n" ] && node_pid "$other" >/dev/null; then
+      retry 30 "connect node $n" g "$other" node connect "$id"
+    fi
   done
+  retry 30 "node $n to see every running node" node_sees_running "$n"
+}
+
+node_sees_running() { # node N counts as up at least as many nodes as run
+  local out up running=0 other
+  for other in $NODES; do
+    if node_pid "$other" >/dev/null; then running=$((running + 1)); fi
+  done
+  out=$(g "$1" json-api GetClusterStatus 2>/dev/null) || return 1
+  up=$(grep -o '"isUp": *true' <<<"$out" | wc -l)
+  [ "$up" -ge "$running" ]
 }
 
 cmd_start_node() {
@@ -524,10 +537,18 @@ get_missing() { # GET of KEY answers 404
   [ "$code" = 404 ]
 }
 
-list_has() { # the ListObjectsV2 answer names KEY
-  local out
-  out=$(s3 GET "$1/$BUCKET?list-type=2") && [[ "$out" == *"<Key>$2</Key>"* ]]
+list_has() { # list_has ENDPOINT KEY...: the ListObjectsV2 answer names each KEY
+  local out key
+  out=$(s3 GET "$1/$BUCKET?list-type=2") || return 1
+  shift
+  for key in "$@"; do
+    [[ "$out" == *"<Key>$key</Key>"* ]] || return 1
+  done
 }
+
+start_into() { "$1" start "$DIR" >"$2"; }
+
+stop_gone() { "$1" stop "$DIR" && [ ! -e "$DIR" ]; }
 
 block_files() { find "$DIR/n$1/data" -type f | wc -l; }
 
@@ -545,7 +566,7 @@ cmd_selftest() {
   # Its own ports and dir, so it never touches a cluster already running.
   export GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-3940}
   PORT_BASE=$GARAGE_PORT_BASE
-  local self tmp e1 e2 e3
+  local self e1 e2 e3
   self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
   DIR=/var/tmp/xfer-garage-selftest-$$
   tmp=$(mktemp -d)
@@ -554,7 +575,7 @@ cmd_selftest() {
   head -c 3145728 /dev/urandom >"$tmp/big"   # 3 MiB: several 1 MiB blocks
   echo "hello garage" >"$tmp/small"
 
-  check "start: 3 nodes, layout, bucket, key" eval '"$self" start "$DIR" >"$tmp/env"'
+  check "start: 3 nodes, layout, bucket, key" start_into "$self" "$tmp/env"
   # shellcheck disable=SC1091
   . "$tmp/env"
   read -r e1 e2 e3 <<<"$XFER_GARAGE_ENDPOINTS"
@@ -578,10 +599,11 @@ cmd_selftest() {
   check "kill -9 node 1 (left: rebuilt 2 and 3)" "$self" kill-node 1 "$DIR"
   check "GET a/big on rebuilt node 2, same bytes" get_equals "$e2" a/big "$tmp/big"
   check "GET b/big on rebuilt node 2, same bytes" get_equals "$e2" b/big "$tmp/big"
-  check "LIST on node 2 names a/big and b/big" eval 'list_has "$e2" a/big && list_has "$e2" b/big'
+  check "LIST on node 2 names a/big and b/big" list_has "$e2" a/big b/big
   check "restart node 1" "$self" start-node 1 "$DIR"
   "$self" status "$DIR" >&2
-  check "stop: nodes ended, dir removed" eval '"$self" stop "$DIR" && [ ! -e "$DIR" ]'
+  check "stop: nodes ended, dir removed" stop_gone "$self"
+  trap 'rm -rf "$tmp"' EXIT
   echo "selftest passed"
 }
 

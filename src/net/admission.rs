@@ -312,7 +312,7 @@ async fn run_opened(
     let mut skipped_here = 0;
     let summary = match opened.open.direction {
         Direction::Push => serve_push(connection, opened, config, client, watch).await,
-        Direction::Pull if opened.open.at.is_some() => {
+        Direction::Pull if opened.open.at.is_some() || config.store.is_some() => {
             let Opened { send, ctrl_in, reader, open, .. } = opened;
             let pulled = serve_pull_at(connection, send, ctrl_in, config, open, watch).await;
             drop(reader);

@@ -132,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
         Command::Serve {
             root,
+            store,
             listen,
             allow,
             authorized_clients,
@@ -159,7 +160,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 congestion: congestion.or(configured).unwrap_or_default(),
             };
             let retention = serve::retention(&retention)?;
-            serve(root, listen, grants, config_dir, limits, audit_log, retention)
+            let served = serve::Served::from_flags(root, store)?;
+            serve(served, listen, grants, config_dir, limits, audit_log, retention)
         }
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),

@@ -159,9 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 congestion: congestion.or(configured).unwrap_or_default(),
             };
-            let retention = serve::retention(&retention)?;
-            let served = serve::Served::from_flags(root, store)?;
-            serve(served, listen, grants, config_dir, limits, audit_log, retention)
+            serve((root, store), listen, grants, config_dir, limits, audit_log, serve::retention(&retention)?)
         }
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),

@@ -42,14 +42,14 @@ fn serve_access(allow: &[String], authorized_clients: Option<&std::path::Path>) 
 }
 
 /// What `xfer serve` serves: a root of mirror trees, or a store alone.
-pub(crate) enum Served {
+enum Served {
     Root(PathBuf),
     Store(String),
 }
 
 impl Served {
     /// `--root` or `--store`, exactly one.
-    pub(crate) fn from_flags(root: Option<PathBuf>, store: Option<String>) -> anyhow::Result<Served> {
+    fn from_flags(root: Option<PathBuf>, store: Option<String>) -> anyhow::Result<Served> {
         match (root, store) {
             (Some(root), None) => Ok(Served::Root(root)),
             (None, Some(store)) if !store.is_empty() => Ok(Served::Store(store)),
@@ -82,7 +82,7 @@ impl Served {
 }
 
 pub(crate) fn serve(
-    served: Served,
+    (root, store): (Option<PathBuf>, Option<String>),
     listen: std::net::SocketAddr,
     (allow, authorized_clients): (&[String], Option<&std::path::Path>),
     config_dir: PathBuf,
@@ -90,6 +90,7 @@ pub(crate) fn serve(
     audit_log: Option<PathBuf>,
     retention: Retention,
 ) -> anyhow::Result<ExitCode> {
+    let served = Served::from_flags(root, store)?;
     let identity = Identity::load_or_create(&config_dir)?;
     let access = serve_access(allow, authorized_clients)?;
     let (options, shown) = served.options(access)?;

@@ -285,7 +285,7 @@ impl RepoDestination {
 /// # Errors
 /// An unreadable snapshot listing.
 pub fn latest_snapshot(history: &History, tree: &str) -> Result<Option<SnapshotRecord>> {
-    Ok(history.snapshots()?.into_iter().filter(|r| r.tree == tree).next_back())
+    Ok(history.snapshots()?.into_iter().rfind(|r| r.tree == tree))
 }
 
 impl Destination for RepoDestination {

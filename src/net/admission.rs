@@ -215,6 +215,9 @@ fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
     if let ServerState::Outside(dir) = &config.state {
         reason = reason.replace(&*dir.to_string_lossy(), "<server state>");
     }
+    if let Some(store) = config.store.as_deref().filter(|s| !s.is_empty()) {
+        reason = reason.replace(store, "<server store>");
+    }
     let root = config.root.to_string_lossy();
     if root != "/" && !root.is_empty() {
         reason = reason.replace(&format!("{root}/"), "/").replace(&*root, "/");

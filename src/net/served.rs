@@ -169,7 +169,8 @@ impl ServeConfig {
     /// Refuses `path` when it lies in the server's own state.
     pub(super) fn check_reserved(&self, path: &RelPath) -> Result<(), SessionError> {
         let first = path.as_bytes().split(|&b| b == b'/').next();
-        if self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
+        // A store-only server keeps no state among the trees it serves.
+        if self.store.is_none() && self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
             return Err(SessionError::Peer {
                 code: Some(CloseCode::OutsideAllowedPath),
                 message: format!("/{SERVER_STATE_DIR} is the server's own state; use another path"),

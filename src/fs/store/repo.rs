@@ -311,6 +311,9 @@ impl Destination for RepoDestination {
     }
 
     fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        // Store-wide, whoever pushed the chunk: the cheapest resends, at
+        // the price of telling a client whether the store holds an id it
+        // names (the mirror's shared index is per client to avoid that).
         Ok(ids.iter().map(|id| self.history.contains(id)).collect())
     }
 

@@ -157,38 +157,97 @@ async fn push_ok(client: &Client, src: &Path, target: &RemoteUrl, pin: Option<xf
     assert!(report.failed.is_empty(), "{report:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_cut_push_leaves_a_partial_snapshot_and_resends_only_what_is_missing() {
+/// How the first push is cut short.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// The client cancels it.
+    Cancel,
+    /// The server closes at once mid-push (its connections cut); another
+    /// server on the same store takes the next push.
+    ServerClosed,
+}
+
+async fn cut_push_resumes(cut: Cut) {
     let tmp = TempDir::new().unwrap();
     let owner = client(&tmp, "owner");
-    let (server, _) = serve_store(&tmp, &owner);
-    let (target, pin) = (url(&server, "site"), Some(server.fingerprint()));
+    let (mut server, _) = serve_store(&tmp, &owner);
+    let (mut target, mut pin) = (url(&server, "site"), Some(server.fingerprint()));
     let src = tmp.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("small.txt"), b"small").unwrap();
     let total = 40u64 << 20;
     fs::write(src.join("huge.bin"), seeded(total as usize, 5)).unwrap();
-    // Cut short by a cancel a while into a capped push.
+    // A capped push, cut a while into the big file.
     let slow = push_options(&tmp).bwlimit("16M".parse::<Rate>().unwrap());
-    let cancel = slow.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        cancel.cancel();
-    });
-    let cut = owner.push(&src, &target, pin, &slow).await;
-    canceller.await.unwrap();
-    assert!(cut.is_err() || cut.as_ref().is_ok_and(|r| !r.failed.is_empty()), "{cut:?}");
+    let after = Duration::from_millis(1500);
+    match cut {
+        Cut::Cancel => {
+            let cancel = slow.cancel_token();
+            let canceller = tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                cancel.cancel();
+            });
+            let first = owner.push(&src, &target, pin, &slow).await;
+            canceller.await.unwrap();
+            assert!(first.is_err() || first.as_ref().is_ok_and(|r| !r.failed.is_empty()), "{first:?}");
+        }
+        Cut::ServerClosed => {
+            let pushing = owner.push(&src, &target, pin, &slow);
+            let closing = async {
+                tokio::time::sleep(after).await;
+                server.shutdown().await;
+            };
+            let (first, ()) = tokio::join!(pushing, closing);
+            assert!(first.is_err(), "the push ended before it was cut: {first:?}");
+            server = serve_store(&tmp, &owner).0;
+            (target, pin) = (url(&server, "site"), Some(server.fingerprint()));
+        }
+    }
     let snapshots = wait_for_snapshots(&owner, &target, pin, 1).await;
     assert!(snapshots[0].partial, "{snapshots:?}");
 
     let resumed = owner.push(&src, &target, pin, &push_options(&tmp)).await.unwrap();
     assert!(resumed.failed.is_empty(), "{resumed:?}");
-    assert!(resumed.bytes_sent < total - (4 << 20), "resent {} of {total}", resumed.bytes_sent);
+    assert!(resumed.bytes_sent < total - (4 << 20), "{cut:?}: resent {} of {total}", resumed.bytes_sent);
     let snapshots = owner.snapshots(&target, pin).await.unwrap();
     assert!(snapshots.len() == 2 && !snapshots[1].partial, "{snapshots:?}");
     let pulled = tmp.path().join("pulled");
     owner.pull(&target, pin, &pulled, &pull_options(&tmp)).await.unwrap();
     assert_same_tree(&read_tree(&pulled), &read_tree(&src));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_cancelled_push_leaves_a_partial_snapshot_and_resends_only_what_is_missing() {
+    cut_push_resumes(Cut::Cancel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_push_cut_by_the_server_leaves_a_partial_snapshot_and_the_next_server_resumes() {
+    cut_push_resumes(Cut::ServerClosed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_hard_links_keep_their_content_when_their_first_name_goes() {
+    let tmp = TempDir::new().unwrap();
+    let owner = client(&tmp, "owner");
+    let (server, _) = serve_store(&tmp, &owner);
+    let (target, pin) = (url(&server, "site"), Some(server.fingerprint()));
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), seeded(90_000, 8)).unwrap();
+    fs::hard_link(src.join("a"), src.join("d/b")).unwrap();
+    fs::hard_link(src.join("a"), src.join("d/c")).unwrap();
+    settle_mtimes(&src, 1_700_000_000);
+    push_ok(&owner, &src, &target, pin, &push_options(&tmp)).await;
+    // The first name goes; the other two still share the content.
+    fs::remove_file(src.join("a")).unwrap();
+    push_ok(&owner, &src, &target, pin, &push_options(&tmp).delete(true)).await;
+    let pulled = tmp.path().join("pulled");
+    owner.pull(&target, pin, &pulled, &pull_options(&tmp)).await.unwrap();
+    assert_same_tree(&read_tree(&pulled), &read_tree(&src));
+    let (b, c) = (fs::metadata(pulled.join("d/b")).unwrap(), fs::metadata(pulled.join("d/c")).unwrap());
+    assert_eq!(b.ino(), c.ino());
     server.shutdown().await;
 }
 

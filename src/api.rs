@@ -440,6 +440,7 @@ impl ServerOptions {
     pub fn new(root: impl Into<PathBuf>, access: Access) -> Self {
         ServerOptions(ServeSettings {
             root: root.into(),
+            store: None,
             access,
             per_session: Rate(None),
             total: None,
@@ -463,6 +464,17 @@ impl ServerOptions {
     pub fn dedup_across_clients(mut self, on: bool) -> Self {
         self.0.dedup_across_clients = on;
         self
+    }
+
+    /// A store-only server: keeps every tree pushed to it in the history
+    /// store at `store` (a directory, created if missing) and no mirror
+    /// tree; a pull rebuilds files from the store's chunks, a pull without
+    /// a snapshot selector gets the latest snapshot. Otherwise as
+    /// [`ServerOptions::new`]; the default audit log is `STORE/audit.jsonl`.
+    pub fn store(store: impl Into<String>, access: Access) -> Self {
+        let mut options = ServerOptions::new(PathBuf::new(), access);
+        options.0.store = Some(store.into());
+        options
     }
 
     /// The trees' retention policies and how often the server applies
@@ -501,7 +513,8 @@ impl ServerOptions {
     }
 
     /// Keeps the audit log in the served root's state directory
-    /// (`ROOT/.xfer/audit.jsonl`).
+    /// (`ROOT/.xfer/audit.jsonl`; a store-only server's in the store,
+    /// `STORE/audit.jsonl`).
     pub fn audit_log_in_root(mut self) -> Self {
         (self.0.audit, self.0.audit_log) = (true, None);
         self

@@ -89,6 +89,14 @@ pub enum Error {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A step a store-only server cannot apply to the tree it keeps.
+    #[error("{path}: {reason}; the entry was not stored")]
+    RepoEntry {
+        /// The entry, relative to the pushed tree.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Another transfer is writing this tree, a directory above it or one
     /// inside it (each transfer locks the tree it writes).
     #[error(
@@ -229,6 +237,7 @@ impl Error {
             | Error::TempName { .. }
             | Error::Escape { .. }
             | Error::LinkTarget { .. }
+            | Error::RepoEntry { .. }
             | Error::HistoryDamaged { .. } => true,
             Error::Io { source, .. } => {
                 source.kind() == io::ErrorKind::PermissionDenied

@@ -30,4 +30,5 @@ mod retention_schedule;
 mod session;
 mod shared_index;
 mod sparse_readonly;
+mod store_mode;
 mod transport;

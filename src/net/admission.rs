@@ -215,6 +215,9 @@ fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
     if let ServerState::Outside(dir) = &config.state {
         reason = reason.replace(&*dir.to_string_lossy(), "<server state>");
     }
+    if let Some(store) = config.store.as_deref().filter(|s| !s.is_empty()) {
+        reason = reason.replace(store, "<server store>");
+    }
     let root = config.root.to_string_lossy();
     if root != "/" && !root.is_empty() {
         reason = reason.replace(&format!("{root}/"), "/").replace(&*root, "/");
@@ -312,7 +315,7 @@ async fn run_opened(
     let mut skipped_here = 0;
     let summary = match opened.open.direction {
         Direction::Push => serve_push(connection, opened, config, client, watch).await,
-        Direction::Pull if opened.open.at.is_some() => {
+        Direction::Pull if opened.open.at.is_some() || config.store.is_some() => {
             let Opened { send, ctrl_in, reader, open, .. } = opened;
             let pulled = serve_pull_at(connection, send, ctrl_in, config, open, watch).await;
             drop(reader);

@@ -23,12 +23,12 @@ use super::frames::{
 };
 use super::link::{adapt_level, Backlog, LinkClock, WindowFeed};
 use super::manage::open_snapshot;
-use super::served::{busy_or, check_real_dirs, open_store, ServeConfig, ServerState, SERVER_STATE_DIR};
+use super::served::{busy_or, check_real_dirs, open_served, ServeConfig, ServerState, SERVER_STATE_DIR};
 use super::watch::{Activity, Watch};
-use crate::fs::store::MirrorReceiver as Receiver;
+use crate::fs::store::{MirrorReceiver, ServedReceiver};
 use crate::manifest::RelPath;
 use crate::net::identity::Fingerprint;
-use crate::session::{ChunkReader, FileReader, OpenRequest, Sender, SenderConfig, SessionError};
+use crate::session::{ChunkReader, Destination, FileReader, OpenRequest, Receiver, Sender, SenderConfig, SessionError};
 
 /// Pushes with `sender` over `connection` (the client side).
 ///
@@ -103,14 +103,14 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
 
 /// Runs `receiver` with control input `ctrl_in`, control output `send`, and
 /// the data streams the peer opens on `connection`.
-async fn drive_receiver(
+async fn drive_receiver<D: Destination + Send + 'static>(
     connection: &Connection,
     send: SendStream,
     mut ctrl_in: mpsc::Receiver<Inbound>,
-    mut receiver: Receiver,
+    mut receiver: Receiver<D>,
     caps: Caps,
     watch: Watch,
-) -> Result<Receiver, SessionError> {
+) -> Result<Receiver<D>, SessionError> {
     let (data_in_tx, mut data_in) = mpsc::channel(CHANNEL_DEPTH);
     let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
     let writer = tokio::spawn(write_frames(send, out_rx, Caps::default(), watch.activity.clone(), None));
@@ -121,9 +121,9 @@ async fn drive_receiver(
     let runtime = tokio::runtime::Handle::current();
     let conn = connection.clone();
     let mut feed = WindowFeed::new(connection);
-    let session = tokio::task::spawn_blocking(move || -> Result<Receiver, SessionError> {
+    let session = tokio::task::spawn_blocking(move || -> Result<Receiver<D>, SessionError> {
         let mut out = Outgoing::new(out_tx, conn.clone());
-        let step = |receiver: &mut Receiver| -> Result<bool, SessionError> {
+        let step = |receiver: &mut Receiver<D>| -> Result<bool, SessionError> {
             feed.tick(receiver);
             if receiver.is_finished() {
                 crate::crashpoint::hit("receiver.finished");
@@ -161,9 +161,9 @@ async fn drive_receiver(
 
 /// Runs `step` until it says the session is done; on a failure, salvages
 /// what the receiver completed.
-fn run_until_done(
-    receiver: &mut Receiver,
-    mut step: impl FnMut(&mut Receiver) -> Result<bool, SessionError>,
+fn run_until_done<D: Destination>(
+    receiver: &mut Receiver<D>,
+    mut step: impl FnMut(&mut Receiver<D>) -> Result<bool, SessionError>,
 ) -> Result<(), SessionError> {
     loop {
         match step(receiver) {
@@ -181,7 +181,11 @@ fn run_until_done(
 ///
 /// # Errors
 /// Session errors from either side, or the connection failing.
-pub async fn run_pull(connection: &Connection, receiver: Receiver, caps: Caps) -> Result<Receiver, SessionError> {
+pub async fn run_pull(
+    connection: &Connection,
+    receiver: MirrorReceiver,
+    caps: Caps,
+) -> Result<MirrorReceiver, SessionError> {
     let watch = Watch::unlimited();
     let (send, in_rx, reader) = open_control(connection, &watch.activity).await?;
     let result = drive_receiver(connection, send, in_rx, receiver, caps, watch).await;
@@ -232,8 +236,8 @@ pub(super) async fn serve_push(
     let Opened { send, ctrl_in, reader, hello, open } = opened;
     let opener = config.clone();
     let client_hex = client.to_string();
-    let mut receiver =
-        Receiver::new(Box::new(move |request: &OpenRequest| open_store(&opener, request, &client_hex)));
+    let mut receiver: ServedReceiver =
+        Receiver::new(Box::new(move |request: &OpenRequest| open_served(&opener, request, &client_hex)));
     receiver.handle(hello)?;
     receiver.handle(Message::Open(open))?;
     let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
@@ -273,7 +277,8 @@ pub(super) async fn serve_pull_at(
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
     };
     config.check_reserved(&path)?;
-    let selector = open.at.clone().unwrap_or_default();
+    // A store-only server's current tree is its latest snapshot.
+    let selector = open.at.clone().unwrap_or_else(|| "latest".into());
     let served = config.clone();
     let opening = tokio::task::spawn_blocking(move || open_snapshot(&served, &path, &selector));
     let (manifest, reader) = tokio::select! {

@@ -9,8 +9,7 @@ use quinn::{Connection, VarInt};
 
 use super::caps::{Caps, WIRE_OVERHEAD_PERMILLE};
 use crate::codec::LinkWindow;
-use crate::fs::store::MirrorReceiver as Receiver;
-use crate::session::{ChunkReader, Sender, WindowEstimate};
+use crate::session::{ChunkReader, Destination, Receiver, Sender, WindowEstimate};
 
 /// What a connection did, for reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,7 +63,7 @@ impl WindowFeed {
     }
 
     /// Updates `receiver` once an interval has passed (cheap otherwise).
-    pub(super) fn tick(&mut self, receiver: &mut Receiver) {
+    pub(super) fn tick<D: Destination>(&mut self, receiver: &mut Receiver<D>) {
         let now = self.start.elapsed();
         if !self.estimate.due(now, self.rtt) {
             return;

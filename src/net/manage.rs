@@ -10,6 +10,7 @@ use super::frames::{ended, inbound, open_control};
 use super::served::ServeConfig;
 use super::watch::Activity;
 use crate::fs::history::{History, PruneReport, SnapshotReader, SnapshotRecord};
+use crate::fs::store::repo::{SnapshotSource, StoreReader};
 use crate::manifest::{Manifest, RelPath};
 use crate::session::SessionError;
 
@@ -129,8 +130,8 @@ fn pruned(report: &PruneReport) -> Message {
 }
 
 /// What the server answers a history request with (after its `Hello`).
-fn answer(dir: &std::path::Path, open: &msg::Open) -> Result<Vec<Message>, SessionError> {
-    let mut history = History::open(dir)?;
+fn answer(config: &ServeConfig, open: &msg::Open) -> Result<Vec<Message>, SessionError> {
+    let mut history = config.open_history()?;
     let tree = tree_name(&open.path);
     match open.direction {
         Direction::Snapshots => list_messages(&history.snapshots()?, &tree),
@@ -150,8 +151,8 @@ pub(super) async fn serve_history(
     open: msg::Open,
     config: &ServeConfig,
 ) -> Result<u64, SessionError> {
-    let dir = config.history_dir();
-    let replies = tokio::task::spawn_blocking(move || answer(&dir, &open))
+    let config = config.clone();
+    let replies = tokio::task::spawn_blocking(move || answer(&config, &open))
         .await
         .map_err(|e| SessionError::Protocol(format!("history task failed: {e}")))??;
     let count = replies.iter().map(|m| match m {
@@ -197,8 +198,8 @@ pub(super) fn open_snapshot(
     config: &ServeConfig,
     path: &RelPath,
     selector: &str,
-) -> Result<(Manifest, SnapshotReader), SessionError> {
-    let history = History::open(&config.history_dir())?;
+) -> Result<(Manifest, SnapshotSource), SessionError> {
+    let history = config.open_history()?;
     let records = history.snapshots()?;
     let shown = tree_name(path.as_bytes());
     let not_found = |why: String| refused(CloseCode::NotFound, why);
@@ -223,6 +224,10 @@ pub(super) fn open_snapshot(
     let single_file = !sub.is_root()
         && matches!(manifest.entries(), [only] if only.path.as_bytes() == sub.name() && only.file().is_some());
     let at = if single_file { sub.parent() } else { sub };
+    if config.store.is_some() {
+        // No mirror: every chunk a snapshot names is in the store.
+        return Ok((manifest, SnapshotSource::Store(StoreReader::new(history))));
+    }
     let mirror = tree.to_path(&config.root);
     let (state, _) = config.state_file(&tree);
     let reader = match SnapshotReader::new(history, &mirror, &state) {
@@ -230,12 +235,12 @@ pub(super) fn open_snapshot(
         // A push holds the state database: chunks the store lacks are read
         // where the snapshot had them (unchanged files), which is most.
         Err(e) if e.is_busy() => {
-            let history = History::open(&config.history_dir())?;
+            let history = config.open_history()?;
             SnapshotReader::without_index(history, &mirror)
         }
         Err(e) => return Err(e.into()),
     };
-    Ok((manifest, reader.with_prefix(at)))
+    Ok((manifest, SnapshotSource::Mirror(reader.with_prefix(at))))
 }
 
 fn rel(bytes: &[u8]) -> Result<RelPath, SessionError> {

@@ -15,7 +15,7 @@ use super::admission::HANDSHAKE_TIMEOUT;
 use super::caps::Caps;
 use crate::fs::history::{History, SnapshotInfo};
 use crate::fs::store::shared::{SharedIndex, SharedIndexes};
-use crate::fs::store::{MetaPolicy, MirrorStore, Receiving};
+use crate::fs::store::{MetaPolicy, MirrorStore, Receiving, RepoDestination, ServedStore};
 use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
 use crate::session::{OpenRequest, SessionError};
@@ -86,6 +86,10 @@ pub struct ServeConfig {
     /// client then learns that the server holds a chunk it never sent,
     /// i.e. that another client stored the same content.
     pub dedup_across_clients: bool,
+    /// A store-only server: where its history store is (a directory for
+    /// now). Pushes then land in the store alone, with no mirror tree, and
+    /// a pull rebuilds files from its chunks; `root` serves nothing.
+    pub store: Option<String>,
 }
 
 impl ServeConfig {
@@ -108,13 +112,32 @@ impl ServeConfig {
             history: true,
             shared: SharedIndexes::default(),
             dedup_across_clients: false,
+            store: None,
         }
+    }
+
+    /// A store-only server keeping every tree in the history store at
+    /// `store`, as `access` allows: no mirror tree anywhere.
+    pub fn store_only(store: String, access: Access) -> Self {
+        ServeConfig { store: Some(store), ..ServeConfig::new(PathBuf::new(), access) }
+    }
+
+    /// Opens the server's history store: the one place its location is
+    /// turned into a store.
+    ///
+    /// # Errors
+    /// As [`History::open`].
+    pub fn open_history(&self) -> crate::Result<History> {
+        History::open(&self.history_dir())
     }
 
     /// Where the history of every tree served is kept: `ROOT/.xfer/history`,
     /// or `DIR/history` when the state is outside the root. One store per
     /// server, so a chunk kept once serves every tree's snapshots.
     pub fn history_dir(&self) -> PathBuf {
+        if let Some(store) = &self.store {
+            return PathBuf::from(store);
+        }
         match &self.state {
             ServerState::InRoot => self.root.join(SERVER_STATE_DIR).join("history"),
             ServerState::Outside(dir) => dir.join("history"),
@@ -164,7 +187,8 @@ impl ServeConfig {
     /// Refuses `path` when it lies in the server's own state.
     pub(super) fn check_reserved(&self, path: &RelPath) -> Result<(), SessionError> {
         let first = path.as_bytes().split(|&b| b == b'/').next();
-        if self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
+        // A store-only server keeps no state among the trees it serves.
+        if self.store.is_none() && self.state == ServerState::InRoot && first == Some(SERVER_STATE_DIR.as_bytes()) {
             return Err(SessionError::Peer {
                 code: Some(CloseCode::OutsideAllowedPath),
                 message: format!("/{SERVER_STATE_DIR} is the server's own state; use another path"),
@@ -220,6 +244,33 @@ pub(super) fn check_real_dirs(root: &Path, path: &RelPath, must_exist: bool) -> 
     Ok(())
 }
 
+/// What a push's snapshot says of it.
+fn snapshot_info(path: &RelPath, request: &OpenRequest, client: &str) -> SnapshotInfo {
+    SnapshotInfo {
+        tree: super::manage::tree_name(path.as_bytes()),
+        client: client.to_string(),
+        host: request.source_host.clone(),
+        source: request.source_path.clone(),
+        tags: request.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
+        ..SnapshotInfo::default()
+    }
+}
+
+/// Opens the destination client `client` asked for: a tree under the
+/// server's root, or the history store alone.
+pub(super) fn open_served(config: &ServeConfig, request: &OpenRequest, client: &str) -> Result<ServedStore, SessionError> {
+    let path = request.path.clone().unwrap_or_else(RelPath::root);
+    match &config.store {
+        Some(store) => {
+            let history = config.open_history()?;
+            let repo = RepoDestination::open(history, store, snapshot_info(&path, request, client))
+                .map_err(|e| busy_or(e, &path))?;
+            Ok(ServedStore::Repo(Box::new(repo)))
+        }
+        None => open_store(config, request, client).map(|r| ServedStore::Mirror(Box::new(r))),
+    }
+}
+
 /// Opens the destination client `client` asked for, under the server's root.
 pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &str) -> Result<Receiving, SessionError> {
     let path = request.path.clone().unwrap_or_else(RelPath::root);
@@ -239,16 +290,8 @@ pub(super) fn open_store(config: &ServeConfig, request: &OpenRequest, client: &s
         }
     };
     let store = if config.history {
-        let history = History::open(&config.history_dir())?;
-        let info = SnapshotInfo {
-            tree: super::manage::tree_name(path.as_bytes()),
-            client: client.to_string(),
-            host: request.source_host.clone(),
-            source: request.source_path.clone(),
-            tags: request.tags.iter().map(|t| (t.key.clone(), t.value.clone())).collect(),
-            ..SnapshotInfo::default()
-        };
-        store.with_history(history, info)
+        let history = config.open_history()?;
+        store.with_history(history, snapshot_info(&path, request, client))
     } else {
         store
     };

@@ -23,8 +23,11 @@ use crate::pacing::{Flow, Rate, Timetable};
 /// Everything a server runs with: the use case's view of the options.
 #[derive(Clone)]
 pub struct ServeSettings {
-    /// The directory served (created if missing).
+    /// The directory served (created if missing); unused with `store`.
     pub root: PathBuf,
+    /// A store-only server: the history store every tree is kept in (a
+    /// directory, created if missing), with no mirror tree.
+    pub store: Option<String>,
     /// Who may read and write where.
     pub access: Access,
     /// Cap on each session's data direction.
@@ -95,15 +98,12 @@ impl Drop for Pacer {
 /// The root cannot be made or opened, the audit log cannot be opened, or
 /// the socket cannot be bound.
 pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -> crate::Result<Serving> {
-    let root = &settings.root;
-    std::fs::create_dir_all(root).map_err(|e| crate::Error::io(root, e))?;
-    let root = root.canonicalize().map_err(|e| crate::Error::io(root, e))?;
+    let (mut config, state_dir) = served(&settings)?;
     let audit = match (settings.audit, &settings.audit_log) {
         (false, _) => None,
         (true, Some(path)) => Some(Arc::new(AuditLog::open(path)?)),
-        (true, None) => Some(Arc::new(AuditLog::open(&root.join(SERVER_STATE_DIR).join("audit.jsonl"))?)),
+        (true, None) => Some(Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?)),
     };
-    let mut config = ServeConfig::new(root, settings.access.clone());
     config.per_session = settings.per_session;
     config.max_sessions = settings.max_sessions;
     config.idle_timeout = settings.idle_timeout;
@@ -122,6 +122,23 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
         }
     };
     Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer, pruner })
+}
+
+/// What `settings` serve, and where the server's own files go by default:
+/// `ROOT/.xfer`, or for a store-only server the store itself.
+fn served(settings: &ServeSettings) -> crate::Result<(ServeConfig, PathBuf)> {
+    if let Some(store) = &settings.store {
+        let config = ServeConfig::store_only(store.clone(), settings.access.clone());
+        // Opened once now: a store of another format fails the start, not
+        // every push.
+        drop(config.open_history()?);
+        return Ok((config, PathBuf::from(store)));
+    }
+    let root = &settings.root;
+    std::fs::create_dir_all(root).map_err(|e| crate::Error::io(root, e))?;
+    let root = root.canonicalize().map_err(|e| crate::Error::io(root, e))?;
+    let state_dir = root.join(SERVER_STATE_DIR);
+    Ok((ServeConfig::new(root, settings.access.clone()), state_dir))
 }
 
 /// Keeps the server's total cap to `timetable`, re-read every few seconds.

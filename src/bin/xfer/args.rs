@@ -76,7 +76,8 @@ done, and a refused pull (exit 2) deletes nothing.\n\n",
     ))]
     Pull(PushArgs),
     /// Serve a directory: admitted clients push into paths below it.
-    #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n\n\
+    #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n  \
+xfer serve --store /srv/repo --listen 0.0.0.0:7878 --allow xfer:...   # no mirror tree\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
 Its state lives in ROOT/.xfer, which clients can never write.\n\
 CONFIG_DIR/config.toml's [serve] section may set congestion = \"NAME\".\n\n\
@@ -96,9 +97,15 @@ interval after start), without blocking pushes or pulls, and writes an audit lin
 direction \"retention\". On the server machine, `xfer forget` and `xfer prune` take the\n\
 tree's path and --root ROOT.")]
     Serve {
-        /// The directory to serve.
+        /// The directory to serve: clients push into a mirror tree below it.
         #[arg(long)]
-        root: PathBuf,
+        root: Option<PathBuf>,
+        /// Keep only the repository, no mirror tree: every push becomes a
+        /// snapshot in the history store at PATH (created if missing), a
+        /// pull rebuilds files from its chunks (the latest snapshot unless
+        /// --at says otherwise). Instead of --root.
+        #[arg(long, value_name = "PATH")]
+        store: Option<String>,
         /// Address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
@@ -133,7 +140,7 @@ tree's path and --root ROOT.")]
         idle_timeout: u64,
         /// Append one JSON line per session (time, client, path, direction,
         /// tags, files and bytes, result, duration) to FILE.
-        /// [default: ROOT/.xfer/audit.jsonl]
+        /// [default: ROOT/.xfer/audit.jsonl, or STORE/audit.jsonl with --store]
         #[arg(long, value_name = "FILE")]
         audit_log: Option<PathBuf>,
         /// Dedup across clients: a push is not sent chunks any client

@@ -132,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => pull(PushArgs { itemize: args.itemize || verbose, ..args }, cli.quiet),
         Command::Serve {
             root,
+            store,
             listen,
             allow,
             authorized_clients,
@@ -159,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 congestion: congestion.or(configured).unwrap_or_default(),
                 dedup_across_clients,
             };
-            serve(root, listen, grants, config_dir, limits, audit_log, serve::retention(&retention)?)
+            serve((root, store), listen, grants, config_dir, limits, audit_log, serve::retention(&retention)?)
         }
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),

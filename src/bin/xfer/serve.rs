@@ -43,8 +43,48 @@ fn serve_access(allow: &[String], authorized_clients: Option<&std::path::Path>) 
     Ok(access)
 }
 
+/// What `xfer serve` serves: a root of mirror trees, or a store alone.
+enum Served {
+    Root(PathBuf),
+    Store(String),
+}
+
+impl Served {
+    /// `--root` or `--store`, exactly one.
+    fn from_flags(root: Option<PathBuf>, store: Option<String>) -> anyhow::Result<Served> {
+        match (root, store) {
+            (Some(root), None) => Ok(Served::Root(root)),
+            (None, Some(store)) if !store.is_empty() => Ok(Served::Store(store)),
+            (Some(_), Some(_)) => bail!(
+                "--root and --store exclude each other: --root DIR serves mirror trees (with their history \
+                 in DIR/.xfer), --store PATH keeps only the repository; give one"
+            ),
+            (None, _) => bail!(
+                "nothing to serve: give --root DIR (mirror trees clients push into) or --store PATH \
+                 (only the repository: snapshots, no mirror tree)"
+            ),
+        }
+    }
+
+    /// The options serving it, and how the operator is told of it.
+    fn options(self, access: Access) -> anyhow::Result<(ServerOptions, String)> {
+        match self {
+            Served::Root(root) => {
+                std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+                let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+                let shown = root.display().to_string();
+                Ok((ServerOptions::new(root, access), shown))
+            }
+            Served::Store(store) => {
+                let shown = format!("the store {store} (no mirror tree)");
+                Ok((ServerOptions::store(store, access), shown))
+            }
+        }
+    }
+}
+
 pub(crate) fn serve(
-    root: PathBuf,
+    (root, store): (Option<PathBuf>, Option<String>),
     listen: std::net::SocketAddr,
     (allow, authorized_clients): (&[String], Option<&std::path::Path>),
     config_dir: PathBuf,
@@ -52,17 +92,17 @@ pub(crate) fn serve(
     audit_log: Option<PathBuf>,
     retention: Retention,
 ) -> anyhow::Result<ExitCode> {
+    let served = Served::from_flags(root, store)?;
     let identity = Identity::load_or_create(&config_dir)?;
     let access = serve_access(allow, authorized_clients)?;
-    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let root = root.canonicalize().with_context(|| format!("open {}", root.display()))?;
+    let (options, shown) = served.options(access)?;
     let schedule = retention.every;
     let policies = match (&retention.default, retention.table.entries.len()) {
         (Some(_), 0) => "one policy for every tree".to_string(),
         (Some(_), n) => format!("{n} per-tree policies, the --keep-* flags elsewhere"),
         (None, n) => format!("{n} per-tree policies, other trees keep everything"),
     };
-    let options = ServerOptions::new(root.clone(), access)
+    let options = options
         .bwlimit(limits.per_session)
         .bwlimit_total(Timetable::constant(limits.total))
         .max_sessions(limits.max_sessions)
@@ -79,9 +119,8 @@ pub(crate) fn serve(
     let runtime = runtime()?;
     runtime.block_on(async {
         let mut signals = StopSignals::install()?;
-        let server = Server::start(listen, &identity, options)
-            .with_context(|| format!("serve {} on {listen}", root.display()))?;
-        eprintln!("xfer: serving {} on {} as {}", root.display(), server.local_addr()?, identity.fingerprint());
+        let server = Server::start(listen, &identity, options).with_context(|| format!("serve {shown} on {listen}"))?;
+        eprintln!("xfer: serving {shown} on {} as {}", server.local_addr()?, identity.fingerprint());
         if limits.dedup_across_clients {
             eprintln!("xfer: dedup across clients: a client can learn that another stored the same content");
         }

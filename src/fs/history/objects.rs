@@ -466,6 +466,9 @@ pub enum StoreUrl {
     Memory(String),
 }
 
+/// Longest key prefix taken.
+const MAX_PREFIX: usize = 400;
+
 /// What a bad store URL is told.
 const ACCEPTED: &str = "use s3://BUCKET/PREFIX, file:///ABSOLUTE/PATH, memory:NAME or an absolute directory path";
 
@@ -484,6 +487,11 @@ impl StoreUrl {
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|part| part == "." || part == "..") {
                 return Err(bad("a prefix may not hold . or .. parts"));
+            }
+            // Keys are the prefix and at most 74 bytes; some S3 servers
+            // (Garage on LMDB) refuse keys over 479.
+            if prefix.len() > MAX_PREFIX {
+                return Err(bad(&format!("a prefix of at most {MAX_PREFIX} bytes")));
             }
             return Ok(StoreUrl::S3 { bucket: bucket.to_string(), prefix: prefix.to_string() });
         }
@@ -560,7 +568,8 @@ mod tests {
         assert_eq!(StoreUrl::parse("file:///srv/h").unwrap(), StoreUrl::File("/srv/h".into()));
         assert_eq!(StoreUrl::parse("memory:t").unwrap(), StoreUrl::Memory("t".into()));
         assert_eq!(StoreUrl::parse("/srv/h").unwrap(), StoreUrl::Dir("/srv/h".into()));
-        for bad in ["s3:///x", "file://rel/path", "gs://b/p", "relative/dir", "s3://b/a/../c"] {
+        let long = format!("s3://b/{}", "p".repeat(401));
+        for bad in ["s3:///x", "file://rel/path", "gs://b/p", "relative/dir", "s3://b/a/../c", &long] {
             let err = StoreUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains("s3://BUCKET/PREFIX") && err.contains(bad), "{bad}: {err}");
         }

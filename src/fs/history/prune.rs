@@ -155,11 +155,19 @@ fn read_pack(h: &History, id: [u8; 32]) -> Result<Option<IndexedPack>> {
     if len < TRAILER_LEN as u64 {
         return Err(bad(crate::history::malformed_error("pack", "shorter than its trailer")));
     }
-    let trailer = h.objects.get_range(&key, len - TRAILER_LEN as u64..len)?;
+    // Deleted since its size was read (another prune): gone, not an error.
+    let read = |range: std::ops::Range<u64>| match h.objects.get_range(&key, range) {
+        Err(e) if h.objects.size(&key).is_ok_and(|size| size.is_none()) => {
+            tracing::debug!(error = %e, "a doomed pack went while read");
+            Ok(None)
+        }
+        other => other.map(Some),
+    };
+    let Some(trailer) = read(len - TRAILER_LEN as u64..len)? else { return Ok(None) };
     let trailer: [u8; TRAILER_LEN] = trailer.try_into().expect("invariant: get_range returns the length asked");
     let header_len = header_len(&trailer, len).map_err(bad)?;
     let start = len - (TRAILER_LEN + header_len) as u64;
-    let header = h.objects.get_range(&key, start..start + header_len as u64)?;
+    let Some(header) = read(start..start + header_len as u64)? else { return Ok(None) };
     let entries = decode_header(&header, len).map_err(bad)?;
     Ok(Some(IndexedPack { id, len, entries }))
 }

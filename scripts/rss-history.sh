@@ -11,12 +11,19 @@
 #
 #   scripts/rss-history.sh [N] [NIGHTS]      (default 1000000 30)
 #
+# RSS_UNTIL=EPOCH-SECONDS stops pushing nights (from night 3 on) once the
+# next one, as long as the last, would end after that time (or once the
+# file $dir/stop-nights exists): the commands
+# are then measured on the nights done (the table says how many). forget
+# keeps the newest half (15 of 30; KEEP_LAST sets it).
+#
 # Tree: N files of 1 B - 4 KB random bytes (one in 500 from 64 KB to 1 MB),
 # in directories of 1000 below 30 groups, plus one flat directory of
 # min(100000, N/10) files. Needs GNU time (/usr/bin/time), python3 and ss.
 # Uses $XFER or a release build (target/release/xfer, built if missing);
 # scratch under ${RSS_DIR:-/var/tmp/xfer-rss-history}, removed at the end
-# unless KEEP=1. Per-night figures go to $dir/nights.log (and stdout).
+# unless KEEP=1 (removing a million files takes a while too). Per-night
+# figures go to $dir/nights.log (and stdout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -143,7 +150,15 @@ s = v["snapshots"] if isinstance(v, dict) else v
 assert len(s) == 1, s
 print(s[0]["id"])')
 echo "night 1 snapshot $night1 $(elapsed)"
+last_wall=0
 for night in $(seq 2 "$nights"); do
+    if [ "$night" -gt 2 ] && { [ -e stop-nights ] || { [ -n "${RSS_UNTIL:-}" ] &&
+        [ $(( $(date +%s) + last_wall * 6 / 5 + 60 )) -gt "$RSS_UNTIL" ]; }; }; then
+        echo "stopping after night $(( night - 1 )) of $nights"
+        nights=$(( night - 1 ))
+        break
+    fi
+    night_start=$(date +%s)
     python3 - "$n" "$night" <<'EOF'
 import os, random, sys
 n, night = int(sys.argv[1]), int(sys.argv[2])
@@ -169,7 +184,9 @@ os.rename(d, f"{d}-n{night:02d}")
 EOF
     push "push night $night" >> nights.log
     echo "night $night: $(tail -n1 nights.log | cut -c35-) $(elapsed)"
+    last_wall=$(( $(date +%s) - night_start ))
 done
+keep=${KEEP_LAST:-$(( nights / 2 ))}
 du_hist() { du -sm dst/.xfer/history | cut -f1; }
 echo "history store: $(du_hist) MiB after $nights nights $(elapsed)"
 
@@ -185,20 +202,18 @@ print(len(v["snapshots"] if isinstance(v, dict) else v))')
 measure "pull --at night1 (all)" pull -q --at "$night1" --state-dir stp "${common[@]}" "$url" restored
 sums restored > restored.sums
 cmp -s night1.sums restored.sums || { echo "night 1 RESTORE DIFFERS" >&2; diff night1.sums restored.sums | head >&2; exit 1; }
-rm -rf restored
 echo "night 1 restore exact $(elapsed)"
 measure "pull --at latest (flat dir)" pull -q --at latest --state-dir stp "${common[@]}" "$url/flat" flat
 diff -r src/flat flat > /dev/null || { echo "flat RESTORE DIFFERS" >&2; exit 1; }
-rm -rf flat
 echo "latest flat restore exact $(elapsed)"
-measure "forget --keep-last 15" forget -q --keep-last 15 "${common[@]}" "$url"
+measure "forget --keep-last $keep" forget -q --keep-last "$keep" "${common[@]}" "$url"
 before=$(du_hist)
 measure "prune (phase one)" prune -q "${common[@]}" "$url"
 measure "prune (phase two)" prune -q "${common[@]}" "$url"
 echo "history store: $before MiB before prune, $(du_hist) MiB after $(elapsed)"
 
 echo
-echo "N=$n NIGHTS=$nights (RSS in MiB, wall in s)"
+echo "N=$n NIGHTS=$nights (RSS in MiB, wall in s; nights 2.. also edit, add, delete and rename)"
 printf '%-34s %10s %10s %9s\n' command client server wall
 grep -E "night (1|$nights)\b" nights.log
 cat rows

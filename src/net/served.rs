@@ -74,7 +74,7 @@ pub struct ServeConfig {
     pub congestion: super::Congestion,
     /// Whether pushes keep history: old versions of what they overwrite
     /// or delete, and a snapshot of each tree they leave
-    /// ([`ServeConfig::history_dir`]).
+    /// ([`ServeConfig::history_at`]).
     pub history: bool,
     /// Each client's index of the chunks it pushed to any tree here, so a
     /// tree pushed again elsewhere is not sent again; never consulted for
@@ -90,6 +90,33 @@ pub struct ServeConfig {
     /// now). Pushes then land in the store alone, with no mirror tree, and
     /// a pull rebuilds files from its chunks; `root` serves nothing.
     pub store: Option<String>,
+}
+
+/// Where a server's history store is: the store URL or path of a
+/// store-only server, else a directory beside the mirror trees.
+#[derive(Clone, Debug)]
+pub struct HistoryAt {
+    store: Option<String>,
+    dir: PathBuf,
+}
+
+impl HistoryAt {
+    /// Opens it (creating it if missing).
+    ///
+    /// # Errors
+    /// As [`History::open_url`] and [`History::open`].
+    pub fn open(&self) -> crate::Result<History> {
+        match &self.store {
+            Some(url) => History::open_url(url),
+            None => History::open(&self.dir),
+        }
+    }
+
+    /// Whether it may hold history: a mirror server's directory that was
+    /// never made holds none (and is not made just to find that out).
+    pub fn may_exist(&self) -> bool {
+        self.store.is_some() || self.dir.is_dir()
+    }
 }
 
 impl ServeConfig {
@@ -122,26 +149,24 @@ impl ServeConfig {
         ServeConfig { store: Some(store), ..ServeConfig::new(PathBuf::new(), access) }
     }
 
-    /// Opens the server's history store: the one place its location is
-    /// turned into a store.
+    /// Opens the history store (see [`ServeConfig::history_at`]).
     ///
     /// # Errors
-    /// As [`History::open`].
+    /// As [`HistoryAt::open`].
     pub fn open_history(&self) -> crate::Result<History> {
-        History::open(&self.history_dir())
+        self.history_at().open()
     }
 
-    /// Where the history of every tree served is kept: `ROOT/.xfer/history`,
-    /// or `DIR/history` when the state is outside the root. One store per
-    /// server, so a chunk kept once serves every tree's snapshots.
-    pub fn history_dir(&self) -> PathBuf {
-        if let Some(store) = &self.store {
-            return PathBuf::from(store);
-        }
-        match &self.state {
+    /// Where the history of every tree served is kept: the store of a
+    /// store-only server, else `ROOT/.xfer/history`, or `DIR/history` when
+    /// the state is outside the root. One store per server, so a chunk
+    /// kept once serves every tree's snapshots.
+    pub fn history_at(&self) -> HistoryAt {
+        let dir = match &self.state {
             ServerState::InRoot => self.root.join(SERVER_STATE_DIR).join("history"),
             ServerState::Outside(dir) => dir.join("history"),
-        }
+        };
+        HistoryAt { store: self.store.clone(), dir }
     }
 
     /// The caps of a new session: its own, and the server's total.

@@ -4,7 +4,6 @@
 //! records, and the history's prune works in two phases without blocking
 //! its writers.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,7 +12,8 @@ use xfer_core::retention::{KeepPolicy, RetentionError, RetentionTable};
 
 use super::history::judge;
 use super::TransferError;
-use crate::fs::history::{History, PruneReport, SnapshotRecord};
+use crate::fs::history::{PruneReport, SnapshotRecord};
+use crate::net::served::HistoryAt;
 
 /// How often a server applies its policies when it has any and no interval
 /// was given.
@@ -83,18 +83,18 @@ pub fn doomed(records: &[SnapshotRecord], retention: &Retention) -> (u64, Vec<St
     (judged, ids)
 }
 
-/// Applies `retention` to the history in `dir` (blocking): forgets what
+/// Applies `retention` to the history store `at` (blocking): forgets what
 /// the policies do not keep, then prunes. Checks `stop` between steps.
 /// A server that has no history yet has nothing to do.
 ///
 /// # Errors
 /// A history that cannot be read or written.
-pub fn apply(dir: &Path, retention: &Retention, stop: &CancellationToken) -> Result<RetentionRun, TransferError> {
+pub fn apply(at: &HistoryAt, retention: &Retention, stop: &CancellationToken) -> Result<RetentionRun, TransferError> {
     let mut run = RetentionRun::default();
-    if !dir.is_dir() || !retention.is_set() {
+    if !at.may_exist() || !retention.is_set() {
         return Ok(run);
     }
-    let mut history = History::open(dir)?;
+    let mut history = at.open()?;
     let (trees, doomed) = doomed(&history.snapshots()?, retention);
     run.trees = trees;
     if stop.is_cancelled() {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::retention::{apply, Retention, RetentionRun};
 use super::schedule::Clock;
 use super::TransferError;
+use crate::fs::history::StoreUrl;
 use crate::net::access::Access;
 use crate::net::audit::{AuditLog, AuditRecord};
 use crate::net::served::{ServeConfig, SERVER_STATE_DIR};
@@ -102,7 +103,15 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
     let audit = match (settings.audit, &settings.audit_log) {
         (false, _) => None,
         (true, Some(path)) => Some(Arc::new(AuditLog::open(path)?)),
-        (true, None) => Some(Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?)),
+        (true, None) => {
+            let state_dir = state_dir.ok_or_else(|| crate::Error::StoreUrl {
+                url: settings.store.clone().unwrap_or_default(),
+                reason: "a store on an object store keeps no local files: give the audit log's place \
+                         (`xfer serve --audit-log FILE`)"
+                    .into(),
+            })?;
+            Some(Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?))
+        }
     };
     config.per_session = settings.per_session;
     config.max_sessions = settings.max_sessions;
@@ -125,20 +134,38 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
 }
 
 /// What `settings` serve, and where the server's own files go by default:
-/// `ROOT/.xfer`, or for a store-only server the store itself.
-fn served(settings: &ServeSettings) -> crate::Result<(ServeConfig, PathBuf)> {
+/// `ROOT/.xfer`, for a store-only server the store's directory, and none
+/// for a store on an object store.
+fn served(settings: &ServeSettings) -> crate::Result<(ServeConfig, Option<PathBuf>)> {
     if let Some(store) = &settings.store {
-        let config = ServeConfig::store_only(store.clone(), settings.access.clone());
-        // Opened once now: a store of another format fails the start, not
-        // every push.
+        let (store, local) = match StoreUrl::parse(store) {
+            // A relative path: made absolute, so the store is found again
+            // whatever the server's working directory.
+            Err(_) if !store.contains(':') => {
+                let dir = PathBuf::from(store);
+                std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+                let dir = dir.canonicalize().map_err(|e| crate::Error::io(&dir, e))?;
+                let url = dir.to_str().map(str::to_string).ok_or_else(|| crate::Error::StoreUrl {
+                    url: store.clone(),
+                    reason: "the path is not UTF-8; give another".into(),
+                })?;
+                (url, Some(dir))
+            }
+            Err(e) => return Err(e),
+            Ok(StoreUrl::Dir(dir)) => (store.clone(), Some(dir)),
+            Ok(_) => (store.clone(), None),
+        };
+        let config = ServeConfig::store_only(store, settings.access.clone());
+        // Opened once now: a bad URL, missing credentials or a store of
+        // another format fail the start, not every push.
         drop(config.open_history()?);
-        return Ok((config, PathBuf::from(store)));
+        return Ok((config, local));
     }
     let root = &settings.root;
     std::fs::create_dir_all(root).map_err(|e| crate::Error::io(root, e))?;
     let root = root.canonicalize().map_err(|e| crate::Error::io(root, e))?;
     let state_dir = root.join(SERVER_STATE_DIR);
-    Ok((ServeConfig::new(root, settings.access.clone()), state_dir))
+    Ok((ServeConfig::new(root, settings.access.clone()), Some(state_dir)))
 }
 
 /// Keeps the server's total cap to `timetable`, re-read every few seconds.
@@ -163,7 +190,7 @@ fn pace(config: &mut ServeConfig, timetable: Timetable, clock: Option<Clock>) ->
 fn schedule_retention(config: &ServeConfig, retention: Retention) -> Option<Pruner> {
     let every = retention.every.filter(|_| retention.is_set())?;
     let stop = config.shutdown.child_token();
-    let (dir, audit, token) = (config.history_dir(), config.audit.clone(), stop.clone());
+    let (dir, audit, token) = (config.history_at(), config.audit.clone(), stop.clone());
     let retention = Arc::new(retention);
     let task = tokio::spawn(async move {
         let stop = token;

@@ -64,7 +64,6 @@ mod disk;
 mod index;
 // Until `xfer serve --store` opens stores by URL, the object store side
 // is reached from tests only (with `internals`).
-#[cfg_attr(not(feature = "internals"), allow(dead_code))]
 mod objects;
 mod prune;
 pub mod restore;
@@ -232,7 +231,6 @@ impl History {
     /// # Errors
     /// A URL of none of those forms (the message lists them); an
     /// unreachable or unreadable store, or one of an unknown format.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn open_url(url: &str) -> Result<History> {
         let parsed = StoreUrl::parse(url)?;
         if let StoreUrl::Dir(dir) = &parsed {

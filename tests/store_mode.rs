@@ -664,3 +664,63 @@ proptest! {
         prop_assert!(snapshots.iter().all(|s| !s.partial));
     }
 }
+
+// ---------------------------------------------------------------------------
+// A property: a client is spared exactly the chunks of its tree's latest
+// snapshot and those it sent itself
+
+/// One push of the property below.
+#[derive(Clone, Debug)]
+struct Step {
+    client: usize,
+    tree: usize,
+    /// Which of the shared segments the file is made of, in order.
+    parts: Vec<usize>,
+    /// Cut after sending half of what was asked.
+    cut: bool,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (0..2usize, 0..3usize, prop::collection::vec(0..4usize, 1..4), any::<bool>())
+        .prop_map(|(client, tree, parts, cut)| Step { client, tree, parts, cut })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_push_is_spared_only_its_trees_and_its_own_chunks(steps in prop::collection::vec(step(), 1..8)) {
+        let scratch = TempDir::new().unwrap();
+        let store = scratch.path().join("store");
+        let segments: Vec<Vec<u8>> = (0..4).map(|k| seeded(150_000, 40 + k)).collect();
+        let (clients, trees) = (["xfer:a", "xfer:b"], ["/a", "/b", "/c"]);
+        let mut sent: Vec<std::collections::HashSet<_>> = vec![Default::default(); 2];
+        let mut in_tree: Vec<std::collections::HashSet<_>> = vec![Default::default(); 3];
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        for s in &steps {
+            let data: Vec<u8> = s.parts.iter().flat_map(|&p| segments[p].iter().copied()).collect();
+            let digest = digest_bytes(&data);
+            let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
+            let mut dest = repo_of(&store, trees[s.tree], clients[s.client]);
+            dest.refresh(false).unwrap();
+            let expected: Vec<bool> = ids.iter().map(|id| in_tree[s.tree].contains(id) || sent[s.client].contains(id)).collect();
+            prop_assert_eq!(dest.has_chunks(&ids).unwrap(), expected.clone());
+            let needs = dest.begin_file(0, &rel(b"f"), &meta(0o644, 1), &digest).unwrap();
+            let unheld: std::collections::HashSet<_> = ids.iter().zip(&expected).filter(|(_, &h)| !h).map(|(id, _)| *id).collect();
+            prop_assert_eq!(needs.len(), unheld.len());
+            let send = if s.cut { needs.len() / 2 } else { needs.len() };
+            for need in &needs[..send] {
+                let start = need.offset as usize;
+                dest.put_chunk(0, need.need, &encoder.encode(&data[start..start + need.chunk.len as usize]), false).unwrap();
+                sent[s.client].insert(need.chunk.id);
+            }
+            if s.cut && send < needs.len() {
+                dest.finish(false).unwrap();
+            } else {
+                dest.complete_file(0).unwrap();
+                prop_assert!(dest.finish(true).unwrap().failed.is_empty());
+                in_tree[s.tree] = ids.iter().copied().collect();
+            }
+        }
+    }
+}

@@ -201,6 +201,35 @@ pub enum Error {
         /// The missing chunk.
         chunk: ChunkId,
     },
+    /// A request to the object store holding a history store failed.
+    #[error("object store {url}: {source}")]
+    ObjectStore {
+        /// The object's URL (or the store's).
+        url: String,
+        /// What the store said.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A history store URL that is none of the accepted forms.
+    #[error("{url:?} is not a history store location: {reason}")]
+    StoreUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong, and the forms accepted.
+        reason: String,
+    },
+    /// A writer that has had the history store open longer than half of
+    /// prune's grace period (on an object store, where no lock protects
+    /// it): data it counts on may since have been pruned.
+    #[error("history store {path}: open for {age_secs} s, longer than half the prune grace of {grace_secs} s; open it again and retry")]
+    HistoryStale {
+        /// The store.
+        path: PathBuf,
+        /// How long it has been open.
+        age_secs: u64,
+        /// The prune grace period.
+        grace_secs: u64,
+    },
     /// A failure injected by a test at a numbered step.
     #[error("injected failure at step {step}")]
     Injected {

@@ -19,13 +19,13 @@ use crate::util::{rel, seeded};
 
 /// A tree of `dirs` directories of `per_dir` files of `size` bytes, each
 /// file's bytes from its seed (`seed_of(dir, file)`).
-struct Tree {
-    manifest: Manifest,
-    data: HashMap<RelPath, Vec<u8>>,
+pub(crate) struct Tree {
+    pub(crate) manifest: Manifest,
+    pub(crate) data: HashMap<RelPath, Vec<u8>>,
 }
 
 impl Tree {
-    fn new(dirs: usize, per_dir: usize, size: usize, seed_of: impl Fn(usize, usize) -> u64) -> Tree {
+    pub(crate) fn new(dirs: usize, per_dir: usize, size: usize, seed_of: impl Fn(usize, usize) -> u64) -> Tree {
         let mut entries = Vec::new();
         let mut data = HashMap::new();
         for d in 0..dirs {
@@ -43,7 +43,7 @@ impl Tree {
     }
 
     /// Every chunk of every file, with its bytes.
-    fn chunks(&self) -> Vec<(ChunkId, Vec<u8>)> {
+    pub(crate) fn chunks(&self) -> Vec<(ChunkId, Vec<u8>)> {
         let mut out = Vec::new();
         for entry in self.manifest.entries() {
             if let Some(digest) = entry.file() {
@@ -58,14 +58,14 @@ impl Tree {
         out
     }
 
-    fn store_in(&self, history: &mut History) {
+    pub(crate) fn store_in(&self, history: &mut History) {
         for (id, bytes) in self.chunks() {
             history.add_chunk(id, &bytes).unwrap();
         }
     }
 }
 
-fn info(tree: &str, secs: u64) -> SnapshotInfo {
+pub(crate) fn info(tree: &str, secs: u64) -> SnapshotInfo {
     SnapshotInfo {
         tree: tree.into(),
         host: "src-host".into(),
@@ -110,7 +110,7 @@ fn store_reader(history: &History) -> SnapshotReader<&History> {
 }
 
 /// Checks that `record` loads and every file restores to `tree`'s bytes.
-fn assert_restores(history: &History, record: &SnapshotRecord, tree: &Tree) {
+pub(crate) fn assert_restores(history: &History, record: &SnapshotRecord, tree: &Tree) {
     let loaded = history.load_tree(record, &RelPath::root()).unwrap();
     assert_eq!(loaded, tree.manifest);
     let restored = restore(&loaded, &mut store_reader(history));
@@ -563,7 +563,7 @@ fn crash_points_lose_nothing() {
 
 /// One step of the model test.
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     /// Record a tree built from these seeds (one per file, 0 means absent).
     Record(Vec<u8>),
     /// Forget the snapshot at this position among those listed.
@@ -574,7 +574,7 @@ enum Op {
     Reopen,
 }
 
-fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+pub(crate) fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
     prop_oneof![
         3 => prop::collection::vec(0u8..6, 6).prop_map(Op::Record),
@@ -586,7 +586,7 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 
 /// A tree of up to six files whose contents come from `seeds` (shared
 /// seeds share data between snapshots).
-fn seeded_tree(seeds: &[u8]) -> Tree {
+pub(crate) fn seeded_tree(seeds: &[u8]) -> Tree {
     let mut tree = Tree::new(0, 0, 0, |_, _| 0);
     let mut entries = vec![Entry { path: rel(b"d"), meta: Meta::default(), kind: EntryKind::Dir }];
     for (i, &seed) in seeds.iter().enumerate().filter(|(_, &s)| s != 0) {

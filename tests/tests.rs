@@ -13,6 +13,7 @@ mod footguns;
 mod fuzz_regressions;
 mod hardlinks;
 mod history;
+mod history_backends;
 mod history_store;
 mod history_wire;
 mod hostile;

@@ -15,11 +15,10 @@ mod transfer;
 mod ui;
 
 use args::{Cli, Command, PushArgs};
-use config::Config;
 use serve::{serve, ServeLimits};
 use transfer::{pull, push};
 
-use xfer::{Congestion, FileDigest, Fingerprint, Identity, KnownHosts, Rate};
+use xfer::{FileDigest, Fingerprint, Identity, KnownHosts};
 
 /// Exit code of a usage error, and of a run refused before it changed
 /// anything (too many deletes), which is the user's call to make.
@@ -146,20 +145,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dedup_across_clients,
             retention,
         } => {
-            let per_session = bwlimit.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
-            let total = bwlimit_total.as_deref().map(str::parse::<Rate>).transpose()?.unwrap_or_default();
-            let grants = (allow.as_slice(), authorized_clients.as_deref());
             let config_dir = config_dir_or_default(config_dir)?;
-            let configured = Config::load(&config_dir)?.serve.congestion; // checked when loaded
-            let configured = configured.as_deref().map(str::parse::<Congestion>).transpose()?;
-            let limits = ServeLimits {
-                per_session,
-                total,
+            let rates = (bwlimit.as_deref(), bwlimit_total.as_deref());
+            let limits = ServeLimits::from_flags(
+                rates,
+                congestion,
+                &config_dir,
                 max_sessions,
-                idle_timeout: Duration::from_secs(idle_timeout),
-                congestion: congestion.or(configured).unwrap_or_default(),
+                idle_timeout,
                 dedup_across_clients,
-            };
+            )?;
+            let grants = (allow.as_slice(), authorized_clients.as_deref());
             serve((root, store), listen, grants, config_dir, limits, audit_log, serve::retention(&retention)?)
         }
         Command::Snapshots(args) => history::snapshots(&args),

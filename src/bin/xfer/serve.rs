@@ -12,6 +12,7 @@ use xfer::{
 };
 
 use crate::args::ServeRetention;
+use crate::config::Config;
 
 use crate::{runtime, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
 
@@ -24,6 +25,31 @@ pub(crate) struct ServeLimits {
     pub(crate) congestion: Congestion,
     /// Whether a push draws on every client's chunks, not only its own.
     pub(crate) dedup_across_clients: bool,
+}
+
+impl ServeLimits {
+    /// The limits the flags give, `--congestion` over the config file's.
+    pub(crate) fn from_flags(
+        (bwlimit, bwlimit_total): (Option<&str>, Option<&str>),
+        congestion: Option<Congestion>,
+        config_dir: &std::path::Path,
+        max_sessions: usize,
+        idle_timeout: u64,
+        dedup_across_clients: bool,
+    ) -> anyhow::Result<ServeLimits> {
+        let per_session = bwlimit.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
+        let total = bwlimit_total.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
+        let configured = Config::load(config_dir)?.serve.congestion; // checked when loaded
+        let configured = configured.as_deref().map(str::parse::<Congestion>).transpose()?;
+        Ok(ServeLimits {
+            per_session,
+            total,
+            max_sessions,
+            idle_timeout: Duration::from_secs(idle_timeout),
+            congestion: congestion.or(configured).unwrap_or_default(),
+            dedup_across_clients,
+        })
+    }
 }
 
 /// The clients `xfer serve` admits: `--allow` and `--authorized-clients`

@@ -52,27 +52,6 @@ pub(super) fn ensure_dir(dir: &Path) -> Result<()> {
     }
 }
 
-/// The object names in `dir` (hex names only: temporaries and strays are
-/// skipped), sorted; a missing directory has none.
-pub(super) fn list(dir: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).at(dir),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.at(dir)?;
-        if let Some(name) = entry.file_name().to_str() {
-            if name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Removes `dir/name` durably; one already gone is fine.
 pub(super) fn remove(dir: &Path, name: &str) -> Result<()> {
     let path = dir.join(name);

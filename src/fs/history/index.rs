@@ -3,14 +3,17 @@
 //! files held at open, a map for what was added since).
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use super::disk;
+use super::objects::Objects;
 use crate::error::{Error, Result};
 use crate::hash::ChunkId;
 use crate::history::index::{self as index_file, IndexedPack, Item};
 use crate::history::pack::{BlobKind, Compression, PackEntry, ENTRY_LEN};
 use crate::history::{malformed_error, FormatError};
+
+/// Largest index file read: prune writes them at most ~8 MiB (160,000
+/// blobs); anything far past that is damage, not an index.
+const MAX_INDEX_FILE: u64 = 64 << 20;
 
 /// Where one blob is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,33 +66,26 @@ pub(super) struct Index {
 }
 
 impl Index {
-    /// Reads every index file in `dir`. A file a prune removed between the
-    /// listing and the read means a newer index replaced it: list again.
-    pub(super) fn load(dir: &Path) -> Result<Index> {
-        let mut attempts = 0;
-        loop {
-            match Index::load_once(dir) {
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && attempts < 10 => {
-                    attempts += 1;
-                }
-                other => return other,
+    /// Reads every index file in the store. A file a prune removed between
+    /// the listing and the read means a newer index replaced it: list again.
+    pub(super) fn load(objects: &dyn Objects) -> Result<Index> {
+        for _ in 0..10 {
+            if let Some(index) = Index::load_once(objects)? {
+                return Ok(index);
             }
         }
+        Err(Error::io(objects.label("index"), std::io::Error::other("index files keep vanishing while read")))
     }
 
-    fn load_once(dir: &Path) -> Result<Index> {
-        let mut index = Index { files: disk::list(dir)?, ..Index::default() };
+    fn load_once(objects: &dyn Objects) -> Result<Option<Index>> {
+        let listed = objects.list("index")?;
+        let mut index = Index { files: listed.iter().map(|l| l.name.clone()).collect(), ..Index::default() };
         // Rows come to at most one per 50 bytes of index: reserve once
         // rather than grow (and briefly hold) twice the room.
-        let mut bytes_total = 0;
-        for name in &index.files {
-            let path = dir.join(name);
-            bytes_total += std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-        }
+        let bytes_total: u64 = listed.iter().map(|l| l.size.min(MAX_INDEX_FILE)).sum();
         index.base.reserve(usize::try_from(bytes_total / ENTRY_LEN as u64).unwrap_or(0));
-        for name in index.files.clone() {
-            let path = dir.join(&name);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        for file in &listed {
+            let Some(bytes) = objects.get(&file.key, MAX_INDEX_FILE)? else { return Ok(None) };
             let mut pack = 0;
             index_file::visit(&bytes, |item| {
                 match item {
@@ -98,13 +94,13 @@ impl Index {
                 }
                 Ok::<(), FormatError>(())
             })
-            .map_err(|e| Error::History { path: path.clone(), source: Box::new(e) })?;
+            .map_err(|e| Error::History { path: objects.label(&file.key), source: Box::new(e) })?;
         }
         // Stable: the first index to name a blob wins among duplicates.
         index.base.sort_by_key(|a| a.0);
         index.base.dedup_by(|later, first| later.0 == first.0);
         index.base.shrink_to_fit();
-        Ok(index)
+        Ok(Some(index))
     }
 
     fn pack_number(&mut self, id: [u8; 32], len: u64) -> u32 {

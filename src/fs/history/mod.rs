@@ -11,37 +11,69 @@
 //!
 //! # Layout (format 1)
 //!
-//! Every object is immutable once written, named by the BLAKE3 hash of its
-//! bytes, written to a temporary name, fsynced, renamed into place and its
-//! directory fsynced: a crash leaves an object whole or absent. The same
-//! layout can be kept on an object store (one key per file).
+//! Every object is immutable once written and named by the BLAKE3 hash of
+//! its bytes (but `config`, written once). In a local directory each is
+//! written to a temporary name, fsynced, renamed into place and its
+//! directory fsynced: a crash leaves an object whole or absent.
 //!
 //! ```text
 //! DIR/config               format version and the store's random id (JSON)
 //! DIR/packs/XY/HASH        a pack: blob bodies, then its header (see below)
 //! DIR/index/HASH           which blobs which packs hold
 //! DIR/snapshots/HASH       one snapshot record (JSON)
-//! DIR/locks/NAME           one per open writer (pid, host, start time)
+//! DIR/locks/NAME           one per open writer (pid, host, start time); local only
 //! DIR/doomed/HASH          packs a prune took out of the index, to delete later
+//! DIR/prune.lock           one prune at a time (flock); local only
 //! ```
 //!
 //! Packs, index files and tree blobs are encoded as `xfer_core::history`
 //! describes. A blob may be named by several index files (a crash between
 //! a prune's new index and the removal of the old ones): any is right.
 //! Prune never deletes in the run that decides: see [`History::prune`].
+//!
+//! # On an object store
+//!
+//! The same layout is kept on an object store ([`StoreUrl`]: `s3://BUCKET/PREFIX`,
+//! `file:///PATH`, `memory:NAME`), each file one object whose key is its
+//! relative path above under the prefix (at most 86 bytes plus the prefix).
+//! A PUT is whole or absent. Writers commit in order (pack, then its index
+//! file, then tree blobs' pack and index, then the snapshot record) and name
+//! nothing whose PUT has not returned; names are content hashes, so two
+//! writers putting the same object write the same bytes and no write
+//! depends on a conditional PUT (some S3 servers ignore them).
+//!
+//! There are no lock files (a stale one would block every node, and
+//! nothing on such a store can take one safely): prune's safety comes from
+//! time. Phase two deletes a doomed pack only once its doom record is older
+//! than the grace period ([`DEFAULT_PRUNE_GRACE`], 24 h) and the pack's own
+//! last-modified time is too (a writer may have just put it and not yet its
+//! index); phase one never dooms an unindexed pack younger than the grace.
+//! A writer therefore must finish within half the grace: one whose index is
+//! older than that refuses to record a snapshot ([`crate::Error::HistoryStale`]),
+//! since a prune may since have deleted packs it deduplicated against.
+//! Two prunes at once are safe the same way: each keeps what its own view
+//! references, and deletion waits for the grace. Clocks of nodes and the
+//! store must agree to well within half the grace.
+//!
+//! Requests and bytes are counted per open store ([`History::requests`]).
+//! A node reads every index file and the snapshot records at open (snapshot
+//! records are cached: they never change); pack bodies are read by range.
 
 
 mod disk;
 mod index;
+// Until `xfer serve --store` opens stores by URL, the object store side
+// is reached from tests only (with `internals`).
+#[cfg_attr(not(feature = "internals"), allow(dead_code))]
+mod objects;
 mod prune;
 pub mod restore;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +85,13 @@ use crate::history::{hex, select, tree, unhex32, FormatError};
 use crate::manifest::{Manifest, RelPath};
 
 use index::Index;
+use objects::{LocalDir, Objects};
+pub use objects::{Requests, StoreUrl};
 pub use restore::SnapshotReader;
+
+/// How long prune waits, on an object store, between dooming a pack and
+/// deleting it, and the least age of a pack it deletes or dooms unindexed.
+pub const DEFAULT_PRUNE_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The layout version `config` names.
 pub const FORMAT: u32 = 1;
@@ -144,15 +182,22 @@ struct Config {
 
 /// One history store, open for reading and adding.
 pub struct History {
+    /// The directory or URL, for messages.
     dir: PathBuf,
+    objects: Box<dyn Objects>,
+    /// The local layout's directory and this writer's lock there; `None`
+    /// on an object store.
+    local: Option<(PathBuf, disk::WriterLock)>,
     index: Index,
+    /// When `index` was read from the store, ms since the epoch.
+    index_read_ms: u64,
     pending: PackBuilder,
     pending_ids: HashSet<ChunkId>,
-    /// The pack read last, kept open: a restore reads runs of blobs from one pack.
-    open_pack: Mutex<Option<([u8; 32], File)>>,
     min_repack_gain: u64,
     pack_target: usize,
-    lock: disk::WriterLock,
+    prune_grace: Duration,
+    /// Snapshot records read so far, by id: they never change.
+    records: Mutex<HashMap<String, SnapshotRecord>>,
 }
 
 impl std::fmt::Debug for History {
@@ -173,19 +218,94 @@ impl History {
         for sub in ["packs", "index", "snapshots", "locks", "doomed"] {
             disk::ensure_dir(&dir.join(sub))?;
         }
-        read_or_write_config(dir)?;
+        let objects = LocalDir::new(dir);
+        read_or_write_config(&objects)?;
         let lock = disk::WriterLock::take(&dir.join("locks"))?;
-        let index = Index::load(&dir.join("index"))?;
+        History::with_objects(Box::new(objects), Some((dir.to_path_buf(), lock)))
+    }
+
+    /// Opens the store `url` names ([`StoreUrl`]: `s3://BUCKET/PREFIX`,
+    /// `file:///PATH`, `memory:NAME`, or a directory in the local layout),
+    /// creating it if missing. An S3 store takes its endpoint, region and
+    /// credentials from the `AWS_*` environment variables.
+    ///
+    /// # Errors
+    /// A URL of none of those forms (the message lists them); an
+    /// unreachable or unreadable store, or one of an unknown format.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn open_url(url: &str) -> Result<History> {
+        let parsed = StoreUrl::parse(url)?;
+        if let StoreUrl::Dir(dir) = &parsed {
+            return History::open(dir);
+        }
+        let objects = parsed.bucket(url)?;
+        read_or_write_config(&objects)?;
+        History::with_objects(Box::new(objects), None)
+    }
+
+    fn with_objects(objects: Box<dyn Objects>, local: Option<(PathBuf, disk::WriterLock)>) -> Result<History> {
+        let index_read_ms = disk::now_ms();
+        let index = Index::load(objects.as_ref())?;
         Ok(History {
-            dir: dir.to_path_buf(),
+            dir: objects.label(""),
+            objects,
+            local,
             index,
+            index_read_ms,
             pending: PackBuilder::new(),
             pending_ids: HashSet::new(),
-            open_pack: Mutex::new(None),
             pack_target: PACK_TARGET,
             min_repack_gain: crate::history::prune::MIN_REPACK_GAIN,
-            lock,
+            prune_grace: DEFAULT_PRUNE_GRACE,
+            records: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The requests this store has made since it was opened, and their bytes.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn requests(&self) -> Requests {
+        self.objects.requests()
+    }
+
+    /// Sets how long, on an object store, prune keeps a doomed pack and
+    /// leaves young packs alone ([`DEFAULT_PRUNE_GRACE`]); a local store
+    /// uses writer locks instead. Zero is for a store with one writer.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn set_prune_grace(&mut self, grace: Duration) {
+        self.prune_grace = grace;
+    }
+
+    /// Bytes of every pack in the store.
+    ///
+    /// # Errors
+    /// The store cannot be listed.
+    pub fn pack_bytes(&self) -> Result<u64> {
+        Ok(self.objects.list("packs")?.iter().map(|p| p.size).sum())
+    }
+
+    /// Reads the index again (other writers may have added to it).
+    fn reload_index(&mut self) -> Result<()> {
+        let read_ms = disk::now_ms();
+        self.index = Index::load(self.objects.as_ref())?;
+        self.index_read_ms = read_ms;
+        Ok(())
+    }
+
+    /// Refuses, on an object store, a writer whose index is older than
+    /// half the prune grace (see the module's notes).
+    fn check_fresh(&self) -> Result<()> {
+        if self.local.is_some() || self.prune_grace.is_zero() {
+            return Ok(());
+        }
+        let age = Duration::from_millis(disk::now_ms().saturating_sub(self.index_read_ms));
+        if age >= self.prune_grace / 2 {
+            return Err(Error::HistoryStale {
+                path: self.dir.clone(),
+                age_secs: age.as_secs(),
+                grace_secs: self.prune_grace.as_secs(),
+            });
+        }
+        Ok(())
     }
 
     /// Sets the size at which packs are written (tests use small packs to
@@ -257,9 +377,7 @@ impl History {
         }
         let (bytes, entries) = std::mem::take(&mut self.pending).finish();
         let pack = IndexedPack { id: *blake3::hash(&bytes).as_bytes(), len: bytes.len() as u64, entries };
-        let pack_dir = self.pack_dir(&pack.id);
-        disk::ensure_dir(&pack_dir)?;
-        disk::write_durably(&pack_dir, &hex(&pack.id), &bytes)?;
+        self.objects.put(&pack_key(&pack.id), &bytes)?;
         crate::crashpoint::hit("history.pack_written");
         let name = self.write_index(std::slice::from_ref(&pack))?;
         crate::crashpoint::hit("history.index_written");
@@ -272,16 +390,12 @@ impl History {
     fn write_index(&self, packs: &[IndexedPack]) -> Result<String> {
         let bytes = index_file::encode(packs);
         let name = hex(blake3::hash(&bytes).as_bytes());
-        disk::write_durably(&self.dir.join("index"), &name, &bytes)?;
+        self.objects.put(&format!("index/{name}"), &bytes)?;
         Ok(name)
     }
 
-    fn pack_dir(&self, id: &[u8; 32]) -> PathBuf {
-        self.dir.join("packs").join(hex(&id[..1]))
-    }
-
     fn pack_path(&self, id: &[u8; 32]) -> PathBuf {
-        self.pack_dir(id).join(hex(id))
+        self.objects.label(&pack_key(id))
     }
 
     /// The chunk `id`, verified, if the store holds it.
@@ -310,15 +424,7 @@ impl History {
     }
 
     fn read_body(&self, pack: &[u8; 32], entry: &PackEntry) -> Result<Vec<u8>> {
-        let path = self.pack_path(pack);
-        let mut open = self.open_pack.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if open.as_ref().is_none_or(|(id, _)| id != pack) {
-            *open = Some((*pack, File::open(&path).at(&path)?));
-        }
-        let (_, file) = open.as_ref().expect("invariant: opened above");
-        let mut body = vec![0u8; entry.stored as usize];
-        file.read_exact_at(&mut body, entry.offset).at(&path)?;
-        Ok(body)
+        self.objects.get_range(&pack_key(pack), entry.offset..entry.offset + u64::from(entry.stored))
     }
 
     /// A tree blob, which must be there.
@@ -369,9 +475,11 @@ impl History {
         };
         let bytes = serde_json::to_vec(&record).expect("invariant: a snapshot record serializes");
         let id = hex(blake3::hash(&bytes).as_bytes());
-        disk::write_durably(&self.dir.join("snapshots"), &id, &bytes)?;
+        self.check_fresh()?;
+        self.objects.put(&format!("snapshots/{id}"), &bytes)?;
         crate::crashpoint::hit("history.snapshot_written");
         record.id = id;
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(record.id.clone(), record.clone());
         Ok(record)
     }
 
@@ -380,23 +488,26 @@ impl History {
     /// # Errors
     /// An unreadable snapshot directory or record.
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        let dir = self.dir.join("snapshots");
+        let listed = self.objects.list("snapshots")?;
+        let mut cache = self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|id, _| listed.binary_search_by(|l| l.name.as_str().cmp(id)).is_ok());
         let mut records = Vec::new();
-        for name in disk::list(&dir)? {
-            let path = dir.join(&name);
-            let bytes = match read_bounded(&path, MAX_RECORD) {
-                Ok(bytes) => bytes,
-                // Forgotten since the listing.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(path, e)),
-            };
+        for listed in listed {
+            if let Some(record) = cache.get(&listed.name) {
+                records.push(record.clone());
+                continue;
+            }
+            // None: forgotten since the listing.
+            let Some(bytes) = self.objects.get(&listed.key, MAX_RECORD)? else { continue };
+            let path = self.objects.label(&listed.key);
             let bad = |reason: String| Error::HistoryConfig { path: path.clone(), reason };
-            if hex(blake3::hash(&bytes).as_bytes()) != name {
+            if hex(blake3::hash(&bytes).as_bytes()) != listed.name {
                 return Err(bad("the snapshot record does not match its name (damaged)".into()));
             }
             let mut record: SnapshotRecord =
                 serde_json::from_slice(&bytes).map_err(|e| bad(format!("the snapshot record does not parse: {e}")))?;
-            record.id = name;
+            record.id = listed.name;
+            cache.insert(record.id.clone(), record.clone());
             records.push(record);
         }
         records.sort_by(|a, b| (a.time, a.nanos, &a.id).cmp(&(b.time, b.nanos, &b.id)));
@@ -472,9 +583,9 @@ impl History {
                 _ => return Err(Error::UnknownSnapshot { path: self.dir.clone(), id: id.clone() }),
             }
         }
-        let dir = self.dir.join("snapshots");
         for id in doomed {
-            disk::remove(&dir, &id)?;
+            self.objects.delete(&format!("snapshots/{id}"))?;
+            self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         }
         Ok(())
     }
@@ -489,14 +600,22 @@ impl History {
     /// # Errors
     /// Failures reading or writing.
     pub fn prune(&mut self) -> Result<PruneReport> {
-        // One prune at a time, whoever runs it (a server's schedule, a
-        // client's request, the operator by hand): two whose plans differ
-        // could each keep in its new index a pack the other doomed. The
-        // lock goes with the file, closed when this returns.
-        let path = self.dir.join("prune.lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| Error::io(&path, std::io::Error::from(e)))?;
+        // One prune at a time on a local store, whoever runs it (a
+        // server's schedule, a client's request, the operator by hand):
+        // two whose plans differ could each keep in its new index a pack
+        // the other doomed. The lock goes with the file, closed when this
+        // returns. An object store has no such lock: the grace covers it.
+        let _guard = match &self.local {
+            Some((dir, _)) => {
+                let path = dir.join("prune.lock");
+                let file =
+                    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).at(&path)?;
+                rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+                    .map_err(|e| Error::io(&path, std::io::Error::from(e)))?;
+                Some(file)
+            }
+            None => None,
+        };
         prune::run(self)
     }
 }
@@ -525,10 +644,15 @@ fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn read_or_write_config(dir: &Path) -> Result<()> {
-    let path = dir.join("config");
-    match read_bounded(&path, MAX_RECORD) {
-        Ok(bytes) => {
+/// The key of pack `id`.
+fn pack_key(id: &[u8; 32]) -> String {
+    format!("packs/{}/{}", hex(&id[..1]), hex(id))
+}
+
+fn read_or_write_config(objects: &dyn Objects) -> Result<()> {
+    let path = objects.label("config");
+    match objects.get("config", MAX_RECORD)? {
+        Some(bytes) => {
             let bad = |reason: String| Error::HistoryConfig { path: path.clone(), reason };
             let config: Config = serde_json::from_slice(&bytes)
                 .map_err(|e| bad(format!("not a history store config ({e}); is this the right directory?")))?;
@@ -540,12 +664,13 @@ fn read_or_write_config(dir: &Path) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
+            // Two nodes creating one store at once each write a config;
+            // either wins, and only the format matters to readers.
             let config = Config { format: FORMAT, id: disk::random_hex() };
             let bytes = serde_json::to_vec_pretty(&config).expect("invariant: a config serializes");
-            disk::write_durably(dir, "config", &bytes).map(|_| ())
+            objects.put("config", &bytes)
         }
-        Err(e) => Err(Error::io(path, e)),
     }
 }
 

@@ -8,21 +8,30 @@
 //! references after all. A pack file no index names and no doom record
 //! lists (a crash between steps, or a writer's pack not yet indexed) is
 //! doomed too: the same rule keeps it while its writer may still index it.
+//!
+//! On an object store, where there are no writer locks, "no older writer
+//! is open" becomes "the doom record is older than the grace period" (a
+//! writer refuses to commit once open half that long), and a pack younger
+//! than the grace by its last-modified time is neither doomed unindexed
+//! nor deleted.
 
-use std::collections::HashSet;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::index::Index;
-use super::{disk, History, PruneReport};
-use crate::error::{Error, IoContext, Result};
+use super::objects::Listed;
+use super::{disk, pack_key, History, PruneReport};
+use crate::error::{Error, Result};
 use crate::hash::ChunkId;
 use crate::history::index::IndexedPack;
 use crate::history::pack::{decode_header, header_len, TRAILER_LEN};
 use crate::history::{hex, prune, tree, unhex32, FormatError};
+
+/// Largest doom record read (a list of pack names).
+const MAX_DOOM_RECORD: u64 = 64 << 20;
 
 /// One `doomed/` record.
 #[derive(Serialize, Deserialize)]
@@ -38,7 +47,7 @@ pub(super) fn run(h: &mut History) -> Result<PruneReport> {
     let mut attempts = 0;
     let (doomed, referenced) = loop {
         // Other writers may have added packs and snapshots since this one opened.
-        h.index = Index::load(&h.dir.join("index"))?;
+        h.reload_index()?;
         let doomed = read_doom_records(h)?;
         // Tree blobs of snapshots a writer recorded against a doomed pack
         // are only there: read them from it while finding what is referenced.
@@ -61,8 +70,10 @@ pub(super) fn run(h: &mut History) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let (kept_records, reinstated) = phase_two(h, doomed, &referenced, &mut report)?;
     phase_one(h, &referenced, &kept_records, reinstated, &mut report)?;
-    remove_stale_temps(&h.dir)?;
-    report.bytes_after = pack_bytes(&h.dir.join("packs"))?;
+    if let Some((dir, _)) = &h.local {
+        remove_stale_temps(dir)?;
+    }
+    report.bytes_after = h.pack_bytes()?;
     Ok(report)
 }
 
@@ -73,8 +84,9 @@ fn remove_stale_temps(dir: &Path) -> Result<()> {
     }
     disk::remove_stale_temps(dir)?;
     let packs = dir.join("packs");
-    for sub in std::fs::read_dir(&packs).at(&packs)? {
-        disk::remove_stale_temps(&sub.at(&packs)?.path())?;
+    let subs = std::fs::read_dir(&packs).map_err(|e| Error::io(&packs, e))?;
+    for sub in subs {
+        disk::remove_stale_temps(&sub.map_err(|e| Error::io(&packs, e))?.path())?;
     }
     Ok(())
 }
@@ -99,15 +111,17 @@ fn referenced(h: &History, fallback: &Index) -> Result<HashSet<ChunkId>> {
 }
 
 fn read_doom_records(h: &History) -> Result<Vec<(String, DoomRecord)>> {
-    let dir = h.dir.join("doomed");
     let mut records = Vec::new();
-    for name in disk::list(&dir)? {
-        let path = dir.join(&name);
-        let bytes = std::fs::read(&path).at(&path)?;
+    for listed in h.objects.list("doomed")? {
+        // Gone since the listing: another prune's phase two took it.
+        let Some(bytes) = h.objects.get(&listed.key, MAX_DOOM_RECORD)? else { continue };
         // A record that does not parse is left alone: its packs stay.
         match serde_json::from_slice(&bytes) {
-            Ok(record) => records.push((name, record)),
-            Err(e) => tracing::warn!(record = %path.display(), error = %e, "unreadable doom record left in place"),
+            Ok(record) => records.push((listed.name, record)),
+            Err(e) => {
+                let path = h.objects.label(&listed.key);
+                tracing::warn!(record = %path.display(), error = %e, "unreadable doom record left in place");
+            }
         }
     }
     Ok(records)
@@ -120,10 +134,8 @@ fn doomed_pack(h: &History, pack: &str) -> Result<Option<IndexedPack>> {
     if h.index.has_pack(&id) {
         return Ok(None);
     }
-    let path = h.pack_path(&id);
-    match read_pack(&path, id) {
-        Ok(pack) => Ok(Some(pack)),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+    match read_pack(h, id) {
+        Ok(pack) => Ok(pack),
         // Its blobs cannot be known, so it is never deleted (every prune
         // dooms it again as a pack no index names).
         Err(e @ Error::History { .. }) => {
@@ -134,18 +146,53 @@ fn doomed_pack(h: &History, pack: &str) -> Result<Option<IndexedPack>> {
     }
 }
 
-/// A pack's entries from its header, checked against its length.
-fn read_pack(path: &Path, id: [u8; 32]) -> Result<IndexedPack> {
-    let file = File::open(path).at(path)?;
-    let len = file.metadata().at(path)?.len();
-    let bad = |e: FormatError| Error::History { path: path.to_path_buf(), source: Box::new(e) };
-    let mut trailer = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut trailer, len.saturating_sub(TRAILER_LEN as u64)).at(path)?;
+/// A pack's entries from its header, checked against its length; `None`
+/// if the pack is gone.
+fn read_pack(h: &History, id: [u8; 32]) -> Result<Option<IndexedPack>> {
+    let key = pack_key(&id);
+    let Some(len) = h.objects.size(&key)? else { return Ok(None) };
+    let bad = |e: FormatError| Error::History { path: h.objects.label(&key), source: Box::new(e) };
+    if len < TRAILER_LEN as u64 {
+        return Err(bad(crate::history::malformed_error("pack", "shorter than its trailer")));
+    }
+    // Deleted since its size was read (another prune): gone, not an error.
+    let read = |range: std::ops::Range<u64>| match h.objects.get_range(&key, range) {
+        Err(e) if h.objects.size(&key).is_ok_and(|size| size.is_none()) => {
+            tracing::debug!(error = %e, "a doomed pack went while read");
+            Ok(None)
+        }
+        other => other.map(Some),
+    };
+    let Some(trailer) = read(len - TRAILER_LEN as u64..len)? else { return Ok(None) };
+    let trailer: [u8; TRAILER_LEN] = trailer.try_into().expect("invariant: get_range returns the length asked");
     let header_len = header_len(&trailer, len).map_err(bad)?;
-    let mut header = vec![0u8; header_len];
-    file.read_exact_at(&mut header, len - (TRAILER_LEN + header_len) as u64).at(path)?;
+    let start = len - (TRAILER_LEN + header_len) as u64;
+    let Some(header) = read(start..start + header_len as u64)? else { return Ok(None) };
     let entries = decode_header(&header, len).map_err(bad)?;
-    Ok(IndexedPack { id, len, entries })
+    Ok(Some(IndexedPack { id, len, entries }))
+}
+
+/// Whether a doom record of `time_ms` may now be acted on: on a local
+/// store, no writer that opened before it is still open; on an object
+/// store, it is older than the grace.
+fn record_settled(h: &History, writers: &[u64], time_ms: u64, now_ms: u64) -> bool {
+    match &h.local {
+        Some(_) => !writers.iter().any(|&start| start <= time_ms),
+        None => older_than(time_ms, now_ms, h.prune_grace),
+    }
+}
+
+fn older_than(time_ms: u64, now_ms: u64, grace: Duration) -> bool {
+    time_ms <= now_ms && Duration::from_millis(now_ms - time_ms) >= grace
+}
+
+/// Last-modified times of the packs, on an object store only (a local
+/// store's writer locks cover young packs).
+fn pack_ages(h: &History) -> Result<HashMap<String, u64>> {
+    if h.local.is_some() {
+        return Ok(HashMap::new());
+    }
+    Ok(h.objects.list("packs")?.into_iter().map(|l| (l.name, l.modified_ms)).collect())
 }
 
 /// Deletes or puts back the packs of earlier doom records no older writer
@@ -157,14 +204,26 @@ fn phase_two(
     referenced: &HashSet<ChunkId>,
     report: &mut PruneReport,
 ) -> Result<(Vec<DoomRecord>, Vec<String>)> {
-    let writers = disk::other_writers(&h.dir.join("locks"), &h.lock.path)?;
+    let writers = match &h.local {
+        Some((dir, lock)) => disk::other_writers(&dir.join("locks"), &lock.path)?,
+        None => Vec::new(),
+    };
+    let now = disk::now_ms();
+    let ages = if doomed.is_empty() { HashMap::new() } else { pack_ages(h)? };
     let (mut left, mut written) = (Vec::new(), Vec::new());
     for (name, record) in doomed {
-        if writers.iter().any(|&start| start <= record.time_ms) {
+        if !record_settled(h, &writers, record.time_ms, now) {
             left.push(record);
             continue;
         }
+        let mut young = Vec::new();
         for pack in &record.packs {
+            // Put again since it was doomed (a writer with the same bytes):
+            // its index may be on its way.
+            if ages.get(pack).is_some_and(|&modified| !older_than(modified, now, h.prune_grace)) {
+                young.push(pack.clone());
+                continue;
+            }
             let Some(pack) = doomed_pack(h, pack)? else { continue };
             let needed = pack.entries.iter().any(|e| referenced.contains(&e.id) && h.index.get(&e.id).is_none());
             if needed {
@@ -173,12 +232,18 @@ fn phase_two(
                 report.packs_reinstated += 1;
             } else {
                 crate::crashpoint::hit("history.prune.delete");
-                disk::remove(&h.pack_dir(&pack.id), &hex(&pack.id))?;
+                h.objects.delete(&pack_key(&pack.id))?;
                 report.packs_deleted += 1;
                 report.bytes_freed += pack.len;
             }
         }
-        disk::remove(&h.dir.join("doomed"), &name)?;
+        if !young.is_empty() {
+            // Judged again by a later run, from now.
+            let record = DoomRecord { time_ms: now, packs: young };
+            write_doom_record(h, &record)?;
+            left.push(record);
+        }
+        h.objects.delete(&format!("doomed/{name}"))?;
     }
     Ok((left, written))
 }
@@ -210,12 +275,12 @@ fn phase_one(
     let new_index = write_index_files(h, &kept)?;
     crate::crashpoint::hit("history.prune.new_index");
     for name in old_files.iter().filter(|&name| !new_index.contains(name)) {
-        disk::remove(&h.dir.join("index"), name)?;
+        h.objects.delete(&format!("index/{name}"))?;
     }
     let dropped = plan.doom.iter().chain(&plan.repack).map(|id| hex(id)).collect();
     report.packs_doomed = plan.doom.len() as u64;
     doom_orphans(h, &kept, kept_records, dropped, report)?;
-    h.index = Index::load(&h.dir.join("index"))?;
+    h.reload_index()?;
     Ok(())
 }
 
@@ -292,37 +357,29 @@ fn doom_orphans(
         .chain(dropped.iter().cloned())
         .collect();
     // Index files other writers wrote during this run name their packs.
-    let current = Index::load(&h.dir.join("index"))?;
-    let packs = h.dir.join("packs");
-    for sub in std::fs::read_dir(&packs).at(&packs)? {
-        let sub = sub.at(&packs)?.path();
-        for name in disk::list(&sub)? {
-            if !known.contains(&name) && !current.has_pack(&unhex32(&name).unwrap_or_default()) {
-                report.packs_doomed += 1;
-                dropped.push(name);
-            }
+    let current = Index::load(h.objects.as_ref())?;
+    let now = disk::now_ms();
+    for Listed { name, modified_ms, .. } in h.objects.list("packs")? {
+        if known.contains(&name) || current.has_pack(&unhex32(&name).unwrap_or_default()) {
+            continue;
         }
+        // On an object store a young unindexed pack is a writer's whose
+        // index may be on its way: leave it to a later run.
+        if h.local.is_none() && !older_than(modified_ms, now, h.prune_grace) {
+            continue;
+        }
+        report.packs_doomed += 1;
+        dropped.push(name);
     }
     if dropped.is_empty() {
         return Ok(());
     }
     // Taken after the old index files are gone: a writer that opens from
     // now on cannot see the dropped packs.
-    let record = DoomRecord { time_ms: disk::now_ms(), packs: dropped };
-    let bytes = serde_json::to_vec(&record).expect("invariant: a doom record serializes");
-    disk::write_durably(&h.dir.join("doomed"), &hex(blake3::hash(&bytes).as_bytes()), &bytes)?;
-    Ok(())
+    write_doom_record(h, &DoomRecord { time_ms: disk::now_ms(), packs: dropped })
 }
 
-/// Bytes of every pack file.
-fn pack_bytes(packs: &Path) -> Result<u64> {
-    let mut total = 0;
-    for sub in std::fs::read_dir(packs).at(packs)? {
-        let sub = sub.at(packs)?.path();
-        for name in disk::list(&sub)? {
-            let path = sub.join(name);
-            total += std::fs::metadata(&path).at(&path)?.len();
-        }
-    }
-    Ok(total)
+fn write_doom_record(h: &History, record: &DoomRecord) -> Result<()> {
+    let bytes = serde_json::to_vec(record).expect("invariant: a doom record serializes");
+    h.objects.put(&format!("doomed/{}", hex(blake3::hash(&bytes).as_bytes())), &bytes)
 }

@@ -439,13 +439,15 @@ fn interrupted_file_keeps_its_chunks_for_the_next_push() {
     assert_eq!(again.len(), needs.len() - half);
 }
 
-fn repo_of(store: &Path, tree: &str, client: &str) -> RepoDestination {
+/// A push by `client` to `tree` of the store `url` names (a directory, or
+/// an object store).
+fn repo_of(url: &str, tree: &str, client: &str) -> RepoDestination {
     let info = SnapshotInfo { tree: tree.into(), client: client.into(), ..SnapshotInfo::default() };
-    RepoDestination::open(History::open(store).unwrap(), &store.to_string_lossy(), info).unwrap()
+    RepoDestination::open(History::open_url(url).unwrap(), url, info).unwrap()
 }
 
 /// `client` pushes one file of `data` to `tree`, all of it.
-fn push_file(store: &Path, tree: &str, client: &str, data: &[u8]) {
+fn push_file(store: &str, tree: &str, client: &str, data: &[u8]) {
     let digest = digest_bytes(data);
     let mut dest = repo_of(store, tree, client);
     dest.refresh(false).unwrap();
@@ -461,16 +463,27 @@ fn push_file(store: &Path, tree: &str, client: &str, data: &[u8]) {
 #[test]
 fn naming_chunks_another_client_sent_never_gets_their_content() {
     let tmp = TempDir::new().unwrap();
-    let store = tmp.path().join("store");
+    naming_chunks_of_another(tmp.path().join("store").to_str().unwrap());
+}
+
+#[test]
+fn naming_chunks_another_client_sent_never_gets_their_content_on_an_object_store() {
+    // The clients' lists live in the store: a node with no local state
+    // (another process) keeps them apart all the same.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    naming_chunks_of_another(&format!("memory:isolation-{}-{nanos}", std::process::id()));
+}
+
+fn naming_chunks_of_another(store: &str) {
     let data = seeded(3 << 20, 13);
     let digest = digest_bytes(&data);
     let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
     assert!(ids.len() >= 3, "{} chunks", ids.len());
-    push_file(&store, "/a", "xfer:a", &data);
+    push_file(store, "/a", "xfer:a", &data);
 
     // B learned the file's chunk ids: the store says it holds none of them
     // and asks B for every one.
-    let mut dest = repo_of(&store, "/b", "xfer:b");
+    let mut dest = repo_of(store, "/b", "xfer:b");
     dest.refresh(false).unwrap();
     assert!(dest.has_chunks(&ids).unwrap().iter().all(|&h| !h));
     let needs = dest.begin_file(0, &rel(b"stolen"), &meta(0o644, 1), &digest).unwrap();
@@ -479,7 +492,7 @@ fn naming_chunks_another_client_sent_never_gets_their_content() {
     // B cannot send them: the file fails and /b's snapshot has no file.
     let report = dest.finish(true).unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
-    let history = History::open(&store).unwrap();
+    let history = History::open_url(store).unwrap();
     let latest = latest_snapshot(&history, "/b").unwrap().unwrap();
     assert!(latest.partial && history.load_tree(&latest, &RelPath::root()).unwrap().is_empty(), "{latest:?}");
     drop(history);
@@ -488,7 +501,7 @@ fn naming_chunks_another_client_sent_never_gets_their_content() {
     // (B pushing to /a, which it may then read); and everyone's with
     // dedup across clients.
     let held = |tree: &str, client: &str, across: bool| {
-        let mut dest = repo_of(&store, tree, client).across_clients(across);
+        let mut dest = repo_of(store, tree, client).across_clients(across);
         dest.refresh(false).unwrap();
         dest.has_chunks(&ids).unwrap()
     };
@@ -692,6 +705,7 @@ proptest! {
     fn a_push_is_spared_only_its_trees_and_its_own_chunks(steps in prop::collection::vec(step(), 1..8)) {
         let scratch = TempDir::new().unwrap();
         let store = scratch.path().join("store");
+        let store = store.to_str().unwrap();
         let segments: Vec<Vec<u8>> = (0..4).map(|k| seeded(150_000, 40 + k)).collect();
         let (clients, trees) = (["xfer:a", "xfer:b"], ["/a", "/b", "/c"]);
         let mut sent: Vec<std::collections::HashSet<_>> = vec![Default::default(); 2];
@@ -701,7 +715,7 @@ proptest! {
             let data: Vec<u8> = s.parts.iter().flat_map(|&p| segments[p].iter().copied()).collect();
             let digest = digest_bytes(&data);
             let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
-            let mut dest = repo_of(&store, trees[s.tree], clients[s.client]);
+            let mut dest = repo_of(store, trees[s.tree], clients[s.client]);
             dest.refresh(false).unwrap();
             let expected: Vec<bool> = ids.iter().map(|id| in_tree[s.tree].contains(id) || sent[s.client].contains(id)).collect();
             prop_assert_eq!(dest.has_chunks(&ids).unwrap(), expected.clone());

@@ -23,7 +23,8 @@
 //! than in a database beside it: a server over an object store keeps no
 //! state on its node, and any node reads the same lists. They are loaded
 //! into one sorted list at push start: 32 bytes per chunk C ever stored.
-//! A list that cannot be read only makes C resend, never leaks.
+//! A list that cannot be read only makes C resend, never leaks; an id
+//! pruned since stays listed but counts only while the store holds it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;

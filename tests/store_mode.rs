@@ -311,6 +311,51 @@ async fn store_forget_and_prune_free_space_and_the_rest_restores_exact() {
     server.shutdown().await;
 }
 
+/// A store-only server where `a` may write `/a` only and `b` `/b` only.
+fn serve_two(tmp: &TempDir, a: &Client, b: &Client, across_clients: bool) -> Server {
+    let store = tmp.path().join("store");
+    let grants = format!("{} rw /a\n{} rw /b\n", a.fingerprint(), b.fingerprint());
+    let access = Access::parse(&grants, "grants").unwrap();
+    let options =
+        ServerOptions::store(store.to_string_lossy().into_owned(), access).dedup_across_clients(across_clients);
+    Server::start("127.0.0.1:0".parse().unwrap(), &Identity::generate().unwrap(), options).unwrap()
+}
+
+/// A pushes a tree to /a, then B (another key) the same tree to /b: what B
+/// sends, and B's pull of /b.
+async fn second_client_pushes_the_same_tree(across_clients: bool) -> (xfer::Report, xfer::Report) {
+    let tmp = TempDir::new().unwrap();
+    let (a, b) = (client(&tmp, "a"), client(&tmp, "b"));
+    let server = serve_two(&tmp, &a, &b, across_clients);
+    let pin = Some(server.fingerprint());
+    let src = tmp.path().join("src");
+    first_source(&src);
+    let options = |who: &str| PushOptions::new(tmp.path().join("state").join(who)).busy_wait(Duration::ZERO);
+    let first = a.push(&src, &url(&server, "a"), pin, &options("a")).await.unwrap();
+    let second = b.push(&src, &url(&server, "b"), pin, &options("b")).await.unwrap();
+    assert!(first.failed.is_empty() && second.failed.is_empty(), "{first:?} {second:?}");
+    let pulled = tmp.path().join("pulled");
+    b.pull(&url(&server, "b"), pin, &pulled, &pull_options(&tmp)).await.unwrap();
+    assert_same_tree(&read_tree(&pulled), &read_tree(&src));
+    server.shutdown().await;
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_a_client_sends_every_chunk_another_client_stored() {
+    let (first, second) = second_client_pushes_the_same_tree(false).await;
+    assert!(first.bytes_sent > 9 << 20, "{first:?}");
+    // Nothing of A's counts as B's: B proves it has every byte.
+    assert_eq!((second.chunks_sent, second.bytes_sent), (first.chunks_sent, first.bytes_sent), "{second:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_dedup_across_clients_sends_nothing_already_stored() {
+    let (first, second) = second_client_pushes_the_same_tree(true).await;
+    assert!(first.bytes_sent > 9 << 20, "{first:?}");
+    assert_eq!((second.chunks_sent, second.bytes_sent), (0, 0), "{second:?}");
+}
+
 #[test]
 fn serve_needs_exactly_one_of_root_and_store() {
     let tmp = TempDir::new().unwrap();
@@ -392,6 +437,78 @@ fn interrupted_file_keeps_its_chunks_for_the_next_push() {
     assert_eq!(held.iter().filter(|&&h| h).count(), half, "{held:?}");
     let again = dest.begin_file(0, &path, &meta(0o644, 1), &digest).unwrap();
     assert_eq!(again.len(), needs.len() - half);
+}
+
+/// A push by `client` to `tree` of the store `url` names (a directory, or
+/// an object store).
+fn repo_of(url: &str, tree: &str, client: &str) -> RepoDestination {
+    let info = SnapshotInfo { tree: tree.into(), client: client.into(), ..SnapshotInfo::default() };
+    RepoDestination::open(History::open_url(url).unwrap(), url, info).unwrap()
+}
+
+/// `client` pushes one file of `data` to `tree`, all of it.
+fn push_file(store: &str, tree: &str, client: &str, data: &[u8]) {
+    let digest = digest_bytes(data);
+    let mut dest = repo_of(store, tree, client);
+    dest.refresh(false).unwrap();
+    let mut encoder = Encoder::new(Compression::Auto).unwrap();
+    for need in dest.begin_file(0, &rel(b"f"), &meta(0o644, 1), &digest).unwrap() {
+        let start = need.offset as usize;
+        dest.put_chunk(0, need.need, &encoder.encode(&data[start..start + need.chunk.len as usize]), false).unwrap();
+    }
+    dest.complete_file(0).unwrap();
+    assert!(dest.finish(true).unwrap().failed.is_empty());
+}
+
+#[test]
+fn naming_chunks_another_client_sent_never_gets_their_content() {
+    let tmp = TempDir::new().unwrap();
+    naming_chunks_of_another(tmp.path().join("store").to_str().unwrap());
+}
+
+#[test]
+fn naming_chunks_another_client_sent_never_gets_their_content_on_an_object_store() {
+    // The clients' lists live in the store: a node with no local state
+    // (another process) keeps them apart all the same.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    naming_chunks_of_another(&format!("memory:isolation-{}-{nanos}", std::process::id()));
+}
+
+fn naming_chunks_of_another(store: &str) {
+    let data = seeded(3 << 20, 13);
+    let digest = digest_bytes(&data);
+    let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
+    assert!(ids.len() >= 3, "{} chunks", ids.len());
+    push_file(store, "/a", "xfer:a", &data);
+
+    // B learned the file's chunk ids: the store says it holds none of them
+    // and asks B for every one.
+    let mut dest = repo_of(store, "/b", "xfer:b");
+    dest.refresh(false).unwrap();
+    assert!(dest.has_chunks(&ids).unwrap().iter().all(|&h| !h));
+    let needs = dest.begin_file(0, &rel(b"stolen"), &meta(0o644, 1), &digest).unwrap();
+    assert_eq!(needs.len(), ids.len());
+    assert!(!dest.file_ready(0) && dest.complete_file(0).is_err());
+    // B cannot send them: the file fails and /b's snapshot has no file.
+    let report = dest.finish(true).unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    let history = History::open_url(store).unwrap();
+    let latest = latest_snapshot(&history, "/b").unwrap().unwrap();
+    assert!(latest.partial && history.load_tree(&latest, &RelPath::root()).unwrap().is_empty(), "{latest:?}");
+    drop(history);
+
+    // A's own chunks are A's in any tree; a tree's chunks are its readers'
+    // (B pushing to /a, which it may then read); and everyone's with
+    // dedup across clients.
+    let held = |tree: &str, client: &str, across: bool| {
+        let mut dest = repo_of(store, tree, client).across_clients(across);
+        dest.refresh(false).unwrap();
+        dest.has_chunks(&ids).unwrap()
+    };
+    assert!(held("/elsewhere", "xfer:a", false).iter().all(|&h| h));
+    assert!(held("/a", "xfer:b", false).iter().all(|&h| h));
+    assert!(held("/b", "xfer:b", true).iter().all(|&h| h));
+    assert!(held("/b", "xfer:b", false).iter().all(|&h| !h));
 }
 
 #[test]
@@ -558,5 +675,66 @@ proptest! {
         let snapshots = history.snapshots().unwrap();
         prop_assert_eq!(snapshots.len(), rounds);
         prop_assert!(snapshots.iter().all(|s| !s.partial));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A property: a client is spared exactly the chunks of its tree's latest
+// snapshot and those it sent itself
+
+/// One push of the property below.
+#[derive(Clone, Debug)]
+struct Step {
+    client: usize,
+    tree: usize,
+    /// Which of the shared segments the file is made of, in order.
+    parts: Vec<usize>,
+    /// Cut after sending half of what was asked.
+    cut: bool,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (0..2usize, 0..3usize, prop::collection::vec(0..4usize, 1..4), any::<bool>())
+        .prop_map(|(client, tree, parts, cut)| Step { client, tree, parts, cut })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_push_is_spared_only_its_trees_and_its_own_chunks(steps in prop::collection::vec(step(), 1..8)) {
+        let scratch = TempDir::new().unwrap();
+        let store = scratch.path().join("store");
+        let store = store.to_str().unwrap();
+        let segments: Vec<Vec<u8>> = (0..4).map(|k| seeded(150_000, 40 + k)).collect();
+        let (clients, trees) = (["xfer:a", "xfer:b"], ["/a", "/b", "/c"]);
+        let mut sent: Vec<std::collections::HashSet<_>> = vec![Default::default(); 2];
+        let mut in_tree: Vec<std::collections::HashSet<_>> = vec![Default::default(); 3];
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        for s in &steps {
+            let data: Vec<u8> = s.parts.iter().flat_map(|&p| segments[p].iter().copied()).collect();
+            let digest = digest_bytes(&data);
+            let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
+            let mut dest = repo_of(store, trees[s.tree], clients[s.client]);
+            dest.refresh(false).unwrap();
+            let expected: Vec<bool> = ids.iter().map(|id| in_tree[s.tree].contains(id) || sent[s.client].contains(id)).collect();
+            prop_assert_eq!(dest.has_chunks(&ids).unwrap(), expected.clone());
+            let needs = dest.begin_file(0, &rel(b"f"), &meta(0o644, 1), &digest).unwrap();
+            let unheld: std::collections::HashSet<_> = ids.iter().zip(&expected).filter(|(_, &h)| !h).map(|(id, _)| *id).collect();
+            prop_assert_eq!(needs.len(), unheld.len());
+            let send = if s.cut { needs.len() / 2 } else { needs.len() };
+            for need in &needs[..send] {
+                let start = need.offset as usize;
+                dest.put_chunk(0, need.need, &encoder.encode(&data[start..start + need.chunk.len as usize]), false).unwrap();
+                sent[s.client].insert(need.chunk.id);
+            }
+            if s.cut && send < needs.len() {
+                dest.finish(false).unwrap();
+            } else {
+                dest.complete_file(0).unwrap();
+                prop_assert!(dest.finish(true).unwrap().failed.is_empty());
+                in_tree[s.tree] = ids.iter().copied().collect();
+            }
+        }
     }
 }

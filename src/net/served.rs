@@ -289,7 +289,8 @@ pub(super) fn open_served(config: &ServeConfig, request: &OpenRequest, client: &
         Some(store) => {
             let history = config.open_history()?;
             let repo = RepoDestination::open(history, store, snapshot_info(&path, request, client))
-                .map_err(|e| busy_or(e, &path))?;
+                .map_err(|e| busy_or(e, &path))?
+                .across_clients(config.dedup_across_clients);
             Ok(ServedStore::Repo(Box::new(repo)))
         }
         None => open_store(config, request, client).map(|r| ServedStore::Mirror(Box::new(r))),

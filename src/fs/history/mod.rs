@@ -671,3 +671,48 @@ fn read_or_write_config(objects: &dyn Objects) -> Result<()> {
         }
     }
 }
+
+/// Named immutable objects under a key prefix of the store, for records
+/// kept beside the repository's own (a store-only server's per-client
+/// chunk lists): written and listed like every other object, on any backend.
+impl History {
+    /// Writes `bytes` as an object under `sub` (plain names joined by `/`),
+    /// named by their hash; returns the name.
+    ///
+    /// # Errors
+    /// A `sub` that is not plain names; failures writing.
+    pub fn put_named(&self, sub: &str, bytes: &[u8]) -> Result<String> {
+        self.check_sub(sub)?;
+        let name = hex(blake3::hash(bytes).as_bytes());
+        self.objects.put(&format!("{sub}/{name}"), bytes)?;
+        Ok(name)
+    }
+
+    /// Hands each object under `sub` (none if there are none) to `each`,
+    /// one at a time, once checked against its name and `max` bytes.
+    ///
+    /// # Errors
+    /// An unreadable, oversized or damaged object; `each`'s error.
+    pub fn each_named(&self, sub: &str, max: u64, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.check_sub(sub)?;
+        for listed in self.objects.list(sub)? {
+            // None: removed since the listing.
+            let Some(bytes) = self.objects.get(&listed.key, max)? else { continue };
+            if hex(blake3::hash(&bytes).as_bytes()) != listed.name {
+                let reason = "the object does not match its name (damaged)".to_string();
+                return Err(Error::HistoryConfig { path: self.objects.label(&listed.key), reason });
+            }
+            each(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a prefix that is not plain names.
+    fn check_sub(&self, sub: &str) -> Result<()> {
+        if sub.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+            let reason = format!("{sub:?} is not a subdirectory of the store");
+            return Err(Error::HistoryConfig { path: self.dir.clone(), reason });
+        }
+        Ok(())
+    }
+}

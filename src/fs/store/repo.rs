@@ -10,6 +10,21 @@
 //! history store's own rule), so a snapshot never names a chunk that is not
 //! durable. A push cut short still flushes what it received: the next push
 //! finds those chunks held and does not send them again.
+//!
+//! Isolation between clients: a chunk counts as held for client C pushing
+//! tree T only if the store has it AND it is in T's latest snapshot (a
+//! tree C may read anyway), or C itself sent it before (to any tree, in a
+//! push cut short too), or the server dedups across clients. Otherwise C
+//! must send the bytes: naming another tenant's chunk ids never gets C
+//! their content, and the answers never say what others stored.
+//!
+//! What C sent is kept as immutable objects in the store itself,
+//! `owners/<hash of C>/<hash>` (the sorted ids one push received), rather
+//! than in a database beside it: a server over an object store keeps no
+//! state on its node, and any node reads the same lists. They are loaded
+//! into one sorted list at push start: 32 bytes per chunk C ever stored.
+//! A list that cannot be read only makes C resend, never leaks; an id
+//! pruned since stays listed but counts only while the store holds it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -75,12 +90,45 @@ fn need_info(need: usize, slot: &Slot) -> NeedInfo {
     NeedInfo { need, index: slot.index, offset: slot.offset, chunk: slot.chunk, signature: None }
 }
 
+/// Chunk ids per owner list object (32 MiB); a longer list is split.
+const OWNED_PER_OBJECT: usize = 1 << 20;
+
+/// Where the lists of the chunks `client` sent are kept in the store.
+fn owners_dir(client: &str) -> String {
+    format!("owners/{}", &blake3::hash(client.as_bytes()).to_hex()[..32])
+}
+
+/// The chunks `client` sent in earlier pushes, sorted; what cannot be read
+/// is left out (the client then sends it again).
+fn load_owned(history: &History, client: &str) -> Vec<[u8; 32]> {
+    let mut owned = Vec::new();
+    let max = (OWNED_PER_OBJECT * 32) as u64;
+    let loaded = history.each_named(&owners_dir(client), max, |bytes| {
+        owned.extend(bytes.chunks_exact(32).filter_map(|id| <[u8; 32]>::try_from(id).ok()));
+        Ok(())
+    });
+    if let Err(e) = loaded {
+        tracing::warn!(%client, error = %e, "a list of the client's chunks is unreadable; it sends them again");
+    }
+    owned.sort_unstable();
+    owned.dedup();
+    owned
+}
+
 /// A push into the history store alone (see the module's comment).
 pub struct RepoDestination {
     history: History,
     info: SnapshotInfo,
     /// The latest snapshot's tree, as the session plans against it.
     base: Manifest,
+    /// The chunks of `base`'s files.
+    in_tree: HashSet<ChunkId>,
+    /// The chunks this client sent in earlier pushes, sorted.
+    owned: Vec<[u8; 32]>,
+    /// The chunks this push received: the client's own from now on.
+    uploaded: HashSet<ChunkId>,
+    /// Any chunk the store holds counts, whoever sent it.
+    across_clients: bool,
     /// The tree as this push has changed it so far.
     tree: BTreeMap<RelPath, Entry>,
     /// Hard links by their target: who must get a copy when it goes.
@@ -103,10 +151,15 @@ impl RepoDestination {
     /// [`Error::Busy`] while another push in this process writes the tree.
     pub fn open(history: History, store: &str, info: SnapshotInfo) -> Result<RepoDestination> {
         let claim = TreeClaim::take(store, &info.tree)?;
+        let owned = load_owned(&history, &info.client);
         Ok(RepoDestination {
             history,
             info,
             base: Manifest::default(),
+            in_tree: HashSet::new(),
+            owned,
+            uploaded: HashSet::new(),
+            across_clients: false,
             tree: BTreeMap::new(),
             links: HashMap::new(),
             in_flight: HashMap::new(),
@@ -115,6 +168,39 @@ impl RepoDestination {
             report: ApplyReport::default(),
             _claim: claim,
         })
+    }
+
+    /// Counts any chunk the store holds as held, whoever sent it
+    /// (`serve --dedup-across-clients`): no resends, but a client learns
+    /// what others stored.
+    #[must_use]
+    pub fn across_clients(mut self, on: bool) -> RepoDestination {
+        self.across_clients = on;
+        self
+    }
+
+    /// Whether the client need not send chunk `id` (the module's comment
+    /// says when).
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.history.contains(id)
+            && (self.across_clients
+                || self.in_tree.contains(id)
+                || self.uploaded.contains(id)
+                || self.owned.binary_search(&id.0).is_ok())
+    }
+
+    /// Records, once the packs holding them are durable, the chunks this
+    /// push received as the client's own. A failure only costs resends.
+    fn save_uploaded(&mut self) {
+        let mut ids: Vec<[u8; 32]> = std::mem::take(&mut self.uploaded).into_iter().map(|id| id.0).collect();
+        ids.sort_unstable();
+        let dir = owners_dir(&self.info.client);
+        for part in ids.chunks(OWNED_PER_OBJECT) {
+            if let Err(e) = self.history.put_named(&dir, &part.concat()) {
+                tracing::warn!(client = %self.info.client, error = %e, "could not record the client's chunks");
+                return;
+            }
+        }
     }
 
     fn entry_error(path: &RelPath, reason: impl Into<String>) -> Error {
@@ -297,6 +383,7 @@ impl Destination for RepoDestination {
             None => Manifest::default(),
         };
         self.tree = self.base.entries().iter().map(|e| (e.path.clone(), e.clone())).collect();
+        self.in_tree = self.base.entries().iter().filter_map(Entry::file).flat_map(|d| d.chunks.iter().map(|c| c.id)).collect();
         self.links.clear();
         for entry in self.base.entries() {
             if let EntryKind::HardLink { target, .. } = &entry.kind {
@@ -311,10 +398,9 @@ impl Destination for RepoDestination {
     }
 
     fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
-        // Store-wide, whoever pushed the chunk: the cheapest resends, at
-        // the price of telling a client whether the store holds an id it
-        // names (the mirror's shared index is per client to avoid that).
-        Ok(ids.iter().map(|id| self.history.contains(id)).collect())
+        // Only what this client may reuse (the module's comment): the store
+        // holding an id another client sent is neither said nor counted.
+        Ok(ids.iter().map(|id| self.holds(id)).collect())
     }
 
     fn apply_op(&mut self, op: &Op) -> Result<()> {
@@ -365,7 +451,7 @@ impl Destination for RepoDestination {
         for (index, chunk) in digest.chunks.iter().enumerate() {
             let at = offset;
             offset += u64::from(chunk.len);
-            if !seen.insert(chunk.id) || self.history.contains(&chunk.id) {
+            if !seen.insert(chunk.id) || self.holds(&chunk.id) {
                 self.report.chunks_reused += 1;
                 self.report.bytes_reused += u64::from(chunk.len);
                 continue;
@@ -406,6 +492,8 @@ impl Destination for RepoDestination {
             source: Box::new(source),
         })?;
         self.history.add_chunk(chunk.id, &bytes)?;
+        // The client proved it has these bytes (they hash to the id).
+        self.uploaded.insert(chunk.id);
         if let Some(flight) = self.in_flight.get_mut(&file) {
             flight.stored[need] = true;
         }
@@ -478,6 +566,7 @@ impl Destination for RepoDestination {
         self.in_flight.clear();
         // What arrived of unfinished files stays: the next push finds it held.
         self.history.flush()?;
+        self.save_uploaded();
         let partial = !complete || !self.report.failed.is_empty();
         self.record(partial)?;
         self.report.batches_committed += 1;
@@ -489,8 +578,9 @@ impl Drop for RepoDestination {
     fn drop(&mut self) {
         // Dropped without `finish`: keep the chunks received all the same
         // (a no-op after `finish`).
-        if let Err(e) = self.history.flush() {
-            tracing::warn!(error = %e, "could not flush the chunks of an interrupted push");
+        match self.history.flush() {
+            Ok(()) => self.save_uploaded(),
+            Err(e) => tracing::warn!(error = %e, "could not flush the chunks of an interrupted push"),
         }
     }
 }

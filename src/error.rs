@@ -210,6 +210,12 @@ pub enum Error {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// A server on an object store without a place for its audit log.
+    #[error("the store {store} is on an object store, which keeps no local files: give the audit log's place (`xfer serve --audit-log FILE`)")]
+    AuditLogPlace {
+        /// The store's URL.
+        store: String,
+    },
     /// A history store URL that is none of the accepted forms.
     #[error("{url:?} is not a history store location: {reason}")]
     StoreUrl {

@@ -104,12 +104,8 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
         (false, _) => None,
         (true, Some(path)) => Some(Arc::new(AuditLog::open(path)?)),
         (true, None) => {
-            let state_dir = state_dir.ok_or_else(|| crate::Error::StoreUrl {
-                url: settings.store.clone().unwrap_or_default(),
-                reason: "a store on an object store keeps no local files: give the audit log's place \
-                         (`xfer serve --audit-log FILE`)"
-                    .into(),
-            })?;
+            let store = || crate::Error::AuditLogPlace { store: settings.store.clone().unwrap_or_default() };
+            let state_dir = state_dir.ok_or_else(store)?;
             Some(Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?))
         }
     };

@@ -13,11 +13,10 @@ use tempfile::TempDir;
 use xfer::fs::history::SnapshotReader;
 use xfer::fs::history::{History, SnapshotInfo, SnapshotRecord};
 use xfer::fs::store::MirrorStore;
-use xfer::manifest::{EntryKind, RelPath};
-use xfer::session::ChunkReader;
+use xfer::manifest::RelPath;
 
 use crate::util::pair::{push_into, ModelReader};
-use crate::util::{assert_same_tree, manifest_of, rel, seeded, Model, Node};
+use crate::util::{assert_same_tree, manifest_of, model_from, rel, seeded, Model, Node};
 
 /// File bodies share pieces, so chunks recur across files and nights.
 fn body(rng: &mut SmallRng) -> Vec<u8> {
@@ -123,26 +122,7 @@ pub fn snapshot_model(
 ) -> Model {
     let manifest = history.load_tree(snapshot, &RelPath::root()).unwrap();
     let mut reader = SnapshotReader::new(history, dest, state).unwrap();
-    let mut model = Model::new();
-    for entry in manifest.entries() {
-        let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);
-        let node = match &entry.kind {
-            EntryKind::Dir => Node::Dir { mode, mtime },
-            EntryKind::Symlink { target } => Node::Symlink { target: target.clone(), mtime },
-            EntryKind::File(digest) => {
-                let mut data = Vec::new();
-                let mut offset = 0;
-                for chunk in &digest.chunks {
-                    data.extend(reader.read(&entry.path, offset, *chunk).unwrap());
-                    offset += u64::from(chunk.len);
-                }
-                Node::File { data, mode, mtime }
-            }
-            EntryKind::HardLink { .. } => panic!("models hold no hard links"),
-        };
-        model.insert(entry.path.clone(), node);
-    }
-    model
+    model_from(&manifest, &mut reader)
 }
 
 proptest! {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use xfer::fs::history::{History, StoreUrl};
 
-use crate::history_store::{assert_restores, info, op, seeded_tree, Op, Tree};
+use crate::history_store::{assert_restores, info, op, run_history_ops, Tree};
 
 /// Where one test's store lives; the temporary directory goes with it.
 struct Store {
@@ -406,47 +406,7 @@ proptest::proptest! {
     #[test]
     fn memory_any_history_keeps_every_listed_snapshot(ops in proptest::collection::vec(op(), 1..14)) {
         let store = Store::memory();
-        let open = || {
-            let mut history = store.open();
-            history.set_pack_target(50_000);
-            history.set_min_repack_gain(1);
-            history
-        };
-        let mut history = open();
-        let mut live: Vec<(String, Vec<u8>)> = Vec::new();
-        for (step, op) in ops.iter().enumerate() {
-            match op {
-                Op::Record(seeds) => {
-                    let tree = seeded_tree(seeds);
-                    tree.store_in(&mut history);
-                    let record = history.record_snapshot(&tree.manifest, &info("/site", step as u64)).unwrap();
-                    live.push((record.id, seeds.clone()));
-                }
-                Op::Forget(at) if !live.is_empty() => {
-                    let (id, _) = live.remove(at % live.len());
-                    history.forget(&[id]).unwrap();
-                }
-                Op::Forget(_) => {}
-                Op::Prune => {
-                    history.prune().unwrap();
-                }
-                Op::Reopen => {
-                    drop(history);
-                    history = open();
-                }
-            }
-            let listed = history.snapshots().unwrap();
-            proptest::prop_assert_eq!(listed.len(), live.len());
-            for (id, seeds) in &live {
-                let record = listed.iter().find(|r| &r.id == id).unwrap();
-                assert_restores(&history, record, &seeded_tree(seeds));
-            }
-        }
-        let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
-        history.forget(&ids).unwrap();
-        history.prune().unwrap();
-        history.prune().unwrap();
-        proptest::prop_assert_eq!(history.pack_bytes().unwrap(), 0);
+        run_history_ops(&ops, || store.open())?;
     }
 }
 

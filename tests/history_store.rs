@@ -609,46 +609,60 @@ proptest::proptest! {
     fn any_history_keeps_every_listed_snapshot(ops in proptest::collection::vec(op(), 1..14)) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("history");
-        let mut history = History::open(&dir).unwrap();
+        run_history_ops(&ops, || History::open(&dir).unwrap())?;
+    }
+}
+
+/// Applies `ops` to the history `open` gives (again at each reopen, with
+/// small packs and eager repacks): after each step every snapshot still
+/// listed restores exactly, and forgetting all and pruning twice leaves no
+/// pack behind.
+pub(crate) fn run_history_ops(
+    ops: &[Op],
+    open: impl Fn() -> History,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let open = || {
+        let mut history = open();
         history.set_pack_target(50_000);
         history.set_min_repack_gain(1);
-        let mut live: Vec<(String, Vec<u8>)> = Vec::new();
-        for (step, op) in ops.iter().enumerate() {
-            match op {
-                Op::Record(seeds) => {
-                    let tree = seeded_tree(seeds);
-                    tree.store_in(&mut history);
-                    let record = history.record_snapshot(&tree.manifest, &info("/site", step as u64)).unwrap();
-                    live.push((record.id, seeds.clone()));
-                }
-                Op::Forget(at) if !live.is_empty() => {
-                    let (id, _) = live.remove(at % live.len());
-                    history.forget(&[id]).unwrap();
-                }
-                Op::Forget(_) => {}
-                Op::Prune => {
-                    history.prune().unwrap();
-                }
-                Op::Reopen => {
-                    drop(history);
-                    history = History::open(&dir).unwrap();
-                    history.set_pack_target(50_000);
-                    history.set_min_repack_gain(1);
-                }
+        history
+    };
+    let mut history = open();
+    let mut live: Vec<(String, Vec<u8>)> = Vec::new();
+    for (step, op) in ops.iter().enumerate() {
+        match op {
+            Op::Record(seeds) => {
+                let tree = seeded_tree(seeds);
+                tree.store_in(&mut history);
+                let record = history.record_snapshot(&tree.manifest, &info("/site", step as u64)).unwrap();
+                live.push((record.id, seeds.clone()));
             }
-            let listed = history.snapshots().unwrap();
-            proptest::prop_assert_eq!(listed.len(), live.len());
-            for (id, seeds) in &live {
-                let record = listed.iter().find(|r| &r.id == id).unwrap();
-                assert_restores(&history, record, &seeded_tree(seeds));
+            Op::Forget(at) if !live.is_empty() => {
+                let (id, _) = live.remove(at % live.len());
+                history.forget(&[id]).unwrap();
+            }
+            Op::Forget(_) => {}
+            Op::Prune => {
+                history.prune().unwrap();
+            }
+            Op::Reopen => {
+                drop(history);
+                history = open();
             }
         }
-        let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
-        history.forget(&ids).unwrap();
-        history.prune().unwrap();
-        history.prune().unwrap();
-        proptest::prop_assert_eq!(pack_bytes(&dir), 0);
+        let listed = history.snapshots().unwrap();
+        proptest::prop_assert_eq!(listed.len(), live.len());
+        for (id, seeds) in &live {
+            let record = listed.iter().find(|r| &r.id == id).unwrap();
+            assert_restores(&history, record, &seeded_tree(seeds));
+        }
     }
+    let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
+    history.forget(&ids).unwrap();
+    history.prune().unwrap();
+    history.prune().unwrap();
+    proptest::prop_assert_eq!(history.pack_bytes().unwrap(), 0);
+    Ok(())
 }
 
 /// A restore reads the mirror's state database read-only: while a push

@@ -19,14 +19,14 @@ use xfer::codec::{Compression, Encoder};
 use xfer::fs::history::{History, SnapshotInfo};
 use xfer::fs::store::repo::{latest_snapshot, RepoDestination, StoreReader};
 use xfer::fs::store::{Destination, Put};
-use xfer::manifest::{EntryKind, RelPath};
+use xfer::manifest::RelPath;
 use xfer::plan::PlanOptions;
 use xfer::session::pair;
-use xfer::session::{ChunkReader, OpenRequest, Receiver, Sender, SenderConfig, SessionError};
+use xfer::session::{OpenRequest, Receiver, Sender, SenderConfig, SessionError};
 use xfer::{Access, Client, Identity, PullOptions, PushOptions, Rate, RemoteUrl, Server, ServerOptions};
 
 use crate::util::pair::ModelReader;
-use crate::util::{assert_same_tree, manifest_of, meta, read_tree, rel, seeded, Model, Node};
+use crate::util::{assert_same_tree, manifest_of, meta, model_from, read_tree, rel, seeded, Model, Node};
 
 // ---------------------------------------------------------------------------
 // Over the wire
@@ -553,26 +553,7 @@ fn latest_model(store: &Path) -> Model {
     let snapshot = latest_snapshot(&history, "/").unwrap().unwrap();
     let manifest = history.load_tree(&snapshot, &RelPath::root()).unwrap();
     let mut reader = StoreReader::new(History::open(store).unwrap());
-    let mut model = Model::new();
-    for entry in manifest.entries() {
-        let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);
-        let node = match &entry.kind {
-            EntryKind::Dir => Node::Dir { mode, mtime },
-            EntryKind::Symlink { target } => Node::Symlink { target: target.clone(), mtime },
-            EntryKind::File(digest) => {
-                let mut data = Vec::new();
-                let mut offset = 0;
-                for chunk in &digest.chunks {
-                    data.extend(reader.read(&entry.path, offset, *chunk).unwrap());
-                    offset += u64::from(chunk.len);
-                }
-                Node::File { data, mode, mtime }
-            }
-            EntryKind::HardLink { .. } => panic!("models hold no hard links"),
-        };
-        model.insert(entry.path.clone(), node);
-    }
-    model
+    model_from(&manifest, &mut reader)
 }
 
 fn remove_subtree(model: &mut Model, path: &RelPath) {

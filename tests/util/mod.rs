@@ -55,6 +55,34 @@ pub fn manifest_of(model: &Model) -> Manifest {
     Manifest::new(entries).expect("model trees are well formed")
 }
 
+/// A tree's `manifest` as a model, every file's bytes read through
+/// `reader` (which verifies them); models hold no hard links.
+pub fn model_from<R: xfer::session::ChunkReader>(manifest: &Manifest, reader: &mut R) -> Model
+where
+    R::Error: std::fmt::Debug,
+{
+    let mut model = Model::new();
+    for entry in manifest.entries() {
+        let (mode, mtime) = (entry.meta.mode, entry.meta.mtime.secs);
+        let node = match &entry.kind {
+            EntryKind::Dir => Node::Dir { mode, mtime },
+            EntryKind::Symlink { target } => Node::Symlink { target: target.clone(), mtime },
+            EntryKind::File(digest) => {
+                let mut data = Vec::new();
+                let mut offset = 0;
+                for chunk in &digest.chunks {
+                    data.extend(reader.read(&entry.path, offset, *chunk).unwrap());
+                    offset += u64::from(chunk.len);
+                }
+                Node::File { data, mode, mtime }
+            }
+            EntryKind::HardLink { .. } => panic!("models hold no hard links"),
+        };
+        model.insert(entry.path.clone(), node);
+    }
+    model
+}
+
 pub fn meta(mode: u32, mtime: i64) -> Meta {
     Meta::basic(mode, Mtime { secs: mtime, nanos: 0 })
 }

@@ -4,7 +4,6 @@
 //! afterwards every night's snapshot restores exactly that night's tree,
 //! though the mirror holds only the last one.
 
-use std::collections::HashMap;
 
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
@@ -16,7 +15,7 @@ use xfer::fs::store::MirrorStore;
 use xfer::manifest::RelPath;
 
 use crate::util::pair::{push_into, ModelReader};
-use crate::util::{assert_same_tree, manifest_of, model_from, rel, seeded, Model, Node};
+use crate::util::{assert_same_tree, file_contents, manifest_of, model_from, rel, remove_subtree, seeded, Model, Node};
 
 /// File bodies share pieces, so chunks recur across files and nights.
 fn body(rng: &mut SmallRng) -> Vec<u8> {
@@ -31,10 +30,6 @@ fn body(rng: &mut SmallRng) -> Vec<u8> {
 
 fn files(model: &Model) -> Vec<RelPath> {
     model.iter().filter(|(_, n)| matches!(n, Node::File { .. })).map(|(p, _)| p.clone()).collect()
-}
-
-fn remove_subtree(model: &mut Model, path: &RelPath) {
-    model.retain(|p, _| p != path && !p.is_inside(path));
 }
 
 fn add_file(model: &mut Model, rng: &mut SmallRng, night: i64) {
@@ -96,16 +91,6 @@ fn edit(model: &mut Model, rng: &mut SmallRng, night: i64) {
     }
 }
 
-fn contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
-    model
-        .iter()
-        .filter_map(|(p, n)| match n {
-            Node::File { data, .. } => Some((p.clone(), data.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Snapshot number `night` (oldest first) as a model.
 fn restored(history: History, dest: &std::path::Path, state: &std::path::Path, night: usize) -> Model {
     let snapshot = history.snapshots().unwrap()[night].clone();
@@ -143,7 +128,7 @@ proptest! {
             let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000 + 86_400 * night as u64);
             let info = SnapshotInfo { tree: "/".into(), time: Some(time), ..SnapshotInfo::default() };
             let store = store.with_history(History::open(&hist).unwrap(), info);
-            let (result, _) = push_into(manifest_of(&model), ModelReader(contents(&model)), store);
+            let (result, _) = push_into(manifest_of(&model), ModelReader(file_contents(&model)), store);
             result.unwrap();
             kept.push(model.clone());
         }
@@ -159,7 +144,7 @@ fn push_night(scratch: &std::path::Path, model: &Model, night: u64) {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000 + 86_400 * night);
     let info = SnapshotInfo { tree: "/".into(), time: Some(time), ..SnapshotInfo::default() };
     let store = store.with_history(History::open(&scratch.join("history")).unwrap(), info);
-    let (result, _) = push_into(manifest_of(model), ModelReader(contents(model)), store);
+    let (result, _) = push_into(manifest_of(model), ModelReader(file_contents(model)), store);
     result.unwrap();
 }
 

@@ -21,7 +21,7 @@ use xfer::usecase::memory::{push_local, PushOptions, Stats};
 
 use crate::plan_model::{random_edit, random_tree};
 use crate::util::pair::{push_into, ModelReader};
-use crate::util::{assert_same_tree, materialize, read_tree, rel, seeded, Model, Node};
+use crate::util::{assert_same_tree, file_contents, materialize, read_tree, rel, seeded, Model, Node};
 
 struct Dirs {
     _tmp: TempDir,
@@ -292,16 +292,6 @@ fn apply_interrupted_at_every_step_is_atomic() {
         }
         step += 1;
     }
-}
-
-fn file_contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
-    model
-        .iter()
-        .filter_map(|(p, n)| match n {
-            Node::File { data, .. } => Some((p.clone(), data.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The scan reports its running totals after each file; the last report

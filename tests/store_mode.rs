@@ -4,7 +4,6 @@
 //! store's chunks; a cut push keeps what arrived; two pushes to one tree at
 //! once are refused as busy; forget and prune work as on a mirror server.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,7 +25,9 @@ use xfer::session::{OpenRequest, Receiver, Sender, SenderConfig, SessionError};
 use xfer::{Access, Client, Identity, PullOptions, PushOptions, Rate, RemoteUrl, Server, ServerOptions};
 
 use crate::util::pair::ModelReader;
-use crate::util::{assert_same_tree, manifest_of, meta, model_from, read_tree, rel, seeded, Model, Node};
+use crate::util::{
+    assert_same_tree, file_contents, manifest_of, meta, model_from, read_tree, rel, remove_subtree, seeded, Model, Node,
+};
 
 // ---------------------------------------------------------------------------
 // Over the wire
@@ -556,10 +557,6 @@ fn latest_model(store: &Path) -> Model {
     model_from(&manifest, &mut reader)
 }
 
-fn remove_subtree(model: &mut Model, path: &RelPath) {
-    model.retain(|p, _| p != path && !p.is_inside(path));
-}
-
 /// Makes `dir` (and its parents) directories of the model.
 fn ensure_dir(model: &mut Model, dir: &str) -> RelPath {
     let mut at = RelPath::root();
@@ -622,16 +619,6 @@ fn edit(model: &mut Model, rng: &mut SmallRng, round: i64) {
     }
 }
 
-fn contents(model: &Model) -> HashMap<RelPath, Vec<u8>> {
-    model
-        .iter()
-        .filter_map(|(p, n)| match n {
-            Node::File { data, .. } => Some((p.clone(), data.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
 
@@ -643,7 +630,7 @@ proptest! {
         let mut model = Model::new();
         for round in 0..rounds {
             edit(&mut model, &mut rng, round as i64);
-            let mut config = SenderConfig::new(manifest_of(&model), ModelReader(contents(&model)), Encoder::new(Compression::Auto).unwrap());
+            let mut config = SenderConfig::new(manifest_of(&model), ModelReader(file_contents(&model)), Encoder::new(Compression::Auto).unwrap());
             config.plan = PlanOptions { delete: true, ..Default::default() };
             let mut sender = Sender::new(config);
             let mut receiver = receiver_into(&store);

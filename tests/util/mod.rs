@@ -55,6 +55,22 @@ pub fn manifest_of(model: &Model) -> Manifest {
     Manifest::new(entries).expect("model trees are well formed")
 }
 
+/// The model's regular files and their bytes.
+pub fn file_contents(model: &Model) -> std::collections::HashMap<RelPath, Vec<u8>> {
+    model
+        .iter()
+        .filter_map(|(p, n)| match n {
+            Node::File { data, .. } => Some((p.clone(), data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Removes `path` and everything below it from the model.
+pub fn remove_subtree(model: &mut Model, path: &RelPath) {
+    model.retain(|p, _| p != path && !p.is_inside(path));
+}
+
 /// A tree's `manifest` as a model, every file's bytes read through
 /// `reader` (which verifies them); models hold no hard links.
 pub fn model_from<R: xfer::session::ChunkReader>(manifest: &Manifest, reader: &mut R) -> Model

@@ -4,7 +4,6 @@
 //! afterwards every night's snapshot restores exactly that night's tree,
 //! though the mirror holds only the last one.
 
-
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -326,6 +326,42 @@ fn prune_waits_for_the_grace(store: &Store) {
     assert_restores(&history, &snaps[1].0, &snaps[1].1);
 }
 
+/// A node opens its store once a session: records another session of the
+/// process read (or wrote) are not fetched again, and one forgotten since
+/// is not shown from the cache.
+fn records_are_read_once_per_process(store: &Store) {
+    let mut writer = store.open();
+    let records: Vec<_> = disjoint_snapshots(&mut writer, 3).into_iter().map(|(r, _, _)| r).collect();
+    drop(writer);
+
+    let reader = store.open();
+    let before = reader.requests();
+    assert_eq!(reader.snapshots().unwrap().len(), 3);
+    let after = reader.requests();
+    assert_eq!(after.gets, before.gets, "records already read in this process are not fetched again");
+    assert_eq!(after.lists, before.lists + 1, "the listing still decides what exists");
+
+    let mut other = store.open();
+    other.forget(&[records[0].id.clone()]).unwrap();
+    let shown: Vec<String> = reader.snapshots().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(shown, vec![records[1].id.clone(), records[2].id.clone()]);
+}
+
+#[test]
+fn memory_records_are_read_once_per_process() {
+    records_are_read_once_per_process(&Store::memory());
+}
+
+#[test]
+fn file_records_are_read_once_per_process() {
+    records_are_read_once_per_process(&Store::file());
+}
+
+#[test]
+fn dir_records_are_read_once_per_process() {
+    records_are_read_once_per_process(&Store::dir());
+}
+
 #[test]
 fn memory_prune_waits_for_the_grace() {
     prune_waits_for_the_grace(&Store::memory());

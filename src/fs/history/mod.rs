@@ -56,8 +56,9 @@
 //! store must agree to well within half the grace.
 //!
 //! Requests and bytes are counted per open store ([`History::requests`]).
-//! A node reads every index file and the snapshot records at open (snapshot
-//! records are cached: they never change); pack bodies are read by range.
+//! A node reads every index file at open and lists the snapshot records,
+//! reading only those its process has not read before (they never
+//! change); pack bodies are read by range.
 
 
 mod disk;
@@ -71,7 +72,7 @@ pub mod restore;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -195,8 +196,24 @@ pub struct History {
     min_repack_gain: u64,
     pack_target: usize,
     prune_grace: Duration,
-    /// Snapshot records read so far, by id: they never change.
-    records: Mutex<HashMap<String, SnapshotRecord>>,
+    /// Snapshot records read so far, by id: they never change. Shared by
+    /// every `History` of this store in the process ([`record_cache`]).
+    records: Arc<Mutex<HashMap<String, SnapshotRecord>>>,
+}
+
+/// Records per store, by the store's label (its directory or URL).
+type RecordCaches = HashMap<PathBuf, Arc<Mutex<HashMap<String, SnapshotRecord>>>>;
+static RECORD_CACHES: Mutex<Option<RecordCaches>> = Mutex::new(None);
+
+/// The process's cache of the snapshot records of the store at `label`. A
+/// server opens its store once a session: sharing the records it read means
+/// a session GETs only the records written since, not every tree's (which
+/// grows with clients times snapshots kept). A cached record is used only
+/// while the store still lists it, and each was checked against its name
+/// when read, so the cache can never show a record the store lacks.
+fn record_cache(label: &Path) -> Arc<Mutex<HashMap<String, SnapshotRecord>>> {
+    let mut caches = RECORD_CACHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    caches.get_or_insert_with(HashMap::new).entry(label.to_path_buf()).or_default().clone()
 }
 
 impl std::fmt::Debug for History {
@@ -244,8 +261,10 @@ impl History {
     fn with_objects(objects: Box<dyn Objects>, local: Option<(PathBuf, disk::WriterLock)>) -> Result<History> {
         let index_read_ms = disk::now_ms();
         let index = Index::load(objects.as_ref())?;
+        let dir = objects.label("");
         Ok(History {
-            dir: objects.label(""),
+            records: record_cache(&dir),
+            dir,
             objects,
             local,
             index,
@@ -255,7 +274,6 @@ impl History {
             pack_target: PACK_TARGET,
             min_repack_gain: crate::history::prune::MIN_REPACK_GAIN,
             prune_grace: DEFAULT_PRUNE_GRACE,
-            records: Mutex::new(HashMap::new()),
         })
     }
 

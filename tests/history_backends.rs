@@ -347,6 +347,56 @@ fn records_are_read_once_per_process(store: &Store) {
     assert_eq!(shown, vec![records[1].id.clone(), records[2].id.clone()]);
 }
 
+/// Index files never change: a session reads only those its process has
+/// not read before. After a prune replaces index files, a new session
+/// reads the index whole again and sees none of the packs it dropped.
+fn index_files_are_read_once_per_process(store: &Store) {
+    let mut writer = store.open();
+    let snapshots = disjoint_snapshots(&mut writer, 4);
+    drop(writer);
+
+    let first = store.open();
+    let opened = first.requests();
+    assert!(opened.gets > 1, "the first session reads the index files another wrote: {opened:?}");
+    let second = store.open();
+    let opened = second.requests();
+    // The config only: the listing shows no index file this process lacks.
+    assert_eq!((opened.lists, opened.gets), (1, 1), "{opened:?}");
+
+    let mut pruner = store.open();
+    pruner.forget(&[snapshots[0].0.id.clone(), snapshots[1].0.id.clone()]).unwrap();
+    pruner.prune().unwrap();
+    pruner.prune().unwrap();
+    drop(pruner);
+    // The prune read the index again in this process; a session now
+    // must not see what it took out.
+    let after = store.open();
+    for (record, tree, _) in &snapshots[2..] {
+        assert_restores(&after, record, tree);
+    }
+    // The blobs only the forgotten snapshots held are gone from the index.
+    for (_, tree, _) in &snapshots[..2] {
+        let gone = tree.chunks().iter().all(|(id, _)| !after.contains(id));
+        assert!(gone, "a pruned chunk is still indexed");
+    }
+}
+
+#[test]
+fn memory_index_files_are_read_once_per_process() {
+    index_files_are_read_once_per_process(&Store::memory());
+}
+
+#[test]
+fn file_index_files_are_read_once_per_process() {
+    index_files_are_read_once_per_process(&Store::file());
+}
+
+#[test]
+#[ignore = "needs a Garage cluster: eval \"$(scripts/garage.sh start)\""]
+fn garage_index_files_are_read_once_per_process() {
+    on_garage(index_files_are_read_once_per_process);
+}
+
 #[test]
 fn memory_records_are_read_once_per_process() {
     records_are_read_once_per_process(&Store::memory());

@@ -56,9 +56,10 @@
 //! store must agree to well within half the grace.
 //!
 //! Requests and bytes are counted per open store ([`History::requests`]).
-//! A node reads every index file at open and lists the snapshot records,
-//! reading only those its process has not read before (they never
-//! change); pack bodies are read by range.
+//! A node lists the index files and the snapshot records at open and reads
+//! only those its process has not read before (neither ever changes; a
+//! listed-before index file gone means a prune replaced it, and the index
+//! is read whole again); pack bodies are read by range.
 
 
 mod disk;
@@ -189,6 +190,8 @@ pub struct History {
     /// on an object store.
     local: Option<(PathBuf, disk::WriterLock)>,
     index: Index,
+    /// On an object store, the index rows this process has read of it.
+    index_cache: Option<Arc<Mutex<index::Runs>>>,
     /// When `index` was read from the store, ms since the epoch.
     index_read_ms: u64,
     pending: PackBuilder,
@@ -259,11 +262,18 @@ impl History {
     }
 
     fn with_objects(objects: Box<dyn Objects>, local: Option<(PathBuf, disk::WriterLock)>) -> Result<History> {
-        let index_read_ms = disk::now_ms();
-        let index = Index::load(objects.as_ref())?;
         let dir = objects.label("");
+        // A local store is read from disk cheaply and has one writer per
+        // process; an object store charges per request.
+        let index_cache = local.is_none().then(|| index::cache_of(&dir));
+        let index_read_ms = disk::now_ms();
+        let index = match &index_cache {
+            Some(cache) => Index::load_cached(objects.as_ref(), cache)?,
+            None => Index::load(objects.as_ref())?,
+        };
         Ok(History {
             records: record_cache(&dir),
+            index_cache,
             dir,
             objects,
             local,
@@ -302,7 +312,10 @@ impl History {
     /// Reads the index again (other writers may have added to it).
     fn reload_index(&mut self) -> Result<()> {
         let read_ms = disk::now_ms();
-        self.index = Index::load(self.objects.as_ref())?;
+        self.index = match &self.index_cache {
+            Some(cache) => Index::load_cached(self.objects.as_ref(), cache)?,
+            None => Index::load(self.objects.as_ref())?,
+        };
         self.index_read_ms = read_ms;
         Ok(())
     }
@@ -433,7 +446,7 @@ impl History {
     /// Blob `id` as `index` places it, verified.
     fn blob_from(&self, index: &Index, id: &ChunkId) -> Result<Option<Vec<u8>>> {
         let Some(loc) = index.get(id) else { return Ok(None) };
-        let pack = index.packs[loc.pack as usize].id;
+        let pack = index.pack(loc.pack).id;
         let entry = loc.entry(*id);
         let body = self.read_body(&pack, &entry)?;
         entry.open(&body).map(Some).map_err(|e| Error::History { path: self.pack_path(&pack), source: Box::new(e) })

@@ -9,6 +9,12 @@
 #
 #   scripts/store-nodes.sh [CLIENTS] [MB_PER_TREE]
 #
+# With WORKLOADS=DIR (a --data directory of scripts/bench/workloads.py, e.g.
+# after `python3 scripts/bench/workloads.py --data DIR source-tree log-append
+# random-blob many-small big-file-edits database fs-image moved-files`),
+# client c pushes the v1 tree of the (c mod N)-th workload there instead of a
+# generated tree (MB_PER_TREE is then ignored).
+#
 # Needs a Garage build (scripts/garage.sh install) and GNU time; uses $XFER
 # or target/release/xfer (built if missing). Starts its own cluster on
 # GARAGE_PORT_BASE (default 4100) and removes everything at the end.
@@ -34,6 +40,13 @@ trap cleanup EXIT
 cd "$dir"
 store="s3://$XFER_TEST_BUCKET/nodes-$$"
 
+srcs=()
+if [ -n "${WORKLOADS:-}" ]; then
+    mapfile -t names < <(find "$WORKLOADS" -mindepth 2 -maxdepth 2 -name v1 -type d | sort)
+    [ "${#names[@]}" -gt 0 ] || { echo "no workload v1 trees under $WORKLOADS" >&2; exit 2; }
+    for c in $(seq 0 $((clients - 1))); do srcs+=("${names[$((c % ${#names[@]}))]}"); done
+else
+    for c in $(seq 0 $((clients - 1))); do srcs+=("$dir/src$c"); done
 python3 - "$clients" "$mb" <<'PY'
 import os, random, sys
 clients, mb = int(sys.argv[1]), int(sys.argv[2])
@@ -51,6 +64,7 @@ for c in range(clients):
         left -= n
         i += 1
 PY
+fi
 
 sfp=$("$x" id --config-dir cfgs)
 allow=()
@@ -69,7 +83,7 @@ other_of() { echo $((7962 - $1 % 2)); }
 start=$(date +%s.%N)
 pids=()
 for c in $(seq 0 $((clients - 1))); do
-    "$x" push -q --json --config-dir "cfg$c" --server-fingerprint "$sfp" "src$c" \
+    "$x" push -q --json --config-dir "cfg$c" --server-fingerprint "$sfp" "${srcs[$c]}" \
         "xfer://127.0.0.1:$(node_of "$c")/c$c" >"push$c.json" 2>"push$c.err" &
     pids+=($!)
 done
@@ -81,19 +95,19 @@ push_wall=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]
 # Each tree back through the other node.
 for c in $(seq 0 $((clients - 1))); do
     "$x" pull -q --config-dir "cfg$c" --server-fingerprint "$sfp" "xfer://127.0.0.1:$(other_of "$c")/c$c" "out$c"
-    diff -r "src$c" "out$c" >/dev/null || { echo "tree c$c differs after a pull through the other node" >&2; exit 1; }
+    diff -r "${srcs[$c]}" "out$c" >/dev/null || { echo "tree c$c differs after a pull through the other node" >&2; exit 1; }
 done
 echo "every tree restores exact through the other node"
 
 # Two clients, two nodes, one path, at once: each snapshot whole, latest one of them.
-"$x" push -q --config-dir cfg0 --server-fingerprint "$sfp" src0 "xfer://127.0.0.1:7961/same" &
+"$x" push -q --config-dir cfg0 --server-fingerprint "$sfp" "${srcs[0]}" "xfer://127.0.0.1:7961/same" &
 a=$!
-"$x" push -q --config-dir cfg1 --server-fingerprint "$sfp" src1 "xfer://127.0.0.1:7962/same" &
+"$x" push -q --config-dir cfg1 --server-fingerprint "$sfp" "${srcs[1]}" "xfer://127.0.0.1:7962/same" &
 b=$!
 wait "$a"; wait "$b"
 "$x" pull -q --config-dir cfg0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7962/same" same
-if diff -r src0 same >/dev/null; then latest=src0
-elif diff -r src1 same >/dev/null; then latest=src1
+if diff -r "${srcs[0]}" same >/dev/null; then latest="client 0"
+elif diff -r "${srcs[1]}" same >/dev/null; then latest="client 1"
 else echo "the latest snapshot of /same is neither push: torn" >&2; exit 1; fi
 "$x" snapshots --config-dir cfg0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7961/same" | tail -n +2 | wc -l \
     | xargs -I{} echo "/same: {} snapshots, latest is $latest's tree whole"
@@ -103,14 +117,15 @@ wait 2>/dev/null || true
 python3 - "$clients" "$mb" "$push_wall" <<'PY'
 import json, sys
 clients, mb, wall = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-sent = wire = 0
+sent = wire = scanned = 0
 for c in range(clients):
     with open(f"push{c}.json") as f:
         r = json.load(f)
     sent += r["bytes_sent"]
     wire += r["wire_bytes_sent"]
-total = clients * mb
-print(f"{clients} clients x {mb} MiB pushed at once through 2 nodes: {wall:.1f} s, {total / wall:.1f} MiB/s")
+    scanned += r["bytes_scanned"]
+total = scanned / 2**20
+print(f"{clients} clients, {total:.0f} MiB in all, pushed at once through 2 nodes: {wall:.1f} s, {total / wall:.1f} MiB/s")
 print(f"chunk bytes sent {sent:,}, wire bytes up {wire:,}")
 for n in (1, 2):
     rss = open(f"node{n}.time").read().split()[-1]

@@ -12,10 +12,10 @@ use std::path::Path;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use tempfile::TempDir;
-use xfer::{Access, Client, Identity, PullOptions, PushOptions, RemoteUrl, Server, ServerOptions, TransferError};
+use xfer::{PullOptions, PushOptions, TransferError};
 use xfer_protocol::CloseCode;
 
+use crate::util::backend::Backend;
 use crate::util::{assert_same_tree, read_tree, seeded, Model};
 
 /// Night `night`'s edits to the source: a few files rewritten or grown,
@@ -84,25 +84,27 @@ fn close_code(e: &TransferError) -> Option<CloseCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn night_seven_survives_the_ransomware_night() {
-    let tmp = TempDir::new().unwrap();
-    let laptop = Client::new(Identity::load_or_create(&tmp.path().join("laptop")).unwrap());
-    let grants = format!("{} append /laptop\n", laptop.fingerprint());
-    let root = tmp.path().join("served");
-    let audit = tmp.path().join("audit.jsonl");
-    let options = ServerOptions::new(&root, Access::parse(&grants, "grants").unwrap()).audit_log(&audit);
-    let server = Server::start("127.0.0.1:0".parse().unwrap(), &Identity::generate().unwrap(), options).unwrap();
-    let pin = Some(server.fingerprint());
-    let addr = server.local_addr().unwrap();
-    let target = RemoteUrl::parse_checked(&format!("xfer://{addr}/laptop")).unwrap();
-    let push = PushOptions::new(tmp.path().join("state")).delete(true);
+    night_before_survives(Backend::Local, 10, 8).await;
+}
 
-    let src = tmp.path().join("src");
+/// The night before `bad` restores byte-exact after `nights` nightly
+/// pushes by an `append` client, ransomware striking on night `bad`, on
+/// `backend` (the store suite runs it on each); the client's attempts to
+/// cover its tracks are refused and audited.
+pub(crate) async fn night_before_survives(backend: Backend, nights: u64, bad: u64) {
+    let site = backend.site();
+    let laptop = site.client("laptop");
+    let served = site.serve(&format!("{} append /laptop\n", laptop.fingerprint()));
+    let (target, pin) = (served.url("laptop"), served.pin);
+    let push = PushOptions::new(site.path("state")).delete(true);
+
+    let src = site.path("src");
     let mut rng = SmallRng::seed_from_u64(8);
     let mut trees: BTreeMap<u64, Model> = BTreeMap::new();
-    for night in 1..=10u64 {
-        if night == 8 {
+    for night in 1..=nights {
+        if night == bad {
             encrypt(&src, &mut rng);
-        } else if night < 8 {
+        } else if night < bad {
             nightly_edit(&src, night, &mut rng);
         } else {
             fs::write(src.join(format!("after{night}")), seeded(1_000, night)).unwrap();
@@ -110,24 +112,29 @@ async fn night_seven_survives_the_ransomware_night() {
         laptop.push(&src, &target, pin, &push).await.unwrap();
         trees.insert(night, read_tree(&src));
     }
-    assert_same_tree(&read_tree(&root.join("laptop")), &trees[&10]);
+    if backend == Backend::Local {
+        assert_same_tree(&read_tree(&site.root.join("laptop")), &trees[&nights]);
+    }
+    let latest = site.path("latest");
+    laptop.pull(&target, pin, &latest, &PullOptions::new(site.path("pull-state"))).await.unwrap();
+    assert_same_tree(&read_tree(&latest), &trees[&nights]);
 
     let snapshots = laptop.snapshots(&target, pin).await.unwrap();
-    assert_eq!(snapshots.len(), 10, "{snapshots:?}");
+    assert_eq!(snapshots.len() as u64, nights, "{snapshots:?}");
     assert!(snapshots.iter().all(|s| !s.partial));
-    let night7 = &snapshots[6];
-    let restored = tmp.path().join("restored");
-    let pull = PullOptions::new(tmp.path().join("pull-state")).at(&night7.id);
+    let before = &snapshots[bad as usize - 2];
+    let restored = site.path("restored");
+    let pull = PullOptions::new(site.path("pull-state")).at(&before.id);
     laptop.pull(&target, pin, &restored, &pull).await.unwrap();
-    assert_same_tree(&read_tree(&restored), &trees[&7]);
+    assert_same_tree(&read_tree(&restored), &trees[&(bad - 1)]);
 
     // The client tries to cover its tracks: every way is refused.
-    let err = laptop.forget(&target, pin, std::slice::from_ref(&night7.id)).await.unwrap_err();
+    let err = laptop.forget(&target, pin, std::slice::from_ref(&before.id)).await.unwrap_err();
     assert_eq!(close_code(&err), Some(CloseCode::Unauthorized), "{err}");
     let err = laptop.prune(&target, pin).await.unwrap_err();
     assert_eq!(close_code(&err), Some(CloseCode::Unauthorized), "{err}");
-    let history = RemoteUrl::parse_checked(&format!("xfer://{addr}/.xfer/history")).unwrap();
-    let empty = tmp.path().join("empty");
+    let history = served.url("/.xfer/history");
+    let empty = site.path("empty");
     fs::create_dir_all(&empty).unwrap();
     let err = laptop.push(&empty, &history, pin, &push).await.unwrap_err();
     assert!(close_code(&err).is_some(), "{err}");
@@ -137,23 +144,15 @@ async fn night_seven_survives_the_ransomware_night() {
     let refused = |records: &[serde_json::Value], what: &str| {
         records.iter().any(|r| (r["direction"] == what || r["path"] == what) && r["result"] == "refused")
     };
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = fs::read_to_string(&audit).unwrap_or_default();
-        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if ["forget", "prune", "/.xfer/history"].iter().all(|what| refused(&records, what)) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for what in ["forget", "prune", "/.xfer/history"] {
-        assert!(refused(&records, what), "no refused {what} in the audit log: {text}");
+    let whats = ["forget", "prune", "/.xfer/history"];
+    let records = site.audit_when(|records| whats.iter().all(|what| refused(records, what))).await;
+    for what in whats {
+        assert!(refused(&records, what), "no refused {what} in the audit log: {records:?}");
     }
 
-    // Nothing the client did touched night 7.
-    let again = tmp.path().join("again");
-    laptop.pull(&target, pin, &again, &PullOptions::new(tmp.path().join("pull-state2")).at(&night7.id)).await.unwrap();
-    assert_same_tree(&read_tree(&again), &trees[&7]);
-    server.shutdown().await;
+    // Nothing the client did touched the night before.
+    let again = site.path("again");
+    laptop.pull(&target, pin, &again, &PullOptions::new(site.path("pull-state2")).at(&before.id)).await.unwrap();
+    assert_same_tree(&read_tree(&again), &trees[&(bad - 1)]);
+    served.server.shutdown().await;
 }

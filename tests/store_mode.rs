@@ -82,7 +82,7 @@ fn first_source(src: &Path) {
 }
 
 /// Gives every entry a distinct whole-second mtime, directories last.
-fn settle_mtimes(root: &Path, base: i64) {
+pub(crate) fn settle_mtimes(root: &Path, base: i64) {
     let model = read_tree(root);
     for (i, path) in model.keys().enumerate() {
         set_mtime(&path.to_path(root), base + i as i64);

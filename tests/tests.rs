@@ -32,4 +32,5 @@ mod session;
 mod shared_index;
 mod sparse_readonly;
 mod store_mode;
+mod store_suite;
 mod transport;

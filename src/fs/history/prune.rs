@@ -262,7 +262,12 @@ fn phase_one(
     let mut old_files = h.index.files.clone();
     old_files.extend(reinstated);
     let packs = h.index.packs_with_entries();
-    let plan = prune::plan(&packs, referenced, h.min_repack_gain);
+    let mut plan = prune::plan(&packs, referenced, h.min_repack_gain);
+    // A writer indexes each pack before it records the snapshot that uses
+    // it: a pack it may still be about to reference stays in the index.
+    let young = young_packs(h)?;
+    plan.doom.retain(|id| !young.contains(id));
+    plan.repack.retain(|id| !young.contains(id));
     let mut new_packs = repack(h, &packs, &plan.repack, referenced, &mut old_files)?;
     report.packs_repacked = plan.repack.len() as u64;
     let dropped: HashSet<[u8; 32]> = plan.doom.iter().chain(&plan.repack).copied().collect();
@@ -282,6 +287,22 @@ fn phase_one(
     doom_orphans(h, &kept, kept_records, dropped, report)?;
     h.reload_index()?;
     Ok(())
+}
+
+/// The packs a writer still open may have written and not yet referenced
+/// from a snapshot: on an object store, those younger than the grace (a
+/// writer refuses to commit once open half that long); on a local store,
+/// those written since the oldest other open writer started.
+fn young_packs(h: &History) -> Result<HashSet<[u8; 32]>> {
+    let now = disk::now_ms();
+    let young: Box<dyn Fn(u64) -> bool> = match &h.local {
+        None => Box::new(move |modified| !older_than(modified, now, h.prune_grace)),
+        Some((dir, lock)) => match disk::other_writers(&dir.join("locks"), &lock.path)?.into_iter().min() {
+            Some(oldest) => Box::new(move |modified| modified >= oldest),
+            None => return Ok(HashSet::new()),
+        },
+    };
+    Ok(h.objects.list("packs")?.into_iter().filter(|l| young(l.modified_ms)).filter_map(|l| unhex32(&l.name)).collect())
 }
 
 /// Blobs one index file names at most: opening a store then reads at most

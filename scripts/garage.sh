@@ -11,6 +11,8 @@
 #   scripts/garage.sh status [DIR]   `garage status` from a live node
 #   scripts/garage.sh kill-node N [DIR]   kill -9 node N (1..3)
 #   scripts/garage.sh start-node N [DIR]  restart node N on its own data
+#   scripts/garage.sh restart [DIR]       stop every node (SIGTERM), then
+#                                    start them all again on their data
 #   scripts/garage.sh wipe-node N [DIR]   lose node N's disk: kill it, delete its
 #                                    data and metadata, start it empty and
 #                                    let the cluster rebuild it
@@ -395,6 +397,20 @@ cmd_start_node() {
   say "node $n restarted on its data"
 }
 
+cmd_restart() {
+  DIR=$(cluster_dir "${1:-}")
+  [ -f "$DIR/n1/garage.toml" ] || die "no cluster in $DIR (start one: scripts/garage.sh start)"
+  load_ports "$DIR"
+  require_garage
+  local n
+  for n in $NODES; do stop_node "$n"; done
+  # All at once: none can serve alone (a write needs 2 of 3).
+  for n in $NODES; do spawn_node "$n"; done
+  for n in $NODES; do join_node "$n"; done
+  for n in $NODES; do retry 60 "S3 on node $n" s3_ready "$n"; done
+  say "every node restarted on its data"
+}
+
 layout_version() {
   g "$1" layout show | awk -F': ' '/Current cluster layout version/ {print $2}'
 }
@@ -620,6 +636,7 @@ main() {
     status) cmd_status "$@" ;;
     kill-node) cmd_kill_node "$@" ;;
     start-node) cmd_start_node "$@" ;;
+    restart) cmd_restart "$@" ;;
     wipe-node) cmd_wipe_node "$@" ;;
     selftest) cmd_selftest ;;
     *)

@@ -544,3 +544,52 @@ fn garage_wiped_node_is_rebuilt_and_loses_nothing() {
     fx.push_ok(&via_rebuilt, &v3);
     fx.verify(&node);
 }
+
+/// A TCP relay on loopback to `upstream` (HOST:PORT) that passes what its
+/// clients send at `rate` bytes a second and the answers at full speed:
+/// an S3 endpoint behind a slow uplink. Its threads end with the process.
+fn slow_uplink(upstream: &str, rate: u64) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(&upstream) else { return };
+            let (mut client_back, mut server_back) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server_back, &mut client_back);
+                let _ = client_back.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let mut piece = [0u8; 8192];
+                while let Ok(n) = client.read(&mut piece) {
+                    if n == 0 || server.write_all(&piece[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(n as u64 * 1_000_000 / rate));
+                }
+                let _ = server.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A store node whose link to the bucket carries 160 KB/s: a pack (the
+/// whole first push, 8.5 MB, one PUT) takes about a minute to upload, and
+/// the push completes; nothing is lost.
+#[test]
+#[ignore = "needs a Garage cluster: eval \"$(scripts/garage.sh start)\""]
+fn garage_push_over_a_slow_uplink_to_the_bucket_completes() {
+    let (cluster, _held) = Cluster::get();
+    let mut fx = Fixture::new(Some(cluster.store("slow-uplink")));
+    let endpoint = cluster.endpoints[0].trim_start_matches("http://");
+    let slow = slow_uplink(endpoint, 160_000);
+    let node = fx.node(&[("AWS_ENDPOINT_URL", slow.as_str())]);
+    fx.push_ok(&node, &version(1));
+    let direct = fx.node(&[]);
+    fx.verify(&direct);
+}

@@ -451,11 +451,18 @@ repair_done() { # node N's `repair blocks` scan has finished
   [ "$states" = Done ]
 }
 
+resync_idle() { # node N's block resync workers have nothing due to copy
+  local out states
+  out=$(g "$1" worker list 2>/dev/null) || return 1
+  states=$(awk '/Block resync worker/ {print $2}' <<<"$out" | sort -u)
+  [ "$states" = Idle ]
+}
+
 # Wait until the rebuilt node $2 holds everything again, as seen from node
 # $1: one layout version (its metadata synced), all nodes healthy, and its
 # block copies done.
 wait_rebuilt() {
-  local via=$1 n=$2 v copying="" end=$((SECONDS + 300))
+  local via=$1 n=$2 v copying="" idle=0 end=$((SECONDS + 300))
   while [ "$SECONDS" -lt "$end" ]; do
     sleep 1
     if ! layout_stable "$via"; then
@@ -484,9 +491,15 @@ wait_rebuilt() {
       sleep 3
       copying=2
     fi
-    if [ "$(node_stat "$n" "resync queue length")" = 0 ] &&
-      [ "$(node_stat "$n" "blocks with resync errors")" = 0 ]; then
-      return 0
+    # Done when nothing due is left: twice in a row, its resync workers
+    # idle and no block in error. Its queue may still hold items deferred
+    # by the GC delay (10 min) after recent deletes or overwrites; waiting
+    # for an empty queue timed out whenever the cluster had been written.
+    if resync_idle "$n" && [ "$(node_stat "$n" "blocks with resync errors")" = 0 ]; then
+      idle=$((idle + 1))
+      [ "$idle" -lt 2 ] || return 0
+    else
+      idle=0
     fi
   done
   die "node $n not rebuilt after 300 s (scripts/garage.sh status; logs $DIR/n*/log)"

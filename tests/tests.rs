@@ -31,6 +31,7 @@ mod retention_schedule;
 mod session;
 mod shared_index;
 mod sparse_readonly;
+mod store_faults;
 mod store_mode;
 mod store_suite;
 mod transport;

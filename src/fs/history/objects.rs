@@ -12,9 +12,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use super::disk;
@@ -530,6 +531,30 @@ impl StoreUrl {
     }
 }
 
+/// How long an S3 connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one S3 request may take in all, body included. A whole pack
+/// (16 MiB, or a little more) is one PUT: object_store's 30 s default
+/// fails every pack PUT below 0.55 MB/s, which one node's uplink shared by
+/// a few pushes to a cloud bucket easily is; then no retry can succeed and
+/// no push ever completes. Five minutes carries a pack at 60 KB/s and
+/// still ends a request to a server that stopped answering.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a failed request is retried (with exponential backoff from
+/// 0.1 s to 15 s) before the push fails with its error: long enough to
+/// ride out a cluster's restart or a node failing over.
+const RETRY_FOR: Duration = Duration::from_secs(180);
+
+/// Retries of one request, enough that `RETRY_FOR` is what ends them
+/// (object_store's default of 10 gives up after about a minute).
+const MAX_RETRIES: usize = 25;
+
+fn client_key(key: ClientConfigKey) -> object_store::aws::AmazonS3ConfigKey {
+    object_store::aws::AmazonS3ConfigKey::Client(key)
+}
+
 /// An S3 client from the `AWS_*` environment for `bucket`, with
 /// conditional writes off: some S3 servers (Garage) accept and ignore them,
 /// and nothing here depends on them.
@@ -540,7 +565,14 @@ fn s3(bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
     let mut builder = object_store::aws::AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
-        .with_conditional_put(object_store::aws::S3ConditionalPut::Disabled);
+        .with_conditional_put(object_store::aws::S3ConditionalPut::Disabled)
+        .with_config(client_key(ClientConfigKey::ConnectTimeout), format!("{}s", CONNECT_TIMEOUT.as_secs()))
+        .with_config(client_key(ClientConfigKey::Timeout), format!("{}s", REQUEST_TIMEOUT.as_secs()))
+        .with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_FOR,
+        });
     if endpoint.starts_with("http://") {
         builder = builder.with_allow_http(true);
     }

@@ -440,6 +440,44 @@ fn interrupted_file_keeps_its_chunks_for_the_next_push() {
     assert_eq!(again.len(), needs.len() - half);
 }
 
+/// A push killed mid-way (no end, no drop: as kill -9 leaves it) has
+/// written full packs; the chunks in them count as the client's own for
+/// its next push, which sends only what was still buffered.
+#[test]
+fn killed_push_keeps_its_written_packs_for_the_next_push() {
+    let tmp = TempDir::new().unwrap();
+    let store = tmp.path().join("store");
+    let data = seeded(40 << 20, 12);
+    let digest = digest_bytes(&data);
+    let path = rel(b"big");
+    let mut encoder = Encoder::new(Compression::Raw).unwrap();
+    let mut dest = repo(&store, "/site").unwrap();
+    dest.refresh(false).unwrap();
+    let needs = dest.begin_file(0, &path, &meta(0o644, 1), &digest).unwrap();
+    for need in &needs {
+        let start = need.offset as usize;
+        let encoded = encoder.encode(&data[start..start + need.chunk.len as usize]);
+        dest.put_chunk(0, need.need, &encoded, false).unwrap();
+    }
+    // Killed: neither finish nor Drop runs (the tree stays claimed in this
+    // process, as a dead process's would not matter: push to another tree).
+    std::mem::forget(dest);
+
+    let mut next = repo(&store, "/elsewhere").unwrap();
+    next.refresh(false).unwrap();
+    let ids: Vec<_> = digest.chunks.iter().map(|c| c.id).collect();
+    let held: u64 = digest
+        .chunks
+        .iter()
+        .zip(next.has_chunks(&ids).unwrap())
+        .filter(|(_, h)| *h)
+        .map(|(c, _)| u64::from(c.len))
+        .sum();
+    // Two full packs of 16 MiB were written; the rest was only buffered.
+    assert!(held >= 32 << 20, "held {held} of {} bytes", data.len());
+    assert!(held < data.len() as u64, "what was only buffered cannot be held");
+}
+
 /// A push by `client` to `tree` of the store `url` names (a directory, or
 /// an object store).
 fn repo_of(url: &str, tree: &str, client: &str) -> RepoDestination {

@@ -196,6 +196,8 @@ pub struct History {
     index_read_ms: u64,
     pending: PackBuilder,
     pending_ids: HashSet<ChunkId>,
+    /// Packs this `History` has written.
+    packs_written: u64,
     min_repack_gain: u64,
     pack_target: usize,
     prune_grace: Duration,
@@ -281,6 +283,7 @@ impl History {
             index_read_ms,
             pending: PackBuilder::new(),
             pending_ids: HashSet::new(),
+            packs_written: 0,
             pack_target: PACK_TARGET,
             min_repack_gain: crate::history::prune::MIN_REPACK_GAIN,
             prune_grace: DEFAULT_PRUNE_GRACE,
@@ -390,6 +393,12 @@ impl History {
         Error::History { path: self.dir.clone(), source: Box::new(source) }
     }
 
+    /// Packs written so far: when it grows, every blob added before is
+    /// durable (nothing stays buffered across a pack write).
+    pub fn packs_written(&self) -> u64 {
+        self.packs_written
+    }
+
     /// Writes what is buffered as a pack and its index entry, durably.
     ///
     /// # Errors
@@ -412,6 +421,7 @@ impl History {
         crate::crashpoint::hit("history.index_written");
         self.index.add_pack(&pack).map_err(|e| self.format_error(e))?;
         self.pending_ids.clear();
+        self.packs_written += 1;
         Ok(Some((pack, name)))
     }
 

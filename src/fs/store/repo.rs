@@ -127,6 +127,8 @@ pub struct RepoDestination {
     owned: Vec<[u8; 32]>,
     /// The chunks this push received: the client's own from now on.
     uploaded: HashSet<ChunkId>,
+    /// Those of them not yet in an owner list of the store.
+    unsaved: Vec<[u8; 32]>,
     /// Any chunk the store holds counts, whoever sent it.
     across_clients: bool,
     /// The tree as this push has changed it so far.
@@ -159,6 +161,7 @@ impl RepoDestination {
             in_tree: HashSet::new(),
             owned,
             uploaded: HashSet::new(),
+            unsaved: Vec::new(),
             across_clients: false,
             tree: BTreeMap::new(),
             links: HashMap::new(),
@@ -191,8 +194,14 @@ impl RepoDestination {
 
     /// Records, once the packs holding them are durable, the chunks this
     /// push received as the client's own. A failure only costs resends.
+    /// Called after each pack a push writes as well as at its end, so a
+    /// push killed mid-way (no end at all) costs the next one only what
+    /// was still buffered: one owner list per pack, read at each push start.
     fn save_uploaded(&mut self) {
-        let mut ids: Vec<[u8; 32]> = std::mem::take(&mut self.uploaded).into_iter().map(|id| id.0).collect();
+        let mut ids = std::mem::take(&mut self.unsaved);
+        if ids.is_empty() {
+            return;
+        }
         ids.sort_unstable();
         let dir = owners_dir(&self.info.client);
         for part in ids.chunks(OWNED_PER_OBJECT) {
@@ -491,9 +500,15 @@ impl Destination for RepoDestination {
             chunk: chunk.id,
             source: Box::new(source),
         })?;
+        let packs = self.history.packs_written();
         self.history.add_chunk(chunk.id, &bytes)?;
         // The client proved it has these bytes (they hash to the id).
-        self.uploaded.insert(chunk.id);
+        if self.uploaded.insert(chunk.id) {
+            self.unsaved.push(chunk.id.0);
+        }
+        if self.history.packs_written() > packs {
+            self.save_uploaded();
+        }
         if let Some(flight) = self.in_flight.get_mut(&file) {
             flight.stored[need] = true;
         }

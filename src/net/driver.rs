@@ -92,6 +92,12 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
             });
             if let Some(message) = input {
                 sender.handle(inbound(message, &conn)?)?;
+                // What else has come too, before answering any: the reader
+                // then sees a run of chunk requests it can fetch together.
+                for _ in 0..CHANNEL_DEPTH {
+                    let Ok(more) = in_rx.try_recv() else { break };
+                    sender.handle(inbound(Some(more), &conn)?)?;
+                }
             }
         }
     });

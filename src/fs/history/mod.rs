@@ -425,6 +425,31 @@ impl History {
         self.objects.get_range(&pack_key(pack), entry.offset..entry.offset + u64::from(entry.stored))
     }
 
+    /// Where blob `id` sits in a written pack: the pack, the pack's
+    /// length and the blob's entry; `None` for a blob only buffered, or
+    /// not held.
+    pub(in crate::fs::history) fn locate(&self, id: &ChunkId) -> Option<([u8; 32], u64, PackEntry)> {
+        if self.pending.get(id).is_some() {
+            return None;
+        }
+        let loc = self.index.get(id)?;
+        let pack = self.index.packs[loc.pack as usize];
+        Some((pack.id, pack.len, loc.entry(*id)))
+    }
+
+    /// Starts reading `range` of pack `pack` (see [`Objects::start_range`]).
+    pub(in crate::fs::history) fn start_read(&self, pack: &[u8; 32], range: std::ops::Range<u64>) -> objects::Fetch {
+        self.objects.start_range(&pack_key(pack), range)
+    }
+
+    /// The blob `entry` of pack `pack` from its stored `body`, verified.
+    ///
+    /// # Errors
+    /// A body that does not decode to the blob.
+    pub(in crate::fs::history) fn open_entry(&self, pack: &[u8; 32], entry: &PackEntry, body: &[u8]) -> Result<Vec<u8>> {
+        entry.open(body).map_err(|e| Error::History { path: self.pack_path(pack), source: Box::new(e) })
+    }
+
     /// A tree blob, which must be there.
     fn tree_blob(&self, id: &ChunkId) -> std::result::Result<Vec<u8>, LoadError> {
         match self.read_blob(id) {

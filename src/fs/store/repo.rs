@@ -34,6 +34,7 @@ use std::time::SystemTime;
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, Result};
+use crate::fs::history::restore::ReadAhead;
 use crate::fs::history::{History, SnapshotInfo, SnapshotReader, SnapshotRecord};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
@@ -589,12 +590,13 @@ impl Drop for RepoDestination {
 /// server has no mirror to fall back on).
 pub struct StoreReader {
     history: History,
+    ahead: ReadAhead,
 }
 
 impl StoreReader {
     /// Reads from `history`.
     pub fn new(history: History) -> StoreReader {
-        StoreReader { history }
+        StoreReader { history, ahead: ReadAhead::new() }
     }
 }
 
@@ -602,10 +604,14 @@ impl ChunkReader for StoreReader {
     type Error = Error;
 
     fn read(&mut self, path: &RelPath, _offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
-        match self.history.read_chunk(&chunk.id)? {
+        match self.ahead.read(&self.history, &chunk.id)? {
             Some(bytes) if bytes.len() == chunk.len as usize => Ok(bytes),
             _ => Err(Error::HistoryDamaged { path: PathBuf::from(path.to_string()), chunk: chunk.id }),
         }
+    }
+
+    fn prefetch(&mut self, chunk: ChunkRef) {
+        self.ahead.hint(chunk.id);
     }
 }
 
@@ -625,6 +631,13 @@ impl ChunkReader for SnapshotSource {
         match self {
             SnapshotSource::Mirror(reader) => reader.read(path, offset, chunk),
             SnapshotSource::Store(reader) => reader.read(path, offset, chunk),
+        }
+    }
+
+    fn prefetch(&mut self, chunk: ChunkRef) {
+        match self {
+            SnapshotSource::Mirror(reader) => reader.prefetch(chunk),
+            SnapshotSource::Store(reader) => reader.prefetch(chunk),
         }
     }
 }

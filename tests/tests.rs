@@ -31,5 +31,6 @@ mod retention_schedule;
 mod session;
 mod shared_index;
 mod sparse_readonly;
+mod store_costs;
 mod store_mode;
 mod transport;

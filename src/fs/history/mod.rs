@@ -85,7 +85,7 @@ use crate::manifest::{Manifest, RelPath};
 
 use index::Index;
 use objects::{LocalDir, Objects};
-pub use objects::{Requests, StoreUrl};
+pub use objects::{RequestMeter, Requests, StoreUrl};
 pub use restore::SnapshotReader;
 
 /// How long prune waits, on an object store, between dooming a pack and
@@ -260,9 +260,13 @@ impl History {
     }
 
     /// The requests this store has made since it was opened, and their bytes.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn requests(&self) -> Requests {
         self.objects.requests()
+    }
+
+    /// Reads this store's requests, also after it is handed on or closed.
+    pub fn meter(&self) -> RequestMeter {
+        self.objects.meter()
     }
 
     /// Sets how long, on an object store, prune keeps a doomed pack and

@@ -40,11 +40,23 @@ pub struct Requests {
     pub keys_listed: u64,
 }
 
+/// What a history store has cost so far, readable after the store is
+/// handed on (a session's audit record reads it at its end).
+#[derive(Clone, Debug)]
+pub struct RequestMeter(Arc<Counter>);
+
+impl RequestMeter {
+    /// The requests made so far and their bytes.
+    pub fn requests(&self) -> Requests {
+        self.0.snapshot()
+    }
+}
+
 /// Keys an S3 listing returns per page.
 const LIST_PAGE: u64 = 1000;
 
 #[derive(Debug, Default)]
-pub(super) struct Counter {
+pub struct Counter {
     puts: AtomicU64,
     gets: AtomicU64,
     lists: AtomicU64,
@@ -119,6 +131,8 @@ pub(super) trait Objects: Send + Sync + std::fmt::Debug {
     fn delete(&self, key: &str) -> Result<()>;
     /// What this store has cost so far.
     fn requests(&self) -> Requests;
+    /// Reads what this store costs, now and later.
+    fn meter(&self) -> RequestMeter;
     /// Starts reading `range` of `key` and returns at once where the store
     /// can (an object store's requests run on its own runtime, several at
     /// a time); [`Fetch::wait`] gives the bytes. Reads here and now by
@@ -183,12 +197,12 @@ pub(super) struct LocalDir {
     root: PathBuf,
     /// The pack read last, kept open: a restore reads runs of blobs from one pack.
     open_file: Mutex<Option<(String, File)>>,
-    counter: Counter,
+    counter: Arc<Counter>,
 }
 
 impl LocalDir {
     pub(super) fn new(root: &Path) -> LocalDir {
-        LocalDir { root: root.to_path_buf(), open_file: Mutex::new(None), counter: Counter::default() }
+        LocalDir { root: root.to_path_buf(), open_file: Mutex::new(None), counter: Arc::default() }
     }
 }
 
@@ -269,6 +283,10 @@ impl Objects for LocalDir {
 
     fn requests(&self) -> Requests {
         self.counter.snapshot()
+    }
+
+    fn meter(&self) -> RequestMeter {
+        RequestMeter(Arc::clone(&self.counter))
     }
 }
 
@@ -488,6 +506,10 @@ impl Objects for Bucket {
 
     fn requests(&self) -> Requests {
         self.counter.snapshot()
+    }
+
+    fn meter(&self) -> RequestMeter {
+        RequestMeter(Arc::clone(&self.counter))
     }
 
     fn start_range(&self, key: &str, range: Range<u64>) -> Fetch {

@@ -63,6 +63,11 @@ impl<H: Borrow<History>> SnapshotReader<H> {
         }
     }
 
+    /// Reads what the history store costs.
+    pub fn meter(&self) -> super::RequestMeter {
+        self.history.borrow().meter()
+    }
+
     /// The manifest read from starts at `prefix` within the tree.
     pub fn with_prefix(mut self, prefix: RelPath) -> Self {
         self.prefix = prefix;

@@ -35,7 +35,7 @@ use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::fs::history::restore::ReadAhead;
-use crate::fs::history::{History, SnapshotInfo, SnapshotReader, SnapshotRecord};
+use crate::fs::history::{History, RequestMeter, SnapshotInfo, SnapshotReader, SnapshotRecord};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 use crate::patch::Signature;
@@ -169,6 +169,11 @@ impl RepoDestination {
             report: ApplyReport::default(),
             _claim: claim,
         })
+    }
+
+    /// Reads what the history store costs this push.
+    pub fn meter(&self) -> RequestMeter {
+        self.history.meter()
     }
 
     /// Counts any chunk the store holds as held, whoever sent it
@@ -622,6 +627,16 @@ pub enum SnapshotSource {
     Mirror(SnapshotReader),
     /// A store-only server's history.
     Store(StoreReader),
+}
+
+impl SnapshotSource {
+    /// Reads what the history store it reads costs.
+    pub fn meter(&self) -> RequestMeter {
+        match self {
+            SnapshotSource::Mirror(reader) => reader.meter(),
+            SnapshotSource::Store(reader) => reader.history.meter(),
+        }
+    }
 }
 
 impl ChunkReader for SnapshotSource {

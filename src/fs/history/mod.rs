@@ -55,9 +55,13 @@
 //! references, and deletion waits for the grace. Clocks of nodes and the
 //! store must agree to well within half the grace.
 //!
-//! Requests and bytes are counted per open store ([`History::requests`]).
+//! Requests and bytes are counted per open store ([`History::requests`];
+//! a store-only server writes each session's in its audit record).
 //! A node reads every index file and the snapshot records at open (snapshot
 //! records are cached: they never change); pack bodies are read by range.
+//! A restore reads them ahead in the order the receiver asks for chunks
+//! ([`restore::ReadAhead`]): 256 KiB blocks of packs, one request per run
+//! of neighbouring blocks up to 4 MiB, several at once, at most 32 MiB held.
 
 
 mod disk;

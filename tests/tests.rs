@@ -32,6 +32,7 @@ mod session;
 mod shared_index;
 mod sparse_readonly;
 mod store_faults;
+mod store_costs;
 mod store_mode;
 mod store_suite;
 mod transport;

@@ -314,13 +314,17 @@ async fn run_opened(
 ) -> Result<(), SessionError> {
     let mut skipped_here = 0;
     let summary = match opened.open.direction {
-        Direction::Push => serve_push(connection, opened, config, client, watch).await,
+        Direction::Push => serve_push(connection, opened, config, client, watch).await.map(|(summary, costs)| {
+            record.store = costs;
+            summary
+        }),
         Direction::Pull if opened.open.at.is_some() || config.store.is_some() => {
             let Opened { send, ctrl_in, reader, open, .. } = opened;
             let pulled = serve_pull_at(connection, send, ctrl_in, config, open, watch).await;
             drop(reader);
-            pulled.map(|(summary, skipped)| {
+            pulled.map(|(summary, skipped, costs)| {
                 skipped_here = skipped;
+                record.store = costs;
                 summary
             })
         }
@@ -337,7 +341,10 @@ async fn run_opened(
             let Opened { send, reader, open, .. } = opened;
             let answered = serve_history(connection, send, open, config).await;
             drop(reader);
-            return answered.map(|count| record.snapshots = Some(count));
+            return answered.map(|(count, costs)| {
+                record.snapshots = Some(count);
+                record.store = costs;
+            });
         }
     };
     summary.map(|summary| {

@@ -76,6 +76,11 @@ pub struct AuditRecord {
     /// The congestion controller that paced what this side sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub congestion: Option<&'static str>,
+    /// What the session cost the history store of a store-only server
+    /// (`serve --store`): requests by kind and bytes each way, as a
+    /// bucket bills them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::fs::history::Requests>,
 }
 
 impl AuditRecord {

@@ -25,6 +25,8 @@ use super::link::{adapt_level, Backlog, LinkClock, WindowFeed};
 use super::manage::open_snapshot;
 use super::served::{busy_or, check_real_dirs, open_served, ServeConfig, ServerState, SERVER_STATE_DIR};
 use super::watch::{Activity, Watch};
+use crate::fs::history::{RequestMeter, Requests};
+use crate::fs::store::repo::ServedStore;
 use crate::fs::store::{MirrorReceiver, ServedReceiver};
 use crate::manifest::RelPath;
 use crate::net::identity::Fingerprint;
@@ -92,6 +94,12 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
             });
             if let Some(message) = input {
                 sender.handle(inbound(message, &conn)?)?;
+                // What else has come too, before answering any: the reader
+                // then sees a run of chunk requests it can fetch together.
+                for _ in 0..CHANNEL_DEPTH {
+                    let Ok(more) = in_rx.try_recv() else { break };
+                    sender.handle(inbound(Some(more), &conn)?)?;
+                }
             }
         }
     });
@@ -225,19 +233,27 @@ pub(super) async fn open_session(connection: &Connection, activity: &Activity) -
     }
 }
 
-/// Receives a push the client opened with `opened`; its summary.
+/// Receives a push the client opened with `opened`; its summary, and
+/// what the history store cost on a store-only server.
 pub(super) async fn serve_push(
     connection: &Connection,
     opened: Opened,
     config: &Arc<ServeConfig>,
     client: &Fingerprint,
     watch: Watch,
-) -> Result<Option<xfer_protocol::msg::Summary>, SessionError> {
+) -> Result<(Option<xfer_protocol::msg::Summary>, Option<Requests>), SessionError> {
     let Opened { send, ctrl_in, reader, hello, open } = opened;
     let opener = config.clone();
     let client_hex = client.to_string();
-    let mut receiver: ServedReceiver =
-        Receiver::new(Box::new(move |request: &OpenRequest| open_served(&opener, request, &client_hex)));
+    let meter: Arc<std::sync::Mutex<Option<RequestMeter>>> = Arc::default();
+    let slot = Arc::clone(&meter);
+    let mut receiver: ServedReceiver = Receiver::new(Box::new(move |request: &OpenRequest| {
+        let store = open_served(&opener, request, &client_hex)?;
+        if let ServedStore::Repo(repo) = &store {
+            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repo.meter());
+        }
+        Ok(store)
+    }));
     receiver.handle(hello)?;
     receiver.handle(Message::Open(open))?;
     let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
@@ -247,7 +263,8 @@ pub(super) async fn serve_push(
         // The caller may be gone already: it then wanted no names.
         let _ = failures.send(receiver.failed().to_vec());
     }
-    Ok(receiver.summary().copied())
+    let costs = meter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(RequestMeter::requests);
+    Ok((receiver.summary().copied(), costs))
 }
 
 /// The server's record of entries a push could not write.
@@ -263,7 +280,8 @@ fn log_failures(client: &Fingerprint, failed: &[crate::fs::store::FailedEntry], 
 
 /// Serves a pull of a snapshot (`Open.at`): the part of it at the
 /// requested path, its chunks read from the history or the mirror; the
-/// client's summary and the entries the sender skipped.
+/// client's summary, the entries the sender skipped, and what the history
+/// store cost on a store-only server.
 pub(super) async fn serve_pull_at(
     connection: &Connection,
     send: SendStream,
@@ -271,7 +289,7 @@ pub(super) async fn serve_pull_at(
     config: &Arc<ServeConfig>,
     open: xfer_protocol::msg::Open,
     watch: Watch,
-) -> Result<(Option<xfer_protocol::msg::Summary>, u64), SessionError> {
+) -> Result<(Option<xfer_protocol::msg::Summary>, u64, Option<Requests>), SessionError> {
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
@@ -285,6 +303,7 @@ pub(super) async fn serve_pull_at(
         opened = opening => opened.map_err(|e| SessionError::Protocol(format!("opening the snapshot failed: {e}")))??,
         e = watch.stopped() => return Err(e),
     };
+    let meter = config.store.is_some().then(|| reader.meter());
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
         .map_err(|e| SessionError::from(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
@@ -292,7 +311,7 @@ pub(super) async fn serve_pull_at(
     sender.plan = crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::default() };
     let sender = Sender::respond(sender, open.remembered_root);
     let sender = drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?;
-    Ok((sender.summary().copied(), sender.skipped().len() as u64))
+    Ok((sender.summary().copied(), sender.skipped().len() as u64, meter.map(|m| m.requests())))
 }
 
 /// Serves a pull: scans the requested tree and sends it.

@@ -9,7 +9,7 @@ use xfer_protocol::{frame, CloseCode, Message, MAX_SNAPSHOTS_PER_MESSAGE};
 use super::frames::{ended, inbound, open_control};
 use super::served::ServeConfig;
 use super::watch::Activity;
-use crate::fs::history::{History, PruneReport, SnapshotReader, SnapshotRecord};
+use crate::fs::history::{History, PruneReport, Requests, SnapshotReader, SnapshotRecord};
 use crate::fs::store::repo::{SnapshotSource, StoreReader};
 use crate::manifest::{Manifest, RelPath};
 use crate::session::SessionError;
@@ -129,30 +129,33 @@ fn pruned(report: &PruneReport) -> Message {
     })
 }
 
-/// What the server answers a history request with (after its `Hello`).
-fn answer(config: &ServeConfig, open: &msg::Open) -> Result<Vec<Message>, SessionError> {
+/// What the server answers a history request with (after its `Hello`),
+/// and what the history store cost on a store-only server.
+fn answer(config: &ServeConfig, open: &msg::Open) -> Result<(Vec<Message>, Option<Requests>), SessionError> {
     let mut history = config.open_history()?;
     let tree = tree_name(&open.path);
-    match open.direction {
-        Direction::Snapshots => list_messages(&history.snapshots()?, &tree),
-        Direction::Forget => Ok(vec![forget(&mut history, &tree, &open.forget)?]),
-        Direction::Prune => Ok(vec![pruned(&history.prune()?)]),
+    let replies = match open.direction {
+        Direction::Snapshots => list_messages(&history.snapshots()?, &tree)?,
+        Direction::Forget => vec![forget(&mut history, &tree, &open.forget)?],
+        Direction::Prune => vec![pruned(&history.prune()?)],
         Direction::Push | Direction::Pull => {
-            Err(SessionError::Protocol("a transfer is not a history request".into()))
+            return Err(SessionError::Protocol("a transfer is not a history request".into()));
         }
-    }
+    };
+    Ok((replies, config.store.is_some().then(|| history.requests())))
 }
 
 /// Serves a history request (list, forget, prune) the client opened with
-/// `open`, its access already checked; the snapshots answered or forgotten.
+/// `open`, its access already checked; the snapshots answered or
+/// forgotten, and what the history store cost on a store-only server.
 pub(super) async fn serve_history(
     connection: &Connection,
     mut send: SendStream,
     open: msg::Open,
     config: &ServeConfig,
-) -> Result<u64, SessionError> {
+) -> Result<(u64, Option<Requests>), SessionError> {
     let config = config.clone();
-    let replies = tokio::task::spawn_blocking(move || answer(&config, &open))
+    let (replies, costs) = tokio::task::spawn_blocking(move || answer(&config, &open))
         .await
         .map_err(|e| SessionError::Protocol(format!("history task failed: {e}")))??;
     let count = replies.iter().map(|m| match m {
@@ -169,7 +172,7 @@ pub(super) async fn serve_history(
     }
     send.write_all(&bytes).await.map_err(|_| ended(connection))?;
     send.finish().map_err(|_| ended(connection))?;
-    Ok(count)
+    Ok((count, costs))
 }
 
 /// The served tree whose snapshots hold `path`: the path itself or its

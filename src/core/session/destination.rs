@@ -31,6 +31,15 @@ pub trait ChunkReader {
     /// A per-entry error when the file no longer holds the chunk (the file
     /// is then not sent), others end the session.
     fn read(&mut self, path: &RelPath, offset: u64, chunk: ChunkRef) -> Result<Vec<u8>, Self::Error>;
+
+    /// Says that `chunk` will be read soon, after those hinted before it:
+    /// the sender hints each chunk as it is asked for and reads them in
+    /// that order, so a reader on slow storage can fetch them together
+    /// and ahead. A hint is only a hint: a reader may ignore it (the
+    /// default), and reads come whether hinted or not.
+    fn prefetch(&mut self, chunk: ChunkRef) {
+        let _ = chunk;
+    }
 }
 
 /// A receiving tree, rebuilt file by file as a session's steps arrive: a

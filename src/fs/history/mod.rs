@@ -55,11 +55,15 @@
 //! references, and deletion waits for the grace. Clocks of nodes and the
 //! store must agree to well within half the grace.
 //!
-//! Requests and bytes are counted per open store ([`History::requests`]).
+//! Requests and bytes are counted per open store ([`History::requests`];
+//! a store-only server writes each session's in its audit record).
 //! A node lists the index files and the snapshot records at open and reads
 //! only those its process has not read before (neither ever changes; a
 //! listed-before index file gone means a prune replaced it, and the index
-//! is read whole again); pack bodies are read by range.
+//! is read whole again). Pack bodies are read by range; a restore reads
+//! them ahead in the order the receiver asks for chunks
+//! ([`restore::ReadAhead`]): 256 KiB blocks of packs, one request per run
+//! of neighbouring blocks up to 4 MiB, several at once, at most 32 MiB held.
 
 
 mod disk;
@@ -87,7 +91,7 @@ use crate::manifest::{Manifest, RelPath};
 
 use index::Index;
 use objects::{LocalDir, Objects};
-pub use objects::{Requests, StoreUrl};
+pub use objects::{RequestMeter, Requests, StoreUrl};
 pub use restore::SnapshotReader;
 
 /// How long prune waits, on an object store, between dooming a pack and
@@ -291,9 +295,13 @@ impl History {
     }
 
     /// The requests this store has made since it was opened, and their bytes.
-    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn requests(&self) -> Requests {
         self.objects.requests()
+    }
+
+    /// Reads this store's requests, also after it is handed on or closed.
+    pub fn meter(&self) -> RequestMeter {
+        self.objects.meter()
     }
 
     /// Sets how long, on an object store, prune keeps a doomed pack and
@@ -464,6 +472,31 @@ impl History {
 
     fn read_body(&self, pack: &[u8; 32], entry: &PackEntry) -> Result<Vec<u8>> {
         self.objects.get_range(&pack_key(pack), entry.offset..entry.offset + u64::from(entry.stored))
+    }
+
+    /// Where blob `id` sits in a written pack: the pack, the pack's
+    /// length and the blob's entry; `None` for a blob only buffered, or
+    /// not held.
+    pub(in crate::fs::history) fn locate(&self, id: &ChunkId) -> Option<([u8; 32], u64, PackEntry)> {
+        if self.pending.get(id).is_some() {
+            return None;
+        }
+        let loc = self.index.get(id)?;
+        let pack = self.index.pack(loc.pack);
+        Some((pack.id, pack.len, loc.entry(*id)))
+    }
+
+    /// Starts reading `range` of pack `pack` (see [`Objects::start_range`]).
+    pub(in crate::fs::history) fn start_read(&self, pack: &[u8; 32], range: std::ops::Range<u64>) -> objects::Fetch {
+        self.objects.start_range(&pack_key(pack), range)
+    }
+
+    /// The blob `entry` of pack `pack` from its stored `body`, verified.
+    ///
+    /// # Errors
+    /// A body that does not decode to the blob.
+    pub(in crate::fs::history) fn open_entry(&self, pack: &[u8; 32], entry: &PackEntry, body: &[u8]) -> Result<Vec<u8>> {
+        entry.open(body).map_err(|e| Error::History { path: self.pack_path(pack), source: Box::new(e) })
     }
 
     /// A tree blob, which must be there.

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -41,11 +41,23 @@ pub struct Requests {
     pub keys_listed: u64,
 }
 
+/// What a history store has cost so far, readable after the store is
+/// handed on (a session's audit record reads it at its end).
+#[derive(Clone, Debug)]
+pub struct RequestMeter(Arc<Counter>);
+
+impl RequestMeter {
+    /// The requests made so far and their bytes.
+    pub fn requests(&self) -> Requests {
+        self.0.snapshot()
+    }
+}
+
 /// Keys an S3 listing returns per page.
 const LIST_PAGE: u64 = 1000;
 
 #[derive(Debug, Default)]
-pub(super) struct Counter {
+pub struct Counter {
     puts: AtomicU64,
     gets: AtomicU64,
     lists: AtomicU64,
@@ -120,6 +132,58 @@ pub(super) trait Objects: Send + Sync + std::fmt::Debug {
     fn delete(&self, key: &str) -> Result<()>;
     /// What this store has cost so far.
     fn requests(&self) -> Requests;
+    /// Reads what this store costs, now and later.
+    fn meter(&self) -> RequestMeter;
+    /// Starts reading `range` of `key` and returns at once where the store
+    /// can (an object store's requests run on its own runtime, several at
+    /// a time); [`Fetch::wait`] gives the bytes. Reads here and now by
+    /// default.
+    fn start_range(&self, key: &str, range: Range<u64>) -> Fetch {
+        Fetch(FetchState::Done(self.get_range(key, range)))
+    }
+}
+
+/// A ranged read started by [`Objects::start_range`]. Dropping it unread
+/// cancels the request if it has not begun.
+#[derive(Debug)]
+pub(super) struct Fetch(FetchState);
+
+#[derive(Debug)]
+enum FetchState {
+    Done(Result<Vec<u8>>),
+    Waiting { rx: std::sync::mpsc::Receiver<Result<Vec<u8>>>, cancelled: Arc<AtomicBool>, label: PathBuf },
+}
+
+impl Fetch {
+    /// The bytes read, once they are there.
+    ///
+    /// # Errors
+    /// The read's failure, or a short read.
+    pub(super) fn wait(mut self) -> Result<Vec<u8>> {
+        match std::mem::replace(&mut self.0, FetchState::Done(Ok(Vec::new()))) {
+            FetchState::Done(result) => result,
+            FetchState::Waiting { rx, label, .. } => rx.recv().unwrap_or_else(|_| Err(no_answer(label))),
+        }
+    }
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        if let FetchState::Waiting { cancelled, .. } = &self.0 {
+            cancelled.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The error of a request whose task ended without answering.
+fn no_answer(label: PathBuf) -> Error {
+    Error::ObjectStore {
+        url: label.display().to_string(),
+        source: Box::new(object_store::Error::Generic {
+            store: "xfer",
+            source: "the request's task ended without an answer".into(),
+        }),
+    }
 }
 
 /// Whether `name` is an object name (64 hex digits): temporaries and
@@ -134,12 +198,12 @@ pub(super) struct LocalDir {
     root: PathBuf,
     /// The pack read last, kept open: a restore reads runs of blobs from one pack.
     open_file: Mutex<Option<(String, File)>>,
-    counter: Counter,
+    counter: Arc<Counter>,
 }
 
 impl LocalDir {
     pub(super) fn new(root: &Path) -> LocalDir {
-        LocalDir { root: root.to_path_buf(), open_file: Mutex::new(None), counter: Counter::default() }
+        LocalDir { root: root.to_path_buf(), open_file: Mutex::new(None), counter: Arc::default() }
     }
 }
 
@@ -221,6 +285,10 @@ impl Objects for LocalDir {
     fn requests(&self) -> Requests {
         self.counter.snapshot()
     }
+
+    fn meter(&self) -> RequestMeter {
+        RequestMeter(Arc::clone(&self.counter))
+    }
 }
 
 /// Adds the hex-named files under `dir` (whose key is `key`) to `out`,
@@ -283,7 +351,8 @@ pub(super) struct Bucket {
     /// store is called from blocking threads and from inside tasks alike.
     runtime: Arc<OwnRuntime>,
     permits: Arc<tokio::sync::Semaphore>,
-    counter: Counter,
+    /// Shared with requests still running ([`Objects::start_range`]).
+    counter: Arc<Counter>,
 }
 
 impl Bucket {
@@ -300,7 +369,7 @@ impl Bucket {
             url: url.to_string(),
             runtime: Arc::new(OwnRuntime(Some(runtime))),
             permits: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
-            counter: Counter::default(),
+            counter: Arc::new(Counter::default()),
         })
     }
 
@@ -333,13 +402,7 @@ impl Bucket {
         });
         match rx.recv() {
             Ok(result) => result.map_err(|e| self.error(key, e)),
-            Err(_) => Err(Error::ObjectStore {
-                url: self.label(key).display().to_string(),
-                source: Box::new(object_store::Error::Generic {
-                    store: "xfer",
-                    source: "the request's task ended without an answer".into(),
-                }),
-            }),
+            Err(_) => Err(no_answer(self.label(key))),
         }
     }
 }
@@ -444,6 +507,40 @@ impl Objects for Bucket {
 
     fn requests(&self) -> Requests {
         self.counter.snapshot()
+    }
+
+    fn meter(&self) -> RequestMeter {
+        RequestMeter(Arc::clone(&self.counter))
+    }
+
+    fn start_range(&self, key: &str, range: Range<u64>) -> Fetch {
+        let runtime = self.runtime.0.as_ref().expect("invariant: the runtime lives until drop");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (path, label, want) = (self.key(key), self.label(key), range.end.saturating_sub(range.start));
+        let (store, permits, counter) = (Arc::clone(&self.store), Arc::clone(&self.permits), Arc::clone(&self.counter));
+        let (task_label, task_cancelled) = (label.clone(), Arc::clone(&cancelled));
+        runtime.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            // Given up while waiting for a permit: no request.
+            if task_cancelled.load(Ordering::Relaxed) {
+                return;
+            }
+            let url = task_label.display().to_string();
+            let result = match store.get_range(&path, range).await {
+                Ok(bytes) if bytes.len() as u64 == want => {
+                    counter.get(bytes.len());
+                    Ok(bytes.to_vec())
+                }
+                Ok(bytes) => {
+                    counter.get(bytes.len());
+                    Err(Error::io(task_label, std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Err(e) => Err(Error::ObjectStore { url, source: Box::new(e) }),
+            };
+            let _ = tx.send(result);
+        });
+        Fetch(FetchState::Waiting { rx, cancelled, label })
     }
 }
 

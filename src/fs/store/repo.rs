@@ -34,7 +34,8 @@ use std::time::SystemTime;
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, Result};
-use crate::fs::history::{History, SnapshotInfo, SnapshotReader, SnapshotRecord};
+use crate::fs::history::restore::ReadAhead;
+use crate::fs::history::{History, RequestMeter, SnapshotInfo, SnapshotReader, SnapshotRecord};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 use crate::patch::Signature;
@@ -171,6 +172,11 @@ impl RepoDestination {
             report: ApplyReport::default(),
             _claim: claim,
         })
+    }
+
+    /// Reads what the history store costs this push.
+    pub fn meter(&self) -> RequestMeter {
+        self.history.meter()
     }
 
     /// Counts any chunk the store holds as held, whoever sent it
@@ -604,12 +610,13 @@ impl Drop for RepoDestination {
 /// server has no mirror to fall back on).
 pub struct StoreReader {
     history: History,
+    ahead: ReadAhead,
 }
 
 impl StoreReader {
     /// Reads from `history`.
     pub fn new(history: History) -> StoreReader {
-        StoreReader { history }
+        StoreReader { history, ahead: ReadAhead::new() }
     }
 }
 
@@ -617,10 +624,14 @@ impl ChunkReader for StoreReader {
     type Error = Error;
 
     fn read(&mut self, path: &RelPath, _offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
-        match self.history.read_chunk(&chunk.id)? {
+        match self.ahead.read(&self.history, &chunk.id)? {
             Some(bytes) if bytes.len() == chunk.len as usize => Ok(bytes),
             _ => Err(Error::HistoryDamaged { path: PathBuf::from(path.to_string()), chunk: chunk.id }),
         }
+    }
+
+    fn prefetch(&mut self, chunk: ChunkRef) {
+        self.ahead.hint(chunk.id);
     }
 }
 
@@ -633,6 +644,16 @@ pub enum SnapshotSource {
     Store(StoreReader),
 }
 
+impl SnapshotSource {
+    /// Reads what the history store it reads costs.
+    pub fn meter(&self) -> RequestMeter {
+        match self {
+            SnapshotSource::Mirror(reader) => reader.meter(),
+            SnapshotSource::Store(reader) => reader.history.meter(),
+        }
+    }
+}
+
 impl ChunkReader for SnapshotSource {
     type Error = Error;
 
@@ -640,6 +661,13 @@ impl ChunkReader for SnapshotSource {
         match self {
             SnapshotSource::Mirror(reader) => reader.read(path, offset, chunk),
             SnapshotSource::Store(reader) => reader.read(path, offset, chunk),
+        }
+    }
+
+    fn prefetch(&mut self, chunk: ChunkRef) {
+        match self {
+            SnapshotSource::Mirror(reader) => reader.prefetch(chunk),
+            SnapshotSource::Store(reader) => reader.prefetch(chunk),
         }
     }
 }

@@ -35,6 +35,9 @@ impl<R: ChunkReader> Sender<R> {
                 crate::session::MAX_OUTSTANDING_CHUNKS
             )));
         }
+        // Answered in this order (poll_data): the reader may fetch ahead.
+        let chunk = digest.chunks[need.index as usize];
+        self.reader.prefetch(chunk);
         self.needs.push_back(need);
         Ok(())
     }

@@ -117,7 +117,7 @@ row = {
     "wire_bytes_sent": push.get("wire_bytes_sent"),
     "added": {k: [after[k][0] - before[k][0], after[k][1] - before[k][1]] for k in after},
     "store": after,
-    "requests": audit.get("requests"),
+    "requests": audit.get("store"),
 }
 print(json.dumps(row))
 PY

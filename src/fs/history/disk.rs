@@ -137,11 +137,19 @@ pub(super) fn other_writers(locks: &Path, own: &Path) -> Result<Vec<u64>> {
             Ok(lock) if lock.host == this_host && !alive(lock.pid) => {
                 let _ = std::fs::remove_file(&path);
             }
-            Ok(lock) => starts.push(lock.start_ms),
+            // The lock file's own mtime, not the time it records: packs are
+            // compared by their mtimes, which come from the filesystem's
+            // coarser clock and may read a few ms behind the system's.
+            Ok(lock) => starts.push(modified_ms(&path).unwrap_or(lock.start_ms)),
             Err(_) => starts.push(0),
         }
     }
     Ok(starts)
+}
+
+fn modified_ms(path: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    u64::try_from(modified.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()
 }
 
 fn alive(pid: u32) -> bool {

@@ -21,7 +21,7 @@ use xfer::plan::{PlanOptions, SourceTree};
 use xfer::session::{pair, root_hash, Sender, SenderConfig, WalkedSource};
 
 use crate::util::pair::receiver_into;
-use crate::util::{assert_same_tree, materialize, meta, read_tree, seeded, Model, Node};
+use crate::util::{assert_same_tree, materialize, meta, read_tree, remove_subtree, seeded, Model, Node};
 
 /// Paths trees draw from: nested, with names that sort around `/`.
 const PATHS: &[&str] = &["a", "a/x", "a/x/z", "a/y", "a.b", "b", "b/x", "b/x/q", "c", "c/e"];
@@ -156,16 +156,30 @@ proptest! {
     /// non-empty destination leaves exactly the snapshot, hard links
     /// linked.
     #[test]
-    fn a_streamed_restore_is_exact(source in spec(), existing in spec(), empty: bool) {
+    fn a_streamed_restore_is_exact(source in spec(), existing in spec(), dest_kind in 0u8..3) {
         let tmp = TempDir::new().unwrap();
         let (manifest, data) = tree(&source, true);
         let (tree_, history) = snapshot(&tmp, &manifest, &data);
         assert_walks_as(&tree_, &manifest);
         let dest = tmp.path().join("dest");
         fs::create_dir(&dest).unwrap();
-        if !empty {
-            let (before, before_data) = tree(&existing, false);
-            materialize(&expected(&before, &before_data), &dest);
+        match dest_kind {
+            // Empty.
+            0 => {}
+            // Another tree.
+            1 => {
+                let (before, before_data) = tree(&existing, false);
+                materialize(&expected(&before, &before_data), &dest);
+            }
+            // The snapshot itself, some of it gone: identical subtrees
+            // beside differing ones.
+            _ => {
+                let mut before = expected(&manifest, &data);
+                for &(n, _, _) in &existing {
+                    remove_subtree(&mut before, &RelPath::new(PATHS[n]).unwrap());
+                }
+                materialize(&before, &dest);
+            }
         }
         restore(&tmp, tree_, history, &dest);
         assert_same_tree(&read_tree(&dest), &expected(&manifest, &data));

@@ -29,12 +29,14 @@ impl<R: ChunkReader> Sender<R> {
                 }
                 _ => return Err(not_written()),
             },
-            Ops::Walked(walked) => {
-                if walked.chunk_count(file).map_err(SessionError::Local)?.is_none() {
-                    return Err(not_written());
+            Ops::Walked(walked) => match walked.chunk(file, index).map_err(SessionError::Local)? {
+                Some(found) => Some(found),
+                None => {
+                    return Err(protocol(format!(
+                        "chunk {index} of file {file} asked for: no such file being written, or no such chunk"
+                    )))
                 }
-                walked.chunk(file, index).map_err(SessionError::Local)?
-            }
+            },
         };
         found.ok_or_else(|| protocol("chunk index out of range"))
     }

@@ -12,9 +12,15 @@ use crate::manifest::{ChildDigest, Entry, EntryKind, Manifest, RelPath, Tree};
 use crate::plan::{Entries, Op, OpStream, Pass, PlanOptions, SourceError, SourceTree};
 
 /// Writes kept to answer chunk requests: a receiver asks for the chunks of
-/// the files it is building, a few thousand at most, among the last ones
-/// sent. An older one is found again by planning anew up to it.
+/// the files it is building, a few thousand at most, in about the order
+/// they were sent; the transport may hold many more sent and not yet read.
+/// Older writes are found again by planning anew, a batch at a time.
 const WRITES_KEPT: usize = 1 << 15;
+
+/// Writes asked for, kept (the most recently asked): more than a receiver
+/// builds at once ([`crate::session::MAX_FILES_IN_FLIGHT`]), so that a
+/// long file's later requests never plan again.
+const ASKED_KEPT: usize = 2 * crate::session::MAX_FILES_IN_FLIGHT;
 
 #[cfg(test)]
 thread_local! {
@@ -22,15 +28,14 @@ thread_local! {
     pub(crate) static KEPT: std::cell::Cell<usize> = const { std::cell::Cell::new(WRITES_KEPT) };
 }
 
+/// How many writes are kept: the last sent, the last asked for, and a
+/// batch found again.
 fn writes_kept() -> usize {
     #[cfg(test)]
     return KEPT.with(std::cell::Cell::get);
     #[cfg(not(test))]
     WRITES_KEPT
 }
-
-/// Recovered writes kept, at most.
-const RECOVERED_KEPT: usize = 1024;
 
 /// A source tree walked, not held, and its root hash.
 #[derive(Clone)]
@@ -107,14 +112,32 @@ pub(super) struct WalkedOps {
     next: u32,
     /// The last writes sent, by number (increasing).
     recent: VecDeque<(u32, RelPath, FileDigest)>,
-    /// Older writes found again.
+    /// Writes asked for lately, with their last use, and the order of
+    /// uses (oldest first; a number may come more than once, the last
+    /// counts).
+    asked: HashMap<u32, (RelPath, FileDigest, u64)>,
+    asked_order: VecDeque<(u32, u64)>,
+    /// Uses of `asked` so far, to stamp each.
+    uses: u64,
+    /// Older writes found again: a batch from the first one asked for.
     recovered: HashMap<u32, (RelPath, FileDigest)>,
 }
 
 impl WalkedOps {
     pub(super) fn new(tree: Arc<dyn SourceTree>, dest: Arc<Manifest>, options: PlanOptions) -> WalkedOps {
         let stream = OpStream::new(Arc::clone(&tree), Arc::clone(&dest), options.clone(), Pass::Mkdirs);
-        WalkedOps { tree, dest, options, stream, next: 0, recent: VecDeque::new(), recovered: HashMap::new() }
+        WalkedOps {
+            tree,
+            dest,
+            options,
+            stream,
+            next: 0,
+            recent: VecDeque::new(),
+            asked: HashMap::new(),
+            asked_order: VecDeque::new(),
+            uses: 0,
+            recovered: HashMap::new(),
+        }
     }
 
     /// The next op and its number, if any.
@@ -132,56 +155,77 @@ impl WalkedOps {
     }
 
     /// Chunk `index` of the file op `file` writes: its path, the chunk and
-    /// its offset; `None` if op `file` was not sent or writes no file.
+    /// its offset; `None` if op `file` was not sent, writes no file or has
+    /// no such chunk.
     pub(super) fn chunk(&mut self, file: u32, index: usize) -> Result<Option<(RelPath, ChunkRef, u64)>, SourceError> {
+        let Some((path, digest)) = self.write(file)? else { return Ok(None) };
+        let Some(chunk) = digest.chunks.get(index).copied() else { return Ok(None) };
+        let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
+        Ok(Some((path.clone(), chunk, offset)))
+    }
+
+    /// The write op `file`, kept as asked for; `None` if op `file` was not
+    /// sent or writes no file.
+    fn write(&mut self, file: u32) -> Result<Option<(&RelPath, &FileDigest)>, SourceError> {
         if file >= self.next {
             return Ok(None);
         }
-        let found = match self.recent.binary_search_by_key(&file, |(n, _, _)| *n) {
-            Ok(i) => Some((&self.recent[i].1, &self.recent[i].2)),
-            Err(_) => {
-                if !self.recovered.contains_key(&file) {
-                    self.recover(file)?;
+        self.uses += 1;
+        let stamp = self.uses;
+        if let Some(asked) = self.asked.get_mut(&file) {
+            asked.2 = stamp;
+        } else {
+            let found = match self.recent.binary_search_by_key(&file, |(n, _, _)| *n) {
+                Ok(i) => Some((self.recent[i].1.clone(), self.recent[i].2.clone())),
+                Err(_) => {
+                    if !self.recovered.contains_key(&file) {
+                        self.recover(file)?;
+                    }
+                    self.recovered.get(&file).cloned()
                 }
-                self.recovered.get(&file).map(|(path, digest)| (path, digest))
+            };
+            let Some((path, digest)) = found else { return Ok(None) };
+            self.asked.insert(file, (path, digest, stamp));
+        }
+        self.asked_order.push_back((file, stamp));
+        self.trim_asked();
+        Ok(self.asked.get(&file).map(|(path, digest, _)| (path, digest)))
+    }
+
+    /// Forgets the writes asked for longest ago, past [`ASKED_KEPT`].
+    fn trim_asked(&mut self) {
+        let cap = ASKED_KEPT.min(writes_kept()).max(1);
+        while self.asked.len() > cap {
+            let Some((oldest, stamp)) = self.asked_order.pop_front() else { break };
+            // Only its last use counts.
+            if self.asked.get(&oldest).is_some_and(|a| a.2 == stamp) {
+                self.asked.remove(&oldest);
             }
-        };
-        Ok(found.and_then(|(path, digest)| {
-            let chunk = *digest.chunks.get(index)?;
-            let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
-            Some((path.clone(), chunk, offset))
-        }))
+        }
+        if self.asked_order.len() > 4 * cap {
+            let mut order: Vec<(u32, u64)> = self.asked.iter().map(|(n, a)| (*n, a.2)).collect();
+            order.sort_by_key(|&(_, stamp)| stamp);
+            self.asked_order = order.into();
+        }
     }
 
-    /// The number of chunks of the file op `file` writes (0 if none).
-    pub(super) fn chunk_count(&mut self, file: u32) -> Result<Option<usize>, SourceError> {
-        if file >= self.next {
-            return Ok(None);
-        }
-        if let Ok(i) = self.recent.binary_search_by_key(&file, |(n, _, _)| *n) {
-            return Ok(Some(self.recent[i].2.chunks.len()));
-        }
-        if !self.recovered.contains_key(&file) {
-            self.recover(file)?;
-        }
-        Ok(self.recovered.get(&file).map(|(_, digest)| digest.chunks.len()))
-    }
-
-    /// Plans again up to op `file`, which left the recent writes: the plan
-    /// is the same every time (same source, same receiver tree).
+    /// Plans again up to op `file`, which left the recent writes, and
+    /// keeps the writes from it on, a batch of them (requests come in about
+    /// the order the writes were sent): the plan is the same every time
+    /// (same source, same receiver tree).
     fn recover(&mut self, file: u32) -> Result<(), SourceError> {
+        self.recovered.clear();
         let mut stream =
             OpStream::new(Arc::clone(&self.tree), Arc::clone(&self.dest), self.options.clone(), Pass::Mkdirs);
-        for _ in 0..file {
-            if stream.next_op()?.is_none() {
-                return Ok(());
+        let mut n = 0u32;
+        while n < self.next && self.recovered.len() < writes_kept().max(1) {
+            let Some(op) = stream.next_op()? else { break };
+            if let Op::WriteFile { path, digest, .. } = op {
+                if n >= file {
+                    self.recovered.insert(n, (path, digest));
+                }
             }
-        }
-        if let Some(Op::WriteFile { path, digest, .. }) = stream.next_op()? {
-            if self.recovered.len() >= RECOVERED_KEPT {
-                self.recovered.clear();
-            }
-            self.recovered.insert(file, (path, digest));
+            n += 1;
         }
         Ok(())
     }

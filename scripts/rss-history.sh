@@ -17,6 +17,11 @@
 # are then measured on the nights done (the table says how many). forget
 # keeps the newest half (15 of 30; KEEP_LAST sets it).
 #
+# RSS_ONLY=restore measures the two restores and skips forget and prune.
+# RSS_REUSE=1 measures again on the history a KEEP=1 run left in $dir
+# (same N and NIGHTS), skipping the tree and the pushes: to compare two
+# builds (XFER=...) on one history.
+#
 # Tree: N files of 1 B - 4 KB random bytes (one in 500 from 64 KB to 1 MB),
 # in directories of 1000 below 30 groups, plus one flat directory of
 # min(100000, N/10) files. Needs GNU time (/usr/bin/time), python3 and ss.
@@ -35,6 +40,17 @@
 #   forget --keep-last 15          9      19       0.6
 #   prune (phase one)              9     116        85
 #   prune (phase two)              9     116        54
+#
+# The restores streamed (the server walks the snapshot's tree blobs and
+# sends the plan as it is made), against main's on the same history,
+# N=200000 NIGHTS=2, RSS_ONLY=restore RSS_REUSE=1 (MiB):
+#                                     client  server    wall s
+#   pull --at night1 (all), before      58.4   212.9     470.7
+#   pull --at night1 (all), streamed    59.3    46.2      65.1
+#   pull --at latest (flat), before     30.6    32.7      37.2
+#   pull --at latest (flat), streamed   31.5    24.3       4.6
+# and at N=50000: pull --at night1 (all), streamed: server 40.4 MiB (the
+# history index and the writes kept, 32,768 at most, are most of it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
@@ -45,8 +61,14 @@ x=${XFER:-$PWD/target/release/xfer}
 [ -x /usr/bin/time ] || { echo "needs GNU time (/usr/bin/time)" >&2; exit 1; }
 [ "$nights" -ge 2 ] || { echo "NIGHTS must be at least 2" >&2; exit 2; }
 [ -x "$x" ] || cargo build --release --quiet
-rm -rf "$dir"
-mkdir -p "$dir"
+reuse=${RSS_REUSE:-0}
+if [ "$reuse" = 1 ]; then
+    [ -s "$dir/night1.id" ] || { echo "RSS_REUSE=1 needs a KEEP=1 run's $dir" >&2; exit 2; }
+    rm -rf "$dir/restored" "$dir/flat" "$dir/stp"
+else
+    rm -rf "$dir"
+    mkdir -p "$dir"
+fi
 server=
 stop_server() {
     [ -n "$server" ] || return 0
@@ -67,7 +89,7 @@ t0=$(date +%s)
 elapsed() { echo "+$(( $(date +%s) - t0 ))s"; }
 
 # --- the tree -------------------------------------------------------------
-python3 - "$n" <<'EOF'
+[ "$reuse" = 1 ] || python3 - "$n" <<'EOF'
 import os, random, sys
 n = int(sys.argv[1])
 flat = min(100000, n // 10)
@@ -151,6 +173,10 @@ push() {
 }
 
 # --- the history ----------------------------------------------------------
+if [ "$reuse" = 1 ]; then
+night1=$(cat night1.id)
+nights=$(cat nights.done)
+else
 : > rows
 push "push night 1" | tee -a nights.log
 sums src > night1.sums
@@ -197,6 +223,9 @@ EOF
     echo "night $night: $(tail -n1 nights.log | cut -c35-) $(elapsed)"
     last_wall=$(( $(date +%s) - night_start ))
 done
+echo "$night1" > night1.id
+echo "$nights" > nights.done
+fi
 keep=${KEEP_LAST:-$(( nights / 2 ))}
 du_hist() { du -sm dst/.xfer/history | cut -f1; }
 echo "history store: $(du_hist) MiB after $nights nights $(elapsed)"
@@ -217,6 +246,12 @@ echo "night 1 restore exact $(elapsed)"
 measure "pull --at latest (flat dir)" pull -q --at latest --state-dir stp "${common[@]}" "$url/flat" flat
 diff -r src/flat flat > /dev/null || { echo "flat RESTORE DIFFERS" >&2; exit 1; }
 echo "latest flat restore exact $(elapsed)"
+if [ "${RSS_ONLY:-}" = restore ]; then
+    echo
+    printf '%-34s %10s %10s %9s\n' command client server wall
+    cat rows
+    exit 0
+fi
 measure "forget --keep-last $keep" forget -q --keep-last "$keep" "${common[@]}" "$url"
 before=$(du_hist)
 measure "prune (phase one)" prune -q "${common[@]}" "$url"

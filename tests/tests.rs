@@ -26,6 +26,7 @@ mod plan_model;
 mod push;
 mod ransomware;
 mod remote;
+mod restore_stream;
 mod resume;
 mod retention_schedule;
 mod session;

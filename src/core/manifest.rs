@@ -453,6 +453,37 @@ pub struct ChildDigest {
     pub is_dir: bool,
 }
 
+impl ChildDigest {
+    /// `entry` as its directory's listing holds it; a directory's digest
+    /// covers `children`, its own listing (sorted by name).
+    pub fn of(entry: &Entry, children: &[ChildDigest]) -> ChildDigest {
+        let meta = &entry.meta;
+        let wire_meta = EntryMeta {
+            mode: meta.mode,
+            mtime: xfer_protocol::msg::Mtime { secs: meta.mtime.secs, nanos: meta.mtime.nanos },
+            uid: meta.uid,
+            gid: meta.gid,
+            user: &meta.user,
+            group: &meta.group,
+        };
+        let xattrs = meta.xattrs.iter().map(|x| (x.name.as_slice(), x.value.as_slice()));
+        let listing;
+        let content = match &entry.kind {
+            EntryKind::Dir => {
+                listing = listing_hash(children);
+                EntryContent::Dir { listing: &listing.0 }
+            }
+            EntryKind::Symlink { target } => EntryContent::Symlink { target },
+            EntryKind::File(digest) => EntryContent::File { size: digest.size, hash: &digest.hash.0 },
+            EntryKind::HardLink { target, size, hash } => {
+                EntryContent::HardLink { target: target.as_bytes(), size: *size, hash: &hash.0 }
+            }
+        };
+        let digest = TreeHash(entry_digest(entry.path.name(), &wire_meta, xattrs, content));
+        ChildDigest { name: entry.path.name().to_vec(), digest, is_dir: matches!(entry.kind, EntryKind::Dir) }
+    }
+}
+
 /// Directory listings with Merkle digests: what a peer asks for, one directory
 /// at a time, to find what differs without a full listing.
 #[derive(Clone, Debug, Default)]
@@ -466,39 +497,25 @@ impl Tree {
         let mut listings: HashMap<RelPath, Vec<ChildDigest>> = HashMap::new();
         // Reverse sorted order visits every subtree before its directory.
         for entry in manifest.entries.iter().rev() {
-            let meta = &entry.meta;
-            let wire_meta = EntryMeta {
-                mode: meta.mode,
-                mtime: xfer_protocol::msg::Mtime { secs: meta.mtime.secs, nanos: meta.mtime.nanos },
-                uid: meta.uid,
-                gid: meta.gid,
-                user: &meta.user,
-                group: &meta.group,
-            };
-            let xattrs = meta.xattrs.iter().map(|x| (x.name.as_slice(), x.value.as_slice()));
-            let listing;
-            let content = match &entry.kind {
+            let child = match &entry.kind {
                 EntryKind::Dir => {
                     let children = listings.entry(entry.path.clone()).or_default();
                     children.reverse();
-                    listing = listing_hash(children);
-                    EntryContent::Dir { listing: &listing.0 }
+                    ChildDigest::of(entry, children)
                 }
-                EntryKind::Symlink { target } => EntryContent::Symlink { target },
-                EntryKind::File(digest) => EntryContent::File { size: digest.size, hash: &digest.hash.0 },
-                EntryKind::HardLink { target, size, hash } => {
-                    EntryContent::HardLink { target: target.as_bytes(), size: *size, hash: &hash.0 }
-                }
+                _ => ChildDigest::of(entry, &[]),
             };
-            let digest = TreeHash(entry_digest(entry.path.name(), &wire_meta, xattrs, content));
-            let child =
-                ChildDigest { name: entry.path.name().to_vec(), digest, is_dir: matches!(entry.kind, EntryKind::Dir) };
             listings.entry(entry.path.parent()).or_default().push(child);
         }
         let root_children = listings.entry(RelPath::root()).or_default();
         root_children.reverse();
         let root = listing_hash(root_children);
         Tree { listings, root }
+    }
+
+    /// The hash of a directory's listing: the root hash, for the root's.
+    pub fn listing_hash(children: &[ChildDigest]) -> TreeHash {
+        listing_hash(children)
     }
 
     /// The root hash: equal roots mean equal trees.

@@ -299,7 +299,7 @@ pub(super) async fn serve_pull_at(
     let selector = open.at.clone().unwrap_or_else(|| "latest".into());
     let served = config.clone();
     let opening = tokio::task::spawn_blocking(move || open_snapshot(&served, &path, &selector));
-    let (manifest, reader) = tokio::select! {
+    let (walked, reader) = tokio::select! {
         opened = opening => opened.map_err(|e| SessionError::Protocol(format!("opening the snapshot failed: {e}")))??,
         e = watch.stopped() => return Err(e),
     };
@@ -307,7 +307,8 @@ pub(super) async fn serve_pull_at(
     let encoder = crate::codec::Encoder::new(crate::codec::Compression::Auto)
         .map_err(|e| SessionError::from(crate::Error::Encoder(Box::new(e))))?
         .with_clock(std::time::Instant::now);
-    let mut sender = SenderConfig::new(manifest, reader, encoder);
+    let mut sender = SenderConfig::new(crate::manifest::Manifest::default(), reader, encoder);
+    sender.walked = Some(walked);
     sender.plan = crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::default() };
     let sender = Sender::respond(sender, open.remembered_root);
     let sender = drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?;

@@ -2,6 +2,8 @@
 //! them, pruning, and opening a snapshot for a pull (`Open.at`); and the
 //! client's side of the first three.
 
+use std::sync::Arc;
+
 use quinn::{Connection, SendStream};
 use xfer_protocol::msg::{self, Direction, Hash, SnapshotEntry, Tag};
 use xfer_protocol::{frame, CloseCode, Message, MAX_SNAPSHOTS_PER_MESSAGE};
@@ -9,10 +11,10 @@ use xfer_protocol::{frame, CloseCode, Message, MAX_SNAPSHOTS_PER_MESSAGE};
 use super::frames::{ended, inbound, open_control};
 use super::served::ServeConfig;
 use super::watch::Activity;
-use crate::fs::history::{History, PruneReport, Requests, SnapshotReader, SnapshotRecord};
+use crate::fs::history::{History, PruneReport, Requests, SnapshotReader, SnapshotRecord, SnapshotTree};
 use crate::fs::store::repo::{SnapshotSource, StoreReader};
-use crate::manifest::{Manifest, RelPath};
-use crate::session::SessionError;
+use crate::manifest::RelPath;
+use crate::session::{root_hash, SessionError, WalkedSource};
 
 /// The name snapshot records give the served tree at `path`: `/site`, or
 /// `/` for the root.
@@ -201,8 +203,8 @@ pub(super) fn open_snapshot(
     config: &ServeConfig,
     path: &RelPath,
     selector: &str,
-) -> Result<(Manifest, SnapshotSource), SessionError> {
-    let history = config.open_history()?;
+) -> Result<(WalkedSource, SnapshotSource), SessionError> {
+    let history = Arc::new(config.open_history()?);
     let records = history.snapshots()?;
     let shown = tree_name(path.as_bytes());
     let not_found = |why: String| refused(CloseCode::NotFound, why);
@@ -220,30 +222,29 @@ pub(super) fn open_snapshot(
     let rest = path.as_bytes().get(tree.as_bytes().len()..).unwrap_or_default();
     let rest = rest.strip_prefix(b"/").unwrap_or(rest);
     let sub = if rest.is_empty() { RelPath::root() } else { rel(rest)? };
-    let manifest = history.load_tree(&record, &sub).map_err(|e| {
+    // Walked, never loaded whole: a restore holds one directory per level.
+    let walked = SnapshotTree::new(Arc::clone(&history), &record, sub.clone())?;
+    let missing = |e: crate::Error| {
         not_found(format!("{shown} in snapshot {} of {tree_shown}: {e}", &record.id[..12.min(record.id.len())]))
-    })?;
-    // Paths of a single file's manifest are relative to its directory.
-    let single_file = !sub.is_root()
-        && matches!(manifest.entries(), [only] if only.path.as_bytes() == sub.name() && only.file().is_some());
-    let at = if single_file { sub.parent() } else { sub };
+    };
+    // Paths of a single file's part are relative to its directory.
+    let at = if walked.is_dir().map_err(missing)? { sub } else { sub.parent() };
+    let root = root_hash(&walked).map_err(SessionError::Local)?;
+    let walked = WalkedSource { tree: Arc::new(walked), root };
     if config.store.is_some() {
         // No mirror: every chunk a snapshot names is in the store.
-        return Ok((manifest, SnapshotSource::Store(StoreReader::new(history))));
+        return Ok((walked, SnapshotSource::Store(StoreReader::new(history))));
     }
     let mirror = tree.to_path(&config.root);
     let (state, _) = config.state_file(&tree);
-    let reader = match SnapshotReader::new(history, &mirror, &state) {
+    let reader = match SnapshotReader::new(Arc::clone(&history), &mirror, &state) {
         Ok(reader) => reader,
         // A push holds the state database: chunks the store lacks are read
         // where the snapshot had them (unchanged files), which is most.
-        Err(e) if e.is_busy() => {
-            let history = config.open_history()?;
-            SnapshotReader::without_index(history, &mirror)
-        }
+        Err(e) if e.is_busy() => SnapshotReader::without_index(history, &mirror),
         Err(e) => return Err(e.into()),
     };
-    Ok((manifest, SnapshotSource::Mirror(reader.with_prefix(at))))
+    Ok((walked, SnapshotSource::Mirror(reader.with_prefix(at))))
 }
 
 fn rel(bytes: &[u8]) -> Result<RelPath, SessionError> {

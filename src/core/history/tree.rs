@@ -189,6 +189,8 @@ struct DirCursor {
     blob: ChunkId,
     bytes: Vec<u8>,
     pos: usize,
+    /// The name of the node read last, to check the order.
+    last: Option<Vec<u8>>,
 }
 
 fn fetch_checked<E: From<FormatError>>(
@@ -209,14 +211,14 @@ impl DirCursor {
     ) -> Result<DirCursor, E> {
         let bytes = fetch_checked(&id, fetch)?;
         match bytes.first() {
-            Some(&NODES) => Ok(DirCursor { parts: Vec::new(), blob: id, bytes, pos: 1 }),
+            Some(&NODES) => Ok(DirCursor { parts: Vec::new(), blob: id, bytes, pos: 1, last: None }),
             Some(&PARTS) if (bytes.len() - 1) % 32 == 0 => {
                 let mut parts: Vec<ChunkId> = bytes[1..]
                     .chunks_exact(32)
                     .map(|c| ChunkId(c.try_into().expect("invariant: chunks_exact(32)")))
                     .collect();
                 parts.reverse();
-                Ok(DirCursor { parts, blob: id, bytes: Vec::new(), pos: 0 })
+                Ok(DirCursor { parts, blob: id, bytes: Vec::new(), pos: 0, last: None })
             }
             _ => Err(malformed("tree blob", format!("blob {id} is not a tree blob")).into()),
         }
@@ -302,19 +304,12 @@ pub fn load_measured<E: From<FormatError>>(
     sub: &RelPath,
     mut fetch: impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
 ) -> Result<(Manifest, usize), E> {
-    if sub.is_root() {
-        return walk(root, root, sub, &mut fetch);
+    let mut walker = Walker::new(root, sub, &mut fetch)?;
+    let mut entries = Vec::new();
+    while let Some(entry) = walker.next(&mut fetch)? {
+        entries.push(entry);
     }
-    let node = find(root, sub, &mut fetch)?;
-    let kind = match node.kind {
-        NodeKind::Dir { tree } => return walk(root, tree, sub, &mut fetch),
-        NodeKind::File(digest) => EntryKind::File(digest),
-        NodeKind::Symlink { target } => EntryKind::Symlink { target },
-        NodeKind::HardLink { target, .. } => EntryKind::File(file_at(root, &target, &mut fetch)?),
-    };
-    let path = RelPath::new(sub.name()).map_err(|e| malformed("tree blob", e.to_string()))?;
-    let entries = vec![Entry { path, meta: node.meta, kind }];
-    Ok((Manifest::new(entries).map_err(FormatError::from)?, 0))
+    Ok((Manifest::new(entries).map_err(FormatError::from)?, walker.peak))
 }
 
 fn file_at<E: From<FormatError>>(
@@ -328,52 +323,160 @@ fn file_at<E: From<FormatError>>(
     }
 }
 
-/// Every entry below the directory blob `dir`, depth first in name order
-/// (the manifest's order), with paths relative to it.
-fn walk<E: From<FormatError>>(
+/// The entries of a snapshot's part one at a time, depth first in name
+/// order (the manifest's order), as [`load`] gives them: one tree blob part
+/// held per open directory, never the whole tree.
+pub struct Walker {
     root: ChunkId,
-    dir: ChunkId,
-    sub: &RelPath,
-    fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
-) -> Result<(Manifest, usize), E> {
-    let mut entries = Vec::new();
-    let mut peak = 0;
-    // Hard link targets outside `sub`, and where their first name inside went.
-    let mut moved: HashMap<RelPath, RelPath> = HashMap::new();
-    let mut stack = vec![(RelPath::root(), DirCursor::open(dir, fetch)?)];
-    while let Some((parent, cursor)) = stack.last_mut() {
-        let Some(node) = cursor.next(fetch)? else {
-            stack.pop();
-            continue;
-        };
-        let path = parent.join(&node.name).map_err(|e| malformed("tree blob", e.to_string()))?;
-        peak = peak.max(stack.iter().map(|(_, c)| c.bytes.len() + 32 * c.parts.len()).sum());
+    /// The part of the snapshot walked; paths are relative to it.
+    sub: RelPath,
+    stack: Vec<(RelPath, DirCursor)>,
+    /// Hard link targets outside `sub`, and where their first name inside went.
+    moved: HashMap<RelPath, RelPath>,
+    /// A part that is one file or symlink: its entry, until taken.
+    single: Option<Entry>,
+    /// The most tree blob bytes held at once.
+    peak: usize,
+}
+
+impl Walker {
+    /// Walks the part at `sub` of the tree `root`, as [`load`] reads it.
+    ///
+    /// # Errors
+    /// `sub` missing, a blob missing or damaged.
+    pub fn new<E: From<FormatError>>(
+        root: ChunkId,
+        sub: &RelPath,
+        fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    ) -> Result<Walker, E> {
+        if sub.is_root() {
+            return Walker::open(root, root, sub, RelPath::root(), fetch);
+        }
+        let node = find(root, sub, fetch)?;
         let kind = match node.kind {
-            NodeKind::Dir { tree } => {
-                stack.push((path.clone(), DirCursor::open(tree, fetch)?));
-                EntryKind::Dir
-            }
+            NodeKind::Dir { tree } => return Walker::open(root, tree, sub, RelPath::root(), fetch),
             NodeKind::File(digest) => EntryKind::File(digest),
             NodeKind::Symlink { target } => EntryKind::Symlink { target },
-            NodeKind::HardLink { target, size, hash } => {
-                if sub.is_root() {
-                    EntryKind::HardLink { target, size, hash }
-                } else if target.is_inside(sub) {
-                    let inside = RelPath::new(&target.as_bytes()[sub.as_bytes().len() + 1..])
-                        .map_err(|e| malformed("tree blob", e.to_string()))?;
-                    EntryKind::HardLink { target: inside, size, hash }
-                } else if let Some(first) = moved.get(&target) {
-                    EntryKind::HardLink { target: first.clone(), size, hash }
-                } else {
-                    let digest = file_at(root, &target, fetch)?;
-                    moved.insert(target, path.clone());
-                    EntryKind::File(digest)
-                }
+            NodeKind::HardLink { target, .. } => EntryKind::File(file_at(root, &target, fetch)?),
+        };
+        let path = RelPath::new(sub.name()).map_err(|e| malformed("tree blob", e.to_string()))?;
+        let mut walker = Walker::open_empty(root, sub);
+        walker.single = Some(Entry { path, meta: node.meta, kind });
+        Ok(walker)
+    }
+
+    /// Walks only inside directory `dir` of the part at `sub` of the tree
+    /// `root` (paths still relative to `sub`). Hard links to files outside
+    /// `sub` are told apart only by a walk of the whole part.
+    ///
+    /// # Errors
+    /// `dir` missing or not a directory, a blob missing or damaged.
+    pub fn inside<E: From<FormatError>>(
+        root: ChunkId,
+        sub: &RelPath,
+        dir: &RelPath,
+        fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    ) -> Result<Walker, E> {
+        let at = join_paths(sub, dir).map_err(|e| malformed("tree blob", e.to_string()))?;
+        let tree = if at.is_root() {
+            root
+        } else {
+            match find(root, &at, fetch)?.kind {
+                NodeKind::Dir { tree } => tree,
+                _ => return Err(FormatError::NotDir(at).into()),
             }
         };
-        entries.push(Entry { path, meta: node.meta, kind });
+        Walker::open(root, tree, sub, dir.clone(), fetch)
     }
-    Ok((Manifest::new(entries).map_err(FormatError::from)?, peak))
+
+    fn open_empty(root: ChunkId, sub: &RelPath) -> Walker {
+        Walker { root, sub: sub.clone(), stack: Vec::new(), moved: HashMap::new(), single: None, peak: 0 }
+    }
+
+    fn open<E: From<FormatError>>(
+        root: ChunkId,
+        dir: ChunkId,
+        sub: &RelPath,
+        at: RelPath,
+        fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    ) -> Result<Walker, E> {
+        let mut walker = Walker::open_empty(root, sub);
+        walker.stack.push((at, DirCursor::open(dir, fetch)?));
+        Ok(walker)
+    }
+
+    /// The next entry, if any.
+    ///
+    /// # Errors
+    /// A blob missing or damaged, nodes out of order or malformed.
+    pub fn next<E: From<FormatError>>(
+        &mut self,
+        fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    ) -> Result<Option<Entry>, E> {
+        if let Some(entry) = self.single.take() {
+            return Ok(Some(entry));
+        }
+        loop {
+            let Some((parent, cursor)) = self.stack.last_mut() else { return Ok(None) };
+            let last = cursor.last.take();
+            let Some(node) = cursor.next(fetch)? else {
+                self.stack.pop();
+                continue;
+            };
+            // Tree blobs are written sorted; the plan relies on the order.
+            if last.as_ref().is_some_and(|name| *name >= node.name) {
+                return Err(malformed("tree blob", format!("names out of order in blob {}", cursor.blob)).into());
+            }
+            cursor.last = Some(node.name.clone());
+            let path = parent.join(&node.name).map_err(|e| malformed("tree blob", e.to_string()))?;
+            self.peak = self.peak.max(self.stack.iter().map(|(_, c)| c.bytes.len() + 32 * c.parts.len()).sum());
+            let kind = match node.kind {
+                NodeKind::Dir { tree } => {
+                    self.stack.push((path.clone(), DirCursor::open(tree, fetch)?));
+                    EntryKind::Dir
+                }
+                NodeKind::File(digest) => EntryKind::File(digest),
+                NodeKind::Symlink { target } => EntryKind::Symlink { target },
+                NodeKind::HardLink { target, size, hash } => self.link(&path, target, size, hash, fetch)?,
+            };
+            return Ok(Some(Entry { path, meta: node.meta, kind }));
+        }
+    }
+
+    /// A hard link at `path` as the part sees it: a link within it, or the
+    /// file itself at the first name inside it of a file outside.
+    fn link<E: From<FormatError>>(
+        &mut self,
+        path: &RelPath,
+        target: RelPath,
+        size: u64,
+        hash: FileHash,
+        fetch: &mut impl FnMut(&ChunkId) -> Result<Vec<u8>, E>,
+    ) -> Result<EntryKind, E> {
+        let sub = &self.sub;
+        Ok(if sub.is_root() {
+            EntryKind::HardLink { target, size, hash }
+        } else if target.is_inside(sub) {
+            let inside = RelPath::new(&target.as_bytes()[sub.as_bytes().len() + 1..])
+                .map_err(|e| malformed("tree blob", e.to_string()))?;
+            EntryKind::HardLink { target: inside, size, hash }
+        } else if let Some(first) = self.moved.get(&target) {
+            EntryKind::HardLink { target: first.clone(), size, hash }
+        } else {
+            let digest = file_at(self.root, &target, fetch)?;
+            self.moved.insert(target, path.clone());
+            EntryKind::File(digest)
+        })
+    }
+}
+
+/// `a/b`, either may be the root.
+fn join_paths(a: &RelPath, b: &RelPath) -> Result<RelPath, crate::manifest::PathError> {
+    match (a.is_root(), b.is_root()) {
+        (true, _) => Ok(b.clone()),
+        (_, true) => Ok(a.clone()),
+        _ => RelPath::new([a.as_bytes(), b"/", b.as_bytes()].concat()),
+    }
 }
 
 /// Adds to `blobs` every blob id the tree `root` references, tree blobs

@@ -135,6 +135,11 @@ pub(super) struct Protected {
 }
 
 impl Protected {
+    /// Nothing protected.
+    pub(super) fn none() -> Protected {
+        Protected { keep: Vec::new() }
+    }
+
     pub(super) fn new(dest: &Manifest, filter: Option<&Filter>, skipped: &HashSet<RelPath>) -> Protected {
         let filter = filter.filter(|f| !f.is_empty());
         if filter.is_none() && skipped.is_empty() {

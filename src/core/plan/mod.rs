@@ -2,7 +2,7 @@
 //! operations that turn the receiver's tree into the source's, and the chunks
 //! it lacks. Pure functions: no I/O, so they are tested exhaustively.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::chunk::{ChunkRef, FileDigest};
@@ -12,10 +12,11 @@ use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 
 mod deletes;
 mod list_edit;
+mod stream;
 
-use deletes::Protected;
 pub use deletes::{deleted_entries, DeleteLimit, DeleteRefused, DeleteRule, TRIVIAL_DESTINATION};
 pub use list_edit::{apply_list_edit, chunk_list_edit, wire_chunk_list, ListEdit};
+pub use stream::{Entries, ManifestSource, OpStream, Pass, Planner, SourceError, SourceTree};
 
 /// What the caller wants beyond making source entries appear.
 #[derive(Clone, Debug, Default)]
@@ -195,168 +196,24 @@ impl Plan {
 /// Plans the transfer of `source` onto a receiver whose tree is `dest` and
 /// which holds the chunks for which `dest_has` is true (in any file: renamed,
 /// moved and copied files need no chunk data).
+///
+/// The collected form of the streamed plan ([`Planner`]): one walk for the
+/// new directories, one for the rest.
 pub fn plan(source: &Manifest, dest: &Manifest, dest_has: impl Fn(&ChunkId) -> bool, options: PlanOptions) -> Plan {
-    let guard = Protected::new(dest, options.protect.as_deref(), &options.skipped);
-    let Walk { mkdirs, writes, metas, extraneous, dir_metas, skipped, kept_links, .. } =
-        walk(source, dest, &options, &guard);
-    let (links, writes) = order_links(writes, &metas, kept_links);
-    let missing = missing_chunks(&writes, dest_has);
-    let changed = mkdirs.iter().chain(&writes).chain(&links).map(Op::path).chain(&extraneous);
-    let touched = touched_dirs(source, dir_metas, changed);
-
-    let mut ops = mkdirs;
-    ops.extend(writes);
-    ops.extend(metas);
-    ops.extend(links);
-    ops.extend(extraneous.into_iter().rev().map(|path| Op::Delete { path }));
-    ops.extend(touched.into_iter().rev().map(|(path, meta)| Op::SetMeta { path, meta }));
-    Plan { ops, missing, skipped }
-}
-
-/// What the merge of the source and receiver entries collects, by kind of
-/// op, and where it stands.
-#[derive(Default)]
-struct Walk<'a> {
-    mkdirs: Vec<Op>,
-    writes: Vec<Op>,
-    metas: Vec<Op>,
-    extraneous: Vec<RelPath>,
-    dir_metas: Vec<(RelPath, Meta)>,
-    skipped: Vec<Skipped>,
-    // Hard links the receiver holds already: made again only if their
-    // target is rewritten or its metadata changes (a receiver gives a file
-    // with several names a fresh copy before changing it).
-    kept_links: Vec<&'a Entry>,
-    // Set when a receiver directory is replaced wholesale, so its receiver
-    // subtree needs no deletes of its own and its source subtree is all new.
-    replaced_dir: Option<RelPath>,
-    // Set when a source directory cannot replace a protected receiver entry,
-    // so nothing is created below it.
-    blocked_dir: Option<RelPath>,
-}
-
-/// Walks the source and receiver entries side by side, in manifest order.
-fn walk<'a>(source: &'a Manifest, dest: &Manifest, options: &PlanOptions, guard: &Protected) -> Walk<'a> {
-    let mut walk = Walk::default();
-    let (src, dst) = (source.entries(), dest.entries());
-    let (mut i, mut j) = (0, 0);
-    while i < src.len() || j < dst.len() {
-        let order = match (src.get(i), dst.get(j)) {
-            (Some(s), Some(d)) => s.path.cmp(&d.path),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                walk.source_only(&src[i], options);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                walk.receiver_only(&dst[j], j, options, guard);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                let (s, d) = (&src[i], &dst[j]);
-                i += 1;
-                j += 1;
-                if options.is_skipped(&s.path) {
-                    // Reported by whoever skipped it; the backup stays as is.
-                    continue;
-                }
-                walk.both(s, d, j - 1, guard);
-            }
+    let mut ops = VecDeque::new();
+    let mut planner = Planner::new(dest, options, Pass::Mkdirs);
+    for pass in [Pass::Mkdirs, Pass::Rest] {
+        if pass == Pass::Rest {
+            planner.restart(pass);
         }
-        // Leave a replaced receiver directory once past its subtree.
-        if walk.replaced_dir.as_ref().is_some_and(|dir| dst.get(j).is_none_or(|d| !d.path.is_inside(dir))) {
-            walk.replaced_dir = None;
+        for entry in source.entries() {
+            planner.feed(entry, dest, &mut ops);
         }
+        planner.finish(dest, &mut ops);
     }
-    walk
-}
-
-impl<'a> Walk<'a> {
-    /// An entry only the source has: created, unless skipped or below a
-    /// blocked directory.
-    fn source_only(&mut self, s: &Entry, options: &PlanOptions) {
-        if !self.blocked_dir.as_ref().is_some_and(|dir| s.path.is_inside(dir)) && !options.is_skipped(&s.path) {
-            create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas);
-        }
-    }
-
-    /// Receiver entry `k`, which the source lacks: deleted with --delete,
-    /// unless protected or covered by a replaced or deleted directory.
-    fn receiver_only(&mut self, d: &Entry, k: usize, options: &PlanOptions, guard: &Protected) {
-        let under_replaced = self.replaced_dir.as_ref().is_some_and(|dir| d.path.is_inside(dir));
-        if options.delete
-            && !under_replaced
-            && !guard.keeps(k)
-            && !self.extraneous.last().is_some_and(|p: &RelPath| d.path.is_inside(p))
-        {
-            self.extraneous.push(d.path.clone());
-        }
-    }
-
-    /// Source entry `s` at the path of receiver entry `k`, `d`.
-    fn both(&mut self, s: &'a Entry, d: &Entry, k: usize, guard: &Protected) {
-        match (&s.kind, &d.kind) {
-            (EntryKind::Dir, EntryKind::Dir) => {
-                if s.meta != d.meta {
-                    self.dir_metas.push((s.path.clone(), s.meta.clone()));
-                }
-            }
-            (EntryKind::File(a), EntryKind::File(b)) if a.hash == b.hash && a.size == b.size => {
-                if s.meta != d.meta {
-                    self.metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
-                }
-            }
-            (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a == b => {
-                // Owner and xattrs as well as the mtime (a symlink's mode is 0).
-                if s.meta != d.meta {
-                    self.metas.push(Op::SetMeta { path: s.path.clone(), meta: s.meta.clone() });
-                }
-            }
-            // Its metadata is its target's, set there.
-            (EntryKind::HardLink { .. }, EntryKind::HardLink { .. }) if s.kind == d.kind => self.kept_links.push(s),
-            (EntryKind::Dir, _) | (_, EntryKind::Dir) if guard.keeps(k) => {
-                self.skipped.push(Skipped { path: s.path.clone(), reason: guard.why(k) });
-                if matches!(s.kind, EntryKind::Dir) {
-                    self.blocked_dir = Some(s.path.clone());
-                }
-            }
-            // A file or symlink stands where a directory goes: the
-            // Mkdir replaces it in one step (no Delete first, so
-            // that the path never names nothing).
-            (EntryKind::Dir, _) => create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas),
-            (_, EntryKind::Dir) => {
-                // The source says this is now a file or symlink: the
-                // directory is replaced, with or without --delete (its
-                // content no longer exists in the source either way),
-                // by the write itself, atomically.
-                self.replaced_dir = Some(d.path.clone());
-                create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas);
-            }
-            // Content differs, or a file becomes a symlink or back:
-            // an atomic rename replaces it in one step.
-            _ => create(s, &mut self.mkdirs, &mut self.writes, &mut self.dir_metas),
-        }
-    }
-}
-
-/// Splits the links off `writes` and adds the kept links whose target is
-/// rewritten or gets new metadata: `(links, writes)`.
-fn order_links(writes: Vec<Op>, metas: &[Op], kept_links: Vec<&Entry>) -> (Vec<Op>, Vec<Op>) {
-    // Links go after every file and its metadata: their targets are then
-    // complete under their final names.
-    let (mut links, writes): (Vec<Op>, Vec<Op>) = writes.into_iter().partition(|op| matches!(op, Op::Link { .. }));
-    if !kept_links.is_empty() {
-        let changed: HashSet<&RelPath> = writes.iter().chain(metas).map(Op::path).collect();
-        let relinks = kept_links.into_iter().filter_map(|entry| match &entry.kind {
-            EntryKind::HardLink { target, .. } if changed.contains(target) => Some(link_op(entry)),
-            _ => None,
-        });
-        links.extend(relinks.flatten());
-    }
-    (links, writes)
+    let ops = Vec::from(ops);
+    let missing = missing_chunks(&ops, dest_has);
+    Plan { ops, missing, skipped: planner.take_skipped() }
 }
 
 /// The chunks `writes` need that the receiver lacks, each once.
@@ -375,42 +232,6 @@ fn missing_chunks(writes: &[Op], dest_has: impl Fn(&ChunkId) -> bool) -> Vec<Chu
     missing
 }
 
-/// The directories whose metadata is set last: those in `dir_metas`, and
-/// the parents of the `changed` paths.
-fn touched_dirs<'p>(
-    source: &Manifest,
-    dir_metas: Vec<(RelPath, Meta)>,
-    changed: impl Iterator<Item = &'p RelPath>,
-) -> BTreeMap<RelPath, Meta> {
-    // Creating or removing an entry changes its directory's mtime on the
-    // receiver, so every such directory gets its source metadata back last.
-    let mut touched: BTreeMap<RelPath, Meta> = dir_metas.into_iter().collect();
-    for path in changed {
-        let parent = path.parent();
-        if touched.contains_key(&parent) || parent.is_root() {
-            continue;
-        }
-        if let Some(dir) = source.get(&parent) {
-            touched.insert(parent, dir.meta.clone());
-        }
-    }
-    touched
-}
-
-fn create(entry: &Entry, mkdirs: &mut Vec<Op>, writes: &mut Vec<Op>, dir_metas: &mut Vec<(RelPath, Meta)>) {
-    let path = entry.path.clone();
-    let meta = entry.meta.clone();
-    match &entry.kind {
-        EntryKind::Dir => {
-            mkdirs.push(Op::Mkdir { path: path.clone(), meta: meta.clone() });
-            dir_metas.push((path, meta));
-        }
-        EntryKind::File(digest) => writes.push(Op::WriteFile { path, meta, digest: digest.clone() }),
-        EntryKind::Symlink { target } => writes.push(Op::Symlink { path, target: target.clone(), meta }),
-        EntryKind::HardLink { .. } => writes.extend(link_op(entry)),
-    }
-}
-
 /// The op that makes hard link `entry`.
 fn link_op(entry: &Entry) -> Option<Op> {
     match &entry.kind {
@@ -425,6 +246,7 @@ fn link_op(entry: &Entry) -> Option<Op> {
 mod tests {
     use super::*;
     use crate::chunk::digest_bytes;
+    use std::collections::BTreeMap;
 
     fn file(path: &str) -> Entry {
         Entry {

@@ -226,6 +226,33 @@ fn push(source: &Model, dest: Model) -> (Model, (u64, u64)) {
     (rx.recv().unwrap(), (summary.files_written, summary.chunks_received))
 }
 
+/// As [`push`], the source walked rather than held, keeping `kept` writes
+/// sent (fewer than the files: chunk requests then plan again).
+fn push_walked(source: &Model, dest: Model, kept: usize) -> Model {
+    use crate::plan::ManifestSource;
+    use std::sync::Arc;
+    let manifest = manifest_of(source);
+    let root = manifest.tree().root();
+    let reader = ModelReader(source.clone());
+    let mut config = SenderConfig::new(Manifest::default(), reader, Encoder::new(Compression::Auto).unwrap());
+    config.walked = Some(super::WalkedSource { tree: Arc::new(ManifestSource(Arc::new(manifest))), root });
+    config.plan = PlanOptions { delete: true, ..PlanOptions::default() };
+    let mut sender = Sender::new(config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut tree = Some(MemTree { model: dest, done: Some(tx), ..MemTree::default() });
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        tree.take().ok_or_else(|| SessionError::Protocol("opened twice".into()))
+    }));
+    super::sender::KEPT.with(|k| k.set(kept));
+    let run = pair::run(&mut sender, &mut receiver);
+    super::sender::KEPT.with(|k| k.set(usize::MAX));
+    run.unwrap();
+    assert!(sender.is_finished() && receiver.is_finished());
+    assert!(receiver.failed().is_empty(), "{:?}", receiver.failed());
+    assert!(sender.ops().is_empty(), "a walked source's plan is never held");
+    rx.recv().unwrap()
+}
+
 fn rel(path: &str) -> RelPath {
     RelPath::new(path).unwrap()
 }
@@ -279,6 +306,15 @@ proptest! {
     #[test]
     fn a_push_in_memory_makes_the_tree_the_source(source in model_strategy(), dest in model_strategy()) {
         let (after, _) = push(&source, dest);
+        prop_assert_eq!(after, source);
+    }
+
+    /// The same from a source walked, not held: its plan made as it is
+    /// sent, and the writes whose chunks are asked for after they left the
+    /// ones kept found again by planning anew.
+    #[test]
+    fn a_walked_source_makes_the_tree_the_source(source in model_strategy(), dest in model_strategy(), kept in 0usize..3) {
+        let after = push_walked(&source, dest, kept);
         prop_assert_eq!(after, source);
     }
 }

@@ -73,6 +73,7 @@ mod index;
 mod objects;
 mod prune;
 pub mod restore;
+pub mod walk;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -93,6 +94,7 @@ use index::Index;
 use objects::{LocalDir, Objects};
 pub use objects::{RequestMeter, Requests, StoreUrl};
 pub use restore::SnapshotReader;
+pub use walk::SnapshotTree;
 
 /// How long prune waits, on an object store, between dooming a pack and
 /// deleting it, and the least age of a pack it deletes or dooms unindexed.

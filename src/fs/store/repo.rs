@@ -28,7 +28,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::borrow::Borrow;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use crate::chunk::{ChunkRef, FileDigest};
@@ -608,23 +609,23 @@ impl Drop for RepoDestination {
 
 /// Reads a snapshot's chunks from the history store alone (a store-only
 /// server has no mirror to fall back on).
-pub struct StoreReader {
-    history: History,
+pub struct StoreReader<H: Borrow<History> = History> {
+    history: H,
     ahead: ReadAhead,
 }
 
-impl StoreReader {
+impl<H: Borrow<History>> StoreReader<H> {
     /// Reads from `history`.
-    pub fn new(history: History) -> StoreReader {
+    pub fn new(history: H) -> StoreReader<H> {
         StoreReader { history, ahead: ReadAhead::new() }
     }
 }
 
-impl ChunkReader for StoreReader {
+impl<H: Borrow<History>> ChunkReader for StoreReader<H> {
     type Error = Error;
 
     fn read(&mut self, path: &RelPath, _offset: u64, chunk: ChunkRef) -> Result<Vec<u8>> {
-        match self.ahead.read(&self.history, &chunk.id)? {
+        match self.ahead.read(self.history.borrow(), &chunk.id)? {
             Some(bytes) if bytes.len() == chunk.len as usize => Ok(bytes),
             _ => Err(Error::HistoryDamaged { path: PathBuf::from(path.to_string()), chunk: chunk.id }),
         }
@@ -639,9 +640,9 @@ impl ChunkReader for StoreReader {
 /// mirror, or the history alone.
 pub enum SnapshotSource {
     /// A mirror server's history and mirror tree.
-    Mirror(SnapshotReader),
+    Mirror(SnapshotReader<Arc<History>>),
     /// A store-only server's history.
-    Store(StoreReader),
+    Store(StoreReader<Arc<History>>),
 }
 
 impl SnapshotSource {

@@ -3,7 +3,7 @@
 
 use xfer_protocol::msg::{self, Message};
 
-use crate::chunk::FileDigest;
+use crate::chunk::ChunkRef;
 use crate::codec::{DeltaStep, EncodedChunk};
 use crate::manifest::RelPath;
 use crate::patch::Signature;
@@ -12,22 +12,38 @@ use crate::progress::Event;
 use crate::session::destination::{ChunkReader, EntryError, FailedEntry};
 use crate::session::{protocol, SessionError};
 
-use super::Sender;
+use super::{Need, Ops, Sender};
 
 impl<R: ChunkReader> Sender<R> {
-    pub(super) fn write_op(&self, file: u32) -> Result<(&RelPath, &FileDigest), SessionError> {
-        match self.ops.get(file as usize) {
-            Some(Op::WriteFile { path, digest, .. }) => Ok((path, digest)),
-            _ => Err(protocol(format!("chunk asked for file {file}, which is not a file being written"))),
-        }
+    /// Chunk `index` of the file op `file` writes: its path, the chunk and
+    /// its offset.
+    fn chunk_of(&mut self, file: u32, index: u32) -> Result<(RelPath, ChunkRef, u64), SessionError> {
+        let not_written = || protocol(format!("chunk asked for file {file}, which is not a file being written"));
+        let index = index as usize;
+        let found = match &mut self.ops {
+            Ops::Listed { ops, .. } => match ops.get(file as usize) {
+                Some(Op::WriteFile { path, digest, .. }) => {
+                    let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;
+                    let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
+                    Some((path.clone(), chunk, offset))
+                }
+                _ => return Err(not_written()),
+            },
+            Ops::Walked(walked) => match walked.chunk(file, index).map_err(SessionError::Local)? {
+                Some(found) => Some(found),
+                None => {
+                    return Err(protocol(format!(
+                        "chunk {index} of file {file} asked for: no such file being written, or no such chunk"
+                    )))
+                }
+            },
+        };
+        found.ok_or_else(|| protocol("chunk index out of range"))
     }
 
     /// Checks a chunk request and queues it for [`Sender::poll_data`].
     pub(super) fn need_chunk(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
-        let (_, digest) = self.write_op(need.file)?;
-        if need.index as usize >= digest.chunks.len() {
-            return Err(protocol("chunk index out of range"));
-        }
+        let (path, chunk, offset) = self.chunk_of(need.file, need.index)?;
         // An honest receiver never has more asked for than its ceiling.
         if self.needs.len() >= crate::session::MAX_OUTSTANDING_CHUNKS {
             return Err(protocol(format!(
@@ -36,19 +52,13 @@ impl<R: ChunkReader> Sender<R> {
             )));
         }
         // Answered in this order (poll_data): the reader may fetch ahead.
-        let chunk = digest.chunks[need.index as usize];
         self.reader.prefetch(chunk);
-        self.needs.push_back(need);
+        self.needs.push_back((need, path, chunk, offset));
         Ok(())
     }
 
     /// Reads and encodes the chunk `need` asks for (checked on arrival).
-    pub(super) fn answer(&mut self, need: msg::NeedChunk) -> Result<(), SessionError> {
-        let (path, digest) = self.write_op(need.file)?;
-        let index = need.index as usize;
-        let chunk = *digest.chunks.get(index).ok_or_else(|| protocol("chunk index out of range"))?;
-        let offset: u64 = digest.chunks[..index].iter().map(|c| u64::from(c.len)).sum();
-        let path = path.clone();
+    pub(super) fn answer(&mut self, (need, path, chunk, offset): Need) -> Result<(), SessionError> {
         let bytes = match self.reader.read(&path, offset, chunk) {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {

@@ -14,6 +14,7 @@ use crate::session::destination::ChunkReader;
 use crate::session::{protocol, SessionError};
 use crate::wire;
 
+use super::walked::{listing_of, Listing};
 use super::Sender;
 
 /// Metadata the receiver did not report: never equal to a real entry's, so
@@ -46,13 +47,14 @@ impl<R: ChunkReader> Sender<R> {
         }
         let theirs = self.partial_listings.remove(&dir).unwrap_or_default();
         self.lists_pending = self.lists_pending.checked_sub(1).ok_or_else(|| protocol("listing not asked for"))?;
-        let ours: HashMap<&[u8], &ChildDigest> =
-            self.tree.listing(&dir).iter().map(|c| (c.name.as_slice(), c)).collect();
+        let listing = self.our_listing(&dir)?;
+        let ours: HashMap<&[u8], &ChildDigest> = listing.children.iter().map(|c| (c.name.as_slice(), c)).collect();
         let mut subdirs = Vec::new();
         for child in &theirs {
             let path = dir.join(&child.name).map_err(protocol)?;
             let same = ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest);
             if same {
+                self.identical.insert(path);
                 continue;
             }
             if child.is_dir {
@@ -61,7 +63,7 @@ impl<R: ChunkReader> Sender<R> {
                 if !self.options.protect.as_ref().is_some_and(|f| f.excludes_entry(&path, true)) {
                     subdirs.push(path);
                 }
-            } else if self.source.get(&path).is_some_and(|e| e.file().is_some()) {
+            } else if listing.files.contains(&child.name) {
                 self.files_wanted.push(path);
             }
         }
@@ -109,18 +111,57 @@ impl<R: ChunkReader> Sender<R> {
         Ok(())
     }
 
+    /// This side's listing of `dir`, and which children are files.
+    fn our_listing(&self, dir: &RelPath) -> Result<Listing, SessionError> {
+        if let Some(walked) = &self.walked {
+            return listing_of(walked.tree.entries_in(dir), dir).map_err(SessionError::Local);
+        }
+        let children = self.tree.listing(dir).to_vec();
+        let files = children
+            .iter()
+            .filter(|c| !c.is_dir)
+            .filter(|c| dir.join(&c.name).ok().and_then(|p| self.source.get(&p)).is_some_and(|e| e.file().is_some()))
+            .map(|c| c.name.clone())
+            .collect();
+        Ok(Listing { children, files })
+    }
+
+    /// Adds to `entries` the source entries at or below the `identical`
+    /// paths: the receiver holds them as the source does.
+    fn identical_entries(&self, identical: &HashSet<RelPath>, entries: &mut Vec<Entry>) -> Result<(), SessionError> {
+        let inside = |entry: &Entry| {
+            let mut at = Some(entry.path.clone());
+            while let Some(path) = at {
+                if identical.contains(&path) {
+                    return true;
+                }
+                at = (!path.parent().is_root()).then(|| path.parent());
+            }
+            false
+        };
+        match &self.walked {
+            Some(walked) => {
+                for entry in walked.tree.entries_in(&RelPath::root()) {
+                    let entry = entry.map_err(SessionError::Local)?;
+                    if inside(&entry) {
+                        entries.push(entry);
+                    }
+                }
+            }
+            None => entries.extend(self.source.entries().iter().filter(|e| inside(e)).cloned()),
+        }
+        Ok(())
+    }
+
     /// Builds the receiver's tree as far as it matters (identical subtrees
     /// are taken from the source) and plans against it.
     pub(super) fn finish_comparing(&mut self) -> Result<(), SessionError> {
-        let mut identical: HashSet<RelPath> = HashSet::new();
+        let identical = std::mem::take(&mut self.identical);
         let mut entries: Vec<Entry> = Vec::new();
         for (dir, theirs) in &self.listed {
-            let ours: HashMap<&[u8], &ChildDigest> =
-                self.tree.listing(dir).iter().map(|c| (c.name.as_slice(), c)).collect();
             for child in theirs {
                 let Ok(path) = dir.join(&child.name) else { continue };
-                if ours.get(child.name.as_slice()).is_some_and(|c| c.digest == child.digest) {
-                    identical.insert(path);
+                if identical.contains(&path) {
                     continue;
                 }
                 let kind = if child.is_dir {
@@ -137,15 +178,8 @@ impl<R: ChunkReader> Sender<R> {
                 entries.push(Entry { path, meta: UNKNOWN_META, kind });
             }
         }
-        for entry in self.source.entries() {
-            let mut at = Some(entry.path.clone());
-            while let Some(path) = at {
-                if identical.contains(&path) {
-                    entries.push(entry.clone());
-                    break;
-                }
-                at = (!path.parent().is_root()).then(|| path.parent());
-            }
+        if !identical.is_empty() {
+            self.identical_entries(&identical, &mut entries)?;
         }
         // A hard link taken from an identical subtree whose target lies where
         // the view holds no file: what the receiver has there is unknown.

@@ -1,7 +1,7 @@
 //! The sending side of a push: plans against what the receiver reports (or
 //! what it is remembered to hold) and serves the chunks it asks for.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
@@ -13,12 +13,18 @@ use crate::adapt::Step;
 use crate::chunk::FileDigest;
 use crate::codec::{Encoder, LinkWindow, PendingDelta};
 use crate::manifest::{ChildDigest, Manifest, RelPath, Tree};
-use crate::plan::{plan, DeleteLimit, Op, PlanOptions, Skipped};
+use crate::plan::{plan, DeleteLimit, Op, OpStream, Pass, PlanOptions, Skipped};
 use crate::progress::{Change, Event, ProgressSink};
 use crate::wire;
 
 mod chunks;
 mod compare;
+mod walked;
+
+use walked::WalkedOps;
+#[cfg(test)]
+pub(crate) use walked::KEPT;
+pub use walked::{root_hash, WalkedSource};
 
 /// What a [`Sender`] sends and how: [`SenderConfig::new`] takes what every
 /// session needs, the fields say the rest.
@@ -55,6 +61,10 @@ pub struct SenderConfig<R> {
     pub source_path: String,
     /// Where progress goes.
     pub progress: ProgressSink,
+    /// A source walked instead of `source` (which is then ignored): a
+    /// snapshot restored without holding its manifest. Its plan is sent as
+    /// it is made; [`Sender::ops`] is then empty.
+    pub walked: Option<WalkedSource>,
 }
 
 impl<R> SenderConfig<R> {
@@ -75,8 +85,19 @@ impl<R> SenderConfig<R> {
             source_host: String::new(),
             source_path: String::new(),
             progress: ProgressSink::default(),
+            walked: None,
         }
     }
+}
+
+/// A chunk request checked and not yet answered: the request, the file's
+/// path, the chunk and its offset.
+type Need = (msg::NeedChunk, RelPath, crate::chunk::ChunkRef, u64);
+
+/// The plan being sent: made whole before sending, or made as sent.
+enum Ops {
+    Listed { ops: Vec<Op>, next: usize },
+    Walked(Box<WalkedOps>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +142,7 @@ pub struct Sender<R> {
     /// runs just ahead of the link whatever the receiver's request window
     /// (the adaptive level then applies to what is still to be sent), and
     /// what waits here is a few bytes a request, not encoded chunks.
-    needs: VecDeque<msg::NeedChunk>,
+    needs: VecDeque<Need>,
     // Comparing: directories asked for, listings received, files asked for.
     lists_pending: usize,
     partial_listings: HashMap<RelPath, Vec<ChildDigest>>,
@@ -129,9 +150,14 @@ pub struct Sender<R> {
     files_wanted: Vec<RelPath>,
     files_pending: usize,
     infos: HashMap<RelPath, FileDigest>,
+    /// Children found identical on both sides, by path.
+    identical: HashSet<RelPath>,
+    /// The source, when it is walked rather than held.
+    walked: Option<WalkedSource>,
     // Sending: the plan, the receiver's tree as planned against, progress.
-    ops: Vec<Op>,
-    next_op: usize,
+    ops: Ops,
+    /// Why making the plan as it is sent failed, to be reported.
+    broken: Option<SessionError>,
     /// The receiver's tree as planned against: the source itself when the
     /// roots are equal, so no copy is made then either.
     dest: Arc<Manifest>,
@@ -169,7 +195,8 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     fn with_outbox(config: SenderConfig<R>, outbox: VecDeque<Message>) -> Self {
-        let SenderConfig { source, reader, encoder, plan, remembered, dry_run, delete_limit, progress, .. } = config;
+        let SenderConfig { source, reader, encoder, plan, remembered, dry_run, delete_limit, progress, walked, .. } =
+            config;
         let tree = source.tree();
         Sender {
             state: State::Opening,
@@ -188,8 +215,10 @@ impl<R: ChunkReader> Sender<R> {
             files_wanted: Vec::new(),
             files_pending: 0,
             infos: HashMap::new(),
-            ops: Vec::new(),
-            next_op: 0,
+            identical: HashSet::new(),
+            walked,
+            ops: Ops::Listed { ops: Vec::new(), next: 0 },
+            broken: None,
             dest: Arc::default(),
             deltas: HashMap::new(),
             summary: None,
@@ -210,7 +239,7 @@ impl<R: ChunkReader> Sender<R> {
     /// top-down.
     pub fn respond(mut config: SenderConfig<R>, receiver_root: Option<[u8; 32]>) -> Self {
         config.remembered = None;
-        let root = config.source.tree().root().0;
+        let root = config.walked.as_ref().map_or_else(|| config.source.tree().root().0, |w| w.root.0);
         let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
         let mut sender = Sender::with_outbox(config, VecDeque::from([hello(), opened]));
         // The same decision as a push client's on `Opened`, with the
@@ -227,6 +256,9 @@ impl<R: ChunkReader> Sender<R> {
     /// # Errors
     /// Reading the source failed for a reason that ends the session.
     pub fn poll_data(&mut self) -> Result<Option<Message>, SessionError> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         loop {
             if let Some(message) = self.data.pop_front() {
                 return Ok(Some(message));
@@ -244,14 +276,29 @@ impl<R: ChunkReader> Sender<R> {
         if self.state != State::Sending {
             return None;
         }
+        if self.broken.is_some() {
+            return None;
+        }
         // Chunk answers go first (above); entry changes fill the rest.
-        if self.next_op < self.ops.len() {
-            let n = self.next_op;
-            self.next_op += 1;
-            self.queue_op(n);
-        } else {
-            self.outbox.push_back(Message::Done(msg::Done));
-            self.state = State::AwaitingSummary;
+        let next = match &mut self.ops {
+            Ops::Listed { ops, next } => {
+                let n = *next;
+                *next += 1;
+                Ok(ops.get(n).map(|op| (n as u32, op.clone())))
+            }
+            Ops::Walked(walked) => walked.next_op(),
+        };
+        match next {
+            Ok(Some((n, op))) => self.queue_op(n, &op),
+            Ok(None) => {
+                self.outbox.push_back(Message::Done(msg::Done));
+                self.state = State::AwaitingSummary;
+            }
+            Err(e) => {
+                // Reported by the next poll_data or handle.
+                self.broken = Some(SessionError::Local(e));
+                return None;
+            }
         }
         self.outbox.pop_front()
     }
@@ -301,9 +348,13 @@ impl<R: ChunkReader> Sender<R> {
         self.summary.as_ref()
     }
 
-    /// The plan's steps (after the comparison).
+    /// The plan's steps (after the comparison; empty for a walked source,
+    /// whose plan is made as it is sent).
     pub fn ops(&self) -> &[Op] {
-        &self.ops
+        match &self.ops {
+            Ops::Listed { ops, .. } => ops,
+            Ops::Walked(_) => &[],
+        }
     }
 
     /// Takes one message from the receiver.
@@ -312,6 +363,9 @@ impl<R: ChunkReader> Sender<R> {
     /// [`SessionError`] for messages out of place, malformed content, an
     /// error from the peer, or local failures; the session is then over.
     pub fn handle(&mut self, message: Message) -> Result<(), SessionError> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         match (self.state, message) {
             (_, Message::Error(e)) => {
                 Err(SessionError::Peer { code: xfer_protocol::CloseCode::from_u32(e.code), message: e.message })
@@ -334,8 +388,18 @@ impl<R: ChunkReader> Sender<R> {
         }
     }
 
+    /// The source's root hash.
+    fn root(&self) -> [u8; 32] {
+        self.walked.as_ref().map_or_else(|| self.tree.root().0, |w| w.root.0)
+    }
+
     fn opened(&mut self, opened: msg::Opened) -> Result<(), SessionError> {
-        if opened.root == self.tree.root().0 {
+        if opened.root == self.root() && self.walked.is_some() {
+            // Equal trees: nothing to plan.
+            self.state = State::Sending;
+            return Ok(());
+        }
+        if opened.root == self.root() {
             // Equal trees: nothing to send at all.
             self.dest = Arc::clone(&self.source);
             return self.start_sending();
@@ -352,38 +416,75 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     fn start_sending(&mut self) -> Result<(), SessionError> {
+        if let Some(walked) = self.walked.clone() {
+            return self.start_walked(walked);
+        }
         let planned = plan(&self.source, &self.dest, |_| false, self.options.clone());
         self.deletions = planned.deletions(&self.dest);
-        self.ops = planned.ops;
+        self.ops = Ops::Listed { ops: planned.ops, next: 0 };
         self.skipped = planned.skipped;
-        let verdict = self.delete_limit.check(self.deletions, self.dest.len() as u64, self.source.len() as u64);
-        self.progress.emit(|| {
-            let sizes = self.ops.iter().filter_map(|op| match op {
-                Op::WriteFile { digest, .. } => Some(digest.size),
-                _ => None,
-            });
-            Event::Planned { files: sizes.clone().count() as u64, bytes: sizes.sum() }
-        });
+        let (files, bytes) = write_sizes(self.ops());
+        self.started(files, bytes, self.source.len() as u64)
+    }
+
+    /// Starts sending the plan of a walked source: one walk counts what
+    /// it writes and deletes (the delete limit is checked on the whole
+    /// plan before any change is sent), then the plan is made as sent.
+    fn start_walked(&mut self, walked: WalkedSource) -> Result<(), SessionError> {
+        let mut counting =
+            OpStream::new(Arc::clone(&walked.tree), Arc::clone(&self.dest), self.options.clone(), Pass::All);
+        let (mut files, mut bytes, mut removed) = (0u64, 0u64, Vec::new());
+        while let Some(op) = counting.next_op().map_err(SessionError::Local)? {
+            if let Op::WriteFile { digest, .. } = &op {
+                files += 1;
+                bytes += digest.size;
+            }
+            if op.removes(&self.dest) {
+                removed.push(op.path().clone());
+            }
+            if self.dry_run {
+                self.progress.emit(|| Event::Entry { change: Change::of(&op), path: op.path().to_string() });
+            }
+        }
+        self.deletions = crate::plan::deleted_entries(&self.dest, &removed);
+        self.skipped = counting.take_skipped();
+        let sources = counting.source_entries();
+        self.ops = Ops::Walked(Box::new(WalkedOps::new(walked.tree, Arc::clone(&self.dest), self.options.clone())));
+        if self.dry_run {
+            self.ops = Ops::Listed { ops: Vec::new(), next: 0 };
+        }
+        self.started(files, bytes, sources)
+    }
+
+    /// The plan is made (`files` to write, of `bytes`): checks the delete
+    /// limit and starts sending.
+    fn started(&mut self, files: u64, bytes: u64, source_entries: u64) -> Result<(), SessionError> {
+        let verdict = self.delete_limit.check(self.deletions, self.dest.len() as u64, source_entries);
+        self.progress.emit(|| Event::Planned { files, bytes });
         self.state = State::Sending;
         if self.dry_run {
-            for op in &self.ops {
-                self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
+            if let Ops::Listed { ops, next } = &mut self.ops {
+                for op in ops.iter() {
+                    self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
+                }
+                *next = ops.len();
             }
-            self.next_op = self.ops.len();
         }
         if let Err(refused) = verdict {
             // Nothing of the plan may leave: the session ends here.
-            self.next_op = self.ops.len();
+            match &mut self.ops {
+                Ops::Listed { ops, next } => *next = ops.len(),
+                Ops::Walked(_) => self.ops = Ops::Listed { ops: Vec::new(), next: 0 },
+            }
             self.state = State::Finished;
             return Err(refused.into());
         }
         Ok(())
     }
 
-    fn queue_op(&mut self, n: usize) {
-        let file = n as u32;
-        self.progress.emit(|| Event::Entry { change: Change::of(&self.ops[n]), path: self.ops[n].path().to_string() });
-        let message = match &self.ops[n] {
+    fn queue_op(&mut self, file: u32, op: &Op) {
+        self.progress.emit(|| Event::Entry { change: Change::of(op), path: op.path().to_string() });
+        let message = match op {
             Op::Mkdir { path, meta } => Message::Mkdir(msg::Mkdir {
                 path: path.as_bytes().to_vec(),
                 mode: meta.mode,
@@ -438,6 +539,15 @@ impl<R: ChunkReader> Sender<R> {
         };
         self.outbox.push_back(message);
     }
+}
+
+/// Files the plan writes and their bytes.
+fn write_sizes(ops: &[Op]) -> (u64, u64) {
+    let sizes = ops.iter().filter_map(|op| match op {
+        Op::WriteFile { digest, .. } => Some(digest.size),
+        _ => None,
+    });
+    (sizes.clone().count() as u64, sizes.sum())
 }
 
 /// This side's `Hello`.

@@ -131,6 +131,11 @@ print(f"{clients} clients, {total:.0f} MiB in all, pushed at once through 2 node
 print(f"chunk bytes sent {sent:,}, wire bytes up {wire:,}")
 for n in (1, 2):
     rss = open(f"node{n}.time").read().split()[-1]
-    lines = sum(1 for _ in open(f"audit{n}.jsonl"))
-    print(f"node {n}: peak RSS {int(rss) / 1024:.0f} MiB, {lines} audit records")
+    records = [json.loads(line) for line in open(f"audit{n}.jsonl")]
+    costs = {}
+    for record in records:
+        for key, value in (record.get("store") or {}).items():
+            costs[key] = costs.get(key, 0) + value
+    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(costs.items()))
+    print(f"node {n}: peak RSS {int(rss) / 1024:.0f} MiB, {len(records)} sessions; store requests: {shown}")
 PY

@@ -213,17 +213,23 @@ fn push(source: &Model, dest: Model) -> (Model, (u64, u64)) {
     let mut config = SenderConfig::new(manifest_of(source), reader, Encoder::new(Compression::Auto).unwrap());
     config.plan = PlanOptions { delete: true, ..PlanOptions::default() };
     let mut sender = Sender::new(config);
+    let (tree, summary) = run_into(&mut sender, dest);
+    (tree, (summary.files_written, summary.chunks_received))
+}
+
+/// Runs `sender` against a receiver holding `dest`; the tree it leaves and
+/// the receiver's summary.
+fn run_into(sender: &mut Sender<ModelReader>, dest: Model) -> (Model, xfer_protocol::msg::Summary) {
     // The tree is handed over at Open and comes back when finished.
     let (tx, rx) = std::sync::mpsc::channel();
     let mut tree = Some(MemTree { model: dest, done: Some(tx), ..MemTree::default() });
     let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
         tree.take().ok_or_else(|| SessionError::Protocol("opened twice".into()))
     }));
-    pair::run(&mut sender, &mut receiver).unwrap();
+    pair::run(sender, &mut receiver).unwrap();
     assert!(sender.is_finished() && receiver.is_finished());
     assert!(receiver.failed().is_empty(), "{:?}", receiver.failed());
-    let summary = *receiver.summary().unwrap();
-    (rx.recv().unwrap(), (summary.files_written, summary.chunks_received))
+    (rx.recv().unwrap(), *receiver.summary().unwrap())
 }
 
 /// As [`push`], the source walked rather than held, keeping `kept` writes
@@ -238,19 +244,12 @@ fn push_walked(source: &Model, dest: Model, kept: usize) -> Model {
     config.walked = Some(super::WalkedSource { tree: Arc::new(ManifestSource(Arc::new(manifest))), root });
     config.plan = PlanOptions { delete: true, ..PlanOptions::default() };
     let mut sender = Sender::new(config);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut tree = Some(MemTree { model: dest, done: Some(tx), ..MemTree::default() });
-    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
-        tree.take().ok_or_else(|| SessionError::Protocol("opened twice".into()))
-    }));
     super::sender::KEPT.with(|k| k.set(kept));
-    let run = pair::run(&mut sender, &mut receiver);
+    // A failing run panics on the test's own thread, whose setting dies with it.
+    let (tree, _) = run_into(&mut sender, dest);
     super::sender::KEPT.with(|k| k.set(usize::MAX));
-    run.unwrap();
-    assert!(sender.is_finished() && receiver.is_finished());
-    assert!(receiver.failed().is_empty(), "{:?}", receiver.failed());
     assert!(sender.ops().is_empty(), "a walked source's plan is never held");
-    rx.recv().unwrap()
+    tree
 }
 
 fn rel(path: &str) -> RelPath {

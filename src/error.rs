@@ -80,6 +80,15 @@ pub enum Error {
         /// The source file.
         path: PathBuf,
     },
+    /// Another xfer process has the state database open.
+    #[error(
+        "state database {path} is in use by another xfer process; try again when it ends \
+         (to run two transfers of one source at once, give each its own --state-dir)"
+    )]
+    StateInUse {
+        /// The database file.
+        path: PathBuf,
+    },
     /// The receiver's state database failed.
     #[error("state database {path}: {source}")]
     State {
@@ -286,7 +295,7 @@ impl Error {
     /// lock dies with its process: nothing to clean up by hand).
     pub fn is_busy(&self) -> bool {
         match self {
-            Error::Busy { .. } => true,
+            Error::Busy { .. } | Error::StateInUse { .. } => true,
             Error::State { source, .. } => matches!(**source, redb::Error::DatabaseAlreadyOpen),
             _ => false,
         }
@@ -294,7 +303,10 @@ impl Error {
 
     /// Wraps a state database error with the database's path.
     pub(crate) fn state(path: impl Into<PathBuf>, err: impl Into<redb::Error>) -> Self {
-        Error::State { path: path.into(), source: Box::new(err.into()) }
+        match err.into() {
+            redb::Error::DatabaseAlreadyOpen => Error::StateInUse { path: path.into() },
+            err => Error::State { path: path.into(), source: Box::new(err) },
+        }
     }
 }
 

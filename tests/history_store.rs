@@ -685,6 +685,21 @@ fn the_reader_opens_the_state_database_read_only() {
     drop(StateDb::open(&db).unwrap());
 }
 
+/// A state database another process (here: another handle) holds is
+/// reported as in use, with what to do, not as the database's own error.
+#[test]
+fn a_state_database_in_use_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("state.redb");
+    let held = StateDb::open(&db).unwrap();
+    let err = StateDb::open(&db).err().expect("opened a database another handle holds");
+    assert!(err.is_busy(), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("in use by another xfer process") && message.contains("--state-dir"), "{message}");
+    drop(held);
+    drop(StateDb::open(&db).unwrap());
+}
+
 /// Prune tidies temporaries and locks a crashed writer left, and only those.
 #[test]
 fn prune_tidies_what_crashed_writers_left() {

@@ -79,11 +79,13 @@ sleep 2
 node_of() { echo $((7961 + $1 % 2)); }
 other_of() { echo $((7962 - $1 % 2)); }
 
-# Every client pushes its own tree at once, half through each node.
+# Every client pushes its own tree at once, half through each node; each
+# has its own state directory, as separate machines would (two runs of one
+# source at once share none).
 start=$(date +%s.%N)
 pids=()
 for c in $(seq 0 $((clients - 1))); do
-    "$x" push -q --json --config-dir "cfg$c" --server-fingerprint "$sfp" "${srcs[$c]}" \
+    "$x" push -q --json --config-dir "cfg$c" --state-dir "st$c" --server-fingerprint "$sfp" "${srcs[$c]}" \
         "xfer://127.0.0.1:$(node_of "$c")/c$c" >"push$c.json" 2>"push$c.err" &
     pids+=($!)
 done
@@ -95,23 +97,23 @@ push_wall=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]
 # Each tree back through the other node.
 pull_start=$(date +%s.%N)
 for c in $(seq 0 $((clients - 1))); do
-    "$x" pull -q --config-dir "cfg$c" --server-fingerprint "$sfp" "xfer://127.0.0.1:$(other_of "$c")/c$c" "out$c"
+    "$x" pull -q --config-dir "cfg$c" --state-dir "st$c" --server-fingerprint "$sfp" "xfer://127.0.0.1:$(other_of "$c")/c$c" "out$c"
     diff -r "${srcs[$c]}" "out$c" >/dev/null || { echo "tree c$c differs after a pull through the other node" >&2; exit 1; }
 done
 pull_wall=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$pull_start")
 echo "every tree restores exact through the other node (pulled one after another in $pull_wall s)"
 
 # Two clients, two nodes, one path, at once: each snapshot whole, latest one of them.
-"$x" push -q --config-dir cfg0 --server-fingerprint "$sfp" "${srcs[0]}" "xfer://127.0.0.1:7961/same" &
+"$x" push -q --config-dir cfg0 --state-dir st0 --server-fingerprint "$sfp" "${srcs[0]}" "xfer://127.0.0.1:7961/same" &
 a=$!
-"$x" push -q --config-dir cfg1 --server-fingerprint "$sfp" "${srcs[1]}" "xfer://127.0.0.1:7962/same" &
+"$x" push -q --config-dir cfg1 --state-dir st1 --server-fingerprint "$sfp" "${srcs[1]}" "xfer://127.0.0.1:7962/same" &
 b=$!
 wait "$a"; wait "$b"
-"$x" pull -q --config-dir cfg0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7962/same" same
+"$x" pull -q --config-dir cfg0 --state-dir st0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7962/same" same
 if diff -r "${srcs[0]}" same >/dev/null; then latest="client 0"
 elif diff -r "${srcs[1]}" same >/dev/null; then latest="client 1"
 else echo "the latest snapshot of /same is neither push: torn" >&2; exit 1; fi
-"$x" snapshots --config-dir cfg0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7961/same" | tail -n +2 | wc -l \
+"$x" snapshots --config-dir cfg0 --state-dir st0 --server-fingerprint "$sfp" "xfer://127.0.0.1:7961/same" | tail -n +2 | wc -l \
     | xargs -I{} echo "/same: {} snapshots, latest is $latest's tree whole"
 
 pkill -INT -f "listen 127.0.0.1:796[12]" || true

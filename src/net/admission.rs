@@ -210,6 +210,9 @@ pub async fn serve_connection(
 fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
     let mut reason = match error.local_error::<crate::Error>() {
         Some(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
+        Some(crate::Error::StateInUse { .. }) => {
+            "the server's state database of this tree is in use by another transfer; try again when it ends".into()
+        }
         _ => error.to_string(),
     };
     if let ServerState::Outside(dir) = &config.state {

@@ -28,12 +28,14 @@ x=${XFER:-$PWD/target/release/xfer}
 export GARAGE_PORT_BASE=${GARAGE_PORT_BASE:-4100}
 dir=${NODES_DIR:-/var/tmp/xfer-store-nodes}
 rm -rf "$dir"; mkdir -p "$dir"
-garage_env=$(scripts/garage.sh start "$dir/garage")
+# Absolute: the cleanup runs after the cd below.
+garage="$PWD/scripts/garage.sh"
+garage_env=$("$garage" start "$dir/garage")
 eval "$garage_env"
 cleanup() {
     pkill -INT -f "listen 127.0.0.1:796[12]" 2>/dev/null || true
     sleep 1
-    scripts/garage.sh stop "$dir/garage" >/dev/null 2>&1 || true
+    "$garage" stop "$dir/garage" >/dev/null 2>&1 || true
     rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use crate::codec::Compression;
 pub use crate::filter::FilterError;
-pub use crate::fs::history::{PruneReport, SnapshotRecord};
+pub use crate::fs::history::{PruneReport, Requests as StoreCosts, SnapshotRecord};
 pub use crate::fs::store::FailedEntry;
 pub use crate::net::access::{Access, AccessError, Grant, Refusal, Want};
 pub use crate::net::admission::HANDSHAKE_TIMEOUT;

@@ -416,7 +416,7 @@ pub(crate) mod held_deletes {
         let options = PlanOptions { delete: true, protect: None, ..Default::default() };
         let mut config = SenderConfig::new(source, FileReader::new(src.to_path_buf()), encoder);
         config.plan = options;
-        let mut sender = Sender::respond(config, open.remembered_root);
+        let mut sender = Sender::respond(config, 0, open.remembered_root);
         xfer::session::pair::run_with(&mut sender, &mut receiver, |_, message| roundtrip(message))?;
         assert!(sender.is_finished() && receiver.is_finished(), "pull stalled");
         Ok(())

@@ -228,7 +228,7 @@ fn pull(sides: &Sides) -> Wire {
     let encoder = Encoder::new(Compression::Auto).unwrap();
     let mut config = SenderConfig::new(source, FileReader::new(sides.src.clone()), encoder);
     config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
-    let mut sender = Sender::respond(config, open.remembered_root);
+    let mut sender = Sender::respond(config, 0, open.remembered_root);
     // The pair as before, with the roles of the directions swapped.
     let wire = drive_counted(&mut sender, &mut receiver, false).unwrap();
     assert!(sender.is_finished() && receiver.is_finished(), "pull stalled: {wire:?}");

@@ -104,3 +104,51 @@ async fn garage_store_costs_reach_the_audit_log() {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     costs_reach_the_audit_log(&format!("s3://{bucket}/costs-{nanos}")).await;
 }
+
+/// The client is told what the server's store cost each push and pull
+/// (`StoreCosts`, in its report and `--json`), the same figures as the
+/// server's audit record; a dry run records nothing and estimates the
+/// writes a real push would make; a mirror server reports no store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_told_what_the_store_cost() {
+    let tmp = TempDir::new().unwrap();
+    let client = Client::new(Identity::load_or_create(&tmp.path().join("id")).unwrap());
+    let log = tmp.path().join("audit.jsonl");
+    let store = format!("memory:told-costs-{}", std::process::id());
+    let options = ServerOptions::store(store, Access::allow(&[client.fingerprint()])).audit_log(&log);
+    let server = Server::start("127.0.0.1:0".parse().unwrap(), &Identity::generate().unwrap(), options).unwrap();
+    let target = RemoteUrl::parse_checked(&format!("xfer://{}/site", server.local_addr().unwrap())).unwrap();
+    let pin = Some(server.fingerprint());
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), seeded(3 << 20, 5)).unwrap();
+    let push = PushOptions::new(tmp.path().join("state")).busy_wait(Duration::ZERO);
+
+    let pushed = client.push(&src, &target, pin, &push).await.unwrap();
+    let out = tmp.path().join("out");
+    let pulled = client.pull(&target, pin, &out, &PullOptions::new(tmp.path().join("pull-state"))).await.unwrap();
+    let all = records(&log, 2);
+    let told = |costs: Option<xfer::StoreCosts>| serde_json::to_value(costs.expect("no store costs reported")).unwrap();
+    assert_eq!(told(pushed.store), all[0]["store"], "push");
+    assert_eq!(told(pulled.store), all[1]["store"], "pull");
+    assert!(pushed.store.unwrap().bytes_put >= 3 << 20 && pulled.store.unwrap().bytes_got >= 3 << 20);
+
+    // A dry run of a 3 MiB change: no new snapshot, and the writes of a
+    // real push (a pack with its index, the client's chunk list, tree
+    // blobs and the snapshot record) estimated.
+    fs::write(src.join("other"), seeded(3 << 20, 6)).unwrap();
+    let before = client.snapshots(&target, pin).await.unwrap().len();
+    let planned = client.push(&src, &target, pin, &push.clone().dry_run(true)).await.unwrap();
+    assert_eq!(client.snapshots(&target, pin).await.unwrap().len(), before, "a dry run recorded a snapshot");
+    let estimate = planned.store.expect("a dry run reports the store's costs");
+    let real = client.push(&src, &target, pin, &push).await.unwrap().store.unwrap();
+    eprintln!("dry run estimate {estimate:?}\nreal push {real:?}");
+    assert!(estimate.puts >= real.puts && estimate.puts <= real.puts + 3, "{estimate:?} vs {real:?}");
+    assert!(estimate.bytes_put >= real.bytes_put / 2 && estimate.bytes_put <= real.bytes_put * 2);
+
+    let mirror = ServerOptions::new(tmp.path().join("mirror"), Access::allow(&[client.fingerprint()]));
+    let mirror = Server::start("127.0.0.1:0".parse().unwrap(), &Identity::generate().unwrap(), mirror).unwrap();
+    let at = RemoteUrl::parse_checked(&format!("xfer://{}/site", mirror.local_addr().unwrap())).unwrap();
+    let pushed = client.push(&src, &at, Some(mirror.fingerprint()), &push).await.unwrap();
+    assert_eq!(pushed.store, None);
+}

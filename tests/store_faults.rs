@@ -593,3 +593,43 @@ fn garage_push_over_a_slow_uplink_to_the_bucket_completes() {
     let direct = fx.node(&[]);
     fx.verify(&direct);
 }
+
+/// The CLI prints what a push and a dry run cost the store node's bucket
+/// (`--json` field `store`) and prices it with `--request-price`; a price
+/// that does not parse is a usage error saying what to write.
+#[test]
+fn the_cli_prices_the_store_requests() {
+    let mut fx = Fixture::new(None);
+    let node = fx.node(&[]);
+    fx.source(&version(1));
+    let push = |extra: &[&str]| {
+        let mut cmd = fx.client(&node, "push");
+        cmd.args(["--json", "--request-price", "5,0.4"]).args(extra).arg(fx.path("src")).arg(Fixture::url(&node));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        serde_json::from_slice::<serde_json::Value>(&run(cmd, "push")).unwrap()
+    };
+    let priced = |report: &serde_json::Value| {
+        let n = |what: &str| report["store"][what].as_u64().unwrap_or_else(|| panic!("no store.{what}: {report}"));
+        let want = ((n("puts") + n("lists")) as f64 * 5.0 + n("gets") as f64 * 0.4) / 1000.0;
+        let got = report["request_cost_usd"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}: {report}");
+        n("puts")
+    };
+    let first = push(&[]);
+    assert!(priced(&first) >= 3 && first["store"]["bytes_put"].as_u64().unwrap() >= 8 << 20, "{first}");
+    fx.source(&version(2));
+    let plan = push(&["--dry-run"]);
+    assert_eq!(plan["dry_run"], true);
+    let estimated = priced(&plan);
+    let real = priced(&push(&[]));
+    assert!(estimated >= real && estimated <= real + 3, "estimated {estimated} writes, made {real}");
+
+    let mut bad = fx.client(&node, "push");
+    let out = bad.args(["--request-price", "cheap"]).arg(fx.path("src")).arg(Fixture::url(&node)).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("per 1,000 writes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -550,6 +550,48 @@ fn naming_chunks_of_another(store: &str) {
     assert!(held("/b", "xfer:b", false).iter().all(|&h| !h));
 }
 
+/// Pushes `data` as file `f` of `/` through a fresh destination on the
+/// object store `url` (packs of 1 MiB); what checking the file read back.
+fn push_and_count_reads(url: &str, data: &[u8]) -> (u64, u64, usize) {
+    let mut history = History::open_url(url).unwrap();
+    history.set_pack_target(1 << 20);
+    let mut dest = RepoDestination::open(history, url, info("/")).unwrap();
+    dest.refresh(false).unwrap();
+    let digest = digest_bytes(data);
+    let mut encoder = Encoder::new(Compression::Auto).unwrap();
+    let needs = dest.begin_file(0, &rel(b"f"), &meta(0o644, 1), &digest).unwrap();
+    for need in &needs {
+        let start = need.offset as usize;
+        dest.put_chunk(0, need.need, &encoder.encode(&data[start..start + need.chunk.len as usize]), false).unwrap();
+    }
+    let before = dest.meter().requests();
+    dest.complete_file(0).unwrap();
+    let after = dest.meter().requests();
+    assert!(dest.finish(true).unwrap().failed.is_empty());
+    (after.gets - before.gets, after.bytes_got - before.bytes_got, digest.chunks.len() - needs.len())
+}
+
+/// The whole-file check on a store reads back only the chunks the store
+/// held before the push (in runs of ranged reads), never those that just
+/// arrived: on a bucket every read is billed.
+#[test]
+fn a_file_check_reads_back_only_what_the_store_held() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let url = format!("memory:file-check-{}-{nanos}", std::process::id());
+    let mut data = seeded(8 << 20, 21);
+    let (gets, got, held) = push_and_count_reads(&url, &data);
+    assert_eq!((gets, got, held), (0, 0, 0), "a new file read back");
+
+    data[4 << 20..(4 << 20) + 1000].fill(7);
+    let (gets, got, held) = push_and_count_reads(&url, &data);
+    let chunks = digest_bytes(&data).chunks.len();
+    eprintln!("{chunks} chunks, {held} held: {gets} reads, {got} bytes");
+    assert!(held + 4 >= chunks && held < chunks, "{held} of {chunks} held");
+    // 8 MiB in packs of 1 MiB: a read or two per pack, not one per chunk.
+    assert!(gets <= 18 && (gets as usize) < held, "{gets} reads for {held} chunks held");
+    assert!(got <= 9 << 20, "{got} bytes read back");
+}
+
 #[test]
 fn a_file_whose_chunks_do_not_add_up_is_not_accepted() {
     let tmp = TempDir::new().unwrap();

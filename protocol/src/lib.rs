@@ -37,5 +37,13 @@ pub const PROTOCOL_VERSION: u32 = 3;
 /// ALPN identifier of protocol version 3.
 pub const ALPN: &[u8] = b"xfer/3";
 
-/// `Hello.features` bits defined by this version: none yet.
-pub const KNOWN_FEATURES: u64 = 0;
+/// Feature bit: the server reports what its object store cost the
+/// session in a `StoreCosts` message (SPEC.md, "Store costs").
+pub const FEATURE_STORE_COSTS: u64 = 1;
+
+/// Feature bit: a push's sender may end a dry run with `DryRun` instead
+/// of `Done`, and the receiver then records nothing (SPEC.md, "Dry run").
+pub const FEATURE_DRY_RUN: u64 = 2;
+
+/// `Hello.features` bits defined by this version.
+pub const KNOWN_FEATURES: u64 = FEATURE_STORE_COSTS | FEATURE_DRY_RUN;

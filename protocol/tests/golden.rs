@@ -152,6 +152,8 @@ fn samples() -> Vec<Message> {
             bytes_after: 6,
         }
         .into(),
+        StoreCosts { puts: 1, gets: 2, lists: 3, deletes: 4, bytes_put: 5, bytes_got: 6, keys_listed: 7 }.into(),
+        DryRun.into(),
     ]
 }
 
@@ -187,6 +189,8 @@ const GOLDEN: &[(Kind, &str)] = &[
     (Kind::SnapshotList, "700000004801212121212121212121212121212121212121212121212121212121212121212180c49fd50c07052f7369746507786665723a6162066c6170746f70072f686f6d652f6101016b0176000301ac02222222222222222222222222222222222222222222222222222222222222222200"),
     (Kind::Forgotten, "020000004902"),
     (Kind::Pruned, "070000004a010203040506"),
+    (Kind::StoreCosts, "080000008001020304050607"),
+    (Kind::DryRun, "0100000081"),
 ];
 
 #[test]
@@ -257,7 +261,7 @@ fn frame_oversize_refused_from_header() {
 
 #[test]
 fn frame_unknown_kind_refused() {
-    for kind in [0u8, 3, 7, 10, 20, 39, 52, 69, 127, 128, 255] {
+    for kind in [0u8, 3, 7, 10, 20, 39, 52, 69, 127, 130, 255] {
         let mut buf = Vec::new();
         frame::encode_raw(kind, &[0; 8], &mut buf);
         // Refused as soon as the kind byte arrives, before the body.
@@ -668,6 +672,17 @@ fn message() -> impl Strategy<Value = Message> {
             bytes_after: c[5],
         }
         .into()),
+        any::<[u64; 7]>().prop_map(|c| StoreCosts {
+            puts: c[0],
+            gets: c[1],
+            lists: c[2],
+            deletes: c[3],
+            bytes_put: c[4],
+            bytes_got: c[5],
+            keys_listed: c[6],
+        }
+        .into()),
+        Just(DryRun.into()),
         (hash(), any::<bool>()).prop_map(|(root, remembered)| Opened { root, remembered }.into()),
         bytes(16).prop_map(|dir| ListDir { dir }.into()),
         (bytes(16), vec((bytes(12), hash(), any::<bool>()), 0..5), any::<bool>()).prop_map(|(dir, c, more)| Listing {

@@ -322,8 +322,9 @@ async fn run_opened(
             summary
         }),
         Direction::Pull if opened.open.at.is_some() || config.store.is_some() => {
+            let features = opened.client_features();
             let Opened { send, ctrl_in, reader, open, .. } = opened;
-            let pulled = serve_pull_at(connection, send, ctrl_in, config, open, watch).await;
+            let pulled = serve_pull_at(connection, send, ctrl_in, config, (features, open), watch).await;
             drop(reader);
             pulled.map(|(summary, skipped, costs)| {
                 skipped_here = skipped;

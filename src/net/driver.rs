@@ -216,6 +216,16 @@ pub(super) struct Opened {
     pub(super) open: xfer_protocol::msg::Open,
 }
 
+impl Opened {
+    /// The feature bits the client's `Hello` offers.
+    pub(super) fn client_features(&self) -> u64 {
+        match &self.hello {
+            Message::Hello(hello) => hello.features,
+            _ => 0,
+        }
+    }
+}
+
 /// Reads the client's `Hello` (checking its version) and `Open`.
 pub(super) async fn open_session(connection: &Connection, activity: &Activity) -> Result<Opened, SessionError> {
     let (send, recv) = connection.accept_bi().await.map_err(|_| ended(connection))?;
@@ -254,6 +264,9 @@ pub(super) async fn serve_push(
         }
         Ok(store)
     }));
+    if config.store.is_some() {
+        receiver.offer_store_costs();
+    }
     receiver.handle(hello)?;
     receiver.handle(Message::Open(open))?;
     let receiver = drive_receiver(connection, send, ctrl_in, receiver, config.caps(), watch).await?;
@@ -281,15 +294,17 @@ fn log_failures(client: &Fingerprint, failed: &[crate::fs::store::FailedEntry], 
 /// Serves a pull of a snapshot (`Open.at`): the part of it at the
 /// requested path, its chunks read from the history or the mirror; the
 /// client's summary, the entries the sender skipped, and what the history
-/// store cost on a store-only server.
+/// store cost on a store-only server. `request` is the client's `Hello`
+/// features and its `Open`.
 pub(super) async fn serve_pull_at(
     connection: &Connection,
     send: SendStream,
     ctrl_in: mpsc::Receiver<Inbound>,
     config: &Arc<ServeConfig>,
-    open: xfer_protocol::msg::Open,
+    request: (u64, xfer_protocol::msg::Open),
     watch: Watch,
 ) -> Result<(Option<xfer_protocol::msg::Summary>, u64, Option<Requests>), SessionError> {
+    let (client_features, open) = request;
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
@@ -310,7 +325,8 @@ pub(super) async fn serve_pull_at(
     let mut sender = SenderConfig::new(crate::manifest::Manifest::default(), reader, encoder);
     sender.walked = Some(walked);
     sender.plan = crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::default() };
-    let sender = Sender::respond(sender, open.remembered_root);
+    sender.offer_store_costs = config.store.is_some();
+    let sender = Sender::respond(sender, client_features, open.remembered_root);
     let sender = drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?;
     Ok((sender.summary().copied(), sender.skipped().len() as u64, meter.map(|m| m.requests())))
 }
@@ -360,6 +376,7 @@ pub(super) async fn serve_pull(
     let scan_skipped = scanned.skipped.len() as u64;
     let mut sender = SenderConfig::new(scanned.manifest, FileReader::new(abs), encoder);
     sender.plan = options;
-    let sender = Sender::respond(sender, open.remembered_root);
+    // A mirror's reads cost nothing worth reporting: no store costs.
+    let sender = Sender::respond(sender, 0, open.remembered_root);
     Ok((drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?, scan_skipped))
 }

@@ -167,7 +167,7 @@ pub(super) async fn serve_history(
     });
     let count = count.sum();
     let mut bytes = Vec::new();
-    frame::encode(&crate::session::hello(), &mut bytes);
+    frame::encode(&crate::session::hello(0), &mut bytes);
     for reply in &replies {
         reply.validate().map_err(|e| refused(CloseCode::Internal, format!("a snapshot record breaks the limits: {e}")))?;
         frame::encode(reply, &mut bytes);
@@ -272,7 +272,7 @@ pub async fn request(connection: &Connection, open: msg::Open) -> Result<Answer,
     let activity = Activity::new();
     let (mut send, mut in_rx, reader) = open_control(connection, &activity).await?;
     let mut bytes = Vec::new();
-    frame::encode(&crate::session::hello(), &mut bytes);
+    frame::encode(&crate::session::hello(0), &mut bytes);
     frame::encode(&Message::Open(open), &mut bytes);
     let sent = send.write_all(&bytes).await.map_err(|_| ended(connection));
     let answer = match sent {

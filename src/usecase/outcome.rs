@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use thiserror::Error;
-use xfer_protocol::msg::Summary;
+use xfer_protocol::msg::{StoreCosts, Summary};
 
 use crate::fs::store::FailedEntry;
 use crate::net::client::ConnectError;
@@ -187,6 +187,11 @@ pub struct Report {
     /// (or could not) apply as sent; it keeps them in its records and gives
     /// them back on a pull. Counted when written, not again on later runs.
     pub meta_kept: u64,
+    /// What the server's history store cost the run (requests by kind and
+    /// bytes each way), from a server that keeps its history in an object
+    /// store or a `file://` store (`serve --store`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreCosts>,
     /// Wall time of the whole run.
     pub elapsed_s: f64,
     /// Entries skipped or failed, with the reason; the rest committed.

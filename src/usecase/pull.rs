@@ -49,8 +49,10 @@ async fn pull_unlogged(
     let ran = link.pull(receiver, options.caps(), &options.cancel).await;
     let wire = link.wire();
     link.close(0).await;
-    let (summary, failed) = match ran? {
-        Ran::Done(receiver) => (receiver.summary().copied().unwrap_or_default(), receiver.failed().to_vec()),
+    let (summary, failed, store) = match ran? {
+        Ran::Done(receiver) => {
+            (receiver.summary().copied().unwrap_or_default(), receiver.failed().to_vec(), receiver.store_costs().copied())
+        }
         Ran::Cancelled => {
             // The files received whole are kept: those counted done.
             let kept = Summary { files_written: done.files.load(Ordering::Relaxed), ..Summary::default() };
@@ -62,6 +64,7 @@ async fn pull_unlogged(
     tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
     let mut report = Report::new(&summary, wire, failed, started);
     report.congestion = Some(options.congestion);
+    report.store = store;
     Ok(report)
 }
 

@@ -83,6 +83,7 @@ pub(super) async fn push_unlogged(
     let failed = push_failures(&source.root, url, options, &source.scan_skipped, &sender, &summary);
     let mut report = Report::new(&summary, wire, failed, started);
     report.congestion = Some(options.congestion);
+    report.store = sender.store_costs().copied();
     source_figures(&mut report, &source.manifest);
     (report.zstd_level_last, report.zstd_level_max) = (sender.encoder().level(), sender.encoder().max_level());
     if options.dry_run {
@@ -279,7 +280,24 @@ async fn dry_run_report(
     let plan = blocking("estimating the dry run", move || Ok(dry_run_figures(&ops, &known, root, compression)?)).await?;
     report.dry_run = true;
     (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
+    if let Some(store) = &mut report.store {
+        // The dry run made the reads a real push makes; add its writes.
+        let changes = report.files_changed + report.files_deleted > 0;
+        let (puts, bytes) = estimated_store_writes(report.bytes_sent, changes);
+        store.puts += puts;
+        store.bytes_put += bytes;
+    }
     Ok(())
+}
+
+/// The writes a push sending `bytes` of chunks makes on a history store
+/// with the default pack size: per pack its object, its index file and
+/// the client's list of chunks; for a changed tree, a pack of directory
+/// blobs and its index file; and the snapshot record. Tree blobs and
+/// records are small: they are left out of the bytes.
+fn estimated_store_writes(bytes: u64, changes: bool) -> (u64, u64) {
+    let packs = bytes.div_ceil(crate::fs::history::PACK_TARGET as u64);
+    (3 * packs + 2 * u64::from(changes) + 1, bytes)
 }
 
 /// Files written by `ops` whose source changed after the scan (appended,

@@ -128,6 +128,34 @@ pub struct Pruned {
     pub bytes_after: u64,
 }
 
+/// Server to client, with feature `FEATURE_STORE_COSTS`: the requests
+/// the server's history store made for this session and the bytes they
+/// moved (for a billed object store; a local directory counts the same
+/// operations).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoreCosts {
+    /// Objects written.
+    pub puts: u64,
+    /// Objects or ranges read, and size queries.
+    pub gets: u64,
+    /// Listing pages (one per 1,000 keys, as S3 pages them).
+    pub lists: u64,
+    /// Objects deleted.
+    pub deletes: u64,
+    /// Bytes written.
+    pub bytes_put: u64,
+    /// Bytes read.
+    pub bytes_got: u64,
+    /// Keys listed.
+    pub keys_listed: u64,
+}
+
+/// Sender to receiver, with feature `FEATURE_DRY_RUN`, in place of `Done`:
+/// the push was a dry run, which sent no entry changes; the receiver
+/// records nothing of it (no snapshot) and answers as to `Done`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DryRun;
+
 /// Server to client: the receiver's tree root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Opened {

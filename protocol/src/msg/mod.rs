@@ -199,6 +199,13 @@ messages! {
     73 Forgotten(Forgotten),
     /// `Pruned`: server pruned its history.
     74 Pruned(Pruned),
+    // 128..=255: messages of negotiated features.
+    /// `StoreCosts`: what the server's history store cost the session
+    /// (feature `FEATURE_STORE_COSTS`).
+    128 StoreCosts(StoreCosts),
+    /// `DryRun`: the sender only planned; the receiver records nothing
+    /// (feature `FEATURE_DRY_RUN`).
+    129 DryRun(DryRun),
 }
 
 impl std::fmt::Display for Kind {
@@ -223,8 +230,8 @@ mod tests {
         }
         assert_eq!(Kind::from_u8(0), None);
         assert_eq!(Kind::from_u8(3), None);
-        assert_eq!(Kind::from_u8(128), None);
-        assert_eq!(Kind::ALL.len(), 29);
+        assert_eq!(Kind::from_u8(130), None);
+        assert_eq!(Kind::ALL.len(), 31);
     }
 
     #[test]

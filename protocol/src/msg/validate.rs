@@ -191,6 +191,18 @@ impl Validate for Pruned {
     }
 }
 
+impl Validate for DryRun {
+    fn validate(&self) -> Checked {
+        Ok(())
+    }
+}
+
+impl Validate for StoreCosts {
+    fn validate(&self) -> Checked {
+        Ok(())
+    }
+}
+
 impl Validate for Opened {
     fn validate(&self) -> Checked {
         Ok(())

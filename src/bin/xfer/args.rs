@@ -410,6 +410,13 @@ pub struct PushArgs {
     /// bytes (the estimate, on a dry run) times this price per GB.
     #[arg(long, value_name = "USD_PER_GB")]
     pub egress_price: Option<f64>,
+    /// Add the cost of the server's object-store requests to the JSON
+    /// summary: writes and listings at the first price, reads at the
+    /// second, each per 1,000 requests (S3's classes A and B, e.g.
+    /// 0.005,0.0004); deletes are free. On a dry run, the writes a real
+    /// run would make are estimated. Needs a server with `--store`.
+    #[arg(long, value_name = "WRITES,READS", value_parser = parse_request_price)]
+    pub request_price: Option<RequestPrice>,
     /// One line per changed entry: >f file written, cd dir created, cL
     /// symlink, .m metadata only, *deleting (like rsync -i).
     #[arg(short, long, overrides_with = "no_itemize")]
@@ -436,6 +443,21 @@ pub struct PushArgs {
     /// Undo --wait.
     #[arg(long, overrides_with = "wait", hide = true)]
     pub no_wait: bool,
+}
+
+/// USD per 1,000 requests: writes and listings, and reads.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestPrice {
+    pub writes: f64,
+    pub reads: f64,
+}
+
+fn parse_request_price(text: &str) -> Result<RequestPrice, String> {
+    let bad =
+        || format!("{text:?} is not a request price: give USD per 1,000 writes and per 1,000 reads, e.g. 0.005,0.0004");
+    let (writes, reads) = text.split_once(',').ok_or_else(bad)?;
+    let price = |p: &str| p.trim().parse::<f64>().ok().filter(|p| p.is_finite() && *p >= 0.0).ok_or_else(bad);
+    Ok(RequestPrice { writes: price(writes)?, reads: price(reads)? })
 }
 
 fn parse_tag(text: &str) -> Result<(String, String), String> {

@@ -437,6 +437,17 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
         (false, false) => report.wire_bytes_received,
     };
     let cost = args.egress_price.map(|price| data_bytes as f64 / 1e9 * price);
+    let request_cost = match (args.request_price, &report.store) {
+        (Some(price), Some(store)) => {
+            let writes = (store.puts + store.lists) as f64 * price.writes;
+            Some((writes + store.gets as f64 * price.reads) / 1000.0)
+        }
+        (Some(_), None) => {
+            eprintln!("xfer: --request-price: the server keeps no object store (serve --store), so no request costs");
+            None
+        }
+        (None, _) => None,
+    };
     for entry in &report.failed {
         eprintln!("xfer: skipped {}: {}", entry.path, entry.error);
     }
@@ -461,16 +472,20 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
             if let Some(cost) = cost {
                 object.insert("egress_cost_usd".into(), cost.into());
             }
+            if let Some(cost) = request_cost {
+                object.insert("request_cost_usd".into(), cost.into());
+            }
         }
         println!("{value}");
     } else if !quiet {
-        print_summary(report, cost.map(|cost| (data_bytes, cost)));
+        print_summary(report, cost.map(|cost| (data_bytes, cost)), request_cost);
     }
     Ok(ExitCode::from(code))
 }
 
-/// The human summary of a report on stderr, with the egress cost if asked.
-fn print_summary(report: &Report, cost: Option<(u64, f64)>) {
+/// The human summary of a report on stderr, with the egress and request
+/// costs if asked.
+fn print_summary(report: &Report, cost: Option<(u64, f64)>, request_cost: Option<f64>) {
     if report.dry_run {
         eprintln!(
             "dry run: would write {} files, delete {}, send {} chunks in about {} bytes (before deltas)",
@@ -479,6 +494,16 @@ fn print_summary(report: &Report, cost: Option<(u64, f64)>) {
     }
     if let Some((data_bytes, cost)) = cost {
         eprintln!("egress: {data_bytes} bytes, about {cost:.4} USD");
+    }
+    if let Some(s) = &report.store {
+        let estimated = if report.dry_run { " (writes estimated)" } else { "" };
+        eprintln!(
+            "server's store{estimated}: {} writes, {} reads, {} listings, {} deletes; {} B written, {} B read",
+            s.puts, s.gets, s.lists, s.deletes, s.bytes_put, s.bytes_got
+        );
+    }
+    if let Some(cost) = request_cost {
+        eprintln!("store requests: about {cost:.4} USD");
     }
     eprintln!(
         "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \

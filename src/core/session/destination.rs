@@ -11,6 +11,7 @@ use crate::hash::ChunkId;
 use crate::manifest::{Manifest, Meta, RelPath};
 use crate::patch::Signature;
 use crate::plan::Op;
+use xfer_protocol::msg;
 
 /// An error from a store or reader, which says whether it concerns one
 /// entry alone (the session then reports it and goes on) or stops the run.
@@ -39,6 +40,12 @@ pub trait ChunkReader {
     /// default), and reads come whether hinted or not.
     fn prefetch(&mut self, chunk: ChunkRef) {
         let _ = chunk;
+    }
+
+    /// What the history store this reader reads has cost so far, for a
+    /// server that reports it (`StoreCosts`); `None` for any other source.
+    fn store_costs(&self) -> Option<msg::StoreCosts> {
+        None
     }
 }
 
@@ -135,6 +142,15 @@ pub trait Destination {
     /// # Errors
     /// The first failure committing; what was committed before stays.
     fn finish(self, complete: bool) -> Result<ApplyReport, Self::Error>;
+
+    /// Ends a dry run, which applied nothing: records nothing (no
+    /// snapshot, no state) and reports only what the store cost.
+    fn discard(self) -> ApplyReport
+    where
+        Self: Sized,
+    {
+        ApplyReport::default()
+    }
 }
 
 /// A chunk a file being received lacks, as offered to the sender.
@@ -192,6 +208,8 @@ pub struct ApplyReport {
     pub meta_kept: u64,
     /// Files left as they were because of a problem with that file alone.
     pub failed: Vec<FailedEntry>,
+    /// What the history store cost, for a store that reports it.
+    pub store: Option<msg::StoreCosts>,
 }
 
 /// A file the plan could not apply, with the reason.

@@ -17,6 +17,7 @@ use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 use crate::patch::Signature;
 use crate::plan::{Op, PlanOptions};
+use xfer_protocol::{Kind, Message};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
@@ -315,5 +316,79 @@ proptest! {
     fn a_walked_source_makes_the_tree_the_source(source in model_strategy(), dest in model_strategy(), kept in 0usize..3) {
         let after = push_walked(&source, dest, kept);
         prop_assert_eq!(after, source);
+    }
+}
+
+/// A receiver holding `tree`, reporting `costs` as its store's at the end.
+fn costly_receiver(tree: MemTree, costs: xfer_protocol::msg::StoreCosts) -> Receiver<MemTree> {
+    let mut tree = Some(MemTree { report: ApplyReport { store: Some(costs), ..ApplyReport::default() }, ..tree });
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        tree.take().ok_or_else(|| SessionError::Protocol("opened twice".into()))
+    }));
+    receiver.offer_store_costs();
+    receiver
+}
+
+/// `StoreCosts` and `DryRun` are used only when both sides offered their
+/// feature bits: a client that offers none (an older one) gets neither
+/// the report nor a refusal of its `Done`, and cannot end with `DryRun`.
+#[test]
+fn feature_messages_need_both_sides() {
+    use xfer_protocol::msg;
+    let costs = msg::StoreCosts { puts: 7, bytes_put: 70, ..msg::StoreCosts::default() };
+    let hello = |features| {
+        Message::Hello(msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features, agent: "old".into() })
+    };
+    let open = Message::Open(msg::Open {
+        direction: msg::Direction::Push,
+        path: Vec::new(),
+        delete: false,
+        checksum: false,
+        remembered_root: None,
+        tags: Vec::new(),
+        at: None,
+        source_host: String::new(),
+        source_path: String::new(),
+        forget: Vec::new(),
+    });
+    let drain =
+        |r: &mut Receiver<MemTree>| std::iter::from_fn(|| r.poll_transmit()).map(|m| m.kind()).collect::<Vec<_>>();
+
+    let mut old = costly_receiver(MemTree::default(), costs);
+    old.handle(hello(0)).unwrap();
+    old.handle(open.clone()).unwrap();
+    drain(&mut old);
+    old.handle(Message::Done(msg::Done)).unwrap();
+    assert_eq!(drain(&mut old), [Kind::Summary], "StoreCosts sent to a client that did not offer it");
+
+    let mut old = costly_receiver(MemTree::default(), costs);
+    old.handle(hello(0)).unwrap();
+    old.handle(open).unwrap();
+    assert!(old.handle(Message::DryRun(msg::DryRun)).is_err(), "DryRun taken from a client that did not offer it");
+
+    // Both offer: a push is told the costs; a dry run records nothing
+    // (the destination is never finished) and is told them too.
+    let mut source = Model::new();
+    source.insert(rel("f"), Node::File(vec![3; 50_000]));
+    for dry_run in [false, true] {
+        let mut config = SenderConfig::new(
+            manifest_of(&source),
+            ModelReader(source.clone()),
+            Encoder::new(Compression::Auto).unwrap(),
+        );
+        config.dry_run = dry_run;
+        let mut sender = Sender::new(config);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut receiver = costly_receiver(MemTree { done: Some(tx), ..MemTree::default() }, costs);
+        pair::run(&mut sender, &mut receiver).unwrap();
+        assert!(sender.is_finished() && receiver.is_finished());
+        let told = sender.store_costs().copied();
+        if dry_run {
+            assert!(rx.try_recv().is_err(), "a dry run finished (committed) the destination");
+            assert_eq!(told, Some(msg::StoreCosts::default()));
+        } else {
+            assert_eq!(rx.try_recv().unwrap(), source);
+            assert_eq!(told, Some(costs));
+        }
     }
 }

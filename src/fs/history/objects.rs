@@ -16,30 +16,14 @@ use std::time::Duration;
 
 use object_store::path::Path as Key;
 use object_store::{ClientConfigKey, ObjectStore, ObjectStoreExt, PutPayload};
-use serde::Serialize;
 
 use super::disk;
 use crate::error::{Error, IoContext, Result};
 
 /// The requests a history store made and the bytes they moved, since it
-/// was opened (a local directory counts the same operations).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Requests {
-    /// Objects written.
-    pub puts: u64,
-    /// Objects or ranges read, and size queries.
-    pub gets: u64,
-    /// Listing pages (one per 1,000 keys, as S3 pages them).
-    pub lists: u64,
-    /// Objects deleted.
-    pub deletes: u64,
-    /// Bytes written.
-    pub bytes_put: u64,
-    /// Bytes read.
-    pub bytes_got: u64,
-    /// Keys listed.
-    pub keys_listed: u64,
-}
+/// was opened (a local directory counts the same operations): the
+/// protocol's `StoreCosts`, which reports them to the client.
+pub type Requests = xfer_protocol::msg::StoreCosts;
 
 /// What a history store has cost so far, readable after the store is
 /// handed on (a session's audit record reads it at its end).

@@ -1,9 +1,14 @@
 //! A store-only destination: a push lands in the history store itself,
 //! with no mirror tree beside it. The tree a push starts from is the
 //! latest snapshot of its path; chunks go straight into packs; each file
-//! is accepted only once its chunks, read back from the store in order,
-//! hash to what the sender promised; the push ends by recording one
-//! snapshot of the tree it left.
+//! is accepted only once its chunks, in order, hash to what the sender
+//! promised; the push ends by recording one snapshot of the tree it left.
+//!
+//! That check reads the bytes it has at hand: what arrived in this push is
+//! kept for it (up to [`KEPT_BUDGET`] at a time), so a new file costs no
+//! request; only chunks the store held already, or kept past the budget,
+//! are read back, in runs of ranged reads. On a bucket those reads are
+//! billed: a changed file costs its unchanged bytes in reads.
 //!
 //! Durability order: chunks are buffered and written as packs, the packs
 //! and their index are flushed before the snapshot record is written (the
@@ -36,7 +41,7 @@ use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, Result};
 use crate::fs::history::restore::ReadAhead;
-use crate::fs::history::{History, RequestMeter, SnapshotInfo, SnapshotReader, SnapshotRecord};
+use crate::fs::history::{History, RequestMeter, Requests, SnapshotInfo, SnapshotReader, SnapshotRecord};
 use crate::hash::{ChunkId, FileHash};
 use crate::manifest::{Entry, EntryKind, Manifest, Meta, RelPath};
 use crate::patch::Signature;
@@ -86,7 +91,14 @@ struct Flight {
     digest: FileDigest,
     needs: Vec<Slot>,
     stored: Vec<bool>,
+    /// Bytes of its chunks that arrived in this push, kept for the
+    /// whole-file check so it need not read them back.
+    kept: HashMap<ChunkId, Vec<u8>>,
 }
+
+/// Bytes of arrived chunks kept, across files in flight, for their
+/// whole-file checks; past it, chunks are read back from the store.
+const KEPT_BUDGET: u64 = 64 << 20;
 
 fn need_info(need: usize, slot: &Slot) -> NeedInfo {
     NeedInfo { need, index: slot.index, offset: slot.offset, chunk: slot.chunk, signature: None }
@@ -142,6 +154,10 @@ pub struct RepoDestination {
     asked: HashMap<ChunkId, (u32, usize)>,
     /// Needs of other files waiting for an asked chunk.
     waiting: HashMap<ChunkId, Vec<(u32, usize)>>,
+    /// Bytes in the files' `kept`.
+    kept_bytes: u64,
+    /// Reads back, in runs, what a whole-file check lacks.
+    ahead: ReadAhead,
     report: ApplyReport,
     _claim: TreeClaim,
 }
@@ -170,6 +186,8 @@ impl RepoDestination {
             in_flight: HashMap::new(),
             asked: HashMap::new(),
             waiting: HashMap::new(),
+            kept_bytes: 0,
+            ahead: ReadAhead::new(),
             report: ApplyReport::default(),
             _claim: claim,
         })
@@ -343,17 +361,31 @@ impl RepoDestination {
         Ok(())
     }
 
-    /// Checks the whole-file hash of `flight` by reading its chunks back
-    /// from the store in order, one at a time.
-    fn verify(&self, flight: &Flight) -> Result<()> {
+    /// Checks the whole-file hash of `flight`: its chunks in order, those
+    /// that arrived from what was kept, the rest read back from the store.
+    fn verify(&mut self, flight: &mut Flight) -> Result<()> {
         let mismatch = || Error::FileMismatch { path: PathBuf::from(flight.path.to_string()) };
+        for chunk in flight.digest.chunks.iter().filter(|c| !flight.kept.contains_key(&c.id)) {
+            self.ahead.hint(chunk.id);
+        }
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        for chunk in &flight.digest.chunks {
-            let bytes = self
-                .history
-                .read_chunk(&chunk.id)?
-                .ok_or_else(|| Error::HistoryDamaged { path: PathBuf::from(flight.path.to_string()), chunk: chunk.id })?;
+        for (n, chunk) in flight.digest.chunks.iter().enumerate() {
+            // A chunk listed again later is needed again: take only its last use.
+            let last = !flight.digest.chunks[n + 1..].iter().any(|c| c.id == chunk.id);
+            let kept = if last { flight.kept.remove(&chunk.id) } else { flight.kept.get(&chunk.id).cloned() };
+            let bytes = match kept {
+                Some(bytes) => {
+                    if last {
+                        self.kept_bytes -= bytes.len() as u64;
+                    }
+                    bytes
+                }
+                None => self.ahead.read(&self.history, &chunk.id)?.ok_or_else(|| Error::HistoryDamaged {
+                    path: PathBuf::from(flight.path.to_string()),
+                    chunk: chunk.id,
+                })?,
+            };
             if bytes.len() != chunk.len as usize {
                 return Err(mismatch());
             }
@@ -364,6 +396,11 @@ impl RepoDestination {
             return Err(mismatch());
         }
         Ok(())
+    }
+
+    /// Lets go of what `flight` kept.
+    fn release(&mut self, flight: &Flight) {
+        self.kept_bytes -= flight.kept.values().map(|b| b.len() as u64).sum::<u64>();
     }
 
     /// The tree as it stands, as a manifest.
@@ -459,8 +496,14 @@ impl Destination for RepoDestination {
         if self.in_flight.contains_key(&file) {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         }
-        let mut flight =
-            Flight { path: path.clone(), meta: meta.clone(), digest: digest.clone(), needs: Vec::new(), stored: Vec::new() };
+        let mut flight = Flight {
+            path: path.clone(),
+            meta: meta.clone(),
+            digest: digest.clone(),
+            needs: Vec::new(),
+            stored: Vec::new(),
+            kept: HashMap::new(),
+        };
         let mut seen = HashSet::new();
         let mut asks = Vec::new();
         let mut offset = 0u64;
@@ -518,6 +561,10 @@ impl Destination for RepoDestination {
         }
         if let Some(flight) = self.in_flight.get_mut(&file) {
             flight.stored[need] = true;
+            if self.kept_bytes + bytes.len() as u64 <= KEPT_BUDGET && !flight.kept.contains_key(&chunk.id) {
+                self.kept_bytes += bytes.len() as u64;
+                flight.kept.insert(chunk.id, bytes);
+            }
         }
         if self.asked.get(&chunk.id) == Some(&(file, need)) {
             self.asked.remove(&chunk.id);
@@ -543,10 +590,12 @@ impl Destination for RepoDestination {
         if !self.file_ready(file) {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         }
-        let Some(flight) = self.in_flight.remove(&file) else {
+        let Some(mut flight) = self.in_flight.remove(&file) else {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         };
-        self.verify(&flight)?;
+        let verified = self.verify(&mut flight);
+        self.release(&flight);
+        verified?;
         let Flight { path, meta, digest, .. } = flight;
         self.check_parent(&path)?;
         self.put_entry(Entry { path, meta, kind: EntryKind::File(digest) });
@@ -556,6 +605,7 @@ impl Destination for RepoDestination {
 
     fn abandon_file(&mut self, file: u32, reason: &str) -> Vec<(u32, NeedInfo)> {
         let Some(flight) = self.in_flight.remove(&file) else { return Vec::new() };
+        self.release(&flight);
         self.report.failed.push(FailedEntry { path: flight.path.to_string(), error: reason.to_string() });
         for waiters in self.waiting.values_mut() {
             waiters.retain(|&(f, _)| f != file);
@@ -592,7 +642,12 @@ impl Destination for RepoDestination {
         let partial = !complete || !self.report.failed.is_empty();
         self.record(partial)?;
         self.report.batches_committed += 1;
+        self.report.store = Some(self.history.requests());
         Ok(std::mem::take(&mut self.report))
+    }
+
+    fn discard(self) -> ApplyReport {
+        ApplyReport { store: Some(self.history.requests()), ..ApplyReport::default() }
     }
 }
 
@@ -634,6 +689,10 @@ impl<H: Borrow<History>> ChunkReader for StoreReader<H> {
     fn prefetch(&mut self, chunk: ChunkRef) {
         self.ahead.hint(chunk.id);
     }
+
+    fn store_costs(&self) -> Option<Requests> {
+        Some(self.history.borrow().requests())
+    }
 }
 
 /// Where a pull of a snapshot reads its chunks: the history then the
@@ -669,6 +728,13 @@ impl ChunkReader for SnapshotSource {
         match self {
             SnapshotSource::Mirror(reader) => reader.prefetch(chunk),
             SnapshotSource::Store(reader) => reader.prefetch(chunk),
+        }
+    }
+
+    fn store_costs(&self) -> Option<Requests> {
+        match self {
+            SnapshotSource::Mirror(_) => None,
+            SnapshotSource::Store(reader) => reader.store_costs(),
         }
     }
 }
@@ -740,5 +806,9 @@ impl Destination for ServedStore {
 
     fn finish(self, complete: bool) -> Result<ApplyReport> {
         either!(self, d => (*d).finish(complete))
+    }
+
+    fn discard(self) -> ApplyReport {
+        either!(self, d => (*d).discard())
     }
 }

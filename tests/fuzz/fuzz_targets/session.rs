@@ -1199,7 +1199,7 @@ fuzz_target!(|input: Input| {
         let Some(Message::Open(open)) = receiver.poll_transmit() else { panic!("a pull opens with Open") };
         let mut config = SenderConfig::new(source_manifest, source.clone(), encoder());
         config.plan = PlanOptions { delete: open.delete, protect: None, ..Default::default() };
-        let sender = Sender::respond(config, open.remembered_root);
+        let sender = Sender::respond(config, 0, open.remembered_root);
         (sender, receiver)
     } else {
         let remembered = input.remembered.then(|| {

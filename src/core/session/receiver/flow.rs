@@ -10,13 +10,14 @@ use crate::codec::{Codec, EncodedChunk};
 use crate::manifest::{EntryKind, Meta, RelPath};
 use crate::plan::Op;
 use crate::progress::{Change, Event};
-use crate::session::destination::{Destination, EntryError, Put};
+use crate::session::destination::{ApplyReport, Destination, EntryError, Put};
 use crate::session::{protocol, SessionError};
 
 use super::{FileNeeds, OpenNeed, Queued, Receiver, State, MAX_HELD_CHUNK_REFS};
 
 impl<D: Destination> Receiver<D> {
     pub(super) fn enqueue(&mut self, queued: Queued) -> Result<(), SessionError> {
+        self.changes_sent = true;
         if self.delete_limit.is_some() {
             // A type change replaces the entry in one step, with no
             // `Delete`: what it removes is charged all the same.
@@ -334,6 +335,25 @@ impl<D: Destination> Receiver<D> {
         // The store's failures are files abandoned here, each already in
         // `failed` (it has none in flight: every file here is done).
         let report = rx.finish(true).map_err(SessionError::local)?;
+        self.report(&report);
+        Ok(())
+    }
+
+    /// The end of a dry run (`DryRun`): nothing was sent to apply, and
+    /// nothing is recorded.
+    pub(super) fn discard(&mut self) -> Result<(), SessionError> {
+        if self.changes_sent || self.partial.is_some() {
+            return Err(protocol("DryRun after entry changes"));
+        }
+        let Some(rx) = self.rx.take() else { return Err(protocol("no destination is open")) };
+        let report = rx.discard();
+        self.report(&report);
+        Ok(())
+    }
+
+    /// Queues the summary of `report` (the server's store costs first, in
+    /// a push whose client takes them) and ends or awaits the costs.
+    fn report(&mut self, report: &ApplyReport) {
         let summary = msg::Summary {
             files_written: report.files_written,
             dirs_created: self.counts.dirs,
@@ -349,8 +369,13 @@ impl<D: Destination> Receiver<D> {
             meta_kept: report.meta_kept,
         };
         self.summary = Some(summary);
+        // The server's costs come before its summary in a push, after the
+        // client's in a pull (the sender then still reads for it).
+        let pulled = !self.offer_store_costs;
+        if self.costs_agreed && !pulled {
+            self.outbox.push_back(Message::StoreCosts(report.store.unwrap_or_default()));
+        }
         self.outbox.push_back(Message::Summary(summary));
-        self.state = State::Finished;
-        Ok(())
+        self.state = if self.costs_agreed && pulled { State::AwaitingCosts } else { State::Finished };
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::CloseCode;
+use xfer_protocol::{CloseCode, FEATURE_DRY_RUN, FEATURE_STORE_COSTS, KNOWN_FEATURES};
 
 use super::destination::{Destination, FailedEntry, NeedInfo};
 use super::window::Limits;
@@ -73,6 +73,8 @@ enum State {
     Asking,
     Greeting,
     Open,
+    /// A pull's summary sent: waiting for the server's `StoreCosts`.
+    AwaitingCosts,
     Finished,
 }
 
@@ -169,6 +171,16 @@ pub struct Receiver<D> {
     held_parents: HashSet<RelPath>,
     /// The sender's tree is empty (from `Opened`).
     source_empty: bool,
+    /// The server of a push offers to report its store's costs.
+    offer_store_costs: bool,
+    /// Both sides offered `FEATURE_STORE_COSTS` (see the sender's field).
+    costs_agreed: bool,
+    /// What the server's store cost a pull, as it reported.
+    store_costs: Option<msg::StoreCosts>,
+    /// Both sides offered `FEATURE_DRY_RUN`: a dry run ends with `DryRun`.
+    dry_run_agreed: bool,
+    /// An entry change arrived (a `DryRun` after one is refused).
+    changes_sent: bool,
 }
 
 #[derive(Default)]
@@ -212,7 +224,24 @@ impl<D: Destination> Receiver<D> {
             held: Vec::new(),
             held_parents: HashSet::new(),
             source_empty: false,
+            offer_store_costs: false,
+            costs_agreed: false,
+            store_costs: None,
+            dry_run_agreed: false,
+            changes_sent: false,
         }
+    }
+
+    /// Offers to report what the destination's history store cost the
+    /// push (`StoreCosts`, from [`ApplyReport::store`]), if the client
+    /// takes it. Call before the first message is handled.
+    pub fn offer_store_costs(&mut self) {
+        self.offer_store_costs = true;
+    }
+
+    /// What the server's history store cost a pull, if it reported it.
+    pub fn store_costs(&self) -> Option<&msg::StoreCosts> {
+        self.store_costs.as_ref()
     }
 
     /// The receiver of a pull, on the client: asks the server for `path` and
@@ -225,7 +254,7 @@ impl<D: Destination> Receiver<D> {
             Receiver::new(Box::new(|_: &OpenRequest| Err(protocol("this side asked; it opens nothing"))));
         receiver.tree = store.refresh(checksum).map_err(SessionError::local)?.tree();
         let root = receiver.tree.root().0;
-        receiver.outbox.push_back(super::sender::hello());
+        receiver.outbox.push_back(super::sender::hello(KNOWN_FEATURES));
         receiver.outbox.push_back(Message::Open(msg::Open {
             direction: msg::Direction::Pull,
             path,
@@ -387,7 +416,9 @@ impl<D: Destination> Receiver<D> {
             (State::Greeting, Message::Hello(hello)) => self.greet(&hello),
             (State::Greeting, Message::Open(open)) => self.open(open),
             (State::Asking, Message::Hello(hello)) => {
-                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)
+                xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
+                self.costs_agreed = hello.features & KNOWN_FEATURES & FEATURE_STORE_COSTS != 0;
+                Ok(())
             }
             (State::Asking, Message::Opened(opened)) => {
                 self.opened(&opened);
@@ -406,13 +437,22 @@ impl<D: Destination> Receiver<D> {
             (State::Open, Message::RefineRequest(refine)) => self.refine(refine),
             (State::Open, Message::FileFailed(failed)) => self.file_failed(failed),
             (State::Open, Message::Done(_)) => self.sender_done(),
+            (State::Open, Message::DryRun(_)) if self.dry_run_agreed => self.discard(),
+            (State::AwaitingCosts, Message::StoreCosts(costs)) => {
+                self.store_costs = Some(costs);
+                self.state = State::Finished;
+                Ok(())
+            }
             (state, message) => Err(unexpected(state, &message)),
         }
     }
 
     fn greet(&mut self, hello: &msg::Hello) -> Result<(), SessionError> {
         xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
-        self.outbox.push_back(super::sender::hello());
+        let offered = FEATURE_DRY_RUN | if self.offer_store_costs { FEATURE_STORE_COSTS } else { 0 };
+        self.costs_agreed = offered & hello.features & FEATURE_STORE_COSTS != 0;
+        self.dry_run_agreed = hello.features & FEATURE_DRY_RUN != 0;
+        self.outbox.push_back(super::sender::hello(offered));
         Ok(())
     }
 
@@ -580,6 +620,7 @@ fn unexpected(state: State, message: &Message) -> SessionError {
             State::Asking => "waiting for Opened",
             State::Greeting => "waiting for Open",
             State::Open => "receiving",
+            State::AwaitingCosts => "waiting for the store's costs",
             State::Finished => "finished",
         },
     }

@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::{MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION};
+use xfer_protocol::{
+    FEATURE_DRY_RUN, FEATURE_STORE_COSTS, KNOWN_FEATURES, MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION,
+};
 
 use super::destination::{ChunkReader, FailedEntry};
 use super::SessionError;
@@ -65,6 +67,10 @@ pub struct SenderConfig<R> {
     /// snapshot restored without holding its manifest. Its plan is sent as
     /// it is made; [`Sender::ops`] is then empty.
     pub walked: Option<WalkedSource>,
+    /// A pull's server: offer to report what its history store cost the
+    /// session (`StoreCosts`, read from the reader once the client's
+    /// summary is in). A pushing client always accepts the report.
+    pub offer_store_costs: bool,
 }
 
 impl<R> SenderConfig<R> {
@@ -86,6 +92,7 @@ impl<R> SenderConfig<R> {
             source_path: String::new(),
             progress: ProgressSink::default(),
             walked: None,
+            offer_store_costs: false,
         }
     }
 }
@@ -163,6 +170,17 @@ pub struct Sender<R> {
     dest: Arc<Manifest>,
     deltas: HashMap<(u32, u32), (PendingDelta, Vec<u8>)>,
     summary: Option<msg::Summary>,
+    /// Both sides offered `FEATURE_STORE_COSTS`: the server reports the
+    /// store's costs (a push's receiver before `Summary`, a pull's sender
+    /// after it).
+    costs_agreed: bool,
+    /// A pull's server offered the report (it learns the client's offer
+    /// from `respond`).
+    offer_store_costs: bool,
+    /// What the server's store cost, as it reported.
+    store_costs: Option<msg::StoreCosts>,
+    /// The receiver takes `DryRun` (`FEATURE_DRY_RUN`) to end a dry run.
+    dry_run_agreed: bool,
     /// Files this side gave up on (their source changed while read).
     failed: Vec<FailedEntry>,
     /// Source entries the plan could not apply, and why.
@@ -191,12 +209,23 @@ impl<R: ChunkReader> Sender<R> {
             source_path: std::mem::take(&mut config.source_path),
             forget: Vec::new(),
         });
-        Sender::with_outbox(config, VecDeque::from([hello(), open]))
+        Sender::with_outbox(config, VecDeque::from([hello(KNOWN_FEATURES), open]))
     }
 
     fn with_outbox(config: SenderConfig<R>, outbox: VecDeque<Message>) -> Self {
-        let SenderConfig { source, reader, encoder, plan, remembered, dry_run, delete_limit, progress, walked, .. } =
-            config;
+        let SenderConfig {
+            source,
+            reader,
+            encoder,
+            plan,
+            remembered,
+            dry_run,
+            delete_limit,
+            progress,
+            walked,
+            offer_store_costs,
+            ..
+        } = config;
         let tree = source.tree();
         Sender {
             state: State::Opening,
@@ -222,6 +251,10 @@ impl<R: ChunkReader> Sender<R> {
             dest: Arc::default(),
             deltas: HashMap::new(),
             summary: None,
+            costs_agreed: false,
+            offer_store_costs,
+            store_costs: None,
+            dry_run_agreed: false,
             failed: Vec::new(),
             skipped: Vec::new(),
             progress,
@@ -234,14 +267,16 @@ impl<R: ChunkReader> Sender<R> {
     /// The sender of a pull, on the server: answers the client's `Hello` and
     /// `Open` (already read by the transport) for `config.source` (its
     /// path, checksum, tags and remembered tree are the client's business
-    /// and unused). `receiver_root` is the client's root from `Open`: equal
-    /// trees end the session at once, otherwise the sender compares
-    /// top-down.
-    pub fn respond(mut config: SenderConfig<R>, receiver_root: Option<[u8; 32]>) -> Self {
+    /// and unused). `client_features` are the bits of the client's `Hello`.
+    /// `receiver_root` is the client's root from `Open`: equal trees end
+    /// the session at once, otherwise the sender compares top-down.
+    pub fn respond(mut config: SenderConfig<R>, client_features: u64, receiver_root: Option<[u8; 32]>) -> Self {
         config.remembered = None;
         let root = config.walked.as_ref().map_or_else(|| config.source.tree().root().0, |w| w.root.0);
         let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
-        let mut sender = Sender::with_outbox(config, VecDeque::from([hello(), opened]));
+        let offered = if config.offer_store_costs { FEATURE_STORE_COSTS } else { 0 };
+        let mut sender = Sender::with_outbox(config, VecDeque::from([hello(offered), opened]));
+        sender.costs_agreed = offered & client_features != 0;
         // The same decision as a push client's on `Opened`, with the
         // receiver's root from its `Open` (no root: compare top-down).
         let receiver = msg::Opened { root: receiver_root.unwrap_or_default(), remembered: false };
@@ -291,7 +326,13 @@ impl<R: ChunkReader> Sender<R> {
         match next {
             Ok(Some((n, op))) => self.queue_op(n, &op),
             Ok(None) => {
-                self.outbox.push_back(Message::Done(msg::Done));
+                // A dry run's receiver that knows it records nothing.
+                let end = if self.dry_run && self.dry_run_agreed {
+                    Message::DryRun(msg::DryRun)
+                } else {
+                    Message::Done(msg::Done)
+                };
+                self.outbox.push_back(end);
                 self.state = State::AwaitingSummary;
             }
             Err(e) => {
@@ -348,6 +389,11 @@ impl<R: ChunkReader> Sender<R> {
         self.summary.as_ref()
     }
 
+    /// What the server's history store cost a push, if it reported it.
+    pub fn store_costs(&self) -> Option<&msg::StoreCosts> {
+        self.store_costs.as_ref()
+    }
+
     /// The plan's steps (after the comparison; empty for a walked source,
     /// whose plan is made as it is sent).
     pub fn ops(&self) -> &[Op] {
@@ -372,6 +418,8 @@ impl<R: ChunkReader> Sender<R> {
             }
             (State::Opening, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
+                self.costs_agreed = hello.features & KNOWN_FEATURES & FEATURE_STORE_COSTS != 0;
+                self.dry_run_agreed = hello.features & FEATURE_DRY_RUN != 0;
                 Ok(())
             }
             (State::Opening, Message::Opened(opened)) => self.opened(opened),
@@ -379,8 +427,16 @@ impl<R: ChunkReader> Sender<R> {
             (State::Comparing, Message::FileInfos(infos)) => self.file_infos(infos),
             (State::Sending | State::AwaitingSummary, Message::NeedChunk(need)) => self.need_chunk(need),
             (State::Sending | State::AwaitingSummary, Message::FineSignatures(fine)) => self.fine_signatures(fine),
+            (State::AwaitingSummary, Message::StoreCosts(costs)) if self.costs_agreed && !self.offer_store_costs => {
+                self.store_costs = Some(costs);
+                Ok(())
+            }
             (State::AwaitingSummary, Message::Summary(summary)) => {
                 self.summary = Some(summary);
+                if self.costs_agreed && self.offer_store_costs {
+                    let costs = self.reader.store_costs().unwrap_or_default();
+                    self.outbox.push_back(Message::StoreCosts(costs));
+                }
                 self.state = State::Finished;
                 Ok(())
             }
@@ -550,9 +606,9 @@ fn write_sizes(ops: &[Op]) -> (u64, u64) {
     (sizes.clone().count() as u64, sizes.sum())
 }
 
-/// This side's `Hello`.
-pub fn hello() -> Message {
-    Message::Hello(msg::Hello { version: PROTOCOL_VERSION, features: 0, agent: super::AGENT.into() })
+/// This side's `Hello`, offering the feature bits `features`.
+pub fn hello(features: u64) -> Message {
+    Message::Hello(msg::Hello { version: PROTOCOL_VERSION, features, agent: super::AGENT.into() })
 }
 
 /// Entries an edit list puts in one message (edits plus new references).

@@ -191,3 +191,40 @@ proptest! {
         }
     }
 }
+
+/// A restore walks its snapshot more than once: the tree blobs a walk
+/// read are kept for the next (within the budget), so on a bucket the
+/// walks after the first cost no requests; with no budget each costs as
+/// much as the first.
+#[test]
+fn later_walks_of_a_snapshot_read_no_tree_blobs_again() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let mut history = History::open_url(&format!("memory:walks-{}-{nanos}", std::process::id())).unwrap();
+    let mut entries = Vec::new();
+    for d in 0..40 {
+        let dir = RelPath::new(format!("d{d:02}")).unwrap();
+        entries.push(Entry { path: dir.clone(), meta: meta(0o755, 1), kind: EntryKind::Dir });
+        for f in 0..5 {
+            let digest = digest_bytes(format!("{d}/{f}").as_bytes());
+            let path = RelPath::new(format!("d{d:02}/f{f}")).unwrap();
+            entries.push(Entry { path, meta: meta(0o644, 1), kind: EntryKind::File(digest) });
+        }
+    }
+    let manifest = Manifest::new(entries).unwrap();
+    let info = SnapshotInfo { tree: "/".into(), client: "xfer:test".into(), ..SnapshotInfo::default() };
+    let record = history.record_snapshot(&manifest, &info).unwrap();
+    let history = Arc::new(history);
+    let walk_gets = |tree: &SnapshotTree| {
+        let before = history.requests().gets;
+        assert_eq!(tree.entries_in(&RelPath::root()).count(), manifest.len());
+        history.requests().gets - before
+    };
+    let cached = SnapshotTree::new(Arc::clone(&history), &record, RelPath::root()).unwrap();
+    let first = walk_gets(&cached);
+    assert!(first >= 1, "the first walk read nothing");
+    assert_eq!(walk_gets(&cached), 0, "the second walk read tree blobs again");
+    let uncached = SnapshotTree::with_cache(Arc::clone(&history), &record, RelPath::root(), 0).unwrap();
+    let (once, again) = (walk_gets(&uncached), walk_gets(&uncached));
+    assert_eq!(once, again);
+    assert!(once >= first);
+}

@@ -339,18 +339,17 @@ fn feature_messages_need_both_sides() {
     let hello = |features| {
         Message::Hello(msg::Hello { version: xfer_protocol::PROTOCOL_VERSION, features, agent: "old".into() })
     };
-    let open = Message::Open(msg::Open {
-        direction: msg::Direction::Push,
-        path: Vec::new(),
-        delete: false,
-        checksum: false,
-        remembered_root: None,
-        tags: Vec::new(),
-        at: None,
-        source_host: String::new(),
-        source_path: String::new(),
-        forget: Vec::new(),
-    });
+    // A push's `Open`, as a sender makes it.
+    let mut source = Model::new();
+    source.insert(rel("f"), Node::File(vec![3; 50_000]));
+    let config = |dry_run: bool| {
+        let encoder = Encoder::new(Compression::Auto).unwrap();
+        let mut config = SenderConfig::new(manifest_of(&source), ModelReader(source.clone()), encoder);
+        config.dry_run = dry_run;
+        config
+    };
+    let mut opening = Sender::new(config(false));
+    let (_hello, open) = (opening.poll_transmit(), opening.poll_transmit().unwrap());
     let drain =
         |r: &mut Receiver<MemTree>| std::iter::from_fn(|| r.poll_transmit()).map(|m| m.kind()).collect::<Vec<_>>();
 
@@ -368,16 +367,8 @@ fn feature_messages_need_both_sides() {
 
     // Both offer: a push is told the costs; a dry run records nothing
     // (the destination is never finished) and is told them too.
-    let mut source = Model::new();
-    source.insert(rel("f"), Node::File(vec![3; 50_000]));
     for dry_run in [false, true] {
-        let mut config = SenderConfig::new(
-            manifest_of(&source),
-            ModelReader(source.clone()),
-            Encoder::new(Compression::Auto).unwrap(),
-        );
-        config.dry_run = dry_run;
-        let mut sender = Sender::new(config);
+        let mut sender = Sender::new(config(dry_run));
         let (tx, rx) = std::sync::mpsc::channel();
         let mut receiver = costly_receiver(MemTree { done: Some(tx), ..MemTree::default() }, costs);
         pair::run(&mut sender, &mut receiver).unwrap();

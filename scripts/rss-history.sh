@@ -30,27 +30,18 @@
 # unless KEEP=1 (removing a million files takes a while too). Per-night
 # figures go to $dir/nights.log (and stdout).
 #
-# Measured 2026-12-07 on main 0970429 (2 shared cores, nice 19; MiB):
+# Measured 2026-12-07 on main 2b7b162 (release, 2 shared cores beside a CI
+# run, nice 5; MiB; the run before restores were streamed, 0970429, had the
+# server at 1020 MiB for the whole restore and 119 MiB for the flat one):
 #   N=1000000 NIGHTS=30       client  server    wall s
-#   push night 1                1025     400      1054
-#   push night 30                921     836        62
-#   snapshots                      9      19       0.4
-#   pull --at night1 (all)        63    1020       519
-#   pull --at latest (flat dir)   46     119        47
-#   forget --keep-last 15          9      19       0.6
-#   prune (phase one)              9     116        85
-#   prune (phase two)              9     116        54
-#
-# The restores streamed (the server walks the snapshot's tree blobs and
-# sends the plan as it is made), against main's on the same history,
-# N=200000 NIGHTS=2, RSS_ONLY=restore RSS_REUSE=1 (MiB):
-#                                     client  server    wall s
-#   pull --at night1 (all), before      58.4   212.9     470.7
-#   pull --at night1 (all), streamed    59.3    46.2      65.1
-#   pull --at latest (flat), before     30.6    32.7      37.2
-#   pull --at latest (flat), streamed   31.5    24.3       4.6
-# and at N=50000: pull --at night1 (all), streamed: server 40.4 MiB (the
-# history index and the writes kept, 32,768 at most, are most of it).
+#   push night 1                 924     404      1671
+#   push night 30                923     838        26
+#   snapshots                     11      22       0.1
+#   pull --at night1 (all)        64     107       470
+#   pull --at latest (flat dir)   48      54       105
+#   forget --keep-last 15         11      22         2
+#   prune (phase one)             11     120       106
+#   prune (phase two)             11     118        69
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}

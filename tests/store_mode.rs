@@ -550,6 +550,35 @@ fn naming_chunks_of_another(store: &str) {
     assert!(held("/b", "xfer:b", false).iter().all(|&h| !h));
 }
 
+/// Every push leaves a list of the chunks its client sent, and every push
+/// start reads them all: past a few dozen they are merged into one, and the
+/// client's chunks all still count as its own.
+#[test]
+fn a_clients_chunk_lists_are_merged_as_they_pile_up() {
+    let tmp = TempDir::new().unwrap();
+    let store = tmp.path().join("store");
+    let url = store.to_str().unwrap();
+    let mut ids = Vec::new();
+    for night in 0..40u64 {
+        let data = seeded(20_000, 7000 + night);
+        ids.extend(digest_bytes(&data).chunks.iter().map(|c| c.id));
+        push_file(url, &format!("/t{night}"), "xfer:a", &data);
+    }
+    let lists = || {
+        let owners = fs::read_dir(store.join("owners")).unwrap().next().unwrap().unwrap().path();
+        fs::read_dir(owners).unwrap().count()
+    };
+    assert!(lists() <= 17, "{} lists after 40 pushes", lists());
+    // A push to a new tree is spared every chunk the client ever sent.
+    let mut dest = repo_of(url, "/elsewhere", "xfer:a");
+    dest.refresh(false).unwrap();
+    assert!(dest.has_chunks(&ids).unwrap().iter().all(|&held| held), "a merged list lost chunks");
+    drop(dest);
+    let mut other = repo_of(url, "/elsewhere", "xfer:b");
+    other.refresh(false).unwrap();
+    assert!(other.has_chunks(&ids).unwrap().iter().all(|&held| !held), "another client got them");
+}
+
 /// Pushes `data` as file `f` of `/` through a fresh destination on the
 /// object store `url` (packs of 1 MiB); what checking the file read back.
 fn push_and_count_reads(url: &str, data: &[u8]) -> (u64, u64, usize) {

@@ -764,12 +764,13 @@ impl History {
         Ok(name)
     }
 
-    /// Hands each object under `sub` (none if there are none) to `each`,
-    /// one at a time, once checked against its name and `max` bytes.
+    /// Hands each object under `sub` (none if there are none) to `each`
+    /// with its name, one at a time, once checked against its name and
+    /// `max` bytes.
     ///
     /// # Errors
     /// An unreadable, oversized or damaged object; `each`'s error.
-    pub fn each_named(&self, sub: &str, max: u64, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    pub fn each_named(&self, sub: &str, max: u64, mut each: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
         self.check_sub(sub)?;
         for listed in self.objects.list(sub)? {
             // None: removed since the listing.
@@ -778,9 +779,23 @@ impl History {
                 let reason = "the object does not match its name (damaged)".to_string();
                 return Err(Error::HistoryConfig { path: self.objects.label(&listed.key), reason });
             }
-            each(&bytes)?;
+            each(&listed.name, &bytes)?;
         }
         Ok(())
+    }
+
+    /// Deletes the object `name` under `sub` (gone already is no error).
+    ///
+    /// # Errors
+    /// A `sub` or `name` that is not a plain name; failures deleting.
+    pub fn delete_named(&self, sub: &str, name: &str) -> Result<()> {
+        self.check_sub(sub)?;
+        self.check_sub(name)?;
+        if name.contains('/') {
+            let reason = format!("{name:?} is not an object name");
+            return Err(Error::HistoryConfig { path: self.dir.clone(), reason });
+        }
+        self.objects.delete(&format!("{sub}/{name}"))
     }
 
     /// Refuses a prefix that is not plain names.

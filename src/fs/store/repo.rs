@@ -112,21 +112,56 @@ fn owners_dir(client: &str) -> String {
     format!("owners/{}", &blake3::hash(client.as_bytes()).to_hex()[..32])
 }
 
+/// Owner lists of one client past which a push start merges them into
+/// one: each push leaves at least one, and every push start reads them all.
+const MERGE_OWNER_LISTS: usize = 16;
+
 /// The chunks `client` sent in earlier pushes, sorted; what cannot be read
-/// is left out (the client then sends it again).
+/// is left out (the client then sends it again). Past
+/// [`MERGE_OWNER_LISTS`] lists, they are merged.
 fn load_owned(history: &History, client: &str) -> Vec<[u8; 32]> {
     let mut owned = Vec::new();
+    let mut names = Vec::new();
     let max = (OWNED_PER_OBJECT * 32) as u64;
-    let loaded = history.each_named(&owners_dir(client), max, |bytes| {
+    let loaded = history.each_named(&owners_dir(client), max, |name, bytes| {
+        names.push(name.to_string());
         owned.extend(bytes.chunks_exact(32).filter_map(|id| <[u8; 32]>::try_from(id).ok()));
         Ok(())
     });
-    if let Err(e) = loaded {
+    if let Err(e) = &loaded {
         tracing::warn!(%client, error = %e, "a list of the client's chunks is unreadable; it sends them again");
     }
     owned.sort_unstable();
     owned.dedup();
+    if loaded.is_ok() && names.len() > MERGE_OWNER_LISTS {
+        merge_owned(history, client, &owned, &names);
+    }
     owned
+}
+
+/// Replaces the lists `names` of `client` by lists of `owned` (all they
+/// held): the new ones are written first, so a reader finds each id in one
+/// or the other, or, having listed the old names just before they went,
+/// misses some and has the client send them again (never more than that:
+/// a list only spares sends). A failure leaves the old lists.
+fn merge_owned(history: &History, client: &str, owned: &[[u8; 32]], names: &[String]) {
+    let dir = owners_dir(client);
+    let mut kept = HashSet::new();
+    for part in owned.chunks(OWNED_PER_OBJECT) {
+        match history.put_named(&dir, &part.concat()) {
+            Ok(name) => kept.insert(name),
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "could not merge the lists of the client's chunks");
+                return;
+            }
+        };
+    }
+    for name in names.iter().filter(|n| !kept.contains(*n)) {
+        if let Err(e) = history.delete_named(&dir, name) {
+            tracing::warn!(%client, error = %e, "could not remove a merged list of the client's chunks");
+            return;
+        }
+    }
 }
 
 /// A push into the history store alone (see the module's comment).

@@ -186,6 +186,9 @@ fn doomed_pack_reinstated(store: &Store) {
     let again = writer.record_snapshot(&snaps[0].1.manifest, &info("/site", 9000)).unwrap();
     assert_eq!(pruner.pack_bytes().unwrap(), bytes, "the writer wrote no new pack");
     drop(writer);
+    // Restorable at once, from the doomed pack, not only once a later
+    // prune has put it back.
+    assert_restores(&store.open(), &again, &snaps[0].1);
     let report = pruner.prune().unwrap();
     assert_eq!((report.packs_reinstated, report.packs_deleted), (1, 0));
     drop(pruner);

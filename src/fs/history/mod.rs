@@ -210,7 +210,12 @@ pub struct History {
     /// Snapshot records read so far, by id: they never change. Shared by
     /// every `History` of this store in the process ([`record_cache`]).
     records: Arc<Mutex<HashMap<String, SnapshotRecord>>>,
+    /// The blobs of doomed packs, read at the first blob the index lacks.
+    doomed: Mutex<Option<Arc<DoomedBlobs>>>,
 }
+
+/// Where each blob of the doomed packs sits: its pack and entry.
+type DoomedBlobs = HashMap<ChunkId, ([u8; 32], PackEntry)>;
 
 /// Records per store, by the store's label (its directory or URL).
 type RecordCaches = HashMap<PathBuf, Arc<Mutex<HashMap<String, SnapshotRecord>>>>;
@@ -281,6 +286,7 @@ impl History {
         };
         Ok(History {
             records: record_cache(&dir),
+            doomed: Mutex::default(),
             index_cache,
             dir,
             objects,
@@ -460,7 +466,25 @@ impl History {
         if let Some((entry, body)) = self.pending.get(id) {
             return entry.open(body).map(Some).map_err(|e| self.format_error(e));
         }
-        self.blob_from(&self.index, id)
+        match self.blob_from(&self.index, id)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.blob_from_doomed(id),
+        }
+    }
+
+    /// Blob `id` from a pack a prune doomed, if one holds it (see
+    /// [`prune::doomed_blobs`]); the doomed packs are read once.
+    fn blob_from_doomed(&self, id: &ChunkId) -> Result<Option<Vec<u8>>> {
+        let doomed = {
+            let mut slot = self.doomed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &*slot {
+                Some(doomed) => Arc::clone(doomed),
+                None => Arc::clone(slot.insert(Arc::new(prune::doomed_blobs(self)?))),
+            }
+        };
+        let Some((pack, entry)) = doomed.get(id) else { return Ok(None) };
+        let body = self.read_body(pack, entry)?;
+        self.open_entry(pack, entry, &body).map(Some)
     }
 
     /// Blob `id` as `index` places it, verified.

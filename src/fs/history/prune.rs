@@ -27,7 +27,7 @@ use super::{disk, pack_key, History, PruneReport};
 use crate::error::{Error, Result};
 use crate::hash::ChunkId;
 use crate::history::index::IndexedPack;
-use crate::history::pack::{decode_header, header_len, TRAILER_LEN};
+use crate::history::pack::{decode_header, header_len, PackEntry, TRAILER_LEN};
 use crate::history::{hex, prune, tree, unhex32, FormatError};
 
 /// Largest doom record read (a list of pack names).
@@ -125,6 +125,21 @@ fn read_doom_records(h: &History) -> Result<Vec<(String, DoomRecord)>> {
         }
     }
     Ok(records)
+}
+
+/// Where each blob of the doomed packs no index names sits: a snapshot a
+/// writer recorded against a pack a prune doomed meanwhile (the writer's
+/// index still had it) reads its blobs there until a later prune puts the
+/// pack back.
+pub(super) fn doomed_blobs(h: &History) -> Result<HashMap<ChunkId, ([u8; 32], PackEntry)>> {
+    let mut blobs = HashMap::new();
+    for (_, record) in read_doom_records(h)? {
+        for pack in &record.packs {
+            let Some(pack) = doomed_pack(h, pack)? else { continue };
+            blobs.extend(pack.entries.into_iter().map(|entry| (entry.id, (pack.id, entry))));
+        }
+    }
+    Ok(blobs)
 }
 
 /// A doomed pack's blobs from its own header, if its file is there and no

@@ -5,7 +5,9 @@
 //! promised; the push ends by recording one snapshot of the tree it left.
 //!
 //! That check reads the bytes it has at hand: what arrived in this push is
-//! kept for it (up to [`KEPT_BUDGET`] at a time), so a new file costs no
+//! kept for it (up to [`KEPT_BUDGET`] at a time, and [`KEPT_IN_PROCESS`]
+//! for all the pushes of the process, so a node's memory does not grow with
+//! its sessions), so a new file costs no
 //! request; only chunks the store held already, or kept past the budget,
 //! are read back, in runs of ranged reads. On a bucket those reads are
 //! billed: a changed file costs its unchanged bytes in reads.
@@ -34,6 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::borrow::Borrow;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -96,9 +99,21 @@ struct Flight {
     kept: HashMap<ChunkId, Vec<u8>>,
 }
 
-/// Bytes of arrived chunks kept, across files in flight, for their
-/// whole-file checks; past it, chunks are read back from the store.
+/// Bytes of arrived chunks one push keeps, across its files in flight, for
+/// their whole-file checks; past it, chunks are read back from the store.
 const KEPT_BUDGET: u64 = 64 << 20;
+
+/// Bytes of arrived chunks all the pushes of the process keep together.
+const KEPT_IN_PROCESS: u64 = 256 << 20;
+
+/// Bytes kept now, of [`KEPT_IN_PROCESS`].
+static KEPT: AtomicU64 = AtomicU64::new(0);
+
+/// Takes `len` bytes of the process's budget, if they are free.
+fn reserve_kept(len: u64) -> bool {
+    KEPT.fetch_update(Ordering::AcqRel, Ordering::Acquire, |kept| (kept + len <= KEPT_IN_PROCESS).then_some(kept + len))
+        .is_ok()
+}
 
 fn need_info(need: usize, slot: &Slot) -> NeedInfo {
     NeedInfo { need, index: slot.index, offset: slot.offset, chunk: slot.chunk, signature: None }
@@ -189,7 +204,7 @@ pub struct RepoDestination {
     asked: HashMap<ChunkId, (u32, usize)>,
     /// Needs of other files waiting for an asked chunk.
     waiting: HashMap<ChunkId, Vec<(u32, usize)>>,
-    /// Bytes in the files' `kept`.
+    /// Bytes in the files' `kept`: this push's part of [`KEPT`].
     kept_bytes: u64,
     /// Reads back, in runs, what a whole-file check lacks.
     ahead: ReadAhead,
@@ -412,7 +427,7 @@ impl RepoDestination {
             let bytes = match kept {
                 Some(bytes) => {
                     if last {
-                        self.kept_bytes -= bytes.len() as u64;
+                        self.unkeep(bytes.len() as u64);
                     }
                     bytes
                 }
@@ -435,7 +450,13 @@ impl RepoDestination {
 
     /// Lets go of what `flight` kept.
     fn release(&mut self, flight: &Flight) {
-        self.kept_bytes -= flight.kept.values().map(|b| b.len() as u64).sum::<u64>();
+        self.unkeep(flight.kept.values().map(|b| b.len() as u64).sum::<u64>());
+    }
+
+    /// Gives `len` kept bytes back to the budget.
+    fn unkeep(&mut self, len: u64) {
+        self.kept_bytes -= len;
+        KEPT.fetch_sub(len, Ordering::AcqRel);
     }
 
     /// The tree as it stands, as a manifest.
@@ -596,7 +617,8 @@ impl Destination for RepoDestination {
         }
         if let Some(flight) = self.in_flight.get_mut(&file) {
             flight.stored[need] = true;
-            if self.kept_bytes + bytes.len() as u64 <= KEPT_BUDGET && !flight.kept.contains_key(&chunk.id) {
+            let len = bytes.len() as u64;
+            if !flight.kept.contains_key(&chunk.id) && self.kept_bytes + len <= KEPT_BUDGET && reserve_kept(len) {
                 self.kept_bytes += bytes.len() as u64;
                 flight.kept.insert(chunk.id, bytes);
             }
@@ -688,6 +710,9 @@ impl Destination for RepoDestination {
 
 impl Drop for RepoDestination {
     fn drop(&mut self) {
+        // What files still in flight kept goes back to the budget.
+        let kept = self.kept_bytes;
+        self.unkeep(kept);
         // Dropped without `finish`: keep the chunks received all the same
         // (a no-op after `finish`).
         match self.history.flush() {

@@ -24,9 +24,14 @@ const SCRATCH: usize = 32 << 10;
 fn pack_bytes(root: &Path) -> u64 {
     fn walk(dir: &Path) -> u64 {
         let Ok(entries) = fs::read_dir(dir) else { return 0 };
+        // Retention runs meanwhile: a pack its prune deletes during the
+        // walk is gone, and counts nothing.
         entries
-            .map(|e| e.unwrap())
-            .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { e.metadata().unwrap().len() })
+            .filter_map(Result::ok)
+            .map(|e| match e.file_type() {
+                Ok(kind) if kind.is_dir() => walk(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
             .sum()
     }
     walk(&root.join(".xfer/history/packs"))

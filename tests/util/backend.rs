@@ -182,9 +182,9 @@ impl Served {
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     let mut total = 0;
-    for entry in entries {
-        let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
+    // An object a prune deletes during the walk is gone: it counts nothing.
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(meta) = entry.metadata() else { continue };
         total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
     }
     total

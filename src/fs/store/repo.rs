@@ -413,33 +413,31 @@ impl RepoDestination {
 
     /// Checks the whole-file hash of `flight`: its chunks in order, those
     /// that arrived from what was kept, the rest read back from the store.
-    fn verify(&mut self, flight: &mut Flight) -> Result<()> {
+    fn verify(&mut self, flight: &Flight) -> Result<()> {
         let mismatch = || Error::FileMismatch { path: PathBuf::from(flight.path.to_string()) };
         for chunk in flight.digest.chunks.iter().filter(|c| !flight.kept.contains_key(&c.id)) {
             self.ahead.hint(chunk.id);
         }
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
-        for (n, chunk) in flight.digest.chunks.iter().enumerate() {
-            // A chunk listed again later is needed again: take only its last use.
-            let last = !flight.digest.chunks[n + 1..].iter().any(|c| c.id == chunk.id);
-            let kept = if last { flight.kept.remove(&chunk.id) } else { flight.kept.get(&chunk.id).cloned() };
-            let bytes = match kept {
-                Some(bytes) => {
-                    if last {
-                        self.unkeep(bytes.len() as u64);
-                    }
-                    bytes
+        for chunk in &flight.digest.chunks {
+            // What was kept stays until the caller releases the whole file:
+            // a chunk the list repeats is read from it each time.
+            let read;
+            let bytes: &[u8] = match flight.kept.get(&chunk.id) {
+                Some(kept) => kept,
+                None => {
+                    read = self.ahead.read(&self.history, &chunk.id)?.ok_or_else(|| Error::HistoryDamaged {
+                        path: PathBuf::from(flight.path.to_string()),
+                        chunk: chunk.id,
+                    })?;
+                    &read
                 }
-                None => self.ahead.read(&self.history, &chunk.id)?.ok_or_else(|| Error::HistoryDamaged {
-                    path: PathBuf::from(flight.path.to_string()),
-                    chunk: chunk.id,
-                })?,
             };
             if bytes.len() != chunk.len as usize {
                 return Err(mismatch());
             }
-            hasher.update(&bytes);
+            hasher.update(bytes);
             size += bytes.len() as u64;
         }
         if size != flight.digest.size || FileHash::from(hasher.finalize()) != flight.digest.hash {
@@ -647,10 +645,10 @@ impl Destination for RepoDestination {
         if !self.file_ready(file) {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         }
-        let Some(mut flight) = self.in_flight.remove(&file) else {
+        let Some(flight) = self.in_flight.remove(&file) else {
             return Err(Error::UnknownTransfer { file, need: usize::MAX });
         };
-        let verified = self.verify(&mut flight);
+        let verified = self.verify(&flight);
         self.release(&flight);
         verified?;
         let Flight { path, meta, digest, .. } = flight;

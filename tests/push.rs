@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use tempfile::TempDir;
 use xfer::codec::{Compression, Encoder};
 use xfer::filter::Filter;
-use xfer::fs::scan::{scan, ScanOptions, StatKey};
+use xfer::fs::scan::{scan, FileRecord, ScanOptions, StatKey};
 use xfer::fs::store::state::StateDb;
 use xfer::fs::store::MirrorStore;
 use xfer::manifest::{EntryKind, RelPath};
@@ -183,6 +183,67 @@ fn push_reindexes_files_edited_on_destination() {
     let stats = push(&d);
     assert_eq!(fs::read(d.dest.join("a")).unwrap(), seeded(100_000, 1));
     assert_eq!(stats.files_changed, 1);
+}
+
+/// Makes the destination's record of `name` vouch for the bytes there
+/// now, as it would after bits rotted under an unchanged stat.
+fn forge_record(d: &Dirs, name: &str) {
+    let db = fs::read_dir(d.state.join("dests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "redb"))
+        .unwrap();
+    let db = StateDb::open(&db).unwrap();
+    let record = db.file(&rel(name.as_bytes())).unwrap().unwrap();
+    let stat = StatKey::of(&fs::symlink_metadata(d.dest.join(name)).unwrap());
+    db.update(&[(rel(name.as_bytes()), FileRecord { stat, digest: record.digest })], &[]).unwrap();
+}
+
+/// A changed file is built on its old version, whose unchanged chunks are
+/// trusted by their record and checked by the whole-file hash only. Old
+/// bytes that rotted under an unchanged stat fail that hash: the new
+/// version is refused (the old file stays as it was), and the next push,
+/// no longer trusting the record, sends what the rot spoiled.
+#[test]
+fn a_version_built_on_rotted_old_bytes_is_refused_then_repaired() {
+    let d = dirs();
+    let mut data = seeded(4 << 20, 7);
+    fs::write(d.src.join("big"), &data).unwrap();
+    push(&d);
+    let on_dest = d.dest.join("big");
+    let mut rotted = fs::read(&on_dest).unwrap();
+    rotted[3 << 20] ^= 0x40;
+    fs::write(&on_dest, &rotted).unwrap();
+    forge_record(&d, "big");
+    data[100] ^= 1;
+    fs::write(d.src.join("big"), &data).unwrap();
+
+    let stats = push(&d);
+    assert!(stats.skipped.iter().any(|s| s.path == "big"), "{:?}", stats.skipped);
+    assert_eq!(fs::read(&on_dest).unwrap(), rotted, "the old version stays as it was");
+    let stats = push(&d);
+    assert!(!stats.is_partial(), "{:?}", stats.skipped);
+    assert_eq!(fs::read(&on_dest).unwrap(), data);
+}
+
+/// Building on the old version keeps every byte right where new chunks
+/// bring zeros over old data, or data over old zeros and holes.
+#[test]
+fn a_version_built_on_the_old_one_is_exact_around_zeros_and_holes() {
+    let d = dirs();
+    let mut data = seeded(6 << 20, 3);
+    data[(2 << 20)..(3 << 20)].fill(0);
+    fs::write(d.src.join("f"), &data).unwrap();
+    push(&d);
+    // Zeros over data, data over zeros, and a shorter file.
+    data[(4 << 20)..(4 << 20) + 70_000].fill(0);
+    data[(2 << 20) + 5000..(2 << 20) + 9000].fill(0xa5);
+    data.truncate((5 << 20) + 123);
+    fs::write(d.src.join("f"), &data).unwrap();
+    let stats = push(&d);
+    assert!(!stats.is_partial(), "{:?}", stats.skipped);
+    assert!(stats.chunks_reused > 0);
+    assert_eq!(fs::read(d.dest.join("f")).unwrap(), data);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
+use super::base::{kept_in_place, kept_ranges, lay_base};
 use super::batch::{exchange, Batch, Pending, Reused};
 use super::partial::{verify_at, Prior};
 use super::sparse::{copy_sparse, write_sparse, SourceReader};
@@ -53,9 +54,33 @@ pub(super) struct FileBuild {
     pub(super) digest_recorded: bool,
     /// Bytes verified since the last checkpoint.
     pub(super) unsynced: u64,
+    /// Whether chunks were laid from the old version on its record's word
+    /// (see `base`): checked by the whole-file hash only.
+    pub(super) on_old: bool,
 }
 
 impl FileBuild {
+    /// The build of `path` in `temp`, holding every chunk of `digest` but
+    /// `needs` and their `repeats`, and what filling it reused.
+    fn filled(
+        path: &RelPath,
+        temp: &Path,
+        file: File,
+        (needs, repeats): (Vec<Need>, Vec<(u64, usize, usize)>),
+        digest: &FileDigest,
+        on_old: bool,
+    ) -> Result<(FileBuild, Reused)> {
+        let id = file.metadata().map(|stat| (stat.dev(), stat.ino())).at(temp)?;
+        let missing = needs.iter().map(|n| n.chunk.len).chain(repeats.iter().map(|&(_, n, _)| needs[n].chunk.len));
+        let reused = Reused {
+            chunks: (digest.chunks.len() - needs.len() - repeats.len()) as u64,
+            bytes: digest.size.saturating_sub(missing.map(u64::from).sum::<u64>()),
+        };
+        let (path, temp, file) = (path.clone(), temp.to_path_buf(), Some(file));
+        let build = FileBuild { path, temp, file, id, needs, repeats, digest_recorded: false, unsynced: 0, on_old };
+        Ok((build, reused))
+    }
+
     /// Runs `f` on the temporary: the open one, or the temporary reopened
     /// for this call only.
     pub(super) fn with_file<T>(&self, f: impl FnOnce(&File) -> std::io::Result<T>) -> Result<T> {
@@ -136,8 +161,7 @@ impl MirrorStore {
         temp: &Path,
         prior: &Prior,
     ) -> Result<(FileBuild, Reused)> {
-        let mut reused = Reused::default();
-        file.set_len(digest.size).at(temp)?;
+        let laid = self.lay_old_version(path, digest, &file, temp, prior)?;
         let mut reader = SourceReader::default();
         let index = self.db.chunks()?;
         let mut needs: Vec<Need> = Vec::new();
@@ -156,10 +180,12 @@ impl MirrorStore {
                 repeats.push((here, need, i));
                 continue;
             }
-            if held_in_place(prior, &file, i, here, chunk) {
+            let laid_here = laid.get(i) == Some(&true);
+            if laid_here || held_in_place(prior, &file, i, here, chunk) {
                 own.entry(chunk.id).or_insert((temp.to_path_buf(), here, chunk.len));
-                reused.chunks += 1;
-                reused.bytes += u64::from(chunk.len);
+                if laid_here {
+                    anchor = Some((ChunkLoc { path: path.clone(), offset: here, len: chunk.len }, offset));
+                }
                 continue;
             }
             let lent = if let Prior::Lender(chunks) = prior { chunks.get(&chunk.id) } else { None };
@@ -171,21 +197,38 @@ impl MirrorStore {
                 }),
             };
             match local {
-                Some(bytes) => {
-                    write_sparse(&file, &bytes, here).at(temp)?;
-                    reused.chunks += 1;
-                    reused.bytes += u64::from(chunk.len);
-                }
+                Some(bytes) => write_sparse(&file, &bytes, here).at(temp)?,
                 None => {
                     needed.insert(chunk.id, needs.len());
                     needs.push(self.need(path, (i, here, chunk), anchor.as_ref(), &mut reader));
                 }
             }
         }
-        let id = file.metadata().map(|stat| (stat.dev(), stat.ino())).at(temp)?;
-        let (path, temp, file) = (path.clone(), temp.to_path_buf(), Some(file));
-        let build = FileBuild { path, temp, file, id, needs, repeats, digest_recorded: false, unsynced: 0 };
-        Ok((build, reused))
+        FileBuild::filled(path, temp, file, (needs, repeats), digest, !laid.is_empty())
+    }
+
+    /// Sizes the new temporary `file` and, building afresh on a trusted
+    /// old version of `path`, lays in the chunks that stay where they were
+    /// (see `base`). Returns which chunks were laid; empty if none.
+    fn lay_old_version(
+        &self,
+        path: &RelPath,
+        digest: &FileDigest,
+        file: &File,
+        temp: &Path,
+        prior: &Prior,
+    ) -> Result<Vec<bool>> {
+        if matches!(prior, Prior::Fresh) {
+            if let Some((old, old_digest)) = self.trusted_old(path)? {
+                let kept = kept_in_place(&old_digest, digest);
+                let ranges = kept_ranges(digest, &kept);
+                if !ranges.is_empty() && lay_base(&old, file, digest.size, &ranges).at(temp)? {
+                    return Ok(kept);
+                }
+            }
+        }
+        file.set_len(digest.size).at(temp)?;
+        Ok(Vec::new())
     }
 
     /// A need for chunk number `i` at offset `here`, with a signature of
@@ -278,6 +321,9 @@ impl MirrorStore {
             at += len as u64;
         }
         if FileHash::from(hasher.finalize()) != digest.hash {
+            if build.on_old {
+                self.distrust_old(&build.path)?;
+            }
             return Err(Error::FileMismatch { path: self.abs(&build.path) });
         }
         let applied = self.apply_meta(&build.temp, meta)?;

@@ -32,6 +32,7 @@ use crate::fs::scan::{self, is_reserved_name, IdNames, ScanOptions, TEMP_PREFIX}
 use crate::hash::ChunkId;
 use crate::manifest::{Manifest, RelPath};
 
+mod base;
 mod batch;
 mod build;
 mod keep;

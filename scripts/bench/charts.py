@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import ticker  # noqa: E402
 
 matplotlib.rcParams.update({
     "svg.hashsalt": "xfer-bench",
@@ -45,6 +46,22 @@ def wide_range(values):
     return len(positive) > 1 and max(positive) / min(positive) > 20
 
 
+def plain_log(axis):
+    """A log axis labelled 1, 2, 5, 10, 20 ... in plain numbers, not powers of ten."""
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.10g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def entries_axis(ax, sizes):
+    """Log x axis with a tick at each tree size run, labelled 10k, 1M ..."""
+    ax.set_xscale("log")
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k" for n in sizes])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xlabel("entries in the tree")
+
+
 def grouped_bars(ax, groups, tools, value, unit):
     """Bars of value(group, tool) (None: no bar), one cluster per group, one colour per tool."""
     width = 0.8 / max(len(tools), 1)
@@ -64,13 +81,15 @@ def grouped_bars(ax, groups, tools, value, unit):
     ax.set_ylabel(unit)
     if wide_range(values):
         ax.set_yscale("log")
+        plain_log(ax.yaxis)
     return values
 
 
 def header(fig, title, ax, columns, height):
     """Title and one legend for the whole figure above its panels."""
     handles, labels = ax.get_legend_handles_labels()
-    fig.suptitle(title, x=0.01, y=0.995, ha="left", va="top")
+    # Text, not suptitle: tight_layout would make room for a suptitle a second time.
+    fig.text(0.01, 1 - 0.05 / height, title, ha="left", va="top", fontsize=11)
     fig.legend(handles, labels, ncol=min(columns, 6), loc="upper left", bbox_to_anchor=(0.01, 1 - 0.3 / height),
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))
@@ -162,7 +181,7 @@ def link_charts(out_dir, rows, profiles, workloads):
             ax.set_xlim(left=0)
             ax.set_ylabel("% of the cap")
             ax.set_title(p, loc="left", fontsize=9)
-            ax.legend(loc="lower right", fontsize=8, frameon=True)
+            ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, fontsize=8, frameon=False)
         axes[-1, 0].set_xlabel("seconds since the push started")
         fig.suptitle(f"Link use during the first push, {w} (100 ms samples of bytes delivered to the server)",
                      x=0.01, ha="left")
@@ -180,6 +199,7 @@ def entries_charts(out_dir, rows, rss_target_mib):
         return []
     tools = [t for t in COLOURS if any(r["tool"] == t for r in rows)]
     phases = [p for p in ENTRY_PHASES if any(r["phase"] == p for r in rows)]
+    sizes = sorted({r["entries"] for r in rows})
 
     def series(tool, phase, value):
         pts = sorted((r["entries"], value(r)) for r in rows
@@ -195,10 +215,10 @@ def entries_charts(out_dir, rows, rss_target_mib):
                 if xs:
                     ax.plot(xs, ys, style, marker="o", markersize=3, color=COLOURS[t], label=f"{t} {side}")
         ax.axhline(rss_target_mib, color="black", linewidth=0.6, linestyle=":")
-        ax.set_xscale("log")
+        entries_axis(ax, sizes)
         ax.set_yscale("log")
+        plain_log(ax.yaxis)
         ax.set_title(phase, loc="left", fontsize=9)
-        ax.set_xlabel("entries in the tree")
     axes[0, 0].set_ylabel(f"peak RSS, MiB (dotted: {rss_target_mib} MiB)")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle("Peak RSS against tree size (solid: client, dashed: server)", x=0.01, ha="left")
@@ -211,10 +231,10 @@ def entries_charts(out_dir, rows, rss_target_mib):
             xs, ys = series(t, phase, lambda r: r["wall_s"] / r["entries"] * 1e6)
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, color=COLOURS[t], label=t)
-        ax.set_xscale("log")
+        entries_axis(ax, sizes)
         ax.set_yscale("log")
+        plain_log(ax.yaxis)
         ax.set_title(phase, loc="left", fontsize=9)
-        ax.set_xlabel("entries in the tree")
     axes[0, 0].set_ylabel("wall seconds per million entries")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.suptitle("Wall time per million entries against tree size", x=0.01, ha="left")

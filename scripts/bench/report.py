@@ -302,12 +302,12 @@ ISSUE18_NAMES = {
 }
 
 
-def verdict(value, limit, at_most=True, unit="x"):
+def verdict(value, limit, at_most=True, unit="x", digits=2):
     """"met", or "**missed**" with the gap, for value against limit."""
     good = value <= limit if at_most else value >= limit
     if good:
         return "met"
-    return f"**missed** ({value:.2f}{unit}, needs {'≤' if at_most else '≥'} {limit:g}{unit})"
+    return f"**missed** ({value:.{digits}f}{unit}, needs {'≤' if at_most else '≥'} {limit:g}{unit})"
 
 
 def ratio_row(key, w, x, ref, field, limit, fmt, ref_name=None):
@@ -348,7 +348,7 @@ def issue18_rate_targets(by, workloads):
                 continue
             rate = x["src_bytes"] / 1e6 / max(x["wall_s"], 1e-3)
             out.append((4, w, f"{rate:.0f} MB/s ({mb(x['src_bytes'])} MB in {x['wall_s']:.2f} s)", "300 MB/s", "",
-                        verdict(rate, ISSUE18["incompressible_mb_s"], at_most=False, unit=" MB/s")))
+                        verdict(rate, ISSUE18["incompressible_mb_s"], at_most=False, unit=" MB/s", digits=0)))
     for phase in PHASES:
         for w in workloads:
             x = by.get(("unlimited", w, phase, "xfer"))
@@ -380,9 +380,10 @@ def issue18_entries_targets(entries_rows):
             continue
         peak = max(x["client_peak_rss_kib"], x["server_peak_rss_kib"]) / 1024
         figure = f"{x['client_peak_rss_kib'] / 1024:.0f} / {x['server_peak_rss_kib'] / 1024:.0f} MiB"
-        status = verdict(peak, ISSUE18["entries_rss_mib"], unit=" MiB")
+        status = verdict(peak, ISSUE18["entries_rss_mib"], unit=" MiB", digits=0)
         if n < ISSUE18["entries"]:
-            status = f"not measured at {ISSUE18['entries']:,} entries (would be {status.replace('**', '')} here)"
+            status = (f"not measured at {ISSUE18['entries']:,} entries ({status.replace('**', '')} at {n:,}"
+                      f"{rss_trend(by, n, phase)})")
         out.append((6, scope, figure, f"{ISSUE18['entries_rss_mib']} MiB", "", status))
         for peer in ("rsync", "restic"):
             ref = by.get((n, peer, phase))
@@ -391,6 +392,22 @@ def issue18_entries_targets(entries_rows):
                 out.append((7, scope, f"{per_m[0]:.1f} s/M", f"{per_m[1]:.1f} s/M ({peer})",
                             f"{per_m[0] / max(per_m[1], 1e-3):.2f}x", "figure, no threshold"))
     return out
+
+
+def rss_trend(by, n, phase):
+    """", about X MiB at 10,000,000 if linear", from xfer's larger side on the two largest trees up to n."""
+    sizes = sorted(m for (m, tool, p) in by if tool == "xfer" and p == phase and m <= n and by[(m, tool, p)]["correct"])
+    if len(sizes) < 2:
+        return ""
+    (a, b) = sizes[-2:]
+    peak = [max(by[(m, "xfer", phase)]["client_peak_rss_kib"], by[(m, "xfer", phase)]["server_peak_rss_kib"]) / 1024
+            for m in (a, b)]
+    slope = (peak[1] - peak[0]) / (b - a)
+    if slope <= 0:
+        return ""
+    guess = peak[1] + slope * (ISSUE18["entries"] - b)
+    return f"; {slope * 1e5:.0f} MiB more per 100,000 entries from {a:,} to {b:,}, so about {guess / 1024:,.1f} GiB " \
+           f"at {ISSUE18['entries']:,} if it grows linearly"
 
 
 def issue18_md(by, workloads, entries_rows):
@@ -488,9 +505,25 @@ def rate_md(by, workloads, rates, tools_seen, charts=()):
     return lines
 
 
+# What each chart shows, for its alt text, by file name prefix.
+CHART_ALT = {
+    "wall-": "Push wall time per tool and workload, one panel per phase",
+    "wire-": "Wire bytes per tool and workload, one panel per phase",
+    "wan-wall-": "WAN push wall time per tool and profile, one panel per phase",
+    "wan-sent-": "WAN bytes sent by the client per tool and profile, one panel per phase",
+    "link-": "Link use over time during the first push, per profile",
+    "entries-rss": "Peak RSS per side against tree size",
+    "entries-time": "Wall seconds per million entries against tree size",
+}
+
+
 def chart_links(charts):
-    """Markdown lines showing the named charts (relative links), then a blank line."""
-    return [f"![{c.removesuffix('.svg')}]({CHARTS_DIR}/{c})" for c in charts] + ([""] if charts else [])
+    """Markdown lines showing the named charts (relative links), each its own paragraph."""
+    lines = []
+    for c in charts:
+        alt = next((text for prefix, text in CHART_ALT.items() if c.startswith(prefix)), c)
+        lines += [f"![{alt}: {c.removesuffix('.svg')}]({CHARTS_DIR}/{c})", ""]
+    return lines
 
 
 def benchmarks_md(parts, commands, charts=None):

@@ -25,7 +25,7 @@ direction (`router`: a_to_b is client to server), `link_use` (bytes that
 arrived at the server / (rate x wall)) and `egress_ratio` (bytes that left
 the client / bytes that arrived). The first push of the tools in
 LINK_SAMPLED also gets `link_series`: the bytes delivered to the server,
-read from the router every 100 ms, for the link-use chart.
+read from its device every 100 ms, for the link-use chart.
 
 Measures, per phase: wire bytes and packets each way on the veth pair (or
 the client's end of the WAN), wall time of the push, CPU seconds and peak
@@ -249,27 +249,30 @@ LINK_SAMPLE_S = 0.1
 
 
 class LinkSampler(threading.Thread):
-    """Bytes the router delivered to the server, every LINK_SAMPLE_S during one push.
+    """Bytes delivered to the server, every LINK_SAMPLE_S during one push.
 
-    `series()` gives seconds since the push started and the bytes delivered
-    client to server since then (IP bytes, as link_use counts them).
+    Read from the server's device in its namespace (through the server's
+    process), which counts what the router delivers: IP bytes, as link_use
+    counts them. `series()` gives seconds since the push started and the
+    bytes delivered client to server since then.
     """
 
-    def __init__(self):
+    def __init__(self, server_pid):
         super().__init__(daemon=True)
+        self.pid = server_pid
         self.stopping = threading.Event()
-        self.base = net.router_stats()["a_to_b"]["bytes_out"]
+        self.base = net.rx_bytes_in_ns_of(self.pid)
         self.start_time = time.monotonic()
         self.t, self.delivered = [0.0], [0]
 
     def run(self):
         while not self.stopping.wait(LINK_SAMPLE_S):
             try:
-                stats = net.router_stats()
-            except (RuntimeError, KeyError):
+                delivered = net.rx_bytes_in_ns_of(self.pid)
+            except (OSError, RuntimeError):
                 continue
             self.t.append(round(time.monotonic() - self.start_time, 3))
-            self.delivered.append(stats["a_to_b"]["bytes_out"] - self.base)
+            self.delivered.append(delivered - self.base)
 
     def series(self):
         self.stopping.set()
@@ -290,6 +293,11 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{tool.name} server did not start: {' '.join(argv)} (log in {run.server})")
             time.sleep(0.05)
+
+    def pid(self):
+        """The server process itself (GNU time's child), inside the server namespace."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return int(f.read().split()[0])
 
     def stop(self):
         """Stops the server: (cpu s, peak rss KiB)."""
@@ -322,7 +330,8 @@ def run_tool(tool, workload, args, out, context):
             argv, env, cwd = tool.push(run, phase)
             profile = net.PROFILES[args.profile] if args.profile else None
             router_before = settled_router(profile) if profile else None
-            sampler = LinkSampler() if profile and phase == "initial" and tool.name in LINK_SAMPLED else None
+            sampler = LinkSampler(server.pid()) if profile and phase == "initial" and tool.name in LINK_SAMPLED \
+                else None
             before = net.counters()
             if sampler:
                 sampler.start()

@@ -210,10 +210,12 @@ def entries_charts(out_dir, rows, rss_target_mib):
     fig, axes = plt.subplots(1, len(phases), figsize=(3.3 * len(phases), 3.4), squeeze=False, sharey=True)
     for ax, phase in zip(axes[0], phases):
         for t in tools:
-            for side, style in (("client", "-"), ("server", "--")):
+            # Hollow squares and dashes for the server, so the sides differ even at a single tree size.
+            for side, style, marker, face in (("client", "-", "o", COLOURS[t]), ("server", "--", "s", "white")):
                 xs, ys = series(t, phase, lambda r, s=side: r[f"{s}_peak_rss_kib"] / 1024)
                 if xs:
-                    ax.plot(xs, ys, style, marker="o", markersize=3, color=COLOURS[t], label=f"{t} {side}")
+                    ax.plot(xs, ys, style, marker=marker, markersize=4, markerfacecolor=face, color=COLOURS[t],
+                            label=f"{t} {side}")
         ax.axhline(rss_target_mib, color="black", linewidth=0.6, linestyle=":")
         entries_axis(ax, sizes)
         ax.set_yscale("log")
@@ -221,7 +223,7 @@ def entries_charts(out_dir, rows, rss_target_mib):
         ax.set_title(phase, loc="left", fontsize=9)
     axes[0, 0].set_ylabel(f"peak RSS, MiB (dotted: {rss_target_mib} MiB)")
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
-    fig.suptitle("Peak RSS against tree size (solid: client, dashed: server)", x=0.01, ha="left")
+    fig.suptitle("Peak RSS against tree size (client: solid, dots; server: dashed, hollow squares)", x=0.01, ha="left")
     fig.tight_layout()
     made.append(save(fig, out_dir, "entries-rss.svg"))
 

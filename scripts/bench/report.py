@@ -560,8 +560,10 @@ def benchmarks_md(parts, commands, charts=None):
     lines += issue18_md(by, workloads, entries_rows) + [""]
     if rows:
         lines += rate_md(by, workloads, rates, tools_seen, drawn.get("rate", []))
-    lines += (["", "### Workloads"] if rows else ["## Workloads"]) + ["", "| workload | files v1 → v2 | MB v1 → v2 |", "|---|---|---|"]
     everything = list(rows) + list(wan_rows)
+    if everything:
+        lines += (["", "### Workloads"] if rows else ["## Workloads"]) + \
+            ["", "| workload | files v1 → v2 | MB v1 → v2 |", "|---|---|---|"]
     for w in workloads_of(everything):
         a = by.get(("unlimited", w, "initial", "xfer")) or \
             next((r for r in everything if r["workload"] == w and r["phase"] == "initial"), None) or \

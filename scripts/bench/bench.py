@@ -23,7 +23,9 @@ and no phase is seeded: the first push over the WAN is the point. Each
 phase's line then also holds the router's counters over the push, per
 direction (`router`: a_to_b is client to server), `link_use` (bytes that
 arrived at the server / (rate x wall)) and `egress_ratio` (bytes that left
-the client / bytes that arrived).
+the client / bytes that arrived). The first push of the tools in
+LINK_SAMPLED also gets `link_series`: the bytes delivered to the server,
+read from its device every 100 ms, for the link-use chart.
 
 Measures, per phase: wire bytes and packets each way on the veth pair (or
 the client's end of the WAN), wall time of the push, CPU seconds and peak
@@ -41,6 +43,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import net
@@ -240,6 +243,43 @@ def wan_figures(profile, router, wall):
                 egress_ratio=round(left / arrived, 4) if arrived else None)
 
 
+# Tools whose first push over a WAN profile is sampled for the link-use chart.
+LINK_SAMPLED = ("xfer", "rsync-ssh")
+LINK_SAMPLE_S = 0.1
+
+
+class LinkSampler(threading.Thread):
+    """Bytes delivered to the server, every LINK_SAMPLE_S during one push.
+
+    Read from the server's device in its namespace (through the server's
+    process), which counts what the router delivers: IP bytes, as link_use
+    counts them. `series()` gives seconds since the push started and the
+    bytes delivered client to server since then.
+    """
+
+    def __init__(self, server_pid):
+        super().__init__(daemon=True)
+        self.pid = server_pid
+        self.stopping = threading.Event()
+        self.base = net.rx_bytes_in_ns_of(self.pid)
+        self.start_time = time.monotonic()
+        self.t, self.delivered = [0.0], [0]
+
+    def run(self):
+        while not self.stopping.wait(LINK_SAMPLE_S):
+            try:
+                delivered = net.rx_bytes_in_ns_of(self.pid)
+            except (OSError, RuntimeError):
+                continue
+            self.t.append(round(time.monotonic() - self.start_time, 3))
+            self.delivered.append(delivered - self.base)
+
+    def series(self):
+        self.stopping.set()
+        self.join()
+        return dict(interval_s=LINK_SAMPLE_S, t_s=self.t, delivered_bytes=self.delivered)
+
+
 class Server:
     """A tool's server in the server namespace; `stop()` gives its CPU and peak RSS."""
 
@@ -253,6 +293,11 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{tool.name} server did not start: {' '.join(argv)} (log in {run.server})")
             time.sleep(0.05)
+
+    def pid(self):
+        """The server process itself (GNU time's child), inside the server namespace."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return int(f.read().split()[0])
 
     def stop(self):
         """Stops the server: (cpu s, peak rss KiB)."""
@@ -285,13 +330,19 @@ def run_tool(tool, workload, args, out, context):
             argv, env, cwd = tool.push(run, phase)
             profile = net.PROFILES[args.profile] if args.profile else None
             router_before = settled_router(profile) if profile else None
+            sampler = LinkSampler(server.pid()) if profile and phase == "initial" and tool.name in LINK_SAMPLED \
+                else None
             before = net.counters()
+            if sampler:
+                sampler.start()
             try:
                 status, wall, cpu, rss, stdout, err = run_measured(
                     net.in_client(argv), os.path.join(run.client, phase), env=env, cwd=cwd,
                     timeout=args.push_timeout)
             except TimedOut as error:
                 status, wall, cpu, rss, stdout, err = "timeout", args.push_timeout, 0.0, 0, "", str(error)
+            finally:
+                series = sampler.series() if sampler else None
             after = net.counters()
             router_after = settled_router(profile) if profile else None
             server_cpu, server_rss = server.stop()
@@ -320,6 +371,8 @@ def run_tool(tool, workload, args, out, context):
             if profile:
                 record["router"] = router_delta(router_before, router_after)
                 record.update(wan_figures(profile, record["router"], wall))
+                if series:
+                    record["link_series"] = series
                 sent = record["router"]["a_to_b"]["bytes_in"]
                 wan = f"  sent {sent / 1e6:.2f} MB  link {record['link_use']:.0%}  egress {record['egress_ratio']}"
             out.write(json.dumps(record) + "\n")

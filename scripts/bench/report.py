@@ -14,8 +14,11 @@ import argparse
 import json
 import os
 import platform
+import sys
 from collections import defaultdict
 
+# Charts go to this directory beside BENCHMARKS.md, linked relatively.
+CHARTS_DIR = "bench-charts"
 TOOLS = ["xfer", "rsync", "rsync-z", "rsync-ssh", "restic", "borg"]
 RATES = ["unlimited", "100mbit", "20mbit"]
 PHASES = ["initial", "delta", "noop"]
@@ -41,7 +44,11 @@ WAN_TARGETS = {
 
 
 def load(path):
-    """(rate rows, their run id, WAN rows, their run id), each of its newest run."""
+    """{part: (rows, run id)} of the newest run of each part: "rate", "wan" and "entries".
+
+    WAN lines have a `profile`, entries.py's lines `kind: entries`; the rest
+    are the rates'.
+    """
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
 
@@ -51,7 +58,10 @@ def load(path):
         run = max(r["run_id"] for r in part)
         return [r for r in part if r["run_id"] == run], run
 
-    return (*newest([r for r in rows if not r.get("profile")]), *newest([r for r in rows if r.get("profile")]))
+    def part(r):
+        return "entries" if r.get("kind") == "entries" else "wan" if r.get("profile") else "rate"
+
+    return {name: newest([r for r in rows if part(r) == name]) for name in ("rate", "wan", "entries")}
 
 
 def index(rows):
@@ -205,7 +215,7 @@ def wan_targets(rows):
     return out
 
 
-def wan_md(rows, run_id):
+def wan_md(rows, run_id, charts=(), link_charts=()):
     """The WAN section: issue 14's targets, then per profile and workload every tool's figures."""
     by = wan_index(rows)
     cc = sorted({r.get("tcp_cc", "?") for r in rows})
@@ -228,8 +238,12 @@ def wan_md(rows, run_id):
     ]
     for row in wan_targets(rows):
         lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    if link_charts:
+        lines += ["Link use over the first push of xfer and of rsync over ssh: the bytes the router delivered to "
+                  "the server in each 100 ms, as a share of the profile's rate.", ""] + chart_links(link_charts)
+    lines += chart_links(charts)
     lines += [
-        "",
         "Per profile and workload, each tool's push wall time per phase; MB sent: bytes that left the client "
         "per phase (initial / delta / noop), as the router counts them before it drops any; link use: bytes "
         "that arrived at the server x 8 / (rate x wall) of the first push; egress: bytes sent / bytes arrived, "
@@ -268,7 +282,188 @@ def wan_md(rows, run_id):
     return lines
 
 
-def rate_md(by, workloads, rates, tools_seen):
+# Issue 18's targets: ratios from one run (see issue18_targets).
+ISSUE18 = {
+    "delta_wire_vs_best_peer": 0.7,
+    "initial_wire_vs_rsync_z": 1.0,
+    "delta_wall_vs_rsync_ssh": 0.5,
+    "incompressible_mb_s": 300,
+    "entries": 10_000_000,
+    "entries_rss_mib": 200,
+}
+ISSUE18_NAMES = {
+    1: "1a. delta wire ≤ 0.7x the best peer",
+    2: "1b. first-push wire ≤ rsync -z's",
+    3: "2. delta wall ≤ 0.5x rsync over ssh (unlimited)",
+    4: "3a. uncapped first push of incompressible data ≥ 300 MB/s",
+    5: "3b. CPU (both sides) ≤ restic's and borg's",
+    6: "4. 10,000,000 entries: peak RSS ≤ 200 MiB each side",
+    7: "4. seconds per million entries against rsync and restic",
+}
+
+
+def verdict(value, limit, at_most=True, unit="x", digits=2):
+    """"met", or "**missed**" with the gap, for value against limit."""
+    good = value <= limit if at_most else value >= limit
+    if good:
+        return "met"
+    return f"**missed** ({value:.{digits}f}{unit}, needs {'≤' if at_most else '≥'} {limit:g}{unit})"
+
+
+def ratio_row(key, w, x, ref, field, limit, fmt, ref_name=None):
+    """A target row comparing x[field] with ref[field] (either may be missing or wrong)."""
+    if x is None or ref is None:
+        return None
+    if not x["correct"]:
+        return (key, w, "**wrong**", "", "", "**missed** (wrong result)")
+    ratio = x[field] / max(ref[field], 1e-3)
+    return (key, w, fmt(x[field]), f"{fmt(ref[field])} ({ref_name or ref['tool']})", f"{ratio:.2f}x",
+            verdict(ratio, limit))
+
+
+def issue18_rate_targets(by, workloads):
+    """Targets 1a, 1b, 2, 3a and 3b from the unlimited rate's rows."""
+    out = []
+    peers = [t for t in TOOLS if t != "xfer"]
+    for w in workloads:
+        x = by.get(("unlimited", w, "delta", "xfer"))
+        refs = [r for r in (by.get(("unlimited", w, "delta", t)) for t in peers) if r and r["correct"]]
+        best = min(refs, key=lambda r: r["wire_total_bytes"]) if refs else None
+        out.append(ratio_row(1, w, x, best, "wire_total_bytes", ISSUE18["delta_wire_vs_best_peer"],
+                             lambda v: f"{mb(v)} MB"))
+    for w in workloads:
+        x, ref = by.get(("unlimited", w, "initial", "xfer")), by.get(("unlimited", w, "initial", "rsync-z"))
+        ok_ref = ref if ref and ref["correct"] else None
+        out.append(ratio_row(2, w, x, ok_ref, "wire_total_bytes", ISSUE18["initial_wire_vs_rsync_z"],
+                             lambda v: f"{mb(v)} MB"))
+    for w in workloads:
+        x, ref = by.get(("unlimited", w, "delta", "xfer")), by.get(("unlimited", w, "delta", "rsync-ssh"))
+        ok_ref = ref if ref and ref["correct"] else None
+        out.append(ratio_row(3, w, x, ok_ref, "wall_s", ISSUE18["delta_wall_vs_rsync_ssh"], lambda v: f"{v:.2f} s"))
+    for w in workloads:
+        x = by.get(("unlimited", w, "initial", "xfer"))
+        if w in INCOMPRESSIBLE and x:
+            if not x["correct"]:
+                out.append((4, w, "**wrong**", "", "", "**missed** (wrong result)"))
+                continue
+            rate = x["src_bytes"] / 1e6 / max(x["wall_s"], 1e-3)
+            out.append((4, w, f"{rate:.0f} MB/s ({mb(x['src_bytes'])} MB in {x['wall_s']:.2f} s)", "300 MB/s", "",
+                        verdict(rate, ISSUE18["incompressible_mb_s"], at_most=False, unit=" MB/s", digits=0)))
+    for phase in PHASES:
+        for w in workloads:
+            x = by.get(("unlimited", w, phase, "xfer"))
+            refs = [r for r in (by.get(("unlimited", w, phase, t)) for t in ("restic", "borg")) if r]
+            if not x or not refs:
+                continue
+            least = min(refs, key=lambda r: r["client_cpu_s"] + r["server_cpu_s"])
+            both = dict(x, cpu=x["client_cpu_s"] + x["server_cpu_s"])
+            ref = dict(least, cpu=least["client_cpu_s"] + least["server_cpu_s"])
+            out.append(ratio_row(5, f"{w}, {phase}", both, ref, "cpu", 1.0, lambda v: f"{v:.2f} s"))
+    return [row for row in out if row]
+
+
+def issue18_entries_targets(entries_rows):
+    """Target 4 from entries.py's rows: RSS at 10,000,000 entries, and seconds per million against the peers."""
+    if not entries_rows:
+        return []
+    by = {(r["entries"], r["tool"], r["phase"]): r for r in entries_rows}
+    largest = max(r["entries"] for r in entries_rows)
+    n = ISSUE18["entries"] if any(r["entries"] == ISSUE18["entries"] for r in entries_rows) else largest
+    out = []
+    for phase in ("push", "noop", "pull"):
+        x = by.get((n, "xfer", phase))
+        if x is None:
+            continue
+        scope = f"{n:,} entries, {phase}"
+        if not x["correct"]:
+            out.append((6, scope, "**wrong**", "", "", "**missed** (wrong result)"))
+            continue
+        peak = max(x["client_peak_rss_kib"], x["server_peak_rss_kib"]) / 1024
+        figure = f"{x['client_peak_rss_kib'] / 1024:.0f} / {x['server_peak_rss_kib'] / 1024:.0f} MiB"
+        status = verdict(peak, ISSUE18["entries_rss_mib"], unit=" MiB", digits=0)
+        if n < ISSUE18["entries"]:
+            status = (f"not measured at {ISSUE18['entries']:,} entries ({status.replace('**', '')} at {n:,}"
+                      f"{rss_trend(by, n, phase)})")
+        out.append((6, scope, figure, f"{ISSUE18['entries_rss_mib']} MiB", "", status))
+        for peer in ("rsync", "restic"):
+            ref = by.get((n, peer, phase))
+            if ref and ref["correct"]:
+                per_m = [r["wall_s"] / r["entries"] * 1e6 for r in (x, ref)]
+                out.append((7, scope, f"{per_m[0]:.1f} s/M", f"{per_m[1]:.1f} s/M ({peer})",
+                            f"{per_m[0] / max(per_m[1], 1e-3):.2f}x", "figure, no threshold"))
+    return out
+
+
+def rss_trend(by, n, phase):
+    """", about X MiB at 10,000,000 if linear", from xfer's larger side on the two largest trees up to n."""
+    sizes = sorted(m for (m, tool, p) in by if tool == "xfer" and p == phase and m <= n and by[(m, tool, p)]["correct"])
+    if len(sizes) < 2:
+        return ""
+    (a, b) = sizes[-2:]
+    peak = [max(by[(m, "xfer", phase)]["client_peak_rss_kib"], by[(m, "xfer", phase)]["server_peak_rss_kib"]) / 1024
+            for m in (a, b)]
+    slope = (peak[1] - peak[0]) / (b - a)
+    if slope <= 0:
+        return ""
+    guess = peak[1] + slope * (ISSUE18["entries"] - b)
+    return f"; {slope * 1e5:.0f} MiB more per 100,000 entries from {a:,} to {b:,}, so about {guess / 1024:,.1f} GiB " \
+           f"at {ISSUE18['entries']:,} if it grows linearly"
+
+
+def issue18_md(by, workloads, entries_rows):
+    """Issue 18's targets: a line per target (met on how many), then every measured figure."""
+    rows = sorted(issue18_rate_targets(by, workloads) + issue18_entries_targets(entries_rows), key=lambda r: r[0])
+    lines = ["## Issue 18 targets", "",
+             "Computed from this file's runs, every ratio between figures of one run: the rate rows at "
+             "\"unlimited\" (delta bytes against the best of every peer, rsync without compression included) "
+             "and the tree-size rows of \"Memory and time against tree size\".", ""]
+    for key, name in ISSUE18_NAMES.items():
+        mine = [r for r in rows if r[0] == key]
+        missed = [r for r in mine if r[5].startswith("**missed")]
+        unmeasured = [r for r in mine if r[5].startswith("not measured")]
+        if key == 7:
+            summary = "figures below" if mine else "not measured (no tree-size run)"
+        elif not mine:
+            summary = "**not measured** in this run"
+        elif missed:
+            summary = f"**missed** on {len(missed)} of {len(mine)}"
+        elif unmeasured:
+            summary = "**not measured** at 10,000,000 entries (see below for the largest tree run)"
+        else:
+            summary = f"met on {len(mine)} of {len(mine)}"
+        lines.append(f"- {name}: {summary}")
+    lines += ["", "| target | workload | xfer | reference | ratio | status |", "|---|---|---|---|---|---|"]
+    for key, scope, xv, ref, ratio, status in rows:
+        lines.append(f"| {ISSUE18_NAMES[key]} | {scope} | {xv} | {ref} | {ratio} | {status} |")
+    return lines
+
+
+def entries_md(rows, run_id, charts):
+    """The tree-size part: wall, s per million entries and peak RSS per tool, size and phase."""
+    sizes = sorted({r["entries"] for r in rows})
+    by = {(r["entries"], r["tool"], r["phase"]): r for r in rows}
+    tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
+    lines = ["## Memory and time against tree size", "",
+             f"Run `{run_id}` of `scripts/bench/entries.py` (see Method): generated trees of empty and tiny files "
+             "in flat, deep and wide directories, pushed into an empty destination, pushed again unchanged "
+             "(noop), then pulled back into an empty directory, over the veth pair uncapped. Each cell: wall "
+             "seconds (seconds per million entries), peak RSS client / server in MiB.", ""]
+    lines += chart_links(charts)
+    lines += ["| entries | files / dirs | tool | push | noop | pull |", "|---|---|---|---|---|---|"]
+    for n in sizes:
+        for t in tools:
+            cells = []
+            for phase in ("push", "noop", "pull"):
+                r = by.get((n, t, phase))
+                cells.append("–" if r is None else "**wrong**" if not r["correct"] else
+                             f"{r['wall_s']:.2f} s ({r['wall_s'] / n * 1e6:.1f} s/M), "
+                             f"{r['client_peak_rss_kib'] / 1024:.0f} / {r['server_peak_rss_kib'] / 1024:.0f}")
+            some = next(r for r in rows if r["entries"] == n)
+            lines.append(f"| {n:,} | {some['files']:,} / {some['dirs']:,} | {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def rate_md(by, workloads, rates, tools_seen, charts=()):
     """The rate part: issue 6's targets, the tables per phase and rate, CPU and RSS."""
     lines = [
         "## Targets",
@@ -285,6 +480,7 @@ def rate_md(by, workloads, rates, tools_seen):
               "Each cell: total wire bytes in MB, both directions, as counted on the veth link (TCP and UDP, "
               "all headers, handshakes and retransmits), then the push's wall time. † marks an initial phase "
               "seeded uncapped to save time at a slow rate (not a capped measurement).", ""]
+    lines += chart_links(charts)
     for rate in rates:
         for phase in PHASES:
             present = [w for w in workloads if any((rate, w, phase, t) in by for t in tools_seen)]
@@ -309,7 +505,34 @@ def rate_md(by, workloads, rates, tools_seen):
     return lines
 
 
-def benchmarks_md(rows, run_id, commands, wan_rows=(), wan_run_id=None):
+# What each chart shows, for its alt text, by file name prefix.
+CHART_ALT = {
+    "wall-": "Push wall time per tool and workload, one panel per phase",
+    "wire-": "Wire bytes per tool and workload, one panel per phase",
+    "wan-wall-": "WAN push wall time per tool and profile, one panel per phase",
+    "wan-sent-": "WAN bytes sent by the client per tool and profile, one panel per phase",
+    "link-": "Link use over time during the first push, per profile",
+    "entries-rss": "Peak RSS per side against tree size",
+    "entries-time": "Wall seconds per million entries against tree size",
+}
+
+
+def chart_links(charts):
+    """Markdown lines showing the named charts (relative links), each its own paragraph."""
+    lines = []
+    for c in charts:
+        alt = next((text for prefix, text in CHART_ALT.items() if c.startswith(prefix)), c)
+        lines += [f"![{alt}: {c.removesuffix('.svg')}]({CHARTS_DIR}/{c})", ""]
+    return lines
+
+
+def benchmarks_md(parts, commands, charts=None):
+    """BENCHMARKS.md from load()'s parts; charts: {section: [file names]}, or None if they were skipped."""
+    rows, run_id = parts["rate"]
+    wan_rows, wan_run_id = parts["wan"]
+    entries_rows, entries_run_id = parts["entries"]
+    run_id = run_id or wan_run_id or entries_run_id
+    drawn = charts or {}
     by = index(rows)
     workloads = workloads_of(rows)
     rates = [r for r in RATES if any(row["rate"] == r for row in rows)]
@@ -317,19 +540,30 @@ def benchmarks_md(rows, run_id, commands, wan_rows=(), wan_run_id=None):
     versions = {}
     for r in rows:
         versions.setdefault(r["tool"], r.get("tool_version", ""))
-    wrong = [r for r in list(rows) + list(wan_rows) if not r["correct"]]
+    wrong = [r for r in list(rows) + list(wan_rows) + list(entries_rows) if not r["correct"]]
+    others = []
+    if wan_run_id and wan_run_id != run_id:
+        others.append(f"the WAN tables are of run `{wan_run_id}`")
+    if entries_run_id and entries_run_id != run_id:
+        others.append(f"the tree-size tables of run `{entries_run_id}`")
     lines = [
         "# Benchmarks",
         "",
         "Generated by `scripts/bench/suite.sh` (do not edit by hand: rerun it). "
         f"Run `{run_id}` on {machine()}, all tools side by side in one run"
-        + (f"; the WAN tables are of run `{wan_run_id}`." if wan_run_id and wan_run_id != run_id else "."),
+        + (f"; {'; '.join(others)}." if others else "."),
         "",
     ]
+    if charts is None:
+        lines += [f"Charts skipped: matplotlib is not installed for {sys.executable} "
+                  "(`apt-get install python3-matplotlib`; setup.sh does).", ""]
+    lines += issue18_md(by, workloads, entries_rows) + [""]
     if rows:
-        lines += rate_md(by, workloads, rates, tools_seen)
-    lines += (["", "### Workloads"] if rows else ["## Workloads"]) + ["", "| workload | files v1 → v2 | MB v1 → v2 |", "|---|---|---|"]
+        lines += rate_md(by, workloads, rates, tools_seen, drawn.get("rate", []))
     everything = list(rows) + list(wan_rows)
+    if everything:
+        lines += (["", "### Workloads"] if rows else ["## Workloads"]) + \
+            ["", "| workload | files v1 → v2 | MB v1 → v2 |", "|---|---|---|"]
     for w in workloads_of(everything):
         a = by.get(("unlimited", w, "initial", "xfer")) or \
             next((r for r in everything if r["workload"] == w and r["phase"] == "initial"), None) or \
@@ -339,8 +573,10 @@ def benchmarks_md(rows, run_id, commands, wan_rows=(), wan_run_id=None):
         lines.append(f"| {w} | {a['src_files']} → {b['src_files']} | {a['src_bytes'] / 1e6:.0f} → "
                      f"{b['src_bytes'] / 1e6:.0f} |")
     if wan_rows:
-        lines += [""] + wan_md(wan_rows, wan_run_id)
-    for r in wan_rows:
+        lines += [""] + wan_md(wan_rows, wan_run_id, drawn.get("wan", []), drawn.get("link", []))
+    if entries_rows:
+        lines += [""] + entries_md(entries_rows, entries_run_id, drawn.get("entries", []))
+    for r in list(wan_rows) + list(entries_rows):
         versions.setdefault(r["tool"], r.get("tool_version", ""))
     lines += ["", "## Tools", ""]
     for t in TOOLS:
@@ -349,7 +585,8 @@ def benchmarks_md(rows, run_id, commands, wan_rows=(), wan_run_id=None):
     if wrong:
         lines += ["", "## Incorrect results", ""]
         for r in wrong:
-            lines.append(f"- {r['tool']} {r['workload']} {r['phase']} {r.get('profile') or r['rate']}: "
+            where = f"{r['entries']:,} entries" if r.get("kind") == "entries" else r.get("profile") or r["rate"]
+            lines.append(f"- {r['tool']} {r.get('workload', 'tree')} {r['phase']} {where}: "
                          f"{'; '.join(r['problems'][:3])}")
     analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ANALYSIS.md")
     if os.path.exists(analysis):
@@ -360,6 +597,36 @@ def benchmarks_md(rows, run_id, commands, wan_rows=(), wan_run_id=None):
         lines.append(f.read().strip())
     lines.append("")
     return "\n".join(lines)
+
+
+def draw_charts(parts, out_dir):
+    """Every chart of the report into out_dir (its old SVGs removed): {section: [file names]}.
+
+    None when matplotlib is missing: the tables are written without charts.
+    """
+    try:
+        import charts
+    except ImportError:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):
+        if name.endswith(".svg"):
+            os.unlink(os.path.join(out_dir, name))
+    rows, _ = parts["rate"]
+    wan_rows, _ = parts["wan"]
+    entries_rows, _ = parts["entries"]
+    drawn = {}
+    if rows:
+        tools = [t for t in TOOLS if any(r["tool"] == t for r in rows)]
+        drawn["rate"] = charts.rate_charts(out_dir, index(rows), workloads_of(rows), tools)
+    if wan_rows:
+        tools = [t for t in TOOLS if any(r["tool"] == t for r in wan_rows)]
+        profiles, workloads = profiles_of(wan_rows), workloads_of(wan_rows)
+        drawn["wan"] = charts.wan_charts(out_dir, wan_index(wan_rows), profiles, workloads, tools)
+        drawn["link"] = charts.link_charts(out_dir, wan_rows, profiles, workloads)
+    if entries_rows:
+        drawn["entries"] = charts.entries_charts(out_dir, entries_rows, ISSUE18["entries_rss_mib"])
+    return drawn
 
 
 def readme_table(rows):
@@ -383,12 +650,16 @@ def main():
     parser.add_argument("--readme")
     parser.add_argument("--commands", help="file holding the exact commands of the run")
     args = parser.parse_args()
-    rows, run_id, wan_rows, wan_run_id = load(args.results)
-    if not rows and not wan_rows:
+    parts = load(args.results)
+    if not any(rows for rows, _ in parts.values()):
         raise SystemExit(f"report.py: no results in {args.results}")
     commands = open(args.commands).read() if args.commands else "scripts/bench/suite.sh"
+    charts = draw_charts(parts, os.path.join(os.path.dirname(os.path.abspath(args.benchmarks)), CHARTS_DIR))
+    if charts is None:
+        print(f"report.py: charts skipped: no matplotlib for {sys.executable}", file=sys.stderr)
     with open(args.benchmarks, "w") as f:
-        f.write(benchmarks_md(rows, run_id or wan_run_id, commands, wan_rows, wan_run_id))
+        f.write(benchmarks_md(parts, commands, charts))
+    rows, _ = parts["rate"]
     if args.readme and rows:
         with open(args.readme) as f:
             text = f.read()

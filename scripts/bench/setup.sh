@@ -3,7 +3,8 @@
 # xfer in release mode. Idempotent: a second run only checks.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (apt and network namespaces need it)" >&2; exit 2; }
-need=(rsync openssh-server openssh-client restic borgbackup e2fsprogs iproute2 openssl time python3 sqlite3 iperf3 iputils-ping)
+need=(rsync openssh-server openssh-client restic borgbackup e2fsprogs iproute2 openssl time python3 sqlite3 iperf3 iputils-ping
+  python3-matplotlib)
 missing=()
 for pkg in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

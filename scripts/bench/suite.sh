@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole benchmark, one command (Linux, as root): installs the peers,
 # builds xfer, generates the workloads, runs every tool side by side at each
-# rate and then over each emulated WAN profile, and regenerates BENCHMARKS.md
-# and the README's comparison table.
+# rate, then over each emulated WAN profile, then on trees of growing size,
+# and regenerates BENCHMARKS.md (tables, issue 18's targets, SVG charts in
+# bench-charts/ beside it) and the README's comparison table.
 #
 #   sudo scripts/bench/suite.sh
 #
@@ -18,7 +19,13 @@
 #                      150ms-1pct-20mbit 150ms-1pct-100mbit"; net.py's PROFILES)
 #   BENCH_WAN_WORKLOADS  comma-separated workloads on each profile (source-tree,big-random)
 #   BENCH_PUSH_TIMEOUT   seconds after which a push over the WAN is killed (900)
+#   BENCH_ENTRIES    space-separated tree sizes for entries.py, after the WAN part; empty: none
+#                    ("10000 100000"; issue 18's target is at 10000000: see METHOD.md for its disk and time)
+#   BENCH_ENTRIES_TOOLS    comma-separated tools on those trees (xfer,rsync,restic)
+#   BENCH_ENTRIES_TIMEOUT  seconds after which one phase on a tree is killed (21600)
 #   BENCH_REPORT     1 to write BENCHMARKS.md/README   (1)
+#   BENCH_BENCHMARKS where BENCHMARKS.md goes, its charts in bench-charts/ beside it (the repository's)
+#   BENCH_README     the README whose table is rewritten; empty: none (the repository's)
 #
 # At 100mbit every phase is measured; huge-file runs uncapped only (a full
 # copy of it would take hours on a capped link). At 20mbit the initial phase
@@ -35,6 +42,11 @@ huge=${BENCH_HUGE_GIB:-16}
 profiles=${BENCH_PROFILES-0ms-20mbit 0ms-100mbit 40ms-0.1pct-20mbit 40ms-0.1pct-100mbit 150ms-1pct-20mbit 150ms-1pct-100mbit}
 wan_workloads=${BENCH_WAN_WORKLOADS:-source-tree,big-random}
 push_timeout=${BENCH_PUSH_TIMEOUT:-900}
+entries=${BENCH_ENTRIES-10000 100000}
+entries_tools=${BENCH_ENTRIES_TOOLS:-xfer,rsync,restic}
+entries_timeout=${BENCH_ENTRIES_TIMEOUT:-21600}
+benchmarks=${BENCH_BENCHMARKS:-$repo/BENCHMARKS.md}
+readme=${BENCH_README-$repo/README.md}
 [ "$(id -u)" = 0 ] || { echo "suite.sh: run as root (it installs packages and creates network namespaces)" >&2; exit 2; }
 bash "$here/setup.sh"
 # The tables name the code they measured; "+changes" marks an uncommitted tree.
@@ -84,8 +96,18 @@ if [ -n "$profiles" ]; then
   done
   echo "suite.sh: WAN part took $((($(date +%s) - started) / 60)) min (estimated $(((estimate + 59) / 60)))" >&2
 fi
+if [ -n "$entries" ]; then
+  args=(--dir "$dir/entries" --out "$results" --tools "$entries_tools" --run-id "$run_id" --timeout "$entries_timeout")
+  echo "python3 scripts/bench/entries.py ${args[*]} --entries '$entries'" >> "$commands"
+  started=$(date +%s)
+  python3 "$here/entries.py" "${args[@]}" --entries "$entries" || echo "suite.sh: some phases on the generated trees were not correct (see BENCHMARKS.md)" >&2
+  echo "suite.sh: tree-size part took $((($(date +%s) - started) / 60)) min" >&2
+fi
 if [ "${BENCH_REPORT:-1}" = 1 ]; then
-  python3 "$here/report.py" "$results" --benchmarks "$repo/BENCHMARKS.md" --readme "$repo/README.md" \
+  # The system's Python: setup.sh installs matplotlib for it with apt.
+  py=python3
+  [ -x /usr/bin/python3 ] && py=/usr/bin/python3
+  "$py" "$here/report.py" "$results" --benchmarks "$benchmarks" ${readme:+--readme "$readme"} \
     --commands <(env | grep '^BENCH_' | sort | sed "s/^\([^=]*\)=\(.*\)\$/export \1='\2'/"; echo "sudo -E scripts/bench/suite.sh"; echo "# xfer built from commit $built"; echo "# which ran:"; cat "$commands")
-  echo "suite.sh: wrote $repo/BENCHMARKS.md and the README table (results in $results)"
+  echo "suite.sh: wrote $benchmarks, its charts${readme:+ and the table in $readme} (results in $results)"
 fi

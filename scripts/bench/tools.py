@@ -56,6 +56,15 @@ class Tool:
         """What the tool says of the push that is worth keeping (xfer's JSON summary)."""
         return None
 
+    def pull(self, run, target):
+        """(argv, env, cwd) that copies the pushed tree back into the empty `target`, over the link
+        (entries.py; only the tools it runs have one)."""
+        raise NotImplementedError
+
+    def pulled(self, run, target):
+        """Where the tree landed after `pull(run, target)`."""
+        return target
+
 
 class Sshd:
     """A key-only sshd on port 2222 in the server namespace, for the ssh tools."""
@@ -115,6 +124,9 @@ class Rsync(Tool):
         return ["rsync", "-a", "--delete", *self.flags, run.src + "/",
                 f"rsync://{net.SERVER_IP}:{RSYNC_PORT}/bench/"], None, None
 
+    def pull(self, run, target):
+        return ["rsync", "-a", *self.flags, f"rsync://{net.SERVER_IP}:{RSYNC_PORT}/bench/", target + "/"], None, None
+
     def version(self):
         return _out(["rsync", "--version"]).splitlines()[0]
 
@@ -172,6 +184,14 @@ class Restic(Sshd, Tool):
         env["RESTIC_REPOSITORY"] = f"{run.dest}/repo"
         target = os.path.join(run.scratch, phase)
         subprocess.run(["restic", "restore", "latest", "--target", target], env=env, check=True, capture_output=True)
+        return target + run.src
+
+    def pull(self, run, target):
+        # Over sftp, unlike result(): this restore is the measured pull.
+        env, opts = self._env(run)
+        return ["restic", *opts, "restore", "latest", "--target", target], env, None
+
+    def pulled(self, run, target):
         return target + run.src
 
     def version(self):
@@ -239,6 +259,11 @@ class Xfer(Tool):
 
     def result(self, run, phase):
         return os.path.join(run.dest, "tree")
+
+    def pull(self, run, target):
+        return [XFER, "pull", "-q", "--json", "--state-dir", os.path.join(run.client, "xfer-pull-state"),
+                "--config-dir", run.state["client_cfg"], "--server-fingerprint", run.state["server_fp"],
+                f"xfer://{net.SERVER_IP}:{XFER_PORT}/tree", target], None, None
 
     def report(self, stdout):
         try:

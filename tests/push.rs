@@ -185,6 +185,43 @@ fn push_reindexes_files_edited_on_destination() {
     assert_eq!(stats.files_changed, 1);
 }
 
+/// Metadata changes (a directory's mtime, a chmod) wait for the next
+/// commit instead of each committing a transaction of its own: a delta of
+/// a source tree, whose every directory's mtime changes, waited on the disk
+/// once per directory. Steps count every change the store makes, a commit
+/// three of them (sync, renames, record).
+#[test]
+fn metadata_changes_share_a_commit() {
+    const DIRS: usize = 40;
+    let mut v1 = Model::new();
+    for d in 0..DIRS {
+        v1.insert(rel(format!("d{d:02}").as_bytes()), Node::Dir { mode: 0o755, mtime: 5 });
+        v1.insert(
+            rel(format!("d{d:02}/f").as_bytes()),
+            Node::File { data: seeded(100, d as u64), mode: 0o644, mtime: 5 },
+        );
+    }
+    let mut v2 = v1.clone();
+    for node in v2.values_mut() {
+        match node {
+            Node::Dir { mtime, .. } => *mtime = 9,
+            Node::File { mode, .. } => *mode = 0o600,
+            Node::Symlink { .. } => {}
+        }
+    }
+    let tmp = TempDir::new().unwrap();
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    materialize(&v1, &dest);
+    let mut store = MirrorStore::open(&dest, &tmp.path().join("state.redb")).unwrap();
+    // The probe: a step this far in fails the push.
+    store.fail_at_step(Some(3 * DIRS as u32));
+    let (result, receiver) = push_into(crate::util::manifest_of(&v2), ModelReader(file_contents(&v2)), store);
+    drop(receiver);
+    result.unwrap_or_else(|e| panic!("{} metadata changes took {} steps or more: {e:?}", 2 * DIRS, 3 * DIRS));
+    assert_same_tree(&read_tree(&dest), &v2);
+}
+
 /// Makes the destination's record of `name` vouch for the bytes there
 /// now, as it would after bits rotted under an unchanged stat.
 fn forge_record(d: &Dirs, name: &str) {

@@ -113,7 +113,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     fn delete(&mut self, path: &RelPath) -> Result<()> {
         // Conflicting deletes come before any write; extraneous ones
         // after all writes: commit pending files first either way.
-        self.commit()?;
+        self.settle()?;
         let store = self.store.borrow_mut();
         store.step()?;
         store.unlock_parent(path);
@@ -130,7 +130,7 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
 
     /// Applies the source's metadata to `path` and refreshes its record.
     fn set_meta(&mut self, path: &RelPath, meta: &Meta) -> Result<()> {
-        self.commit()?;
+        self.settle()?;
         let store = self.store.borrow_mut();
         store.step()?;
         let abs = store.abs(path);
@@ -258,6 +258,21 @@ impl<S: BorrowMut<MirrorStore>> Receiving<S> {
     pub fn commit(&mut self) -> Result<()> {
         assert!(self.in_flight.is_empty(), "commit with files in flight");
         self.store.borrow_mut().commit(&mut self.batch, &mut self.report)
+    }
+
+    /// Before a delete or a metadata change: commits the batch if it holds
+    /// entries waiting for their rename, which must be in place first.
+    /// Records alone (of earlier metadata changes) wait for the next commit
+    /// that renames something, up to a batch's worth: a transaction (and
+    /// its fsync) per directory whose mtime changed made a delta of a
+    /// source tree wait on the disk hundreds of times. Their loss in a
+    /// crash costs a re-read, never a wrong record.
+    fn settle(&mut self) -> Result<()> {
+        let records = self.batch.upserts.len() + self.batch.metas.len();
+        if !self.batch.pending.is_empty() || records >= self.store.borrow().batch_files {
+            self.commit()?;
+        }
+        Ok(())
     }
 }
 

@@ -197,6 +197,7 @@ fn new_sender(
     config.tags = tags.to_vec();
     config.source_host = label(&host_name(), xfer_protocol::MAX_HOST_LEN);
     config.source_path = label(&src.to_string_lossy(), xfer_protocol::MAX_PATH_LEN);
+    config.zstd_stream = crate::crashpoint::zstd_stream();
     Ok(Sender::new(config))
 }
 

@@ -236,7 +236,8 @@ fn golden_zstd_stream_feature() {
         assert!(codec::codec_allowed(known, 0));
     }
     assert!((5..=u8::MAX).all(|other| !codec::codec_allowed(other, KNOWN_FEATURES)));
-    assert!(MAX_ZSTD_STREAM_WINDOW_LOG <= 23 && MAX_ZSTD_STREAMS == 4);
+    // The limits SPEC.md states.
+    assert_eq!((MAX_ZSTD_STREAM_WINDOW_LOG, MAX_ZSTD_STREAMS), (22, 4));
 }
 
 #[test]

@@ -24,7 +24,7 @@ use crate::patch::{self, PatchError, Signature};
 mod stream;
 
 use stream::StreamEncoder;
-pub use stream::{StreamDecoder, STREAM_WINDOW_LOG};
+pub use stream::{StreamDecoder, LEVEL_HOLD, STREAM_WINDOW_LOG};
 
 /// zstd level [`Compression::Auto`] starts a session at; it moves from
 /// there as [`crate::adapt`] finds the link slower than the encoder.

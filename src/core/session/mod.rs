@@ -26,7 +26,7 @@ pub use receiver::{
     OpenRequest, Opener, Receiver, MAX_FAILED_KEPT, MAX_HELD_CHUNK_REFS, MAX_QUEUED_ANSWERS, MAX_QUEUED_META_BYTES,
     MAX_QUEUED_OPS,
 };
-pub use sender::{hello, root_hash, Sender, SenderConfig, WalkedSource};
+pub use sender::{hello, root_hash, Sender, SenderConfig, StreamTurns, WalkedSource, STREAM_RUN};
 pub use window::{
     Limits, WindowEstimate, MAX_FILES_IN_FLIGHT, MAX_OUTSTANDING_BYTES, MAX_OUTSTANDING_CHUNKS, MAX_REQUEST_WINDOW,
     MIN_FILES_IN_FLIGHT, MIN_OUTSTANDING_BYTES, MIN_OUTSTANDING_CHUNKS, MIN_REQUEST_WINDOW,

@@ -20,7 +20,29 @@ use super::{Need, Ops, Sender};
 /// streams): 28.61 MB sent when they took turns chunk by chunk, 26.93 MB
 /// every 256 KiB, 26.19 MB every 1 MiB, 25.72 MB every 4 MiB, and 25.00 MB
 /// on a single stream.
-pub(super) const STREAM_RUN: usize = 4 << 20;
+pub const STREAM_RUN: usize = 4 << 20;
+
+/// The data stream each chunk travels on. The streams take turns, so a
+/// lost packet on one holds up only a share of the chunks; each turn lasts
+/// [`STREAM_RUN`] bytes of chunks, so that chunks of neighbouring files,
+/// which resemble each other most, meet in one zstd stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamTurns {
+    stream: usize,
+    sent: usize,
+}
+
+impl StreamTurns {
+    /// The stream the next chunk, of `len` bytes, travels on.
+    pub fn next(&mut self, len: usize) -> usize {
+        if self.sent >= STREAM_RUN {
+            self.stream = (self.stream + 1) % DATA_STREAMS;
+            self.sent = 0;
+        }
+        self.sent += len;
+        self.stream
+    }
+}
 
 impl<R: ChunkReader> Sender<R> {
     /// Chunk `index` of the file op `file` writes: its path, the chunk and
@@ -145,18 +167,9 @@ impl<R: ChunkReader> Sender<R> {
         self.data.push_back((stream, message));
     }
 
-    /// The data stream the next answer, for a chunk of `len` bytes, travels
-    /// on. The streams take turns, so a lost packet on one holds up only a
-    /// share of the chunks; each turn lasts [`STREAM_RUN`] bytes of chunks,
-    /// so that chunks of neighbouring files, which resemble each other
-    /// most, meet in one zstd stream.
+    /// The data stream the next answer, for a chunk of `len` bytes,
+    /// travels on ([`StreamTurns`]).
     fn next_stream(&mut self, len: usize) -> usize {
-        let (stream, sent) = &mut self.data_turn;
-        if *sent >= STREAM_RUN {
-            *stream = (*stream + 1) % DATA_STREAMS;
-            *sent = 0;
-        }
-        *sent += len;
-        *stream
+        self.data_turn.next(len)
     }
 }

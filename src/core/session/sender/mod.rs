@@ -24,6 +24,7 @@ mod chunks;
 mod compare;
 mod walked;
 
+pub use chunks::{StreamTurns, STREAM_RUN};
 use walked::WalkedOps;
 #[cfg(test)]
 pub(crate) use walked::KEPT;
@@ -150,9 +151,8 @@ pub struct Sender<R> {
     /// FileFailed), with the data stream each travels on: they must never
     /// wait behind entry changes the receiver is not reading yet.
     data: VecDeque<(usize, Message)>,
-    /// The data stream whose turn it is, and the chunk bytes given it in
-    /// this turn.
-    data_turn: (usize, usize),
+    /// Which data stream the chunks take.
+    data_turn: StreamTurns,
     /// Data messages other than chunks given a stream so far.
     answers_sent: usize,
     /// Chunk requests not yet answered. They are read and encoded only as
@@ -254,7 +254,7 @@ impl<R: ChunkReader> Sender<R> {
             remembered,
             outbox,
             data: VecDeque::new(),
-            data_turn: (0, 0),
+            data_turn: StreamTurns::default(),
             answers_sent: 0,
             needs: VecDeque::new(),
             lists_pending: 0,
@@ -396,6 +396,12 @@ impl<R: ChunkReader> Sender<R> {
     /// comparison); the receiver keeps what it holds there.
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
+    }
+
+    /// Whether chunks go as zstd streams (both sides offered
+    /// `FEATURE_ZSTD_STREAM`; known once the peer's `Hello` is in).
+    pub fn zstd_stream(&self) -> bool {
+        self.zstd_stream_agreed
     }
 
     /// The chunk encoder, whose level tells what [`Sender::adapt`] chose.

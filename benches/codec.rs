@@ -1,12 +1,14 @@
-//! Chunk codec and sub-chunk delta throughput on seeded 64 KiB inputs.
+//! Chunk codec and sub-chunk delta throughput on seeded 64 KiB inputs, and
+//! the zstd stream codec against chunks compressed alone on a batch of
+//! small similar files.
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
-use xfer::codec::{decode, Compression, EncodedChunk, Encoder};
+use xfer::codec::{decode, Codec, Compression, EncodedChunk, Encoder, StreamDecoder};
 use xfer::hash::ChunkId;
 use xfer::patch;
 
@@ -141,12 +143,84 @@ fn delta(c: &mut Criterion) {
     group.finish();
 }
 
+/// Small source-like files with a shared header, as one chunk each.
+fn small_files() -> Vec<Vec<u8>> {
+    let header = b"// Copyright the project's authors. Licensed under the terms in LICENSE.\nuse std::io;\n\n";
+    (0..256u64).map(|i| [&header[..], &text_input(2048 + (i as usize * 97) % 6144, 100 + i)[..]].concat()).collect()
+}
+
+/// Encodes `files` one chunk each, on one data stream's zstd stream or
+/// alone, at level 1 as an unlimited link runs.
+fn encode_all(encoder: &mut Encoder, files: &[Vec<u8>], stream: bool) -> Vec<EncodedChunk> {
+    files.iter().map(|f| if stream { encoder.encode_on_stream(0, f) } else { encoder.encode(f) }).collect()
+}
+
+fn streams(c: &mut Criterion) {
+    let files = small_files();
+    let total: usize = files.iter().map(Vec::len).sum();
+    let mut group = c.benchmark_group("stream");
+    group.throughput(Throughput::Bytes(total as u64));
+    for (name, stream) in [("alone", false), ("stream", true)] {
+        let mut encoder = Encoder::new(Compression::Zstd { level: 1 }).expect("valid level");
+        let sent: usize = encode_all(&mut encoder, &files, stream).iter().map(|c| c.payload.len()).sum();
+        eprintln!(
+            "{name:>6}: {} small files, {total} -> {sent} bytes, ratio {:.2}",
+            files.len(),
+            total as f64 / sent as f64
+        );
+        group.bench_function(BenchmarkId::new("encode", name), |b| {
+            // A fresh stream each round (made before the clock starts):
+            // the files must not be in its window already.
+            let fresh = || {
+                let mut encoder = Encoder::new(Compression::Zstd { level: 1 }).expect("valid level");
+                encoder.encode_on_stream(0, b"warm");
+                encoder
+            };
+            b.iter_batched(
+                fresh,
+                |mut encoder| encode_all(&mut encoder, black_box(&files), stream),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let chunks = encode_all(&mut Encoder::new(Compression::Zstd { level: 1 }).expect("valid level"), &files, true);
+    let alone = encode_all(&mut Encoder::new(Compression::Zstd { level: 1 }).expect("valid level"), &files, false);
+    let ids: Vec<ChunkId> = files.iter().map(|f| ChunkId::of(f)).collect();
+    group.bench_function(BenchmarkId::new("decode", "alone"), |b| {
+        b.iter(|| {
+            alone
+                .iter()
+                .zip(&ids)
+                .map(|(c, id)| decode(black_box(c), id, None).expect("roundtrip").len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function(BenchmarkId::new("decode", "stream"), |b| {
+        b.iter(|| {
+            // A stream decodes from its start: a new decoder each round.
+            let mut decoder = StreamDecoder::new().expect("a decoder");
+            // Then checked against the id, as every chunk is.
+            chunks
+                .iter()
+                .zip(&ids)
+                .map(|(c, id)| {
+                    assert_eq!(c.codec, Codec::ZstdStream);
+                    let bytes = decoder.decode(black_box(&c.payload), c.decoded_len).expect("roundtrip");
+                    assert_eq!(ChunkId::of(&bytes), *id);
+                    bytes.len()
+                })
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    targets = codecs, delta
+    targets = codecs, delta, streams
 }
 criterion_main!(benches);

@@ -15,6 +15,9 @@
 //! - `XFER_TEST_IDLE_TIMEOUT_MS=MS` shortens the QUIC idle timeout this side
 //!   offers (the shorter offer wins), so the survivor of a crash notices
 //!   within seconds instead of a minute.
+//! - `XFER_TEST_NO_ZSTD_STREAM=1` makes this side's senders not offer the
+//!   zstd stream codec (`FEATURE_ZSTD_STREAM`), so a benchmark can measure
+//!   the per-chunk codecs with the same build.
 //!
 //! Unset, a point costs one atomic load. Without the `fault-injection`
 //! cargo feature (off by default; the integration tests turn it on) none
@@ -22,7 +25,7 @@
 //! never read, so no variable can abort a host process.
 
 #[cfg(feature = "fault-injection")]
-pub(crate) use injected::{hit, idle_timeout};
+pub(crate) use injected::{hit, idle_timeout, zstd_stream};
 
 /// Passes the crash point `name`: nothing happens in this build.
 #[cfg(not(feature = "fault-injection"))]
@@ -34,6 +37,13 @@ pub(crate) fn hit(_name: &str) {}
 #[inline(always)]
 pub(crate) fn idle_timeout() -> Option<std::time::Duration> {
     None
+}
+
+/// Whether senders offer the zstd stream codec: always in this build.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub(crate) fn zstd_stream() -> bool {
+    true
 }
 
 #[cfg(feature = "fault-injection")]
@@ -89,5 +99,12 @@ mod injected {
             let ms = std::env::var("XFER_TEST_IDLE_TIMEOUT_MS").ok()?.parse::<u64>().ok()?;
             Some(Duration::from_millis(ms.max(1)))
         })
+    }
+
+    /// Whether senders offer the zstd stream codec: unless a test or
+    /// benchmark turned it off.
+    pub(crate) fn zstd_stream() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("XFER_TEST_NO_ZSTD_STREAM").is_none_or(|v| v.is_empty()))
     }
 }

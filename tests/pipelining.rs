@@ -77,7 +77,7 @@ fn push_in_rounds(window: Option<u64>) -> Seen {
         receiver.set_request_window(window);
     }
     let mut seen = Seen::default();
-    let mut answers: Vec<Message> = Vec::new();
+    let mut answers: Vec<(usize, Message)> = Vec::new();
     let check = |receiver: &Receiver| {
         let (now, limits) = (receiver.in_flight(), receiver.limits());
         assert!(now.files <= limits.files && now.chunks <= limits.chunks, "{now:?} over {limits:?}");
@@ -88,8 +88,8 @@ fn push_in_rounds(window: Option<u64>) -> Seen {
     };
     loop {
         let mut progressed = false;
-        for message in answers.drain(..) {
-            receiver.handle(message).unwrap();
+        for (stream, message) in answers.drain(..) {
+            receiver.handle_data(stream as u64, message).unwrap();
             check(&receiver);
             progressed = true;
         }
@@ -116,9 +116,7 @@ fn push_in_rounds(window: Option<u64>) -> Seen {
             sender.handle(message).unwrap();
             progressed = true;
         }
-        while let Some(message) = sender.poll_data().unwrap() {
-            answers.push(message);
-        }
+        answers.extend(std::iter::from_fn(|| sender.poll_data().unwrap()));
         if !progressed {
             break;
         }

@@ -391,9 +391,11 @@ fn wordy(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// `--compress auto` adapts its zstd level to the link: under a low
-/// `--bwlimit` the encoder has time to spare and climbs, so the same
-/// compressible tree travels in fewer bytes than over the unlimited link,
-/// where the level stays at the cheapest.
+/// `--bwlimit` the encoder has time to spare and climbs, while over the
+/// unlimited link the level stays at the cheapest. The same compressible
+/// tree never travels in more bytes for it: a zstd stream takes a new level
+/// only once a frame has carried `LEVEL_HOLD` bytes (each data stream here
+/// carries less, so the bytes are those of level 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_compression_climbs_on_a_slow_link() {
     let tmp = TempDir::new().unwrap();
@@ -419,7 +421,7 @@ async fn auto_compression_climbs_on_a_slow_link() {
     let (fast, slow) = (&reports[0], &reports[1]);
     let levels = |r: &xfer::Report| (r.zstd_level_last, r.zstd_level_max, r.bytes_sent);
     assert!(slow.zstd_level_max > fast.zstd_level_max, "fast {:?}, slow {:?}", levels(fast), levels(slow));
-    assert!(slow.bytes_sent < fast.bytes_sent, "fast {:?}, slow {:?}", levels(fast), levels(slow));
+    assert!(slow.bytes_sent <= fast.bytes_sent, "fast {:?}, slow {:?}", levels(fast), levels(slow));
     // A fixed level stays put, whatever the link.
     let url = RemoteUrl { authority: server.addr.to_string(), path: "fixed".into() };
     let options = TransferOptions {

@@ -2,6 +2,8 @@
 //! wire (SPEC.md, "Codec registry"). Defined here once; the core's codecs
 //! and patches use these values.
 
+use crate::FEATURE_ZSTD_STREAM;
+
 /// `ChunkData.codec`: the payload is the chunk's bytes.
 pub const CODEC_RAW: u8 = 0;
 /// `ChunkData.codec`: the payload is one zstd frame.
@@ -12,9 +14,21 @@ pub const CODEC_LZ4: u8 = 2;
 /// base the receiver described in `NeedChunk.signature`.
 pub const CODEC_DELTA: u8 = 3;
 
-/// The codec numbers this version defines; any other is a protocol error
-/// unless a negotiated feature defines it.
+/// `ChunkData.codec`, with feature [`FEATURE_ZSTD_STREAM`] in effect only:
+/// the payload continues the zstd stream of the data stream the message
+/// travels on, and decodes to exactly the chunk (SPEC.md, "Codec
+/// registry").
+pub const CODEC_ZSTD_STREAM: u8 = 4;
+
+/// The codec numbers this version defines without features; any other is a
+/// protocol error unless a negotiated feature defines it ([`codec_allowed`]).
 pub const CODECS: [u8; 4] = [CODEC_RAW, CODEC_ZSTD, CODEC_LZ4, CODEC_DELTA];
+
+/// Whether `codec` may appear in a `ChunkData` of a session whose features
+/// in effect (the bits both peers set) are `features`.
+pub fn codec_allowed(codec: u8, features: u64) -> bool {
+    CODECS.contains(&codec) || (codec == CODEC_ZSTD_STREAM && features & FEATURE_ZSTD_STREAM != 0)
+}
 
 /// Patch literal section mode: the literal bytes as they are.
 pub const LITERALS_RAW: u8 = 0;

@@ -45,5 +45,10 @@ pub const FEATURE_STORE_COSTS: u64 = 1;
 /// of `Done`, and the receiver then records nothing (SPEC.md, "Dry run").
 pub const FEATURE_DRY_RUN: u64 = 2;
 
+/// Feature bit: chunks may be compressed as one zstd stream per data
+/// stream (`ChunkData.codec` 4, SPEC.md, "Codec registry"), so a chunk
+/// finds matches in the chunks sent before it on its stream.
+pub const FEATURE_ZSTD_STREAM: u64 = 4;
+
 /// `Hello.features` bits defined by this version.
-pub const KNOWN_FEATURES: u64 = FEATURE_STORE_COSTS | FEATURE_DRY_RUN;
+pub const KNOWN_FEATURES: u64 = FEATURE_STORE_COSTS | FEATURE_DRY_RUN | FEATURE_ZSTD_STREAM;

@@ -15,6 +15,15 @@ pub const MAX_PAYLOAD_LEN: u32 = MAX_CHUNK_LEN + 32 * 1024;
 /// 4 MiB + 64 KiB, a chunk plus headers.
 pub const MAX_FRAME_LEN: u32 = MAX_CHUNK_LEN + 64 * 1024;
 
+/// Largest window a frame of the zstd stream codec may ask for: 2^22 bytes
+/// (4 MiB). A receiver holds one window per data stream that carries the
+/// codec, so this bounds its memory at [`MAX_ZSTD_STREAMS`] windows.
+pub const MAX_ZSTD_STREAM_WINDOW_LOG: u32 = 22;
+
+/// Most data streams of one session that may carry [`CODEC_ZSTD_STREAM`](crate::codec::CODEC_ZSTD_STREAM)
+/// chunks (each costs the receiver a decoder and its window).
+pub const MAX_ZSTD_STREAMS: usize = 4;
+
 /// Longest path (relative, `/`-separated raw bytes), as Linux `PATH_MAX`.
 /// Also bounds a symlink target.
 pub const MAX_PATH_LEN: usize = 4096;

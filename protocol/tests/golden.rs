@@ -205,6 +205,41 @@ fn golden_frames() {
     }
 }
 
+/// The zstd stream feature as it travels: its bit in `Hello` beside the
+/// others, and a `ChunkData` of codec 4 (framed like any other; what its
+/// payload holds is the codec's business, SPEC.md section 13).
+#[test]
+fn golden_zstd_stream_feature() {
+    assert_eq!((FEATURE_ZSTD_STREAM, KNOWN_FEATURES), (4, 7));
+    assert_eq!(codec::CODEC_ZSTD_STREAM, 4);
+    let frames: [(Message, &str); 2] = [
+        (
+            Hello { version: PROTOCOL_VERSION, features: KNOWN_FEATURES, agent: "xfer/0.1.0".into() }.into(),
+            "0e0000000103070a786665722f302e312e30",
+        ),
+        (
+            ChunkData { file: 3, index: 1, codec: codec::CODEC_ZSTD_STREAM, decoded_len: 4, payload: b"data".to_vec() }
+                .into(),
+            "0a00000033030104040464617461",
+        ),
+    ];
+    for (message, hex) in frames {
+        let frame = message.to_frame();
+        assert_eq!(to_hex(&frame), hex, "{}", message.kind());
+        assert_eq!(frame::parse(&frame).unwrap(), message);
+    }
+    // The codec exists only with the feature in effect.
+    assert!(!codec::codec_allowed(codec::CODEC_ZSTD_STREAM, 0));
+    assert!(!codec::codec_allowed(codec::CODEC_ZSTD_STREAM, FEATURE_STORE_COSTS | FEATURE_DRY_RUN));
+    assert!(codec::codec_allowed(codec::CODEC_ZSTD_STREAM, FEATURE_ZSTD_STREAM));
+    for known in codec::CODECS {
+        assert!(codec::codec_allowed(known, 0));
+    }
+    assert!((5..=u8::MAX).all(|other| !codec::codec_allowed(other, KNOWN_FEATURES)));
+    // The limits SPEC.md states.
+    assert_eq!((MAX_ZSTD_STREAM_WINDOW_LOG, MAX_ZSTD_STREAMS), (22, 4));
+}
+
 #[test]
 fn golden_covers_every_kind() {
     let kinds: Vec<Kind> = GOLDEN.iter().map(|(k, _)| *k).collect();

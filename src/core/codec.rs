@@ -1,22 +1,30 @@
-//! Chunk codecs: zstd, lz4, raw and the sub-chunk delta form.
+//! Chunk codecs: zstd, lz4, raw, the sub-chunk delta form, and zstd
+//! streams that span the chunks of a data stream ([`stream`]).
 //!
 //! The sender turns each chunk it must send into an [`EncodedChunk`] with an
 //! [`Encoder`]; the receiver turns it back with [`decode`], which bounds
 //! every allocation by the declared length (itself capped at
 //! [`MAX_CHUNK_LEN`]) and checks the result against the chunk id, so a
 //! corrupt or hostile payload is an error, never a panic or a wrong file.
+//! A [`Codec::ZstdStream`] chunk is first decoded by its data stream's
+//! [`StreamDecoder`], in stream order, and then checked as a raw chunk.
 
 use std::cell::RefCell;
 use std::io;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use xfer_protocol::codec::{CODEC_DELTA, CODEC_LZ4, CODEC_RAW, CODEC_ZSTD};
+use xfer_protocol::codec::{CODEC_DELTA, CODEC_LZ4, CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_STREAM};
 
 use crate::adapt::{LevelController, Observation, Step};
 use crate::chunk::MAX_CHUNK_LEN;
 use crate::hash::ChunkId;
 use crate::patch::{self, PatchError, Signature};
+
+mod stream;
+
+use stream::StreamEncoder;
+pub use stream::{StreamDecoder, LEVEL_HOLD, STREAM_WINDOW_LOG};
 
 /// zstd level [`Compression::Auto`] starts a session at; it moves from
 /// there as [`crate::adapt`] finds the link slower than the encoder.
@@ -44,6 +52,9 @@ pub enum Codec {
     Lz4 = CODEC_LZ4,
     /// A [`patch`] against old bytes the receiver holds.
     Delta = CODEC_DELTA,
+    /// The next piece of the zstd stream of the data stream the chunk
+    /// travels on (feature `FEATURE_ZSTD_STREAM`).
+    ZstdStream = CODEC_ZSTD_STREAM,
 }
 
 impl TryFrom<u8> for Codec {
@@ -55,6 +66,7 @@ impl TryFrom<u8> for Codec {
             CODEC_ZSTD => Ok(Codec::Zstd),
             CODEC_LZ4 => Ok(Codec::Lz4),
             CODEC_DELTA => Ok(Codec::Delta),
+            CODEC_ZSTD_STREAM => Ok(Codec::ZstdStream),
             _ => Err(CodecError::UnknownCodec(tag)),
         }
     }
@@ -163,6 +175,33 @@ pub enum CodecError {
         #[source]
         source: PatchError,
     },
+    /// A [`Codec::ZstdStream`] chunk reached [`decode`]: only its data
+    /// stream's [`StreamDecoder`] can decode it.
+    #[error("chunk {id}: a zstd stream payload outside its stream")]
+    OutsideStream {
+        /// The chunk.
+        id: ChunkId,
+    },
+    /// A zstd stream chunk declared longer than [`MAX_CHUNK_LEN`]; nothing
+    /// was fed to the stream or allocated.
+    #[error("zstd stream chunk: declared length {len} exceeds {max}")]
+    StreamTooLarge {
+        /// Declared decoded length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A zstd stream payload did not decode to exactly its declared
+    /// length: corrupt, out of order, or asking for too large a window.
+    /// The stream is out of step from here on.
+    #[error("zstd stream payload does not decode to its {decoded_len} bytes")]
+    Stream {
+        /// Declared decoded length.
+        decoded_len: u32,
+        /// What was wrong.
+        #[source]
+        source: io::Error,
+    },
     /// The payload decoded to a different length than declared.
     #[error("chunk {id}: decoded {actual} bytes, declared {expected}")]
     Length {
@@ -194,6 +233,18 @@ pub struct Encoder {
     level: Option<(i32, i32)>,
     /// [`Compression::Auto`]'s level controller and the window's figures.
     adaptive: Option<Adaptive>,
+    /// The zstd stream of each data stream, by its index, made on first use.
+    streams: Vec<StreamSlot>,
+}
+
+/// A data stream's zstd stream, as the encoder holds it.
+enum StreamSlot {
+    /// No chunk went into it yet.
+    Unused,
+    Open(Box<StreamEncoder>),
+    /// zstd failed in it: what the context holds is unknown, so the data
+    /// stream sends its chunks alone for the rest of the session.
+    Broken,
 }
 
 /// A monotonic time source: the edges pass `std::time::Instant`'s `now`.
@@ -258,7 +309,7 @@ impl Encoder {
             None => None,
         };
         let adaptive = (compression == Compression::Auto).then(Adaptive::default);
-        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive })
+        Ok(Self { compression, zstd, patch_zstd: None, level: level.map(|l| (l, l)), adaptive, streams: Vec::new() })
     }
 
     /// This encoder, timing its work with `clock`. Without a clock
@@ -323,9 +374,69 @@ impl Encoder {
     /// If `data` is longer than [`MAX_CHUNK_LEN`]: the chunker never cuts
     /// such a chunk, and no receiver would accept it.
     pub fn encode(&mut self, data: &[u8]) -> EncodedChunk {
+        self.timed(data, |encoder| encoder.compress(data))
+    }
+
+    /// `data` as the next chunk of the zstd stream of data stream `stream`
+    /// ([`Codec::ZstdStream`]), for a session with `FEATURE_ZSTD_STREAM` in
+    /// effect: the chunk finds matches in the chunks before it on that
+    /// stream, and must travel on it, after them. Every chunk encoded here
+    /// goes into the stream, compressible or not (zstd stores what it
+    /// cannot shrink, at 3 bytes a block). Without zstd
+    /// ([`Compression::Lz4`], [`Compression::Raw`]), for a `stream` past
+    /// [`xfer_protocol::MAX_ZSTD_STREAMS`], or once zstd failed on that
+    /// stream, as [`Encoder::encode`].
+    ///
+    /// # Panics
+    ///
+    /// If `data` is longer than [`MAX_CHUNK_LEN`].
+    pub fn encode_on_stream(&mut self, stream: usize, data: &[u8]) -> EncodedChunk {
+        self.timed(data, |encoder| encoder.stream_compress(stream, data).unwrap_or_else(|| encoder.compress(data)))
+    }
+
+    /// `data` in `stream`'s zstd stream, if it has one.
+    fn stream_compress(&mut self, stream: usize, data: &[u8]) -> Option<(Codec, Vec<u8>)> {
+        let level = self.level()?;
+        if stream >= xfer_protocol::MAX_ZSTD_STREAMS {
+            return None;
+        }
+        if self.streams.len() <= stream {
+            self.streams.resize_with(stream + 1, || StreamSlot::Unused);
+        }
+        let slot = &mut self.streams[stream];
+        if matches!(slot, StreamSlot::Unused) {
+            *slot = StreamEncoder::new(level).map_or(StreamSlot::Broken, |encoder| StreamSlot::Open(Box::new(encoder)));
+        }
+        let StreamSlot::Open(encoder) = slot else { return None };
+        encoder.set_level(level);
+        match encoder.encode(data) {
+            Ok(payload) if payload.len() <= xfer_protocol::MAX_PAYLOAD_LEN as usize => {
+                Some((Codec::ZstdStream, payload))
+            }
+            // The context took the chunk, the receiver will not: never again.
+            _ => {
+                *slot = StreamSlot::Broken;
+                None
+            }
+        }
+    }
+
+    /// Runs `compress` on `data`, timing it for [`Compression::Auto`].
+    fn timed(&mut self, data: &[u8], compress: impl FnOnce(&mut Self) -> (Codec, Vec<u8>)) -> EncodedChunk {
         let decoded_len = chunk_len(data);
         let clock = self.adaptive.as_ref().and_then(|adaptive| adaptive.clock);
         let started = clock.map(|now| now());
+        let (codec, payload) = compress(self);
+        if let (Some(adaptive), Some(now), Some(started)) = (self.adaptive.as_mut(), clock, started) {
+            adaptive.input += data.len() as u64;
+            adaptive.output += payload.len() as u64;
+            adaptive.time += now().saturating_duration_since(started);
+        }
+        EncodedChunk { codec, decoded_len, payload }
+    }
+
+    /// `data` compressed alone, or raw where compression does not pay.
+    fn compress(&mut self, data: &[u8]) -> (Codec, Vec<u8>) {
         let compressed = match self.compression {
             Compression::Raw => None,
             // Keep zstd only below these sizes: writing into a buffer of
@@ -337,13 +448,7 @@ impl Encoder {
                 (payload.len() < data.len()).then_some((Codec::Lz4, payload))
             }
         };
-        let (codec, payload) = compressed.unwrap_or_else(|| (Codec::Raw, data.to_vec()));
-        if let (Some(adaptive), Some(now), Some(started)) = (self.adaptive.as_mut(), clock, started) {
-            adaptive.input += data.len() as u64;
-            adaptive.output += payload.len() as u64;
-            adaptive.time += now().saturating_duration_since(started);
-        }
-        EncodedChunk { codec, decoded_len, payload }
+        compressed.unwrap_or_else(|| (Codec::Raw, data.to_vec()))
     }
 
     /// zstd form of `data` if it fits in `limit` bytes.
@@ -518,6 +623,7 @@ pub fn decode(chunk: &EncodedChunk, id: &ChunkId, base: Option<&[u8]>) -> Result
             let base = base.ok_or(CodecError::MissingBase { id })?;
             patch::apply(payload, base, len).map_err(|source| CodecError::Patch { id, source })?
         }
+        Codec::ZstdStream => return Err(CodecError::OutsideStream { id }),
     };
     if data.len() != len {
         return Err(CodecError::Length { id, expected: decoded_len, actual: data.len() });
@@ -565,10 +671,10 @@ mod tests {
 
     #[test]
     fn codec_tag_roundtrip() {
-        for codec in [Codec::Raw, Codec::Zstd, Codec::Lz4, Codec::Delta] {
+        for codec in [Codec::Raw, Codec::Zstd, Codec::Lz4, Codec::Delta, Codec::ZstdStream] {
             assert_eq!(Codec::try_from(u8::from(codec)).unwrap(), codec);
         }
-        assert!(matches!(Codec::try_from(4), Err(CodecError::UnknownCodec(4))));
+        assert!(matches!(Codec::try_from(5), Err(CodecError::UnknownCodec(5))));
     }
 
     #[test]
@@ -740,5 +846,173 @@ mod tests {
         let lz4_bomb =
             EncodedChunk { codec: Codec::Lz4, decoded_len: 1000, payload: lz4_flex::block::compress(&zeros) };
         assert!(matches!(decode(&lz4_bomb, &id, None), Err(CodecError::Lz4 { .. })));
+    }
+
+    /// Similar small files, as a tree of source files holds: each alone
+    /// compresses poorly, together well.
+    fn similar_files(count: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let mut file =
+                    format!("// Licensed under the same terms as the rest of the tree ({i}).\n").into_bytes();
+                file.extend_from_slice(&text_bytes(2000 + i * 37));
+                file.extend_from_slice(&random_bytes(40, i as u64));
+                file
+            })
+            .collect()
+    }
+
+    /// Encodes `chunks` on data streams in turn, as the sender does.
+    fn encode_streams(encoder: &mut Encoder, chunks: &[Vec<u8>], streams: usize) -> Vec<(usize, EncodedChunk)> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| (i % streams, encoder.encode_on_stream(i % streams, chunk)))
+            .collect()
+    }
+
+    /// Decodes `sent` with one decoder per stream, checking each chunk's id.
+    fn decode_streams(sent: &[(usize, EncodedChunk)], chunks: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, CodecError> {
+        let mut decoders: Vec<StreamDecoder> = (0..4).map(|_| StreamDecoder::new().unwrap()).collect();
+        let mut out = Vec::new();
+        for ((stream, encoded), chunk) in sent.iter().zip(chunks) {
+            let id = ChunkId::of(chunk);
+            let bytes = match encoded.codec {
+                Codec::ZstdStream => decoders[*stream].decode(&encoded.payload, encoded.decoded_len)?,
+                _ => decode(encoded, &id, None)?,
+            };
+            let raw = EncodedChunk { codec: Codec::Raw, decoded_len: encoded.decoded_len, payload: bytes };
+            out.push(decode(&raw, &id, None)?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn stream_roundtrip_over_many_chunks() {
+        let mut chunks = similar_files(300);
+        chunks.push(Vec::new());
+        chunks.push(random_bytes(200_000, 7));
+        chunks.push(vec![0; MAX_CHUNK_LEN as usize]);
+        chunks.push(random_bytes(MAX_CHUNK_LEN as usize, 8));
+        for compression in all_compressions() {
+            for streams in [1, 4] {
+                let mut encoder = Encoder::new(compression).unwrap();
+                let sent = encode_streams(&mut encoder, &chunks, streams);
+                let uses_zstd = matches!(compression, Compression::Auto | Compression::Zstd { .. });
+                assert!(sent.iter().all(|(_, c)| (c.codec == Codec::ZstdStream) == uses_zstd), "{compression:?}");
+                assert_eq!(decode_streams(&sent, &chunks).unwrap(), chunks, "{compression:?} on {streams}");
+                assert!(sent.iter().all(|(_, c)| c.payload.len() <= xfer_protocol::MAX_PAYLOAD_LEN as usize));
+            }
+        }
+    }
+
+    #[test]
+    fn stream_compresses_similar_chunks_better_than_alone() {
+        let chunks = similar_files(200);
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        let alone: usize = chunks.iter().map(|c| encoder.encode(c).payload.len()).sum();
+        let sent = encode_streams(&mut Encoder::new(Compression::Auto).unwrap(), &chunks, 4);
+        let streamed: usize = sent.iter().map(|(_, c)| c.payload.len()).sum();
+        assert!(streamed * 2 < alone, "{streamed} bytes in streams, {alone} alone");
+    }
+
+    #[test]
+    fn stream_level_change_starts_a_new_frame_the_decoder_follows() {
+        // Big enough chunks that frames reach the hold and restart.
+        let chunks: Vec<Vec<u8>> =
+            (0..40).map(|i| text_bytes(1 << 20).into_iter().chain(random_bytes(64, i)).collect()).collect();
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        let mut sent = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i % 3 == 1 {
+                // What the adaptive controller does, through its only door.
+                let level = if encoder.level() == Some(1) { 3 } else { 1 };
+                encoder.zstd.as_mut().unwrap().set_compression_level(level).unwrap();
+                encoder.level = Some((level, 3));
+            }
+            sent.push((i % 2, encoder.encode_on_stream(i % 2, chunk)));
+        }
+        // Frames began again past the first chunk of each stream.
+        let magic = [0x28, 0xb5, 0x2f, 0xfd];
+        let restarts = sent[2..].iter().filter(|(_, c)| c.payload.windows(4).any(|w| w == magic)).count();
+        assert!(restarts >= 2, "{restarts} frames restarted");
+        assert_eq!(decode_streams(&sent, &chunks).unwrap(), chunks);
+    }
+
+    #[test]
+    fn stream_out_of_order_or_missing_payload_is_an_error() {
+        let chunks = similar_files(40);
+        let sent = encode_streams(&mut Encoder::new(Compression::Auto).unwrap(), &chunks, 1);
+        let wrong_order = |sent: &[(usize, EncodedChunk)], chunks: &[Vec<u8>]| match decode_streams(sent, chunks) {
+            Err(CodecError::Stream { .. } | CodecError::HashMismatch { .. } | CodecError::Length { .. }) => {}
+            other => panic!("{other:?}"),
+        };
+        // One payload missing: the ones after it reach back into it.
+        let mut missing = sent.clone();
+        missing.remove(10);
+        let mut expected = chunks.clone();
+        expected.remove(10);
+        wrong_order(&missing, &expected);
+        // Two payloads swapped.
+        let mut swapped = sent.clone();
+        swapped.swap(20, 21);
+        let mut expected = chunks.clone();
+        expected.swap(20, 21);
+        wrong_order(&swapped, &expected);
+        // A payload cut short, or with bytes added: its length is wrong.
+        let mut decoder = StreamDecoder::new().unwrap();
+        let (_, first) = &sent[0];
+        assert!(matches!(
+            decoder.decode(&first.payload[..first.payload.len() - 1], first.decoded_len),
+            Err(CodecError::Stream { .. })
+        ));
+        let mut decoder = StreamDecoder::new().unwrap();
+        assert!(matches!(decoder.decode(&first.payload, first.decoded_len - 1), Err(CodecError::Stream { .. })));
+        let mut decoder = StreamDecoder::new().unwrap();
+        assert!(matches!(decoder.decode(&first.payload, first.decoded_len + 1), Err(CodecError::Stream { .. })));
+    }
+
+    #[test]
+    fn stream_refuses_a_window_past_the_limit_and_oversized_lengths() {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let data = text_bytes(10_000);
+        let mut cctx = CCtx::create();
+        cctx.set_parameter(CParameter::WindowLog(xfer_protocol::MAX_ZSTD_STREAM_WINDOW_LOG + 1)).unwrap();
+        let mut payload = Vec::with_capacity(20_000);
+        let mut input = zstd::zstd_safe::InBuffer::around(&data);
+        let mut output = zstd::zstd_safe::OutBuffer::around(&mut payload);
+        let end = zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush;
+        assert_eq!(cctx.compress_stream2(&mut output, &mut input, end).unwrap(), 0);
+        let mut decoder = StreamDecoder::new().unwrap();
+        match decoder.decode(&payload, chunk_len(&data)) {
+            Err(CodecError::Stream { source, .. }) => assert!(source.to_string().contains("memory"), "{source}"),
+            other => panic!("{other:?}"),
+        }
+        // Within the limit the same bytes decode.
+        let mut encoder = Encoder::new(Compression::Auto).unwrap();
+        let chunk = encoder.encode_on_stream(0, &data);
+        assert_eq!(StreamDecoder::new().unwrap().decode(&chunk.payload, chunk.decoded_len).unwrap(), data);
+        // A declared length past the chunk limit is refused before anything.
+        assert!(matches!(
+            StreamDecoder::new().unwrap().decode(&chunk.payload, MAX_CHUNK_LEN + 1),
+            Err(CodecError::StreamTooLarge { .. })
+        ));
+        // Outside its stream a stream chunk does not decode.
+        assert!(matches!(decode(&chunk, &ChunkId::of(&data), None), Err(CodecError::OutsideStream { .. })));
+    }
+
+    #[test]
+    fn stream_decoder_survives_garbage_as_an_error() {
+        for seed in 0..300u64 {
+            let mut decoder = StreamDecoder::new().unwrap();
+            let len = [0, 10, 1000, 70_000][seed as usize % 4];
+            let _ = decoder.decode(&random_bytes(seed as usize * 3, seed), len);
+            // Valid magic with random contents.
+            let mut payload = vec![0x28, 0xb5, 0x2f, 0xfd];
+            payload.extend(random_bytes(seed as usize, seed + 1000));
+            if let Ok(bytes) = StreamDecoder::new().unwrap().decode(&payload, len) {
+                assert_eq!(bytes.len(), len as usize);
+            }
+        }
     }
 }

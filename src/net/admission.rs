@@ -333,8 +333,9 @@ async fn run_opened(
             })
         }
         Direction::Pull => {
+            let features = opened.client_features();
             let Opened { send, ctrl_in, reader, open, .. } = opened;
-            let pulled = serve_pull(connection, send, ctrl_in, config, open, watch).await;
+            let pulled = serve_pull(connection, send, ctrl_in, config, (features, open), watch).await;
             drop(reader);
             pulled.map(|(sender, scan_skipped)| {
                 skipped_here = scan_skipped + sender.skipped().len() as u64;

@@ -88,8 +88,8 @@ async fn drive_sender<R: ChunkReader + Send + 'static>(
                     m = in_rx.recv() => Some(m),
                     () = ctrl.room() => None,
                     () = data.room() => None,
-                    e = watch.stalled() => Some(Some(Inbound { frame: Err(e), _held: None })),
-                    e = watch.stopped() => Some(Some(Inbound { frame: Err(e), _held: None })),
+                    e = watch.stalled() => Some(Some(Inbound::failed(e))),
+                    e = watch.stopped() => Some(Some(Inbound::failed(e))),
                 }
             });
             if let Some(message) = input {
@@ -148,14 +148,18 @@ async fn drive_receiver<D: Destination + Send + 'static>(
                     m = ctrl_in.recv(), if wants_control => Some((m, Lane::Control)),
                     m = data_in.recv() => Some((m, Lane::Data)),
                     () = out.room() => None,
-                    e = watch.stalled() => Some((Some(Inbound { frame: Err(e), _held: None }), Lane::Control)),
-                    e = watch.stopped() => Some((Some(Inbound { frame: Err(e), _held: None }), Lane::Control)),
+                    e = watch.stalled() => Some((Some(Inbound::failed(e)), Lane::Control)),
+                    e = watch.stopped() => Some((Some(Inbound::failed(e)), Lane::Control)),
                 }
             });
             if let Some((message, lane)) = input {
+                let stream = message.as_ref().and_then(|m| m.stream);
                 let message = inbound(message, &conn)?;
                 check_lane(&message, lane)?;
-                receiver.handle(message)?;
+                match stream {
+                    Some(stream) => receiver.handle_data(stream, message)?,
+                    None => receiver.handle(message)?,
+                }
             }
             Ok(false)
         };
@@ -326,20 +330,23 @@ pub(super) async fn serve_pull_at(
     sender.walked = Some(walked);
     sender.plan = crate::plan::PlanOptions { delete: open.delete, protect: None, skipped: Arc::default() };
     sender.offer_store_costs = config.store.is_some();
+    sender.zstd_stream = crate::crashpoint::zstd_stream();
     let sender = Sender::respond(sender, client_features, open.remembered_root);
     let sender = drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?;
     Ok((sender.summary().copied(), sender.skipped().len() as u64, meter.map(|m| m.requests())))
 }
 
-/// Serves a pull: scans the requested tree and sends it.
+/// Serves a pull: scans the requested tree and sends it. `request` is the
+/// client's `Hello` features and its `Open`.
 pub(super) async fn serve_pull(
     connection: &Connection,
     send: SendStream,
     ctrl_in: mpsc::Receiver<Inbound>,
     config: &ServeConfig,
-    open: xfer_protocol::msg::Open,
+    request: (u64, xfer_protocol::msg::Open),
     watch: Watch,
 ) -> Result<(Sender<FileReader>, u64), SessionError> {
+    let (client_features, open) = request;
     let path = match open.path.as_slice() {
         [] => RelPath::root(),
         bytes => RelPath::new(bytes.to_vec()).map_err(|e| SessionError::Protocol(e.to_string()))?,
@@ -376,7 +383,9 @@ pub(super) async fn serve_pull(
     let scan_skipped = scanned.skipped.len() as u64;
     let mut sender = SenderConfig::new(scanned.manifest, FileReader::new(abs), encoder);
     sender.plan = options;
-    // A mirror's reads cost nothing worth reporting: no store costs.
-    let sender = Sender::respond(sender, 0, open.remembered_root);
+    sender.zstd_stream = crate::crashpoint::zstd_stream();
+    // A mirror's reads cost nothing worth reporting: the server offers no
+    // store costs, whatever the client's features.
+    let sender = Sender::respond(sender, client_features, open.remembered_root);
     Ok((drive_sender(connection, send, ctrl_in, sender, config.caps(), watch).await?, scan_skipped))
 }

@@ -14,16 +14,9 @@ use super::link::Backlog;
 use super::watch::Activity;
 use crate::session::SessionError;
 
-/// Streams that carry chunk data, so one lost packet stalls only a share.
-///
-/// `scripts/bench/sweep.sh` with 1, 2, 4 and 8 (run 20261127-090232, the
-/// median of two rounds) found no difference beyond noise: a 268 MB
-/// incompressible push at 100 Mbit/s took 24.19, 24.13, 24.25 and 24.14 s,
-/// and uncapped 1.98, 1.90, 1.92 and 1.86 s. That link loses packets only
-/// at tbf's queue; with random loss, which the bench machine cannot make,
-/// one stream would stall all chunk data behind each lost packet, so a few
-/// streams are kept at no measured cost.
-pub const DATA_STREAMS: usize = 4;
+/// Streams that carry chunk data; the session says which one each data
+/// message takes.
+pub use crate::session::DATA_STREAMS;
 
 /// Messages buffered between the network tasks and the session thread.
 /// Not a limit on data in flight (QUIC's stream buffers hold that), so
@@ -36,10 +29,21 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 /// What a stream reader hands the session: a message, or why the bytes on
 /// the stream are not one (the session closes with that error's code),
-/// with the share of the streams' byte budget it holds until taken.
+/// with the share of the streams' byte budget it holds until taken, and
+/// the data stream it came on.
 pub(super) struct Inbound {
     pub(super) frame: Result<Message, SessionError>,
     pub(super) _held: Option<OwnedSemaphorePermit>,
+    /// The data stream's id (QUIC's stream index); `None` on the control
+    /// stream.
+    pub(super) stream: Option<u64>,
+}
+
+impl Inbound {
+    /// Why the session cannot go on, as if a stream had said it.
+    pub(super) fn failed(error: SessionError) -> Self {
+        Inbound { frame: Err(error), _held: None, stream: None }
+    }
 }
 
 /// Bytes of decoded control messages waiting for the session: a count of
@@ -86,18 +90,25 @@ pub(super) struct Reading {
     tx: mpsc::Sender<Inbound>,
     budget: Budget,
     activity: Activity,
+    /// The data stream read, if it is one.
+    stream: Option<u64>,
 }
 
 impl Reading {
     pub(super) fn new(tx: mpsc::Sender<Inbound>, budget: u32, activity: &Activity) -> Self {
-        Reading { tx, budget: Budget::new(budget), activity: activity.clone() }
+        Reading { tx, budget: Budget::new(budget), activity: activity.clone(), stream: None }
+    }
+
+    /// The same, for the data stream `stream`, sharing the budget.
+    fn on_stream(&self, stream: u64) -> Self {
+        Reading { stream: Some(stream), ..self.clone() }
     }
 
     /// Hands `frame` to the session once the budget allows `len` bytes;
     /// `false` when the session is gone.
     async fn hand_on(&self, frame: Result<Message, SessionError>, len: usize) -> bool {
         let Some(held) = self.budget.hold(len).await else { return false };
-        self.tx.send(Inbound { frame, _held: Some(held) }).await.is_ok()
+        self.tx.send(Inbound { frame, _held: Some(held), stream: self.stream }).await.is_ok()
     }
 }
 
@@ -165,10 +176,12 @@ pub(super) async fn write_frames(
     Ok(())
 }
 
-/// Spreads data frames over the data streams.
+/// Writes data frames to the data streams the session chose for them
+/// (each stream's frames in the order given: a zstd stream chunk follows
+/// the ones it was compressed after).
 pub(super) async fn write_data(
     streams: Vec<SendStream>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<(usize, Message)>,
     caps: Caps,
     activity: Activity,
     backlog: Arc<Backlog>,
@@ -181,12 +194,10 @@ pub(super) async fn write_data(
         let backlog = Some(backlog.clone());
         tasks.push(tokio::spawn(write_frames(stream, stream_rx, caps.clone(), activity.clone(), backlog)));
     }
-    let mut next = 0;
-    while let Some(message) = rx.recv().await {
-        if senders[next % senders.len()].send(message).await.is_err() {
+    while let Some((stream, message)) = rx.recv().await {
+        if senders[stream % senders.len()].send(message).await.is_err() {
             break;
         }
-        next += 1;
     }
     drop(senders);
     for task in tasks {
@@ -240,33 +251,35 @@ pub(super) fn check_lane(message: &Message, lane: Lane) -> Result<(), SessionErr
 /// Reads every data stream the peer opens on `connection` into `reading`.
 pub(super) async fn read_data_streams(connection: Connection, reading: Reading, caps: Caps) {
     while let Ok(stream) = connection.accept_uni().await {
-        tokio::spawn(read_frames(stream, reading.clone(), caps.clone()));
+        let id = stream.id().index();
+        tokio::spawn(read_frames(stream, reading.on_stream(id), caps.clone()));
     }
 }
 
-/// An outgoing queue that never blocks the session thread: a message that
-/// does not fit waits here until [`Outgoing::room`] says there is space.
-pub(super) struct Outgoing {
-    tx: mpsc::Sender<Message>,
-    held: Option<Message>,
+/// An outgoing queue that never blocks the session thread: a message (or,
+/// for the data streams, a message and its stream) that does not fit waits
+/// here until [`Outgoing::room`] says there is space.
+pub(super) struct Outgoing<T = Message> {
+    tx: mpsc::Sender<T>,
+    held: Option<T>,
     /// To tell why, when the channel's writer is gone.
     connection: Connection,
 }
 
-impl Outgoing {
-    pub(super) fn new(tx: mpsc::Sender<Message>, connection: Connection) -> Self {
+impl<T> Outgoing<T> {
+    pub(super) fn new(tx: mpsc::Sender<T>, connection: Connection) -> Self {
         Outgoing { tx, held: None, connection }
     }
 
     /// Moves messages from `next` into the channel while it has room.
-    pub(super) fn fill(&mut self, mut next: impl FnMut() -> Option<Message>) -> Result<(), SessionError> {
+    pub(super) fn fill(&mut self, mut next: impl FnMut() -> Option<T>) -> Result<(), SessionError> {
         self.try_fill(|| Ok(next()))
     }
 
     /// [`Outgoing::fill`] from a source that can fail.
     pub(super) fn try_fill(
         &mut self,
-        mut next: impl FnMut() -> Result<Option<Message>, SessionError>,
+        mut next: impl FnMut() -> Result<Option<T>, SessionError>,
     ) -> Result<(), SessionError> {
         loop {
             let held = self.held.take();

@@ -77,7 +77,9 @@ pub struct TransferOptions {
     pub bwlimit: Limiter,
     /// Compare and plan only: nothing is written and no chunk travels; the
     /// report says what a real run would do, with the chunk bytes
-    /// estimated by encoding them here (without deltas, so an upper bound).
+    /// estimated by encoding them here as the session would (without
+    /// deltas, so an upper bound, but that with zstd streams the receiver
+    /// may ask for chunks in a slightly other order).
     pub dry_run: bool,
     /// `key=value` labels for the server's audit log (and this side's):
     /// at most 16, keys without `=`, each at most 128 bytes.

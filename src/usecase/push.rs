@@ -197,6 +197,7 @@ fn new_sender(
     config.tags = tags.to_vec();
     config.source_host = label(&host_name(), xfer_protocol::MAX_HOST_LEN);
     config.source_path = label(&src.to_string_lossy(), xfer_protocol::MAX_PATH_LEN);
+    config.zstd_stream = crate::crashpoint::zstd_stream();
     Ok(Sender::new(config))
 }
 
@@ -276,8 +277,10 @@ async fn dry_run_report(
     sender: &Sender<FileReader>,
 ) -> Result<(), TransferError> {
     let (ops, known) = (sender.ops().to_vec(), sender.planned_against().clone());
-    let (root, compression) = (src.to_path_buf(), options.compression);
-    let plan = blocking("estimating the dry run", move || Ok(dry_run_figures(&ops, &known, root, compression)?)).await?;
+    let (root, compression, streams) = (src.to_path_buf(), options.compression, sender.zstd_stream());
+    let plan =
+        blocking("estimating the dry run", move || Ok(dry_run_figures(&ops, &known, root, (compression, streams))?))
+            .await?;
     report.dry_run = true;
     (report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent) = plan;
     if let Some(store) = &mut report.store {
@@ -328,13 +331,17 @@ fn changed_since_scan(
 }
 
 /// What a plan would send: files written, entries deleted, chunks the
-/// receiver is not known to hold, and their encoded bytes.
+/// receiver is not known to hold, and their encoded bytes, each chunk
+/// encoded as the session would (`encoding`: the compression, and whether
+/// the receiver takes zstd streams).
 fn dry_run_figures(
     ops: &[Op],
     known: &Manifest,
     root: PathBuf,
-    compression: Compression,
+    encoding: (Compression, bool),
 ) -> Result<(u64, u64, u64, u64), crate::Error> {
+    let (compression, streams) = encoding;
+    let mut turns = crate::session::StreamTurns::default();
     use crate::session::ChunkReader;
     let mut held: std::collections::HashSet<_> =
         known.entries().iter().filter_map(|e| e.file()).flat_map(|f| f.chunks.iter().map(|c| c.id)).collect();
@@ -350,7 +357,12 @@ fn dry_run_figures(
                     if held.insert(chunk.id) {
                         let data = reader.read(path, offset, *chunk)?;
                         chunks += 1;
-                        bytes += encoder.encode(&data).payload.len() as u64;
+                        let encoded = if streams {
+                            encoder.encode_on_stream(turns.next(data.len()), &data)
+                        } else {
+                            encoder.encode(&data)
+                        };
+                        bytes += encoded.payload.len() as u64;
                     }
                     offset += u64::from(chunk.len);
                 }

@@ -190,7 +190,9 @@ pub struct ApplyReport {
     pub bytes_reused: u64,
     /// Chunks fetched from the sender.
     pub chunks_fetched: u64,
-    /// Encoded bytes of those chunks (the data direction's payload).
+    /// Bytes of those chunks as handed to [`Destination::put_chunk`]:
+    /// encoded, but for zstd stream chunks, which the session decodes
+    /// first (it counts the payloads for `Summary.bytes_received` itself).
     pub bytes_fetched: u64,
     /// Of those, chunks sent as a delta against the receiver's old bytes.
     pub chunks_delta: u64,

@@ -24,10 +24,20 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn hand_to<D: Destination>(&mut self, receiver: &mut Receiver<D>, message: Message) -> Result<(), SessionError> {
+    /// Hands `message` to the receiver: from data stream `stream`, or
+    /// from the control stream.
+    fn hand_to<D: Destination>(
+        &mut self,
+        receiver: &mut Receiver<D>,
+        stream: Option<usize>,
+        message: Message,
+    ) -> Result<(), SessionError> {
         self.count(&message);
         self.to_receiver += 1;
-        receiver.handle(message)
+        match stream {
+            Some(stream) => receiver.handle_data(stream as u64, message),
+            None => receiver.handle(message),
+        }
     }
 
     fn count(&mut self, message: &Message) {
@@ -81,13 +91,13 @@ pub fn run_with<R: ChunkReader, D: Destination>(
     loop {
         let mut progressed = false;
         // Chunk answers never wait behind entry changes, as on the wire.
-        while let Some(message) = sender.poll_data()? {
-            traffic.hand_to(receiver, carry(Toward::Receiver, message))?;
+        while let Some((stream, message)) = sender.poll_data()? {
+            traffic.hand_to(receiver, Some(stream), carry(Toward::Receiver, message))?;
             progressed = true;
         }
         while receiver.wants_input() {
             let Some(message) = sender.poll_transmit() else { break };
-            traffic.hand_to(receiver, carry(Toward::Receiver, message))?;
+            traffic.hand_to(receiver, None, carry(Toward::Receiver, message))?;
             progressed = true;
         }
         while let Some(message) = receiver.poll_transmit() {

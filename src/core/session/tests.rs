@@ -383,3 +383,70 @@ fn feature_messages_need_both_sides() {
         }
     }
 }
+
+/// Chunk codecs of every `ChunkData` of a push of `source` into an empty
+/// tree, with the sender offering the zstd stream codec or not, and
+/// `strip` clearing the feature bit from the `Hello` going `strip`'s way
+/// (a peer that does not know it); and how the session ended.
+fn codecs_of_push(
+    source: &Model,
+    offer: bool,
+    strip: Option<pair::Toward>,
+) -> (Vec<u8>, Result<(), SessionError>, Model) {
+    let mut config =
+        SenderConfig::new(manifest_of(source), ModelReader(source.clone()), Encoder::new(Compression::Auto).unwrap());
+    config.zstd_stream = offer;
+    let mut sender = Sender::new(config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut tree = Some(MemTree { done: Some(tx), ..MemTree::default() });
+    let mut receiver = Receiver::new(Box::new(move |_: &OpenRequest| {
+        tree.take().ok_or_else(|| SessionError::Protocol("opened twice".into()))
+    }));
+    let mut codecs = Vec::new();
+    let ran = pair::run_with(&mut sender, &mut receiver, |toward, message| match message {
+        Message::Hello(mut hello) if strip == Some(toward) => {
+            hello.features &= !xfer_protocol::FEATURE_ZSTD_STREAM;
+            Message::Hello(hello)
+        }
+        Message::ChunkData(data) => {
+            codecs.push(data.codec);
+            Message::ChunkData(data)
+        }
+        other => other,
+    });
+    (codecs, ran.map(|_| ()), rx.try_recv().unwrap_or_default())
+}
+
+/// The zstd stream codec is used only when both sides offer its bit: a
+/// peer without it (an older xfer) gets per-chunk zstd as before, and a
+/// receiver that did not offer it refuses the codec.
+#[test]
+fn zstd_stream_needs_both_sides() {
+    use pair::Toward;
+    use xfer_protocol::codec::{CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_STREAM};
+    let mut source = Model::new();
+    for i in 0..40 {
+        let text = format!("fn item_{i}() -> usize {{ /* the same shape in every file */ {i} }}\n").repeat(40 + i);
+        source.insert(rel(&format!("f{i:02}.rs")), Node::File(text.into_bytes()));
+    }
+    let (codecs, ran, tree) = codecs_of_push(&source, true, None);
+    ran.unwrap();
+    assert_eq!(tree, source);
+    assert!(!codecs.is_empty() && codecs.iter().all(|&c| c == CODEC_ZSTD_STREAM), "{codecs:?}");
+    // The sender does not offer it; a receiver, or a sender, that does not
+    // know the bit: chunks go alone, as zstd frames.
+    for (offer, strip) in [(false, None), (true, Some(Toward::Sender))] {
+        let (codecs, ran, tree) = codecs_of_push(&source, offer, strip);
+        ran.unwrap();
+        assert_eq!(tree, source);
+        assert!(codecs.iter().all(|&c| c == CODEC_ZSTD || c == CODEC_RAW), "{codecs:?}");
+        assert!(codecs.contains(&CODEC_ZSTD), "{codecs:?}");
+    }
+    // A sender that uses the codec although the receiver never saw its
+    // offer: the receiver refuses the first such chunk.
+    let (_, ran, _) = codecs_of_push(&source, true, Some(Toward::Receiver));
+    match ran {
+        Err(SessionError::Protocol(message)) => assert!(message.contains("no feature in effect"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -9,10 +9,14 @@
 //! Must not panic or allocate beyond the declared length. Where the bytes
 //! decode but are not the fixed chunk, decoding them again under the id of
 //! what came out must succeed with the declared length.
+//!
+//! A zstd stream chunk (codec 4) goes to a `StreamDecoder` instead, as two
+//! payloads of one stream split where the base would end, each declared
+//! `decoded_len` long: what decodes has exactly that length.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xfer_core::codec::{self, Codec, CodecError, EncodedChunk};
+use xfer_core::codec::{self, Codec, CodecError, EncodedChunk, StreamDecoder};
 use xfer_core::hash::ChunkId;
 
 const NO_BASE: u16 = u16::MAX;
@@ -22,6 +26,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(codec) = Codec::try_from(head[0]) else { return };
     let decoded_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
     let base_len = u16::from_le_bytes([head[5], head[6]]);
+    if codec == Codec::ZstdStream {
+        let mut stream = StreamDecoder::new().expect("a decoder");
+        let (first, second) = rest.split_at(usize::from(base_len).min(rest.len()));
+        for payload in [first, second] {
+            match stream.decode(payload, decoded_len) {
+                Ok(bytes) => assert_eq!(bytes.len(), decoded_len as usize),
+                Err(_) => break,
+            }
+        }
+        let chunk = EncodedChunk { codec, decoded_len, payload: rest.to_vec() };
+        assert!(codec::decode(&chunk, &ChunkId([0x5a; 32]), None).is_err(), "a stream chunk outside its stream");
+        return;
+    }
     let (base, payload) = if base_len == NO_BASE {
         (None, rest)
     } else {

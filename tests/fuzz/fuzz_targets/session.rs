@@ -548,7 +548,6 @@ enum Lane {
 #[derive(Default)]
 struct Lanes {
     data: [VecDeque<Message>; DATA_LANES],
-    next_data: usize,
     control: VecDeque<Message>,
     back: VecDeque<Message>,
 }
@@ -624,8 +623,8 @@ impl Run {
     /// Moves everything both sides have to say onto the lanes.
     fn collect(&mut self) {
         loop {
-            let message = match self.sender.poll_data() {
-                Ok(Some(message)) => message,
+            let (lane, message) = match self.sender.poll_data() {
+                Ok(Some(answer)) => answer,
                 Ok(None) => break,
                 // Only a read failing beyond one file ends the sender.
                 Err(e) => {
@@ -633,8 +632,8 @@ impl Run {
                     break;
                 }
             };
-            let lane = self.lanes.next_data % DATA_LANES;
-            self.lanes.next_data += 1;
+            // On the data stream the sender chose: a zstd stream chunk
+            // belongs to its stream.
             self.lanes.data[lane].push_back(message);
         }
         while let Some(message) = self.sender.poll_transmit() {
@@ -662,7 +661,11 @@ impl Run {
         if let Message::WriteFile(w) = &message {
             self.declared.entry(w.path.clone()).or_default().insert(w.hash);
         }
-        if let Err(e) = self.receiver.handle(message) {
+        let handled = match lane {
+            Lane::Data(stream) => self.receiver.handle_data(stream as u64, message),
+            _ => self.receiver.handle(message),
+        };
+        if let Err(e) = handled {
             let queued: Vec<Message> = std::iter::from_fn(|| self.receiver.poll_transmit()).collect();
             assert!(
                 matches!(queued.last(), Some(Message::Error(_))),

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
+use xfer_protocol::codec::codec_allowed;
 use xfer_protocol::msg::{self, Message};
+use xfer_protocol::{FEATURE_ZSTD_STREAM, MAX_ZSTD_STREAMS};
 
 use crate::chunk::FileDigest;
-use crate::codec::{Codec, EncodedChunk};
+use crate::codec::{Codec, EncodedChunk, StreamDecoder};
 use crate::manifest::{EntryKind, Meta, RelPath};
 use crate::plan::Op;
 use crate::progress::{Change, Event};
@@ -204,52 +206,86 @@ impl<D: Destination> Receiver<D> {
         self.complete_if_ready(file)
     }
 
-    pub(super) fn chunk_data(&mut self, data: msg::ChunkData) -> Result<(), SessionError> {
-        if self.abandoned.contains(&data.file) {
+    pub(super) fn chunk_data(&mut self, stream: Option<u64>, data: msg::ChunkData) -> Result<(), SessionError> {
+        let wire_len = data.payload.len() as u64;
+        let (file, index) = (data.file, data.index);
+        let encoded = self.take_payload(stream, data)?;
+        if self.abandoned.contains(&file) {
             return Ok(());
         }
-        let Some(f) = self.files.get_mut(&data.file) else {
-            return Err(protocol(format!("chunk for file {} that is not being received", data.file)));
+        let Some(f) = self.files.get_mut(&file) else {
+            return Err(protocol(format!("chunk for file {file} that is not being received")));
         };
-        let Some(&OpenNeed { need, offered, len, .. }) = f.open.get(&data.index) else {
-            return Err(protocol(format!("chunk {} of file {} was not asked for", data.index, data.file)));
+        let Some(&OpenNeed { need, offered, len, .. }) = f.open.get(&index) else {
+            return Err(protocol(format!("chunk {index} of file {file} was not asked for")));
         };
-        let codec = Codec::try_from(data.codec).map_err(protocol)?;
-        let encoded = EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload };
         let (chunks, wire, decoded) = self.seen;
-        self.seen = (chunks + 1, wire + encoded.payload.len() as u64, decoded + len);
+        self.seen = (chunks + 1, wire + wire_len, decoded + len);
         self.relimit();
-        self.progress
-            .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
-        let put = self.receiving()?.put_chunk(data.file, need, &encoded, offered);
+        self.progress.emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: wire_len });
+        let put = self.receiving()?.put_chunk(file, need, &encoded, offered);
         match put {
             Ok(Put::Stored(also_ready)) => {
-                let f = self.files.get_mut(&data.file).expect("invariant: looked up above");
-                f.open.remove(&data.index);
+                let f = self.files.get_mut(&file).expect("invariant: looked up above");
+                f.open.remove(&index);
                 f.outstanding -= 1;
                 f.outstanding_bytes -= len;
                 self.outstanding -= 1;
                 self.outstanding_bytes -= len;
-                self.complete_if_ready(data.file)?;
+                self.complete_if_ready(file)?;
                 // Files that were waiting for this chunk's bytes.
                 for file in also_ready {
                     self.complete_if_ready(file)?;
                 }
             }
             Ok(Put::RetryWithoutBase) => {
-                if let Some(entry) = self.files.get_mut(&data.file).and_then(|f| f.open.get_mut(&data.index)) {
+                if let Some(entry) = self.files.get_mut(&file).and_then(|f| f.open.get_mut(&index)) {
                     entry.offered = false;
                 }
-                self.outbox.push_back(Message::NeedChunk(msg::NeedChunk {
-                    file: data.file,
-                    index: data.index,
-                    signature: None,
-                }));
+                self.outbox.push_back(Message::NeedChunk(msg::NeedChunk { file, index, signature: None }));
             }
-            Err(e) if e.is_per_entry() => self.abandon(data.file, &e.to_string()),
+            Err(e) if e.is_per_entry() => self.abandon(file, &e.to_string()),
             Err(e) => return Err(SessionError::local(e)),
         }
         self.pump()
+    }
+
+    /// `data`'s payload as the destination takes it, its codec checked
+    /// against the features in effect. A zstd stream chunk is decoded here,
+    /// before anything else, even for a chunk then dropped: the sender's
+    /// stream went on past it, and so must this side's.
+    fn take_payload(&mut self, stream: Option<u64>, data: msg::ChunkData) -> Result<EncodedChunk, SessionError> {
+        let features = if self.zstd_stream_agreed { FEATURE_ZSTD_STREAM } else { 0 };
+        if !codec_allowed(data.codec, features) {
+            return Err(protocol(format!("chunk data with codec {}, which no feature in effect defines", data.codec)));
+        }
+        let codec = Codec::try_from(data.codec).map_err(protocol)?;
+        if codec != Codec::ZstdStream {
+            return Ok(EncodedChunk { codec, decoded_len: data.decoded_len, payload: data.payload });
+        }
+        let decoded = self
+            .stream_decoder(stream)?
+            .decode(&data.payload, data.decoded_len)
+            .map_err(|e| protocol(format!("chunk {} of file {}: {e}: {}", data.index, data.file, error_source(&e))))?;
+        Ok(EncodedChunk { codec: Codec::Raw, decoded_len: data.decoded_len, payload: decoded })
+    }
+
+    /// The zstd stream decoder of data stream `stream`, made for its first
+    /// such chunk; a stream past `MAX_ZSTD_STREAMS`, or a chunk outside any
+    /// data stream, is a protocol error.
+    fn stream_decoder(&mut self, stream: Option<u64>) -> Result<&mut StreamDecoder, SessionError> {
+        let stream = stream.ok_or_else(|| protocol("a zstd stream chunk outside a data stream"))?;
+        let at = match self.streams.iter().position(|(id, _)| *id == stream) {
+            Some(at) => at,
+            None if self.streams.len() >= MAX_ZSTD_STREAMS => {
+                return Err(protocol(format!("zstd stream chunks on more than {MAX_ZSTD_STREAMS} data streams")))
+            }
+            None => {
+                self.streams.push((stream, StreamDecoder::new().map_err(SessionError::local)?));
+                self.streams.len() - 1
+            }
+        };
+        Ok(&mut self.streams[at].1)
     }
 
     pub(super) fn refine(&mut self, refine: msg::RefineRequest) -> Result<(), SessionError> {
@@ -362,7 +398,9 @@ impl<D: Destination> Receiver<D> {
             deleted: report.entries_deleted,
             failed: self.failed_count,
             bytes_written: report.bytes_reused + report.bytes_fetched,
-            bytes_received: report.bytes_fetched,
+            // What travelled, counted here: a zstd stream chunk reaches the
+            // destination decoded.
+            bytes_received: self.seen.1,
             chunks_received: report.chunks_fetched,
             chunks_reused: report.chunks_reused,
             chunks_delta: report.chunks_delta,
@@ -378,4 +416,9 @@ impl<D: Destination> Receiver<D> {
         self.outbox.push_back(Message::Summary(summary));
         self.state = if self.costs_agreed && pulled { State::AwaitingCosts } else { State::Finished };
     }
+}
+
+/// What lies under `error`, for a message that says why.
+fn error_source(error: &dyn std::error::Error) -> String {
+    error.source().map_or_else(String::new, ToString::to_string)
 }

@@ -5,12 +5,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use xfer_protocol::msg::{self, Message};
-use xfer_protocol::{CloseCode, FEATURE_DRY_RUN, FEATURE_STORE_COSTS, KNOWN_FEATURES};
+use xfer_protocol::{CloseCode, FEATURE_DRY_RUN, FEATURE_STORE_COSTS, FEATURE_ZSTD_STREAM, KNOWN_FEATURES};
 
 use super::destination::{Destination, FailedEntry, NeedInfo};
 use super::window::Limits;
 use super::{protocol, SessionError};
 use crate::chunk::FileDigest;
+use crate::codec::StreamDecoder;
 use crate::hash::FileHash;
 use crate::manifest::{Manifest, Meta, RelPath, Tree};
 use crate::plan::{deleted_entries, DeleteLimit, Op};
@@ -181,6 +182,11 @@ pub struct Receiver<D> {
     dry_run_agreed: bool,
     /// An entry change arrived (a `DryRun` after one is refused).
     changes_sent: bool,
+    /// Both sides offered `FEATURE_ZSTD_STREAM`.
+    zstd_stream_agreed: bool,
+    /// The zstd stream decoder of each data stream (by the transport's id)
+    /// that carried such chunks: at most `MAX_ZSTD_STREAMS`.
+    streams: Vec<(u64, StreamDecoder)>,
 }
 
 #[derive(Default)]
@@ -229,6 +235,8 @@ impl<D: Destination> Receiver<D> {
             store_costs: None,
             dry_run_agreed: false,
             changes_sent: false,
+            zstd_stream_agreed: false,
+            streams: Vec::new(),
         }
     }
 
@@ -395,13 +403,28 @@ impl<D: Destination> Receiver<D> {
         self.summary.as_ref()
     }
 
-    /// Takes one message from the sender.
+    /// Takes one message from the sender's control stream.
     ///
     /// # Errors
     /// [`SessionError`] for messages out of place or malformed, or local
     /// failures; an `Error` message for the peer is then queued.
     pub fn handle(&mut self, message: Message) -> Result<(), SessionError> {
-        let result = self.dispatch(message);
+        self.handle_on(None, message)
+    }
+
+    /// Takes one message from the sender's data stream `stream` (any id
+    /// the transport gives it, unique in the session), in the order the
+    /// stream delivered them: a zstd stream chunk is decoded with the ones
+    /// before it on its stream.
+    ///
+    /// # Errors
+    /// As [`Receiver::handle`].
+    pub fn handle_data(&mut self, stream: u64, message: Message) -> Result<(), SessionError> {
+        self.handle_on(Some(stream), message)
+    }
+
+    fn handle_on(&mut self, stream: Option<u64>, message: Message) -> Result<(), SessionError> {
+        let result = self.dispatch(stream, message);
         if let Err(e) = &result {
             self.outbox
                 .push_back(Message::Error(msg::ErrorMsg { code: e.close_code() as u32, message: e.to_string() }));
@@ -410,7 +433,7 @@ impl<D: Destination> Receiver<D> {
         result
     }
 
-    fn dispatch(&mut self, message: Message) -> Result<(), SessionError> {
+    fn dispatch(&mut self, stream: Option<u64>, message: Message) -> Result<(), SessionError> {
         match (self.state, message) {
             (_, Message::Error(e)) => Err(SessionError::Peer { code: CloseCode::from_u32(e.code), message: e.message }),
             (State::Greeting, Message::Hello(hello)) => self.greet(&hello),
@@ -418,6 +441,7 @@ impl<D: Destination> Receiver<D> {
             (State::Asking, Message::Hello(hello)) => {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
                 self.costs_agreed = hello.features & KNOWN_FEATURES & FEATURE_STORE_COSTS != 0;
+                self.zstd_stream_agreed = hello.features & FEATURE_ZSTD_STREAM != 0;
                 Ok(())
             }
             (State::Asking, Message::Opened(opened)) => {
@@ -433,7 +457,7 @@ impl<D: Destination> Receiver<D> {
             (State::Open, Message::Link(l)) => self.link(l),
             (State::Open, Message::WriteFile(w)) if self.partial.is_none() => self.write_file_header(w),
             (State::Open, Message::MoreChunks(more)) => self.more_chunks(more),
-            (State::Open, Message::ChunkData(data)) => self.chunk_data(data),
+            (State::Open, Message::ChunkData(data)) => self.chunk_data(stream, data),
             (State::Open, Message::RefineRequest(refine)) => self.refine(refine),
             (State::Open, Message::FileFailed(failed)) => self.file_failed(failed),
             (State::Open, Message::Done(_)) => self.sender_done(),
@@ -443,15 +467,32 @@ impl<D: Destination> Receiver<D> {
                 self.state = State::Finished;
                 Ok(())
             }
+            // Answers for a file given up on may still be on their way after
+            // the summary (data streams are not ordered with the control
+            // stream): ignored, as before it (SPEC.md section 3).
+            (State::Finished | State::AwaitingCosts, message) if self.answers_abandoned(&message) => Ok(()),
             (state, message) => Err(unexpected(state, &message)),
         }
     }
 
+    /// Whether `message` is a data stream answer for a file given up on.
+    fn answers_abandoned(&self, message: &Message) -> bool {
+        let file = match message {
+            Message::ChunkData(data) => data.file,
+            Message::RefineRequest(refine) => refine.file,
+            Message::FileFailed(failed) => failed.file,
+            _ => return false,
+        };
+        self.abandoned.contains(&file)
+    }
+
     fn greet(&mut self, hello: &msg::Hello) -> Result<(), SessionError> {
         xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
-        let offered = FEATURE_DRY_RUN | if self.offer_store_costs { FEATURE_STORE_COSTS } else { 0 };
+        let offered =
+            FEATURE_DRY_RUN | FEATURE_ZSTD_STREAM | if self.offer_store_costs { FEATURE_STORE_COSTS } else { 0 };
         self.costs_agreed = offered & hello.features & FEATURE_STORE_COSTS != 0;
         self.dry_run_agreed = hello.features & FEATURE_DRY_RUN != 0;
+        self.zstd_stream_agreed = hello.features & FEATURE_ZSTD_STREAM != 0;
         self.outbox.push_back(super::sender::hello(offered));
         Ok(())
     }

@@ -10,9 +10,39 @@ use crate::patch::Signature;
 use crate::plan::Op;
 use crate::progress::Event;
 use crate::session::destination::{ChunkReader, EntryError, FailedEntry};
-use crate::session::{protocol, SessionError};
+use crate::session::{protocol, SessionError, DATA_STREAMS};
 
 use super::{Need, Ops, Sender};
+
+/// Chunk bytes a data stream takes before the next one's turn.
+///
+/// Measured on 151 MB of crate sources (16,937 chunks, zstd level 1, four
+/// streams): 28.61 MB sent when they took turns chunk by chunk, 26.93 MB
+/// every 256 KiB, 26.19 MB every 1 MiB, 25.72 MB every 4 MiB, and 25.00 MB
+/// on a single stream.
+pub const STREAM_RUN: usize = 4 << 20;
+
+/// The data stream each chunk travels on. The streams take turns, so a
+/// lost packet on one holds up only a share of the chunks; each turn lasts
+/// [`STREAM_RUN`] bytes of chunks, so that chunks of neighbouring files,
+/// which resemble each other most, meet in one zstd stream.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamTurns {
+    stream: usize,
+    sent: usize,
+}
+
+impl StreamTurns {
+    /// The stream the next chunk, of `len` bytes, travels on.
+    pub fn next(&mut self, len: usize) -> usize {
+        if self.sent >= STREAM_RUN {
+            self.stream = (self.stream + 1) % DATA_STREAMS;
+            self.sent = 0;
+        }
+        self.sent += len;
+        self.stream
+    }
+}
 
 impl<R: ChunkReader> Sender<R> {
     /// Chunk `index` of the file op `file` writes: its path, the chunk and
@@ -63,7 +93,7 @@ impl<R: ChunkReader> Sender<R> {
             Ok(bytes) => bytes,
             Err(e) if e.is_per_entry() => {
                 self.failed.push(FailedEntry { path: path.to_string(), error: e.to_string() });
-                self.data.push_back(Message::FileFailed(msg::FileFailed {
+                self.push_data(Message::FileFailed(msg::FileFailed {
                     file: need.file,
                     code: xfer_protocol::CloseCode::ChunkMismatch as u32,
                     message: e.to_string(),
@@ -73,11 +103,19 @@ impl<R: ChunkReader> Sender<R> {
             Err(e) => return Err(SessionError::local(e)),
         };
         let encoded = match need.signature.as_deref().map(Signature::decode).transpose().map_err(protocol)? {
+            None if self.zstd_stream_agreed => {
+                // The stream is chosen before encoding: the chunk goes into
+                // that stream's compression, and must travel on it.
+                let stream = self.next_stream(bytes.len());
+                let encoded = self.encoder.encode_on_stream(stream, &bytes);
+                self.send_chunk_on(stream, need.file, need.index, encoded);
+                return Ok(());
+            }
             None => self.encoder.encode(&bytes),
             Some(sig) => match self.encoder.start_delta(&bytes, &sig) {
                 DeltaStep::Done(encoded) => encoded,
                 DeltaStep::Refine { request, pending } => {
-                    self.data.push_back(Message::RefineRequest(msg::RefineRequest {
+                    self.push_data(Message::RefineRequest(msg::RefineRequest {
                         file: need.file,
                         index: need.index,
                         ranges: request,
@@ -102,14 +140,36 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     pub(super) fn send_chunk(&mut self, file: u32, index: u32, encoded: EncodedChunk) {
+        let stream = self.next_stream(encoded.decoded_len as usize);
+        self.send_chunk_on(stream, file, index, encoded);
+    }
+
+    fn send_chunk_on(&mut self, stream: usize, file: u32, index: u32, encoded: EncodedChunk) {
         self.progress
             .emit(|| Event::Chunk { decoded: u64::from(encoded.decoded_len), encoded: encoded.payload.len() as u64 });
-        self.data.push_back(Message::ChunkData(msg::ChunkData {
+        let data = msg::ChunkData {
             file,
             index,
             codec: encoded.codec as u8,
             decoded_len: encoded.decoded_len,
             payload: encoded.payload,
-        }));
+        };
+        self.data.push_back((stream, Message::ChunkData(data)));
+    }
+
+    /// Queues `message`, which is no chunk, for a data stream: each in
+    /// turn, apart from the chunks' turns (they need no zstd stream, and
+    /// a `FileFailed` may then overtake an earlier answer, as SPEC.md
+    /// allows and receivers must take).
+    fn push_data(&mut self, message: Message) {
+        let stream = self.answers_sent % DATA_STREAMS;
+        self.answers_sent += 1;
+        self.data.push_back((stream, message));
+    }
+
+    /// The data stream the next answer, for a chunk of `len` bytes,
+    /// travels on ([`StreamTurns`]).
+    fn next_stream(&mut self, len: usize) -> usize {
+        self.data_turn.next(len)
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use xfer_protocol::msg::{self, Message};
 use xfer_protocol::{
-    FEATURE_DRY_RUN, FEATURE_STORE_COSTS, KNOWN_FEATURES, MAX_CHUNK_REFS_PER_MESSAGE, PROTOCOL_VERSION,
+    FEATURE_DRY_RUN, FEATURE_STORE_COSTS, FEATURE_ZSTD_STREAM, KNOWN_FEATURES, MAX_CHUNK_REFS_PER_MESSAGE,
+    PROTOCOL_VERSION,
 };
 
 use super::destination::{ChunkReader, FailedEntry};
@@ -23,6 +24,7 @@ mod chunks;
 mod compare;
 mod walked;
 
+pub use chunks::{StreamTurns, STREAM_RUN};
 use walked::WalkedOps;
 #[cfg(test)]
 pub(crate) use walked::KEPT;
@@ -71,6 +73,10 @@ pub struct SenderConfig<R> {
     /// session (`StoreCosts`, read from the reader once the client's
     /// summary is in). A pushing client always accepts the report.
     pub offer_store_costs: bool,
+    /// Offer the zstd stream codec (`FEATURE_ZSTD_STREAM`): chunks compress
+    /// with the ones sent before them on their data stream. On by default;
+    /// off only to measure or test the per-chunk codecs.
+    pub zstd_stream: bool,
 }
 
 impl<R> SenderConfig<R> {
@@ -93,6 +99,7 @@ impl<R> SenderConfig<R> {
             progress: ProgressSink::default(),
             walked: None,
             offer_store_costs: false,
+            zstd_stream: true,
         }
     }
 }
@@ -141,9 +148,13 @@ pub struct Sender<R> {
     remembered: Option<Manifest>,
     outbox: VecDeque<Message>,
     /// ChunkData and what else answers a NeedChunk (RefineRequest,
-    /// FileFailed), which travel on data streams: they must never wait
-    /// behind entry changes the receiver is not reading yet.
-    data: VecDeque<Message>,
+    /// FileFailed), with the data stream each travels on: they must never
+    /// wait behind entry changes the receiver is not reading yet.
+    data: VecDeque<(usize, Message)>,
+    /// Which data stream the chunks take.
+    data_turn: StreamTurns,
+    /// Data messages other than chunks given a stream so far.
+    answers_sent: usize,
     /// Chunk requests not yet answered. They are read and encoded only as
     /// the transport takes answers ([`Sender::poll_data`]), so the encoder
     /// runs just ahead of the link whatever the receiver's request window
@@ -181,6 +192,10 @@ pub struct Sender<R> {
     store_costs: Option<msg::StoreCosts>,
     /// The receiver takes `DryRun` (`FEATURE_DRY_RUN`) to end a dry run.
     dry_run_agreed: bool,
+    /// This side offers `FEATURE_ZSTD_STREAM`.
+    offer_zstd_stream: bool,
+    /// Both sides offered it: whole chunks go as zstd streams.
+    zstd_stream_agreed: bool,
     /// Files this side gave up on (their source changed while read).
     failed: Vec<FailedEntry>,
     /// Source entries the plan could not apply, and why.
@@ -209,7 +224,8 @@ impl<R: ChunkReader> Sender<R> {
             source_path: std::mem::take(&mut config.source_path),
             forget: Vec::new(),
         });
-        Sender::with_outbox(config, VecDeque::from([hello(KNOWN_FEATURES), open]))
+        let features = if config.zstd_stream { KNOWN_FEATURES } else { KNOWN_FEATURES & !FEATURE_ZSTD_STREAM };
+        Sender::with_outbox(config, VecDeque::from([hello(features), open]))
     }
 
     fn with_outbox(config: SenderConfig<R>, outbox: VecDeque<Message>) -> Self {
@@ -224,6 +240,7 @@ impl<R: ChunkReader> Sender<R> {
             progress,
             walked,
             offer_store_costs,
+            zstd_stream,
             ..
         } = config;
         let tree = source.tree();
@@ -237,6 +254,8 @@ impl<R: ChunkReader> Sender<R> {
             remembered,
             outbox,
             data: VecDeque::new(),
+            data_turn: StreamTurns::default(),
+            answers_sent: 0,
             needs: VecDeque::new(),
             lists_pending: 0,
             partial_listings: HashMap::new(),
@@ -255,6 +274,8 @@ impl<R: ChunkReader> Sender<R> {
             offer_store_costs,
             store_costs: None,
             dry_run_agreed: false,
+            offer_zstd_stream: zstd_stream,
+            zstd_stream_agreed: false,
             failed: Vec::new(),
             skipped: Vec::new(),
             progress,
@@ -274,9 +295,11 @@ impl<R: ChunkReader> Sender<R> {
         config.remembered = None;
         let root = config.walked.as_ref().map_or_else(|| config.source.tree().root().0, |w| w.root.0);
         let opened = Message::Opened(msg::Opened { root, remembered: receiver_root == Some(root) });
-        let offered = if config.offer_store_costs { FEATURE_STORE_COSTS } else { 0 };
+        let offered = if config.offer_store_costs { FEATURE_STORE_COSTS } else { 0 }
+            | if config.zstd_stream { FEATURE_ZSTD_STREAM } else { 0 };
         let mut sender = Sender::with_outbox(config, VecDeque::from([hello(offered), opened]));
-        sender.costs_agreed = offered & client_features != 0;
+        sender.costs_agreed = offered & client_features & FEATURE_STORE_COSTS != 0;
+        sender.zstd_stream_agreed = offered & client_features & FEATURE_ZSTD_STREAM != 0;
         // The same decision as a push client's on `Opened`, with the
         // receiver's root from its `Open` (no root: compare top-down).
         let receiver = msg::Opened { root: receiver_root.unwrap_or_default(), remembered: false };
@@ -285,12 +308,14 @@ impl<R: ChunkReader> Sender<R> {
     }
 
     /// The next answer to a chunk request (ChunkData, RefineRequest or
-    /// FileFailed), to send on a data stream, if any: the chunk is read and
-    /// encoded now, at the current level.
+    /// FileFailed), if any, and the data stream (`0..DATA_STREAMS`) it must
+    /// travel on, after the messages given for that stream before it: a
+    /// zstd stream chunk continues its stream's compression. The chunk is
+    /// read and encoded now, at the current level.
     ///
     /// # Errors
     /// Reading the source failed for a reason that ends the session.
-    pub fn poll_data(&mut self) -> Result<Option<Message>, SessionError> {
+    pub fn poll_data(&mut self) -> Result<Option<(usize, Message)>, SessionError> {
         if let Some(e) = self.broken.take() {
             return Err(e);
         }
@@ -373,6 +398,12 @@ impl<R: ChunkReader> Sender<R> {
         &self.skipped
     }
 
+    /// Whether chunks go as zstd streams (both sides offered
+    /// `FEATURE_ZSTD_STREAM`; known once the peer's `Hello` is in).
+    pub fn zstd_stream(&self) -> bool {
+        self.zstd_stream_agreed
+    }
+
     /// The chunk encoder, whose level tells what [`Sender::adapt`] chose.
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
@@ -420,6 +451,7 @@ impl<R: ChunkReader> Sender<R> {
                 xfer_protocol::check_version(hello.version).map_err(super::version_mismatch)?;
                 self.costs_agreed = hello.features & KNOWN_FEATURES & FEATURE_STORE_COSTS != 0;
                 self.dry_run_agreed = hello.features & FEATURE_DRY_RUN != 0;
+                self.zstd_stream_agreed = self.offer_zstd_stream && hello.features & FEATURE_ZSTD_STREAM != 0;
                 Ok(())
             }
             (State::Opening, Message::Opened(opened)) => self.opened(opened),

@@ -9,6 +9,13 @@ and the README, the newest with WAN lines (those with a `profile`) for the
 WAN tables, so a run of only one part keeps the other's tables. The
 README's table goes between the markers `<!-- bench:begin -->` and
 `<!-- bench:end -->`.
+
+Hand-written sections are not generated but kept: each is one Markdown file
+in scripts/bench/sections/ (its "## " heading included), copied verbatim
+into BENCHMARKS.md at the place SECTIONS gives it, after a comment naming
+the file. Edit a section in its file, never in BENCHMARKS.md: a
+regeneration overwrites the latter. A new file must be added to SECTIONS
+(report.py stops on one it cannot place, and on a listed one that is gone).
 """
 import argparse
 import json
@@ -17,6 +24,15 @@ import platform
 import sys
 from collections import defaultdict
 
+# The hand-written sections (see the docstring): {place: files, in order}.
+SECTIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sections")
+SECTIONS = {
+    # Figures measured apart from the suite (history.sh, rss-history.sh, store-nodes.sh):
+    # after the generated tables, before "## Tools".
+    "measured": ["history-disk.md", "history-memory.md", "store-nodes.md"],
+    # What the figures mean: before "## How it was run".
+    "analysis": ["shortfalls.md", "defaults.md"],
+}
 # Charts go to this directory beside BENCHMARKS.md, linked relatively.
 CHARTS_DIR = "bench-charts"
 TOOLS = ["xfer", "rsync", "rsync-z", "rsync-ssh", "restic", "borg"]
@@ -526,8 +542,38 @@ def chart_links(charts):
     return lines
 
 
-def benchmarks_md(parts, commands, charts=None):
-    """BENCHMARKS.md from load()'s parts; charts: {section: [file names]}, or None if they were skipped."""
+def read_sections(directory=SECTIONS_DIR, placement=SECTIONS):
+    """{place: Markdown lines} of the hand-written sections, each after a blank line and a comment naming its file.
+
+    Stops on a listed file that is missing and on a file no place lists, so none is dropped unnoticed.
+    """
+    listed = [name for names in placement.values() for name in names]
+    try:
+        present = {n for n in os.listdir(directory) if n.endswith(".md")}
+    except OSError as e:
+        raise SystemExit(f"report.py: the hand-written sections: {e}")
+    unplaced = sorted(present - set(listed))
+    if unplaced:
+        raise SystemExit(f"report.py: {', '.join(unplaced)} in {directory} not placed: add to SECTIONS in report.py")
+    # The comment names the file from the repository's root.
+    where = os.path.relpath(directory, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    out = {}
+    for place, names in placement.items():
+        out[place] = []
+        for name in names:
+            try:
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise SystemExit(f"report.py: section {name} of SECTIONS: {e}")
+            out[place] += ["", f"<!-- {where}/{name}, copied by report.py: edit it there -->", text.rstrip("\n")]
+    return out
+
+
+def benchmarks_md(parts, commands, charts=None, sections=None):
+    """BENCHMARKS.md from load()'s parts; charts: {section: [file names]}, or None if they were skipped;
+    sections: read_sections()'s lines, or None for none."""
+    sections = sections or {}
     rows, run_id = parts["rate"]
     wan_rows, wan_run_id = parts["wan"]
     entries_rows, entries_run_id = parts["entries"]
@@ -576,6 +622,7 @@ def benchmarks_md(parts, commands, charts=None):
         lines += [""] + wan_md(wan_rows, wan_run_id, drawn.get("wan", []), drawn.get("link", []))
     if entries_rows:
         lines += [""] + entries_md(entries_rows, entries_run_id, drawn.get("entries", []))
+    lines += sections.get("measured", [])
     for r in list(wan_rows) + list(entries_rows):
         versions.setdefault(r["tool"], r.get("tool_version", ""))
     lines += ["", "## Tools", ""]
@@ -588,10 +635,7 @@ def benchmarks_md(parts, commands, charts=None):
             where = f"{r['entries']:,} entries" if r.get("kind") == "entries" else r.get("profile") or r["rate"]
             lines.append(f"- {r['tool']} {r.get('workload', 'tree')} {r['phase']} {where}: "
                          f"{'; '.join(r['problems'][:3])}")
-    analysis = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ANALYSIS.md")
-    if os.path.exists(analysis):
-        with open(analysis) as f:
-            lines += ["", f.read().strip()]
+    lines += sections.get("analysis", [])
     lines += ["", "## How it was run", "", "```sh", commands.strip(), "```", ""]
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "METHOD.md")) as f:
         lines.append(f.read().strip())
@@ -654,11 +698,13 @@ def main():
     if not any(rows for rows, _ in parts.values()):
         raise SystemExit(f"report.py: no results in {args.results}")
     commands = open(args.commands).read() if args.commands else "scripts/bench/suite.sh"
+    # Before the charts, which replace the old ones: a missing section stops the report with nothing changed.
+    sections = read_sections()
     charts = draw_charts(parts, os.path.join(os.path.dirname(os.path.abspath(args.benchmarks)), CHARTS_DIR))
     if charts is None:
         print(f"report.py: charts skipped: no matplotlib for {sys.executable}", file=sys.stderr)
     with open(args.benchmarks, "w") as f:
-        f.write(benchmarks_md(parts, commands, charts))
+        f.write(benchmarks_md(parts, commands, charts, sections))
     rows, _ = parts["rate"]
     if args.readme and rows:
         with open(args.readme) as f:

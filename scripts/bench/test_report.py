@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks of the report's issue 18 verdicts, its charts and entries.py's tree layout.
+"""Checks of the report's issue 18 verdicts, its charts, its hand-written sections and entries.py's tree layout.
 
     python3 scripts/bench/test_report.py      (no root, no network; charts need matplotlib)
 """
@@ -105,6 +105,56 @@ class Charts(unittest.TestCase):
                     self.assertNotIn(b"<dc:date>", svg)
         self.assertEqual(len(digests[0]), 4)
         self.assertEqual(digests[0], digests[1])
+
+
+class Sections(unittest.TestCase):
+    # Trailing spaces, a table and no final newline: all must survive as written.
+    TEXT = "## Hand-written\n\nFigures from  another script.  \n\n| a | b |\n|---|---|\n| 1 | 2 |"
+
+    def report_with(self, directory, placement):
+        rows = [row(t, "w", p) for t in ("xfer", "rsync") for p in ("initial", "delta", "noop")]
+        parts = {"rate": (rows, "r"), "wan": ([], None), "entries": ([], None)}
+        return report.benchmarks_md(parts, "suite.sh", {}, report.read_sections(directory, placement))
+
+    def write(self, directory, name, text):
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def test_section_file_is_carried_verbatim_at_its_place(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.write(d, "measured.md", self.TEXT)
+            self.write(d, "analysis.md", "## Analysis\n\nWhy.\n")
+            md = self.report_with(d, {"measured": ["measured.md"], "analysis": ["analysis.md"]})
+        self.assertEqual(md.count(self.TEXT + "\n"), 1)
+        at = md.index(self.TEXT)
+        self.assertLess(md.index("### CPU seconds"), at)
+        self.assertLess(at, md.index("## Tools"))
+        self.assertLess(md.index("## Tools"), md.index("## Analysis\n\nWhy.\n"))
+        self.assertLess(md.index("## Analysis"), md.index("## How it was run"))
+        self.assertIn("measured.md, copied by report.py", md[:at])
+
+    def test_unplaced_or_missing_file_stops_the_report(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.write(d, "listed.md", self.TEXT)
+            self.write(d, "stray.md", self.TEXT)
+            with self.assertRaises(SystemExit) as stray:
+                report.read_sections(d, {"measured": ["listed.md"]})
+            self.assertIn("stray.md", str(stray.exception))
+            with self.assertRaises(SystemExit) as gone:
+                report.read_sections(d, {"measured": ["listed.md", "stray.md", "gone.md"]})
+            self.assertIn("gone.md", str(gone.exception))
+
+    def test_repository_sections_are_all_placed_documented_and_each_is_one_section(self):
+        placed = report.read_sections()
+        with open(os.path.join(os.path.dirname(report.SECTIONS_DIR), "METHOD.md"), encoding="utf-8") as f:
+            method = f.read()
+        for name in (n for names in report.SECTIONS.values() for n in names):
+            with open(os.path.join(report.SECTIONS_DIR, name), encoding="utf-8") as f:
+                text = f.read()
+            self.assertIn(f"`{name}`", method)
+            self.assertTrue(text.startswith("## "), name)
+            self.assertEqual([line for line in text.splitlines() if line.startswith("## ")][1:], [], name)
+            self.assertIn(text.rstrip("\n"), [line for lines in placed.values() for line in lines])
 
 
 if __name__ == "__main__":

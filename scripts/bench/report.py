@@ -29,7 +29,7 @@ SECTIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "section
 SECTIONS = {
     # Figures measured apart from the suite (history.sh, rss-history.sh, store-nodes.sh):
     # after the generated tables, before "## Tools".
-    "measured": ["history-disk.md", "history-memory.md", "store-nodes.md"],
+    "measured": ["history-disk.md", "history-memory.md", "store-nodes.md", "criterion.md"],
     # What the figures mean: before "## How it was run".
     "analysis": ["shortfalls.md", "defaults.md"],
 }

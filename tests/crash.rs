@@ -431,6 +431,17 @@ impl Drop for Reader {
 
 type StatSeen = (u64, u64, i64, i64, i64, i64);
 
+/// The content of the regular file at `path`, never through a symlink.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut file = fs::File::options().read(true).custom_flags(flags.bits() as i32).open(path)?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
 fn poll(
     root: &Path,
     dir: &Path,
@@ -463,8 +474,11 @@ fn poll(
                 continue;
             }
             // Read through one descriptor: a rename meanwhile leaves it on
-            // the version it opened, whole.
-            let Ok(data) = fs::read(&path) else { continue };
+            // the version it opened, whole. Opened without following a
+            // symlink: an exchange between the stat above and the open can
+            // put one at the name (a file becoming a symlink), and reading
+            // through it would see the link target's content.
+            let Ok(data) = read_nofollow(&path) else { continue };
             seen.fetch_add(1, Ordering::Relaxed);
             if !allowed.files.get(&name).is_some_and(|h| h.contains(&FileHash::of(&data))) {
                 violations.lock().unwrap().push(format!("{}: {} bytes, neither version", name.display(), data.len()));

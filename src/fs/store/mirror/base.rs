@@ -18,11 +18,10 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
 
 use rustix::fs::{FallocateFlags, SeekFrom};
 
-use super::MirrorStore;
+use super::{open_nofollow, MirrorStore};
 use crate::chunk::FileDigest;
 use crate::error::{IoContext, Result};
 use crate::fs::scan::StatKey;
@@ -139,15 +138,6 @@ fn copy_exact(old: &File, temp: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens `abs` for reading, never through a symlink and without blocking
-/// on a FIFO that took a file's place.
-fn open_plain(abs: &Path) -> io::Result<File> {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK;
-    File::options().read(true).custom_flags(flags.bits() as i32).open(abs)
-}
-
 impl MirrorStore {
     /// The old version of `path`, open, and the chunks its record lists,
     /// if that record still vouches for it: a regular file whose stat key
@@ -155,7 +145,8 @@ impl MirrorStore {
     pub(super) fn trusted_old(&self, path: &RelPath) -> Result<Option<(File, FileDigest)>> {
         let Some(record) = self.db.file(path)? else { return Ok(None) };
         let abs = self.abs(path);
-        let Ok(file) = open_plain(&abs) else { return Ok(None) };
+        // Without blocking on a FIFO that took the file's place.
+        let Ok(file) = open_nofollow(&abs, false, rustix::fs::OFlags::NONBLOCK) else { return Ok(None) };
         let stat = file.metadata().at(&abs)?;
         Ok((stat.is_file() && StatKey::of(&stat) == record.stat).then_some((file, record.digest)))
     }
@@ -170,6 +161,8 @@ impl MirrorStore {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::chunk::{ChunkParams, ChunkRef};
     use crate::hash::{ChunkId, FileHash};

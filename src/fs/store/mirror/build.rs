@@ -12,7 +12,7 @@ use super::base::{kept_in_place, kept_ranges, lay_base};
 use super::batch::{exchange, Batch, Pending, Reused};
 use super::partial::{verify_at, Prior};
 use super::sparse::{copy_sparse, write_sparse, SourceReader};
-use super::{remove_entry, MirrorStore};
+use super::{open_nofollow, remove_entry, MirrorStore};
 use crate::chunk::{ChunkRef, FileDigest};
 use crate::codec::{self, EncodedChunk};
 use crate::error::{Error, IoContext, Result};
@@ -102,9 +102,7 @@ fn held_in_place(prior: &Prior, file: &File, i: usize, offset: u64, chunk: &Chun
 /// if it is still the file created there (`id`: device and inode): bytes
 /// for a file in flight never land anywhere else.
 pub(super) fn reopen_temp(temp: &Path, id: (u64, u64)) -> std::io::Result<File> {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = File::options().read(true).write(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(temp)?;
+    let file = open_nofollow(temp, true, rustix::fs::OFlags::empty())?;
     let stat = file.metadata()?;
     if (stat.dev(), stat.ino()) != id {
         return Err(std::io::Error::other("the temporary was replaced while its file was in flight"));

@@ -292,12 +292,18 @@ impl MirrorStore {
     }
 }
 
+/// Opens the entry at `path` itself, never a symlink's target: for
+/// reading, and for writing too if `write`, with `extra` open flags.
+pub(super) fn open_nofollow(path: &Path, write: bool, extra: rustix::fs::OFlags) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | extra;
+    File::options().read(true).write(write).custom_flags(flags.bits() as i32).open(path)
+}
+
 /// Opens the directory `dir` itself, never a symlink's target, so that a
 /// mode change lands on the directory that was checked.
 fn open_dir_nofollow(dir: &Path) -> std::io::Result<File> {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    File::options().read(true).custom_flags((OFlags::DIRECTORY | OFlags::NOFOLLOW).bits() as i32).open(dir)
+    open_nofollow(dir, false, rustix::fs::OFlags::DIRECTORY)
 }
 
 /// Adds the owner permission bits `bits` to directory `dir` if it lacks

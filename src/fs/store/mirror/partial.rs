@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::build::FileBuild;
-use super::{remove_entry, MirrorStore};
+use super::{open_nofollow, remove_entry, MirrorStore};
 use crate::chunk::FileDigest;
 use crate::error::{IoContext, Result};
 use crate::fs::scan::PARTIAL_PREFIX;
@@ -68,16 +68,14 @@ pub(super) fn verify_at(file: &File, offset: u64, len: u32, id: &ChunkId) -> boo
 /// `record` describes: a regular file with one name (never a symlink,
 /// never another file's second name), on the recorded device and inode.
 fn open_recorded(abs: &Path, record: &PartialRecord) -> Option<File> {
-    use rustix::fs::OFlags;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = File::options().read(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(abs).ok()?;
+    let file = open_nofollow(abs, false, rustix::fs::OFlags::empty()).ok()?;
     let stat = file.metadata().ok()?;
     if !stat.is_file() || stat.nlink() != 1 || (stat.dev(), stat.ino()) != (record.dev, record.ino) {
         return None;
     }
     // A completed file kept as a partial has its final mode, maybe read-only.
     file.set_permissions(fs::Permissions::from_mode(0o600)).ok()?;
-    let file = File::options().read(true).write(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(abs).ok()?;
+    let file = open_nofollow(abs, true, rustix::fs::OFlags::empty()).ok()?;
     let again = file.metadata().ok()?;
     ((again.dev(), again.ino()) == (record.dev, record.ino)).then_some(file)
 }

@@ -57,7 +57,18 @@ impl StreamEncoder {
     pub(super) fn new(level: i32) -> Result<Self, CodecError> {
         let context = || CodecError::ZstdContext(io::Error::other("zstd stream context"));
         let mut cctx = CCtx::try_create().ok_or_else(context)?;
-        for parameter in [CParameter::CompressionLevel(level), CParameter::WindowLog(STREAM_WINDOW_LOG)] {
+        // Long-distance matching finds repeats anywhere in the window that
+        // level 1's small hash table forgets. First pushes, local, against
+        // the same build without it: 4.3% fewer bytes on 380 MB of crate
+        // sources, 5.4% on 801 MB of shared libraries, 1.1% on 117 MB of
+        // mostly gzipped docs, 37% on a 512 MiB file of repeated text
+        // slices; user CPU 6-16% higher, peak RSS unchanged.
+        let parameters = [
+            CParameter::CompressionLevel(level),
+            CParameter::WindowLog(STREAM_WINDOW_LOG),
+            CParameter::EnableLongDistanceMatching(true),
+        ];
+        for parameter in parameters {
             cctx.set_parameter(parameter).map_err(|code| CodecError::ZstdContext(zstd_error(code)))?;
         }
         Ok(StreamEncoder { cctx, level, wanted: level, in_frame: 0 })

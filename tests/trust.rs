@@ -117,6 +117,13 @@ fn trust_without_port_pins_the_default_port() {
     assert_eq!(pins, [format!("backup.example:7878 {second}")], "{replaced}");
     let url = xfer::RemoteUrl::parse("xfer://backup.example/site").unwrap();
     assert_eq!(url.authority, "backup.example:7878");
+    // A server's URL names the same pin.
+    let third = other_key();
+    let by_url = trust("xfer://backup.example/site", &third);
+    assert!(by_url.status.success(), "{}", stderr(&by_url));
+    let text = fs::read_to_string(tmp.path().join("client-cfg/known_hosts")).unwrap();
+    let pins: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(pins, [format!("backup.example:7878 {third}")], "{text}");
 }
 
 /// `xfer trust` replaces the host's pin where it stands and keeps every

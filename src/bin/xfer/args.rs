@@ -181,7 +181,7 @@ frees now was set aside by an earlier prune. Only an rw grant may prune.")]
     Prune(HistoryArgs),
     /// Pin a server's fingerprint in known hosts (replacing its old pin, keeping every other line).
     Trust {
-        /// The server, as HOST[:PORT] (port 7878 when none is given), as in its xfer:// URLs.
+        /// The server, as HOST[:PORT] (port 7878 when none is given) or an xfer:// URL of it.
         authority: String,
         /// Its fingerprint, as `xfer id` prints it on the server.
         fingerprint: String,

@@ -26,9 +26,11 @@ pub(crate) enum PinFrom {
 }
 
 /// `xfer trust`: pins `authority` (`HOST[:PORT]`, the default port when
-/// none is given) to `fingerprint` in known hosts.
+/// none is given, or a server URL) to `fingerprint` in known hosts.
 pub(crate) fn trust(authority: &str, fingerprint: &str, config_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let fingerprint: Fingerprint = fingerprint.parse()?;
+    // A server's URL names it too: its HOST[:PORT] is what gets pinned.
+    let authority = authority.strip_prefix("xfer://").map_or(authority, |rest| rest.split('/').next().unwrap_or(rest));
     let authority = server_authority(authority)?;
     let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
     let file = hosts.path().display().to_string();

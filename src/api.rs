@@ -15,7 +15,9 @@ pub use crate::fs::history::{PruneReport, Requests as StoreCosts, SnapshotRecord
 pub use crate::fs::store::FailedEntry;
 pub use crate::net::access::{Access, AccessError, Grant, Refusal, Want};
 pub use crate::net::admission::HANDSHAKE_TIMEOUT;
-pub use crate::net::identity::{default_config_dir, Fingerprint, HostTrust, Identity, IdentityError, KnownHosts};
+pub use crate::net::identity::{
+    default_config_dir, server_authority, Fingerprint, HostTrust, Identity, IdentityError, KnownHosts,
+};
 pub use crate::net::limiter::local_time_now;
 pub use crate::net::served::DEFAULT_MAX_SESSIONS;
 pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
@@ -453,7 +455,18 @@ impl ServerOptions {
             clock: None,
             retention: Retention::default(),
             dedup_across_clients: false,
+            metrics: None,
         })
+    }
+
+    /// Serves Prometheus metrics on `addr` over HTTP (`GET /metrics`):
+    /// sessions by outcome and under way, wire bytes by client and tag,
+    /// refusals by reason, session durations, and each tree's last
+    /// complete push (derived from the history at start, so it survives a
+    /// restart).
+    pub fn metrics(mut self, addr: SocketAddr) -> Self {
+        self.0.metrics = Some(addr);
+        self
     }
 
     /// Dedups across clients: a push is not sent the chunks any client
@@ -573,6 +586,12 @@ impl Server {
     /// The server's fingerprint, for clients to pin.
     pub fn fingerprint(&self) -> Fingerprint {
         self.0.fingerprint()
+    }
+
+    /// Where the metrics are served (the real port when asked for 0), if
+    /// [`ServerOptions::metrics`] asked for them.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.0.metrics_addr()
     }
 
     /// Stops gracefully: accepts nothing new, lets each session reach its

@@ -47,6 +47,9 @@ pub async fn serve(endpoint: quinn::Endpoint, config: Arc<ServeConfig>) {
         let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
             let from = incoming.remote_address();
             tracing::warn!(%from, "connection refused before its handshake: too many handshakes under way");
+            if let Some(metrics) = &config.metrics {
+                metrics.refused("handshakes");
+            }
             incoming.refuse();
             continue;
         };
@@ -82,6 +85,7 @@ fn refuse_shutdown(connection: &Connection, config: &ServeConfig) {
     let error = shutting_down();
     record.fail(Some(error.close_code()), error.to_string());
     audit(config, &record);
+    count(config, connection, &record, Some(error.close_code()));
     connection.close(VarInt::from_u32(error.close_code() as u32), error.to_string().as_bytes());
 }
 
@@ -117,6 +121,7 @@ async fn handshake(incoming: quinn::Incoming, limit: Duration) -> Option<Connect
 /// the operator's log.
 async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     let started = Instant::now();
+    let _active = config.metrics.as_ref().map(|metrics| metrics.session_started());
     let mut record =
         AuditRecord { result: "ok", congestion: Some(config.congestion.name()), ..audit_record(&connection) };
     let result = serve_connection(connection.clone(), config.clone(), &mut record).await;
@@ -130,6 +135,7 @@ async fn serve_and_record(connection: Connection, config: Arc<ServeConfig>) {
     // The record first: it must not depend on the operator's terminal (a
     // closed stderr fails the log lines below).
     audit(&config, &record);
+    count(&config, &connection, &record, result.as_ref().err().map(SessionError::close_code));
     let (from, client) = (&record.peer, &record.client);
     match &result {
         Ok(()) => tracing::info!(%from, %client, elapsed_s = record.duration_s, "session done"),
@@ -159,6 +165,15 @@ fn audit(config: &ServeConfig, record: &AuditRecord) {
     }
 }
 
+/// Counts a session that ended as `record` says in the server's metrics,
+/// if it keeps them.
+fn count(config: &ServeConfig, connection: &Connection, record: &AuditRecord, code: Option<CloseCode>) {
+    if let Some(metrics) = &config.metrics {
+        let admitted = peer_fingerprint(connection).is_some_and(|fp| config.access.current().knows(&fp));
+        metrics.session_ended(record, code, admitted);
+    }
+}
+
 /// Closes a connection over the session limit with `Busy` and why, and
 /// records it.
 fn refuse_busy(connection: &Connection, config: &ServeConfig) {
@@ -167,6 +182,7 @@ fn refuse_busy(connection: &Connection, config: &ServeConfig) {
     let reason = format!("the server is serving {max_sessions} sessions, its limit; try again in a moment");
     record.fail(Some(CloseCode::Busy), reason.clone());
     audit(config, &record);
+    count(config, connection, &record, Some(CloseCode::Busy));
     let (from, client, code) = (&record.peer, &record.client, CloseCode::Busy as u32);
     tracing::warn!(%from, %client, code, max_sessions, "session refused: too many sessions");
     connection.close(VarInt::from_u32(code), reason.as_bytes());

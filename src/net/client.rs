@@ -28,14 +28,15 @@ use crate::session::{ChunkReader, Sender, SessionError};
 #[non_exhaustive]
 pub enum ConnectError {
     /// The server's key is not the pinned one (or none is pinned).
-    #[error("{authority} presents {seen}, which is not the key pinned for it{pinned}")]
+    #[error("{}", untrusted_message(.authority, .seen, .pinned))]
     Untrusted {
         /// The server.
         authority: String,
         /// What it presented.
         seen: Fingerprint,
-        /// The pin, for the message.
-        pinned: String,
+        /// The key pinned for it: `None` for an unknown server, else the
+        /// server's key has changed.
+        pinned: Option<Fingerprint>,
     },
     /// Name resolution or connection setup failed.
     #[error("cannot reach {authority}: {reason}")]
@@ -52,6 +53,20 @@ pub enum ConnectError {
     /// A local socket or TLS setup failed.
     #[error(transparent)]
     Local(#[from] crate::Error),
+}
+
+/// What a client says of a server whose key it does not trust: calm for
+/// a server it has never pinned, loud for a key that changed (ssh's
+/// distinction). Says nothing of how to pin: that is the caller's to say.
+pub(crate) fn untrusted_message(authority: &str, seen: &Fingerprint, pinned: &Option<Fingerprint>) -> String {
+    match pinned {
+        None => format!("{authority} presents {seen}, and no key is pinned for it (a server not met before); nothing was sent"),
+        Some(pinned) => format!(
+            "WARNING: {authority} presents {seen}, NOT the key pinned for it ({pinned}). Someone may be \
+             posing as the server (an attack on this connection), or the server's key was replaced; nothing \
+             was sent"
+        ),
+    }
 }
 
 /// How a session run over a [`Link`] ended without failing.
@@ -106,11 +121,9 @@ impl Link {
                 }))
             }
             Err(e) => Err(match server_pin.seen() {
-                Some(seen) if Some(seen) != pin => ConnectError::Untrusted {
-                    authority: authority.into(),
-                    seen,
-                    pinned: pin.map_or_else(|| " (none is)".into(), |p| format!(" ({p})")),
-                },
+                Some(seen) if Some(seen) != pin => {
+                    ConnectError::Untrusted { authority: authority.into(), seen, pinned: pin }
+                }
                 _ => unreachable(e.to_string()),
             }),
         }

@@ -51,6 +51,14 @@ pub enum IdentityError {
     /// Text that should be a fingerprint is not one.
     #[error("{0:?} is not a fingerprint (expected xfer: and 52 base32 characters, as `xfer id` prints)")]
     BadFingerprint(String),
+    /// Text that should name a server (`HOST[:PORT]`) does not.
+    #[error("{text:?} is not a server's HOST[:PORT]: {reason}")]
+    BadAuthority {
+        /// The text.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A line of a trust file does not parse.
     #[error("{path}:{line}: {reason}")]
     BadLine {
@@ -228,13 +236,76 @@ pub enum HostTrust {
     Unknown,
 }
 
+/// Port of `xfer serve` when a server is named without one.
+pub const DEFAULT_PORT: u16 = 7878;
+
+/// A server's name as connections and known hosts use it: `HOST[:PORT]`
+/// becomes `host:PORT` (the host in lower case, [`DEFAULT_PORT`] when none
+/// is given, an IPv6 address in brackets), so `backup`, `Backup:7878` and
+/// the authority of `xfer://backup/site` all name the same pin.
+///
+/// # Errors
+/// [`IdentityError::BadAuthority`] for an empty host or a port that is not
+/// a number from 1 to 65535.
+pub fn server_authority(text: &str) -> Result<String, IdentityError> {
+    let bad = |reason: &str| IdentityError::BadAuthority { text: text.to_string(), reason: reason.to_string() };
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or_else(|| bad("an IPv6 address needs its closing `]`"))?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(|| bad("expected `:PORT` after `]`"))?),
+        };
+        (format!("[{inside}]"), port)
+    } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        (format!("[{text}]"), None)
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (text.to_string(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(bad("it names no host"));
+    }
+    let bracketed = host.starts_with('[');
+    if host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@' || (c == ':' && !bracketed)) {
+        return Err(bad("a host name has no spaces, `/`, `@` or `:` (an IPv6 address goes in brackets)"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(digits) => match digits.parse::<u16>() {
+            Ok(port) if port > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => port,
+            _ => return Err(bad(&format!("the port {digits:?} is not a number from 1 to 65535"))),
+        },
+    };
+    Ok(format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
 /// The client's pinned servers: one `HOST:PORT FINGERPRINT` per line, `#`
-/// comments allowed.
+/// comments allowed. A pin replaces its host's line in place and keeps
+/// every other line (comments, blank lines, order) as it was.
 #[derive(Debug)]
 pub struct KnownHosts {
     path: PathBuf,
-    entries: Vec<(String, Fingerprint)>,
+    /// The file's lines, as read.
+    lines: Vec<String>,
+    /// The pins, in file order.
+    pins: Vec<Pin>,
 }
+
+/// One pin line of a known-hosts file.
+#[derive(Debug)]
+struct Pin {
+    /// Its index in [`KnownHosts::lines`].
+    line: usize,
+    /// The server, as [`server_authority`] names it (as written when it
+    /// does not parse as one).
+    host: String,
+    fingerprint: Fingerprint,
+}
+
+/// The first line of a known-hosts file xfer creates.
+const KNOWN_HOSTS_HEADER: &str = "# xfer known hosts: HOST:PORT FINGERPRINT";
 
 impl KnownHosts {
     /// Reads `path` (a missing file is an empty list).
@@ -247,57 +318,124 @@ impl KnownHosts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err(path)(e)),
         };
-        let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |reason: String| IdentityError::BadLine { path: path.to_path_buf(), line: n + 1, reason };
-            let mut words = line.split_whitespace();
-            let (Some(host), Some(fp), None) = (words.next(), words.next(), words.next()) else {
-                return Err(bad("expected `HOST:PORT FINGERPRINT`".into()));
-            };
-            entries.push((host.to_string(), fp.parse().map_err(|e: IdentityError| bad(e.to_string()))?));
-        }
-        Ok(KnownHosts { path: path.to_path_buf(), entries })
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let pins = parse_pins(path, &lines)?;
+        Ok(KnownHosts { path: path.to_path_buf(), lines, pins })
     }
 
-    /// What the file says about `host` (as `HOST:PORT`).
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the file says about `host` (`HOST[:PORT]`): its first pin.
     pub fn check(&self, host: &str) -> HostTrust {
-        match self.entries.iter().find(|(h, _)| h == host) {
-            Some((_, fp)) => HostTrust::Pinned(*fp),
+        match self.find(host) {
+            Some(pin) => HostTrust::Pinned(pin.fingerprint),
             None => HostTrust::Unknown,
         }
     }
 
-    /// Pins `host` to `fingerprint`, replacing an earlier pin, and rewrites
-    /// the file atomically.
+    /// The 1-based line that pins `host`, for messages.
+    pub fn line_of(&self, host: &str) -> Option<usize> {
+        self.find(host).map(|pin| pin.line + 1)
+    }
+
+    fn find(&self, host: &str) -> Option<&Pin> {
+        let host = server_authority(host).unwrap_or_else(|_| host.to_string());
+        self.pins.iter().find(|pin| pin.host == host)
+    }
+
+    /// Pins `host` (`HOST[:PORT]`) to `fingerprint`: its line is replaced
+    /// where it stands (further lines for it are dropped), or a line is
+    /// added at the end; every other line stays as it is. The file is
+    /// read again first (another process may have pinned since), then
+    /// replaced atomically with the same permissions. Returns the pin it
+    /// replaced.
     ///
     /// # Errors
-    /// [`IdentityError::Io`] if the file cannot be written.
-    pub fn pin(&mut self, host: &str, fingerprint: Fingerprint) -> Result<(), IdentityError> {
-        self.entries.retain(|(h, _)| h != host);
-        self.entries.push((host.to_string(), fingerprint));
-        let mut text = String::from("# xfer known hosts: HOST:PORT FINGERPRINT\n");
-        for (h, fp) in &self.entries {
-            text.push_str(&format!("{h} {fp}\n"));
+    /// [`IdentityError`] if the file cannot be read, parsed or written.
+    pub fn pin(&mut self, host: &str, fingerprint: Fingerprint) -> Result<Option<Fingerprint>, IdentityError> {
+        let host = server_authority(host)?;
+        *self = KnownHosts::load(&self.path)?;
+        let previous = self.find(&host).map(|pin| pin.fingerprint);
+        let ours: Vec<usize> = self.pins.iter().filter(|pin| pin.host == host).map(|pin| pin.line).collect();
+        let line = format!("{host} {fingerprint}");
+        match ours.split_first() {
+            Some((&first, rest)) => {
+                self.lines[first] = line;
+                for &later in rest.iter().rev() {
+                    self.lines.remove(later);
+                }
+            }
+            None => {
+                if self.lines.is_empty() {
+                    self.lines.push(KNOWN_HOSTS_HEADER.to_string());
+                }
+                self.lines.push(line);
+            }
         }
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-        }
-        // A temporary of this process's own: two pushes pinning at once (cron
-        // jobs sharing a config) must not rename each other's file away.
-        static PINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = PINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = self.path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-        let written = fs::write(&temp, text).map_err(io_err(&temp));
-        let renamed = written.and_then(|()| fs::rename(&temp, &self.path).map_err(io_err(&self.path)));
-        if renamed.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        renamed
+        let mut text = self.lines.join("\n");
+        text.push('\n');
+        replace_file(&self.path, text.as_bytes())?;
+        self.pins = parse_pins(&self.path, &self.lines)?;
+        Ok(previous)
     }
+}
+
+/// The pins among `lines` of the file at `path`.
+fn parse_pins(path: &Path, lines: &[String]) -> Result<Vec<Pin>, IdentityError> {
+    let mut pins = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: String| IdentityError::BadLine { path: path.to_path_buf(), line: n + 1, reason };
+        let mut words = line.split_whitespace();
+        let (Some(host), Some(fp), None) = (words.next(), words.next(), words.next()) else {
+            return Err(bad("expected `HOST:PORT FINGERPRINT`".into()));
+        };
+        let fingerprint = fp.parse().map_err(|e: IdentityError| bad(e.to_string()))?;
+        let host = server_authority(host).unwrap_or_else(|_| host.to_string());
+        pins.push(Pin { line: n, host, fingerprint });
+    }
+    Ok(pins)
+}
+
+/// Replaces the file at `path` with `bytes` atomically: a temporary beside
+/// it, with the old file's permissions, synced, renamed over it, and the
+/// directory synced, so a crash leaves the old file or the new one whole.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mode = match fs::metadata(path) {
+        Ok(meta) => Some(meta.permissions().mode() & 0o7777),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    // A temporary of this process's own: two pushes pinning at once (cron
+    // jobs sharing a config) must not rename each other's file away.
+    static PINS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&temp)?;
+        if let Some(mode) = mode {
+            // Set explicitly: the umask applies to the mode given at creation.
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()
+    })()
+    .map_err(io_err(&temp));
+    let renamed = written.and_then(|()| fs::rename(&temp, path).map_err(io_err(path)));
+    if renamed.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    renamed?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -367,5 +505,40 @@ mod tests {
         fs::write(&path, "backup:7878 not-a-fingerprint\n").unwrap();
         let err = KnownHosts::load(&path).unwrap_err().to_string();
         assert!(err.contains(":1:"), "{err}");
+    }
+
+    #[test]
+    fn server_authority_adds_the_default_port_once() {
+        let ok = |text: &str| server_authority(text).unwrap();
+        assert_eq!(ok("backup"), "backup:7878");
+        assert_eq!(ok("Backup.Example:7878"), "backup.example:7878");
+        assert_eq!(ok("10.0.0.1:9000"), "10.0.0.1:9000");
+        assert_eq!(ok("[::1]"), "[::1]:7878");
+        assert_eq!(ok("[::1]:9000"), "[::1]:9000");
+        assert_eq!(ok("::1"), "[::1]:7878");
+        for bad in ["", ":7878", "host:", "host:abc", "host:0", "host:65536", "host:+1", "[::1", "[::1]x", "a b", "h:1:2"] {
+            assert!(server_authority(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    /// A pin replaces its host's line where it stands; comments, blank
+    /// lines, other hosts and the file's permissions stay.
+    #[test]
+    fn known_hosts_pin_edits_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("known_hosts");
+        let (old, new, other) = (Identity::generate().unwrap(), Identity::generate().unwrap(), Identity::generate().unwrap());
+        let (old, new, other) = (old.fingerprint(), new.fingerprint(), other.fingerprint());
+        let before = format!("# mine\n\nbackup:7878 {old}\n# the office\noffice:7000 {other}\nbackup {old}\n");
+        fs::write(&path, &before).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut hosts = KnownHosts::load(&path).unwrap();
+        assert_eq!(hosts.line_of("backup"), Some(3));
+        assert_eq!(hosts.pin("backup", new).unwrap(), Some(old));
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(after, format!("# mine\n\nbackup:7878 {new}\n# the office\noffice:7000 {other}\n"));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(KnownHosts::load(&path).unwrap().check("backup:7878"), HostTrust::Pinned(new));
     }
 }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod limiter;
 pub mod link;
 pub mod manage;
+pub mod metrics;
 pub mod served;
 pub mod server;
 mod tls;

@@ -20,6 +20,7 @@ use crate::manifest::RelPath;
 use crate::net::audit::AuditLog;
 use crate::session::{OpenRequest, SessionError};
 use crate::net::limiter::Limiter;
+use crate::net::metrics::Metrics;
 use crate::pacing::Rate;
 
 /// Name of the server's state directory inside its root; clients can never
@@ -90,6 +91,8 @@ pub struct ServeConfig {
     /// now). Pushes then land in the store alone, with no mirror tree, and
     /// a pull rebuilds files from its chunks; `root` serves nothing.
     pub store: Option<String>,
+    /// Where each session is counted for `serve --metrics`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Where a server's history store is: the store URL or path of a
@@ -140,6 +143,7 @@ impl ServeConfig {
             shared: SharedIndexes::default(),
             dedup_across_clients: false,
             store: None,
+            metrics: None,
         }
     }
 

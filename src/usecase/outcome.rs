@@ -20,14 +20,15 @@ use crate::session::SessionError;
 pub enum TransferError {
     /// The server's key is not the pinned one (or none is pinned): if it is
     /// the server's key, pin it and run again.
-    #[error("{authority} presents {seen}, which is not the key pinned for it{pinned}")]
+    #[error("{}", crate::net::client::untrusted_message(.authority, .seen, .pinned))]
     UntrustedServer {
         /// The server.
         authority: String,
         /// What it presented.
         seen: Fingerprint,
-        /// The pin, for the message.
-        pinned: String,
+        /// The key pinned for it: `None` for an unknown server, else the
+        /// server's key has changed.
+        pinned: Option<Fingerprint>,
     },
     /// Name resolution or connection setup failed.
     #[error("cannot reach {authority}: {reason}")]

@@ -2,7 +2,7 @@
 //! limits, audit log and timeouts, stopped gracefully at commit points.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use crate::net::identity::{Fingerprint, Identity};
 use crate::net::server::Listener;
 use crate::net::Congestion;
 use crate::net::limiter::{local_time_now, Limiter};
+use crate::net::metrics::{Metrics, MetricsEndpoint, LAST_COMPLETE_FILE};
 use crate::pacing::{Flow, Rate, Timetable};
 
 /// Everything a server runs with: the use case's view of the options.
@@ -55,6 +56,8 @@ pub struct ServeSettings {
     pub retention: Retention,
     /// One chunk index for all clients ([`ServeConfig::dedup_across_clients`]).
     pub dedup_across_clients: bool,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A running server.
@@ -64,6 +67,7 @@ pub struct Serving {
     fingerprint: Fingerprint,
     _pacer: Option<Pacer>,
     pruner: Option<Pruner>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 /// The task that applies retention on its schedule. Dropped, it tells a
@@ -105,7 +109,7 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
         (true, Some(path)) => Some(Arc::new(AuditLog::open(path)?)),
         (true, None) => {
             let store = || crate::Error::AuditLogPlace { store: settings.store.clone().unwrap_or_default() };
-            let state_dir = state_dir.ok_or_else(store)?;
+            let state_dir = state_dir.clone().ok_or_else(store)?;
             Some(Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?))
         }
     };
@@ -118,6 +122,7 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
     config.dedup_across_clients = settings.dedup_across_clients;
     let pacer = settings.total.clone().map(|timetable| pace(&mut config, timetable, settings.clock.clone()));
     let shutdown = config.shutdown.clone();
+    let metrics = settings.metrics.map(|addr| serve_metrics(&mut config, addr, state_dir.as_deref())).transpose()?;
     let pruner = schedule_retention(&config, settings.retention);
     let listener = match Listener::start(listen, identity, config) {
         Ok(listener) => listener,
@@ -126,7 +131,31 @@ pub fn start(listen: SocketAddr, identity: &Identity, settings: ServeSettings) -
             return Err(crate::Error::io(listen.to_string(), e));
         }
     };
-    Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer, pruner })
+    Ok(Serving { listener, shutdown, fingerprint: identity.fingerprint(), _pacer: pacer, pruner, metrics })
+}
+
+/// Counts `config`'s sessions and serves the counts on `addr`. Each
+/// tree's last complete push is kept in `state_dir` and starts from there
+/// and from the history store's snapshots, so a restart keeps it.
+fn serve_metrics(config: &mut ServeConfig, addr: SocketAddr, state_dir: Option<&Path>) -> crate::Result<MetricsEndpoint> {
+    let metrics = match state_dir {
+        Some(dir) => Metrics::new().keep_in(dir.join(LAST_COMPLETE_FILE)),
+        None => Metrics::new(),
+    };
+    let snapshots = if config.history_at().may_exist() {
+        config.open_history().and_then(|history| history.snapshots()).unwrap_or_else(|e| {
+            // Metrics are no reason to refuse serving backups: trees the
+            // kept file does not list start from their next push instead.
+            tracing::warn!(error = %e, "metrics: cannot read the snapshots");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    metrics.seed(&snapshots);
+    let metrics = Arc::new(metrics);
+    config.metrics = Some(metrics.clone());
+    MetricsEndpoint::start(addr, metrics, config.shutdown.clone()).map_err(|e| crate::Error::io(addr.to_string(), e))
 }
 
 /// What `settings` serve, and where the server's own files go by default:
@@ -259,6 +288,11 @@ impl Serving {
     /// The server's fingerprint.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// Stops accepting, lets each session reach its next commit point for

@@ -1,18 +1,18 @@
 //! Server URLs: `xfer://HOST[:PORT]/PATH`.
 
 use super::TransferError;
+use crate::net::identity::server_authority;
 
 /// A destination on a server: `xfer://HOST:PORT/PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteUrl {
-    /// `HOST:PORT`, as pinned in known hosts.
+    /// `host:PORT`, as pinned in known hosts (see [`server_authority`]).
     pub authority: String,
     /// The path under the server's root (no leading `/`).
     pub path: String,
 }
 
-/// Default port of `xfer serve`.
-pub const DEFAULT_PORT: u16 = 7878;
+pub use crate::net::identity::DEFAULT_PORT;
 
 impl RemoteUrl {
     /// Parses `xfer://HOST[:PORT]/PATH`; `None` if `text` is not such a
@@ -48,12 +48,9 @@ impl RemoteUrl {
             ROOT_PATH => "",
             path => path,
         };
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok())
-            && !authority.ends_with(']')
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:{DEFAULT_PORT}")
+        let authority = match server_authority(authority) {
+            Ok(authority) => authority,
+            Err(e) => return bad(format!("has a bad server name: {e}")),
         };
         Ok(RemoteUrl { authority, path: path.to_string() })
     }

@@ -80,7 +80,7 @@ done, and a refused pull (exit 2) deletes nothing.\n\n",
 xfer serve --store /srv/repo --listen 0.0.0.0:7878 --allow xfer:...   # no mirror tree\n\n\
 The server prints its fingerprint; clients pin it with `xfer trust HOST:PORT FINGERPRINT`.\n\
 Its state lives in ROOT/.xfer, which clients can never write.\n\
-CONFIG_DIR/config.toml's [serve] section may set congestion = \"NAME\".\n\n\
+CONFIG_DIR/config.toml's [serve] section may set congestion = \"NAME\" and metrics = \"ADDR\".\n\n\
 An authorized-clients file grants per client and path prefix:\n  \
 xfer:aaaa...  rw      /laptop   # push, pull, forget snapshots and prune below /laptop\n  \
 xfer:cccc...  append  /phone    # push and pull, never forget or prune: what a push\n  \
@@ -151,6 +151,12 @@ tree's path and --root ROOT.")]
         /// organisation's machines).
         #[arg(long)]
         dedup_across_clients: bool,
+        /// Serve Prometheus metrics over HTTP on ADDR (e.g. 127.0.0.1:9186):
+        /// GET /metrics gives sessions, bytes by client and tag, refusals,
+        /// durations and each tree's last complete push (see README,
+        /// "Metrics"). [config: [serve] metrics]
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         retention: ServeRetention,
     },
@@ -173,9 +179,9 @@ may forget on a server; an append client is refused.")]
 Prune works in two phases so a push running meanwhile never loses data: what it\n\
 frees now was set aside by an earlier prune. Only an rw grant may prune.")]
     Prune(HistoryArgs),
-    /// Pin a server's fingerprint in known hosts.
+    /// Pin a server's fingerprint in known hosts (replacing its old pin, keeping every other line).
     Trust {
-        /// The server, as HOST:PORT.
+        /// The server, as HOST[:PORT] (port 7878 when none is given) or an xfer:// URL of it.
         authority: String,
         /// Its fingerprint, as `xfer id` prints it on the server.
         fingerprint: String,

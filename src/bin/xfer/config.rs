@@ -16,6 +16,7 @@
 //!
 //! [serve]               # xfer serve
 //! congestion = "bbr"
+//! metrics = "127.0.0.1:9186"
 //!
 //! [remotes.backup]
 //! url = "xfer://backup.example:7878/site"
@@ -87,6 +88,8 @@ pub struct Settings {
 pub struct ServeSettings {
     /// As `serve --congestion`.
     pub congestion: Option<String>,
+    /// As `serve --metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -181,6 +184,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where the file is (or would be).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name of a remote whose URL names `url`'s server and tree and
+    /// which pins a fingerprint, for messages about that pin.
+    pub fn remote_of(&self, url: &RemoteUrl) -> Option<&str> {
+        let pins = |remote: &Remote| {
+            remote.fingerprint.is_some() && RemoteUrl::parse_checked(&remote.url).is_ok_and(|u| u == *url)
+        };
+        self.remotes.iter().find(|(_, remote)| pins(remote)).map(|(name, _)| name.as_str())
     }
 
     /// The settings of a push (`push`) or a pull: its own section over

@@ -12,13 +12,14 @@ mod config;
 mod history;
 mod serve;
 mod transfer;
+mod trust;
 mod ui;
 
 use args::{Cli, Command, PushArgs};
 use serve::{serve, ServeLimits};
 use transfer::{pull, push};
 
-use xfer::{FileDigest, Fingerprint, Identity, KnownHosts};
+use xfer::{FileDigest, Identity};
 
 /// Exit code of a usage error, and of a run refused before it changed
 /// anything (too many deletes), which is the user's call to make.
@@ -143,13 +144,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_sessions,
             idle_timeout,
             dedup_across_clients,
+            metrics,
             retention,
         } => {
             let config_dir = config_dir_or_default(config_dir)?;
             let rates = (bwlimit.as_deref(), bwlimit_total.as_deref());
             let limits = ServeLimits::from_flags(
                 rates,
-                congestion,
+                (congestion, metrics),
                 &config_dir,
                 max_sessions,
                 idle_timeout,
@@ -161,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshots(args) => history::snapshots(&args),
         Command::Forget(args) => history::forget(&args),
         Command::Prune(args) => history::prune(&args),
-        Command::Trust { authority, fingerprint, config_dir } => trust(&authority, &fingerprint, config_dir),
+        Command::Trust { authority, fingerprint, config_dir } => trust::trust(&authority, &fingerprint, config_dir),
         Command::Digest { file } => digest(&file),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "xfer", &mut std::io::stdout());
@@ -177,15 +179,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `xfer trust`: pins `authority` to `fingerprint` in known hosts.
-fn trust(authority: &str, fingerprint: &str, config_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let fingerprint: Fingerprint = fingerprint.parse()?;
-    let mut hosts = KnownHosts::load(&config_dir_or_default(config_dir)?.join(KNOWN_HOSTS))?;
-    hosts.pin(authority, fingerprint)?;
-    eprintln!("xfer: pinned {authority} to {fingerprint}");
-    Ok(ExitCode::SUCCESS)
 }
 
 const KNOWN_HOSTS: &str = "known_hosts";

@@ -25,13 +25,16 @@ pub(crate) struct ServeLimits {
     pub(crate) congestion: Congestion,
     /// Whether a push draws on every client's chunks, not only its own.
     pub(crate) dedup_across_clients: bool,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 impl ServeLimits {
-    /// The limits the flags give, `--congestion` over the config file's.
+    /// The limits the flags give, `--congestion` and `--metrics` over the
+    /// config file's.
     pub(crate) fn from_flags(
         (bwlimit, bwlimit_total): (Option<&str>, Option<&str>),
-        congestion: Option<Congestion>,
+        (congestion, metrics): (Option<Congestion>, Option<std::net::SocketAddr>),
         config_dir: &std::path::Path,
         max_sessions: usize,
         idle_timeout: u64,
@@ -39,8 +42,8 @@ impl ServeLimits {
     ) -> anyhow::Result<ServeLimits> {
         let per_session = bwlimit.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
         let total = bwlimit_total.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
-        let configured = Config::load(config_dir)?.serve.congestion; // checked when loaded
-        let configured = configured.as_deref().map(str::parse::<Congestion>).transpose()?;
+        let configured_serve = Config::load(config_dir)?.serve; // checked when loaded
+        let configured = configured_serve.congestion.as_deref().map(str::parse::<Congestion>).transpose()?;
         Ok(ServeLimits {
             per_session,
             total,
@@ -48,6 +51,7 @@ impl ServeLimits {
             idle_timeout: Duration::from_secs(idle_timeout),
             congestion: congestion.or(configured).unwrap_or_default(),
             dedup_across_clients,
+            metrics: metrics.or(configured_serve.metrics),
         })
     }
 }
@@ -136,6 +140,7 @@ pub(crate) fn serve(
         .congestion(limits.congestion)
         .dedup_across_clients(limits.dedup_across_clients)
         .retention(retention);
+    let options = limits.metrics.into_iter().fold(options, ServerOptions::metrics);
     let options = match audit_log {
         Some(path) => options.audit_log(path),
         None => options.audit_log_in_root(),
@@ -147,6 +152,9 @@ pub(crate) fn serve(
         let mut signals = StopSignals::install()?;
         let server = Server::start(listen, &identity, options).with_context(|| format!("serve {shown} on {listen}"))?;
         eprintln!("xfer: serving {shown} on {} as {}", server.local_addr()?, identity.fingerprint());
+        if let Some(addr) = server.metrics_addr() {
+            eprintln!("xfer: metrics on http://{addr}/metrics");
+        }
         if limits.dedup_across_clients {
             eprintln!("xfer: dedup across clients: a client can learn that another stored the same content");
         }

@@ -17,6 +17,7 @@ use xfer::{
 
 use crate::args::{CompressArg, PushArgs};
 use crate::config::{Config, Settings, Target};
+use crate::trust::{self, PinFrom};
 use crate::{
     config_dir_or_default, runtime, ui, StopSignals, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_REFUSED, EXIT_TERMINATED,
     EXIT_WINDOW, KNOWN_HOSTS,
@@ -68,10 +69,11 @@ fn trusted<T>(
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
     let client = Client::new(Identity::load_or_create(&config_dir)?);
     let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
-    let pin = match (&args.server_fingerprint, configured, hosts.check(&url.authority)) {
-        (Some(fp), ..) => Some(fp.parse::<Fingerprint>()?),
-        (None, Some(fp), _) | (None, None, HostTrust::Pinned(fp)) => Some(fp),
-        (None, None, HostTrust::Unknown) => None,
+    let (pin, from) = match (&args.server_fingerprint, configured, hosts.check(&url.authority)) {
+        (Some(fp), ..) => (Some(fp.parse::<Fingerprint>()?), PinFrom::Flag),
+        (None, Some(fp), _) => (Some(fp), PinFrom::Config),
+        (None, None, HostTrust::Pinned(fp)) => (Some(fp), PinFrom::KnownHosts),
+        (None, None, HostTrust::Unknown) => (None, PinFrom::Nowhere),
     };
     let mut used = pin;
     let mut result = session(&client, pin);
@@ -82,7 +84,7 @@ fn trusted<T>(
             result = session(&client, used);
         }
     }
-    let value = result.map_err(with_hint)?;
+    let value = result.map_err(|e| trust::explain(e, &from, url, &hosts, &config_dir))?;
     if let Some(fp) = used {
         if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
             hosts.pin(&url.authority, fp)?;
@@ -253,17 +255,20 @@ fn watch_signals(runtime: &tokio::runtime::Runtime, cancel: &CancellationToken) 
     Ok(stop)
 }
 
-/// The error with the command-line hint for it, if one helps.
+/// The error with the command-line hint for it, if one helps (an
+/// untrusted server's: [`trust::explain`], which knows where its pin
+/// came from).
 pub(crate) fn with_hint(e: TransferError) -> anyhow::Error {
     let hint = match &e {
-        TransferError::UntrustedServer { authority, seen, .. } => format!(
-            ". If that is the server's key (run `xfer id` on the server), trust it with:\n    \
-             xfer trust {authority} {seen}\nor pass --server-fingerprint {seen}"
-        ),
         TransferError::BadTag(_) => "; expected --tag KEY=VALUE".into(),
         _ if matches!(e.local(), Some(xfer::Error::Busy { .. })) => " (or wait for it with --busy-wait SECONDS)".into(),
         _ => return e.into(),
     };
+    hinted(e, hint)
+}
+
+/// `e` followed by `hint`, the command line's advice on it.
+pub(crate) fn hinted(e: TransferError, hint: String) -> anyhow::Error {
     anyhow::anyhow!("{e}{hint}")
 }
 

@@ -95,7 +95,7 @@ async fn raw_request(
 ) -> Result<xfer::net::manage::Answer, xfer::session::SessionError> {
     let authority = server.local_addr().unwrap().to_string();
     let link =
-        xfer::net::client::Link::connect(&authority, &who.identity, Some(server.fingerprint()), Default::default())
+        xfer::net::client::Link::connect(&authority, &who.identity, Some(server.fingerprint()), Default::default(), xfer::DEFAULT_CONNECT_TIMEOUT)
             .await
             .unwrap();
     let answer = link.history(open).await;

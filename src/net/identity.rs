@@ -26,13 +26,12 @@ pub struct Fingerprint(pub [u8; 32]);
 #[non_exhaustive]
 pub enum IdentityError {
     /// Reading or writing an identity or trust file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The key pair or certificate could not be generated or parsed.
     #[error("{path}: invalid key or certificate ({reason}); move it away to create a new identity")]
@@ -44,7 +43,7 @@ pub enum IdentityError {
     },
     /// Key generation failed.
     #[error("cannot generate a key pair: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// A certificate from a peer could not be parsed.
     #[error("peer certificate is not valid X.509")]
     BadCertificate,
@@ -63,8 +62,16 @@ pub enum IdentityError {
     },
 }
 
+// Not `#[from]`, which would make the cause a `source()` too, said twice
+// by a printer of the error chain.
+impl From<rcgen::Error> for IdentityError {
+    fn from(e: rcgen::Error) -> Self {
+        IdentityError::Generate(e)
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io { path: path.to_path_buf(), source }
+    move |cause| IdentityError::Io { path: path.to_path_buf(), cause }
 }
 
 impl Fingerprint {

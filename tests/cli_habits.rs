@@ -21,6 +21,13 @@ fn xfer(state: &Path) -> Command {
     cmd
 }
 
+/// As [`xfer`], for a process to run alongside others.
+fn xfer_process(state: &Path) -> Process {
+    let mut cmd = Process::new(assert_cmd::cargo::cargo_bin("xfer"));
+    cmd.env("XFER_STATE_DIR", state).env("XFER_CONFIG_DIR", state.join("cfg"));
+    cmd
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -73,31 +80,83 @@ fn habits_bad_window_or_bwlimit_exits_2() {
     assert!(!dest.exists(), "a refused run wrote its destination");
 }
 
-/// A destination another push is writing stays busy through
-/// `--busy-wait`: exit 5, not the generic 1.
+/// The first line `server` writes on stderr ("xfer: serving ROOT on ADDR
+/// as FINGERPRINT"); the rest is read and dropped, so that the server's
+/// log lines never meet a closed pipe.
+fn first_line_then_drain(server: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    line
+}
+
+/// Waits until a transfer into `root` is writing (a temporary exists).
+fn wait_for_temps(root: &Path, writer: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let writing = || {
+        fs::read_dir(root).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".xfer-tmp.")))
+    };
+    while !writing() {
+        assert!(writer.try_wait().unwrap().is_none(), "the first push ended before it wrote");
+        assert!(Instant::now() < deadline, "the first push never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A server with no session to spare, and a local destination another
+/// push is writing, stay busy through `--busy-wait`: exit 5, not the
+/// generic 1.
 #[test]
 fn habits_busy_destination_exits_5() {
     let tmp = TempDir::new().unwrap();
     let big = source(&tmp.path().join("big"), 3 << 20);
     let small = source(&tmp.path().join("small"), 10);
+    let id = xfer(tmp.path()).arg("id").output().unwrap();
+    let client_fp = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    let root = tmp.path().join("root");
+    let mut server = xfer_process(&tmp.path().join("server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-sessions", "1", "--allow", &client_fp, "--root"])
+        .arg(&root)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line_then_drain(&mut server);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (addr, server_fp) = (words[words.len() - 3], words[words.len() - 1]);
+    let mut writer = xfer_process(tmp.path())
+        .args(["push", "-q", "--bwlimit", "1M", "--server-fingerprint", server_fp])
+        .arg(&big)
+        .arg(format!("xfer://{addr}/a"))
+        .spawn()
+        .unwrap();
+    wait_for_temps(&root.join("a"), &mut writer);
+    let remote = xfer(tmp.path())
+        .args(["push", "--busy-wait", "0", "--server-fingerprint", server_fp])
+        .arg(&small)
+        .arg(format!("xfer://{addr}/b"))
+        .output()
+        .unwrap();
+    let first = wait_within(&mut writer, Duration::from_secs(120));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(remote.status.code(), Some(5), "{}", stderr(&remote));
+    assert!(stderr(&remote).contains("--busy-wait"), "{}", stderr(&remote));
+    assert!(first.is_some_and(|s| s.success()), "the first push failed: {first:?}");
+
     let dest = tmp.path().join("dest");
-    let mut writer = xfer(&tmp.path().join("s1"))
+    let mut writer = xfer_process(&tmp.path().join("s1"))
         .args(["push", "-q", "--bwlimit", "1M"])
         .arg(&big)
         .arg(&dest)
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !fs::read_dir(&dest).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".xfer-"))) {
-        assert!(writer.try_wait().unwrap().is_none(), "the first push ended before it wrote");
-        assert!(Instant::now() < deadline, "the first push never started writing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let busy = xfer(&tmp.path().join("s2")).args(["push", "--busy-wait", "0"]).arg(&small).arg(&dest).output().unwrap();
+    wait_for_temps(&dest, &mut writer);
+    let local =
+        xfer(&tmp.path().join("s2")).args(["push", "--busy-wait", "0"]).arg(&small).arg(&dest).output().unwrap();
     let first = wait_within(&mut writer, Duration::from_secs(120));
-    assert_eq!(busy.status.code(), Some(5), "{}", stderr(&busy));
-    assert!(stderr(&busy).contains("--busy-wait"), "{}", stderr(&busy));
+    assert_eq!(local.status.code(), Some(5), "{}", stderr(&local));
     assert!(first.is_some_and(|s| s.success()), "the first push failed: {first:?}");
 }
 
@@ -185,7 +244,7 @@ fn habits_server_urls_are_checked() {
         ("xfer://[::1/x", "]"),
         ("xfer://bad host/x", "host"),
     ] {
-        let out = xfer(tmp.path()).args(["push", "--connect-timeout", "2"]).arg(&src).arg(url).output().unwrap();
+        let out = xfer(tmp.path()).arg("push").arg(&src).arg(url).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{url}: {}", stderr(&out));
         assert!(stderr(&out).contains(says), "{url}: {}", stderr(&out));
     }
@@ -206,8 +265,7 @@ fn habits_server_urls_are_checked() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stderr.take().unwrap()), &mut line).unwrap();
+    let line = first_line_then_drain(&mut server);
     let words: Vec<&str> = line.split_whitespace().collect();
     let (addr, server_fp) = (words[words.len() - 3], words[words.len() - 1]);
     let out = xfer(tmp.path())
@@ -230,9 +288,7 @@ fn habits_server_urls_are_checked() {
 fn habits_bare_bwlimit_is_kib() {
     let tmp = TempDir::new().unwrap();
     let src = source(&tmp.path().join("src"), 100 << 10);
-    let mut child = Process::new(assert_cmd::cargo::cargo_bin("xfer"))
-        .env("XFER_STATE_DIR", tmp.path())
-        .env("XFER_CONFIG_DIR", tmp.path().join("cfg"))
+    let mut child = xfer_process(tmp.path())
         .args(["push", "--bwlimit", "1000"])
         .arg(&src)
         .arg(tmp.path().join("dest"))
@@ -343,12 +399,8 @@ fn habits_progress_bar_follows_acknowledged_bytes() {
     let tmp = TempDir::new().unwrap();
     let src = source(&tmp.path().join("src"), 4 << 20);
     let bin = assert_cmd::cargo::cargo_bin("xfer");
-    let command = format!(
-        "{} push --bwlimit 2M {} {}",
-        bin.display(),
-        src.display(),
-        tmp.path().join("dest").display()
-    );
+    let command =
+        format!("{} push --bwlimit 2M {} {}", bin.display(), src.display(), tmp.path().join("dest").display());
     let out = Process::new("script")
         .args(["-qefc", &command, "/dev/null"])
         .env("XFER_STATE_DIR", tmp.path().join("state"))

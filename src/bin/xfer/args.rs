@@ -237,8 +237,10 @@ $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
         shell: clap_complete::Shell,
     },
     /// Print a manual page (roff) on stdout, or write every page to a directory.
-    #[command(after_help = "Examples:\n  xfer man --dir /usr/local/share/man/man1   # xfer.1, xfer-push.1, xfer-pull.1, ...\n  \
-xfer man > /usr/local/share/man/man1/xfer.1\n  xfer man push | man -l -")]
+    #[command(
+        after_help = "Examples:\n  xfer man --dir /usr/local/share/man/man1   # xfer.1, xfer-push.1, xfer-pull.1, ...\n  \
+xfer man > /usr/local/share/man/man1/xfer.1\n  xfer man push | man -l -"
+    )]
     Man {
         /// The subcommand whose page to print (push, pull, serve, ...);
         /// without it, xfer(1).

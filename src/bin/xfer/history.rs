@@ -28,7 +28,11 @@ fn on_target<T>(
 ) -> anyhow::Result<T> {
     if let Some(root) = &args.root {
         if !args.target.is_dir() {
-            crate::usage_bail!("{} is not a directory: with --root, name a tree inside {}", args.target.display(), root.display());
+            crate::usage_bail!(
+                "{} is not a directory: with --root, name a tree inside {}",
+                args.target.display(),
+                root.display()
+            );
         }
         return local(Here::Served(root, &args.target)).map_err(with_hint);
     }
@@ -44,7 +48,10 @@ fn on_target<T>(
         }
         Target::Local => {
             if !args.target.is_dir() {
-                crate::usage_bail!("{} is not a directory: name a local push destination or a server URL", args.target.display());
+                crate::usage_bail!(
+                    "{} is not a directory: name a local push destination or a server URL",
+                    args.target.display()
+                );
             }
             let state_dir = state_dir(args)?;
             local(Here::Dest(&args.target, &state_dir)).map_err(with_hint)
@@ -116,7 +123,9 @@ pub(crate) fn forget(args: &ForgetArgs) -> anyhow::Result<ExitCode> {
              a policy without rules would forget every snapshot",
             args.target.target.display()
         ),
-        (false, true) if args.dry_run => crate::usage_bail!("--dry-run previews a --keep-* policy; ids are forgotten as named"),
+        (false, true) if args.dry_run => {
+            crate::usage_bail!("--dry-run previews a --keep-* policy; ids are forgotten as named")
+        }
         (false, true) => on_target(
             &args.target,
             |client, url, pin| runtime.block_on(client.forget(url, pin, &args.ids)),

@@ -11,16 +11,16 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::HumanBytes;
 use xfer::{
-    default_state_dir, local_time_now, DEFAULT_CONNECT_TIMEOUT, CancellationToken, Client, Compression, Congestion, DeleteLimit, DeleteRefused,
+    default_state_dir, local_time_now, CancellationToken, Client, Compression, Congestion, DeleteLimit, DeleteRefused,
     DeleteRule, Excludes, Fingerprint, HostTrust, Identity, KnownHosts, LocalTime, PullOptions, PushOptions, RemoteUrl,
-    Report, Timetable, TransferError, Window,
+    Report, Timetable, TransferError, Window, DEFAULT_CONNECT_TIMEOUT,
 };
 
 use crate::args::{CompressArg, PushArgs};
 use crate::config::{Config, Settings, Target};
 use crate::{
-    config_dir_or_default, exit_code_of, runtime, ui, usage, usage_bail, warn_slow_rate, StopSignals,
-    EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE, EXIT_WINDOW, KNOWN_HOSTS,
+    config_dir_or_default, exit_code_of, runtime, ui, usage, usage_bail, warn_slow_rate, StopSignals, EXIT_INTERRUPTED,
+    EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE, EXIT_WINDOW, KNOWN_HOSTS,
 };
 
 /// Runs `session` against `url`'s server with this host's identity and the
@@ -294,7 +294,7 @@ pub(crate) fn with_hint(e: TransferError) -> anyhow::Error {
              xfer trust {authority} {seen}\nor pass --server-fingerprint {seen}"
         ),
         TransferError::BadTag(_) => "; expected --tag KEY=VALUE".into(),
-        _ if matches!(e.local(), Some(xfer::Error::Busy { .. })) => " (or wait for it with --busy-wait SECONDS)".into(),
+        _ if e.is_busy() => " (or wait for it with --busy-wait SECONDS)".into(),
         _ => return e.into(),
     };
     Hinted { error: e, hint }.into()

@@ -96,8 +96,11 @@ fn cli_quiet_json_completions_and_man() {
     let man = xfer(tmp.path()).arg("man").output().unwrap();
     let man = String::from_utf8_lossy(&man.stdout).to_string();
     assert!(man.contains(".TH xfer") && man.contains("push"), "{man}");
+    // Exit codes are listed once, in `xfer --help`; push's help points there.
+    let help = xfer(tmp.path()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("130  interrupted"));
     let help = xfer(tmp.path()).args(["push", "--help"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&help.stdout).contains("130 interrupted"));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes: see `xfer --help`"));
     let serve_help = xfer(tmp.path()).args(["serve", "--help"]).output().unwrap();
     let serve_help = String::from_utf8_lossy(&serve_help.stdout).to_string();
     assert!(serve_help.contains("--max-sessions") && serve_help.contains("--audit-log"), "{serve_help}");

@@ -288,7 +288,8 @@ impl ServerPin {
 }
 
 /// Client configuration presenting `identity` and accepting only the
-/// server that `pin` names.
+/// server that `pin` names (tests and benches; [`Link`](client::Link)
+/// counts acknowledged bytes with [`client_config_counting`]).
 ///
 /// # Errors
 /// A TLS configuration error.

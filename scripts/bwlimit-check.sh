@@ -34,7 +34,7 @@ for _ in range(n):
 open(out, 'w').write(' '.join(map(str, samples)))
 PY
 sampler=$!
-"$xfer" push -q --bwlimit "$rate" --server-fingerprint "$server_fp" --config-dir "$work/ccfg" \
+"$xfer" push -q --bwlimit "${rate}B" --server-fingerprint "$server_fp" --config-dir "$work/ccfg" \
   --state-dir "$work/state" "$work/src" "xfer://$addr/b"
 wait "$sampler"
 python3 - "$work/samples" "$rate" <<'PY'

@@ -23,10 +23,10 @@ pub use crate::net::served::DEFAULT_MAX_SESSIONS;
 pub use crate::net::{Congestion, UnknownCongestion, IDLE_TIMEOUT};
 pub use crate::pacing::{LocalTime, Rate, ThrottleError, Timetable, Window};
 pub use crate::plan::{DeleteLimit, DeleteRefused, DeleteRule};
-pub use crate::progress::{Change, Event, Progress};
+pub use crate::progress::{Change, Event, Meter, Progress};
 pub use crate::usecase::history::{Forgetting, Verdict};
 pub use crate::usecase::retention::{Retention, RetentionRun, DEFAULT_PRUNE_EVERY};
-pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_PORT, ROOT_PATH};
+pub use crate::usecase::{Clock, RemoteUrl, Report, TransferError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, ROOT_PATH};
 pub use tokio_util::sync::CancellationToken;
 pub use xfer_core::retention::{parse_rules, parse_within, KeepPolicy, RetentionError, RetentionTable};
 
@@ -347,6 +347,14 @@ macro_rules! transfer_options {
             /// The congestion controller of this side's connection.
             pub fn congestion(mut self, congestion: Congestion) -> Self {
                 self.0.congestion = congestion;
+                self
+            }
+
+            /// How long to wait for the server to answer (name resolution
+            /// and handshake) before failing with [`TransferError::Connect`];
+            /// [`DEFAULT_CONNECT_TIMEOUT`] unless set.
+            pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+                self.0.connect_timeout = timeout;
                 self
             }
 

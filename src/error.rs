@@ -15,17 +15,19 @@ use crate::patch::PatchError;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in the xfer library.
+///
+/// A variant says its cause in its message and does not also return it
+/// as its `source()`: a printer of the error chain would say it twice.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Reading or writing a file or directory failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// Invalid chunking parameters.
     #[error(transparent)]
@@ -37,7 +39,7 @@ pub enum Error {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// A chunk could not be decoded or failed verification.
-    #[error("chunk {chunk} of {path} (index {index}): {source}")]
+    #[error("chunk {chunk} of {path} (index {index}): {cause}")]
     Chunk {
         /// File the chunk belongs to.
         path: PathBuf,
@@ -46,12 +48,11 @@ pub enum Error {
         /// The chunk's id.
         chunk: ChunkId,
         /// What went wrong.
-        #[source]
-        source: Box<CodecError>,
+        cause: Box<CodecError>,
     },
     /// The chunk encoder could not be set up (for example, a bad zstd level).
     #[error("cannot set up chunk encoding: {0}")]
-    Encoder(#[source] Box<CodecError>),
+    Encoder(Box<CodecError>),
     /// A sub-chunk delta or signature was malformed.
     #[error(transparent)]
     Patch(#[from] PatchError),
@@ -90,13 +91,12 @@ pub enum Error {
         path: PathBuf,
     },
     /// The receiver's state database failed.
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}: {cause}")]
     State {
         /// The database file.
         path: PathBuf,
         /// What the database reported.
-        #[source]
-        source: Box<redb::Error>,
+        cause: Box<redb::Error>,
     },
     /// A step a store-only server cannot apply to the tree it keeps.
     #[error("{path}: {reason}; the entry was not stored")]
@@ -162,13 +162,12 @@ pub enum Error {
     #[error("stopped on request")]
     Stopped,
     /// A history store object (pack, index, tree blob) is malformed or damaged.
-    #[error("history store {path}: {source}")]
+    #[error("history store {path}: {cause}")]
     History {
         /// The store's directory or the object's file.
         path: PathBuf,
         /// What is wrong.
-        #[source]
-        source: Box<crate::history::FormatError>,
+        cause: Box<crate::history::FormatError>,
     },
     /// A history store of a format this build does not read, or whose
     /// config or snapshot record does not parse.
@@ -180,15 +179,14 @@ pub enum Error {
         reason: String,
     },
     /// A snapshot selector that names no single snapshot.
-    #[error("history store {path}, tree {tree}: {source}")]
+    #[error("history store {path}, tree {tree}: {cause}")]
     SnapshotSelect {
         /// The store's directory.
         path: PathBuf,
         /// The tree whose snapshots were searched.
         tree: String,
         /// Why.
-        #[source]
-        source: crate::history::select::SelectError,
+        cause: crate::history::select::SelectError,
     },
     /// A snapshot id to forget that names no snapshot, or several.
     #[error("history store {path}: {id} names no single snapshot; list the snapshots to see their ids")]
@@ -211,13 +209,12 @@ pub enum Error {
         chunk: ChunkId,
     },
     /// A request to the object store holding a history store failed.
-    #[error("object store {url}: {source}")]
+    #[error("object store {url}: {cause}")]
     ObjectStore {
         /// The object's URL (or the store's).
         url: String,
         /// What the store said.
-        #[source]
-        source: Box<object_store::Error>,
+        cause: Box<object_store::Error>,
     },
     /// A server on an object store without a place for its audit log.
     #[error("the store {store} is on an object store, which keeps no local files: give the audit log's place (`xfer serve --audit-log FILE`)")]
@@ -261,7 +258,7 @@ const ENAMETOOLONG: i32 = 36;
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), cause: source }
     }
 
     /// Whether the error concerns one entry only (a source file that changed,
@@ -283,9 +280,9 @@ impl Error {
             | Error::LinkTarget { .. }
             | Error::RepoEntry { .. }
             | Error::HistoryDamaged { .. } => true,
-            Error::Io { source, .. } => {
-                source.kind() == io::ErrorKind::PermissionDenied
-                    || matches!(source.raw_os_error(), Some(ENOTDIR | EISDIR | ENAMETOOLONG))
+            Error::Io { cause, .. } => {
+                cause.kind() == io::ErrorKind::PermissionDenied
+                    || matches!(cause.raw_os_error(), Some(ENOTDIR | EISDIR | ENAMETOOLONG))
             }
             _ => false,
         }
@@ -296,7 +293,7 @@ impl Error {
     pub fn is_busy(&self) -> bool {
         match self {
             Error::Busy { .. } | Error::StateInUse { .. } => true,
-            Error::State { source, .. } => matches!(**source, redb::Error::DatabaseAlreadyOpen),
+            Error::State { cause, .. } => matches!(**cause, redb::Error::DatabaseAlreadyOpen),
             _ => false,
         }
     }
@@ -305,7 +302,7 @@ impl Error {
     pub(crate) fn state(path: impl Into<PathBuf>, err: impl Into<redb::Error>) -> Self {
         match err.into() {
             redb::Error::DatabaseAlreadyOpen => Error::StateInUse { path: path.into() },
-            err => Error::State { path: path.into(), source: Box::new(err) },
+            err => Error::State { path: path.into(), cause: Box::new(err) },
         }
     }
 }

@@ -96,8 +96,11 @@ fn cli_quiet_json_completions_and_man() {
     let man = xfer(tmp.path()).arg("man").output().unwrap();
     let man = String::from_utf8_lossy(&man.stdout).to_string();
     assert!(man.contains(".TH xfer") && man.contains("push"), "{man}");
+    // Exit codes are listed once, in `xfer --help`; push's help points there.
+    let help = xfer(tmp.path()).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("130  interrupted"));
     let help = xfer(tmp.path()).args(["push", "--help"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&help.stdout).contains("130 interrupted"));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes: see `xfer --help`"));
     let serve_help = xfer(tmp.path()).args(["serve", "--help"]).output().unwrap();
     let serve_help = String::from_utf8_lossy(&serve_help.stdout).to_string();
     assert!(serve_help.contains("--max-sessions") && serve_help.contains("--audit-log"), "{serve_help}");
@@ -280,7 +283,7 @@ fn cli_config_file_names_remotes() {
     assert_eq!(fs::read(root.join("site/a")).unwrap(), b"a");
     assert!(!root.join("site/stale").exists(), "the config's [push] delete = true was not applied");
     assert!(!tmp.path().join("backup").exists() && !src.join("backup").exists());
-    assert_eq!(broken.status.code(), Some(1));
+    assert_eq!(broken.status.code(), Some(2), "a broken config file is a usage error");
     assert!(
         String::from_utf8_lossy(&broken.stderr).contains("config.toml"),
         "{}",
@@ -387,7 +390,7 @@ fn cli_remote_push_with_trust_on_first_use() {
     let _ = server.kill();
     let _ = server.wait();
 
-    assert_eq!(unknown.status.code(), Some(1), "{stderr}");
+    assert_eq!(unknown.status.code(), Some(7), "{stderr}");
     assert!(stderr.contains(&format!("xfer trust {addr} {server_fp}")), "{stderr}");
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
@@ -454,9 +457,9 @@ fn cli_audit_log_records_sessions_and_tags() {
     let _ = server.wait();
     assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
     assert!(pull.status.success(), "{}", String::from_utf8_lossy(&pull.stderr));
-    assert_eq!(bad_tag.status.code(), Some(1));
+    assert_eq!(bad_tag.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_tag.stderr).contains("KEY=VALUE"));
-    assert_eq!(stranger.status.code(), Some(1));
+    assert_eq!(stranger.status.code(), Some(7));
 
     let text = fs::read_to_string(&audit).unwrap();
     assert!(!text.contains("SECRET-CONTENT"), "file contents in the audit log");

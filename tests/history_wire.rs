@@ -94,10 +94,15 @@ async fn raw_request(
     open: Open,
 ) -> Result<xfer::net::manage::Answer, xfer::session::SessionError> {
     let authority = server.local_addr().unwrap().to_string();
-    let link =
-        xfer::net::client::Link::connect(&authority, &who.identity, Some(server.fingerprint()), Default::default())
-            .await
-            .unwrap();
+    let link = xfer::net::client::Link::connect(
+        &authority,
+        &who.identity,
+        Some(server.fingerprint()),
+        Default::default(),
+        xfer::DEFAULT_CONNECT_TIMEOUT,
+    )
+    .await
+    .unwrap();
     let answer = link.history(open).await;
     link.close(0).await;
     answer

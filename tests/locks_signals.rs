@@ -186,10 +186,10 @@ fn locks_nested_trees_on_a_server_exclude_each_other() {
     wait_for_temps(&served.root.join("a/b"), &mut writer);
 
     let above = served.push(&tmp.path().join("s2"), &small, "a", &["--delete", "--busy-wait", "0"]).output().unwrap();
-    assert_eq!(above.status.code(), Some(1), "a --delete push above a tree in flight ran: {}", text(&above));
+    assert_eq!(above.status.code(), Some(5), "a --delete push above a tree in flight ran: {}", text(&above));
     assert!(text(&above).contains("another transfer is writing /a"), "{}", text(&above));
     let inside = served.push(&tmp.path().join("s3"), &small, "a/b/c", &["--busy-wait", "0"]).output().unwrap();
-    assert_eq!(inside.status.code(), Some(1), "a push inside a tree in flight ran: {}", text(&inside));
+    assert_eq!(inside.status.code(), Some(5), "a push inside a tree in flight ran: {}", text(&inside));
     assert!(!served.root.join("a/b/c").exists(), "the refused push made its directory inside the held tree");
     let sibling = served.push(&tmp.path().join("s4"), &small, "a/sibling", &["--busy-wait", "0"]).output().unwrap();
     assert!(sibling.status.success(), "siblings must not collide: {}", text(&sibling));
@@ -222,15 +222,15 @@ fn locks_local_pushes_with_different_state_dirs_collide() {
 
     let mut same = xfer(&tmp.path().join("s2"));
     let same = same.args(["push", "--delete", "--busy-wait", "0"]).arg(&small).arg(&dest).output().unwrap();
-    assert_eq!(same.status.code(), Some(1), "a second push to the destination ran: {}", text(&same));
+    assert_eq!(same.status.code(), Some(5), "a second push to the destination ran: {}", text(&same));
     assert!(text(&same).contains("another transfer is writing"), "{}", text(&same));
     let mut nested = xfer(&tmp.path().join("s3"));
     let nested = nested.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("sub")).output().unwrap();
-    assert_eq!(nested.status.code(), Some(1), "a push inside the destination ran: {}", text(&nested));
+    assert_eq!(nested.status.code(), Some(5), "a push inside the destination ran: {}", text(&nested));
     // Refused before it makes anything: not even its own missing directory.
     let mut fresh = xfer(&tmp.path().join("s3"));
     let fresh = fresh.args(["push", "--busy-wait", "0"]).arg(&small).arg(dest.join("new/deeper")).output().unwrap();
-    assert_eq!(fresh.status.code(), Some(1), "a push inside the destination ran: {}", text(&fresh));
+    assert_eq!(fresh.status.code(), Some(5), "a push inside the destination ran: {}", text(&fresh));
     assert!(!dest.join("new").exists(), "the refused push made a directory inside the held tree");
 
     let status = wait_within(&mut writer, Duration::from_secs(60)).expect("the push in flight finished");

@@ -264,7 +264,7 @@ fn serve_names_a_bad_retention_line_and_what_to_write() {
         .timeout(Duration::from_secs(30))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&file.display().to_string()) && err.contains("line 3"), "{err}");
     assert!(err.contains("\"seven\" is not a count for daily") && err.contains("daily=7 weekly=4 within=30d"), "{err}");
@@ -278,7 +278,7 @@ fn serve_names_a_bad_retention_line_and_what_to_write() {
             .timeout(Duration::from_secs(30))
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         let want = if bad[1] == "5m" { "use a number and s, min, h or d" } else { "needs a policy" };
         assert!(err.contains(want), "{bad:?}: {err}");

@@ -5,6 +5,7 @@ mod util;
 mod api;
 mod atomic_replace;
 mod cli;
+mod cli_habits;
 mod cli_schedule;
 mod congestion_opt;
 mod crash;

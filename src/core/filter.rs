@@ -66,13 +66,12 @@ pub enum FilterError {
         reason: String,
     },
     /// A patterns file that cannot be read.
-    #[error("{}: cannot read exclude patterns: {source}", path.display())]
+    #[error("{}: cannot read exclude patterns: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A line of a patterns file that is not UTF-8.
     #[error(

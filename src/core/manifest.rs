@@ -299,7 +299,7 @@ pub enum ManifestError {
     },
     /// The bytes do not decode.
     #[error("manifest does not decode: {0}")]
-    Decode(#[from] postcard::Error),
+    Decode(postcard::Error),
     /// The same path appears twice.
     #[error("duplicate entry {0}")]
     Duplicate(RelPath),
@@ -320,6 +320,14 @@ pub enum ManifestError {
         /// Its target.
         target: RelPath,
     },
+}
+
+// Not `#[from]`, which would make the cause a `source()` too, said twice
+// by a printer of the error chain.
+impl From<postcard::Error> for ManifestError {
+    fn from(e: postcard::Error) -> Self {
+        ManifestError::Decode(e)
+    }
 }
 
 /// A whole tree, sorted by path, each entry's parent present before it.

@@ -2,8 +2,10 @@
 //! them into bars, a backup app into its own display or log. No terminal
 //! code here.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Something that happened during a transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +58,16 @@ pub enum Event {
         /// Its path in the tree.
         path: String,
     },
-    /// A chunk crossed the wire.
+    /// Wire bytes this side's peer has acknowledged so far (pushes: the
+    /// connection's total, handshake included), sent every moment while
+    /// chunks travel. What a progress display counts as done: chunks
+    /// handed to the connection may still wait in its buffers.
+    Acked {
+        /// Acknowledged bytes since the connection opened.
+        bytes: u64,
+    },
+    /// A chunk crossed the wire (handed to the connection, on a push;
+    /// received, on a pull).
     Chunk {
         /// Its size once decoded.
         decoded: u64,
@@ -133,5 +144,144 @@ impl fmt::Debug for ProgressSink {
 impl Progress for std::sync::mpsc::SyncSender<Event> {
     fn event(&self, event: &Event) {
         let _ = self.try_send(event.clone());
+    }
+}
+
+/// What a progress display shows of a transfer, from its [`Event`]s: the
+/// bytes of the planned files done, the rate and the time left. On a push
+/// a chunk counts as done once the receiver acknowledged its bytes
+/// ([`Event::Acked`]), not when it was handed to the connection; on a
+/// pull, when it arrived. Times come from the caller.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    sending: bool,
+    total: Option<u64>,
+    done: u64,
+    /// Chunks handed to the connection and not yet acknowledged: the
+    /// encoded bytes sent up to and including each, and the decoded bytes
+    /// it brings the display to. Oldest first, at most [`MAX_IN_FLIGHT`].
+    in_flight: VecDeque<(u64, u64)>,
+    encoded_sent: u64,
+    decoded_sent: u64,
+    /// Acknowledged wire bytes when the first chunk was sent (handshake,
+    /// listings): not chunk data.
+    acked_before_data: Option<u64>,
+    acked: u64,
+    rate: Option<f64>,
+    /// When the rate was last sampled, and `done` then.
+    sampled: (Duration, u64),
+}
+
+/// Chunks tracked in flight; past it the newest are tracked together.
+const MAX_IN_FLIGHT: usize = 4096;
+
+/// How long a rate sample spans: shorter ones are mostly noise.
+const SAMPLE: Duration = Duration::from_millis(500);
+
+/// Weight of a new sample in the smoothed rate.
+const SMOOTHING: f64 = 0.3;
+
+impl Meter {
+    /// A meter for the side that sends the chunks (`sending`: a push's
+    /// client) or receives them (a pull's).
+    pub fn new(sending: bool) -> Meter {
+        Meter {
+            sending,
+            total: None,
+            done: 0,
+            in_flight: VecDeque::new(),
+            encoded_sent: 0,
+            decoded_sent: 0,
+            acked_before_data: None,
+            acked: 0,
+            rate: None,
+            sampled: (Duration::ZERO, 0),
+        }
+    }
+
+    /// Takes `event`, seen `at` into the transfer.
+    pub fn event(&mut self, event: &Event, at: Duration) {
+        match event {
+            Event::Planned { bytes, .. } => self.total = Some(*bytes),
+            Event::Chunk { decoded, encoded } if self.sending => {
+                self.acked_before_data.get_or_insert(self.acked);
+                self.encoded_sent += encoded;
+                self.decoded_sent += decoded;
+                let mark = (self.encoded_sent, self.decoded_sent);
+                let full = self.in_flight.len() >= MAX_IN_FLIGHT;
+                match self.in_flight.back_mut() {
+                    Some(last) if full => *last = mark,
+                    _ => self.in_flight.push_back(mark),
+                }
+            }
+            Event::Chunk { decoded, .. } => self.done += decoded,
+            Event::Acked { bytes } => {
+                self.acked = self.acked.max(*bytes);
+                self.confirm();
+            }
+            _ => return,
+        }
+        self.sample(at);
+    }
+
+    /// Counts the chunks whose bytes the acknowledged bytes cover. Wire
+    /// bytes carry packet headers and messages besides the chunks' bytes,
+    /// so a chunk counts only once a 1/32 margin over its bytes is
+    /// acknowledged too.
+    fn confirm(&mut self) {
+        let Some(before) = self.acked_before_data else { return };
+        let data = self.acked.saturating_sub(before);
+        while let Some(&(encoded, decoded)) = self.in_flight.front() {
+            if data < encoded + encoded / 32 {
+                break;
+            }
+            self.done = decoded;
+            self.in_flight.pop_front();
+        }
+    }
+
+    /// Samples the rate every [`SAMPLE`], from when the first bytes were
+    /// done (the scan and the handshake before them are not the link's
+    /// rate).
+    fn sample(&mut self, at: Duration) {
+        if self.done == 0 {
+            self.sampled = (at, 0);
+            return;
+        }
+        let (then, done_then) = self.sampled;
+        let span = at.saturating_sub(then);
+        if span < SAMPLE {
+            return;
+        }
+        let now = (self.done.saturating_sub(done_then)) as f64 / span.as_secs_f64();
+        self.rate = Some(self.rate.map_or(now, |rate| rate + SMOOTHING * (now - rate)));
+        self.sampled = (at, self.done);
+    }
+
+    /// The planned bytes, once the plan is made (pushes).
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// Bytes done: of chunks acknowledged (pushes) or received (pulls),
+    /// at their decoded size; never more than the total.
+    pub fn done(&self) -> u64 {
+        self.total.map_or(self.done, |total| self.done.min(total))
+    }
+
+    /// The smoothed rate of [`Meter::done`] in bytes/s, once measured.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// The time left at the measured rate: at least a second while any
+    /// byte is left, `None` before a rate is measured or without a total.
+    pub fn eta(&self) -> Option<Duration> {
+        let left = self.total?.saturating_sub(self.done());
+        if left == 0 {
+            return Some(Duration::ZERO);
+        }
+        let rate = self.rate.filter(|r| *r > 0.0)?;
+        Some(Duration::from_secs_f64((left as f64 / rate).clamp(1.0, 1e9)))
     }
 }

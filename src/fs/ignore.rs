@@ -23,7 +23,7 @@ pub fn with_root_ignore(root: &Path) -> Result<Filter, FilterError> {
 /// As [`add_file`], except that a missing file is not an error.
 pub fn add_root_ignore(filter: &mut Filter, root: &Path) -> Result<(), FilterError> {
     match add_file(filter, &root.join(IGNORE_FILE)) {
-        Err(FilterError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(FilterError::Read { cause, .. }) if cause.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
 }
@@ -34,7 +34,7 @@ pub fn add_root_ignore(filter: &mut Filter, root: &Path) -> Result<(), FilterErr
 /// [`FilterError::Read`] if it cannot be read, and the errors of
 /// [`Filter::add_patterns_file`].
 pub fn add_file(filter: &mut Filter, path: &Path) -> Result<(), FilterError> {
-    let bytes = std::fs::read(path).map_err(|source| FilterError::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|cause| FilterError::Read { path: path.to_path_buf(), cause })?;
     filter.add_patterns_file(&bytes, path)
 }
 

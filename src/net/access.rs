@@ -261,13 +261,12 @@ impl Refusal {
 #[non_exhaustive]
 pub enum AccessError {
     /// The file could not be read (or is not UTF-8).
-    #[error("authorized clients {path}: {source}")]
+    #[error("authorized clients {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A line does not parse.
     #[error("authorized clients {origin} line {line}: {problem}")]
@@ -370,7 +369,7 @@ impl Access {
 
     fn read_file(path: &Path) -> Result<Vec<Grant>, AccessError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| AccessError::Io { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|cause| AccessError::Io { path: path.to_path_buf(), cause })?;
         Ok(Access::parse(&text, &path.display().to_string())?.grants)
     }
 

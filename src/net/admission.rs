@@ -225,7 +225,7 @@ pub async fn serve_connection(
 /// the state database is named as such.
 fn client_reason(config: &ServeConfig, error: &SessionError) -> String {
     let mut reason = match error.local_error::<crate::Error>() {
-        Some(crate::Error::State { source, .. }) => format!("the server's state database: {source}"),
+        Some(crate::Error::State { cause, .. }) => format!("the server's state database: {cause}"),
         Some(crate::Error::StateInUse { .. }) => {
             "the server's state database of this tree is in use by another transfer; try again when it ends".into()
         }

@@ -4,6 +4,8 @@
 //! (the use-case layer above).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::VarInt;
@@ -18,7 +20,7 @@ use super::caps::Caps;
 use super::driver::{run_pull, run_sender};
 
 use super::link::{wire_bytes, WireBytes};
-use super::{client_config, client_endpoint, Congestion, ServerPin, Tuning};
+use super::{client_config_counting, client_endpoint, Congestion, ServerPin, Tuning};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::fs::store::MirrorReceiver;
 use crate::session::{ChunkReader, Sender, SessionError};
@@ -81,16 +83,43 @@ pub enum Ran<T> {
 pub struct Link {
     endpoint: quinn::Endpoint,
     connection: quinn::Connection,
+    /// Bytes the server has acknowledged so far.
+    acked: Arc<AtomicU64>,
     /// The key the server presented (the pin, once verified).
     pub server: Fingerprint,
 }
 
 impl Link {
-    /// Connects to `authority`, whose server must present `pin`.
+    /// Connects to `authority`, whose server must present `pin`, within
+    /// `timeout` (name resolution and handshake together).
     ///
     /// # Errors
-    /// [`ConnectError`].
+    /// [`ConnectError`]; [`ConnectError::Unreachable`] when no answer came
+    /// within `timeout`.
     pub async fn connect(
+        authority: &str,
+        identity: &Identity,
+        pin: Option<Fingerprint>,
+        congestion: Congestion,
+        timeout: Duration,
+    ) -> Result<Link, ConnectError> {
+        // A closed UDP port does not answer at all (no ICMP reaches an
+        // unconnected socket): without a deadline the handshake would wait
+        // for quinn's idle timeout.
+        match tokio::time::timeout(timeout, Link::connect_now(authority, identity, pin, congestion)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectError::Unreachable {
+                authority: authority.into(),
+                reason: format!(
+                    "no answer within {} s; check the host and port, that `xfer serve` runs there, and that \
+                     no firewall drops UDP to that port (or give it longer with --connect-timeout SECS)",
+                    timeout.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
+    async fn connect_now(
         authority: &str,
         identity: &Identity,
         pin: Option<Fingerprint>,
@@ -102,14 +131,16 @@ impl Link {
             if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("invariant: literal");
         let tuning = Tuning::with_congestion(congestion);
         let endpoint = client_endpoint(bind, tuning).map_err(|e| crate::Error::io("udp socket", e))?;
-        let config = client_config(identity, &server_pin, tuning).map_err(|e| crate::Error::io("tls", e))?;
+        let acked = Arc::new(AtomicU64::new(0));
+        let config = client_config_counting(identity, &server_pin, tuning, Some(Arc::clone(&acked)))
+            .map_err(|e| crate::Error::io("tls", e))?;
         let unreachable = |reason: String| ConnectError::Unreachable { authority: authority.into(), reason };
         let connecting = endpoint.connect_with(config, addr, "xfer").map_err(|e| unreachable(e.to_string()))?;
         match connecting.await {
             Ok(connection) => {
                 let server = server_pin.seen().unwrap_or(Fingerprint([0; 32]));
                 tracing::info!(%addr, %server, %congestion, rtt_ms = connection.rtt().as_millis() as u64, "connected");
-                Ok(Link { endpoint, connection, server })
+                Ok(Link { endpoint, connection, acked, server })
             }
             // Refused before the handshake: the server has too many under way.
             Err(quinn::ConnectionError::ConnectionClosed(close))
@@ -164,6 +195,11 @@ impl Link {
             Ok(answer) => Ok(answer),
             Err(e) => Err(super::frames::with_peer_reason(&self.connection, e).await),
         }
+    }
+
+    /// The bytes the server has acknowledged so far (the handshake's too).
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
     }
 
     /// The wire bytes of the connection so far.

@@ -2,6 +2,7 @@
 //! reports, passed on with the clock quinn read.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -91,5 +92,70 @@ impl Controller for Model {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
+    }
+}
+
+/// Builds `inner`'s controllers, adding up the bytes the peer acknowledged
+/// into `acked`: what reached the peer, where bytes written to a stream
+/// may still wait in its buffers (a push's progress).
+pub(super) struct Counting {
+    pub(super) inner: Arc<dyn ControllerFactory + Send + Sync>,
+    pub(super) acked: Arc<AtomicU64>,
+}
+
+impl ControllerFactory for Counting {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let inner = Arc::clone(&self.inner).build(now, current_mtu);
+        Box::new(Counted { inner, acked: Arc::clone(&self.acked) })
+    }
+}
+
+/// A controller that counts acknowledged bytes and leaves every decision
+/// to the one it wraps.
+struct Counted {
+    inner: Box<dyn Controller>,
+    acked: Arc<AtomicU64>,
+}
+
+impl Controller for Counted {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.inner.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &RttEstimator) {
+        self.acked.fetch_add(bytes, Ordering::Relaxed);
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest: Option<u64>) {
+        self.inner.on_end_acks(now, in_flight, app_limited, largest);
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, persistent: bool, lost_bytes: u64) {
+        self.inner.on_congestion_event(now, sent, persistent, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.inner.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.inner.window()
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        self.inner.metrics()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(Counted { inner: self.inner.clone_box(), acked: Arc::clone(&self.acked) })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self.inner.into_any()
     }
 }

@@ -26,13 +26,12 @@ pub struct Fingerprint(pub [u8; 32]);
 #[non_exhaustive]
 pub enum IdentityError {
     /// Reading or writing an identity or trust file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The key pair or certificate could not be generated or parsed.
     #[error("{path}: invalid key or certificate ({reason}); move it away to create a new identity")]
@@ -44,7 +43,7 @@ pub enum IdentityError {
     },
     /// Key generation failed.
     #[error("cannot generate a key pair: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// A certificate from a peer could not be parsed.
     #[error("peer certificate is not valid X.509")]
     BadCertificate,
@@ -71,8 +70,16 @@ pub enum IdentityError {
     },
 }
 
+// Not `#[from]`, which would make the cause a `source()` too, said twice
+// by a printer of the error chain.
+impl From<rcgen::Error> for IdentityError {
+    fn from(e: rcgen::Error) -> Self {
+        IdentityError::Generate(e)
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io { path: path.to_path_buf(), source }
+    move |cause| IdentityError::Io { path: path.to_path_buf(), cause }
 }
 
 impl Fingerprint {
@@ -255,9 +262,17 @@ pub fn server_authority(text: &str) -> Result<String, IdentityError> {
             "" => None,
             _ => Some(after.strip_prefix(':').ok_or_else(|| bad("expected `:PORT` after `]`"))?),
         };
+        if inside.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("only an IPv6 address goes in brackets"));
+        }
         (format!("[{inside}]"), port)
-    } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
-        (format!("[{text}]"), None)
+    } else if text.matches(':').count() > 1 {
+        // `fe80::1:7878` would read as an address or as one with a port.
+        return Err(bad(&format!("put an IPv6 address in brackets, as [{text}] or [ADDRESS]:PORT")));
+    } else if let Some((user, host)) = text.split_once('@') {
+        return Err(bad(&format!(
+            "{user:?} is a user name; xfer knows a client by its key (`xfer id`), not by a user: write {host}"
+        )));
     } else {
         match text.rsplit_once(':') {
             Some((host, port)) => (host.to_string(), Some(port)),
@@ -515,8 +530,8 @@ mod tests {
         assert_eq!(ok("10.0.0.1:9000"), "10.0.0.1:9000");
         assert_eq!(ok("[::1]"), "[::1]:7878");
         assert_eq!(ok("[::1]:9000"), "[::1]:9000");
-        assert_eq!(ok("::1"), "[::1]:7878");
-        for bad in ["", ":7878", "host:", "host:abc", "host:0", "host:65536", "host:+1", "[::1", "[::1]x", "a b", "h:1:2"] {
+        let bad = ["", ":7878", "host:", "host:abc", "host:0", "host:65536", "host:+1", "[::1", "[::1]x", "a b", "h:1:2"];
+        for bad in bad.into_iter().chain(["::1", "fe80::1:7878", "[backup]", "me@backup"]) {
             assert!(server_authority(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -24,6 +24,7 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,6 +191,12 @@ impl Tuning {
     }
 
     fn transport_config(&self) -> Arc<TransportConfig> {
+        self.transport_config_counting(None)
+    }
+
+    /// The transport config; with `acked`, its connections add up there
+    /// the bytes their peer acknowledged.
+    fn transport_config_counting(&self, acked: Option<Arc<AtomicU64>>) -> Arc<TransportConfig> {
         let mut config = TransportConfig::default();
         if self.large_windows {
             // Fewer ACKs: an ACK per 2 packets cost the reverse direction
@@ -212,7 +219,11 @@ impl Tuning {
         let idle_timeout = crate::crashpoint::idle_timeout().unwrap_or(self.idle_timeout);
         let idle = IdleTimeout::try_from(idle_timeout).unwrap_or_else(|_| IdleTimeout::from(VarInt::from_u32(60_000)));
         config.keep_alive_interval(Some(idle_timeout / 3)).max_idle_timeout(Some(idle));
-        config.congestion_controller_factory(self.congestion.factory());
+        let factory = self.congestion.factory();
+        match acked {
+            Some(acked) => config.congestion_controller_factory(Arc::new(controller::Counting { inner: factory, acked })),
+            None => config.congestion_controller_factory(factory),
+        };
         Arc::new(config)
     }
 }
@@ -278,15 +289,31 @@ impl ServerPin {
 }
 
 /// Client configuration presenting `identity` and accepting only the
-/// server that `pin` names.
+/// server that `pin` names (tests and benches; [`Link`](client::Link)
+/// counts acknowledged bytes with [`client_config_counting`]).
 ///
 /// # Errors
 /// A TLS configuration error.
+#[cfg(feature = "internals")]
 pub fn client_config(identity: &Identity, pin: &ServerPin, tuning: Tuning) -> io::Result<ClientConfig> {
+    client_config_counting(identity, pin, tuning, None)
+}
+
+/// [`client_config`], whose connection adds up in `acked` the bytes the
+/// server acknowledged.
+///
+/// # Errors
+/// A TLS configuration error.
+pub fn client_config_counting(
+    identity: &Identity,
+    pin: &ServerPin,
+    tuning: Tuning,
+    acked: Option<Arc<AtomicU64>>,
+) -> io::Result<ClientConfig> {
     let tls = tls::client_config(identity, pin.clone())?;
     let crypto = QuicClientConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = ClientConfig::new(Arc::new(crypto));
-    config.transport_config(tuning.transport_config());
+    config.transport_config(tuning.transport_config_counting(acked));
     Ok(config)
 }
 

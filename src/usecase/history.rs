@@ -124,7 +124,7 @@ fn served(root: &Path, tree: &Path) -> Result<(PathBuf, String), TransferError> 
 
 /// Sends a history request about `url` and returns the answer.
 async fn ask(url: &RemoteUrl, identity: &Identity, pin: Option<Fingerprint>, open: Open) -> Result<Answer, TransferError> {
-    let link = Link::connect(&url.authority, identity, pin, Congestion::default()).await?;
+    let link = Link::connect(&url.authority, identity, pin, Congestion::default(), super::DEFAULT_CONNECT_TIMEOUT).await?;
     let answer = link.history(open).await;
     link.close(0).await;
     Ok(answer?)

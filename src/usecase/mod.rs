@@ -40,6 +40,11 @@ pub use outcome::{TransferError, Report};
 pub use schedule::{Clock, Schedule};
 pub use url::{RemoteUrl, DEFAULT_PORT, ROOT_PATH};
 
+/// How long a client waits for a server to answer (name resolution and
+/// handshake): well past any real link's round trips, well short of the
+/// minute quinn's idle timeout would take on a dead port.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Everything a push or pull runs with: the use cases' view of the
 /// options. The public API builds it from `PushOptions` or `PullOptions`.
 #[derive(Clone, Debug)]
@@ -89,6 +94,8 @@ pub struct TransferOptions {
     pub log: Option<PathBuf>,
     /// The congestion controller of this side's connection.
     pub congestion: Congestion,
+    /// How long to wait for the server to answer before giving up.
+    pub connect_timeout: Duration,
     /// The window the transfer runs in and the timetable of its rate.
     pub schedule: Schedule,
     /// A pull: the server's snapshot to restore instead of its current
@@ -116,6 +123,7 @@ impl TransferOptions {
             tags: BTreeMap::new(),
             log: None,
             congestion: Congestion::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             schedule: Schedule::default(),
             at: None,
         }
@@ -176,6 +184,23 @@ async fn logged(
         tracing::error!(log = %log.path().display(), error = %e, "cannot write the session log");
     }
     outcome
+}
+
+/// Logs a finished session's counts, each a field of its own (as `-v`
+/// shows them), not the summary's debug form.
+fn log_done(summary: &xfer_protocol::msg::Summary, wire: crate::net::link::WireBytes) {
+    tracing::info!(
+        files_written = summary.files_written,
+        deleted = summary.deleted,
+        failed = summary.failed,
+        bytes_written = summary.bytes_written,
+        chunks_received = summary.chunks_received,
+        chunks_reused = summary.chunks_reused,
+        chunks_delta = summary.chunks_delta,
+        wire_sent = wire.sent,
+        wire_received = wire.received,
+        "session done"
+    );
 }
 
 fn record_report(record: &mut AuditRecord, report: &Report) {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 use xfer_protocol::msg::{StoreCosts, Summary};
+use xfer_protocol::CloseCode;
 
 use crate::fs::store::FailedEntry;
 use crate::net::client::ConnectError;
@@ -115,6 +116,42 @@ impl TransferError {
             TransferError::Session(e) => e.local_error::<crate::Error>(),
             _ => None,
         }
+    }
+
+    /// Whether the destination stayed busy (another transfer writing it,
+    /// or a server with too many sessions) for as long as the caller
+    /// was willing to wait.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            TransferError::Session(SessionError::Peer { code: Some(CloseCode::Busy), .. }) => true,
+            _ => self.local().is_some_and(crate::Error::is_busy),
+        }
+    }
+
+    /// Whether the server could not be reached: its name does not
+    /// resolve, or it did not answer in time.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, TransferError::Connect { .. })
+    }
+
+    /// Whether a key was refused: the server's is not the one pinned for
+    /// it (or none is), or the server does not admit this client's key
+    /// for what it asked.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(
+            self,
+            TransferError::UntrustedServer { .. }
+                | TransferError::Session(SessionError::Peer { code: Some(CloseCode::Unauthorized), .. })
+        )
+    }
+
+    /// Whether the caller asked for something malformed (a bad URL or
+    /// tag, an option the operation does not take): nothing was done.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            TransferError::BadUrl(_) | TransferError::BadTag(_) | TransferError::PullFilter | TransferError::Unsupported(_)
+        )
     }
 
     /// The delete limit's refusal, if that is what stopped the run.

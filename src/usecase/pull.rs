@@ -45,7 +45,7 @@ async fn pull_unlogged(
     let done = Arc::new(DoneCount { inner: options.progress.clone(), files: AtomicU64::new(0) });
     let mut receiver = open_receiver(url, dest, options).await?;
     receiver.set_progress(ProgressSink::new(done.clone()));
-    let link = Link::connect(&url.authority, identity, pin, options.congestion).await?;
+    let link = Link::connect(&url.authority, identity, pin, options.congestion, options.connect_timeout).await?;
     let ran = link.pull(receiver, options.caps(), &options.cancel).await;
     let wire = link.wire();
     link.close(0).await;
@@ -61,7 +61,7 @@ async fn pull_unlogged(
             return Err(TransferError::Cancelled { report: Box::new(report) });
         }
     };
-    tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
+    super::log_done(&summary, wire);
     let mut report = Report::new(&summary, wire, failed, started);
     report.congestion = Some(options.congestion);
     report.store = store;

@@ -72,7 +72,7 @@ pub(super) async fn push_unlogged(
         }
     };
     let summary = sender.summary().copied().unwrap_or_default();
-    tracing::info!(?summary, wire_sent = wire.sent, wire_received = wire.received, "session done");
+    super::log_done(&summary, wire);
     // Remember the receiver's tree only when it now is the source (a dry
     // run changed nothing, so what was remembered still holds).
     if !options.dry_run {
@@ -114,6 +114,9 @@ pub(super) async fn scan(src: &Path, options: &TransferOptions, started: Instant
     Ok(Source { root, manifest, skipped, scan_skipped: scanned.skipped })
 }
 
+/// How often a push reports the bytes the server acknowledged.
+const ACKED_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How one attempt to send ended.
 enum Sent {
     Done(Box<Sender<FileReader>>, WireBytes, Fingerprint),
@@ -130,12 +133,27 @@ async fn send(
     options: &TransferOptions,
     tags: &[Tag],
 ) -> Result<Sent, TransferError> {
-    let link = Link::connect(&url.authority, identity, pin, options.congestion).await?;
+    let link = Link::connect(&url.authority, identity, pin, options.congestion, options.connect_timeout).await?;
     let server = link.server;
     let memory = memory_file(&options.state_dir, &server, &url.path);
     let remembered = std::fs::read(&memory).ok().and_then(|bytes| Manifest::decode(&bytes).ok());
     let sender = new_sender(&source.root, url, options, &source.manifest, &source.skipped, tags, remembered)?;
-    let ran = link.push(sender, options.caps(), &options.cancel).await;
+    let ran = {
+        // What the server acknowledged drives a progress display: chunks
+        // handed to the connection may wait in its buffers for seconds.
+        let pushing = link.push(sender, options.caps(), &options.cancel);
+        tokio::pin!(pushing);
+        let mut tick = tokio::time::interval(ACKED_EVERY);
+        loop {
+            tokio::select! {
+                ran = &mut pushing => break ran,
+                _ = tick.tick() => {
+                    let bytes = link.acked();
+                    options.progress.emit(|| Event::Acked { bytes });
+                }
+            }
+        }
+    };
     let wire = link.wire();
     // The server's audit log learns of the entries skipped on this side
     // only from here.

@@ -5,17 +5,44 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Exit codes, as `--help` and the README list them.
-macro_rules! exit_codes {
+/// Exit codes: the one list, shown by `xfer --help` and xfer(1); the
+/// README's "Exit codes" says the same. `main.rs` picks them.
+const EXIT_CODES: &str = "Exit codes:
+  0    done
+  1    any other error
+  2    usage: a bad flag, value or config file (a bad --window or --bwlimit
+       included), or a run refused before it changed anything (too many
+       deletes: see --max-delete)
+  3    partial: some entries were skipped or failed, the rest committed
+  4    outside the --window, or stopped when it closed (resumable)
+  5    busy: the destination stayed busy through --busy-wait
+  6    unreachable: no answer within --connect-timeout, refused, no route,
+       or a name that does not resolve
+  7    untrusted key: the server's key is unknown or changed, or the server
+       does not admit this client's key
+  130  interrupted (Ctrl-C): files that arrived whole are kept, and the next
+       run goes on from there
+  143  stopped by SIGTERM (as 130)";
+
+/// What push's and pull's help say of exit codes: where the list is.
+macro_rules! exit_codes_see {
     () => {
-        "Exit codes: 0 done; 1 error; 2 usage, or a run refused before it changed anything (too many \
-deletes: see --max-delete); 3 partial (some entries skipped or failed, the rest \
-committed); 4 outside the --window or stopped when it closed (resumable); 130 interrupted (Ctrl-C; files that arrived whole are kept, the next run goes on from there); 143 stopped by SIGTERM (as 130)."
+        "Exit codes: see `xfer --help` or xfer(1) (0 done, 2 usage, 3 partial, 4 window, 5 busy, \
+6 unreachable, 7 untrusted key)."
+    };
+}
+
+/// How rates are written, for every flag and config key that takes one.
+macro_rules! rate_forms {
+    () => {
+        "RATE is bytes/s with a binary suffix (500K, 10M, 1.5G; 1234B for plain bytes), \
+bits/s with bit (512kbit, 100Mbit), or off; a bare number is KiB/s, as rsync and rclone \
+read it (--bwlimit 100 is 100 KiB/s)"
     };
 }
 
 #[derive(Parser)]
-#[command(name = "xfer", version, about = "Move directory trees and send only what changed")]
+#[command(name = "xfer", version, about = "Move directory trees and send only what changed", after_help = EXIT_CODES)]
 pub struct Cli {
     /// Only errors on stderr: no progress, no summary (for cron).
     #[arg(short, long, global = true, overrides_with = "no_quiet")]
@@ -56,8 +83,9 @@ command only, [defaults] to both (delete and exclude are refused there):\n  \
 [push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  congestion = \"cubic\"\n  \
 [remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n\
 Each on/off flag has a --no- form that undoes it (and the config file's value).\n\n",
-        exit_codes!()
+        rate_forms!(), ".\n\n", exit_codes_see!()
     ))]
+    #[command(mut_arg("at", |a| a.hide(true)))]
     Push(PushArgs),
     /// Pull a tree from a server (xfer://HOST[:PORT]/PATH) into a local directory.
     #[command(after_help = concat!(
@@ -72,8 +100,18 @@ last snapshot at or before it). The URL may name a tree, a directory in it or on
 Settings come from the config file's [pull] and [defaults] sections, never [push].\n\
 --delete is limited as on a push; a pull holds its deletes back until the server is\n\
 done, and a refused pull (exit 2) deletes nothing.\n\n",
-        exit_codes!()
+        rate_forms!(), ".\n\n", exit_codes_see!()
     ))]
+    #[command(
+        mut_arg("src", |a| a.value_name("SRC").help(
+            "The server's tree to restore: xfer://HOST[:PORT]/PATH (a tree, a directory in it or one file), \
+             or a remote of the config file"
+        )),
+        mut_arg("dest", |a| a.value_name("DEST").help("Where it goes: a local directory (created if missing)")),
+        mut_arg("exclude", |a| a.hide(true)),
+        mut_arg("exclude_from", |a| a.hide(true)),
+        mut_arg("dry_run", |a| a.hide(true))
+    )]
     Pull(PushArgs),
     /// Serve a directory: admitted clients push into paths below it.
     #[command(after_help = "Example:\n  xfer serve --root /srv/backups --listen 0.0.0.0:7878 --allow xfer:...\n  \
@@ -113,7 +151,8 @@ tree's path and --root ROOT.")]
         /// (repeatable); see `xfer id` on the client.
         #[arg(long = "allow", value_name = "FINGERPRINT")]
         allow: Vec<String>,
-        /// Cap each session's data direction (same RATE forms as push).
+        /// Cap each session's data direction: 500K, 10M, 100Mbit, off; a
+        /// bare number is KiB/s (same RATE forms as push).
         #[arg(long, value_name = "RATE")]
         bwlimit: Option<String>,
         /// Cap all sessions together.
@@ -203,9 +242,21 @@ $XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff) on stdout.
-    #[command(after_help = "Example:\n  xfer man > /usr/local/share/man/man1/xfer.1")]
-    Man,
+    /// Print a manual page (roff) on stdout, or write every page to a directory.
+    #[command(
+        after_help = "Examples:\n  xfer man --dir /usr/local/share/man/man1   # xfer.1, xfer-push.1, xfer-pull.1, ...\n  \
+xfer man > /usr/local/share/man/man1/xfer.1\n  xfer man push | man -l -"
+    )]
+    Man {
+        /// The subcommand whose page to print (push, pull, serve, ...);
+        /// without it, xfer(1).
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+        /// Write xfer(1) and a page for each subcommand it names
+        /// (xfer-push(1), ...) into DIR, created if missing.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
     /// Chunk one file and print its size, hash and chunk count as JSON.
     #[command(hide = true)]
     Digest {
@@ -321,9 +372,10 @@ pub struct ForgetArgs {
 
 #[derive(clap::Args)]
 pub struct PushArgs {
-    /// The tree to send.
+    /// The local tree to send.
     pub src: PathBuf,
-    /// The destination directory (created if missing).
+    /// Where it goes: a server URL (xfer://HOST[:PORT]/PATH), a remote of
+    /// the config file, or a local directory (created if missing).
     pub dest: PathBuf,
     /// Delete destination entries that the source does not have.
     #[arg(long, overrides_with = "no_delete")]
@@ -377,6 +429,10 @@ pub struct PushArgs {
     /// Undo --accept-new.
     #[arg(long, overrides_with = "accept_new", hide = true)]
     pub no_accept_new: bool,
+    /// Give up on a server that has not answered within SECS seconds
+    /// (exit 6). [default: 15]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connect_timeout: Option<u64>,
     /// While another push holds the destination, retry for up to this many
     /// seconds before giving up (0: fail at once).
     /// [default: 60, or the config file's]
@@ -389,9 +445,10 @@ pub struct PushArgs {
     /// Read exclude patterns from FILE, one per line (pushes only).
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
-    /// Cap the data direction: a rate in bytes/s (500K, 10M, 1.5G; 100Mbit
-    /// for bits/s; off) or a timetable like "08:00,512K 19:00,10M 23:00,off",
-    /// with optional weekdays (Mon-08:00,1M) and UP:DOWN rates.
+    /// Cap the data direction: a RATE (500K, 10M, 1.5G bytes/s; 100Mbit
+    /// bits/s; off; a bare number is KiB/s, as in rsync: 100 is 100 KiB/s)
+    /// or a timetable like "08:00,512K 19:00,10M 23:00,off", with optional
+    /// weekdays (Mon-08:00,1M) and UP:DOWN rates.
     #[arg(long, value_name = "RATE|TIMETABLE")]
     pub bwlimit: Option<String>,
     /// Congestion controller for what this side sends: xfer (the

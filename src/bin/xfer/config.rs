@@ -140,7 +140,7 @@ impl Config {
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid xfer config (see `xfer push --help`)", path.display()))?;
         config.path = path;
-        config.check()?;
+        config.check().map_err(crate::usage)?;
         Ok(config)
     }
 

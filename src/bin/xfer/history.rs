@@ -28,12 +28,16 @@ fn on_target<T>(
 ) -> anyhow::Result<T> {
     if let Some(root) = &args.root {
         if !args.target.is_dir() {
-            bail!("{} is not a directory: with --root, name a tree inside {}", args.target.display(), root.display());
+            crate::usage_bail!(
+                "{} is not a directory: with --root, name a tree inside {}",
+                args.target.display(),
+                root.display()
+            );
         }
         return local(Here::Served(root, &args.target)).map_err(with_hint);
     }
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
-    match config.target(&args.target)? {
+    match config.target(&args.target).map_err(crate::usage)? {
         Target::Remote(url, configured) => {
             let trust = Trust {
                 config_dir: args.config_dir.clone(),
@@ -44,7 +48,10 @@ fn on_target<T>(
         }
         Target::Local => {
             if !args.target.is_dir() {
-                bail!("{} is not a directory: name a local push destination or a server URL", args.target.display());
+                crate::usage_bail!(
+                    "{} is not a directory: name a local push destination or a server URL",
+                    args.target.display()
+                );
             }
             let state_dir = state_dir(args)?;
             local(Here::Dest(&args.target, &state_dir)).map_err(with_hint)
@@ -110,13 +117,15 @@ pub(crate) fn forget(args: &ForgetArgs) -> anyhow::Result<ExitCode> {
     let policy = args.keep.policy()?;
     let runtime = runtime()?;
     let done = match (args.ids.is_empty(), policy.is_empty()) {
-        (false, false) => bail!("give snapshot ids or a --keep-* policy, not both"),
-        (true, true) => bail!(
+        (false, false) => crate::usage_bail!("give snapshot ids or a --keep-* policy, not both"),
+        (true, true) => crate::usage_bail!(
             "nothing to forget: give snapshot ids (see `xfer snapshots {}`) or a --keep-* policy; \
              a policy without rules would forget every snapshot",
             args.target.target.display()
         ),
-        (false, true) if args.dry_run => bail!("--dry-run previews a --keep-* policy; ids are forgotten as named"),
+        (false, true) if args.dry_run => {
+            crate::usage_bail!("--dry-run previews a --keep-* policy; ids are forgotten as named")
+        }
         (false, true) => on_target(
             &args.target,
             |client, url, pin| runtime.block_on(client.forget(url, pin, &args.ids)),

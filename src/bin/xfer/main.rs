@@ -19,11 +19,15 @@ use args::{Cli, Command, PushArgs};
 use serve::{serve, ServeLimits};
 use transfer::{pull, push};
 
-use xfer::{FileDigest, Identity};
+use xfer::{FileDigest, Identity, TransferError};
 
-/// Exit code of a usage error, and of a run refused before it changed
-/// anything (too many deletes), which is the user's call to make.
-const EXIT_REFUSED: u8 = 2;
+// Exit codes: args.rs's EXIT_CODES lists them for the user, and
+// `exit_code_of` picks them from typed errors.
+
+/// Exit code of a usage error (a bad flag, value or config file), and of a
+/// run refused before it changed anything (too many deletes), which is the
+/// user's call to make.
+const EXIT_USAGE: u8 = 2;
 
 /// Exit code when some entries were skipped or failed and the rest committed.
 const EXIT_PARTIAL: u8 = 3;
@@ -32,12 +36,87 @@ const EXIT_PARTIAL: u8 = 3;
 /// run is resumable.
 const EXIT_WINDOW: u8 = 4;
 
+/// Exit code when the destination stayed busy through `--busy-wait`.
+const EXIT_BUSY: u8 = 5;
+
+/// Exit code when the server could not be reached.
+const EXIT_UNREACHABLE: u8 = 6;
+
+/// Exit code when a key was refused: the server's, or this client's by the
+/// server.
+const EXIT_UNTRUSTED: u8 = 7;
+
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
 /// Exit code after SIGTERM (`systemctl stop`, `kill`): 128 + SIGTERM, as
 /// shells report it, though the run stopped at a commit point.
 const EXIT_TERMINATED: u8 = 143;
+
+/// A command the user must change: a bad flag, value or config file
+/// (exit 2). It reads as the error it wraps.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub(crate) struct Usage(#[from] anyhow::Error);
+
+/// `err`, marked as a usage error.
+pub(crate) fn usage(err: impl Into<anyhow::Error>) -> anyhow::Error {
+    Usage(err.into()).into()
+}
+
+/// Returns a usage error made as `anyhow!` makes one.
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err($crate::usage(anyhow::anyhow!($($arg)*)))
+    };
+}
+pub(crate) use usage_bail;
+
+/// The exit code of a command that failed with `err`, from the typed
+/// errors in its chain (never from its text): the first that has one.
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> u8 {
+    err.chain().find_map(code_of).unwrap_or(1)
+}
+
+fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    let usage = cause.is::<Usage>()
+        || cause.is::<xfer::ThrottleError>()
+        || cause.is::<xfer::UnknownCongestion>()
+        || cause.is::<xfer::RetentionError>()
+        || cause.is::<toml::de::Error>()
+        || matches!(
+            cause.downcast_ref::<xfer::IdentityError>(),
+            Some(xfer::IdentityError::BadFingerprint(_) | xfer::IdentityError::BadAuthority { .. })
+        )
+        || cause.downcast_ref::<xfer::FilterError>().is_some_and(|e| !matches!(e, xfer::FilterError::Read { .. }));
+    if usage {
+        return Some(EXIT_USAGE);
+    }
+    let transfer = match cause.downcast_ref::<transfer::Hinted>() {
+        Some(hinted) => &hinted.error,
+        None => cause.downcast_ref::<TransferError>()?,
+    };
+    Some(if transfer.is_usage() || transfer.delete_refused().is_some() {
+        EXIT_USAGE
+    } else if transfer.is_busy() {
+        EXIT_BUSY
+    } else if transfer.is_unreachable() {
+        EXIT_UNREACHABLE
+    } else if transfer.is_untrusted() {
+        EXIT_UNTRUSTED
+    } else {
+        1
+    })
+}
+
+/// Warns that a rate caps a transfer under 1 KiB/s, which is surely a
+/// slip (a bare number read as bytes/s): bare numbers are KiB/s.
+pub(crate) fn warn_slow_rate(what: &str, text: &str) {
+    eprintln!(
+        "xfer: warning: {what} {text:?} caps the transfer under 1 KiB/s; a bare number is KiB/s \
+         (100 is 100 KiB/s), a byte rate needs its B (500B)"
+    );
+}
 
 /// Longest a stopping server waits for its sessions to reach their commit
 /// point before it closes what is left.
@@ -76,7 +155,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("xfer: error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code_of(&err))
         }
     }
 }
@@ -169,10 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "xfer", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("write the man page")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Man { command, dir } => man(command.as_deref(), dir.as_deref()),
         Command::Id { config_dir } => {
             let identity = Identity::load_or_create(&config_dir_or_default(config_dir)?)?;
             println!("{}", identity.fingerprint());
@@ -188,6 +264,32 @@ fn config_dir_or_default(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         Some(dir) => Ok(dir),
         None => bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR"),
     }
+}
+
+/// `xfer man`: xfer(1) or one subcommand's page on stdout, or every
+/// page into `dir`.
+fn man(command: Option<&str>, dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    // Gives each subcommand its page name (xfer-push), which xfer(1) cites.
+    cli.build();
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        clap_mangen::generate_to(cli, dir).with_context(|| format!("write the man pages into {}", dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page = match command {
+        None => cli,
+        Some(name) => {
+            let pages = || cli.get_subcommands().filter(|c| !c.is_hide_set());
+            let Some(sub) = pages().find(|c| c.get_name() == name) else {
+                let names: Vec<&str> = pages().map(clap::Command::get_name).collect();
+                usage_bail!("no page for {name:?}: the subcommands are {}", names.join(", "));
+            };
+            sub.clone()
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout()).context("write the man page")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use xfer::{
     Access, Congestion, Fingerprint, Identity, Rate, Retention, RetentionTable, Server, ServerOptions, Timetable,
     DEFAULT_PRUNE_EVERY,
@@ -14,7 +14,7 @@ use xfer::{
 use crate::args::ServeRetention;
 use crate::config::Config;
 
-use crate::{runtime, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
+use crate::{runtime, usage, usage_bail, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
 
 /// What `xfer serve` allows each session and all of them.
 pub(crate) struct ServeLimits {
@@ -42,6 +42,11 @@ impl ServeLimits {
     ) -> anyhow::Result<ServeLimits> {
         let per_session = bwlimit.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
         let total = bwlimit_total.map(str::parse::<Rate>).transpose()?.unwrap_or_default();
+        for (flag, text, rate) in [("--bwlimit", bwlimit, per_session), ("--bwlimit-total", bwlimit_total, total)] {
+            if let (Some(text), true) = (text, rate.is_slow()) {
+                crate::warn_slow_rate(flag, text);
+            }
+        }
         let configured_serve = Config::load(config_dir)?.serve; // checked when loaded
         let configured = configured_serve.congestion.as_deref().map(str::parse::<Congestion>).transpose()?;
         Ok(ServeLimits {
@@ -65,7 +70,7 @@ fn serve_access(allow: &[String], authorized_clients: Option<&std::path::Path>) 
         access.extend(Access::load(file)?);
     }
     if access.is_empty() {
-        bail!(
+        usage_bail!(
             "no client is allowed: pass --allow FINGERPRINT or --authorized-clients FILE \
              (run `xfer id` on the client to get its fingerprint)"
         );
@@ -85,11 +90,11 @@ impl Served {
         match (root, store) {
             (Some(root), None) => Ok(Served::Root(root)),
             (None, Some(store)) if !store.is_empty() => Ok(Served::Store(store)),
-            (Some(_), Some(_)) => bail!(
+            (Some(_), Some(_)) => usage_bail!(
                 "--root and --store exclude each other: --root DIR serves mirror trees (with their history \
                  in DIR/.xfer), --store PATH keeps only the repository; give one"
             ),
-            (None, _) => bail!(
+            (None, _) => usage_bail!(
                 "nothing to serve: give --root DIR (mirror trees clients push into) or --store PATH \
                  (only the repository: snapshots, no mirror tree)"
             ),
@@ -192,7 +197,7 @@ pub(crate) fn retention(args: &ServeRetention) -> anyhow::Result<Retention> {
         None => retention.is_set().then_some(DEFAULT_PRUNE_EVERY),
     };
     if retention.every.is_some() && !retention.is_set() {
-        bail!("--prune-every needs a policy: give --keep-* flags or --retention FILE");
+        usage_bail!("--prune-every needs a policy: give --keep-* flags or --retention FILE");
     }
     Ok(retention)
 }
@@ -200,16 +205,16 @@ pub(crate) fn retention(args: &ServeRetention) -> anyhow::Result<Retention> {
 /// `--prune-every`: a count and s, min, h or d.
 fn interval(text: &str) -> anyhow::Result<Duration> {
     let bad = || format!("--prune-every {text:?}: use a number and s, min, h or d (e.g. 30min, 6h, 1d), or off");
-    let split = text.find(|c: char| !c.is_ascii_digit()).with_context(bad)?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).with_context(bad).map_err(usage)?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok().with_context(bad)?;
+    let number: u64 = number.parse().ok().with_context(bad).map_err(usage)?;
     let unit = match unit {
         "s" => 1,
         "min" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => bail!(bad()),
+        _ => usage_bail!("{}", bad()),
     };
-    let secs = number.checked_mul(unit).filter(|&s| s > 0).with_context(bad)?;
+    let secs = number.checked_mul(unit).filter(|&s| s > 0).with_context(bad).map_err(usage)?;
     Ok(Duration::from_secs(secs))
 }

@@ -9,18 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
+use indicatif::HumanBytes;
 use xfer::{
     default_state_dir, local_time_now, CancellationToken, Client, Compression, Congestion, DeleteLimit, DeleteRefused,
     DeleteRule, Excludes, Fingerprint, HostTrust, Identity, KnownHosts, LocalTime, PullOptions, PushOptions, RemoteUrl,
-    Report, Timetable, TransferError, Window,
+    Report, Timetable, TransferError, Window, DEFAULT_CONNECT_TIMEOUT,
 };
 
 use crate::args::{CompressArg, PushArgs};
 use crate::config::{Config, Settings, Target};
 use crate::trust::{self, PinFrom};
 use crate::{
-    config_dir_or_default, runtime, ui, StopSignals, EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_REFUSED, EXIT_TERMINATED,
-    EXIT_WINDOW, KNOWN_HOSTS,
+    config_dir_or_default, exit_code_of, runtime, ui, usage, usage_bail, warn_slow_rate, StopSignals, EXIT_INTERRUPTED,
+    EXIT_PARTIAL, EXIT_TERMINATED, EXIT_USAGE, EXIT_WINDOW, KNOWN_HOSTS,
 };
 
 /// Runs `session` against `url`'s server with this host's identity and the
@@ -70,7 +71,7 @@ fn trusted<T>(
     let client = Client::new(Identity::load_or_create(&config_dir)?);
     let mut hosts = KnownHosts::load(&config_dir.join(KNOWN_HOSTS))?;
     let (pin, from) = match (&args.server_fingerprint, configured, hosts.check(&url.authority)) {
-        (Some(fp), ..) => (Some(fp.parse::<Fingerprint>()?), PinFrom::Flag),
+        (Some(fp), ..) => (Some(fp.parse::<Fingerprint>().map_err(usage)?), PinFrom::Flag),
         (None, Some(fp), _) => (Some(fp), PinFrom::Config),
         (None, None, HostTrust::Pinned(fp)) => (Some(fp), PinFrom::KnownHosts),
         (None, None, HostTrust::Unknown) => (None, PinFrom::Nowhere),
@@ -95,9 +96,9 @@ fn trusted<T>(
 
 pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
-    let (url, configured) = match config.target(&args.src)? {
+    let (url, configured) = match config.target(&args.src).map_err(usage)? {
         Target::Remote(url, pin) => (url, pin),
-        Target::Local => bail!(
+        Target::Local => usage_bail!(
             "{} is not a server URL or a remote of the config file: use xfer://HOST[:PORT]/PATH \
              (for local copies use xfer push)",
             args.src.display()
@@ -105,7 +106,7 @@ pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let settings = config.settings(false);
     if !excludes(&args, &settings, false)?.is_empty() {
-        bail!(
+        usage_bail!(
             "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
              does not carry patterns); expected a pull without --exclude or --exclude-from"
         );
@@ -123,9 +124,9 @@ pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
-    let target = config.target(&args.dest)?;
+    let target = config.target(&args.dest).map_err(usage)?;
     if args.at.is_some() {
-        bail!("--at names a snapshot to restore: it works on pulls only (xfer pull --at SEL URL DEST)");
+        usage_bail!("--at names a snapshot to restore: it works on pulls only (xfer pull --at SEL URL DEST)");
     }
     let settings = config.settings(true);
     let excludes = excludes(&args, &settings, true)?;
@@ -155,6 +156,7 @@ struct Common {
     log: Option<PathBuf>,
     congestion: Congestion,
     cancel: CancellationToken,
+    connect_timeout: Duration,
     progress: Option<Arc<ui::Console>>,
     timetable: Option<Timetable>,
     window: Option<Window>,
@@ -173,6 +175,7 @@ macro_rules! common_options {
             .tags(common.tags.clone())
             .congestion(common.congestion)
             .cancel(common.cancel.clone())
+            .connect_timeout(common.connect_timeout)
             .clock(Arc::new(|| now().ok()));
         if let Some(wait) = common.busy_wait {
             options = options.busy_wait(wait);
@@ -206,8 +209,16 @@ fn transfer(
 ) -> anyhow::Result<ExitCode> {
     let mut common = common(args, settings)?;
     let (window_text, window) = transfer_window(args, settings)?;
-    let bwlimit = args.bwlimit.as_deref().or(settings.bwlimit.as_deref());
-    common.timetable = bwlimit.map(str::parse::<Timetable>).transpose()?;
+    let (bwlimit, what) = match (&args.bwlimit, &settings.bwlimit) {
+        (Some(flag), _) => (Some(flag), "--bwlimit"),
+        (None, configured) => (configured.as_ref(), "the config file's bwlimit"),
+    };
+    common.timetable = bwlimit.map(|text| text.parse::<Timetable>()).transpose()?;
+    if let (Some(text), Some(timetable)) = (bwlimit, &common.timetable) {
+        if timetable.is_slow() && !quiet {
+            warn_slow_rate(what, text);
+        }
+    }
     // An unreadable clock file stops the run before it starts.
     let started_at = now()?;
     if let Some(window) = &window {
@@ -218,7 +229,7 @@ fn transfer(
     (common.window, common.wait) = (window, args.wait);
     let runtime = runtime()?;
     // Bars only for a person watching: not under cron, not with -q.
-    let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(ui::Bars::new);
+    let bars = (!quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| ui::Bars::new(push));
     let console = Arc::new(ui::Console { bars, itemize: args.itemize.then_some(args.json) });
     if console.bars.is_some() || console.itemize.is_some() {
         common.progress = Some(console.clone());
@@ -237,7 +248,7 @@ fn transfer_window<'a>(args: &'a PushArgs, settings: &'a Settings) -> anyhow::Re
     let window_text = window_text.unwrap_or_default();
     let window = (!window_text.is_empty()).then(|| window_text.parse::<Window>()).transpose()?;
     if args.wait && window.is_none() {
-        bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
+        usage_bail!("--wait waits for a window to open: give --window WINDOW (or a window in the config file)");
     }
     Ok((window_text, window))
 }
@@ -255,21 +266,44 @@ fn watch_signals(runtime: &tokio::runtime::Runtime, cancel: &CancellationToken) 
     Ok(stop)
 }
 
+/// A library error with the command-line hint that helps with it, said
+/// after the error's own message; the error stays typed for the exit code.
+#[derive(Debug)]
+pub(crate) struct Hinted {
+    pub(crate) error: TransferError,
+    hint: String,
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.error, self.hint)
+    }
+}
+
+impl std::error::Error for Hinted {
+    /// What lies under the error, not the error itself, which the
+    /// message already says.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
 /// The error with the command-line hint for it, if one helps (an
 /// untrusted server's: [`trust::explain`], which knows where its pin
 /// came from).
 pub(crate) fn with_hint(e: TransferError) -> anyhow::Error {
     let hint = match &e {
         TransferError::BadTag(_) => "; expected --tag KEY=VALUE".into(),
-        _ if matches!(e.local(), Some(xfer::Error::Busy { .. })) => " (or wait for it with --busy-wait SECONDS)".into(),
+        _ if e.is_busy() => " (or wait for it with --busy-wait SECONDS)".into(),
         _ => return e.into(),
     };
     hinted(e, hint)
 }
 
-/// `e` followed by `hint`, the command line's advice on it.
+/// `e` followed by `hint`, the command line's advice on it; `e` stays
+/// typed for the exit code.
 pub(crate) fn hinted(e: TransferError, hint: String) -> anyhow::Error {
-    anyhow::anyhow!("{e}{hint}")
+    Hinted { error: e, hint }.into()
 }
 
 /// How to go ahead with deletes a guard refused, in the CLI's flags.
@@ -319,14 +353,14 @@ fn transfer_outcome(
                 format!("{refused}; nothing was changed; {}", delete_hint(refused))
             };
             if args.json {
-                println!("{}", serde_json::json!({ "exit_code": EXIT_REFUSED, "error": message }));
+                println!("{}", serde_json::json!({ "exit_code": EXIT_USAGE, "error": message }));
             }
             eprintln!("xfer: error: {message}");
-            Ok(ExitCode::from(EXIT_REFUSED))
+            Ok(ExitCode::from(EXIT_USAGE))
         }
         None => {
             if args.json {
-                println!("{}", serde_json::json!({ "exit_code": 1, "error": format!("{e:#}") }));
+                println!("{}", serde_json::json!({ "exit_code": exit_code_of(&e), "error": format!("{e:#}") }));
             }
             Err(e)
         }
@@ -408,7 +442,7 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
     let mut tags = BTreeMap::new();
     for (key, value) in &args.tags {
         if tags.insert(key.clone(), value.clone()).is_some() {
-            bail!("--tag {key}=... is given twice; give each key once");
+            usage_bail!("--tag {key}=... is given twice; give each key once");
         }
     }
     // The config's name was checked when it was loaded.
@@ -424,6 +458,7 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
         log: args.log_json.clone(),
         congestion: args.congestion.or(configured).unwrap_or_default(),
         cancel: CancellationToken::new(),
+        connect_timeout: args.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs),
         progress: None,
         timetable: None,
         window: None,
@@ -489,39 +524,49 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
 }
 
 /// The human summary of a report on stderr, with the egress and request
-/// costs if asked.
+/// costs if asked; sizes in binary units (KiB, MiB), as the bar shows them.
 fn print_summary(report: &Report, cost: Option<(u64, f64)>, request_cost: Option<f64>) {
+    let size = |bytes: u64| HumanBytes(bytes).to_string();
     if report.dry_run {
         eprintln!(
-            "dry run: would write {} files, delete {}, send {} chunks in about {} bytes (before deltas)",
-            report.files_changed, report.files_deleted, report.chunks_sent, report.bytes_sent
+            "dry run: would write {} files, delete {}, send {} chunks in about {} (before deltas)",
+            report.files_changed,
+            report.files_deleted,
+            report.chunks_sent,
+            size(report.bytes_sent)
         );
     }
     if let Some((data_bytes, cost)) = cost {
-        eprintln!("egress: {data_bytes} bytes, about {cost:.4} USD");
+        eprintln!("egress: {}, about {cost:.4} USD", size(data_bytes));
     }
     if let Some(s) = &report.store {
         let estimated = if report.dry_run { " (writes estimated)" } else { "" };
         eprintln!(
-            "server's store{estimated}: {} writes, {} reads, {} listings, {} deletes; {} B written, {} B read",
-            s.puts, s.gets, s.lists, s.deletes, s.bytes_put, s.bytes_got
+            "server's store{estimated}: {} writes, {} reads, {} listings, {} deletes; {} written, {} read",
+            s.puts,
+            s.gets,
+            s.lists,
+            s.deletes,
+            size(s.bytes_put),
+            size(s.bytes_got)
         );
     }
     if let Some(cost) = request_cost {
         eprintln!("store requests: about {cost:.4} USD");
     }
     eprintln!(
-        "{} files changed, {} deleted, {} failed; sent {} chunks in {} bytes ({} as deltas), reused {}; \
-         wire {} B up, {} B down in {:.2} s",
+        "{} files changed ({}), {} deleted, {} failed; sent {} in {} chunks ({} as deltas), reused {} chunks; \
+         wire {} up, {} down in {:.2} s",
         report.files_changed,
+        size(report.bytes_written),
         report.files_deleted,
         report.failed.len(),
+        size(report.bytes_sent),
         report.chunks_sent,
-        report.bytes_sent,
         report.chunks_delta,
         report.chunks_reused,
-        report.wire_bytes_sent,
-        report.wire_bytes_received,
+        size(report.wire_bytes_sent),
+        size(report.wire_bytes_received),
         report.elapsed_s
     );
 }

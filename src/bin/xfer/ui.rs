@@ -2,9 +2,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use xfer::{Change, Event, Progress};
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
+use xfer::{Change, Event, Meter, Progress};
 
 /// What the terminal shows of a transfer: a bar, itemized changes, both.
 pub struct Console {
@@ -46,24 +47,35 @@ impl Progress for Console {
     }
 }
 
-/// One bar: source bytes of the files to write (started so far), with the
-/// encoded bytes sent, what compression and deduplication saved, and the
-/// largest file begun in the last moments.
+/// One bar: bytes of the files to write that the receiver has (chunks
+/// acknowledged on a push, received on a pull; reused ones never travel),
+/// the measured rate and the time left, with the encoded bytes sent, what
+/// compression saved, and the largest file begun in the last moments.
 pub struct Bars {
     pub bar: ProgressBar,
+    started: Instant,
+    meter: Mutex<Meter>,
     sent: AtomicU64,
     largest: Mutex<(u64, String)>,
 }
 
 impl Bars {
-    pub fn new() -> Self {
+    /// Bars for the side that sends the chunks (`sending`, a push) or
+    /// receives them.
+    pub fn new(sending: bool) -> Self {
         let bar = ProgressBar::new_spinner();
         bar.set_style(
             ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.set_message("scanning");
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Bars { bar, sent: AtomicU64::new(0), largest: Mutex::new((0, String::new())) }
+        Bars {
+            bar,
+            started: Instant::now(),
+            meter: Mutex::new(Meter::new(sending)),
+            sent: AtomicU64::new(0),
+            largest: Mutex::new((0, String::new())),
+        }
     }
 
     /// Removes the bar (the summary line follows).
@@ -71,16 +83,22 @@ impl Bars {
         self.bar.finish_and_clear();
     }
 
-    fn describe(&self) {
+    /// Moves the bar to what the meter counts done, and says the rate,
+    /// the time left and what was sent.
+    fn describe(&self, meter: &Meter) {
+        self.bar.set_position(meter.done());
         let sent = self.sent.load(Ordering::Relaxed);
-        let saved = self.bar.position().saturating_sub(sent);
+        let rate = meter.rate().map_or_else(|| "-".to_string(), |r| format!("{}/s", HumanBytes(r as u64)));
+        let eta = meter.eta().map_or_else(|| "?".to_string(), |eta| HumanDuration(eta).to_string());
         let largest = self.largest.lock().map(|l| l.1.clone()).unwrap_or_default();
-        self.bar.set_message(format!("sent {} ({} saved) {largest}", HumanBytes(sent), HumanBytes(saved)));
+        self.bar.set_message(format!("{rate} eta {eta} | sent {} {largest}", HumanBytes(sent)));
     }
 }
 
 impl Progress for Bars {
     fn event(&self, event: &Event) {
+        let Ok(mut meter) = self.meter.lock() else { return };
+        meter.event(event, self.started.elapsed());
         match event {
             Event::Scanning { files, bytes, bytes_read } => {
                 self.bar.set_message(format!(
@@ -94,13 +112,12 @@ impl Progress for Bars {
             }
             Event::Planned { bytes, .. } => {
                 self.bar.set_length(*bytes);
-                let template = "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} | {msg}";
-                if let Ok(style) = ProgressStyle::with_template(template) {
+                if let Ok(style) = ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg}") {
                     self.bar.set_style(style);
                 }
+                self.describe(&meter);
             }
             Event::FileStarted { path, size } => {
-                self.bar.inc(*size);
                 if let Ok(mut largest) = self.largest.lock() {
                     // The largest file lately: decays so a new one shows.
                     if *size >= largest.0 / 2 {
@@ -109,12 +126,13 @@ impl Progress for Bars {
                         largest.0 -= largest.0 / 16;
                     }
                 }
-                self.describe();
+                self.describe(&meter);
             }
             Event::Chunk { encoded, .. } => {
                 self.sent.fetch_add(*encoded, Ordering::Relaxed);
-                self.describe();
+                self.describe(&meter);
             }
+            Event::Acked { .. } => self.describe(&meter),
             _ => {}
         }
     }

@@ -32,13 +32,12 @@ pub enum FormatError {
     #[error("blob {0} does not hold the bytes it is named by (damaged)")]
     Mismatch(ChunkId),
     /// A tree blob that does not decode.
-    #[error("tree blob {id} does not decode: {source}")]
+    #[error("tree blob {id} does not decode: {cause}")]
     Tree {
         /// The blob.
         id: ChunkId,
         /// Why.
-        #[source]
-        source: postcard::Error,
+        cause: postcard::Error,
     },
     /// A path that is not in the snapshot.
     #[error("{0} is not in this snapshot")]

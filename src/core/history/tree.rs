@@ -231,7 +231,7 @@ impl DirCursor {
         loop {
             if self.pos < self.bytes.len() {
                 let (node, rest) = postcard::take_from_bytes::<Node>(&self.bytes[self.pos..])
-                    .map_err(|source| FormatError::Tree { id: self.blob, source })?;
+                    .map_err(|source| FormatError::Tree { id: self.blob, cause: source })?;
                 self.pos = self.bytes.len() - rest.len();
                 return Ok(Some(node));
             }

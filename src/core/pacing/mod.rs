@@ -13,7 +13,7 @@ mod week;
 use thiserror::Error;
 
 pub use bucket::{Bucket, Ticket, MIN_BURST};
-pub use rate::Rate;
+pub use rate::{Rate, SLOW_RATE};
 pub use week::{Flow, LocalTime, Timetable, Window};
 
 /// A rate, a timetable or a window could not be parsed.
@@ -21,7 +21,7 @@ pub use week::{Flow, LocalTime, Timetable, Window};
 #[non_exhaustive]
 pub enum ThrottleError {
     /// Not a rate.
-    #[error("\"{0}\" is not a rate: use e.g. 500K, 10M, 1.5G (bytes/s) or 100Mbit (bits/s), or off")]
+    #[error("\"{0}\" is not a rate: use e.g. 500K, 10M, 1.5G (bytes/s), 100 (KiB/s) or 100Mbit (bits/s), or off")]
     Rate(String),
     /// A rate above `u64::MAX` bytes/s.
     #[error("\"{0}\" is too large a rate: use at most 16777215T (bytes/s), or off")]

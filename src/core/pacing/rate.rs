@@ -12,19 +12,30 @@ use super::ThrottleError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Rate(pub Option<u64>);
 
+/// The rate under which a limit is surely a slip (a bare number read as
+/// bytes/s, as before): 1 KiB/s.
+pub const SLOW_RATE: u64 = 1 << 10;
+
 impl Rate {
     /// The limit in bytes per second, or `None` when unlimited.
     pub fn bytes_per_sec(self) -> Option<u64> {
         self.0.filter(|&r| r > 0)
+    }
+
+    /// Whether it limits to under [`SLOW_RATE`], which callers warn of.
+    pub fn is_slow(self) -> bool {
+        self.bytes_per_sec().is_some_and(|r| r < SLOW_RATE)
     }
 }
 
 impl FromStr for Rate {
     type Err = ThrottleError;
 
-    /// `off`, `unlimited` and `0` are unlimited; `500K`, `10M`, `1.5G`, `2T`
-    /// (binary multiples, optional `B` or `iB`) and plain numbers are bytes/s;
-    /// `512kbit`, `100Mbit`, `1.5Gbit` are decimal bits/s. Case-insensitive.
+    /// `off`, `unlimited` and `0` are unlimited; a plain number is KiB/s, as
+    /// rsync and rclone read it (`100` is 100 KiB/s); `500K`, `10M`, `1.5G`,
+    /// `2T` (binary multiples, optional `B` or `iB`) and `B` (`1234B`) are
+    /// bytes/s; `512kbit`, `100Mbit`, `1.5Gbit` are decimal bits/s.
+    /// Case-insensitive.
     fn from_str(s: &str) -> Result<Rate, ThrottleError> {
         let bad = || ThrottleError::Rate(s.to_string());
         let lower = s.trim().to_ascii_lowercase();
@@ -35,8 +46,8 @@ impl FromStr for Rate {
         let (number, unit) = lower.split_at(split);
         // bytes/s = number * mul / div
         let (mul, div): (u128, u128) = match unit {
-            "" | "b" => (1, 1),
-            "k" | "kb" | "kib" => (1 << 10, 1),
+            "b" => (1, 1),
+            "" | "k" | "kb" | "kib" => (1 << 10, 1),
             "m" | "mb" | "mib" => (1 << 20, 1),
             "g" | "gb" | "gib" => (1 << 30, 1),
             "t" | "tb" | "tib" => (1 << 40, 1),
@@ -77,7 +88,8 @@ impl FromStr for Rate {
 
 impl fmt::Display for Rate {
     /// `off`, or the largest binary multiple that is exact (`512K`, `10M`),
-    /// so that the text parses back to the same rate.
+    /// else bytes with their unit (`1000B`), so that the text parses back
+    /// to the same rate.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(bytes) = self.bytes_per_sec() else { return f.write_str("off") };
         for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
@@ -85,7 +97,7 @@ impl fmt::Display for Rate {
                 return write!(f, "{}{unit}", bytes >> shift);
             }
         }
-        write!(f, "{bytes}")
+        write!(f, "{bytes}B")
     }
 }
 
@@ -116,10 +128,28 @@ mod tests {
     }
 
     #[test]
-    fn rate_parses_plain_bytes() {
-        assert_eq!(rate("1234"), Some(1234));
+    fn rate_parses_bytes_with_their_unit() {
         assert_eq!(rate("1234B"), Some(1234));
-        assert_eq!(rate("1"), Some(1));
+        assert_eq!(rate("1b"), Some(1));
+    }
+
+    /// rsync and rclone read `--bwlimit 100` as 100 KiB/s; so does xfer.
+    #[test]
+    fn rate_plain_numbers_are_kib() {
+        assert_eq!(rate("100"), Some(100 * KIB));
+        assert_eq!(rate("1"), Some(KIB));
+        assert_eq!(rate("0.5"), Some(512));
+        assert_eq!(rate("1234"), Some(1234 * KIB));
+    }
+
+    #[test]
+    fn rate_under_a_kib_is_slow() {
+        for s in ["1000B", "0.5", "80bit", "1023b"] {
+            assert!(s.parse::<Rate>().unwrap().is_slow(), "{s}");
+        }
+        for s in ["1", "1024B", "off", "0", "10M"] {
+            assert!(!s.parse::<Rate>().unwrap().is_slow(), "{s}");
+        }
     }
 
     #[test]
@@ -147,7 +177,7 @@ mod tests {
     fn rate_errors_say_what_is_expected() {
         assert_eq!(
             "10Q".parse::<Rate>().unwrap_err().to_string(),
-            "\"10Q\" is not a rate: use e.g. 500K, 10M, 1.5G (bytes/s) or 100Mbit (bits/s), or off"
+            "\"10Q\" is not a rate: use e.g. 500K, 10M, 1.5G (bytes/s), 100 (KiB/s) or 100Mbit (bits/s), or off"
         );
         for s in ["", "K", "M10", "-1M", "+1M", "1.2.3M", "1e6", "10 M", "fast", "1,5M", "5.", ".5K", "10Mb/s", "1KKB"]
         {
@@ -187,7 +217,7 @@ mod tests {
         assert_eq!(Rate(Some(512 * KIB)).to_string(), "512K");
         assert_eq!(Rate(Some(1536 * MIB)).to_string(), "1536M");
         assert_eq!(Rate(Some(3 << 40)).to_string(), "3T");
-        assert_eq!(Rate(Some(1000)).to_string(), "1000");
+        assert_eq!(Rate(Some(1000)).to_string(), "1000B");
     }
 
     proptest! {

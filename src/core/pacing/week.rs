@@ -104,6 +104,11 @@ impl Timetable {
         })
     }
 
+    /// Whether any of its rates limits to under [`super::SLOW_RATE`].
+    pub fn is_slow(&self) -> bool {
+        self.changes.iter().any(|c| c.up.is_slow() || c.down.is_slow())
+    }
+
     fn index_at(&self, minute_of_week: u32) -> usize {
         match self.changes.partition_point(|c| c.at <= minute_of_week) {
             // Before the week's first entry: the last one of last week.

@@ -88,7 +88,7 @@ impl Run {
                 }
                 Ok::<(), FormatError>(())
             })
-            .map_err(|e| Error::History { path: objects.label(&file.key), source: Box::new(e) })?;
+            .map_err(|e| Error::History { path: objects.label(&file.key), cause: Box::new(e) })?;
         }
         run.files.sort_unstable();
         run.seal();

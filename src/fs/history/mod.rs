@@ -406,7 +406,7 @@ impl History {
     }
 
     fn format_error(&self, source: FormatError) -> Error {
-        Error::History { path: self.dir.clone(), source: Box::new(source) }
+        Error::History { path: self.dir.clone(), cause: Box::new(source) }
     }
 
     /// Packs written so far: when it grows, every blob added before is
@@ -493,7 +493,7 @@ impl History {
         let pack = index.pack(loc.pack).id;
         let entry = loc.entry(*id);
         let body = self.read_body(&pack, &entry)?;
-        entry.open(&body).map(Some).map_err(|e| Error::History { path: self.pack_path(&pack), source: Box::new(e) })
+        entry.open(&body).map(Some).map_err(|e| Error::History { path: self.pack_path(&pack), cause: Box::new(e) })
     }
 
     fn read_body(&self, pack: &[u8; 32], entry: &PackEntry) -> Result<Vec<u8>> {
@@ -522,7 +522,7 @@ impl History {
     /// # Errors
     /// A body that does not decode to the blob.
     pub(in crate::fs::history) fn open_entry(&self, pack: &[u8; 32], entry: &PackEntry, body: &[u8]) -> Result<Vec<u8>> {
-        entry.open(body).map_err(|e| Error::History { path: self.pack_path(pack), source: Box::new(e) })
+        entry.open(body).map_err(|e| Error::History { path: self.pack_path(pack), cause: Box::new(e) })
     }
 
     /// A tree blob, which must be there.
@@ -620,7 +620,7 @@ impl History {
     /// # Errors
     /// None or several match (the message says which and what to do).
     pub fn find(&self, tree: &str, selector: &str) -> Result<SnapshotRecord> {
-        let select_error = |source| Error::SnapshotSelect { path: self.dir.clone(), tree: tree.to_string(), source };
+        let select_error = |source| Error::SnapshotSelect { path: self.dir.clone(), tree: tree.to_string(), cause: source };
         let selector = select::parse(selector).map_err(select_error)?;
         let mut records: Vec<SnapshotRecord> = self.snapshots()?.into_iter().filter(|r| r.tree == tree).collect();
         let keys: Vec<(&str, i64)> = records.iter().map(|r| (r.id.as_str(), r.time)).collect();

@@ -163,7 +163,7 @@ impl Drop for Fetch {
 fn no_answer(label: PathBuf) -> Error {
     Error::ObjectStore {
         url: label.display().to_string(),
-        source: Box::new(object_store::Error::Generic {
+        cause: Box::new(object_store::Error::Generic {
             store: "xfer",
             source: "the request's task ended without an answer".into(),
         }),
@@ -366,7 +366,7 @@ impl Bucket {
     }
 
     fn error(&self, key: &str, source: object_store::Error) -> Error {
-        Error::ObjectStore { url: self.label(key).display().to_string(), source: Box::new(source) }
+        Error::ObjectStore { url: self.label(key).display().to_string(), cause: Box::new(source) }
     }
 
     /// Runs `make(store)` on the store's own runtime and waits for it,
@@ -520,7 +520,7 @@ impl Objects for Bucket {
                     counter.get(bytes.len());
                     Err(Error::io(task_label, std::io::ErrorKind::UnexpectedEof.into()))
                 }
-                Err(e) => Err(Error::ObjectStore { url, source: Box::new(e) }),
+                Err(e) => Err(Error::ObjectStore { url, cause: Box::new(e) }),
             };
             let _ = tx.send(result);
         });
@@ -598,7 +598,7 @@ impl StoreUrl {
     /// Opens the object store this URL names (not [`StoreUrl::Dir`], whose
     /// layout is the local one).
     pub(super) fn bucket(&self, url: &str) -> Result<Bucket> {
-        let wrap = |source| Error::ObjectStore { url: url.to_string(), source: Box::new(source) };
+        let wrap = |source| Error::ObjectStore { url: url.to_string(), cause: Box::new(source) };
         match self {
             StoreUrl::Dir(_) => Err(Error::StoreUrl { url: url.to_string(), reason: "a directory, not an object store".into() }),
             StoreUrl::S3 { bucket, prefix } => Bucket::new(Arc::new(s3(bucket).map_err(wrap)?), prefix, url),

@@ -166,7 +166,7 @@ fn doomed_pack(h: &History, pack: &str) -> Result<Option<IndexedPack>> {
 fn read_pack(h: &History, id: [u8; 32]) -> Result<Option<IndexedPack>> {
     let key = pack_key(&id);
     let Some(len) = h.objects.size(&key)? else { return Ok(None) };
-    let bad = |e: FormatError| Error::History { path: h.objects.label(&key), source: Box::new(e) };
+    let bad = |e: FormatError| Error::History { path: h.objects.label(&key), cause: Box::new(e) };
     if len < TRAILER_LEN as u64 {
         return Err(bad(crate::history::malformed_error("pack", "shorter than its trailer")));
     }

@@ -602,7 +602,7 @@ impl Destination for RepoDestination {
             path: self.in_flight.get(&file).map(|f| PathBuf::from(f.path.to_string())).unwrap_or_default(),
             index,
             chunk: chunk.id,
-            source: Box::new(source),
+            cause: Box::new(source),
         })?;
         let packs = self.history.packs_written();
         self.history.add_chunk(chunk.id, &bytes)?;

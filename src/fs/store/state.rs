@@ -493,7 +493,7 @@ impl StateDb {
 /// all (redb reports a file without its magic number as invalid data),
 /// rather than held, unreadable or on a failing disk.
 pub(crate) fn is_damage(error: &Error) -> bool {
-    let Error::State { source, .. } = error else { return false };
+    let Error::State { cause: source, .. } = error else { return false };
     match &**source {
         redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => true,
         redb::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,

@@ -278,7 +278,7 @@ impl MirrorStore {
                 path: self.abs(&build.path),
                 index: need.index,
                 chunk: need.chunk.id,
-                source: Box::new(source),
+                cause: Box::new(source),
             }),
         }
     }

@@ -275,12 +275,12 @@ fn footgun_config_settings_name_their_command() {
     // anything is touched.
     fs::write(cfg.join("config.toml"), format!("[defaults]\ndelete = true\n\n{remote}")).unwrap();
     let out = pull();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("[push]"), "{}", stderr(&out));
     assert!(restore.join("unrelated0").exists(), "a pull applied the push's delete");
     fs::write(cfg.join("config.toml"), format!("[defaults]\nexclude = [\"*.log\"]\n\n{remote}")).unwrap();
     let out = push(&[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("under [push]"), "{}", stderr(&out));
 
     // [push] settings apply to pushes only.

@@ -21,6 +21,7 @@ mod local_faults;
 mod locks_signals;
 mod metadata;
 mod never_lose;
+mod ops;
 mod pipelining;
 mod plan_model;
 mod push;

@@ -185,7 +185,8 @@ frees now was set aside by an earlier prune. Only an rw grant may prune.")]
     },
     /// Print this host's identity (its key's fingerprint), creating it on first use.
     #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
-$XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
+$CONFIGURATION_DIRECTORY (systemd), $XDG_CONFIG_HOME/xfer, ~/.config/xfer, or /etc/xfer for root \
+without a home.")]
     Id {
         /// Where the identity is kept.
         #[arg(long, env = "XFER_CONFIG_DIR")]
@@ -350,7 +351,8 @@ pub struct PushArgs {
     /// zstd level for --compress zstd.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
-    /// Print the summary as one JSON object on stdout.
+    /// Print the run's record (times, source, destination, every count,
+    /// the exit code) as one JSON object on stdout, on every outcome.
     #[arg(long, overrides_with = "no_json")]
     pub json: bool,
     /// Undo --json.
@@ -428,8 +430,8 @@ pub struct PushArgs {
     /// --log-json (repeatable; for cost allocation, e.g. project=web).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Append this run's record (as the server's audit log has it) to
-    /// FILE as one JSON line, whether it succeeds or not.
+    /// Append this run's record (as --json prints it) to FILE as one JSON
+    /// line on every outcome, making FILE's directory. [config: log_json]
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
     /// Pull only: restore the server's snapshot SEL instead of its current

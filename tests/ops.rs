@@ -754,8 +754,8 @@ fn ops_system_config_is_read_under_the_users() {
 }
 
 /// `xfer serve` under systemd: READY=1 once it listens, WATCHDOG=1 at
-/// half $WATCHDOG_USEC, STOPPING=1 on SIGTERM, on the socket
-/// $NOTIFY_SOCKET names.
+/// half $WATCHDOG_USEC (for the pid $WATCHDOG_PID names), STOPPING=1 on
+/// SIGTERM, on the socket $NOTIFY_SOCKET names.
 #[test]
 fn ops_serve_notifies_systemd() {
     let tmp = TempDir::new().unwrap();
@@ -763,9 +763,14 @@ fn ops_serve_notifies_systemd() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let client = identity(&[("HOME", tmp.path())], None);
-    let mut server = clean()
+    // systemd sets WATCHDOG_PID to the service's pid: the shell's, kept by exec.
+    let mut server = Command::new("/bin/sh")
+        .args(["-c", r#"export WATCHDOG_PID=$$; exec "$0" "$@""#])
+        .arg(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--allow", &client, "--root"])
         .arg(tmp.path().join("served"))
+        .env_clear()
+        .env("PATH", BARE_PATH)
         .env("CONFIGURATION_DIRECTORY", tmp.path().join("etc"))
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
@@ -789,7 +794,7 @@ fn ops_serve_notifies_systemd() {
     let status = finish_status(&mut server, Duration::from_secs(30));
     assert!(ready, "no READY=1 first: {messages:?}");
     assert!(watchdog, "no WATCHDOG=1 after it: {messages:?}");
-    assert_eq!(stopping.as_deref(), Some("STOPPING=1"), "no STOPPING=1 on SIGTERM");
+    assert_eq!(stopping.as_deref().map(str::trim), Some("STOPPING=1"), "no STOPPING=1 on SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert!(tmp.path().join("etc/identity.key").exists(), "the key is not in CONFIGURATION_DIRECTORY");
 }

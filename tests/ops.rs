@@ -695,19 +695,24 @@ fn ops_xfer_environment_overrides_config_keys() {
     let (src, dest, cfg) = (tmp.path().join("src"), tmp.path().join("dest"), tmp.path().join("cfg"));
     tree(&src, 2);
     fs::create_dir_all(&cfg).unwrap();
-    fs::write(cfg.join("config.toml"), "[push]\nmax_delete = 100\n").unwrap();
+    fs::write(cfg.join("config.toml"), "[defaults]\nwindow = \"22:00-06:00\"\n").unwrap();
+    let clock = tmp.path().join("clock");
+    set_clock(&clock, "Wed 12:00");
     let push = |env: &[(&str, &str)], args: &[&str]| {
         let mut cmd = Command::new(bin());
         cmd.arg("push").args(args).arg(&src).arg(&dest);
-        cmd.env("XFER_STATE_DIR", tmp.path().join("state")).env("XFER_CONFIG_DIR", &cfg);
+        cmd.env("XFER_STATE_DIR", tmp.path().join("state")).env("XFER_CONFIG_DIR", &cfg).env("XFER_CLOCK_FILE", &clock);
         cmd.envs(env.iter().copied()).output().unwrap()
     };
-    let first = push(&[], &[]);
-    assert!(first.status.success(), "{}", text(&first));
+    let closed = push(&[], &[]);
+    assert_eq!(closed.status.code(), Some(4), "the config's window: {}", text(&closed));
+    let open = [("XFER_DEFAULTS_WINDOW", "always")];
+    let first = push(&open, &[]);
+    assert!(first.status.success(), "XFER_DEFAULTS_WINDOW did not win over the file: {}", text(&first));
     for stale in ["x", "y", "z"] {
         fs::write(dest.join(stale), b"stale").unwrap();
     }
-    let overrides = [("XFER_PUSH_DELETE", "true"), ("XFER_PUSH_MAX_DELETE", "2")];
+    let overrides = [("XFER_DEFAULTS_WINDOW", "always"), ("XFER_PUSH_DELETE", "true"), ("XFER_PUSH_MAX_DELETE", "2")];
     let refused = push(&overrides, &[]);
     assert_eq!(refused.status.code(), Some(2), "XFER_PUSH_* ignored: {}", text(&refused));
     assert!(dest.join("x").exists(), "a refused run deleted");
@@ -717,7 +722,7 @@ fn ops_xfer_environment_overrides_config_keys() {
 
     for (name, value) in [("XFER_PUSH_MAX_DELETE", "lots"), ("XFER_PUSH_MAX_DELET", "1"), ("XFER_DEFAULTS_BWLIMIT", "fast")]
     {
-        let bad = push(&[(name, value)], &[]);
+        let bad = push(&[open[0], (name, value)], &[]);
         assert_eq!(bad.status.code(), Some(2), "{name}={value}: {}", text(&bad));
         assert!(String::from_utf8_lossy(&bad.stderr).contains(name), "{name} not named: {}", text(&bad));
     }
@@ -734,10 +739,13 @@ fn ops_system_config_is_read_under_the_users() {
     fs::write(src.join("skip.tmp"), b"scratch").unwrap();
     fs::create_dir_all(&system).unwrap();
     fs::create_dir_all(&cfg).unwrap();
-    fs::write(system.join("config.toml"), "[push]\nexclude = [\"*.tmp\"]\ndelete = true\nmax_delete = 0\n").unwrap();
-    fs::write(cfg.join("config.toml"), "[push]\nmax_delete = 10\n").unwrap();
+    let system_config = "[defaults]\nwindow = \"22:00-06:00\"\n[push]\nexclude = [\"*.tmp\"]\ndelete = true\n";
+    fs::write(system.join("config.toml"), system_config).unwrap();
+    fs::write(cfg.join("config.toml"), "[defaults]\nwindow = \"08:00-18:00\"\n").unwrap();
     fs::create_dir_all(&dest).unwrap();
     fs::write(dest.join("stale"), b"old").unwrap();
+    let clock = tmp.path().join("clock");
+    set_clock(&clock, "Wed 12:00");
     let out = Command::new(bin())
         .arg("push")
         .arg(&src)
@@ -745,9 +753,10 @@ fn ops_system_config_is_read_under_the_users() {
         .env("XFER_STATE_DIR", tmp.path().join("state"))
         .env("XFER_CONFIG_DIR", &cfg)
         .env("XFER_SYSTEM_CONFIG_DIR", &system)
+        .env("XFER_CLOCK_FILE", &clock)
         .output()
         .unwrap();
-    assert!(out.status.success(), "the user's max_delete did not win: {}", text(&out));
+    assert!(out.status.success(), "the user's window did not win: {}", text(&out));
     assert!(dest.join("f0").exists());
     assert!(!dest.join("skip.tmp").exists(), "the system config's exclude was not read");
     assert!(!dest.join("stale").exists(), "the system config's delete was not read");

@@ -677,7 +677,8 @@ fn ops_no_double_timestamps_under_journald() {
         assert!(cmd.status().unwrap().success());
         fs::read_to_string(&stderr_file).unwrap()
     };
-    let stamped = |line: &str| line.len() > 20 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) && &line[10..11] == "T";
+    let stamped =
+        |line: &str| line.len() > 20 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) && &line[10..11] == "T";
     let journal = push(true, "journal");
     let logged: Vec<&str> = journal.lines().filter(|l| l.contains("INFO")).collect();
     assert!(!logged.is_empty(), "-v logged nothing: {journal}");
@@ -720,7 +721,8 @@ fn ops_xfer_environment_overrides_config_keys() {
     assert!(allowed.status.success(), "the command line did not win: {}", text(&allowed));
     assert!(!dest.join("x").exists() && !dest.join("z").exists(), "XFER_PUSH_DELETE=true was not applied");
 
-    for (name, value) in [("XFER_PUSH_MAX_DELETE", "lots"), ("XFER_PUSH_MAX_DELET", "1"), ("XFER_DEFAULTS_BWLIMIT", "fast")]
+    for (name, value) in
+        [("XFER_PUSH_MAX_DELETE", "lots"), ("XFER_PUSH_MAX_DELET", "1"), ("XFER_DEFAULTS_BWLIMIT", "fast")]
     {
         let bad = push(&[open[0], (name, value)], &[]);
         assert_eq!(bad.status.code(), Some(2), "{name}={value}: {}", text(&bad));

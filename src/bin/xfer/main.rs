@@ -155,7 +155,9 @@ pub(crate) fn init_logging(default: tracing_subscriber::filter::Targets) -> anyh
     use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter: Box<dyn Layer<Registry> + Send + Sync> = match std::env::var("RUST_LOG") {
         Ok(text) if !text.trim().is_empty() => Box::new(EnvFilter::try_new(&text).map_err(|e| {
-            Usage::new(format!("RUST_LOG={text:?} is not a log filter ({e}); e.g. RUST_LOG=info or RUST_LOG=xfer=debug"))
+            Usage::new(format!(
+                "RUST_LOG={text:?} is not a log filter ({e}); e.g. RUST_LOG=info or RUST_LOG=xfer=debug"
+            ))
         })?),
         _ => Box::new(default),
     };

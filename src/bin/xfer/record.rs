@@ -82,7 +82,13 @@ struct Record<'a> {
 impl RunLog {
     /// A run of `command` from `source` to `destination` starting now;
     /// `log` is the command line's `--log-json`.
-    pub(crate) fn start(command: &'static str, source: &Path, destination: &Path, json: bool, log: Option<&Path>) -> Self {
+    pub(crate) fn start(
+        command: &'static str,
+        source: &Path,
+        destination: &Path,
+        json: bool,
+        log: Option<&Path>,
+    ) -> Self {
         let facts = Facts { path: log.map(Path::to_path_buf), ..Facts::default() };
         RunLog {
             started: jiff::Timestamp::now(),
@@ -167,7 +173,6 @@ impl RunLog {
             eprintln!("xfer: error: {e:#}");
         }
     }
-
 }
 
 impl Facts {

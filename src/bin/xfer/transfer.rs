@@ -346,7 +346,13 @@ fn transfer_outcome(
             };
             eprintln!("xfer: error: {message}");
             let error = Some(message);
-            log.finish(Ending { code: EXIT_REFUSED, result: "refused", report: done, extra: Default::default(), error });
+            log.finish(Ending {
+                code: EXIT_REFUSED,
+                result: "refused",
+                report: done,
+                extra: Default::default(),
+                error,
+            });
             Ok(ExitCode::from(EXIT_REFUSED))
         }
         // Recorded by the caller, with the exit code the error maps to.
@@ -452,7 +458,12 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with
 /// `--json`), and picks the exit code.
-fn print_report(report: &Report, (args, log): (&PushArgs, &RunLog), push: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+fn print_report(
+    report: &Report,
+    (args, log): (&PushArgs, &RunLog),
+    push: bool,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let json = args.json;
     // The billed direction: what this side sends on a push, receives on a pull.
     let data_bytes = match (report.dry_run, push) {

@@ -175,7 +175,7 @@ impl Config {
     /// A layer's table as a config; `path` names it in messages.
     fn of_table(table: toml::Table, path: &Path) -> anyhow::Result<Config> {
         let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            Usage::new(format!("{}: {} (see `xfer push --help`)", path.display(), e.message()))
+            Usage::error(format!("{}: {} (see `xfer push --help`)", path.display(), e.message()))
         })?;
         Ok(Config { path: path.to_path_buf(), ..config })
     }
@@ -258,7 +258,7 @@ impl Config {
     /// Every remote of the merged layers has a URL.
     fn check_remotes_complete(&self) -> anyhow::Result<()> {
         match self.remotes.iter().find(|(_, remote)| remote.url.is_none()) {
-            Some((name, _)) => Err(Usage::new(format!(
+            Some((name, _)) => Err(Usage::error(format!(
                 "remote {name:?} has no url: set url under [remotes.{name}] in {} or XFER_REMOTES_{}_URL",
                 self.path.display(),
                 name.to_uppercase()
@@ -327,7 +327,7 @@ fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
         Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
     };
     toml::from_str(&text).map_err(|e: toml::de::Error| {
-        Usage::new(format!("{} is not a valid xfer config (see `xfer push --help`): {e}", path.display()))
+        Usage::error(format!("{} is not a valid xfer config (see `xfer push --help`): {e}", path.display()))
     })
 }
 
@@ -359,9 +359,9 @@ pub fn env_table(vars: impl Iterator<Item = (OsString, OsString)>) -> anyhow::Re
         let Some(place) = name.to_str().and_then(env_place) else { continue };
         let name = name.to_string_lossy();
         let Some(text) = value.to_str() else {
-            return Err(Usage::new(format!("{name} is not valid UTF-8")));
+            return Err(Usage::error(format!("{name} is not valid UTF-8")));
         };
-        let value = env_value(&place, text).map_err(|why| Usage::new(format!("{name}={text:?}: {why}")))?;
+        let value = env_value(&place, text).map_err(|why| Usage::error(format!("{name}={text:?}: {why}")))?;
         insert(&mut table, &place, value);
     }
     Ok(table)

@@ -76,13 +76,13 @@ impl StopSignals {
 pub(crate) struct Usage(String);
 
 impl Usage {
-    pub(crate) fn new(message: impl Into<String>) -> anyhow::Error {
+    pub(crate) fn error(message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Usage(message.into()))
     }
 
     /// `e`, with its causes, as a usage error.
     pub(crate) fn of(e: anyhow::Error) -> anyhow::Error {
-        Usage::new(format!("{e:#}"))
+        Usage::error(format!("{e:#}"))
     }
 }
 
@@ -155,7 +155,7 @@ pub(crate) fn init_logging(default: tracing_subscriber::filter::Targets) -> anyh
     use tracing_subscriber::{EnvFilter, Layer, Registry};
     let filter: Box<dyn Layer<Registry> + Send + Sync> = match std::env::var("RUST_LOG") {
         Ok(text) if !text.trim().is_empty() => Box::new(EnvFilter::try_new(&text).map_err(|e| {
-            Usage::new(format!(
+            Usage::error(format!(
                 "RUST_LOG={text:?} is not a log filter ({e}); e.g. RUST_LOG=info or RUST_LOG=xfer=debug"
             ))
         })?),

@@ -54,7 +54,9 @@ config.toml holds settings and named remotes. [push] and [pull] apply to that\n\
 command only, [defaults] to both (delete and exclude are refused there):\n  \
 [defaults]\n  busy_wait = 300\n  bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
 [push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  congestion = \"cubic\"\n  \
-[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n\
+[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\
+/etc/xfer/config.toml is read under it (its settings lose), and XFER_<SECTION>_<KEY>\n\
+variables win over both (XFER_PUSH_MAX_DELETE=5000, XFER_REMOTES_BACKUP_URL=...).\n\n\
 Each on/off flag has a --no- form that undoes it (and the config file's value).\n\n",
         exit_codes!()
     ))]

@@ -163,7 +163,8 @@ impl Config {
             layer.check()?;
             merge(&mut merged, table);
         }
-        let env = env_table(std::env::vars_os())?;
+        let mut env = env_table(std::env::vars_os())?;
+        name_remotes_as_files_do(&mut env, &merged);
         let layer = Config { from_env: true, ..Config::of_table(env.clone(), &user)? };
         layer.check()?;
         merge(&mut merged, env);
@@ -349,6 +350,23 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
+/// A variable can only spell a remote's name in capitals and underscores:
+/// it names the files' remote `My-Backup` as `XFER_REMOTES_MY_BACKUP_*`.
+fn name_remotes_as_files_do(env: &mut toml::Table, files: &toml::Table) {
+    let (Some(toml::Value::Table(set)), Some(toml::Value::Table(known))) =
+        (env.get_mut("remotes"), files.get("remotes"))
+    else {
+        return;
+    };
+    let spelled = |name: &str| name.replace('-', "_").to_lowercase();
+    for name in set.keys().cloned().collect::<Vec<_>>() {
+        let file_name = known.keys().find(|k| **k != name && spelled(k) == name);
+        if let (Some(file_name), Some(value)) = (file_name, set.remove(&name)) {
+            set.insert(file_name.clone(), value);
+        }
+    }
+}
+
 /// The `XFER_<SECTION>_<KEY>` variables as a config table: sections
 /// `DEFAULTS`, `PUSH`, `PULL` and `SERVE`, and `REMOTES_<NAME>_URL` or
 /// `_FINGERPRINT`. Other `XFER_` variables (`XFER_CONFIG_DIR`...) are not
@@ -451,6 +469,14 @@ mod tests {
             assert!(error.downcast_ref::<Usage>().is_some());
             assert!(error.to_string().starts_with(name), "{error}");
         }
+    }
+
+    #[test]
+    fn variables_name_the_files_remotes() {
+        let files: toml::Table = toml::from_str("[remotes.My-Backup]\nurl = \"xfer://h/p\"\n").unwrap();
+        let mut set = env(&[("XFER_REMOTES_MY_BACKUP_FINGERPRINT", "xfer:x")]).unwrap();
+        name_remotes_as_files_do(&mut set, &files);
+        assert!(set["remotes"].get("My-Backup").is_some(), "{set:?}");
     }
 
     #[test]

@@ -379,7 +379,9 @@ pub fn env_table(vars: impl Iterator<Item = (OsString, OsString)>) -> anyhow::Re
         let Some(text) = value.to_str() else {
             return Err(Usage::error(format!("{name} is not valid UTF-8")));
         };
-        let value = env_value(&place, text).map_err(|why| Usage::error(format!("{name}={text:?}: {why}")))?;
+        let value = env_value(&place, text).map_err(|why| {
+            Usage::error(format!("{name}={text:?}: {why} (it takes what its config key takes: see `xfer push --help`)"))
+        })?;
         insert(&mut table, &place, value);
     }
     Ok(table)

@@ -651,7 +651,16 @@ impl FileDigest {
 }
 
 /// Where this host keeps its transfer state by default (scan caches,
-/// memory of receivers): `$XDG_STATE_HOME/xfer` or `~/.local/state/xfer`.
+/// memory of receivers): `$XFER_STATE_DIR`, else systemd's
+/// `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/xfer` (absolute), else
+/// `~/.local/state/xfer`, else `/var/lib/xfer` for root without a home.
 pub fn default_state_dir() -> Option<PathBuf> {
     crate::fs::state_dir::default_state_dir()
+}
+
+/// The system-wide config directory, whose `config.toml` is read under
+/// the user's: `/etc/xfer`, or `$XFER_SYSTEM_CONFIG_DIR` when that is an
+/// absolute path (for tests and packagers).
+pub fn system_config_dir() -> PathBuf {
+    crate::fs::dirs::system_config_dir()
 }

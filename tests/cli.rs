@@ -405,8 +405,8 @@ fn cli_remote_push_with_trust_on_first_use() {
 
 /// The server appends one JSON line per session to its audit log (default
 /// ROOT/.xfer/audit.jsonl) with the client's tags, and never file contents;
-/// refusals leave a line too; the client's `--log-json` gets the same
-/// record from its side.
+/// refusals leave a line too; the client's `--log-json` gets the run's
+/// record, with the same tags and the keys of both sides.
 #[test]
 fn cli_audit_log_records_sessions_and_tags() {
     let tmp = TempDir::new().unwrap();
@@ -483,11 +483,11 @@ fn cli_audit_log_records_sessions_and_tags() {
     let mine: Vec<serde_json::Value> =
         fs::read_to_string(&client_log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(mine.len(), 1);
-    assert_eq!((mine[0]["result"].as_str(), mine[0]["direction"].as_str()), (Some("ok"), Some("push")));
+    assert_eq!((mine[0]["result"].as_str(), mine[0]["command"].as_str()), (Some("ok"), Some("push")));
     assert_eq!(mine[0]["tags"], pushed["tags"]);
     assert_eq!(mine[0]["client"].as_str(), Some(client_fp.as_str()));
     assert_eq!(mine[0]["server"].as_str(), Some(server_fp.as_str()));
-    assert_eq!(mine[0]["bytes_logical"], 19);
+    assert_eq!(mine[0]["bytes_written"], 19);
 }
 
 /// Load: 16 clients push different trees to one server process at once,

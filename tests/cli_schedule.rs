@@ -188,7 +188,7 @@ fn config_defaults_for_window_exclude_and_bwlimit() {
     fs::write(cfg.join("config.toml"), "[defaults]\nbwlimit = \"fast\"\n").unwrap();
     let bad = xfer(tmp.path(), &clock).arg("push").arg(&src).arg(&dest).output().unwrap();
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(bad.status.code(), Some(2), "a bad config is a usage error");
     assert!(stderr.contains("config.toml") && stderr.contains("bwlimit") && stderr.contains("not"), "{stderr}");
 
     let mut no_window = xfer(tmp.path(), &Clock::new(tmp.path(), "Wed 12:00"));

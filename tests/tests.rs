@@ -23,6 +23,7 @@ mod locks_signals;
 mod metadata;
 mod metrics;
 mod never_lose;
+mod ops;
 mod pipelining;
 mod plan_model;
 mod push;

@@ -93,11 +93,7 @@ pub fn state_file(state_dir: &Path, kind: &str, tree: &Path) -> PathBuf {
     state_dir.join(kind).join(format!("{}.redb", &key[..32]))
 }
 
-/// The default state directory: `$XDG_STATE_HOME/xfer`, else
-/// `~/.local/state/xfer`.
+/// The default state directory (see [`crate::fs::dirs::state_dir`]).
 pub fn default_state_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("xfer"));
-    }
-    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/state/xfer"))
+    crate::fs::dirs::state_dir()
 }

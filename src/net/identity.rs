@@ -199,13 +199,11 @@ impl Identity {
     }
 }
 
-/// xfer's configuration directory: `$XFER_CONFIG_DIR`, else
-/// `$XDG_CONFIG_HOME/xfer`, else `~/.config/xfer`.
+/// xfer's configuration directory: `$XFER_CONFIG_DIR`, else systemd's
+/// `$CONFIGURATION_DIRECTORY`, else `$XDG_CONFIG_HOME/xfer` (absolute),
+/// else `~/.config/xfer`, else `/etc/xfer` for root without a home.
 pub fn default_config_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("XFER_CONFIG_DIR")
-        .or_else(|| var("XDG_CONFIG_HOME").map(|d| d.join("xfer")))
-        .or_else(|| var("HOME").map(|h| h.join(".config/xfer")))
+    crate::fs::dirs::config_dir()
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {

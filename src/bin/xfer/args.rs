@@ -81,7 +81,9 @@ config.toml holds settings and named remotes. [push] and [pull] apply to that\n\
 command only, [defaults] to both (delete and exclude are refused there):\n  \
 [defaults]\n  busy_wait = 300\n  bwlimit = \"08:00,1M 19:00,off\"\n  window = \"22:00-06:00\"\n  \
 [push]\n  delete = true\n  exclude = [\"*.tmp\", \"cache/\"]\n  congestion = \"cubic\"\n  \
-[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\n\
+[remotes.backup]\n  url = \"xfer://backup.example:7878/site\"\n  fingerprint = \"xfer:...\"\n\
+/etc/xfer/config.toml is read under it (its settings lose), and XFER_<SECTION>_<KEY>\n\
+variables win over both (XFER_PUSH_MAX_DELETE=5000, XFER_REMOTES_BACKUP_URL=...).\n\n\
 Each on/off flag has a --no- form that undoes it (and the config file's value).\n\n",
         rate_forms!(), ".\n\n", exit_codes_see!()
     ))]
@@ -230,7 +232,8 @@ frees now was set aside by an earlier prune. Only an rw grant may prune.")]
     },
     /// Print this host's identity (its key's fingerprint), creating it on first use.
     #[command(after_help = "The identity lives in the config dir: --config-dir, $XFER_CONFIG_DIR, \
-$XDG_CONFIG_HOME/xfer or ~/.config/xfer.")]
+$CONFIGURATION_DIRECTORY (systemd), $XDG_CONFIG_HOME/xfer, ~/.config/xfer, or /etc/xfer for root \
+without a home.")]
     Id {
         /// Where the identity is kept.
         #[arg(long, env = "XFER_CONFIG_DIR")]
@@ -408,7 +411,8 @@ pub struct PushArgs {
     /// zstd level for --compress zstd.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     pub zstd_level: i32,
-    /// Print the summary as one JSON object on stdout.
+    /// Print the run's record (times, source, destination, every count,
+    /// the exit code) as one JSON object on stdout, on every outcome.
     #[arg(long, overrides_with = "no_json")]
     pub json: bool,
     /// Undo --json.
@@ -491,8 +495,8 @@ pub struct PushArgs {
     /// --log-json (repeatable; for cost allocation, e.g. project=web).
     #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Append this run's record (as the server's audit log has it) to
-    /// FILE as one JSON line, whether it succeeds or not.
+    /// Append this run's record (as --json prints it) to FILE as one JSON
+    /// line on every outcome, making FILE's directory. [config: log_json]
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
     /// Pull only: restore the server's snapshot SEL instead of its current

@@ -63,7 +63,7 @@ fn state_dir(args: &HistoryArgs) -> anyhow::Result<PathBuf> {
     let configured = Config::load(&config_dir_or_default(args.config_dir.clone())?)?.settings(true).state_dir;
     match args.state_dir.clone().or(configured).or_else(default_state_dir) {
         Some(dir) => Ok(dir),
-        None => bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR"),
+        None => bail!("cannot find a state directory: set HOME (or an absolute XDG_STATE_HOME, or XFER_STATE_DIR), or pass --state-dir DIR"),
     }
 }
 

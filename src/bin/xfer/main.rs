@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser};
 mod args;
 mod config;
 mod history;
+mod record;
 mod serve;
 mod transfer;
 mod trust;
@@ -62,6 +63,13 @@ pub(crate) struct Usage(#[from] anyhow::Error);
 /// `err`, marked as a usage error.
 pub(crate) fn usage(err: impl Into<anyhow::Error>) -> anyhow::Error {
     Usage(err.into()).into()
+}
+
+impl Usage {
+    /// A usage error that says `message`.
+    pub(crate) fn error(message: impl Into<String>) -> anyhow::Error {
+        usage(anyhow::anyhow!(message.into()))
+    }
 }
 
 /// Returns a usage error made as `anyhow!` makes one.
@@ -185,25 +193,56 @@ fn tune_malloc() {
 fn tune_malloc() {}
 
 /// Logging of a push or pull: with -v what it does (-vv in detail),
-/// without it only what the user must know.
-fn init_transfer_logging(verbose: u8, quiet: bool) {
-    if verbose > 0 {
-        let level = if verbose > 1 { tracing::Level::DEBUG } else { tracing::Level::INFO };
-        tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
-    } else if !quiet {
-        // Only a damaged state database that was moved aside and rebuilt.
-        use tracing_subscriber::prelude::*;
-        let only =
-            tracing_subscriber::filter::Targets::new().with_target("xfer::fs::store::state", tracing::Level::WARN);
-        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-        tracing_subscriber::registry().with(layer.with_filter(only)).init();
-    }
+/// without it only what the user must know (a damaged state database
+/// that was moved aside and rebuilt), with -q nothing.
+fn init_transfer_logging(verbose: u8, quiet: bool) -> anyhow::Result<()> {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+    let default = match (verbose, quiet) {
+        (0, true) => Targets::new(),
+        (0, false) => Targets::new().with_target("xfer::fs::store::state", Level::WARN),
+        (1, _) => Targets::new().with_default(Level::INFO),
+        _ => Targets::new().with_default(Level::DEBUG),
+    };
+    init_logging(default)
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` when it is set, else by
+/// `default`. Under journald (stderr is the stream `$JOURNAL_STREAM`
+/// names) lines carry no time of their own: the journal stamps each one.
+pub(crate) fn init_logging(default: tracing_subscriber::filter::Targets) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
+    let filter: Box<dyn Layer<Registry> + Send + Sync> = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => Box::new(EnvFilter::try_new(&text).map_err(|e| {
+            Usage::error(format!(
+                "RUST_LOG={text:?} is not a log filter ({e}); e.g. RUST_LOG=info or RUST_LOG=xfer=debug"
+            ))
+        })?),
+        _ => Box::new(default),
+    };
+    let journal = stderr_is_journal();
+    // Two layers, one of them absent: each sits at its own place in the stack.
+    let timed = (!journal).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false));
+    let untimed = journal
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).without_time());
+    // A second call (none is made) would find a subscriber set: harmless.
+    let _ = tracing_subscriber::registry().with(filter).with(timed).with(untimed).try_init();
+    Ok(())
+}
+
+/// Whether stderr is journald's stream: systemd sets `JOURNAL_STREAM` to
+/// its `DEVICE:INODE`, which a redirected stderr no longer matches.
+fn stderr_is_journal() -> bool {
+    let Some(named) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else { return false };
+    named.to_str() == Some(format!("{}:{}", stat.st_dev, stat.st_ino).as_str())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = cli.verbose > 0;
     if matches!(cli.command, Command::Push(_) | Command::Pull(_)) {
-        init_transfer_logging(cli.verbose, cli.quiet);
+        init_transfer_logging(cli.verbose, cli.quiet)?;
     }
     // -v lists what changes, as rsync -v lists the files it sends.
     match cli.command {
@@ -262,7 +301,7 @@ const KNOWN_HOSTS: &str = "known_hosts";
 fn config_dir_or_default(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match dir.or_else(xfer::default_config_dir) {
         Some(dir) => Ok(dir),
-        None => bail!("cannot find a config directory: set XDG_CONFIG_HOME or HOME, or pass --config-dir DIR"),
+        None => bail!("cannot find a config directory: set HOME (or an absolute XDG_CONFIG_HOME, or XFER_CONFIG_DIR), or pass --config-dir DIR"),
     }
 }
 

@@ -1,5 +1,7 @@
 //! `xfer serve`: a server on the library's [`Server`], stopped by SIGINT
-//! or SIGTERM at each session's next commit point.
+//! or SIGTERM at each session's next commit point. Under systemd
+//! (`Type=notify`) it says READY once listening, pings the watchdog at half
+//! its interval, and says STOPPING when a signal arrives.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -151,7 +153,7 @@ pub(crate) fn serve(
         None => options.audit_log_in_root(),
     };
     // Session records on stderr, one line each, for the operator's log.
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    crate::init_logging(tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO))?;
     let runtime = runtime()?;
     runtime.block_on(async {
         let mut signals = StopSignals::install()?;
@@ -166,7 +168,9 @@ pub(crate) fn serve(
         if let Some(every) = schedule {
             eprintln!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
         }
+        let watchdog = systemd_ready();
         let code = signals.next().await;
+        systemd_stopping(watchdog);
         let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
         eprintln!("xfer: {name}: stopping each session at its next commit point");
         if !server.stop(SHUTDOWN_GRACE).await {
@@ -177,6 +181,45 @@ pub(crate) fn serve(
     // A pull's scan left running reads only: not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd how the server is; without `$NOTIFY_SOCKET` (not under
+/// systemd, or not `Type=notify`) it says nothing.
+fn tell_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %e, "cannot notify systemd through $NOTIFY_SOCKET");
+    }
+}
+
+/// Says READY and starts pinging the watchdog, if systemd set one.
+fn systemd_ready() -> Option<tokio::task::JoinHandle<()>> {
+    tell_systemd(sd_notify::NotifyState::Ready);
+    watchdog_interval().map(|every| tokio::spawn(feed_watchdog(every)))
+}
+
+/// Says STOPPING; the watchdog's pings end.
+fn systemd_stopping(watchdog: Option<tokio::task::JoinHandle<()>>) {
+    tell_systemd(sd_notify::NotifyState::Stopping);
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+}
+
+/// How often to ping systemd's watchdog: half its interval
+/// (`$WATCHDOG_USEC`, set by `WatchdogSec=`), so one late ping is no
+/// restart; `None` without one.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0).then(|| Duration::from_micros(usec) / 2)
+}
+
+/// Pings the watchdog every `every` for as long as the runtime answers.
+async fn feed_watchdog(every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        tell_systemd(sd_notify::NotifyState::Watchdog);
+    }
 }
 
 /// The retention `xfer serve`'s flags and `--retention` file give.

@@ -18,6 +18,7 @@ use xfer::{
 
 use crate::args::{CompressArg, PushArgs};
 use crate::config::{Config, Settings, Target};
+use crate::record::{Ending, RunLog};
 use crate::trust::{self, PinFrom};
 use crate::{
     config_dir_or_default, exit_code_of, runtime, ui, usage, usage_bail, warn_slow_rate, StopSignals, EXIT_INTERRUPTED,
@@ -29,7 +30,7 @@ use crate::{
 /// server is retried once with the key it presented when `--accept-new`
 /// allows; the key a session verified is pinned for next time.
 fn with_trust<T>(
-    args: &PushArgs,
+    (args, log): (&PushArgs, &RunLog),
     url: &RemoteUrl,
     configured: Option<Fingerprint>,
     session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
@@ -39,7 +40,8 @@ fn with_trust<T>(
         server_fingerprint: args.server_fingerprint.clone(),
         accept_new: args.accept_new,
     };
-    trust.run(url, configured, session)
+    log.url(format!("xfer://{}/{}", url.authority, url.path));
+    trusted(&trust, url, configured, session, &|client, server| log.keys(client, server))
 }
 
 /// How a command finds and trusts a server's key.
@@ -57,15 +59,18 @@ impl Trust {
         configured: Option<Fingerprint>,
         session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
     ) -> anyhow::Result<T> {
-        trusted(self, url, configured, session)
+        trusted(self, url, configured, session, &|_, _| {})
     }
 }
 
+/// `noted` hears this host's key and the server's it trusted, for the
+/// run's record.
 fn trusted<T>(
     args: &Trust,
     url: &RemoteUrl,
     configured: Option<Fingerprint>,
     session: impl Fn(&Client, Option<Fingerprint>) -> Result<T, TransferError>,
+    noted: &dyn Fn(Fingerprint, Option<Fingerprint>),
 ) -> anyhow::Result<T> {
     let config_dir = config_dir_or_default(args.config_dir.clone())?;
     let client = Client::new(Identity::load_or_create(&config_dir)?);
@@ -85,6 +90,7 @@ fn trusted<T>(
             result = session(&client, used);
         }
     }
+    noted(client.fingerprint(), used);
     let value = result.map_err(|e| trust::explain(e, &from, url, &hosts, &config_dir))?;
     if let Some(fp) = used {
         if hosts.check(&url.authority) != HostTrust::Pinned(fp) {
@@ -95,6 +101,12 @@ fn trusted<T>(
 }
 
 pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let log = RunLog::start("pull", &args.src, &args.dest, args.json, args.log_json.as_deref());
+    let result = pull_run(&args, quiet, &log);
+    ended(&log, result)
+}
+
+fn pull_run(args: &PushArgs, quiet: bool, log: &RunLog) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let (url, configured) = match config.target(&args.src).map_err(usage)? {
         Target::Remote(url, pin) => (url, pin),
@@ -105,35 +117,56 @@ pub(crate) fn pull(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ),
     };
     let settings = config.settings(false);
-    if !excludes(&args, &settings, false)?.is_empty() {
+    log.open(settings.log_json.as_deref())?;
+    if !excludes(args, &settings, false)?.is_empty() {
         usage_bail!(
             "exclude patterns work on pushes only (a pull's source is scanned by the server, and the protocol \
              does not carry patterns); expected a pull without --exclude or --exclude-from"
         );
     }
-    transfer(&args, &settings, false, quiet, |runtime, common| {
+    transfer((args, log), &settings, false, quiet, |runtime, common| {
         let mut options = common_options!(PullOptions, common);
         if let Some(at) = &args.at {
             options = options.at(at.clone());
         }
-        with_trust(&args, &url, configured, |client, pin| {
+        with_trust((args, log), &url, configured, |client, pin| {
             runtime.block_on(client.pull(&url, pin, &args.dest, &options))
         })
     })
 }
 
 pub(crate) fn push(args: PushArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let log = RunLog::start("push", &args.src, &args.dest, args.json, args.log_json.as_deref());
+    let result = push_run(&args, quiet, &log);
+    ended(&log, result)
+}
+
+/// Writes the record of a run that failed before it reached an ending of
+/// its own (a bad config, an unreachable server...).
+fn ended(log: &RunLog, result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    if let Err(e) = &result {
+        let code = exit_code_of(e);
+        let report = e.downcast_ref::<TransferError>().and_then(TransferError::report);
+        let result = if code == EXIT_USAGE { "usage" } else { "failed" };
+        let error = Some(format!("{e:#}"));
+        log.finish(Ending { code, result, report, extra: Default::default(), error });
+    }
+    result
+}
+
+fn push_run(args: &PushArgs, quiet: bool, log: &RunLog) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config_dir_or_default(args.config_dir.clone())?)?;
     let target = config.target(&args.dest).map_err(usage)?;
     if args.at.is_some() {
         usage_bail!("--at names a snapshot to restore: it works on pulls only (xfer pull --at SEL URL DEST)");
     }
     let settings = config.settings(true);
-    let excludes = excludes(&args, &settings, true)?;
-    transfer(&args, &settings, true, quiet, |runtime, common| {
+    log.open(settings.log_json.as_deref())?;
+    let excludes = excludes(args, &settings, true)?;
+    transfer((args, log), &settings, true, quiet, |runtime, common| {
         let options = common_options!(PushOptions, common).exclude(excludes).dry_run(args.dry_run);
         match target {
-            Target::Remote(url, configured) => with_trust(&args, &url, configured, |client, pin| {
+            Target::Remote(url, configured) => with_trust((args, log), &url, configured, |client, pin| {
                 runtime.block_on(client.push(&args.src, &url, pin, &options))
             }),
             Target::Local => runtime
@@ -153,7 +186,6 @@ struct Common {
     delete_limit: DeleteLimit,
     compression: Compression,
     tags: BTreeMap<String, String>,
-    log: Option<PathBuf>,
     congestion: Congestion,
     cancel: CancellationToken,
     connect_timeout: Duration,
@@ -180,9 +212,6 @@ macro_rules! common_options {
         if let Some(wait) = common.busy_wait {
             options = options.busy_wait(wait);
         }
-        if let Some(log) = &common.log {
-            options = options.log(log.clone());
-        }
         if let Some(progress) = &common.progress {
             options = options.progress(progress.clone());
         }
@@ -201,13 +230,14 @@ use common_options;
 /// commit point; the outcome is reported (as JSON with `--json`, errors
 /// included) and mapped to the exit code.
 fn transfer(
-    args: &PushArgs,
+    (args, log): (&PushArgs, &RunLog),
     settings: &Settings,
     push: bool,
     quiet: bool,
     run: impl FnOnce(&tokio::runtime::Runtime, &Common) -> anyhow::Result<Report>,
 ) -> anyhow::Result<ExitCode> {
     let mut common = common(args, settings)?;
+    log.tags(common.tags.clone());
     let (window_text, window) = transfer_window(args, settings)?;
     let (bwlimit, what) = match (&args.bwlimit, &settings.bwlimit) {
         (Some(flag), _) => (Some(flag), "--bwlimit"),
@@ -237,7 +267,7 @@ fn transfer(
     let stop = watch_signals(&runtime, &common.cancel)?;
     let outcome = run(&runtime, &common);
     console.finish();
-    transfer_outcome(outcome, args, push, quiet, window_text, &stop)
+    transfer_outcome(outcome, (args, log), push, quiet, window_text, &stop)
 }
 
 /// The window the transfer runs in, with its text for messages. The
@@ -318,21 +348,22 @@ fn delete_hint(refused: &DeleteRefused) -> String {
 /// Reports the transfer's outcome and picks its exit code.
 fn transfer_outcome(
     outcome: anyhow::Result<Report>,
-    args: &PushArgs,
+    (args, log): (&PushArgs, &RunLog),
     push: bool,
     quiet: bool,
     window_text: &str,
     stop: &AtomicU8,
 ) -> anyhow::Result<ExitCode> {
     let e = match outcome {
-        Ok(report) => return print_report(&report, args, push, quiet),
+        Ok(report) => return print_report(&report, (args, log), push, quiet),
         Err(e) => e,
     };
+    let done = e.downcast_ref::<TransferError>().and_then(TransferError::report);
     let stopped_at = match e.downcast_ref::<TransferError>() {
         Some(TransferError::OutsideWindow { opens_in_min }) => {
             let when = opens_in_min.map_or_else(|| "never".to_string(), |m| format!("in {m} min"));
             let message = format!("outside the window {} (it opens {when}); pass --wait to wait", window_text);
-            return Ok(stopped(args.json, quiet, EXIT_WINDOW, &message));
+            return Ok(stopped(log, quiet, (EXIT_WINDOW, done), message));
         }
         Some(TransferError::WindowClosed { .. }) => Some((EXIT_WINDOW, format!("the window {} closed", window_text))),
         Some(TransferError::Cancelled { .. }) => Some(match stop.load(Ordering::SeqCst) {
@@ -343,7 +374,7 @@ fn transfer_outcome(
     };
     if let Some((code, why)) = stopped_at {
         let message = format!("{why}; {KEPT}");
-        return Ok(stopped(args.json, quiet, code, &message));
+        return Ok(stopped(log, quiet, (code, done), message));
     }
     match e.downcast_ref::<TransferError>().and_then(TransferError::delete_refused) {
         Some(refused) => {
@@ -352,18 +383,19 @@ fn transfer_outcome(
             } else {
                 format!("{refused}; nothing was changed; {}", delete_hint(refused))
             };
-            if args.json {
-                println!("{}", serde_json::json!({ "exit_code": EXIT_USAGE, "error": message }));
-            }
             eprintln!("xfer: error: {message}");
+            let error = Some(message);
+            log.finish(Ending {
+                code: EXIT_USAGE,
+                result: "refused",
+                report: done,
+                extra: Default::default(),
+                error,
+            });
             Ok(ExitCode::from(EXIT_USAGE))
         }
-        None => {
-            if args.json {
-                println!("{}", serde_json::json!({ "exit_code": exit_code_of(&e), "error": format!("{e:#}") }));
-            }
-            Err(e)
-        }
+        // Recorded by the caller, with the exit code the error maps to.
+        None => Err(e),
     }
 }
 
@@ -393,13 +425,12 @@ fn clock_file() -> anyhow::Result<Option<LocalTime>> {
 
 /// Reports a run that stopped without failing (window, Ctrl-C). A closed
 /// window is routine under cron: with -q only the exit code tells.
-fn stopped(json: bool, quiet: bool, code: u8, message: &str) -> ExitCode {
-    if json {
-        println!("{}", serde_json::json!({ "exit_code": code, "error": message }));
-    }
+fn stopped(log: &RunLog, quiet: bool, (code, done): (u8, Option<&Report>), message: String) -> ExitCode {
     if !(quiet && code == EXIT_WINDOW) {
         eprintln!("xfer: {message}");
     }
+    let result = if code == EXIT_WINDOW { "window" } else { "cancelled" };
+    log.finish(Ending { code, result, report: done, extra: Default::default(), error: Some(message) });
     ExitCode::from(code)
 }
 
@@ -437,7 +468,7 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
     };
     let state_dir = args.state_dir.clone().or_else(|| defaults.state_dir.clone()).or_else(default_state_dir);
     let Some(state_dir) = state_dir else {
-        bail!("cannot find a state directory: set XDG_STATE_HOME or HOME, or pass --state-dir DIR");
+        bail!("cannot find a state directory: set HOME (or an absolute XDG_STATE_HOME, or XFER_STATE_DIR), or pass --state-dir DIR");
     };
     let mut tags = BTreeMap::new();
     for (key, value) in &args.tags {
@@ -455,7 +486,6 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
         delete_limit: DeleteLimit { max: args.max_delete.or(defaults.max_delete), guard: !args.force_delete },
         compression,
         tags,
-        log: args.log_json.clone(),
         congestion: args.congestion.or(configured).unwrap_or_default(),
         cancel: CancellationToken::new(),
         connect_timeout: args.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs),
@@ -468,7 +498,12 @@ fn common(args: &PushArgs, defaults: &Settings) -> anyhow::Result<Common> {
 
 /// Lists failed entries on stderr, prints the summary (JSON on stdout with
 /// `--json`), and picks the exit code.
-fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+fn print_report(
+    report: &Report,
+    (args, log): (&PushArgs, &RunLog),
+    push: bool,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let json = args.json;
     // The billed direction: what this side sends on a push, receives on a pull.
     let data_bytes = match (report.dry_run, push) {
@@ -502,22 +537,19 @@ fn print_report(report: &Report, args: &PushArgs, push: bool, quiet: bool) -> an
             report.meta_kept
         );
     }
-    if json {
-        let mut value = serde_json::to_value(report)?;
-        if let Some(object) = value.as_object_mut() {
-            object.insert("exit_code".into(), code.into());
-            if let Some(peak) = peak_rss_bytes() {
-                object.insert("peak_rss_bytes".into(), peak.into());
-            }
-            if let Some(cost) = cost {
-                object.insert("egress_cost_usd".into(), cost.into());
-            }
-            if let Some(cost) = request_cost {
-                object.insert("request_cost_usd".into(), cost.into());
-            }
-        }
-        println!("{value}");
-    } else if !quiet {
+    let mut extra = serde_json::Map::new();
+    if let Some(peak) = peak_rss_bytes() {
+        extra.insert("peak_rss_bytes".into(), peak.into());
+    }
+    if let Some(cost) = cost {
+        extra.insert("egress_cost_usd".into(), cost.into());
+    }
+    if let Some(cost) = request_cost {
+        extra.insert("request_cost_usd".into(), cost.into());
+    }
+    let result = if code == EXIT_PARTIAL { "partial" } else { "ok" };
+    log.finish(Ending { code, result, report: Some(report), extra, error: None });
+    if !json && !quiet {
         print_summary(report, cost.map(|cost| (data_bytes, cost)), request_cost);
     }
     Ok(ExitCode::from(code))

@@ -548,3 +548,48 @@ fn cli_load_sixteen_clients_and_four_on_one_path() {
     );
     assert!(peak < 200 << 20, "server peak RSS {} MiB", peak >> 20);
 }
+
+/// A server whose stderr was closed (the terminal that started it went
+/// away, or a test that read only its first line) goes on serving: a
+/// refused client still hears why, later pushes work, and SIGTERM still
+/// stops it cleanly. Writing a log line must never take a session down.
+#[test]
+fn cli_serve_with_its_stderr_closed_keeps_serving() {
+    let tmp = TempDir::new().unwrap();
+    // spawn_server reads the first line, then closes its end of the pipe.
+    let Served { mut server, addr, server_fp, client_cfg, root } = serve(&tmp);
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"first").unwrap();
+    let push = |cfg: &std::path::Path, state: &str| {
+        xfer(&tmp.path().join(state))
+            .args(["push", "--server-fingerprint", &server_fp, "--config-dir"])
+            .arg(cfg)
+            .arg(&src)
+            .arg(format!("xfer://{addr}/site"))
+            .output()
+            .unwrap()
+    };
+    let first = push(&client_cfg, "s1");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let stranger = push(&tmp.path().join("stranger-cfg"), "s2");
+    let said = String::from_utf8_lossy(&stranger.stderr);
+    let reason = said.trim().strip_prefix("xfer: error:").unwrap_or(&said).trim();
+    assert!(!reason.is_empty(), "a refused client was told nothing: {said:?}");
+    assert_eq!(stranger.status.code(), Some(7), "{said}");
+    fs::write(src.join("a"), b"second").unwrap();
+    let again = push(&client_cfg, "s1");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(fs::read(root.join("site/a")).unwrap(), b"second");
+    let term = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "serve did not exit cleanly: {status:?}");
+}

@@ -117,6 +117,17 @@ fn code_of(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     })
 }
 
+/// `eprintln!` for a process that must outlive its stderr (a server whose
+/// terminal went away): a line that cannot be written is dropped instead
+/// of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 /// Warns that a rate caps a transfer under 1 KiB/s, which is surely a
 /// slip (a bare number read as bytes/s): bare numbers are KiB/s.
 pub(crate) fn warn_slow_rate(what: &str, text: &str) {
@@ -223,9 +234,18 @@ pub(crate) fn init_logging(default: tracing_subscriber::filter::Targets) -> anyh
     };
     let journal = stderr_is_journal();
     // Two layers, one of them absent: each sits at its own place in the stack.
-    let timed = (!journal).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false));
-    let untimed = journal
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).without_time());
+    // A closed stderr loses the lines and nothing else: the layer would
+    // report its write error with eprintln!, which panics there.
+    let timed = (!journal).then(|| {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).log_internal_errors(false)
+    });
+    let untimed = journal.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .log_internal_errors(false)
+            .without_time()
+    });
     // A second call (none is made) would find a subscriber set: harmless.
     let _ = tracing_subscriber::registry().with(filter).with(timed).with(untimed).try_init();
     Ok(())

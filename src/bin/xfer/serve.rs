@@ -16,7 +16,7 @@ use xfer::{
 use crate::args::ServeRetention;
 use crate::config::Config;
 
-use crate::{runtime, usage, usage_bail, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
+use crate::{runtime, say, usage, usage_bail, StopSignals, EXIT_TERMINATED, SHUTDOWN_GRACE};
 
 /// What `xfer serve` allows each session and all of them.
 pub(crate) struct ServeLimits {
@@ -158,21 +158,15 @@ pub(crate) fn serve(
     runtime.block_on(async {
         let mut signals = StopSignals::install()?;
         let server = Server::start(listen, &identity, options).with_context(|| format!("serve {shown} on {listen}"))?;
-        eprintln!("xfer: serving {shown} on {} as {}", server.local_addr()?, identity.fingerprint());
-        if let Some(addr) = server.metrics_addr() {
-            eprintln!("xfer: metrics on http://{addr}/metrics");
-        }
-        if limits.dedup_across_clients {
-            eprintln!("xfer: dedup across clients: a client can learn that another stored the same content");
-        }
+        announce(&server, &shown, &identity, limits.dedup_across_clients)?;
         if let Some(every) = schedule {
-            eprintln!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
+            say!("xfer: retention: {policies}, applied and pruned every {}s", every.as_secs());
         }
         let watchdog = systemd_ready();
         let code = signals.next().await;
         systemd_stopping(watchdog);
         let name = if code == EXIT_TERMINATED { "SIGTERM" } else { "SIGINT" };
-        eprintln!("xfer: {name}: stopping each session at its next commit point");
+        say!("xfer: {name}: stopping each session at its next commit point");
         if !server.stop(SHUTDOWN_GRACE).await {
             tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "sessions still running after the grace period");
         }
@@ -181,6 +175,20 @@ pub(crate) fn serve(
     // A pull's scan left running reads only: not waited for.
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's first lines: where it listens and as whom (scripts read
+/// the address and fingerprint from the first), then what an operator
+/// should know of its settings.
+fn announce(server: &Server, shown: &str, identity: &Identity, dedup_across_clients: bool) -> anyhow::Result<()> {
+    say!("xfer: serving {shown} on {} as {}", server.local_addr()?, identity.fingerprint());
+    if let Some(addr) = server.metrics_addr() {
+        say!("xfer: metrics on http://{addr}/metrics");
+    }
+    if dedup_across_clients {
+        say!("xfer: dedup across clients: a client can learn that another stored the same content");
+    }
+    Ok(())
 }
 
 /// Tells systemd how the server is; without `$NOTIFY_SOCKET` (not under

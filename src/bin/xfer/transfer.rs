@@ -385,13 +385,7 @@ fn transfer_outcome(
             };
             eprintln!("xfer: error: {message}");
             let error = Some(message);
-            log.finish(Ending {
-                code: EXIT_USAGE,
-                result: "refused",
-                report: done,
-                extra: Default::default(),
-                error,
-            });
+            log.finish(Ending { code: EXIT_USAGE, result: "refused", report: done, extra: Default::default(), error });
             Ok(ExitCode::from(EXIT_USAGE))
         }
         // Recorded by the caller, with the exit code the error maps to.

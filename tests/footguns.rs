@@ -3,11 +3,13 @@
 //! source with --delete, and a `delete` default that reached restores.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use assert_cmd::Command;
 use tempfile::TempDir;
+
+use crate::util::ServerProcess;
 
 fn xfer(tmp: &Path) -> Command {
     let mut cmd = Command::cargo_bin("xfer").unwrap();
@@ -19,28 +21,11 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `xfer serve` on loopback, admitting the client of `tmp/client-cfg`;
-/// killed on drop.
-struct Served {
-    server: std::process::Child,
-    addr: String,
-    fingerprint: String,
-    root: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-fn serve(tmp: &Path) -> Served {
+/// `xfer serve` on loopback, admitting the client of `tmp/client-cfg`.
+fn serve(tmp: &Path) -> ServerProcess {
     let id = xfer(tmp).arg("id").output().unwrap();
     let client = String::from_utf8(id.stdout).unwrap().trim().to_string();
-    let root = tmp.join("served");
-    let (server, addr, fingerprint) = crate::util::spawn_server(&client, &tmp.join("server-cfg"), &root);
-    Served { server, addr, fingerprint, root }
+    ServerProcess::start(&client, tmp)
 }
 
 /// `count` files under `dir` (created).

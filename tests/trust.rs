@@ -12,6 +12,8 @@ use std::process::Output;
 use assert_cmd::Command;
 use tempfile::TempDir;
 
+use crate::util::ServerProcess;
+
 fn xfer(tmp: &Path) -> Command {
     let mut cmd = Command::cargo_bin("xfer").unwrap();
     cmd.env("XFER_STATE_DIR", tmp.join("state")).env("XFER_CONFIG_DIR", tmp.join("client-cfg")).current_dir(tmp);
@@ -27,26 +29,11 @@ fn other_key() -> String {
     xfer::Identity::generate().unwrap().fingerprint().to_string()
 }
 
-/// `xfer serve` on loopback admitting the client of `tmp/client-cfg`;
-/// killed on drop.
-struct Served {
-    server: std::process::Child,
-    addr: String,
-    fingerprint: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
-
-fn serve(tmp: &Path) -> Served {
+/// `xfer serve` on loopback, admitting the client of `tmp/client-cfg`.
+fn serve(tmp: &Path) -> ServerProcess {
     let id = xfer(tmp).arg("id").output().unwrap();
     let client = String::from_utf8(id.stdout).unwrap().trim().to_string();
-    let (server, addr, fingerprint) = crate::util::spawn_server(&client, &tmp.join("server-cfg"), &tmp.join("served"));
-    Served { server, addr, fingerprint }
+    ServerProcess::start(&client, tmp)
 }
 
 fn source(tmp: &Path) -> PathBuf {

@@ -432,7 +432,8 @@ def issue18_md(by, workloads, entries_rows):
     lines = ["## Issue 18 targets", "",
              "Computed from this file's runs, every ratio between figures of one run: the rate rows at "
              "\"unlimited\" (delta bytes against the best of every peer, rsync without compression included) "
-             "and the tree-size rows of \"Memory and time against tree size\".", ""]
+             "and the tree-size rows of \"Memory and time against tree size\". \"Where xfer falls short\" "
+             "below gives the reason for each target missed.", ""]
     for key, name in ISSUE18_NAMES.items():
         mine = [r for r in rows if r[0] == key]
         missed = [r for r in mine if r[5].startswith("**missed")]

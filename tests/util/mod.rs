@@ -204,6 +204,31 @@ pub fn spawn_server(client: &str, server_cfg: &Path, root: &Path) -> (std::proce
     (server, addr, fingerprint)
 }
 
+/// `xfer serve` on loopback for `TMP/served`, its config in
+/// `TMP/server-cfg` (see [`spawn_server`]); killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub fingerprint: String,
+    pub root: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Serves `tmp/served`, admitting the client whose fingerprint is `client`.
+    pub fn start(client: &str, tmp: &Path) -> ServerProcess {
+        let root = tmp.join("served");
+        let (child, addr, fingerprint) = spawn_server(client, &tmp.join("server-cfg"), &root);
+        ServerProcess { child, addr, fingerprint, root }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Whether the tests run as root (`/proc/self` belongs to the effective user).
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;

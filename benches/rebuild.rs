@@ -1,7 +1,9 @@
-//! A local delta push of one large file with scattered edits: the sender
-//! reads, cuts and hashes it all; the receiver rebuilds it beside the old
-//! version (laying the unchanged chunks in from the old one), checks the
-//! whole-file hash and syncs it before the rename.
+//! The receiver's side of a local delta push. `delta_128mib_32_edits`:
+//! one large file with scattered edits; the sender reads, cuts and hashes
+//! it all, the receiver rebuilds it beside the old version (laying the
+//! unchanged chunks in from the old one), checks the whole-file hash and
+//! syncs it before the rename. `metadata_512_dirs`: only the directories'
+//! times changed, so the receiver sets metadata and commits its state.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use xfer::codec::Compression;
@@ -67,5 +69,45 @@ fn delta_push(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, delta_push);
+const DIRS: usize = 512;
+
+fn metadata_only(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+    let options = PushOptions {
+        delete: true,
+        checksum: false,
+        compression: Compression::Auto,
+        state_dir: dir.path().join("state"),
+        filter: None,
+    };
+    let dirs: Vec<_> = (0..DIRS).map(|d| src.join(format!("d{d:03}"))).collect();
+    for (d, path) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(path).expect("mkdir");
+        std::fs::write(path.join("f"), random_bytes(100, d as u64 + 1)).expect("write");
+    }
+    push_local(&src, &dest, &options).expect("first push");
+    let mut round = 0u64;
+    let mut group = c.benchmark_group("rebuild");
+    group.sample_size(10);
+    group.bench_function("metadata_512_dirs", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + round * 60);
+                for path in &dirs {
+                    std::fs::File::open(path).and_then(|d| d.set_modified(when)).expect("touch dir");
+                }
+            },
+            |()| {
+                let stats = push_local(&src, &dest, &options).expect("push");
+                assert_eq!(stats.files_changed, 0);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, delta_push, metadata_only);
 criterion_main!(benches);

@@ -583,13 +583,7 @@ fn cli_serve_with_its_stderr_closed_keeps_serving() {
     assert_eq!(fs::read(root.join("site/a")).unwrap(), b"second");
     let term = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(term.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve did not stop on SIGTERM");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = crate::util::wait_within(&mut server, std::time::Duration::from_secs(20));
+    let status = status.expect("serve did not stop on SIGTERM");
     assert_eq!(status.code(), Some(0), "serve did not exit cleanly: {status:?}");
 }

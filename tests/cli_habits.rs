@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use tempfile::TempDir;
+
+use crate::util::wait_within;
 use xfer::{Event, Meter};
 
 use crate::util::{seeded, spawn_server};
@@ -41,22 +43,6 @@ fn source(dir: &Path, len: usize) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("blob"), seeded(len, 19)).unwrap();
     dir.to_path_buf()
-}
-
-/// Waits up to `limit` for `child`; kills it past that.
-fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A bad `--window` or `--bwlimit`, on the command line or in the config

@@ -5,11 +5,13 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::util::wait_within;
 
 use crate::util::seeded;
 
@@ -69,22 +71,6 @@ fn wait_for_temps(root: &Path, writer: &mut Child) {
     while temps(root).is_empty() {
         assert!(writer.try_wait().unwrap().is_none(), "the writer ended before it wrote");
         assert!(Instant::now() < deadline, "no temporary appeared under {}", root.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits up to `limit` for `child`; kills it past that.
-fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -229,6 +229,22 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Waits up to `limit` for `child`; kills it past that.
+pub fn wait_within(child: &mut std::process::Child, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Whether the tests run as root (`/proc/self` belongs to the effective user).
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;

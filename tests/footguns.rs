@@ -435,3 +435,18 @@ pub(crate) mod held_deletes {
         }
     }
 }
+
+/// `delete` set for every command through the environment is refused as it
+/// is in the config file's `[defaults]`: it would reach restores too.
+#[test]
+fn footgun_defaults_delete_from_the_environment_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dest = tmp.path().join("dest");
+    let out = xfer(tmp.path()).env("XFER_DEFAULTS_DELETE", "true").arg("push").arg(&src).arg(&dest).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("XFER_DEFAULTS_DELETE"), "{}", stderr(&out));
+    assert!(!dest.exists(), "a refused run wrote the destination");
+}
